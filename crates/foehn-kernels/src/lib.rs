@@ -1,0 +1,6 @@
+//! Quantized weights: the ggml quant-type table (block size, bytes per block,
+//! dequantizers) — the single source of truth for every crate — and the kernels.
+
+pub mod quant;
+
+pub use quant::{GgmlType, KernelError};

@@ -1,0 +1,27 @@
+//! The ggml quant-type table: one row per type (name, block size, bytes per
+//! block, dequantizer), as ggml's `type_traits`. Adding a type = adding a row.
+
+mod types;
+
+pub use types::GgmlType;
+
+/// Errors of the kernels crate.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KernelError {
+    /// The type has no implementation for the requested operation.
+    #[error("{op} is not implemented for {ty}")]
+    Unsupported {
+        /// The operation (`dequantize`, `matmul`, …).
+        op: &'static str,
+        /// The type's name.
+        ty: &'static str,
+    },
+    /// Buffer lengths that do not match the type's block layout.
+    #[error("{ty}: {reason}")]
+    BadLength {
+        /// The type's name.
+        ty: &'static str,
+        /// What does not fit.
+        reason: String,
+    },
+}

@@ -1,0 +1,1 @@
+//! Mistral/Llama transformer: layers, KV cache, CPU and candle backends (model issue).

@@ -1,0 +1,1 @@
+//! Remote OpenAI-compatible providers and routing between generators (dispatch issue).
