@@ -31,8 +31,6 @@ pub enum RopeScaling {
 /// differ from `hidden_size / num_attention_heads` (Mistral Nemo).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelConfig {
-    /// Architecture name as the file states it (`llama`, `mistral`, `mistral3`, …).
-    pub architecture: String,
     /// Number of token embeddings (rows of the embedding matrix).
     pub vocab_size: usize,
     /// Width of the residual stream.
