@@ -3,4 +3,4 @@
 
 pub mod quant;
 
-pub use quant::{GgmlType, KernelError};
+pub use quant::{dequantize_row, GgmlType, KernelError};

@@ -2,7 +2,12 @@
 //! safetensors (single or sharded) with `config.json`, and the `ModelConfig`
 //! derived from either. The loader knows files; it does not know the model.
 
+pub mod config;
 mod error;
 pub mod gguf;
+pub mod safetensors;
 
 pub use error::{LoadError, Result};
+pub use config::{config_from_gguf, config_from_hf, config_from_hf_json};
+pub use safetensors::{SafetensorsModel, StDtype, StTensor};
+pub use gguf::GgufFile;

@@ -1,9 +1,12 @@
 //! The ggml quant-type table: one row per type (name, block size, bytes per
 //! block, dequantizer), as ggml's `type_traits`. Adding a type = adding a row.
 
+pub mod blocks;
+mod dequant;
 mod types;
 
-pub use types::GgmlType;
+pub use dequant::{dequantize_row, KVALUES_IQ4NL};
+pub use types::{GgmlType, QK_K};
 
 /// Errors of the kernels crate.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

