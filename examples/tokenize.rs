@@ -82,7 +82,7 @@ fn run(args: Args) -> Result<()> {
         writeln!(out, "{}", serde_json::json!({ "ids": ids }))?;
     } else {
         for &id in &ids {
-            let piece = tok.id_to_token(id).unwrap_or_default();
+            let piece = tok.token_text(id)?;
             writeln!(out, "{id:>7} -> {piece:?}")?;
         }
         writeln!(out, "{} tokens", ids.len())?;

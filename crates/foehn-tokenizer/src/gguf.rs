@@ -73,7 +73,7 @@ pub(crate) fn from_gguf(meta: &Metadata) -> Result<Tokenizer> {
             let pieces = tokens.iter().map(|t| t.to_string()).collect();
             let spm = SpmModel::new(pieces, scores, kinds, unk_id, opts).map_err(|e| bad(e.to_string()))?;
             let specials = spm_specials(&spm, true);
-            (Engine::Spm(spm), TokenizerKind::GgufLlama, specials, true)
+            (Engine::Spm(Box::new(spm)), TokenizerKind::GgufLlama, specials, true)
         }
         "gpt2" => {
             let merges = meta.get_str_array("tokenizer.ggml.merges")?;

@@ -115,6 +115,13 @@ impl Default for SpmDecodeState {
     }
 }
 
+impl SpmDecodeState {
+    /// The state inside running text: no dummy-prefix space is removed any more.
+    pub fn mid_text() -> Self {
+        Self { is_bos_ws: false, bos_ws_seen: false, produced: true }
+    }
+}
+
 /// A SentencePiece-BPE vocabulary ready to encode text and to turn ids back into bytes.
 #[derive(Clone, Debug)]
 pub struct SpmModel {

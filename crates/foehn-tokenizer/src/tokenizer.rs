@@ -35,8 +35,8 @@ pub enum TokenizerKind {
 }
 
 pub(crate) enum Engine {
-    Spm(SpmModel),
-    Tekken(TekkenModel),
+    Spm(Box<SpmModel>),
+    Tekken(Box<TekkenModel>),
     /// A `tokenizers` pipeline; `plain` never parses special tokens, `parsing` does.
     Hf { plain: Box<tokenizers::Tokenizer>, parsing: Box<tokenizers::Tokenizer>, post_processor_adds_bos: bool },
 }
@@ -119,7 +119,7 @@ impl Tokenizer {
         let model = proto.into_spm().map_err(|e| bad(e.to_string()))?;
         let specials = spm_specials(&model, false);
         Ok(Self {
-            engine: Engine::Spm(model),
+            engine: Engine::Spm(Box::new(model)),
             kind: TokenizerKind::SentencePiece,
             specials,
             bos_id,
@@ -142,7 +142,7 @@ impl Tokenizer {
         let specials = SpecialTokens::new(model.special_tokens().map(|(id, t)| (t.to_string(), id, false)));
         let (bos_id, eos_id) = (Some(model.bos_id()), Some(model.eos_id()));
         Ok(Self {
-            engine: Engine::Tekken(model),
+            engine: Engine::Tekken(Box::new(model)),
             kind: TokenizerKind::Tekken,
             specials,
             bos_id,
@@ -221,6 +221,17 @@ impl Tokenizer {
                 Ok(String::from_utf8_lossy(&bytes).into_owned())
             }
         }
+    }
+
+    /// The text one token stands for inside running text (`" the"` for `▁the`),
+    /// for listings; a lone byte of a longer character shows as U+FFFD.
+    pub fn token_text(&self, id: u32) -> Result<String> {
+        if !self.decodes_by_bytes() {
+            return self.decode(&[id], false);
+        }
+        let mut bytes = Vec::new();
+        self.append_token_bytes(id, false, &mut SpmDecodeState::mid_text(), &mut bytes)?;
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
     }
 
     /// An incremental decoder for streaming generation (see [`StreamDecoder`]).
