@@ -9,5 +9,9 @@ pub use foehn_kernels as kernels;
 pub use foehn_loader as loader;
 pub use foehn_tokenizer as tokenizer;
 
-pub use foehn_core::ModelConfig;
+pub use foehn_core::{
+    CancelToken, Capabilities, Completion, Event, EventStream, FinishReason, GenerateError, GenerateRequest,
+    Generator, Message, ModelConfig, Prompt, Role, TokenEvent, Usage,
+};
+pub use foehn_tokenizer::{EncodeOptions, Tokenizer};
 

@@ -1,6 +1,12 @@
-//! Core types shared by every foehn crate: the model configuration today; the
-//! generation request, event stream and generation trait as the engine grows.
+//! Core types shared by every foehn crate: the model configuration, and the
+//! generation contract (request, event stream, [`Generator`] trait) that the
+//! local engine and the remote providers both implement.
 
 mod config;
+mod generate;
 
 pub use config::{ModelConfig, RopeScaling};
+pub use generate::{
+    CancelToken, Capabilities, Completion, Event, EventStream, FinishReason, GenerateError, GenerateRequest,
+    Generator, Message, Prompt, Role, Timings, TokenEvent, Usage,
+};

@@ -1,0 +1,384 @@
+//! The generation contract shared by the local engine and remote providers:
+//! a request, a stream of events, and the [`Generator`] trait.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Who wrote a chat message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Instructions for the assistant.
+    System,
+    /// The person talking to the model.
+    User,
+    /// The model.
+    Assistant,
+    /// A tool's answer to a tool call.
+    Tool,
+}
+
+/// One chat message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Message {
+    /// Who wrote it.
+    pub role: Role,
+    /// What it says.
+    pub content: String,
+}
+
+impl Message {
+    /// A message with the given role and text.
+    pub fn new(role: Role, content: impl Into<String>) -> Self {
+        Self { role, content: content.into() }
+    }
+}
+
+/// What the model continues from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Prompt {
+    /// A conversation, rendered with the model's chat template.
+    Chat(Vec<Message>),
+    /// Raw text, no template (OpenAI `/v1/completions`).
+    Text(String),
+    /// Raw token ids, no template and no tokenizer (local models only).
+    Tokens(Vec<u32>),
+}
+
+/// A generation request with the OpenAI-style fields.
+///
+/// Sampling fields left `None` take the generator's defaults.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GenerateRequest {
+    /// The model to use: a remote model id (`owner/model:provider`) or a local
+    /// model name; `None` = the generator's own model.
+    pub model: Option<String>,
+    /// What to continue.
+    pub prompt: Prompt,
+    /// Most tokens to generate (`None` = until a stop condition or the context is full).
+    pub max_tokens: Option<u32>,
+    /// Sampling temperature (0 = greedy).
+    pub temperature: Option<f32>,
+    /// Nucleus sampling mass.
+    pub top_p: Option<f32>,
+    /// Keep only the k most likely tokens.
+    pub top_k: Option<u32>,
+    /// Drop tokens less likely than `min_p` × the most likely one.
+    pub min_p: Option<f32>,
+    /// llama.cpp-style repetition penalty (1 = off).
+    pub repeat_penalty: Option<f32>,
+    /// OpenAI frequency penalty.
+    pub frequency_penalty: Option<f32>,
+    /// OpenAI presence penalty.
+    pub presence_penalty: Option<f32>,
+    /// Random seed: the same seed gives the same tokens on the same machine.
+    pub seed: Option<u64>,
+    /// Stop strings: generation ends before the first occurrence, which is not emitted.
+    pub stop: Vec<String>,
+    /// Return the log-probability of each token and this many alternatives.
+    pub logprobs: Option<u32>,
+    /// OpenAI `response_format`, passed through to remotes that support it.
+    pub response_format: Option<serde_json::Value>,
+    /// OpenAI `tools`, passed through to remotes that support them.
+    pub tools: Option<serde_json::Value>,
+}
+
+impl GenerateRequest {
+    /// A request for a chat with default settings.
+    pub fn chat(messages: Vec<Message>) -> Self {
+        Self::new(Prompt::Chat(messages))
+    }
+
+    /// A request for a raw-text completion with default settings.
+    pub fn text(text: impl Into<String>) -> Self {
+        Self::new(Prompt::Text(text.into()))
+    }
+
+    /// A request with every optional field unset.
+    pub fn new(prompt: Prompt) -> Self {
+        Self {
+            model: None,
+            prompt,
+            max_tokens: None,
+            temperature: None,
+            top_p: None,
+            top_k: None,
+            min_p: None,
+            repeat_penalty: None,
+            frequency_penalty: None,
+            presence_penalty: None,
+            seed: None,
+            stop: Vec::new(),
+            logprobs: None,
+            response_format: None,
+            tools: None,
+        }
+    }
+}
+
+/// Why generation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    /// An end-of-generation token or a stop string.
+    Stop,
+    /// `max_tokens` reached, or the context is full.
+    Length,
+    /// The caller cancelled.
+    Cancelled,
+    /// The model asked for tool calls (remote providers).
+    ToolCalls,
+    /// The provider filtered the content.
+    ContentFilter,
+}
+
+/// Token counts of one request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    /// Tokens in the prompt (after templating).
+    pub prompt_tokens: u32,
+    /// Tokens generated.
+    pub completion_tokens: u32,
+}
+
+/// Where the time went (what the generator could measure).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Timings {
+    /// From the request to the first token event.
+    pub time_to_first_token: Option<Duration>,
+    /// Prompt processing time (local engine).
+    pub prefill: Option<Duration>,
+    /// Time spent generating after the first token.
+    pub decode: Option<Duration>,
+}
+
+/// One generated token.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenEvent {
+    /// The text it adds (may be empty while a character or a stop string is incomplete).
+    pub text: String,
+    /// The token id, when the generator knows it (local engine).
+    pub id: Option<u32>,
+    /// Its log-probability, when asked for.
+    pub logprob: Option<f32>,
+    /// The most likely alternatives `(token text, logprob)`, when asked for.
+    pub top_logprobs: Vec<(String, f32)>,
+}
+
+/// The last event of a stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Completion {
+    /// Why generation ended.
+    pub finish_reason: FinishReason,
+    /// Token counts.
+    pub usage: Usage,
+    /// Timings.
+    pub timings: Timings,
+    /// The route that served the request (`local`, or a remote's name), set by generators and routers.
+    pub served_by: Option<String>,
+    /// Every route tried, in order, when a router was involved.
+    pub tried: Vec<String>,
+    /// The upstream provider, when a remote router reports it (HF `x-inference-provider`).
+    pub provider: Option<String>,
+}
+
+/// What a generator streams back.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Event {
+    /// A token (or a piece of text for remotes that do not expose tokens).
+    Token(TokenEvent),
+    /// The end of the stream.
+    Done(Completion),
+}
+
+/// A cancellation flag shared between the caller and a running generation.
+#[derive(Debug, Clone, Default)]
+pub struct CancelToken(Arc<AtomicBool>);
+
+impl CancelToken {
+    /// A token that is not cancelled.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Asks the generation to stop; it ends with [`FinishReason::Cancelled`].
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether [`CancelToken::cancel`] was called.
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// What a generator can honour; a router sends a request only where it fits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Capabilities {
+    /// Longest prompt + generation, in tokens (`None` = unknown).
+    pub context_length: Option<u32>,
+    /// Tool calls (`tools`).
+    pub tools: bool,
+    /// Structured output (`response_format` with a JSON schema).
+    pub json_schema: bool,
+    /// Raw token-id prompts.
+    pub token_prompts: bool,
+}
+
+/// Why a generation failed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum GenerateError {
+    /// The request is malformed or asks for something this generator cannot do.
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    /// The prompt does not fit the context.
+    #[error("the prompt has {prompt_tokens} tokens, more than the context of {context} allows")]
+    ContextOverflow {
+        /// Tokens in the prompt.
+        prompt_tokens: u32,
+        /// Context length.
+        context: u32,
+    },
+    /// The generator cannot be reached or is not loaded.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// The credentials were refused.
+    #[error("unauthorized: {0}")]
+    Unauthorized(String),
+    /// The provider says to slow down, or the credit is spent.
+    #[error("rate limited{}", retry_after.map(|d| format!(" (retry after {:.1}s)", d.as_secs_f64())).unwrap_or_default())]
+    RateLimited {
+        /// The provider's `Retry-After`, when given.
+        retry_after: Option<Duration>,
+    },
+    /// No answer in time.
+    #[error("timed out: {0}")]
+    Timeout(String),
+    /// An error reported by a remote server.
+    #[error("remote error{}: {message}", status.map(|s| format!(" {s}")).unwrap_or_default())]
+    Remote {
+        /// HTTP status, when there was one.
+        status: Option<u16>,
+        /// The server's message.
+        message: String,
+    },
+    /// A failure inside the engine.
+    #[error("{0}")]
+    Backend(String),
+}
+
+/// The events of one generation, in order, ending with [`Event::Done`] or an error.
+pub type EventStream = Box<dyn Iterator<Item = Result<Event, GenerateError>> + Send>;
+
+/// Anything that turns a request into a stream of events: the local engine, a
+/// remote provider, or a router over several of them.
+pub trait Generator: Send + Sync {
+    /// A short name for messages and for `Completion::served_by` (`local`, `hf-router`, …).
+    fn name(&self) -> &str;
+
+    /// What this generator can honour.
+    fn capabilities(&self) -> Capabilities;
+
+    /// Starts a generation. Events arrive as the iterator is driven; `cancel`
+    /// stops it between tokens.
+    fn generate(&self, request: GenerateRequest, cancel: CancelToken) -> Result<EventStream, GenerateError>;
+
+    /// Runs a generation to the end and returns its text and final event.
+    fn generate_text(&self, request: GenerateRequest) -> Result<(String, Completion), GenerateError> {
+        let mut text = String::new();
+        for event in self.generate(request, CancelToken::new())? {
+            match event? {
+                Event::Token(t) => text.push_str(&t.text),
+                Event::Done(c) => return Ok((text, c)),
+            }
+        }
+        Err(GenerateError::Backend("the event stream ended without a final event".into()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A generator that streams the words of its prompt.
+    struct Echo;
+
+    impl Generator for Echo {
+        fn name(&self) -> &str {
+            "echo"
+        }
+        fn capabilities(&self) -> Capabilities {
+            Capabilities::default()
+        }
+        fn generate(&self, request: GenerateRequest, cancel: CancelToken) -> Result<EventStream, GenerateError> {
+            let Prompt::Text(text) = request.prompt else {
+                return Err(GenerateError::InvalidRequest("text prompts only".into()));
+            };
+            let words: Vec<String> = text.split_inclusive(' ').map(str::to_string).collect();
+            let n = words.len() as u32;
+            let mut done = false;
+            let mut iter = words.into_iter();
+            Ok(Box::new(std::iter::from_fn(move || {
+                if done {
+                    return None;
+                }
+                match iter.next() {
+                    Some(w) if !cancel.is_cancelled() => Some(Ok(Event::Token(TokenEvent {
+                        text: w,
+                        id: None,
+                        logprob: None,
+                        top_logprobs: vec![],
+                    }))),
+                    rest => {
+                        done = true;
+                        let finish_reason = if rest.is_some() { FinishReason::Cancelled } else { FinishReason::Stop };
+                        Some(Ok(Event::Done(Completion {
+                            finish_reason,
+                            usage: Usage { prompt_tokens: n, completion_tokens: n },
+                            timings: Timings::default(),
+                            served_by: Some("echo".into()),
+                            tried: vec![],
+                            provider: None,
+                        })))
+                    }
+                }
+            })))
+        }
+    }
+
+    #[test]
+    fn generate_text_collects_the_stream() {
+        let (text, done) = Echo.generate_text(GenerateRequest::text("a b c")).unwrap();
+        assert_eq!(text, "a b c");
+        assert_eq!(done.finish_reason, FinishReason::Stop);
+        assert!(Echo.generate_text(GenerateRequest::chat(vec![])).is_err());
+    }
+
+    #[test]
+    fn cancel_ends_the_stream_with_cancelled() {
+        let cancel = CancelToken::new();
+        let mut stream = Echo.generate(GenerateRequest::text("a b c"), cancel.clone()).unwrap();
+        assert!(matches!(stream.next(), Some(Ok(Event::Token(_)))));
+        cancel.cancel();
+        match stream.next() {
+            Some(Ok(Event::Done(c))) => assert_eq!(c.finish_reason, FinishReason::Cancelled),
+            other => panic!("expected Done, got {other:?}"),
+        }
+        assert!(stream.next().is_none());
+    }
+
+    #[test]
+    fn requests_round_trip_through_json() {
+        let mut req = GenerateRequest::chat(vec![Message::new(Role::User, "hi")]);
+        req.stop = vec!["\n".into()];
+        req.seed = Some(7);
+        let json = serde_json::to_string(&req).unwrap();
+        assert!(json.contains("\"role\":\"user\""));
+        assert_eq!(serde_json::from_str::<GenerateRequest>(&json).unwrap(), req);
+    }
+}
