@@ -1,0 +1,328 @@
+//! `KvCache`: the keys and values of one session, every layer, preallocated
+//! for the context length — or, with a sliding window, a ring of
+//! `window + chunk − 1` slots, which is all a chunk of queries can see.
+
+use foehn_core::ModelConfig;
+use half::f16;
+
+use crate::{ModelError, Result};
+
+/// Default context length, when the model allows that many positions.
+pub const DEFAULT_CTX_LEN: usize = 4096;
+
+/// Default largest chunk of tokens per forward pass (prompt prefill chunk).
+pub const DEFAULT_CHUNK: usize = 512;
+
+/// Element type of the cached keys and values.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum KvCacheType {
+    /// Half precision (llama.cpp's default): half the memory, ~1e-2 on logits.
+    #[default]
+    F16,
+    /// Single precision: exact up to f32 arithmetic.
+    F32,
+}
+
+/// How to size a [`KvCache`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KvCacheOptions {
+    /// Most tokens the session may hold. Default: [`DEFAULT_CTX_LEN`], or the
+    /// model's `max_position_embeddings` if smaller.
+    pub ctx_len: Option<usize>,
+    /// Element type. Default: f16.
+    pub dtype: KvCacheType,
+    /// Most tokens per forward pass. Default: [`DEFAULT_CHUNK`]. With a
+    /// sliding window it sets the ring size (`window + max_chunk − 1`).
+    pub max_chunk: usize,
+}
+
+impl Default for KvCacheOptions {
+    fn default() -> Self {
+        Self {
+            ctx_len: None,
+            dtype: KvCacheType::F16,
+            max_chunk: DEFAULT_CHUNK,
+        }
+    }
+}
+
+/// Cached keys or values of one layer: `slots × kv_dim`.
+#[derive(Debug, Clone)]
+pub(crate) enum KvStore {
+    F16(Vec<f16>),
+    F32(Vec<f32>),
+}
+
+impl KvStore {
+    fn new(dtype: KvCacheType, len: usize) -> Self {
+        match dtype {
+            KvCacheType::F16 => KvStore::F16(vec![f16::ZERO; len]),
+            KvCacheType::F32 => KvStore::F32(vec![0.0; len]),
+        }
+    }
+
+    fn write(&mut self, at: usize, src: &[f32]) {
+        match self {
+            KvStore::F16(v) => {
+                for (d, &s) in v[at..at + src.len()].iter_mut().zip(src) {
+                    *d = f16::from_f32(s);
+                }
+            }
+            KvStore::F32(v) => v[at..at + src.len()].copy_from_slice(src),
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        match self {
+            KvStore::F16(v) => 2 * v.len(),
+            KvStore::F32(v) => 4 * v.len(),
+        }
+    }
+}
+
+/// Keys and values of one layer.
+#[derive(Debug, Clone)]
+pub(crate) struct LayerKv {
+    pub(crate) k: KvStore,
+    pub(crate) v: KvStore,
+}
+
+/// The KV cache of one session (it belongs to the session, not to the model).
+///
+/// Position `p` lives in slot `p % slots`. Without a sliding window there is a
+/// slot per position of the context; with a window `W` and chunks of at most
+/// `C` tokens, `W + C − 1` slots hold every key a chunk of queries can see
+/// (the first query needs `W − 1` earlier keys, the chunk adds `C`), so the
+/// ring is exact however long the session runs.
+#[derive(Debug, Clone)]
+pub struct KvCache {
+    layers: Vec<LayerKv>,
+    kv_dim: usize,
+    slots: usize,
+    ctx_len: usize,
+    window: Option<usize>,
+    max_chunk: usize,
+    dtype: KvCacheType,
+    position: usize,
+}
+
+impl KvCache {
+    /// An empty cache for a model with configuration `cfg`.
+    ///
+    /// # Errors
+    /// [`ModelError::Config`] when `ctx_len` or `max_chunk` is 0.
+    pub fn new(cfg: &ModelConfig, opts: KvCacheOptions) -> Result<Self> {
+        let ctx_len = opts
+            .ctx_len
+            .unwrap_or_else(|| DEFAULT_CTX_LEN.min(cfg.max_position_embeddings));
+        if ctx_len == 0 || opts.max_chunk == 0 {
+            return Err(ModelError::Config(format!(
+                "KV cache with ctx_len {ctx_len} and max_chunk {}: both must be at least 1",
+                opts.max_chunk
+            )));
+        }
+        let max_chunk = opts.max_chunk.min(ctx_len);
+        let slots = match cfg.sliding_window {
+            Some(w) => (w + max_chunk - 1).min(ctx_len),
+            None => ctx_len,
+        };
+        let kv_dim = cfg.num_key_value_heads * cfg.head_dim;
+        let len = slots.checked_mul(kv_dim).ok_or_else(|| {
+            ModelError::Config(format!("KV cache of {slots} slots × {kv_dim} overflows"))
+        })?;
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|_| LayerKv {
+                k: KvStore::new(opts.dtype, len),
+                v: KvStore::new(opts.dtype, len),
+            })
+            .collect();
+        Ok(Self {
+            layers,
+            kv_dim,
+            slots,
+            ctx_len,
+            window: cfg.sliding_window,
+            max_chunk,
+            dtype: opts.dtype,
+            position: 0,
+        })
+    }
+
+    /// Tokens processed so far (the position of the next token).
+    pub fn position(&self) -> usize {
+        self.position
+    }
+
+    /// Most tokens the session may hold.
+    pub fn ctx_len(&self) -> usize {
+        self.ctx_len
+    }
+
+    /// Most tokens per forward pass.
+    pub fn max_chunk(&self) -> usize {
+        self.max_chunk
+    }
+
+    /// Slots per layer (`ctx_len`, or the ring size with a sliding window).
+    pub fn slots(&self) -> usize {
+        self.slots
+    }
+
+    /// The sliding window the cache was sized for.
+    pub fn window(&self) -> Option<usize> {
+        self.window
+    }
+
+    /// Element type.
+    pub fn dtype(&self) -> KvCacheType {
+        self.dtype
+    }
+
+    /// Bytes held by the keys and values.
+    pub fn memory_bytes(&self) -> usize {
+        self.layers.iter().map(|l| l.k.bytes() + l.v.bytes()).sum()
+    }
+
+    /// Forgets every token (the memory is kept).
+    pub fn clear(&mut self) {
+        self.position = 0;
+    }
+
+    /// Keeps the first `to` tokens and forgets the rest, so that a follow-up
+    /// only processes what differs (chat KV reuse).
+    ///
+    /// # Errors
+    /// [`ModelError::Truncate`] when `to` is past the current position, or when
+    /// the ring has already overwritten keys that a query at `to` needs (more
+    /// than `max_chunk` tokens back with a sliding window): the caller then
+    /// clears the cache and processes the prefix again.
+    pub fn truncate(&mut self, to: usize) -> Result<()> {
+        let err = |reason: String| ModelError::Truncate {
+            to,
+            position: self.position,
+            reason,
+        };
+        if to > self.position {
+            return Err(err("that is past the cached tokens".into()));
+        }
+        if let Some(w) = self.window {
+            let needed = to.saturating_sub(w.saturating_sub(1));
+            let oldest = self.position.saturating_sub(self.slots);
+            if needed < oldest {
+                return Err(err(format!(
+                    "the sliding-window ring no longer holds position {needed} (oldest kept: {oldest})"
+                )));
+            }
+        }
+        self.position = to;
+        Ok(())
+    }
+
+    /// Checks that this cache was built for a model of `cfg`'s shape.
+    pub(crate) fn check(&self, cfg: &ModelConfig) -> Result<()> {
+        let kv_dim = cfg.num_key_value_heads * cfg.head_dim;
+        if self.layers.len() != cfg.num_hidden_layers
+            || self.kv_dim != kv_dim
+            || self.window != cfg.sliding_window
+        {
+            return Err(ModelError::Mismatch(format!(
+                "the KV cache was built for {} layers × {} KV width (window {:?}), the model has {} × {} (window {:?})",
+                self.layers.len(),
+                self.kv_dim,
+                self.window,
+                cfg.num_hidden_layers,
+                kv_dim,
+                cfg.sliding_window
+            )));
+        }
+        Ok(())
+    }
+
+    /// The slot holding position `pos`.
+    pub(crate) fn slot(&self, pos: usize) -> usize {
+        pos % self.slots
+    }
+
+    /// Stores the keys and values of position `pos` in layer `layer`.
+    ///
+    /// # Shapes
+    /// - `k`, `v`: `kv_dim`.
+    pub(crate) fn write(&mut self, layer: usize, pos: usize, k: &[f32], v: &[f32]) {
+        let at = self.slot(pos) * self.kv_dim;
+        let l = &mut self.layers[layer];
+        l.k.write(at, k);
+        l.v.write(at, v);
+    }
+
+    /// One layer's keys and values.
+    pub(crate) fn layer(&self, layer: usize) -> &LayerKv {
+        &self.layers[layer]
+    }
+
+    /// Moves the position forward after a forward pass.
+    pub(crate) fn advance(&mut self, n: usize) {
+        self.position += n;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(window: Option<usize>) -> ModelConfig {
+        ModelConfig {
+            vocab_size: 10,
+            hidden_size: 8,
+            intermediate_size: 8,
+            num_hidden_layers: 2,
+            num_attention_heads: 2,
+            num_key_value_heads: 1,
+            head_dim: 4,
+            rope_theta: 1e4,
+            rope_scaling: None,
+            rms_norm_eps: 1e-5,
+            sliding_window: window,
+            max_position_embeddings: 1000,
+            tie_word_embeddings: false,
+        }
+    }
+
+    #[test]
+    fn sizes_follow_context_and_window() {
+        let c = KvCache::new(&cfg(None), KvCacheOptions::default()).unwrap();
+        assert_eq!((c.ctx_len(), c.slots()), (1000, 1000));
+        assert_eq!(c.memory_bytes(), 2 * 2 * 1000 * 4 * 2);
+        let opts = KvCacheOptions {
+            ctx_len: Some(300),
+            dtype: KvCacheType::F32,
+            max_chunk: 7,
+        };
+        let c = KvCache::new(&cfg(Some(16)), opts).unwrap();
+        assert_eq!((c.ctx_len(), c.slots()), (300, 22));
+        assert_eq!(c.memory_bytes(), 2 * 2 * 22 * 4 * 4);
+    }
+
+    #[test]
+    fn truncation_keeps_what_the_ring_still_holds() {
+        let opts = KvCacheOptions {
+            ctx_len: Some(300),
+            dtype: KvCacheType::F32,
+            max_chunk: 4,
+        };
+        let mut c = KvCache::new(&cfg(Some(16)), opts).unwrap(); // 19 slots
+        c.advance(100);
+        assert!(c.truncate(101).is_err());
+        // Holds positions 81..100; a query at 97 needs 82.., at 96 needs 81...
+        c.truncate(97).unwrap();
+        assert_eq!(c.position(), 97);
+        let mut c2 = c.clone();
+        c2.advance(3);
+        assert!(c2.truncate(95).is_err());
+        c.clear();
+        assert_eq!(c.position(), 0);
+        let mut full = KvCache::new(&cfg(None), KvCacheOptions::default()).unwrap();
+        full.advance(500);
+        full.truncate(3).unwrap();
+        assert_eq!(full.position(), 3);
+    }
+}

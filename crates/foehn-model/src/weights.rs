@@ -1,0 +1,173 @@
+//! Weights from model files: each linear layer becomes a [`QMatrix`] that
+//! borrows its bytes from the mapped file, each norm a small `Vec<f32>`.
+//!
+//! Shapes are given in the model's terms (`rows × cols` of `out = W · x`) and
+//! checked against the file; a type the kernels cannot compute with is refused
+//! here, when the model is built, not at the first forward pass.
+
+use std::sync::Arc;
+
+use foehn_kernels::{dequantize_row, ByteSource, GgmlType, QMatrix};
+use foehn_loader::{GgufFile, LoadError, SafetensorsModel, StDtype};
+
+use crate::{ModelError, Result};
+
+/// A model file that hands out weight matrices and vectors by tensor name.
+pub(crate) trait TensorSource {
+    /// Whether the file has a tensor of that name.
+    fn contains(&self, name: &str) -> bool;
+    /// The `rows × cols` matrix `name` (borrowed from the file).
+    fn matrix(&self, name: &str, rows: usize, cols: usize) -> Result<QMatrix>;
+    /// The vector `name` of `len` elements, converted to f32.
+    fn vector(&self, name: &str, len: usize) -> Result<Vec<f32>>;
+}
+
+fn unsupported(tensor: &str, ty: GgmlType) -> ModelError {
+    ModelError::UnsupportedTensorType {
+        tensor: tensor.to_string(),
+        ty: ty.name().to_string(),
+    }
+}
+
+/// A loader error, with an uncomputable tensor type reported as the model's own
+/// [`ModelError::UnsupportedTensorType`].
+fn load_err(e: LoadError) -> ModelError {
+    match e {
+        LoadError::UnsupportedTensorType { name, ty } => {
+            ModelError::UnsupportedTensorType { tensor: name, ty }
+        }
+        e => ModelError::Load(e),
+    }
+}
+
+fn shape_err(tensor: &str, expected: Vec<usize>, found: Vec<usize>) -> ModelError {
+    ModelError::Shape {
+        tensor: tensor.to_string(),
+        expected,
+        found,
+    }
+}
+
+/// One tensor of a shared GGUF file, as the byte owner of a [`QMatrix`].
+struct GgufTensorBytes {
+    file: Arc<GgufFile>,
+    name: String,
+}
+
+impl ByteSource for GgufTensorBytes {
+    fn bytes(&self) -> &[u8] {
+        // The tensor was found when the matrix was built and the file is
+        // immutable, so the lookup cannot fail here.
+        self.file.tensor(&self.name).map_or(&[], |t| t.data)
+    }
+}
+
+/// A GGUF file as a source of weights (llama.cpp tensor names, ggml shapes).
+pub(crate) struct GgufSource(pub(crate) Arc<GgufFile>);
+
+impl GgufSource {
+    /// The tensor's shape in ggml order (`[row length, rows, …]`).
+    fn shape(name: &str, shape: &[u64]) -> Result<Vec<usize>> {
+        shape
+            .iter()
+            .map(|&d| usize::try_from(d))
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|_| ModelError::Config(format!("tensor '{name}' is too large")))
+    }
+}
+
+impl TensorSource for GgufSource {
+    fn contains(&self, name: &str) -> bool {
+        self.0.tensors().iter().any(|t| t.name == name)
+    }
+
+    fn matrix(&self, name: &str, rows: usize, cols: usize) -> Result<QMatrix> {
+        let view = self.0.tensor(name).map_err(load_err)?;
+        if !view.ty.can_dequantize() {
+            return Err(unsupported(name, view.ty));
+        }
+        let found = Self::shape(name, view.shape)?;
+        if found != [cols, rows] {
+            return Err(shape_err(name, vec![cols, rows], found));
+        }
+        let len = view.data.len();
+        let source = Arc::new(GgufTensorBytes {
+            file: Arc::clone(&self.0),
+            name: name.to_string(),
+        });
+        Ok(QMatrix::from_shared(view.ty, rows, cols, source, 0..len)?)
+    }
+
+    fn vector(&self, name: &str, len: usize) -> Result<Vec<f32>> {
+        let view = self.0.tensor(name).map_err(load_err)?;
+        if !view.ty.can_dequantize() {
+            return Err(unsupported(name, view.ty));
+        }
+        let found = Self::shape(name, view.shape)?;
+        if found != [len] {
+            return Err(shape_err(name, vec![len], found));
+        }
+        let mut out = vec![0.0; len];
+        dequantize_row(view.ty, view.data, &mut out)?;
+        Ok(out)
+    }
+}
+
+/// One tensor of a shared safetensors model, as the byte owner of a [`QMatrix`].
+struct StTensorBytes {
+    model: Arc<SafetensorsModel>,
+    name: String,
+}
+
+impl ByteSource for StTensorBytes {
+    fn bytes(&self) -> &[u8] {
+        // Found and type-checked when the matrix was built; the model is immutable.
+        self.model.tensor(&self.name).map_or(&[], |t| t.data)
+    }
+}
+
+/// A Hugging Face safetensors model as a source of weights (row-major shapes).
+pub(crate) struct StSource(pub(crate) Arc<SafetensorsModel>);
+
+fn st_type(dtype: StDtype) -> GgmlType {
+    match dtype {
+        StDtype::F32 => GgmlType::F32,
+        StDtype::F16 => GgmlType::F16,
+        StDtype::BF16 => GgmlType::BF16,
+    }
+}
+
+impl TensorSource for StSource {
+    fn contains(&self, name: &str) -> bool {
+        self.0.contains(name)
+    }
+
+    fn matrix(&self, name: &str, rows: usize, cols: usize) -> Result<QMatrix> {
+        let t = self.0.tensor(name).map_err(load_err)?;
+        if t.shape != [rows, cols] {
+            return Err(shape_err(name, vec![rows, cols], t.shape.to_vec()));
+        }
+        let len = t.data.len();
+        let source = Arc::new(StTensorBytes {
+            model: Arc::clone(&self.0),
+            name: name.to_string(),
+        });
+        Ok(QMatrix::from_shared(
+            st_type(t.dtype),
+            rows,
+            cols,
+            source,
+            0..len,
+        )?)
+    }
+
+    fn vector(&self, name: &str, len: usize) -> Result<Vec<f32>> {
+        let t = self.0.tensor(name).map_err(load_err)?;
+        if t.shape != [len] {
+            return Err(shape_err(name, vec![len], t.shape.to_vec()));
+        }
+        let mut out = vec![0.0; len];
+        dequantize_row(st_type(t.dtype), t.data, &mut out)?;
+        Ok(out)
+    }
+}
