@@ -4,34 +4,12 @@
 mod common;
 
 use std::io::Write;
-use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 
-use common::fixture;
-
-/// The example binary `cargo test` built along with this test: the newest
-/// `target/<profile>/examples/tokenize-<hash>` (the un-hashed copy is only
-/// refreshed by `cargo build`, so it may be stale).
-fn tokenize_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    let examples = exe.parent().and_then(|deps| deps.parent()).expect("target/<profile>").join("examples");
-    let suffix = std::env::consts::EXE_SUFFIX;
-    std::fs::read_dir(&examples)
-        .expect("examples directory (cargo test builds examples)")
-        .filter_map(|e| e.ok())
-        .filter(|e| {
-            let name = e.file_name().to_string_lossy().to_string();
-            name.starts_with("tokenize-")
-                && name.ends_with(suffix)
-                && !name.trim_end_matches(suffix).contains('.')
-        })
-        .max_by_key(|e| e.metadata().and_then(|m| m.modified()).ok())
-        .map(|e| e.path())
-        .expect("the tokenize example was not built")
-}
+use common::{example_bin, fixture};
 
 fn run(args: &[&str], stdin: &[u8]) -> Output {
-    let mut child = Command::new(tokenize_bin())
+    let mut child = Command::new(example_bin("tokenize"))
         .args(args)
         .env("HF_HUB_OFFLINE", "1")
         .stdin(Stdio::piped())

@@ -30,9 +30,9 @@ fn check(tok: &Tokenizer, cases: &[Case], expected: impl Fn(&Case) -> Vec<u32>, 
             let mut stream = tok.stream_decoder(true);
             let mut streamed = String::new();
             for &id in &got {
-                streamed.push_str(&stream.push(id).expect("stream push"));
+                streamed.push_str(&stream.push(tok, id).expect("stream push"));
             }
-            streamed.push_str(&stream.finish().expect("stream finish"));
+            streamed.push_str(&stream.finish(tok).expect("stream finish"));
             if &streamed != decoded {
                 failures.push(format!("{}: streamed {streamed:?} != {decoded:?}", c.key));
             }
@@ -162,20 +162,20 @@ fn streaming_decode_never_splits_characters() {
     let mut stream = tok.stream_decoder(true);
     let mut out = String::new();
     for &id in &ids {
-        let piece = stream.push(id).unwrap();
+        let piece = stream.push(&tok, id).unwrap();
         assert!(!piece.contains('\u{FFFD}'), "broken character emitted: {piece:?}");
         out.push_str(&piece);
     }
-    out.push_str(&stream.finish().unwrap());
+    out.push_str(&stream.finish(&tok).unwrap());
     assert_eq!(out, text);
     // A truncated character at the end is flushed, not dropped.
     let cut = &ids[..ids.len() - 2];
     let mut stream = tok.stream_decoder(true);
     let mut out = String::new();
     for &id in cut {
-        out.push_str(&stream.push(id).unwrap());
+        out.push_str(&stream.push(&tok, id).unwrap());
     }
-    out.push_str(&stream.finish().unwrap());
+    out.push_str(&stream.finish(&tok).unwrap());
     assert_eq!(out, tok.decode(cut, true).unwrap());
     assert!(out.ends_with('\u{FFFD}'));
 }

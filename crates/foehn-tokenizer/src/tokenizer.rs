@@ -235,7 +235,7 @@ impl Tokenizer {
     }
 
     /// An incremental decoder for streaming generation (see [`StreamDecoder`]).
-    pub fn stream_decoder(&self, skip_special: bool) -> StreamDecoder<'_> {
+    pub fn stream_decoder(&self, skip_special: bool) -> StreamDecoder {
         StreamDecoder::new(self, skip_special)
     }
 

@@ -1,0 +1,245 @@
+//! Mistral chat encoding as `mistral-common` does it: control tokens by id,
+//! each message's text tokenized on its own.
+//!
+//! Rendering a Mistral template to text and tokenizing that text does not give
+//! Mistral's ids with SentencePiece vocabularies: the text after `[INST]` /
+//! `[/INST]` gets its own dummy prefix on top of the template's space
+//! (`▁▁Hello` instead of `▁Hello`). This module follows mistral-common 1.13's
+//! request normalizer and its v1/v2/v3/v7 instruct tokenizers instead.
+
+use foehn_tokenizer::{EncodeOptions, Tokenizer, TokenizerKind};
+
+use crate::{ChatError, Message, Result, Role};
+
+/// Which of mistral-common's instruct tokenizers to imitate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MistralVersion {
+    /// v1 (Mistral 7B v0.1/v0.2): `[INST]` is plain text; `"[INST] {text} [/INST]"`
+    /// is tokenized as one string; the system prompt goes before the first user message.
+    V1,
+    /// v2 (Mixtral 8x22B): `[INST]`/`[/INST]` control tokens; the system prompt
+    /// goes before the last user message. Same ids as v3 for plain messages.
+    V2,
+    /// v3 (Mistral 7B v0.3, Nemo with Tekken, …): as v2 (they differ only in tool encoding).
+    V3,
+    /// v7 (Mistral Large 2411, Small 3, …): system prompts in place, between
+    /// `[SYSTEM_PROMPT]` and `[/SYSTEM_PROMPT]`.
+    V7,
+}
+
+impl MistralVersion {
+    /// The version a llama.cpp template name stands for (`"mistral-v3"` → v3).
+    pub fn from_template_name(name: &str) -> Option<Self> {
+        match name.trim() {
+            "mistral-v1" => Some(Self::V1),
+            "mistral-v3" | "mistral-v3-tekken" => Some(Self::V3),
+            "mistral-v7" | "mistral-v7-tekken" => Some(Self::V7),
+            _ => None,
+        }
+    }
+}
+
+/// The id of a vocabulary entry that is a control token (not plain text).
+fn control_id(tokenizer: &Tokenizer, token: &str) -> Option<u32> {
+    tokenizer.token_to_id(token).filter(|&id| tokenizer.is_control(id))
+}
+
+/// Whether the tokenizer is a Mistral instruct one: `[INST]` and `[/INST]`
+/// are control tokens (v2 and later; v1 vocabularies have no such tokens).
+pub fn is_mistral_tokenizer(tokenizer: &Tokenizer) -> bool {
+    control_id(tokenizer, "[INST]").is_some() && control_id(tokenizer, "[/INST]").is_some()
+}
+
+fn has_system_prompt_tokens(tokenizer: &Tokenizer) -> bool {
+    control_id(tokenizer, "[SYSTEM_PROMPT]").is_some() && control_id(tokenizer, "[/SYSTEM_PROMPT]").is_some()
+}
+
+/// Whether a model should be prompted with [`encode_mistral_chat`], and with
+/// which version; `None` means "render the chat template and tokenize it".
+///
+/// `template` is the model's chat template (`Tokenizer::chat_template`), a
+/// llama.cpp name or Jinja:
+/// * a Mistral name (`mistral-v1`, `mistral-v3[-tekken]`, `mistral-v7[-tekken]`)
+///   gives its version (v3/v7 only when the vocabulary has the control tokens
+///   they need); any other name gives `None`;
+/// * Jinja that never writes `[INST]` is not a Mistral format (a fine-tune
+///   with its own format keeps it); Mistral's official v1 template gives v1;
+///   otherwise Jinja that writes `[SYSTEM_PROMPT]` gives v7 and other Jinja v3,
+///   provided `[INST]`/`[/INST]` are control tokens;
+/// * without a template, `[INST]`/`[/INST]` control tokens give v3, or v7 for a
+///   SentencePiece vocabulary that also has `[SYSTEM_PROMPT]`/`[/SYSTEM_PROMPT]`
+///   (v7 added them there). Tekken vocabularies always carry those tokens, v3
+///   ones included, so a Tekken model without a template gets v3: pass v7
+///   yourself when its `tekken.json` says `"version": "v7"`.
+pub fn mistral_version(tokenizer: &Tokenizer, template: Option<&str>) -> Option<MistralVersion> {
+    let by_vocab = |v7: bool| {
+        if !is_mistral_tokenizer(tokenizer) {
+            None
+        } else if v7 && has_system_prompt_tokens(tokenizer) {
+            Some(MistralVersion::V7)
+        } else {
+            Some(MistralVersion::V3)
+        }
+    };
+    let Some(template) = template.map(str::trim).filter(|t| !t.is_empty()) else {
+        let sentencepiece = matches!(tokenizer.kind(), TokenizerKind::SentencePiece | TokenizerKind::GgufLlama);
+        return by_vocab(sentencepiece);
+    };
+    if crate::NAMED_TEMPLATES.contains(&template) {
+        return match MistralVersion::from_template_name(template)? {
+            MistralVersion::V1 => Some(MistralVersion::V1),
+            version => by_vocab(version == MistralVersion::V7),
+        };
+    }
+    if !template.contains("[INST]") {
+        return None;
+    }
+    // llama.cpp's test for Mistral's official v1 template.
+    if template.contains("' [INST] ' + system_message") {
+        return Some(MistralVersion::V1);
+    }
+    by_vocab(template.contains("[SYSTEM_PROMPT]"))
+}
+
+/// One message after mistral-common's normalization.
+struct Turn {
+    role: Role,
+    content: String,
+}
+
+/// mistral-common's `InstructRequestNormalizer` (v1–v3) / `…V7`: consecutive
+/// messages of the same role merged (non-empty texts joined by a blank line),
+/// tool messages kept apart; before v7 the system messages are taken out and
+/// joined into one system prompt, and the conversation must start with a user
+/// message (an empty one is inserted if it does not).
+fn normalize(messages: &[Message], version: MistralVersion) -> (Option<String>, Vec<Turn>) {
+    let v7 = version == MistralVersion::V7;
+    let mut system_parts = Vec::new();
+    let mut turns = Vec::new();
+    for group in messages.chunk_by(|a, b| a.role == b.role) {
+        let role = group[0].role;
+        match role {
+            Role::System if v7 => turns.extend(group.iter().map(|m| Turn { role, content: m.content.clone() })),
+            Role::System => {
+                system_parts.extend(group.iter().filter(|m| !m.content.is_empty()).map(|m| m.content.clone()))
+            }
+            Role::Tool => turns.extend(group.iter().map(|m| Turn { role, content: m.content.clone() })),
+            Role::User | Role::Assistant => {
+                let texts: Vec<&str> = group.iter().map(|m| m.content.as_str()).filter(|c| !c.is_empty()).collect();
+                turns.push(Turn { role, content: texts.join("\n\n") });
+            }
+        }
+    }
+    if turns.is_empty() || (!v7 && turns[0].role != Role::User) {
+        turns.insert(0, Turn { role: Role::User, content: String::new() });
+    }
+    let system = (!system_parts.is_empty()).then(|| system_parts.join("\n\n"));
+    (system, turns)
+}
+
+/// Tokenizes message text as mistral-common does: no BOS, no EOS, special-token
+/// text as plain text, and nothing for an empty string.
+struct TextEncoder<'a> {
+    tokenizer: &'a Tokenizer,
+    /// The EOS the tokenizer appends by itself (`add_eos_token`), to remove.
+    appended_eos: Option<u32>,
+}
+
+impl<'a> TextEncoder<'a> {
+    const OPTIONS: EncodeOptions = EncodeOptions { add_bos: Some(false), parse_special: false };
+
+    fn new(tokenizer: &'a Tokenizer) -> Result<Self> {
+        let probe = tokenizer.encode("a", Self::OPTIONS)?;
+        let appended_eos = tokenizer.eos_id().filter(|&eos| probe.len() > 1 && probe.last() == Some(&eos));
+        Ok(Self { tokenizer, appended_eos })
+    }
+
+    fn encode(&self, text: &str, out: &mut Vec<u32>) -> Result<()> {
+        if text.is_empty() {
+            return Ok(());
+        }
+        let mut ids = self.tokenizer.encode(text, Self::OPTIONS)?;
+        if self.appended_eos.is_some() && ids.last() == self.appended_eos.as_ref() {
+            ids.pop();
+        }
+        out.extend_from_slice(&ids);
+        Ok(())
+    }
+}
+
+fn required_id(tokenizer: &Tokenizer, token: &str) -> Result<u32> {
+    tokenizer.token_to_id(token).ok_or_else(|| ChatError::MissingToken(token.to_string()))
+}
+
+/// Encodes a conversation into the token ids mistral-common's instruct
+/// tokenizer of `version` gives (`encode_chat_completion(...).tokens`):
+/// BOS; each user turn as `[INST]` + its text + `[/INST]` (v1: the text
+/// `"[INST] {text} [/INST]"`); each assistant turn as its text (trailing
+/// spaces removed from v2 on) + EOS; the system prompt before the first (v1)
+/// or last (v2, v3) user message, or in place between `[SYSTEM_PROMPT]` and
+/// `[/SYSTEM_PROMPT]` (v7). Every text is tokenized on its own, with
+/// SentencePiece's dummy prefix for SentencePiece vocabularies and without
+/// for Tekken, exactly as the tokenizer encodes a plain string.
+///
+/// A conversation ending with a user message is a prompt for the next answer.
+/// Tool messages are refused (mistral-common needs a tool call id for them),
+/// and so are assistant messages without text.
+pub fn encode_mistral_chat(tokenizer: &Tokenizer, messages: &[Message], version: MistralVersion) -> Result<Vec<u32>> {
+    let text = TextEncoder::new(tokenizer)?;
+    let bos = tokenizer.bos_id().ok_or_else(|| ChatError::MissingToken("BOS".into()))?;
+    let eos = tokenizer.eos_id().ok_or_else(|| ChatError::MissingToken("EOS".into()))?;
+    let inst = match version {
+        MistralVersion::V1 => None,
+        _ => Some((required_id(tokenizer, "[INST]")?, required_id(tokenizer, "[/INST]")?)),
+    };
+    let (system, turns) = normalize(messages, version);
+    let first_user = turns.iter().position(|t| t.role == Role::User);
+    let last_user = turns.iter().rposition(|t| t.role == Role::User);
+
+    let mut ids = vec![bos];
+    for (i, turn) in turns.iter().enumerate() {
+        match turn.role {
+            Role::User => {
+                let system_here = match version {
+                    MistralVersion::V1 => Some(i) == first_user,
+                    MistralVersion::V2 | MistralVersion::V3 => Some(i) == last_user,
+                    MistralVersion::V7 => false,
+                };
+                let content = match &system {
+                    Some(system) if system_here => format!("{system}\n\n{}", turn.content),
+                    _ => turn.content.clone(),
+                };
+                match inst {
+                    None => text.encode(&format!("[INST] {content} [/INST]"), &mut ids)?,
+                    Some((begin, end)) => {
+                        ids.push(begin);
+                        text.encode(&content, &mut ids)?;
+                        ids.push(end);
+                    }
+                }
+            }
+            Role::Assistant => {
+                if turn.content.is_empty() {
+                    return Err(ChatError::InvalidConversation("an assistant message has no content".into()));
+                }
+                let content = match version {
+                    MistralVersion::V1 => turn.content.as_str(),
+                    _ => turn.content.trim_end_matches(' '),
+                };
+                text.encode(content, &mut ids)?;
+                ids.push(eos);
+            }
+            Role::System => {
+                ids.push(required_id(tokenizer, "[SYSTEM_PROMPT]")?);
+                text.encode(&turn.content, &mut ids)?;
+                ids.push(required_id(tokenizer, "[/SYSTEM_PROMPT]")?);
+            }
+            Role::Tool => {
+                return Err(ChatError::InvalidConversation(
+                    "tool messages need a tool call id, which Mistral's chat encoding requires".into(),
+                ))
+            }
+        }
+    }
+    Ok(ids)
+}

@@ -1,0 +1,11 @@
+//! The local engine: a model file loaded once ([`LocalModel`], shared by
+//! `Arc`), sessions that own a KV cache ([`Session`]), and the
+//! [`foehn_core::Generator`] implementation that streams events.
+
+mod error;
+mod local;
+mod session;
+
+pub use error::{EngineError, Result};
+pub use local::{LoadOptions, LocalModel};
+pub use session::{top_k, Generation, Session};

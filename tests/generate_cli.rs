@@ -1,0 +1,113 @@
+//! The `generate` example as a user (or a reference harness) runs it.
+
+mod common;
+
+use std::process::{Command, Output};
+
+use common::{example_bin, fixture};
+
+fn generate(args: &[&str]) -> Output {
+    Command::new(example_bin("generate")).args(args).env("HF_HUB_OFFLINE", "1").output().expect("run generate")
+}
+
+fn json(o: &Output) -> serde_json::Value {
+    assert!(o.status.success(), "generate failed: {}", String::from_utf8_lossy(&o.stderr));
+    serde_json::from_slice(&o.stdout).expect("one JSON object")
+}
+
+fn ids(v: &serde_json::Value) -> Vec<u64> {
+    v.as_array().expect("array").iter().map(|i| i.as_u64().expect("id")).collect()
+}
+
+fn csv(ids: &[u64]) -> String {
+    ids.iter().map(u64::to_string).collect::<Vec<_>>().join(",")
+}
+
+/// Teacher forcing on the reference's own greedy tokens: the top-1/top-2 logits
+/// before each forced token match the f64 reference within 1e-3 (f32 KV cache).
+#[test]
+fn force_ids_reports_the_reference_logits() {
+    let reference: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture("tiny-mistral/reference/F32/reference.json")).unwrap(),
+    )
+    .unwrap();
+    let model = fixture("tiny-mistral/gguf/tiny-mistral-F32.gguf");
+    for p in ["p5", "p24", "p40"] {
+        let r = &reference["prompts"][p];
+        let (prompt, forced) = (ids(&r["ids"]), ids(&r["greedy_swa"]));
+        let out = json(&generate(&[
+            "--model",
+            model.to_str().unwrap(),
+            "--prompt-ids",
+            &csv(&prompt),
+            "--force-ids",
+            &csv(&forced),
+            "--top-logits",
+            "2",
+            "--kv",
+            "f32",
+            "--json",
+        ]));
+        assert_eq!(ids(&out["prompt_ids"]), prompt);
+        let steps = out["steps"].as_array().unwrap();
+        assert_eq!(steps.len(), forced.len(), "{p}");
+        for (k, (step, want)) in steps.iter().zip(r["greedy_swa_steps"].as_array().unwrap()).enumerate() {
+            let top = step.as_array().unwrap();
+            assert_eq!(top[0][0].as_u64(), want["top1"].as_u64(), "{p} step {k}");
+            assert_eq!(top[1][0].as_u64(), want["top2"].as_u64(), "{p} step {k}");
+            let d1 = (top[0][1].as_f64().unwrap() - want["top1_logit"].as_f64().unwrap()).abs();
+            let d2 = (top[1][1].as_f64().unwrap() - want["top2_logit"].as_f64().unwrap()).abs();
+            assert!(d1 <= 1e-3 && d2 <= 1e-3, "{p} step {k}: |d| = {d1:e}, {d2:e}");
+        }
+    }
+}
+
+#[test]
+fn greedy_json_run_matches_the_reference_and_reports_timings() {
+    let reference: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture("tiny-mistral/reference/F32/reference.json")).unwrap(),
+    )
+    .unwrap();
+    let r = &reference["prompts"]["p24"];
+    let model = fixture("tiny-mistral/gguf/tiny-mistral-F32.gguf");
+    let out = json(&generate(&[
+        "--model",
+        model.to_str().unwrap(),
+        "--prompt-ids",
+        &csv(&ids(&r["ids"])),
+        "-n",
+        "16",
+        "--temp",
+        "0",
+        "--kv",
+        "f32",
+        "--json",
+        "--top-logits",
+        "3",
+    ]));
+    assert_eq!(ids(&out["ids"]), ids(&r["greedy_swa"]));
+    assert_eq!(out["top_logits"].as_array().unwrap().len(), 3);
+    assert_eq!(out["steps"].as_array().unwrap().len(), 16);
+    for key in ["load_ms", "prefill_tok_s", "decode_tok_s"] {
+        assert!(out["timings"][key].as_f64().unwrap() > 0.0, "{key}");
+    }
+}
+
+#[test]
+fn bad_requests_are_one_line_errors() {
+    let model = fixture("tiny-mistral/gguf/tiny-mistral-F32.gguf");
+    let model = model.to_str().unwrap();
+    let long: Vec<u64> = vec![5; 600];
+    for (what, args) in [
+        ("prompt longer than the context", vec!["--model", model, "--prompt-ids", &csv(&long)]),
+        ("token id outside the vocabulary", vec!["--model", model, "--prompt-ids", "1,99999"]),
+        ("missing model", vec!["--model", "/nonexistent.gguf", "--prompt", "hi"]),
+        ("bad sampling setting", vec!["--model", model, "--prompt", "hi", "--top-p", "7"]),
+    ] {
+        let o = generate(&args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{what}: succeeded");
+        assert!(!err.contains("panicked"), "{what}: {err}");
+        assert!(err.starts_with("error: ") && err.trim_end().lines().count() == 1, "{what}: {err}");
+    }
+}
