@@ -1,7 +1,7 @@
 """Writes mistral_common_chat.json: mistral-common's token ids for a set of
 conversations, over the tokenizers that ship in the mistral-common 1.13.1 wheel.
 
-    python -m venv venv && venv/bin/pip install mistral_common==1.13.1 sentencepiece
+    python -m venv venv && venv/bin/pip install mistral_common==1.13.1 sentencepiece==0.2.0
     venv/bin/python make_mistral_common_chat.py DATA_DIR > mistral_common_chat.json
 
 DATA_DIR is the wheel's `mistral_common/data` (foehn caches it under
