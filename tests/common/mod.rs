@@ -51,5 +51,5 @@ pub fn example_bin(name: &str) -> PathBuf {
         })
         .max_by_key(|e| e.metadata().and_then(|m| m.modified()).ok())
         .map(|e| e.path())
-        .unwrap_or_else(|| panic!("the {name} example was not built"))
+        .unwrap_or_else(|| panic!("the {name} example was not built: run the whole `cargo test` (it builds the examples) or `cargo build --examples` first"))
 }

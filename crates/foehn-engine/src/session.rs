@@ -85,6 +85,8 @@ impl Session {
 pub struct Generation {
     session: Session,
     prompt: Vec<u32>,
+    /// Prompt tokens found in the cache (not prefilled again).
+    reused: usize,
     sampler: Sampler,
     stop: StopStrings,
     decoder: StreamDecoder,
@@ -133,7 +135,7 @@ impl Generation {
         };
         let vocab = model.inner.transformer.config().vocab_size;
         let mut sampler = Sampler::new(config, vocab)?;
-        session.reuse_prefix(&prompt);
+        let reused = session.reuse_prefix(&prompt);
         // Penalties look at the prompt too, as llama.cpp's do.
         for &t in &prompt {
             sampler.accept(t);
@@ -142,6 +144,7 @@ impl Generation {
         Ok(Self {
             session,
             prompt,
+            reused,
             sampler,
             stop: StopStrings::new(request.stop.iter()),
             decoder,
@@ -178,6 +181,12 @@ impl Generation {
     /// prompt and the generated tokens, ready for a follow-up).
     pub fn into_session(self) -> Session {
         self.session
+    }
+
+    /// How many prompt tokens were already in the session's cache (a chat
+    /// follow-up prefills only the rest).
+    pub fn reused_tokens(&self) -> usize {
+        self.reused
     }
 
     /// The prompt's token ids (after templating).
