@@ -1,7 +1,42 @@
 //! foehn: on-device Mistral-family LLM inference, with the same request handed
 //! to hosted providers when local is not enough.
 //!
-//! This facade re-exports the crates a user needs; each lives in `crates/`.
+//! Load a model (a path, a catalog id such as `smollm2-135m-instruct-q4_1`, or
+//! `hf://owner/repo/file.gguf`), open a session, and stream events:
+//!
+//! ```
+//! use foehn::{CancelToken, Event, GenerateRequest, LoadOptions, LocalModel, Message};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tiny-mistral/gguf/tiny-mistral-Q8_0.gguf");
+//! let model = LocalModel::load(Some(path), LoadOptions::default())?;
+//! let mut request = GenerateRequest::chat(vec![Message::user("Why is the sky blue?")]);
+//! request.max_tokens = Some(32);
+//! request.seed = Some(42);
+//!
+//! let cancel = CancelToken::new();
+//! let session = model.session()?;
+//! let mut generation = session.into_generation(request, cancel.clone())?;
+//! for event in &mut generation {
+//!     match event? {
+//!         Event::Token(t) => {
+//!             print!("{}", t.text);
+//!             if t.text.contains('\n') {
+//!                 cancel.cancel(); // stops before the next token
+//!             }
+//!         }
+//!         Event::Done(done) => {
+//!             println!("\n[{:?}, {} tokens]", done.finish_reason, done.usage.completion_tokens)
+//!         }
+//!     }
+//! }
+//! // The session keeps its KV cache: a follow-up only prefills new tokens.
+//! let _session = generation.into_session();
+//! # Ok(()) }
+//! ```
+//!
+//! The same request goes to any [`Generator`] — the local engine (above, or
+//! `LocalModel` as a `Generator`) or, later, a remote provider or a router.
 
 pub use foehn_chat as chat;
 pub use foehn_core as core;
@@ -19,4 +54,3 @@ pub use foehn_core::{
 };
 pub use foehn_engine::{LoadOptions, LocalModel, Session};
 pub use foehn_tokenizer::{EncodeOptions, Tokenizer};
-
