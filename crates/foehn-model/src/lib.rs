@@ -22,6 +22,7 @@
 
 mod attention;
 mod cache;
+pub mod candle;
 mod error;
 pub mod ops;
 mod rope;

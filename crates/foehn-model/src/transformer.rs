@@ -63,7 +63,7 @@ const _: () = {
 
 /// Tensor naming of a file format.
 #[derive(Debug, Clone, Copy)]
-enum Naming {
+pub(crate) enum Naming {
     /// llama.cpp's GGUF names.
     Gguf,
     /// Hugging Face names.
@@ -72,7 +72,7 @@ enum Naming {
 
 /// The tensors of a block.
 #[derive(Debug, Clone, Copy)]
-enum Part {
+pub(crate) enum Part {
     AttnNorm,
     Q,
     K,
@@ -85,28 +85,28 @@ enum Part {
 }
 
 impl Naming {
-    fn embed(self) -> &'static str {
+    pub(crate) fn embed(self) -> &'static str {
         match self {
             Naming::Gguf => "token_embd.weight",
             Naming::Hf => "model.embed_tokens.weight",
         }
     }
 
-    fn norm(self) -> &'static str {
+    pub(crate) fn norm(self) -> &'static str {
         match self {
             Naming::Gguf => "output_norm.weight",
             Naming::Hf => "model.norm.weight",
         }
     }
 
-    fn output(self) -> &'static str {
+    pub(crate) fn output(self) -> &'static str {
         match self {
             Naming::Gguf => "output.weight",
             Naming::Hf => "lm_head.weight",
         }
     }
 
-    fn block(self, i: usize, part: Part) -> String {
+    pub(crate) fn block(self, i: usize, part: Part) -> String {
         match self {
             Naming::Gguf => {
                 let p = match part {
@@ -457,7 +457,7 @@ fn check_room(cache: &KvCache, n: usize) -> Result<()> {
 
 /// What the forward pass relies on beyond what the loader validated (a
 /// caller may pass a configuration of its own).
-fn check_config(cfg: &ModelConfig) -> Result<()> {
+pub(crate) fn check_config(cfg: &ModelConfig) -> Result<()> {
     let bad = |m: String| Err(ModelError::Config(m));
     if cfg.vocab_size == 0 || cfg.hidden_size == 0 || cfg.head_dim == 0 {
         return bad("vocab_size, hidden_size and head_dim must be nonzero".into());

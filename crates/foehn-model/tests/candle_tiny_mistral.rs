@@ -1,0 +1,367 @@
+//! The candle backend on the CPU device against the float64 references of
+//! `tests/fixtures/tiny-mistral/reference`, sliding window on: F32 GGUF and HF
+//! safetensors to 1e-3 (f32 cache), every quantized variant within 1.5× the
+//! distance llama.cpp itself keeps from the reference of the same file
+//! (candle quantizes the activations like llama.cpp), teacher forcing on the
+//! greedy tokens, chunked prefill, the f16 cache and the error paths.
+
+mod common;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use common::{fixtures, ids, max_abs_diff, read_json, read_npy};
+use foehn_kernels::GgmlType;
+use foehn_loader::gguf::GgufWriter;
+use foehn_loader::{config_from_hf, GgufFile, SafetensorsModel};
+use foehn_model::candle::{CandleCache, CandleError, CandleTransformer, Device};
+use foehn_model::{argmax, KvCacheOptions, KvCacheType, LogitsMode, ModelError, RopeStyle};
+
+/// The quantized GGUF variants.
+const QUANT_VARIANTS: [&str; 10] = [
+    "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K_M", "Q5_K_M", "Q6_K", "Q3_K_M", "Q2_K",
+];
+
+/// Dense f32 weights, f32 arithmetic, f32 cache.
+const TOL: f32 = 1e-3;
+
+fn tiny() -> PathBuf {
+    fixtures().join("tiny-mistral")
+}
+
+fn gguf_file(variant: &str) -> Arc<GgufFile> {
+    let path = tiny().join(format!("gguf/tiny-mistral-{variant}.gguf"));
+    Arc::new(GgufFile::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
+}
+
+fn gguf_model(variant: &str) -> CandleTransformer {
+    CandleTransformer::from_gguf(&gguf_file(variant), &Device::Cpu)
+        .unwrap_or_else(|e| panic!("{variant}: {e}"))
+}
+
+fn hf_model() -> CandleTransformer {
+    let dir = tiny().join("hf");
+    let cfg = config_from_hf(&dir).unwrap();
+    let st = Arc::new(SafetensorsModel::open(&dir).unwrap());
+    CandleTransformer::from_safetensors(&st, cfg, &Device::Cpu).unwrap()
+}
+
+/// The public prompts: (name, ids with BOS).
+fn prompts() -> Vec<(String, Vec<u32>)> {
+    let json = read_json(&tiny().join("reference/prompts.json"));
+    json["prompts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["name"].as_str().unwrap().to_string(), ids(&p["ids"])))
+        .collect()
+}
+
+fn reference(variant: &str) -> serde_json::Value {
+    read_json(&tiny().join(format!("reference/{variant}/reference.json")))
+}
+
+/// llama.cpp's own last-logits distance from the reference of the same file.
+fn llama_cpp_distance(variant: &str) -> f32 {
+    let t = read_json(&tiny().join("reference/tolerances.json"));
+    t["variants"][variant]["llama_cpp_vs_ref_same_file"]["last_logits_max_abs_diff"]
+        .as_f64()
+        .unwrap() as f32
+}
+
+fn cache(model: &CandleTransformer, dtype: KvCacheType, chunk: usize) -> CandleCache {
+    model
+        .new_cache(KvCacheOptions {
+            ctx_len: None,
+            dtype,
+            max_chunk: chunk,
+        })
+        .unwrap()
+}
+
+/// Worst last-position |Δ| over the prompts against the variant's reference.
+fn last_logits_distance(model: &CandleTransformer, variant: &str, dtype: KvCacheType) -> f32 {
+    let want = read_npy(&tiny().join(format!("reference/{variant}/last_logits_swa.npy")));
+    assert_eq!(want.shape, [3, 1024]);
+    prompts()
+        .iter()
+        .enumerate()
+        .map(|(i, (_, ids))| {
+            let mut c = cache(model, dtype, 512);
+            let got = model.prefill(ids, &mut c).unwrap();
+            max_abs_diff(&got, want.row(i))
+        })
+        .fold(0.0, f32::max)
+}
+
+/// Prefills `prompt` in chunks of `chunk`, then feeds `forced` one token at a
+/// time; one logits vector per forced token (the one that predicts it).
+fn teacher_force(
+    model: &CandleTransformer,
+    prompt: &[u32],
+    forced: &[u32],
+    chunk: usize,
+) -> Vec<Vec<f32>> {
+    let mut c = cache(model, KvCacheType::F32, chunk);
+    let mut steps = vec![model.prefill(prompt, &mut c).unwrap()];
+    for &t in &forced[..forced.len() - 1] {
+        steps.push(model.forward(&[t], &mut c, LogitsMode::Last).unwrap());
+    }
+    assert_eq!(c.position(), prompt.len() + forced.len() - 1);
+    steps
+}
+
+/// Teacher forcing on `greedy_swa`: the argmax must be the reference token at
+/// every step whose reference margin (top1 − top2) is at least `min_margin`.
+/// Returns (steps checked, steps in all).
+fn check_teacher_forcing(
+    model: &CandleTransformer,
+    variant: &str,
+    min_margin: f64,
+    chunk: usize,
+) -> (usize, usize) {
+    let reference = reference(variant);
+    let (mut checked, mut total) = (0, 0);
+    for (name, prompt) in prompts() {
+        let r = &reference["prompts"][name.as_str()];
+        let greedy = ids(&r["greedy_swa"]);
+        let steps = r["greedy_swa_steps"].as_array().unwrap();
+        let run = teacher_force(model, &prompt, &greedy, chunk);
+        for (k, (logits, step)) in run.iter().zip(steps).enumerate() {
+            total += 1;
+            if step["margin"].as_f64().unwrap() < min_margin {
+                continue;
+            }
+            checked += 1;
+            assert_eq!(
+                argmax(logits),
+                greedy[k],
+                "{variant} {name} step {k} (chunk {chunk})"
+            );
+        }
+    }
+    (checked, total)
+}
+
+#[test]
+fn dense_models_match_reference() {
+    let g = gguf_model("F32");
+    assert_eq!(g.rope_style(), RopeStyle::AdjacentPairs);
+    let h = hf_model();
+    assert_eq!(h.rope_style(), RopeStyle::Halves);
+    for (name, model) in [("GGUF F32", &g), ("HF safetensors", &h)] {
+        let d = last_logits_distance(model, "F32", KvCacheType::F32);
+        eprintln!("{name:>16}: last-logits max |Δ| = {d:.2e}");
+        assert!(d <= TOL, "{name}: {d}");
+        let d16 = last_logits_distance(model, "F32", KvCacheType::F16);
+        eprintln!("{name:>16}: f16 cache max |Δ| = {d16:.2e}");
+        assert!(d16 <= 0.03, "{name} f16 cache: {d16}");
+        // Every step, in one chunk and in chunks of 7 (the ring wraps).
+        for chunk in [512, 7] {
+            let (checked, total) = check_teacher_forcing(model, "F32", 0.0, chunk);
+            assert_eq!(checked, total);
+        }
+    }
+}
+
+/// All positions of p24 in one chunk, in chunks of 7 and one at a time.
+#[test]
+fn all_positions_and_chunkings_agree() {
+    let want = read_npy(&tiny().join("reference/F32/prefill_p24_all_positions_swa.npy"));
+    let p24 = prompts()[1].1.clone();
+    for (name, model) in [("GGUF F32", gguf_model("F32")), ("HF", hf_model())] {
+        for chunk in [24, 7, 1] {
+            let mut c = cache(&model, KvCacheType::F32, chunk);
+            let mut got = Vec::new();
+            for part in p24.chunks(chunk) {
+                got.extend(model.forward(part, &mut c, LogitsMode::All).unwrap());
+            }
+            let d = max_abs_diff(&got, &want.data);
+            eprintln!("{name} chunk {chunk}: all positions max |Δ| = {d:.2e}");
+            assert!(d <= TOL, "{name} chunk {chunk}: {d}");
+        }
+    }
+}
+
+/// On x86 CPUs with AVX-512 VNNI, candle 0.11 runs Q8_0 weights through a
+/// repacked kernel that quantizes the activations to Q8_K (one scale per 256
+/// values) instead of llama.cpp's Q8_0 (one per 32): coarser, measured at
+/// 2.3× llama.cpp's distance on tiny-mistral (1.37× with the per-32 path,
+/// `MISTRALRS_FORCE_AVX2=1`). Only that case gets the wider bound.
+const Q8_0_AS_Q8_K_FACTOR: f32 = 2.5;
+
+/// Whether candle's AVX-512 VNNI repacked path (Q8_K activations) is taken.
+fn q8_0_activations_in_q8_k() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let forced = ["MISTRALRS_FORCE_AVX2", "MISTRALRS_FORCE_AVXVNNI"]
+            .iter()
+            .any(|k| std::env::var(k).as_deref() == Ok("1"));
+        !forced && is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vnni")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+#[test]
+fn quantized_variants_stay_within_llama_cpp_distance() {
+    let mut report = Vec::new();
+    for variant in QUANT_VARIANTS {
+        let model = gguf_model(variant);
+        let limit = llama_cpp_distance(variant);
+        let d = last_logits_distance(&model, variant, KvCacheType::F32);
+        let (checked, total) = check_teacher_forcing(&model, variant, 2.0 * f64::from(limit), 512);
+        report.push((variant, d, limit, checked, total));
+    }
+    for (v, d, limit, checked, total) in &report {
+        eprintln!(
+            "{v:>7}: last-logits max |Δ| = {d:.3} (llama.cpp {limit:.3}); top-1 agrees at {checked}/{total} teacher-forced steps with margin ≥ 2×"
+        );
+    }
+    for (v, d, limit, checked, _) in report {
+        let factor = if v == "Q8_0" && q8_0_activations_in_q8_k() {
+            Q8_0_AS_Q8_K_FACTOR
+        } else {
+            1.5
+        };
+        assert!(d <= factor * limit, "{v}: max |Δ| {d} > {factor} × {limit}");
+        assert!(checked > 0, "{v}: no step checked");
+    }
+}
+
+#[test]
+fn misuse_is_an_error() {
+    let model = gguf_model("Q8_0");
+    let p40 = prompts()[2].1.clone();
+    let mut c = model
+        .new_cache(KvCacheOptions {
+            ctx_len: Some(32),
+            dtype: KvCacheType::F32,
+            max_chunk: 8,
+        })
+        .unwrap();
+    let err = model.prefill(&p40, &mut c).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            CandleError::Model(ModelError::ContextOverflow {
+                position: 0,
+                n_tokens: 40,
+                ctx_len: 32
+            })
+        ),
+        "{err}"
+    );
+    assert_eq!(c.position(), 0);
+    model.prefill(&p40[..32], &mut c).unwrap();
+    let err = model.forward(&[5], &mut c, LogitsMode::Last).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            CandleError::Model(ModelError::ContextOverflow { position: 32, .. })
+        ),
+        "{err}"
+    );
+    c.clear();
+    let err = model
+        .forward(&p40[..9], &mut c, LogitsMode::Last)
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            CandleError::Model(ModelError::ChunkTooLarge {
+                n_tokens: 9,
+                max: 8,
+                ..
+            })
+        ),
+        "{err}"
+    );
+    let err = model
+        .forward(&[1024], &mut c, LogitsMode::Last)
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            CandleError::Model(ModelError::TokenOutOfRange { id: 1024, .. })
+        ),
+        "{err}"
+    );
+    assert!(matches!(
+        model.forward(&[], &mut c, LogitsMode::Last),
+        Err(CandleError::Model(ModelError::EmptyInput))
+    ));
+    assert!(model
+        .forward(&[5], &mut c, LogitsMode::Skip)
+        .unwrap()
+        .is_empty());
+    // A cache of another model is refused.
+    let mut other = model.config().clone();
+    other.num_hidden_layers = 3;
+    let mut wrong = CandleCache::new(&other, KvCacheOptions::default(), &Device::Cpu).unwrap();
+    assert!(matches!(
+        model.forward(&[5], &mut wrong, LogitsMode::Last),
+        Err(CandleError::Model(ModelError::Mismatch(_)))
+    ));
+}
+
+/// Chat KV reuse: keep a prefix, process only the new tokens.
+#[test]
+fn truncated_cache_reuses_the_prefix() {
+    let model = gguf_model("F32");
+    let p40 = prompts()[2].1.clone();
+    for chunk in [512, 7] {
+        let want = model
+            .prefill(&p40, &mut cache(&model, KvCacheType::F32, chunk))
+            .unwrap();
+        let mut c = cache(&model, KvCacheType::F32, chunk);
+        let mut other = p40[..36].to_vec();
+        other.extend_from_slice(&[300, 301, 302, 303]);
+        model.prefill(&other, &mut c).unwrap();
+        c.truncate(36).unwrap();
+        let got = model.prefill(&p40[36..], &mut c).unwrap();
+        assert!(max_abs_diff(&got, &want) <= 1e-4, "chunk {chunk}");
+        if chunk == 7 {
+            assert!(matches!(
+                c.truncate(20),
+                Err(CandleError::Model(ModelError::Truncate { .. }))
+            ));
+        }
+    }
+}
+
+#[test]
+fn type_without_candle_kernels_is_an_error_naming_the_tensor() {
+    let src = GgufFile::open(tiny().join("gguf/tiny-mistral-F32.gguf")).unwrap();
+    // blk.1.ffn_up.weight (512 rows of 256) stored as IQ4_NL (18 bytes per 32),
+    // which foehn can dequantize but candle has no kernels for.
+    let mut w = GgufWriter::new();
+    for (k, v) in src.metadata().iter() {
+        w.add_metadata(k, v.clone()).unwrap();
+    }
+    let fake = vec![0u8; 18 * 8 * 512];
+    for info in src.tensors() {
+        if info.name == "blk.1.ffn_up.weight" {
+            w.add_tensor(&info.name, GgmlType::IQ4_NL, &info.shape, fake.as_slice())
+                .unwrap();
+        } else {
+            let t = src.tensor(&info.name).unwrap();
+            w.add_tensor(&info.name, t.ty, t.shape, t.data).unwrap();
+        }
+    }
+    let mut bytes = Vec::new();
+    w.write_to(&mut bytes).unwrap();
+    let file = Arc::new(GgufFile::from_bytes(bytes).unwrap());
+    let err = CandleTransformer::from_gguf(&file, &Device::Cpu).unwrap_err();
+    assert!(
+        matches!(&err, CandleError::Model(ModelError::UnsupportedTensorType { tensor, .. }) if tensor == "blk.1.ffn_up.weight"),
+        "{err}"
+    );
+    let msg = err.to_string();
+    assert!(
+        msg.contains("blk.1.ffn_up.weight") && msg.contains("IQ4_NL"),
+        "{msg}"
+    );
+}
