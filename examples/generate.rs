@@ -9,9 +9,9 @@
 use std::io::{Read, Write};
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::{Parser, ValueEnum};
-use foehn::engine::top_k;
+use foehn::engine::{top_k, Backend, CandleDevice};
 use foehn::model::KvCacheType;
 use foehn::{CancelToken, Event, GenerateRequest, LoadOptions, LocalModel, Message, Prompt, Role};
 
@@ -67,9 +67,12 @@ struct Args {
     /// KV cache element type.
     #[arg(long, value_enum, default_value_t = Kv::F16)]
     kv: Kv,
-    /// Compute backend: `cpu` (foehn's kernels).
-    #[arg(long, value_enum, default_value_t = Backend::Cpu)]
-    backend: Backend,
+    /// Compute backend: `cpu` (foehn's kernels) or `candle` (candle tensors on --device).
+    #[arg(long, value_enum, default_value_t = BackendArg::Cpu)]
+    backend: BackendArg,
+    /// Device of the candle backend: `cpu`, `cuda:N` (build with --features cuda) or `metal` (--features metal).
+    #[arg(long, default_value = "cpu", value_parser = parse_device)]
+    device: CandleDevice,
     /// Print one JSON object instead of streaming text.
     #[arg(long)]
     json: bool,
@@ -85,9 +88,25 @@ enum Kv {
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
-enum Backend {
+enum BackendArg {
     Cpu,
     Candle,
+}
+
+fn parse_device(s: &str) -> Result<CandleDevice, String> {
+    match s {
+        "cpu" => Ok(CandleDevice::Cpu),
+        "metal" => Ok(CandleDevice::Metal(0)),
+        _ => match s.strip_prefix("cuda") {
+            Some("") => Ok(CandleDevice::Cuda(0)),
+            Some(n) => n
+                .strip_prefix(':')
+                .and_then(|n| n.parse().ok())
+                .map(CandleDevice::Cuda)
+                .ok_or_else(|| format!("bad device {s:?}: expected cpu, cuda:N or metal")),
+            None => Err(format!("bad device {s:?}: expected cpu, cuda:N or metal")),
+        },
+    }
 }
 
 fn main() {
@@ -98,9 +117,6 @@ fn main() {
 }
 
 fn run(args: Args) -> Result<()> {
-    if args.backend == Backend::Candle {
-        bail!("the candle backend is not built yet; use --backend cpu");
-    }
     let opts = LoadOptions {
         ctx_len: args.ctx,
         kv_type: match args.kv {
@@ -108,6 +124,10 @@ fn run(args: Args) -> Result<()> {
             Kv::F32 => KvCacheType::F32,
         },
         threads: args.threads,
+        backend: match args.backend {
+            BackendArg::Cpu => Backend::Cpu,
+            BackendArg::Candle => Backend::Candle(args.device),
+        },
         ..LoadOptions::default()
     };
     let model = LocalModel::load(args.model.as_deref(), opts).context("loading the model")?;
@@ -187,7 +207,7 @@ fn teacher_force(model: &LocalModel, prompt: &Prompt, forced: &[u32], args: &Arg
     let prompt_ids = model.prompt_ids(prompt)?;
     let mut session = model.session()?;
     let t = Instant::now();
-    let mut logits = session.feed(&prompt_ids)?.to_vec();
+    let mut logits = session.feed(&prompt_ids)?;
     let prefill_s = t.elapsed().as_secs_f64();
     let top_logits = top_k(&logits, args.top_logits);
     let mut steps = Vec::new();
@@ -195,7 +215,7 @@ fn teacher_force(model: &LocalModel, prompt: &Prompt, forced: &[u32], args: &Arg
     for (i, &id) in forced.iter().enumerate() {
         steps.push(top_k(&logits, args.top_logits));
         if i + 1 < forced.len() {
-            logits = session.feed(&[id])?.to_vec();
+            logits = session.feed(&[id])?;
         }
     }
     let decode_s = t.elapsed().as_secs_f64();

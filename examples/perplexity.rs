@@ -61,7 +61,7 @@ fn run(args: Args) -> Result<()> {
     if windows == 0 {
         bail!("the file has {} tokens, fewer than one window of {ctx}", tokens.len());
     }
-    let transformer = model.transformer();
+    let transformer = model.cpu_transformer().context("perplexity runs on the CPU backend")?;
     let vocab = transformer.config().vocab_size;
     let opts = KvCacheOptions { ctx_len: Some(ctx), dtype: KvCacheType::F16, ..KvCacheOptions::default() };
     let mut cache = transformer.new_cache(opts)?;

@@ -7,5 +7,6 @@ mod local;
 mod session;
 
 pub use error::{EngineError, Result};
-pub use local::{LoadOptions, LocalModel};
+pub use foehn_model::candle::CandleDevice;
+pub use local::{Backend, LoadOptions, LocalModel};
 pub use session::{top_k, Generation, Session};

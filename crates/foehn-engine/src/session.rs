@@ -5,11 +5,12 @@ use std::time::Instant;
 use foehn_core::{
     CancelToken, Completion, Event, FinishReason, GenerateError, GenerateRequest, Timings, TokenEvent, Usage,
 };
+use foehn_model::candle::CandleCache;
 use foehn_model::{KvCache, LogitsMode, Scratch};
 use foehn_sampler::{Sampler, SamplerConfig, StopStrings};
 use foehn_tokenizer::StreamDecoder;
 
-use crate::local::LocalModel;
+use crate::local::{Inner, LocalModel, Net};
 use crate::Result;
 
 /// One conversation with a [`LocalModel`]: its own KV cache, kept across
@@ -17,17 +18,23 @@ use crate::Result;
 /// what the cache already holds.
 pub struct Session {
     model: LocalModel,
-    cache: KvCache,
-    scratch: Scratch,
+    state: State,
     /// The tokens whose keys and values are in the cache, in order.
     cached: Vec<u32>,
 }
 
 impl Session {
     pub(crate) fn new(model: LocalModel) -> Result<Self> {
-        let cache = model.inner.transformer.new_cache(model.inner.cache_opts)?;
-        let scratch = model.inner.transformer.new_scratch(&cache);
-        Ok(Self { model, cache, scratch, cached: Vec::new() })
+        let opts = model.inner.cache_opts;
+        let state = match &model.inner.net {
+            Net::Cpu(t) => {
+                let cache = t.new_cache(opts)?;
+                let scratch = Box::new(t.new_scratch(&cache));
+                State::Cpu { cache, scratch }
+            }
+            Net::Candle(t) => State::Candle { cache: t.new_cache(opts)? },
+        };
+        Ok(Self { model, state, cached: Vec::new() })
     }
 
     /// The model this session runs.
@@ -42,7 +49,10 @@ impl Session {
 
     /// Forgets the conversation (the next request prefills from scratch).
     pub fn reset(&mut self) {
-        self.cache.clear();
+        match &mut self.state {
+            State::Cpu { cache, .. } => cache.clear(),
+            State::Candle { cache } => cache.clear(),
+        }
         self.cached.clear();
     }
 
@@ -51,11 +61,9 @@ impl Session {
     ///
     /// # Shapes
     /// The result has `vocab_size` entries.
-    pub fn feed(&mut self, tokens: &[u32]) -> Result<&[f32]> {
-        let model = &self.model.inner;
-        let logits = model
-            .pool
-            .install(|| model.transformer.prefill(tokens, &mut self.cache, &mut self.scratch))?;
+    pub fn feed(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
+        let mut logits = Vec::new();
+        self.state.run(&self.model.inner, tokens, true, &mut logits)?;
         self.cached.extend_from_slice(tokens);
         Ok(logits)
     }
@@ -70,13 +78,72 @@ impl Session {
     /// returns how many tokens are kept.
     fn reuse_prefix(&mut self, ids: &[u32]) -> usize {
         let common = self.cached.iter().zip(ids).take_while(|(a, b)| a == b).count().min(ids.len() - 1);
-        if common < self.cached.len() && self.cache.truncate(common).is_err() {
+        if common < self.cached.len() && self.state.truncate(common).is_err() {
             // A sliding-window ring that already overwrote needed keys: start over.
             self.reset();
             return 0;
         }
         self.cached.truncate(common);
         common
+    }
+}
+
+/// A session's KV cache (and work buffers) on the model's backend.
+enum State {
+    Cpu { cache: KvCache, scratch: Box<Scratch> },
+    Candle { cache: CandleCache },
+}
+
+impl State {
+    fn position(&self) -> usize {
+        match self {
+            State::Cpu { cache, .. } => cache.position(),
+            State::Candle { cache } => cache.position(),
+        }
+    }
+
+    fn ctx_len(&self) -> usize {
+        match self {
+            State::Cpu { cache, .. } => cache.ctx_len(),
+            State::Candle { cache } => cache.ctx_len(),
+        }
+    }
+
+    fn truncate(&mut self, to: usize) -> Result<()> {
+        match self {
+            State::Cpu { cache, .. } => cache.truncate(to)?,
+            State::Candle { cache } => cache.truncate(to)?,
+        }
+        Ok(())
+    }
+
+    /// Runs `tokens` at the cache's position (chunked when `prefill`) and
+    /// writes the last position's logits into `out`.
+    fn run(&mut self, model: &Inner, tokens: &[u32], prefill: bool, out: &mut Vec<f32>) -> Result<()> {
+        match (self, &model.net) {
+            (State::Cpu { cache, scratch }, Net::Cpu(t)) => {
+                let logits = model.pool.install(|| {
+                    if prefill {
+                        t.prefill(tokens, cache, scratch)
+                    } else {
+                        t.forward(tokens, cache, scratch, LogitsMode::Last)
+                    }
+                })?;
+                out.clear();
+                out.extend_from_slice(logits);
+            }
+            (State::Candle { cache }, Net::Candle(t)) => {
+                *out = model.pool.install(|| {
+                    if prefill {
+                        t.prefill(tokens, cache)
+                    } else {
+                        t.forward(tokens, cache, LogitsMode::Last)
+                    }
+                })?;
+            }
+            _ => unreachable!("a session's state always matches its model's backend"),
+        }
+        Ok(())
     }
 }
 
@@ -113,7 +180,7 @@ impl Generation {
     fn new(mut session: Session, request: GenerateRequest, cancel: CancelToken) -> Result<Self> {
         let model = session.model.clone();
         let prompt = model.prompt_ids(&request.prompt)?;
-        let ctx = session.cache.ctx_len();
+        let ctx = session.state.ctx_len();
         if prompt.len() >= ctx {
             return Err(GenerateError::ContextOverflow {
                 prompt_tokens: prompt.len() as u32,
@@ -133,7 +200,7 @@ impl Generation {
             seed: request.seed,
             ..defaults
         };
-        let vocab = model.inner.transformer.config().vocab_size;
+        let vocab = model.config().vocab_size;
         let mut sampler = Sampler::new(config, vocab)?;
         let reused = session.reuse_prefix(&prompt);
         // Penalties look at the prompt too, as llama.cpp's do.
@@ -198,15 +265,7 @@ impl Generation {
     /// last position's logits.
     fn run(&mut self, tokens: &[u32], prefill: bool) -> Result<()> {
         let s = &mut self.session;
-        let model = &s.model.inner;
-        let logits = model.pool.install(|| {
-            if prefill {
-                model.transformer.prefill(tokens, &mut s.cache, &mut s.scratch)
-            } else {
-                model.transformer.forward(tokens, &mut s.cache, &mut s.scratch, LogitsMode::Last)
-            }
-        })?;
-        self.logits.copy_from_slice(logits);
+        s.state.run(&s.model.inner, tokens, prefill, &mut self.logits)?;
         s.cached.extend_from_slice(tokens);
         Ok(())
     }
@@ -291,7 +350,7 @@ impl Generation {
                 .collect(),
             _ => Vec::new(),
         };
-        let ctx_full = self.session.cache.position() + 1 >= self.session.cache.ctx_len();
+        let ctx_full = self.session.state.position() + 1 >= self.session.state.ctx_len();
         if check.stopped.is_some() {
             self.finished = Some(FinishReason::Stop);
         } else if self.max_tokens.is_some_and(|m| self.generated >= m) || ctx_full {

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use foehn_core::{CancelToken, Event, FinishReason, GenerateError, GenerateRequest, Generator, Message, Prompt};
-use foehn_engine::{LoadOptions, LocalModel};
+use foehn_engine::{Backend, CandleDevice, LoadOptions, LocalModel};
 use foehn_model::KvCacheType;
 
 fn fixture(rel: &str) -> PathBuf {
@@ -11,7 +11,11 @@ fn fixture(rel: &str) -> PathBuf {
 }
 
 fn tiny(file: &str) -> LocalModel {
-    let opts = LoadOptions { kv_type: KvCacheType::F32, threads: Some(2), ..LoadOptions::default() };
+    tiny_on(file, Backend::Cpu)
+}
+
+fn tiny_on(file: &str, backend: Backend) -> LocalModel {
+    let opts = LoadOptions { kv_type: KvCacheType::F32, threads: Some(2), backend, ..LoadOptions::default() };
     LocalModel::load(Some(fixture(file).to_str().unwrap()), opts).unwrap()
 }
 
@@ -53,15 +57,18 @@ fn run(model: &LocalModel, req: GenerateRequest) -> (Vec<u32>, String, foehn_cor
 
 #[test]
 fn greedy_generation_reproduces_the_windowed_reference() {
-    for (file, variant) in [
-        ("tiny-mistral/gguf/tiny-mistral-F32.gguf", "F32"),
-        ("tiny-mistral/hf", "F32"),
-        ("tiny-mistral/gguf/tiny-mistral-Q4_K_M.gguf", "Q4_K_M"),
+    let candle = Backend::Candle(CandleDevice::Cpu);
+    for (file, variant, backend) in [
+        ("tiny-mistral/gguf/tiny-mistral-F32.gguf", "F32", Backend::Cpu),
+        ("tiny-mistral/hf", "F32", Backend::Cpu),
+        ("tiny-mistral/gguf/tiny-mistral-Q4_K_M.gguf", "Q4_K_M", Backend::Cpu),
+        ("tiny-mistral/gguf/tiny-mistral-F32.gguf", "F32", candle),
+        ("tiny-mistral/hf", "F32", candle),
     ] {
-        let model = tiny(file);
+        let model = tiny_on(file, backend);
         for (prompt, want) in references(variant) {
             let (ids, _, done) = run(&model, greedy(Prompt::Tokens(prompt.clone()), want.len() as u32));
-            assert_eq!(ids, want, "{file} prompt of {} tokens", prompt.len());
+            assert_eq!(ids, want, "{file} on {backend:?}, prompt of {} tokens", prompt.len());
             assert_eq!(done.finish_reason, FinishReason::Length);
             assert_eq!(done.usage.prompt_tokens as usize, prompt.len());
             assert_eq!(done.served_by.as_deref(), Some("local"));
