@@ -2,75 +2,13 @@
 //! `tests/fixtures/dequant/index.json`, the named rows of a real GGUF tensor are
 //! dequantized and compared with gguf-py's float32 output (`.npy`).
 
-use std::path::{Path, PathBuf};
-
 use foehn::kernels::{dequantize_row, GgmlType};
 use foehn::loader::gguf::GgufFile;
+use foehn_testkit::{fixtures, read_npy};
 
 /// Largest relative difference accepted (gguf-py uses ggml's formulas in f32;
 /// only the operation order may move the last bit).
 const MAX_REL: f64 = 1e-6;
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
-}
-
-/// A float32 `.npy` array: its shape and data (C order).
-struct Npy {
-    shape: Vec<usize>,
-    data: Vec<f32>,
-}
-
-/// Reads a little-endian float32, C-order `.npy` file (format versions 1–3).
-fn read_npy(path: &Path) -> Npy {
-    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    assert_eq!(
-        &bytes[..6],
-        b"\x93NUMPY",
-        "{}: not a .npy file",
-        path.display()
-    );
-    let (header_len, header_start) = match bytes[6] {
-        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
-        2 | 3 => (
-            u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize,
-            12,
-        ),
-        v => panic!("{}: unsupported .npy version {v}", path.display()),
-    };
-    let header = std::str::from_utf8(&bytes[header_start..header_start + header_len]).unwrap();
-    assert!(
-        header.contains("'descr': '<f4'"),
-        "{}: not little-endian f32: {header}",
-        path.display()
-    );
-    assert!(
-        header.contains("'fortran_order': False"),
-        "{}: not C order: {header}",
-        path.display()
-    );
-    let shape_start = header.find("'shape': (").unwrap() + "'shape': (".len();
-    let shape_end = shape_start + header[shape_start..].find(')').unwrap();
-    let shape: Vec<usize> = header[shape_start..shape_end]
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(|s| s.parse().unwrap())
-        .collect();
-    let payload = &bytes[header_start + header_len..];
-    let n: usize = shape.iter().product();
-    assert_eq!(
-        payload.len(),
-        4 * n,
-        "{}: data size does not match shape {shape:?}",
-        path.display()
-    );
-    let data = payload
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-        .collect();
-    Npy { shape, data }
-}
 
 /// Largest `|got - want| / max(|want|, tiny)` over a row.
 fn max_rel_error(got: &[f32], want: &[f32]) -> f64 {

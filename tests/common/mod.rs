@@ -3,10 +3,7 @@
 
 use std::path::PathBuf;
 
-/// A file under `tests/fixtures/`.
-pub fn fixture(rel: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(rel)
-}
+pub use foehn_testkit::fixture;
 
 /// One line of a tokenizer fixture (`tokenizers/*.jsonl`, `smollm2/tokenize_llama_cpp.jsonl`).
 #[derive(serde::Deserialize, Debug, Clone)]

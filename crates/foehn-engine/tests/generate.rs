@@ -1,14 +1,10 @@
 //! The local engine end to end: requests in, events out.
 
-use std::path::PathBuf;
-
 use foehn_core::{CancelToken, Event, FinishReason, GenerateError, GenerateRequest, Generator, Message, Prompt};
 use foehn_engine::{Backend, CandleDevice, LoadOptions, LocalModel};
 use foehn_model::KvCacheType;
 
-fn fixture(rel: &str) -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures")).join(rel)
-}
+use foehn_testkit::fixture;
 
 fn tiny(file: &str) -> LocalModel {
     tiny_on(file, Backend::Cpu)

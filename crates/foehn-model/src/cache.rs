@@ -112,20 +112,7 @@ impl KvCache {
     /// # Errors
     /// [`ModelError::Config`] when `ctx_len` or `max_chunk` is 0.
     pub fn new(cfg: &ModelConfig, opts: KvCacheOptions) -> Result<Self> {
-        let ctx_len = opts
-            .ctx_len
-            .unwrap_or_else(|| DEFAULT_CTX_LEN.min(cfg.max_position_embeddings));
-        if ctx_len == 0 || opts.max_chunk == 0 {
-            return Err(ModelError::Config(format!(
-                "KV cache with ctx_len {ctx_len} and max_chunk {}: both must be at least 1",
-                opts.max_chunk
-            )));
-        }
-        let max_chunk = opts.max_chunk.min(ctx_len);
-        let slots = match cfg.sliding_window {
-            Some(w) => (w + max_chunk - 1).min(ctx_len),
-            None => ctx_len,
-        };
+        let (ctx_len, max_chunk, slots) = cache_geometry(cfg, &opts)?;
         let kv_dim = cfg.num_key_value_heads * cfg.head_dim;
         let len = slots.checked_mul(kv_dim).ok_or_else(|| {
             ModelError::Config(format!("KV cache of {slots} slots × {kv_dim} overflows"))
@@ -197,23 +184,7 @@ impl KvCache {
     /// than `max_chunk` tokens back with a sliding window): the caller then
     /// clears the cache and processes the prefix again.
     pub fn truncate(&mut self, to: usize) -> Result<()> {
-        let err = |reason: String| ModelError::Truncate {
-            to,
-            position: self.position,
-            reason,
-        };
-        if to > self.position {
-            return Err(err("that is past the cached tokens".into()));
-        }
-        if let Some(w) = self.window {
-            let needed = to.saturating_sub(w.saturating_sub(1));
-            let oldest = self.position.saturating_sub(self.slots);
-            if needed < oldest {
-                return Err(err(format!(
-                    "the sliding-window ring no longer holds position {needed} (oldest kept: {oldest})"
-                )));
-            }
-        }
+        check_truncate(to, self.position, self.window, self.slots)?;
         self.position = to;
         Ok(())
     }
@@ -263,6 +234,43 @@ impl KvCache {
     pub(crate) fn advance(&mut self, n: usize) {
         self.position += n;
     }
+}
+
+/// `(ctx_len, max_chunk, slots)` of a cache for `cfg` (shared by both
+/// backends' caches): the ring holds `window + max_chunk − 1` slots.
+pub(crate) fn cache_geometry(cfg: &ModelConfig, opts: &KvCacheOptions) -> Result<(usize, usize, usize)> {
+    let ctx_len = opts.ctx_len.unwrap_or_else(|| DEFAULT_CTX_LEN.min(cfg.max_position_embeddings));
+    if ctx_len == 0 || opts.max_chunk == 0 {
+        return Err(ModelError::Config(format!(
+            "KV cache with ctx_len {ctx_len} and max_chunk {}: both must be at least 1",
+            opts.max_chunk
+        )));
+    }
+    let max_chunk = opts.max_chunk.min(ctx_len);
+    let slots = match cfg.sliding_window {
+        Some(w) => (w + max_chunk - 1).min(ctx_len),
+        None => ctx_len,
+    };
+    Ok((ctx_len, max_chunk, slots))
+}
+
+/// Whether a cache at `position` can be cut back to `to` tokens: not past the
+/// end, and (with a window) the ring still holds every key a query at `to` needs.
+pub(crate) fn check_truncate(to: usize, position: usize, window: Option<usize>, slots: usize) -> Result<()> {
+    let err = |reason: String| ModelError::Truncate { to, position, reason };
+    if to > position {
+        return Err(err("that is past the cached tokens".into()));
+    }
+    if let Some(w) = window {
+        let needed = to.saturating_sub(w.saturating_sub(1));
+        let oldest = position.saturating_sub(slots);
+        if needed < oldest {
+            return Err(err(format!(
+                "the sliding-window ring no longer holds position {needed} (oldest kept: {oldest})"
+            )));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

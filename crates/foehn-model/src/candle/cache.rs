@@ -6,7 +6,8 @@ use candle_core::{DType, Device, Tensor};
 use foehn_core::ModelConfig;
 
 use super::Result;
-use crate::{KvCacheOptions, KvCacheType, ModelError, DEFAULT_CTX_LEN};
+use crate::cache::{cache_geometry, check_truncate};
+use crate::{KvCacheOptions, KvCacheType, ModelError};
 
 /// The KV cache of one session of a [`CandleTransformer`](super::CandleTransformer).
 #[derive(Debug)]
@@ -30,21 +31,7 @@ impl CandleCache {
     /// [`ModelError::Config`] when `ctx_len` or `max_chunk` is 0; a candle
     /// error when the device cannot hold it.
     pub fn new(cfg: &ModelConfig, opts: KvCacheOptions, device: &Device) -> Result<Self> {
-        let ctx_len = opts
-            .ctx_len
-            .unwrap_or_else(|| DEFAULT_CTX_LEN.min(cfg.max_position_embeddings));
-        if ctx_len == 0 || opts.max_chunk == 0 {
-            return Err(ModelError::Config(format!(
-                "KV cache with ctx_len {ctx_len} and max_chunk {}: both must be at least 1",
-                opts.max_chunk
-            ))
-            .into());
-        }
-        let max_chunk = opts.max_chunk.min(ctx_len);
-        let slots = match cfg.sliding_window {
-            Some(w) => (w + max_chunk - 1).min(ctx_len),
-            None => ctx_len,
-        };
+        let (ctx_len, max_chunk, slots) = cache_geometry(cfg, &opts)?;
         let dt = match opts.dtype {
             KvCacheType::F16 => DType::F16,
             KvCacheType::F32 => DType::F32,
@@ -111,24 +98,7 @@ impl CandleCache {
     /// # Errors
     /// [`ModelError::Truncate`] as for [`KvCache::truncate`](crate::KvCache::truncate).
     pub fn truncate(&mut self, to: usize) -> Result<()> {
-        let err = |reason: String| ModelError::Truncate {
-            to,
-            position: self.position,
-            reason,
-        };
-        if to > self.position {
-            return Err(err("that is past the cached tokens".into()).into());
-        }
-        if let Some(w) = self.window {
-            let needed = to.saturating_sub(w.saturating_sub(1));
-            let oldest = self.position.saturating_sub(self.slots);
-            if needed < oldest {
-                return Err(err(format!(
-                    "the sliding-window ring no longer holds position {needed} (oldest kept: {oldest})"
-                ))
-                .into());
-            }
-        }
+        check_truncate(to, self.position, self.window, self.slots)?;
         self.position = to;
         Ok(())
     }
