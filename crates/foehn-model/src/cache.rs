@@ -273,6 +273,38 @@ pub(crate) fn check_truncate(to: usize, position: usize, window: Option<usize>, 
     Ok(())
 }
 
+/// Whether `n` more tokens fit in a context of `ctx_len` at `position`.
+pub(crate) fn check_room(position: usize, ctx_len: usize, n: usize) -> Result<()> {
+    if position + n > ctx_len {
+        return Err(ModelError::ContextOverflow { position, n_tokens: n, ctx_len });
+    }
+    Ok(())
+}
+
+/// The checks both backends run on a chunk before touching a cache at
+/// `position`: not empty, at most `max_chunk` tokens, room in the context,
+/// every id inside the vocabulary.
+pub(crate) fn check_chunk_tokens(
+    tokens: &[u32],
+    position: usize,
+    ctx_len: usize,
+    max_chunk: usize,
+    vocab_size: usize,
+) -> Result<()> {
+    let n = tokens.len();
+    if n == 0 {
+        return Err(ModelError::EmptyInput);
+    }
+    if n > max_chunk {
+        return Err(ModelError::ChunkTooLarge { n_tokens: n, max: max_chunk, what: "KV cache" });
+    }
+    check_room(position, ctx_len, n)?;
+    if let Some(&id) = tokens.iter().find(|&&t| t as usize >= vocab_size) {
+        return Err(ModelError::TokenOutOfRange { id, vocab_size });
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

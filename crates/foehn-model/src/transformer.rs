@@ -9,7 +9,7 @@ use foehn_kernels::QMatrix;
 use foehn_loader::{config_from_gguf, GgufFile, SafetensorsModel};
 
 use crate::attention::{attention, ChunkPos};
-use crate::cache::{KvCache, KvCacheOptions};
+use crate::cache::{check_chunk_tokens, check_room, KvCache, KvCacheOptions};
 use crate::ops::{add_assign, rmsnorm, rmsnorm_rows, silu_mul};
 use crate::rope::{Rope, RopeStyle};
 use crate::scratch::{attn_shape, dims, Scratch};
@@ -395,7 +395,7 @@ impl Transformer {
         if tokens.is_empty() {
             return Err(ModelError::EmptyInput);
         }
-        check_room(cache, tokens.len())?;
+        check_room(cache.position(), cache.ctx_len(), tokens.len())?;
         let chunk = scratch.chunk().min(cache.max_chunk()).max(1);
         let mut chunks = tokens.chunks(chunk).peekable();
         while let Some(c) = chunks.next() {
@@ -410,50 +410,23 @@ impl Transformer {
 
     /// Everything [`forward`](Self::forward) checks before touching the cache.
     fn check_chunk(&self, tokens: &[u32], cache: &KvCache, scratch: &Scratch) -> Result<()> {
-        let n = tokens.len();
-        if n == 0 {
-            return Err(ModelError::EmptyInput);
-        }
         cache.check(&self.cfg)?;
         if scratch.dims != dims(&self.cfg) {
             return Err(ModelError::Mismatch(
                 "the scratch buffers were built for another model".into(),
             ));
         }
-        for (max, what) in [
-            (cache.max_chunk(), "KV cache"),
-            (scratch.chunk(), "scratch"),
-        ] {
-            if n > max {
-                return Err(ModelError::ChunkTooLarge {
-                    n_tokens: n,
-                    max,
-                    what,
-                });
-            }
-        }
-        check_room(cache, n)?;
-        if let Some(&id) = tokens.iter().find(|&&t| t as usize >= self.cfg.vocab_size) {
-            return Err(ModelError::TokenOutOfRange {
-                id,
-                vocab_size: self.cfg.vocab_size,
+        if tokens.len() > scratch.chunk() {
+            return Err(ModelError::ChunkTooLarge {
+                n_tokens: tokens.len(),
+                max: scratch.chunk(),
+                what: "scratch",
             });
         }
-        Ok(())
+        check_chunk_tokens(tokens, cache.position(), cache.ctx_len(), cache.max_chunk(), self.cfg.vocab_size)
     }
 }
 
-/// Whether `n` more tokens fit in the cache's context.
-fn check_room(cache: &KvCache, n: usize) -> Result<()> {
-    if cache.position() + n > cache.ctx_len() {
-        return Err(ModelError::ContextOverflow {
-            position: cache.position(),
-            n_tokens: n,
-            ctx_len: cache.ctx_len(),
-        });
-    }
-    Ok(())
-}
 
 /// What the forward pass relies on beyond what the loader validated (a
 /// caller may pass a configuration of its own).

@@ -7,10 +7,9 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
-use common::{fixtures, ids, max_abs_diff, read_json, read_npy};
+use common::{ids, max_abs_diff, prompts, read_json, read_npy, reference, tiny};
 use foehn_kernels::GgmlType;
 use foehn_loader::gguf::GgufWriter;
 use foehn_loader::{config_from_hf, GgufFile, SafetensorsModel};
@@ -25,9 +24,6 @@ const QUANT_VARIANTS: [&str; 10] = [
 /// Dense f32 weights, f32 arithmetic, f32 cache.
 const TOL: f32 = 1e-3;
 
-fn tiny() -> PathBuf {
-    fixtures().join("tiny-mistral")
-}
 
 fn gguf_file(variant: &str) -> Arc<GgufFile> {
     let path = tiny().join(format!("gguf/tiny-mistral-{variant}.gguf"));
@@ -46,20 +42,6 @@ fn hf_model() -> CandleTransformer {
     CandleTransformer::from_safetensors(&st, cfg, &Device::Cpu).unwrap()
 }
 
-/// The public prompts: (name, ids with BOS).
-fn prompts() -> Vec<(String, Vec<u32>)> {
-    let json = read_json(&tiny().join("reference/prompts.json"));
-    json["prompts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| (p["name"].as_str().unwrap().to_string(), ids(&p["ids"])))
-        .collect()
-}
-
-fn reference(variant: &str) -> serde_json::Value {
-    read_json(&tiny().join(format!("reference/{variant}/reference.json")))
-}
 
 /// llama.cpp's own last-logits distance from the reference of the same file.
 fn llama_cpp_distance(variant: &str) -> f32 {

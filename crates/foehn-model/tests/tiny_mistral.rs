@@ -6,10 +6,9 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
-use common::{fixtures, ids, max_abs_diff, read_json, read_npy};
+use common::{ids, max_abs_diff, prompts, read_npy, reference, tiny};
 use foehn_kernels::GgmlType;
 use foehn_loader::gguf::GgufWriter;
 use foehn_loader::{config_from_gguf, config_from_hf, GgufFile, SafetensorsModel};
@@ -30,9 +29,6 @@ const TOL: f32 = 1e-3;
 /// With the f16 cache (llama.cpp's own f16-cache distance is ~0.008).
 const TOL_F16_CACHE: f32 = 0.03;
 
-fn tiny() -> PathBuf {
-    fixtures().join("tiny-mistral")
-}
 
 /// A model to test and the reference folder it must reproduce.
 struct Case {
@@ -71,20 +67,6 @@ fn cases() -> Vec<Case> {
     cases
 }
 
-/// The public prompts: (name, ids with BOS).
-fn prompts() -> Vec<(String, Vec<u32>)> {
-    let json = read_json(&tiny().join("reference/prompts.json"));
-    json["prompts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| (p["name"].as_str().unwrap().to_string(), ids(&p["ids"])))
-        .collect()
-}
-
-fn reference(variant: &str) -> serde_json::Value {
-    read_json(&tiny().join(format!("reference/{variant}/reference.json")))
-}
 
 fn session(model: &Transformer, dtype: KvCacheType, chunk: usize) -> (KvCache, Scratch) {
     let cache = model

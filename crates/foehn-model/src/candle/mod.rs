@@ -35,6 +35,7 @@ use foehn_kernels::QMatrix;
 use foehn_loader::{config_from_gguf, GgufFile, SafetensorsModel};
 
 pub use self::cache::CandleCache;
+use crate::cache::{check_chunk_tokens, check_room};
 use crate::transformer::{check_config, Naming, Part};
 use crate::weights::{GgufSource, StSource, TensorSource};
 use crate::{KvCacheOptions, LogitsMode, ModelError, Rope, RopeStyle};
@@ -408,7 +409,7 @@ impl CandleTransformer {
         if tokens.is_empty() {
             return Err(ModelError::EmptyInput.into());
         }
-        check_room(cache, tokens.len())?;
+        check_room(cache.position(), cache.ctx_len(), tokens.len())?;
         let chunk = cache.max_chunk().max(1);
         let mut chunks = tokens.chunks(chunk).peekable();
         while let Some(c) = chunks.next() {
@@ -423,40 +424,9 @@ impl CandleTransformer {
 
     /// Everything [`forward`](Self::forward) checks before touching the cache.
     fn check_chunk(&self, tokens: &[u32], cache: &CandleCache) -> Result<()> {
-        let n = tokens.len();
-        if n == 0 {
-            return Err(ModelError::EmptyInput.into());
-        }
         cache.check(&self.cfg)?;
-        if n > cache.max_chunk() {
-            return Err(ModelError::ChunkTooLarge {
-                n_tokens: n,
-                max: cache.max_chunk(),
-                what: "KV cache",
-            }
-            .into());
-        }
-        check_room(cache, n)?;
-        if let Some(&id) = tokens.iter().find(|&&t| t as usize >= self.cfg.vocab_size) {
-            return Err(ModelError::TokenOutOfRange {
-                id,
-                vocab_size: self.cfg.vocab_size,
-            }
-            .into());
-        }
+        check_chunk_tokens(tokens, cache.position(), cache.ctx_len(), cache.max_chunk(), self.cfg.vocab_size)?;
         Ok(())
     }
 }
 
-/// Whether `n` more tokens fit in the cache's context.
-fn check_room(cache: &CandleCache, n: usize) -> Result<()> {
-    if cache.position() + n > cache.ctx_len() {
-        return Err(ModelError::ContextOverflow {
-            position: cache.position(),
-            n_tokens: n,
-            ctx_len: cache.ctx_len(),
-        }
-        .into());
-    }
-    Ok(())
-}

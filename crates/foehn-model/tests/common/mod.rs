@@ -2,7 +2,7 @@
 
 #![allow(dead_code)]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 #[allow(unused_imports)]
 pub use foehn_testkit::{fixtures, read_npy, Npy};
@@ -29,4 +29,25 @@ pub fn ids(v: &serde_json::Value) -> Vec<u32> {
         .iter()
         .map(|x| x.as_u64().unwrap() as u32)
         .collect()
+}
+
+/// The tiny-mistral fixture folder.
+pub fn tiny() -> PathBuf {
+    fixtures().join("tiny-mistral")
+}
+
+/// The public prompts: (name, ids with BOS).
+pub fn prompts() -> Vec<(String, Vec<u32>)> {
+    let json = read_json(&tiny().join("reference/prompts.json"));
+    json["prompts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["name"].as_str().unwrap().to_string(), ids(&p["ids"])))
+        .collect()
+}
+
+/// A variant's `reference.json`.
+pub fn reference(variant: &str) -> serde_json::Value {
+    read_json(&tiny().join(format!("reference/{variant}/reference.json")))
 }
