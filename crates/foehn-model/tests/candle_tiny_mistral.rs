@@ -9,9 +9,8 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{ids, max_abs_diff, prompts, read_json, read_npy, reference, tiny};
+use common::{ids, max_abs_diff, prompts, read_json, read_npy, reference, tiny, tiny_gguf_with_retyped};
 use foehn_kernels::GgmlType;
-use foehn_loader::gguf::GgufWriter;
 use foehn_loader::{config_from_hf, GgufFile, SafetensorsModel};
 use foehn_model::candle::{CandleCache, CandleError, CandleTransformer, Device};
 use foehn_model::{argmax, KvCacheOptions, KvCacheType, LogitsMode, ModelError, RopeStyle};
@@ -316,26 +315,9 @@ fn truncated_cache_reuses_the_prefix() {
 
 #[test]
 fn type_without_candle_kernels_is_an_error_naming_the_tensor() {
-    let src = GgufFile::open(tiny().join("gguf/tiny-mistral-F32.gguf")).unwrap();
-    // blk.1.ffn_up.weight (512 rows of 256) stored as IQ4_NL (18 bytes per 32),
-    // which foehn can dequantize but candle has no kernels for.
-    let mut w = GgufWriter::new();
-    for (k, v) in src.metadata().iter() {
-        w.add_metadata(k, v.clone()).unwrap();
-    }
-    let fake = vec![0u8; 18 * 8 * 512];
-    for info in src.tensors() {
-        if info.name == "blk.1.ffn_up.weight" {
-            w.add_tensor(&info.name, GgmlType::IQ4_NL, &info.shape, fake.as_slice())
-                .unwrap();
-        } else {
-            let t = src.tensor(&info.name).unwrap();
-            w.add_tensor(&info.name, t.ty, t.shape, t.data).unwrap();
-        }
-    }
-    let mut bytes = Vec::new();
-    w.write_to(&mut bytes).unwrap();
-    let file = Arc::new(GgufFile::from_bytes(bytes).unwrap());
+    // blk.1.ffn_up.weight stored as IQ4_NL, which foehn can dequantize but
+    // candle has no kernels for.
+    let file = Arc::new(tiny_gguf_with_retyped("blk.1.ffn_up.weight", GgmlType::IQ4_NL));
     let err = CandleTransformer::from_gguf(&file, &Device::Cpu).unwrap_err();
     assert!(
         matches!(&err, CandleError::Model(ModelError::UnsupportedTensorType { tensor, .. }) if tensor == "blk.1.ffn_up.weight"),

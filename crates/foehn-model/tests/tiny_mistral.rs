@@ -8,9 +8,8 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{ids, max_abs_diff, prompts, read_npy, reference, tiny};
+use common::{ids, max_abs_diff, prompts, read_npy, reference, tiny, tiny_gguf_with_retyped};
 use foehn_kernels::GgmlType;
-use foehn_loader::gguf::GgufWriter;
 use foehn_loader::{config_from_gguf, config_from_hf, GgufFile, SafetensorsModel};
 use foehn_model::{
     argmax, KvCache, KvCacheOptions, KvCacheType, LogitsMode, ModelError, RopeStyle, Scratch,
@@ -405,25 +404,8 @@ fn truncated_cache_reuses_the_prefix() {
 fn uncomputable_type_and_wrong_shape_are_errors_at_build() {
     let path = tiny().join("gguf/tiny-mistral-F32.gguf");
     let src = GgufFile::open(&path).unwrap();
-    // Rewrite the file with blk.1.ffn_up.weight (512 rows of 256) stored as IQ2_XXS,
-    // a type foehn cannot dequantize.
-    let mut w = GgufWriter::new();
-    for (k, v) in src.metadata().iter() {
-        w.add_metadata(k, v.clone()).unwrap();
-    }
-    let fake = vec![0u8; 66 * 512];
-    for info in src.tensors() {
-        if info.name == "blk.1.ffn_up.weight" {
-            w.add_tensor(&info.name, GgmlType::IQ2_XXS, &info.shape, fake.as_slice())
-                .unwrap();
-        } else {
-            let t = src.tensor(&info.name).unwrap();
-            w.add_tensor(&info.name, t.ty, t.shape, t.data).unwrap();
-        }
-    }
-    let mut bytes = Vec::new();
-    w.write_to(&mut bytes).unwrap();
-    let file = GgufFile::from_bytes(bytes).unwrap();
+    // blk.1.ffn_up.weight stored as IQ2_XXS, a type foehn cannot dequantize.
+    let file = tiny_gguf_with_retyped("blk.1.ffn_up.weight", GgmlType::IQ2_XXS);
     let err = Transformer::from_gguf(Arc::new(file)).unwrap_err();
     assert!(
         matches!(&err, ModelError::UnsupportedTensorType { tensor, ty } if tensor == "blk.1.ffn_up.weight" && ty == "IQ2_XXS"),

@@ -51,3 +51,29 @@ pub fn prompts() -> Vec<(String, Vec<u32>)> {
 pub fn reference(variant: &str) -> serde_json::Value {
     read_json(&tiny().join(format!("reference/{variant}/reference.json")))
 }
+
+/// The tiny-mistral F32 GGUF rewritten with one tensor stored as another type
+/// (zero bytes of that type's size): for "uncomputable type" tests.
+pub fn tiny_gguf_with_retyped(tensor: &str, ty: foehn_kernels::GgmlType) -> foehn_loader::GgufFile {
+    let src = foehn_loader::GgufFile::open(tiny().join("gguf/tiny-mistral-F32.gguf")).unwrap();
+    let mut w = foehn_loader::gguf::GgufWriter::new();
+    for (k, v) in src.metadata().iter() {
+        w.add_metadata(k, v.clone()).unwrap();
+    }
+    let mut found = false;
+    for info in src.tensors() {
+        if info.name == tensor {
+            found = true;
+            let rows: u64 = info.shape[1..].iter().product();
+            let fake = vec![0u8; ty.row_bytes(info.shape[0] as usize).unwrap() * rows as usize];
+            w.add_tensor(&info.name, ty, &info.shape, fake).unwrap();
+        } else {
+            let t = src.tensor(&info.name).unwrap();
+            w.add_tensor(&info.name, t.ty, t.shape, t.data).unwrap();
+        }
+    }
+    assert!(found, "no tensor {tensor}");
+    let mut bytes = Vec::new();
+    w.write_to(&mut bytes).unwrap();
+    foehn_loader::GgufFile::from_bytes(bytes).unwrap()
+}
