@@ -1,18 +1,28 @@
 //! Chat with a local model in the terminal: history is kept, and each turn
-//! prefills only what the KV cache does not already hold.
+//! prefills only what the KV cache does not already hold. With `--remote` the
+//! turns go to an OpenAI-compatible server instead, or (with `--route`) to a
+//! router between the local model and that server.
 //!
 //! ```text
 //! cargo run --release --example chat -- --model model.gguf
+//! cargo run --release --example chat -- --remote hf --model-id mistralai/Mistral-7B-Instruct-v0.3
+//! cargo run --release --example chat -- --remote http://127.0.0.1:8080/v1 --model-id m --route local-first
 //! ```
 //! Commands: `/reset` forgets the conversation, `/exit` (or end of input) quits.
 
 use std::io::{BufRead, Write};
+use std::sync::{Arc, OnceLock};
 
-use anyhow::{Context, Result};
-use clap::Parser;
-use foehn::{CancelToken, Event, GenerateRequest, LoadOptions, LocalModel, Message};
+use anyhow::{anyhow, bail, Context, Result};
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches, Parser};
+use foehn::remote::{OpenAiClient, Policy, Route, Router, RouterConfig};
+use foehn::{
+    CancelToken, Capabilities, Event, EventStream, GenerateError, GenerateRequest, Generator, LoadOptions, LocalModel,
+    Message,
+};
 
-/// Chat with a local model.
+/// Chat with a local model, a remote OpenAI-compatible server, or a router between the two.
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Args {
@@ -37,10 +47,32 @@ struct Args {
     /// Context length.
     #[arg(long)]
     ctx: Option<usize>,
+    /// Send the turns to an OpenAI-compatible server: its base URL (`http://127.0.0.1:8080/v1`),
+    /// or `hf` for the Hugging Face router (https://router.huggingface.co/v1).
+    #[arg(long, value_name = "BASE_URL", requires = "model_id")]
+    remote: Option<String>,
+    /// Bearer token for --remote (default: the HF_TOKEN environment variable).
+    #[arg(long, requires = "remote")]
+    api_key: Option<String>,
+    /// The remote model id, e.g. `mistralai/Mistral-7B-Instruct-v0.3:fastest` on the HF router.
+    #[arg(long, requires = "remote")]
+    model_id: Option<String>,
+    /// Route between the local model (--model, or the default model) and --remote:
+    /// local-first, remote-first, fastest or cheapest.
+    #[arg(long, requires = "remote")]
+    route: Option<Policy>,
 }
 
+/// Flags that only make sense for a local model (refused for a remote-only run).
+const LOCAL_ONLY: &[&str] = &["ctx", "threads"];
+
 fn main() {
-    if let Err(e) = run(Args::parse()) {
+    let matches = Args::command().get_matches();
+    let args = Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let given: Vec<&str> =
+        LOCAL_ONLY.iter().copied().filter(|id| matches!(matches.value_source(id), Some(ValueSource::CommandLine))).collect();
+    let result = if args.remote.is_some() { run_remote(args, &given) } else { run(args) };
+    if let Err(e) = result {
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
@@ -114,4 +146,159 @@ fn run(args: Args) -> Result<()> {
         history.push(Message::assistant(answer));
     }
     Ok(())
+}
+
+/// `--remote` (alone, or with `--route` and the local model): each turn sends
+/// the whole conversation through the [`Generator`] trait (no KV cache is
+/// kept between turns, even when the local route serves).
+fn run_remote(args: Args, given_local_flags: &[&str]) -> Result<()> {
+    let base = args.remote.as_deref().context("--remote")?;
+    if args.route.is_none() {
+        if !given_local_flags.is_empty() {
+            let flags: Vec<String> = given_local_flags.iter().map(|id| format!("--{id}")).collect();
+            bail!(
+                "local-only flags with a remote-only run: {} (--remote without --route runs remotely only; \
+                 add --route local-first|remote-first|fastest|cheapest to also use the local model)",
+                flags.join(", ")
+            );
+        }
+        if args.model.is_some() {
+            bail!("--model and --remote together need --route local-first|remote-first|fastest|cheapest (which one should serve?)");
+        }
+    }
+    let remote = remote_client(base, args.api_key.as_deref(), args.model_id.as_deref())?;
+    let generator: Box<dyn Generator> = match args.route {
+        None => Box::new(remote),
+        Some(policy) => {
+            let opts = LoadOptions { ctx_len: args.ctx, threads: args.threads, ..LoadOptions::default() };
+            let local = Arc::new(LazyLocal::new(args.model.clone(), opts));
+            Box::new(Router::new(vec![Route::local(local), Route::remote(Arc::new(remote))], RouterConfig::new(policy)))
+        }
+    };
+    let fresh = || -> Vec<Message> { args.system.iter().map(Message::system).collect() };
+    let mut history = fresh();
+    eprintln!("foehn chat ({}) — /reset to start over, /exit to quit", generator.name());
+    let stdin = std::io::stdin();
+    let mut out = std::io::stdout().lock();
+    loop {
+        write!(out, "> ")?;
+        out.flush()?;
+        let mut line = String::new();
+        if stdin.lock().read_line(&mut line).context("reading standard input")? == 0 {
+            break;
+        }
+        let line = line.trim_end_matches(['\n', '\r']);
+        match line.trim() {
+            "" => continue,
+            "/exit" | "/quit" => break,
+            "/reset" => {
+                history = fresh();
+                eprintln!("[conversation reset]");
+                continue;
+            }
+            _ => {}
+        }
+        history.push(Message::user(line));
+        let mut request = GenerateRequest::chat(history.clone());
+        request.max_tokens = Some(args.max_tokens);
+        request.temperature = args.temp;
+        request.seed = args.seed;
+        let events = match generator.generate(request, CancelToken::new()) {
+            Ok(events) => events,
+            Err(e) => {
+                eprintln!("error: {e}");
+                history.pop();
+                continue;
+            }
+        };
+        let mut answer = String::new();
+        let mut failed = false;
+        for event in events {
+            match event {
+                Ok(Event::Token(t)) => {
+                    answer.push_str(&t.text);
+                    write!(out, "{}", t.text)?;
+                    out.flush()?;
+                }
+                Ok(Event::Done(c)) => {
+                    writeln!(out)?;
+                    let provider = c.provider.as_deref().map(|p| format!(" via {p}")).unwrap_or_default();
+                    let tried = if c.tried.len() > 1 { format!(", tried {}", c.tried.join(" → ")) } else { String::new() };
+                    let decode = c.timings.decode.map_or(0.0, |d| d.as_secs_f64());
+                    eprintln!(
+                        "[served by {}{provider}{tried}; {} prompt tokens, {} generated, {:.1} tok/s]",
+                        c.served_by.as_deref().unwrap_or("?"),
+                        c.usage.prompt_tokens,
+                        c.usage.completion_tokens,
+                        c.usage.completion_tokens.saturating_sub(1) as f64 / decode.max(1e-9)
+                    );
+                }
+                Err(e) => {
+                    eprintln!("\nerror: {e}");
+                    failed = true;
+                }
+            }
+        }
+        if failed && answer.is_empty() {
+            history.pop();
+        } else {
+            history.push(Message::assistant(answer));
+        }
+    }
+    Ok(())
+}
+
+/// The client for `--remote`: `hf` is the Hugging Face router; the token comes
+/// from `--api-key`, else `HF_TOKEN`.
+fn remote_client(base: &str, api_key: Option<&str>, model_id: Option<&str>) -> Result<OpenAiClient> {
+    let model_id = model_id.context("--remote needs --model-id (the remote model's id)")?;
+    let api_key = api_key.map(str::to_string);
+    let client = if base.eq_ignore_ascii_case("hf") {
+        match api_key {
+            Some(key) => OpenAiClient::hf_router_with_token(key),
+            None => OpenAiClient::hf_router().map_err(|e| anyhow!("--remote hf: {e} (or pass --api-key)"))?,
+        }
+    } else {
+        let client = OpenAiClient::new(base);
+        match api_key.or_else(|| std::env::var("HF_TOKEN").ok().filter(|t| !t.trim().is_empty())) {
+            Some(key) => client.with_api_key(key.trim()),
+            None => client,
+        }
+    };
+    Ok(client.with_model(model_id))
+}
+
+/// The local route of a routed chat, loaded on first use: a model that cannot
+/// be loaded is a failed route the router moves past.
+struct LazyLocal {
+    spec: Option<String>,
+    opts: LoadOptions,
+    model: OnceLock<Result<LocalModel, String>>,
+}
+
+impl LazyLocal {
+    fn new(spec: Option<String>, opts: LoadOptions) -> Self {
+        Self { spec, opts, model: OnceLock::new() }
+    }
+}
+
+impl Generator for LazyLocal {
+    fn name(&self) -> &str {
+        "local"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        match self.model.get() {
+            Some(Ok(m)) => m.capabilities(),
+            // Not loaded yet: the context is unknown (an overflow fails over when it happens).
+            _ => Capabilities { context_length: None, tools: false, json_schema: false, token_prompts: true },
+        }
+    }
+
+    fn generate(&self, request: GenerateRequest, cancel: CancelToken) -> Result<EventStream, GenerateError> {
+        let loaded = self.model.get_or_init(|| {
+            LocalModel::load(self.spec.as_deref(), self.opts.clone()).map_err(|e| format!("loading the local model: {e}"))
+        });
+        loaded.as_ref().map_err(|e| GenerateError::Backend(e.clone()))?.generate(request, cancel)
+    }
 }

@@ -1,21 +1,33 @@
-//! Generate text with a local model.
+//! Generate text with a local model, a remote OpenAI-compatible server, or a
+//! router between the two.
 //!
 //! ```text
 //! cargo run --release --example generate -- --prompt "Why is the sky blue?"
 //! cargo run --release --example generate -- --model model.gguf --raw --prompt "Once upon a time" -n 64
 //! cargo run --release --example generate -- --prompt-ids 1,415,2936 --force-ids 9,10 --top-logits 5 --json
+//! cargo run --release --example generate -- --model ./safetensors-dir --isq q4k --prompt "Hello"
+//! # remote: any OpenAI-compatible server, or `hf` = the Hugging Face router (token from --api-key or HF_TOKEN)
+//! cargo run --release --example generate -- --remote hf --model-id mistralai/Mistral-7B-Instruct-v0.3:fastest --prompt "Hi"
+//! # routed: the local model (--model or the default one) and --remote, under a policy
+//! cargo run --release --example generate -- --remote hf --model-id mistralai/Mistral-7B-Instruct-v0.3 --route local-first --prompt "Hi" --json
 //! ```
 
 use std::io::{Read, Write};
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
-use anyhow::{Context, Result};
-use clap::{Parser, ValueEnum};
-use foehn::engine::{top_k, Backend, CandleDevice};
+use anyhow::{anyhow, bail, Context, Result};
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
+use foehn::engine::{top_k, Backend, CandleDevice, Isq};
 use foehn::model::KvCacheType;
-use foehn::{CancelToken, Event, GenerateRequest, LoadOptions, LocalModel, Message, Prompt, Role};
+use foehn::remote::{OpenAiClient, Policy, Route, Router, RouterConfig};
+use foehn::{
+    CancelToken, Capabilities, Event, EventStream, GenerateError, GenerateRequest, Generator, LoadOptions, LocalModel,
+    Message, Prompt, Role,
+};
 
-/// Generate text with a local model.
+/// Generate text with a local model, a remote OpenAI-compatible server, or a router between the two.
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Args {
@@ -73,13 +85,36 @@ struct Args {
     /// Device of the candle backend: `cpu`, `cuda:N` (build with --features cuda) or `metal` (--features metal).
     #[arg(long, default_value = "cpu", value_parser = parse_device)]
     device: CandleDevice,
+    /// Quantize a safetensors model's weights at load: q8_0, q4_0, q4k or q6k (not for GGUF files).
+    #[arg(long)]
+    isq: Option<Isq>,
     /// Print one JSON object instead of streaming text.
     #[arg(long)]
     json: bool,
     /// With --json: the K largest logits at the last prompt position and before each generated or forced token.
     #[arg(long, default_value_t = 0)]
     top_logits: usize,
+    /// Send the request to an OpenAI-compatible server: its base URL (`http://127.0.0.1:8080/v1`),
+    /// or `hf` for the Hugging Face router (https://router.huggingface.co/v1).
+    #[arg(long, value_name = "BASE_URL", requires = "model_id")]
+    remote: Option<String>,
+    /// Bearer token for --remote (default: the HF_TOKEN environment variable).
+    #[arg(long, requires = "remote")]
+    api_key: Option<String>,
+    /// The remote model id, e.g. `mistralai/Mistral-7B-Instruct-v0.3:fastest` on the HF router.
+    #[arg(long, requires = "remote")]
+    model_id: Option<String>,
+    /// Route between the local model (--model, or the default model) and --remote:
+    /// local-first, remote-first, fastest or cheapest.
+    #[arg(long, requires = "remote")]
+    route: Option<Policy>,
 }
+
+/// Flags that only make sense for a local model (refused for a remote-only run).
+const LOCAL_ONLY: &[&str] =
+    &["prompt_ids", "force_ids", "top_logits", "backend", "device", "isq", "kv", "ctx", "threads"];
+/// Flags that need the local engine itself, not a generator behind a router.
+const LOCAL_ENGINE_ONLY: &[&str] = &["force_ids", "top_logits"];
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum Kv {
@@ -110,51 +145,27 @@ fn parse_device(s: &str) -> Result<CandleDevice, String> {
 }
 
 fn main() {
-    if let Err(e) = run(Args::parse()) {
+    let matches = Args::command().get_matches();
+    let args = Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    // The local-only flags given on the command line.
+    let given: Vec<&str> =
+        LOCAL_ONLY.iter().copied().filter(|id| matches!(matches.value_source(id), Some(ValueSource::CommandLine))).collect();
+    let result = if args.remote.is_some() { run_remote(args, &given) } else { run(args) };
+    if let Err(e) = result {
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
 }
 
 fn run(args: Args) -> Result<()> {
-    let opts = LoadOptions {
-        ctx_len: args.ctx,
-        kv_type: match args.kv {
-            Kv::F16 => KvCacheType::F16,
-            Kv::F32 => KvCacheType::F32,
-        },
-        threads: args.threads,
-        backend: match args.backend {
-            BackendArg::Cpu => Backend::Cpu,
-            BackendArg::Candle => Backend::Candle(args.device),
-        },
-        ..LoadOptions::default()
-    };
+    let opts = load_options(&args);
     let model = LocalModel::load(args.model.as_deref(), opts).context("loading the model")?;
     let load_ms = model.load_time().as_secs_f64() * 1e3;
-    let prompt = match (&args.prompt_ids, &args.prompt) {
-        (Some(ids), _) => Prompt::Tokens(ids.clone()),
-        (None, Some(p)) if args.raw => Prompt::Text(p.clone()),
-        (None, Some(p)) => Prompt::Chat(vec![Message::new(Role::User, p.clone())]),
-        (None, None) => {
-            let mut buf = Vec::new();
-            std::io::stdin().read_to_end(&mut buf).context("reading standard input")?;
-            let text = String::from_utf8(buf).context("standard input is not valid UTF-8")?;
-            if args.raw { Prompt::Text(text) } else { Prompt::Chat(vec![Message::new(Role::User, text)]) }
-        }
-    };
+    let prompt = read_prompt(&args)?;
     if let Some(forced) = &args.force_ids {
         return teacher_force(&model, &prompt, forced, &args, load_ms);
     }
-    let mut request = GenerateRequest::new(prompt);
-    request.max_tokens = Some(args.max_tokens);
-    request.temperature = args.temp;
-    request.top_k = args.top_k;
-    request.top_p = args.top_p;
-    request.min_p = args.min_p;
-    request.repeat_penalty = args.repeat_penalty;
-    request.seed = args.seed;
-    request.stop = args.stop.clone();
+    let request = build_request(&args, prompt);
 
     let session = model.session()?;
     let mut generation = session.into_generation(request, CancelToken::new())?.record_top_logits(args.top_logits);
@@ -186,6 +197,8 @@ fn run(args: Args) -> Result<()> {
             "text": text,
             "finish_reason": c.finish_reason,
             "served_by": c.served_by,
+            "tried": c.tried,
+            "provider": c.provider,
             "top_logits": generation.top_logits().first().cloned().unwrap_or_default(),
             "steps": generation.top_logits().iter().take(ids.len()).collect::<Vec<_>>(),
             "timings": { "load_ms": load_ms, "prefill_tok_s": prefill_tok_s, "decode_tok_s": decode_tok_s },
@@ -199,6 +212,213 @@ fn run(args: Args) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// `--remote` (alone, or with `--route` and the local model): the same
+/// request through the [`Generator`] trait, streamed the same way.
+fn run_remote(args: Args, given_local_flags: &[&str]) -> Result<()> {
+    let flags = |ids: &[&str]| ids.iter().map(|id| format!("--{}", id.replace('_', "-"))).collect::<Vec<_>>().join(", ");
+    let base = args.remote.as_deref().context("--remote")?;
+    match args.route {
+        None => {
+            if !given_local_flags.is_empty() {
+                bail!(
+                    "local-only flags with a remote-only run: {} (--remote without --route runs remotely only; \
+                     add --route local-first|remote-first|fastest|cheapest to also use the local model)",
+                    flags(given_local_flags)
+                );
+            }
+            if args.model.is_some() {
+                bail!(
+                    "--model and --remote together need --route local-first|remote-first|fastest|cheapest \
+                     (which one should serve?)"
+                );
+            }
+        }
+        Some(_) => {
+            let engine_only: Vec<&str> =
+                given_local_flags.iter().copied().filter(|id| LOCAL_ENGINE_ONLY.contains(id)).collect();
+            if !engine_only.is_empty() {
+                bail!("{} cannot go through a router: drop --remote and --route to use them", flags(&engine_only));
+            }
+        }
+    }
+    let remote = remote_client(base, args.api_key.as_deref(), args.model_id.as_deref())?;
+    let (generator, local): (Box<dyn Generator>, Option<Arc<LazyLocal>>) = match args.route {
+        None => (Box::new(remote), None),
+        Some(policy) => {
+            let local = Arc::new(LazyLocal::new(args.model.clone(), load_options(&args)));
+            let routes = vec![Route::local(local.clone()), Route::remote(Arc::new(remote))];
+            (Box::new(Router::new(routes, RouterConfig::new(policy))), Some(local))
+        }
+    };
+    let request = build_request(&args, read_prompt(&args)?);
+    let started = Instant::now();
+    let (mut ids, mut text) = (Vec::new(), String::new());
+    let mut out = std::io::stdout().lock();
+    let mut completion = None;
+    for event in generator.generate(request, CancelToken::new())? {
+        match event? {
+            Event::Token(t) => {
+                ids.extend(t.id);
+                text.push_str(&t.text);
+                if !args.json {
+                    write!(out, "{}", t.text)?;
+                    out.flush()?;
+                }
+            }
+            Event::Done(c) => completion = Some(c),
+        }
+    }
+    let c = completion.context("the generation ended without a final event")?;
+    let total_s = started.elapsed().as_secs_f64();
+    let ttft_ms = c.timings.time_to_first_token.map(|d| d.as_secs_f64() * 1e3);
+    let decode_tok_s = c
+        .timings
+        .decode
+        .map(|d| c.usage.completion_tokens.saturating_sub(1) as f64 / d.as_secs_f64().max(1e-9));
+    let load_ms = local.as_ref().and_then(|l| l.load_ms());
+    let served_by = c.served_by.as_deref().unwrap_or("?");
+    if args.json {
+        let json = serde_json::json!({
+            "ids": ids,
+            "text": text,
+            "finish_reason": c.finish_reason,
+            "served_by": c.served_by,
+            "tried": c.tried,
+            "provider": c.provider,
+            "usage": { "prompt_tokens": c.usage.prompt_tokens, "completion_tokens": c.usage.completion_tokens },
+            "timings": { "load_ms": load_ms, "ttft_ms": ttft_ms, "decode_tok_s": decode_tok_s, "total_s": total_s },
+        });
+        writeln!(out, "{json}")?;
+    } else {
+        writeln!(out)?;
+        let provider = c.provider.as_deref().map(|p| format!(" via {p}")).unwrap_or_default();
+        let tried = if c.tried.len() > 1 { format!(", tried {}", c.tried.join(" → ")) } else { String::new() };
+        eprintln!(
+            "[served by {served_by}{provider}{tried}; {} prompt tokens, {} generated ({:?}); first token {}, decode {}]",
+            c.usage.prompt_tokens,
+            c.usage.completion_tokens,
+            c.finish_reason,
+            ttft_ms.map_or("?".into(), |ms| format!("{ms:.0} ms")),
+            decode_tok_s.map_or("?".into(), |t| format!("{t:.1} tok/s")),
+        );
+    }
+    Ok(())
+}
+
+/// The client for `--remote`: `hf` is the Hugging Face router; the token comes
+/// from `--api-key`, else `HF_TOKEN`.
+fn remote_client(base: &str, api_key: Option<&str>, model_id: Option<&str>) -> Result<OpenAiClient> {
+    let model_id = model_id.context("--remote needs --model-id (the remote model's id)")?;
+    let api_key = api_key.map(str::to_string);
+    let client = if base.eq_ignore_ascii_case("hf") {
+        match api_key {
+            Some(key) => OpenAiClient::hf_router_with_token(key),
+            None => OpenAiClient::hf_router().map_err(|e| anyhow!("--remote hf: {e} (or pass --api-key)"))?,
+        }
+    } else {
+        let client = OpenAiClient::new(base);
+        match api_key.or_else(|| std::env::var("HF_TOKEN").ok().filter(|t| !t.trim().is_empty())) {
+            Some(key) => client.with_api_key(key.trim()),
+            None => client,
+        }
+    };
+    Ok(client.with_model(model_id))
+}
+
+/// The local route of a routed run, loaded on first use: a remote-first run
+/// the remote serves never loads it, and a model that cannot be loaded is a
+/// failed route the router moves past.
+struct LazyLocal {
+    spec: Option<String>,
+    opts: LoadOptions,
+    model: OnceLock<Result<LocalModel, String>>,
+}
+
+impl LazyLocal {
+    fn new(spec: Option<String>, opts: LoadOptions) -> Self {
+        Self { spec, opts, model: OnceLock::new() }
+    }
+
+    fn model(&self) -> Result<&LocalModel, GenerateError> {
+        let loaded = self.model.get_or_init(|| {
+            LocalModel::load(self.spec.as_deref(), self.opts.clone())
+                .map_err(|e| format!("loading the local model: {e}"))
+        });
+        loaded.as_ref().map_err(|e| GenerateError::Backend(e.clone()))
+    }
+
+    fn load_ms(&self) -> Option<f64> {
+        match self.model.get() {
+            Some(Ok(m)) => Some(m.load_time().as_secs_f64() * 1e3),
+            _ => None,
+        }
+    }
+}
+
+impl Generator for LazyLocal {
+    fn name(&self) -> &str {
+        "local"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        match self.model.get() {
+            Some(Ok(m)) => m.capabilities(),
+            // Not loaded yet: the context is unknown (an overflow fails over when it happens).
+            _ => Capabilities { context_length: None, tools: false, json_schema: false, token_prompts: true },
+        }
+    }
+
+    fn generate(&self, request: GenerateRequest, cancel: CancelToken) -> Result<EventStream, GenerateError> {
+        self.model()?.generate(request, cancel)
+    }
+}
+
+fn load_options(args: &Args) -> LoadOptions {
+    LoadOptions {
+        ctx_len: args.ctx,
+        kv_type: match args.kv {
+            Kv::F16 => KvCacheType::F16,
+            Kv::F32 => KvCacheType::F32,
+        },
+        threads: args.threads,
+        backend: match args.backend {
+            BackendArg::Cpu => Backend::Cpu,
+            BackendArg::Candle => Backend::Candle(args.device),
+        },
+        isq: args.isq,
+        ..LoadOptions::default()
+    }
+}
+
+/// The prompt: `--prompt-ids`, `--prompt` (a chat turn, or raw text with
+/// `--raw`), or standard input.
+fn read_prompt(args: &Args) -> Result<Prompt> {
+    Ok(match (&args.prompt_ids, &args.prompt) {
+        (Some(ids), _) => Prompt::Tokens(ids.clone()),
+        (None, Some(p)) if args.raw => Prompt::Text(p.clone()),
+        (None, Some(p)) => Prompt::Chat(vec![Message::new(Role::User, p.clone())]),
+        (None, None) => {
+            let mut buf = Vec::new();
+            std::io::stdin().read_to_end(&mut buf).context("reading standard input")?;
+            let text = String::from_utf8(buf).context("standard input is not valid UTF-8")?;
+            if args.raw { Prompt::Text(text) } else { Prompt::Chat(vec![Message::new(Role::User, text)]) }
+        }
+    })
+}
+
+fn build_request(args: &Args, prompt: Prompt) -> GenerateRequest {
+    let mut request = GenerateRequest::new(prompt);
+    request.max_tokens = Some(args.max_tokens);
+    request.temperature = args.temp;
+    request.top_k = args.top_k;
+    request.top_p = args.top_p;
+    request.min_p = args.min_p;
+    request.repeat_penalty = args.repeat_penalty;
+    request.seed = args.seed;
+    request.stop = args.stop.clone();
+    request
 }
 
 /// `--force-ids`: feed the prompt, then each forced id, recording the logits

@@ -35,8 +35,28 @@
 //! # Ok(()) }
 //! ```
 //!
-//! The same request goes to any [`Generator`] — the local engine (above, or
-//! `LocalModel` as a `Generator`) or, later, a remote provider or a router.
+//! The same request goes to any [`Generator`]: the local engine (above, or
+//! `LocalModel` as a `Generator`), a remote OpenAI-compatible provider, or a
+//! router between them ([`remote`]), which names the route that served:
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//!
+//! use foehn::remote::{OpenAiClient, Policy, Route, Router, RouterConfig};
+//! use foehn::{GenerateRequest, Generator, LoadOptions, LocalModel, Message};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let local = LocalModel::load(None, LoadOptions::default())?; // the default model
+//! // https://router.huggingface.co/v1, with the token from HF_TOKEN
+//! let remote = OpenAiClient::hf_router()?.with_model("mistralai/Mistral-7B-Instruct-v0.3:fastest");
+//! let router = Router::new(
+//!     vec![Route::local(Arc::new(local)), Route::remote(Arc::new(remote))],
+//!     RouterConfig::new(Policy::LocalFirst),
+//! );
+//! let (text, done) = router.generate_text(GenerateRequest::chat(vec![Message::user("Hi")]))?;
+//! println!("{text}\n[served by {:?}, tried {:?}, provider {:?}]", done.served_by, done.tried, done.provider);
+//! # Ok(()) }
+//! ```
 
 pub use foehn_chat as chat;
 pub use foehn_core as core;
@@ -45,6 +65,7 @@ pub use foehn_hub as hub;
 pub use foehn_kernels as kernels;
 pub use foehn_loader as loader;
 pub use foehn_model as model;
+pub use foehn_remote as remote;
 pub use foehn_sampler as sampler;
 pub use foehn_tokenizer as tokenizer;
 
@@ -52,5 +73,10 @@ pub use foehn_core::{
     CancelToken, Capabilities, Completion, Event, EventStream, FinishReason, GenerateError, GenerateRequest,
     Generator, Message, ModelConfig, Prompt, Role, TokenEvent, Usage,
 };
-pub use foehn_engine::{LoadOptions, LocalModel, Session};
+pub use foehn_engine::{Isq, LoadOptions, LocalModel, Session};
 pub use foehn_tokenizer::{EncodeOptions, Tokenizer};
+
+/// The README's Rust examples, compiled as doc tests so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -21,7 +21,7 @@ fn chat_keeps_history_and_reuses_the_cache() {
         .stdin
         .take()
         .unwrap()
-        .write_all(b"What is the capital of France?\nAnd what is the capital of Germany?\n/reset\nHi\n/exit\n")
+        .write_all(b"Name the capital of France.\nAnd the capital of Germany?\n/reset\nHi\n/exit\n")
         .unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

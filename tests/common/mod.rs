@@ -36,7 +36,11 @@ pub fn pypi(spec: &foehn::hub::PypiFile) -> PathBuf {
 /// refreshed by `cargo build`, so it may be stale).
 pub fn example_bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    let examples = exe.parent().and_then(|deps| deps.parent()).expect("target/<profile>").join("examples");
+    let examples = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target/<profile>")
+        .join("examples");
     let suffix = std::env::consts::EXE_SUFFIX;
     let prefix = format!("{name}-");
     std::fs::read_dir(&examples)

@@ -3,10 +3,12 @@
 //! [`foehn_core::Generator`] implementation that streams events.
 
 mod error;
+mod isq;
 mod local;
 mod session;
 
 pub use error::{EngineError, Result};
 pub use foehn_model::candle::CandleDevice;
+pub use isq::Isq;
 pub use local::{Backend, LoadOptions, LocalModel};
 pub use session::{top_k, Generation, Session};

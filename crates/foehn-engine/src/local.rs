@@ -13,9 +13,10 @@ use foehn_loader::safetensors::SafetensorsModel;
 use foehn_loader::{config_from_hf, GgufFile};
 use foehn_core::ModelConfig;
 use foehn_model::candle::{CandleDevice, CandleTransformer};
-use foehn_model::{KvCacheOptions, KvCacheType, Transformer};
+use foehn_model::{KvCacheOptions, KvCacheType, Transformer, WeightOptions};
 use foehn_tokenizer::{EncodeOptions, Tokenizer};
 
+use crate::isq::Isq;
 use crate::session::Session;
 use crate::{EngineError, Result};
 
@@ -32,6 +33,10 @@ pub struct LoadOptions {
     pub fetch: FetchOptions,
     /// Which backend runs the model (default: foehn's CPU kernels).
     pub backend: Backend,
+    /// Quantize a safetensors model's weights at load (default `None`: keep
+    /// them as stored). CPU backend only; refused for GGUF files, whose
+    /// weights are quantized already.
+    pub isq: Option<Isq>,
 }
 
 /// Which implementation runs the transformer.
@@ -68,6 +73,7 @@ impl Default for LoadOptions {
             threads: None,
             fetch: FetchOptions::default(),
             backend: Backend::Cpu,
+            isq: None,
         }
     }
 }
@@ -107,6 +113,20 @@ impl LocalModel {
             Some(s) if Path::new(s).exists() => PathBuf::from(s),
             _ => foehn_hub::resolve_model(spec, &opts.fetch)?,
         };
+        if let Some(isq) = opts.isq {
+            if !path.is_dir() {
+                return Err(EngineError::Other(format!(
+                    "{}: in-situ quantization ({isq}) is for safetensors models; a GGUF file is \
+                     already quantized (requantize it with llama-quantize instead)",
+                    path.display()
+                )));
+            }
+            if opts.backend != Backend::Cpu {
+                return Err(EngineError::Other(format!(
+                    "in-situ quantization ({isq}) runs on the cpu backend only"
+                )));
+            }
+        }
         let device = match opts.backend {
             Backend::Cpu => None,
             Backend::Candle(d) => Some(d.open()?),
@@ -116,7 +136,10 @@ impl LocalModel {
             let cfg = config_from_hf(&path)?;
             let tokenizer = Tokenizer::from_file(path.join("tokenizer.json"))?;
             let net = match &device {
-                None => Net::Cpu(Transformer::from_safetensors(st, cfg)?),
+                None => {
+                    let weights = WeightOptions { isq: opts.isq.map(Isq::ggml_type) };
+                    Net::Cpu(Transformer::from_safetensors_with(st, cfg, &weights)?)
+                }
                 Some(d) => Net::Candle(CandleTransformer::from_safetensors(&st, cfg, d)?),
             };
             (net, tokenizer)

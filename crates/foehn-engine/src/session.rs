@@ -68,6 +68,15 @@ impl Session {
         Ok(logits)
     }
 
+    /// Like [`feed`](Self::feed), writing the logits into `logits` (resized to
+    /// `vocab_size`) instead of a new vector: no allocation per step, for
+    /// benchmarks and tight loops.
+    pub fn feed_into(&mut self, tokens: &[u32], logits: &mut Vec<f32>) -> Result<()> {
+        self.state.run(&self.model.inner, tokens, true, logits)?;
+        self.cached.extend_from_slice(tokens);
+        Ok(())
+    }
+
     /// Starts a generation; it owns the session until [`Generation::into_session`].
     pub fn into_generation(self, request: GenerateRequest, cancel: CancelToken) -> Result<Generation> {
         Generation::new(self, request, cancel)

@@ -1,8 +1,13 @@
 //! Quantized weights: the ggml quant-type table (block size, bytes per block,
 //! dequantizers) — the single source of truth for every crate — and the kernels.
 
+pub mod cpu;
+pub mod pool;
 pub mod qmatrix;
 pub mod quant;
+pub mod vecops;
 
-pub use qmatrix::{dot, ByteSource, MatScratch, QMatrix};
+pub use qmatrix::{ByteSource, MatScratch, QMatrix};
+pub use vecops::dot;
 pub use quant::{dequantize_row, GgmlType, KernelError};
+pub use quant::{quantize_matrix, quantize_row};

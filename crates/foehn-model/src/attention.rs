@@ -1,13 +1,26 @@
 //! Grouped-query attention of a chunk of queries over the KV cache, with an
 //! optional sliding window (query `i` sees key `j` iff `0 ≤ i − j < W`).
+//!
+//! Blocked as flash attention is: tasks of (KV head, block of queries) run in
+//! parallel; each converts blocks of keys and values to f32 once for all its
+//! queries and keeps a running max, sum and weighted sum per query head
+//! (online softmax), so the work space is a few key blocks, whatever the
+//! context length.
 
-use foehn_kernels::dot;
+use std::cell::RefCell;
+
+use foehn_kernels::pool::parallel_for;
+use foehn_kernels::vecops::{axpy, dot, scale};
 use half::f16;
 use half::slice::HalfFloatSliceExt;
-use rayon::prelude::*;
 
 use crate::cache::{KvStore, LayerKv};
-use crate::ops::{axpy, softmax};
+
+/// Queries per task.
+const QUERY_BLOCK: usize = 16;
+
+/// Keys converted to f32 at a time.
+const KEY_BLOCK: usize = 64;
 
 /// The attention geometry of a model.
 #[derive(Debug, Clone, Copy)]
@@ -23,31 +36,23 @@ impl AttnShape {
     pub(crate) fn group(&self) -> usize {
         self.heads / self.kv_heads.max(1)
     }
-
-    /// Floats of work space one KV head's task needs: a score row per query
-    /// head of the group, and one converted key/value row.
-    pub(crate) fn work_per_kv_head(&self, max_keys: usize) -> usize {
-        self.group() * max_keys + self.head_dim
-    }
 }
 
-/// A cached element type, read one head row at a time as f32.
+/// A cached element type, read as f32.
 trait KvElem: Copy + Send + Sync {
-    /// The row as f32: `src` itself for f32, converted into `tmp` otherwise.
-    fn row<'a>(src: &'a [Self], tmp: &'a mut [f32]) -> &'a [f32];
+    /// Writes `src` as f32 into `dst` (same length).
+    fn to_f32(src: &[Self], dst: &mut [f32]);
 }
 
 impl KvElem for f32 {
-    fn row<'a>(src: &'a [f32], _tmp: &'a mut [f32]) -> &'a [f32] {
-        src
+    fn to_f32(src: &[f32], dst: &mut [f32]) {
+        dst.copy_from_slice(src);
     }
 }
 
 impl KvElem for f16 {
-    fn row<'a>(src: &'a [f16], tmp: &'a mut [f32]) -> &'a [f32] {
-        let tmp = &mut tmp[..src.len()];
-        src.convert_to_f32_slice(tmp);
-        tmp
+    fn to_f32(src: &[f16], dst: &mut [f32]) {
+        src.convert_to_f32_slice(dst);
     }
 }
 
@@ -60,8 +65,6 @@ pub(crate) struct ChunkPos {
     pub(crate) n: usize,
     /// Slots of the cache's ring.
     pub(crate) slots: usize,
-    /// Score columns per query head in the work space (at least the keys any query sees).
-    pub(crate) max_keys: usize,
 }
 
 /// Attention of `n` queries (positions `start..start + n`, whose keys and
@@ -69,85 +72,136 @@ pub(crate) struct ChunkPos {
 ///
 /// # Shapes
 /// - `q`: `n × heads × head_dim` (RoPE applied).
-/// - `work`: `kv_heads × shape.work_per_kv_head(max_keys)`.
-/// - `out_hm`: `kv_heads × n × group × head_dim` (work space, head-major).
 /// - `out`: `n × heads × head_dim`.
-pub(crate) fn attention(
-    kv: &LayerKv,
-    shape: AttnShape,
-    at: ChunkPos,
-    q: &[f32],
-    work: &mut [f32],
-    out_hm: &mut [f32],
-    out: &mut [f32],
-) {
-    let gd = shape.group() * shape.head_dim;
-    let per_work = shape.work_per_kv_head(at.max_keys);
-    let task = |(h, (o, w)): (usize, (&mut [f32], &mut [f32]))| match (&kv.k, &kv.v) {
-        (KvStore::F32(k), KvStore::F32(v)) => attend_group(k, v, shape, at, h, q, w, o),
-        (KvStore::F16(k), KvStore::F16(v)) => attend_group(k, v, shape, at, h, q, w, o),
-        // Keys and values are always created with the same type.
-        _ => o.fill(0.0),
+pub(crate) fn attention(kv: &LayerKv, shape: AttnShape, at: ChunkPos, q: &[f32], out: &mut [f32]) {
+    let q_blocks = at.n.div_ceil(QUERY_BLOCK);
+    let dst = OutPtr(out.as_mut_ptr());
+    let q_dim = shape.heads * shape.head_dim;
+    debug_assert!(q.len() >= at.n * q_dim && out.len() >= at.n * q_dim);
+    let task = move |k: usize| {
+        let dst = dst;
+        let (h, qb) = (k % shape.kv_heads, k / shape.kv_heads);
+        let t0 = qb * QUERY_BLOCK;
+        let t1 = (t0 + QUERY_BLOCK).min(at.n);
+        WORK.with(|w| {
+            let mut w = w.borrow_mut();
+            let gd = shape.group() * shape.head_dim;
+            let need = 2 * KEY_BLOCK * shape.head_dim
+                + KEY_BLOCK
+                + 2 * (t1 - t0) * shape.group()
+                + (t1 - t0) * gd;
+            if w.len() < need {
+                w.resize(need, 0.0);
+            }
+            let (acc, rest) = w.split_at_mut((t1 - t0) * gd);
+            match (&kv.k, &kv.v) {
+                (KvStore::F32(k), KvStore::F32(v)) => {
+                    attend(k, v, shape, at, h, t0..t1, q, acc, rest)
+                }
+                (KvStore::F16(k), KvStore::F16(v)) => {
+                    attend(k, v, shape, at, h, t0..t1, q, acc, rest)
+                }
+                // Keys and values are always created with the same type.
+                _ => acc.fill(0.0),
+            }
+            for (t, row) in (t0..t1).zip(acc.chunks_exact(gd)) {
+                // SAFETY: query t's heads of KV head h, inside `out`
+                // (n × heads × head_dim); tasks own disjoint (h, t) pairs.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(row.as_ptr(), dst.0.add(t * q_dim + h * gd), gd);
+                }
+            }
+        });
     };
-    let out_hm = &mut out_hm[..shape.kv_heads * at.n * gd];
-    let work = &mut work[..shape.kv_heads * per_work];
-    if shape.kv_heads == 1 {
-        task((0, (out_hm, work)));
-    } else {
-        out_hm
-            .par_chunks_mut(at.n * gd)
-            .zip(work.par_chunks_mut(per_work))
-            .enumerate()
-            .for_each(task);
-    }
-    // Head-major [kv_head][token][group·d] to token-major [token][kv_head][group·d].
-    for (h, src) in out_hm.chunks_exact(at.n * gd).enumerate() {
-        for (t, row) in src.chunks_exact(gd).enumerate() {
-            let dst = (t * shape.kv_heads + h) * gd;
-            out[dst..dst + gd].copy_from_slice(row);
-        }
-    }
+    parallel_for(shape.kv_heads * q_blocks, &task);
 }
 
-/// The query heads of KV head `h`, for every query of the chunk.
+/// A pointer to the output that attention tasks write disjoint parts of.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: tasks write disjoint elements and `attention` returns after all are done.
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+thread_local! {
+    /// Per-thread work space of the attention tasks (grows once).
+    static WORK: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Queries `ts` of KV head `h`'s query heads over their keys, into `acc`
+/// (`ts.len() × group × head_dim`, token-major), with `work` for key and
+/// value blocks, scores and the running max/sum.
 #[allow(clippy::too_many_arguments)]
-fn attend_group<T: KvElem>(
+fn attend<T: KvElem>(
     k: &[T],
     v: &[T],
     shape: AttnShape,
     at: ChunkPos,
     h: usize,
+    ts: std::ops::Range<usize>,
     q: &[f32],
+    acc: &mut [f32],
     work: &mut [f32],
-    out: &mut [f32],
 ) {
     let (d, group) = (shape.head_dim, shape.group());
     let (kv_dim, q_dim) = (shape.kv_heads * d, shape.heads * d);
-    let scale = 1.0 / (d as f32).sqrt();
-    let (scores, tmp) = work.split_at_mut(group * at.max_keys);
-    for t in 0..at.n {
-        let i = at.start + t;
-        let lo = shape.window.map_or(0, |w| (i + 1).saturating_sub(w));
-        let m = i + 1 - lo;
-        let qt = &q[t * q_dim + h * group * d..t * q_dim + (h + 1) * group * d];
-        for (jj, j) in (lo..=i).enumerate() {
+    let sm_scale = 1.0 / (d as f32).sqrt();
+    let nq = ts.len() * group;
+    let (kb, work) = work.split_at_mut(KEY_BLOCK * d);
+    let (vb, work) = work.split_at_mut(KEY_BLOCK * d);
+    let (scores, work) = work.split_at_mut(KEY_BLOCK);
+    let (maxes, work) = work.split_at_mut(nq);
+    let sums = &mut work[..nq];
+    maxes.fill(f32::NEG_INFINITY);
+    sums.fill(0.0);
+    acc.fill(0.0);
+    let first = at.start + ts.start;
+    let last = at.start + ts.end - 1;
+    let lo_of = |i: usize| shape.window.map_or(0, |w| (i + 1).saturating_sub(w));
+    let mut j0 = lo_of(first);
+    while j0 <= last {
+        let j1 = (j0 + KEY_BLOCK).min(last + 1);
+        for (jj, j) in (j0..j1).enumerate() {
             let s = (j % at.slots) * kv_dim + h * d;
-            let key = T::row(&k[s..s + d], tmp);
-            for (g, qh) in qt.chunks_exact(d).enumerate() {
-                scores[g * at.max_keys + jj] = dot(qh, key) * scale;
+            T::to_f32(&k[s..s + d], &mut kb[jj * d..(jj + 1) * d]);
+            T::to_f32(&v[s..s + d], &mut vb[jj * d..(jj + 1) * d]);
+        }
+        for (ti, t) in ts.clone().enumerate() {
+            let i = at.start + t;
+            // Keys of this block that query i sees.
+            let (a, b) = (j0.max(lo_of(i)), j1.min(i + 1));
+            if a >= b {
+                continue;
+            }
+            for g in 0..group {
+                let qh = &q[t * q_dim + (h * group + g) * d..][..d];
+                let sc = &mut scores[..b - a];
+                let mut bmax = f32::NEG_INFINITY;
+                for (s, j) in sc.iter_mut().zip(a..b) {
+                    *s = dot(qh, &kb[(j - j0) * d..(j - j0 + 1) * d]) * sm_scale;
+                    bmax = bmax.max(*s);
+                }
+                let r = ti * group + g;
+                let m = maxes[r].max(bmax);
+                let o = &mut acc[r * d..(r + 1) * d];
+                if maxes[r] > f32::NEG_INFINITY && maxes[r] < m {
+                    let c = (maxes[r] - m).exp();
+                    sums[r] *= c;
+                    scale(o, c);
+                }
+                maxes[r] = m;
+                for (s, j) in sc.iter().zip(a..b) {
+                    let p = (s - m).exp();
+                    sums[r] += p;
+                    axpy(o, p, &vb[(j - j0) * d..(j - j0 + 1) * d]);
+                }
             }
         }
-        for g in 0..group {
-            softmax(&mut scores[g * at.max_keys..g * at.max_keys + m]);
-        }
-        let o = &mut out[t * group * d..(t + 1) * group * d];
-        o.fill(0.0);
-        for (jj, j) in (lo..=i).enumerate() {
-            let s = (j % at.slots) * kv_dim + h * d;
-            let value = T::row(&v[s..s + d], tmp);
-            for (g, og) in o.chunks_exact_mut(d).enumerate() {
-                axpy(og, scores[g * at.max_keys + jj], value);
-            }
+        j0 = j1;
+    }
+    for (r, o) in acc.chunks_exact_mut(d).enumerate().take(nq) {
+        if sums[r] > 0.0 {
+            scale(o, 1.0 / sums[r]);
         }
     }
 }

@@ -17,7 +17,6 @@ pub struct Scratch {
     /// The model dimensions the buffers were sized for (see [`dims`]).
     pub(crate) dims: [usize; 7],
     pub(crate) chunk: usize,
-    pub(crate) max_keys: usize,
     /// Residual stream, `chunk × hidden`.
     pub(crate) x: Vec<f32>,
     /// Normed input of a block / output of a projection, `chunk × hidden`.
@@ -30,10 +29,8 @@ pub struct Scratch {
     pub(crate) v: Vec<f32>,
     /// Attention output, `chunk × heads·head_dim`.
     pub(crate) att: Vec<f32>,
-    /// Attention output, head-major, `chunk × heads·head_dim`.
-    pub(crate) att_hm: Vec<f32>,
-    /// Attention work space, `kv_heads × (group·max_keys + head_dim)`.
-    pub(crate) att_work: Vec<f32>,
+    /// Outputs of stacked projections, `chunk × max(q + 2·kv, 2·intermediate)`.
+    pub(crate) wide: Vec<f32>,
     /// FFN gate, `chunk × intermediate`.
     pub(crate) gate: Vec<f32>,
     /// FFN up, `chunk × intermediate`.
@@ -48,27 +45,24 @@ pub struct Scratch {
 }
 
 impl Scratch {
-    /// Buffers for chunks of up to `chunk` tokens (at least 1), attending to up
-    /// to `max_keys` keys per query.
-    pub fn new(cfg: &ModelConfig, chunk: usize, max_keys: usize) -> Self {
+    /// Buffers for chunks of up to `chunk` tokens (at least 1). Attention
+    /// needs no buffer that grows with the context (it works on blocks of
+    /// keys).
+    pub fn new(cfg: &ModelConfig, chunk: usize) -> Self {
         let chunk = chunk.max(1);
-        let max_keys = max_keys.max(1);
         let q_dim = cfg.num_attention_heads * cfg.head_dim;
         let kv_dim = cfg.num_key_value_heads * cfg.head_dim;
-        let shape = attn_shape(cfg);
         let widest = cfg.hidden_size.max(q_dim).max(cfg.intermediate_size);
         Self {
             dims: dims(cfg),
             chunk,
-            max_keys,
             x: vec![0.0; chunk * cfg.hidden_size],
             xn: vec![0.0; chunk * cfg.hidden_size],
             q: vec![0.0; chunk * q_dim],
             k: vec![0.0; chunk * kv_dim],
             v: vec![0.0; chunk * kv_dim],
             att: vec![0.0; chunk * q_dim],
-            att_hm: vec![0.0; chunk * q_dim],
-            att_work: vec![0.0; cfg.num_key_value_heads * shape.work_per_kv_head(max_keys)],
+            wide: vec![0.0; chunk * (q_dim + 2 * kv_dim).max(2 * cfg.intermediate_size)],
             gate: vec![0.0; chunk * cfg.intermediate_size],
             up: vec![0.0; chunk * cfg.intermediate_size],
             cos: vec![0.0; chunk * cfg.head_dim / 2],
@@ -78,27 +72,14 @@ impl Scratch {
         }
     }
 
-    /// Buffers matching a cache: its largest chunk, and as many keys per
-    /// query as its window (or context) allows.
+    /// Buffers matching a cache: chunks as large as it takes.
     pub fn for_cache(cfg: &ModelConfig, cache: &KvCache) -> Self {
-        Self::new(cfg, cache.max_chunk(), max_keys(cache))
+        Self::new(cfg, cache.max_chunk())
     }
 
     /// Most tokens per forward pass.
     pub fn chunk(&self) -> usize {
         self.chunk
-    }
-
-    /// Grows the attention work space if `cache` lets a query see more keys
-    /// than these buffers were sized for (only when they were built for
-    /// another cache).
-    pub(crate) fn fit_cache(&mut self, cfg: &ModelConfig, cache: &KvCache) {
-        let needed = max_keys(cache);
-        if needed > self.max_keys {
-            self.max_keys = needed;
-            let len = cfg.num_key_value_heads * attn_shape(cfg).work_per_kv_head(needed);
-            self.att_work.resize(len, 0.0);
-        }
     }
 }
 
@@ -114,13 +95,6 @@ pub(crate) fn dims(cfg: &ModelConfig) -> [usize; 7] {
         cfg.vocab_size,
         cfg.num_hidden_layers,
     ]
-}
-
-/// The most keys one query can see in `cache`.
-fn max_keys(cache: &KvCache) -> usize {
-    cache
-        .window()
-        .map_or(cache.ctx_len(), |w| w.min(cache.ctx_len()))
 }
 
 /// The attention geometry of `cfg`.

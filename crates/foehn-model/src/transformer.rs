@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use foehn_core::ModelConfig;
-use foehn_kernels::QMatrix;
+use foehn_kernels::{MatScratch, QMatrix};
 use foehn_loader::{config_from_gguf, GgufFile, SafetensorsModel};
 
 use crate::attention::{attention, ChunkPos};
@@ -28,17 +28,77 @@ pub enum LogitsMode {
     Skip,
 }
 
+/// Projections that read the same input: stacked into one matrix when the
+/// kernels can (one product, one pass over the input, one synchronization),
+/// else kept apart.
+#[derive(Debug)]
+enum Projections {
+    /// The parts' rows stacked, with each part's row count.
+    Stacked(QMatrix, Vec<usize>),
+    /// One matrix per part.
+    Apart(Vec<QMatrix>),
+}
+
+impl Projections {
+    fn new(parts: Vec<QMatrix>) -> Self {
+        let rows = parts.iter().map(QMatrix::rows).collect();
+        match QMatrix::stack_rows(&parts.iter().collect::<Vec<_>>()) {
+            Some(m) => Projections::Stacked(m, rows),
+            None => Projections::Apart(parts),
+        }
+    }
+
+    /// The matrices (one when stacked).
+    fn parts(&self) -> impl Iterator<Item = &QMatrix> + '_ {
+        match self {
+            Projections::Stacked(m, _) => std::slice::from_ref(m).iter(),
+            Projections::Apart(parts) => parts.iter(),
+        }
+    }
+
+    /// `outs[i] = parts[i] · xs` for `n` rows; `wide` is work space of at
+    /// least `n × Σ rows` floats.
+    fn matmul(
+        &self,
+        xs: &[f32],
+        n: usize,
+        outs: &mut [&mut [f32]],
+        wide: &mut [f32],
+        mat: &mut MatScratch,
+    ) -> Result<()> {
+        match self {
+            Projections::Apart(parts) => {
+                for (m, out) in parts.iter().zip(outs.iter_mut()) {
+                    m.matmul(xs, out, mat)?;
+                }
+            }
+            Projections::Stacked(m, rows) => {
+                let total = m.rows();
+                let wide = &mut wide[..n * total];
+                m.matmul(xs, wide, mat)?;
+                for (t, row) in wide.chunks_exact(total).enumerate() {
+                    let mut at = 0;
+                    for (&r, out) in rows.iter().zip(outs.iter_mut()) {
+                        out[t * r..(t + 1) * r].copy_from_slice(&row[at..at + r]);
+                        at += r;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// One decoder block.
 #[derive(Debug)]
 struct Block {
     attn_norm: Vec<f32>,
-    wq: QMatrix,
-    wk: QMatrix,
-    wv: QMatrix,
+    /// Query, key and value projections.
+    qkv: Projections,
     wo: QMatrix,
     ffn_norm: Vec<f32>,
-    w_gate: QMatrix,
-    w_up: QMatrix,
+    /// Gate and up projections.
+    gate_up: Projections,
     w_down: QMatrix,
 }
 
@@ -178,6 +238,30 @@ impl Transformer {
         Self::build(&src, cfg, Naming::Hf, RopeStyle::Halves, tied)
     }
 
+    /// Like [`from_safetensors`](Self::from_safetensors), with the weights
+    /// stored as `opts` asks: `opts.isq` quantizes every matrix at load (see
+    /// [`WeightOptions`](crate::WeightOptions) and the `isq` module for which
+    /// tensor gets which type).
+    ///
+    /// # Errors
+    /// As [`from_gguf`](Self::from_gguf); [`ModelError::Config`] for an ISQ
+    /// type without a quantizer or weights it cannot represent (NaN, inf).
+    pub fn from_safetensors_with(
+        model: Arc<SafetensorsModel>,
+        cfg: ModelConfig,
+        opts: &crate::WeightOptions,
+    ) -> Result<Self> {
+        let Some(ty) = opts.isq else {
+            return Self::from_safetensors(model, cfg);
+        };
+        crate::isq::check_isq_type(ty)?;
+        let dense = StSource(model);
+        let tied = cfg.tie_word_embeddings || !dense.contains(Naming::Hf.output());
+        let output = if tied { Naming::Hf.embed() } else { Naming::Hf.output() };
+        let src = crate::isq::IsqSource { inner: &dense, ty, output };
+        Self::build(&src, cfg, Naming::Hf, RopeStyle::Halves, tied)
+    }
+
     fn build(
         src: &dyn TensorSource,
         cfg: ModelConfig,
@@ -189,19 +273,29 @@ impl Transformer {
         let (hidden, ffn) = (cfg.hidden_size, cfg.intermediate_size);
         let q_dim = cfg.num_attention_heads * cfg.head_dim;
         let kv_dim = cfg.num_key_value_heads * cfg.head_dim;
+        // Linear layers are repacked for the SIMD kernels; an untied embedding
+        // is only read row by row and stays in the file.
         let embed = src.matrix(names.embed(), cfg.vocab_size, hidden)?;
+        let embed = if tied { embed.packed() } else { embed };
         let blocks = (0..cfg.num_hidden_layers)
             .map(|i| {
-                let m = |part, rows, cols| src.matrix(&names.block(i, part), rows, cols);
+                let m = |part, rows, cols| {
+                    src.matrix(&names.block(i, part), rows, cols)
+                        .map(QMatrix::packed)
+                };
                 Ok(Block {
                     attn_norm: src.vector(&names.block(i, Part::AttnNorm), hidden)?,
-                    wq: m(Part::Q, q_dim, hidden)?,
-                    wk: m(Part::K, kv_dim, hidden)?,
-                    wv: m(Part::V, kv_dim, hidden)?,
+                    qkv: Projections::new(vec![
+                        m(Part::Q, q_dim, hidden)?,
+                        m(Part::K, kv_dim, hidden)?,
+                        m(Part::V, kv_dim, hidden)?,
+                    ]),
                     wo: m(Part::O, hidden, q_dim)?,
                     ffn_norm: src.vector(&names.block(i, Part::FfnNorm), hidden)?,
-                    w_gate: m(Part::Gate, ffn, hidden)?,
-                    w_up: m(Part::Up, ffn, hidden)?,
+                    gate_up: Projections::new(vec![
+                        m(Part::Gate, ffn, hidden)?,
+                        m(Part::Up, ffn, hidden)?,
+                    ]),
                     w_down: m(Part::Down, hidden, ffn)?,
                 })
             })
@@ -210,7 +304,7 @@ impl Transformer {
         let output = if tied {
             None
         } else {
-            Some(src.matrix(names.output(), cfg.vocab_size, hidden)?)
+            Some(src.matrix(names.output(), cfg.vocab_size, hidden)?.packed())
         };
         let rope = Rope::new(&cfg, style);
         Ok(Self {
@@ -246,6 +340,22 @@ impl Transformer {
     /// The token embedding (`vocab × hidden`).
     pub fn embedding(&self) -> &QMatrix {
         &self.embed
+    }
+
+    /// Every weight matrix once: the embedding, each block's linear layers
+    /// (query, key and value, and gate and up, may be stacked into one
+    /// matrix each), and the output projection unless tied (for sizes and
+    /// parameter counts; the norms are `hidden` f32 values each, two per
+    /// block and a final one).
+    pub fn matrices(&self) -> impl Iterator<Item = &QMatrix> + '_ {
+        let blocks = self.blocks.iter().flat_map(|b| {
+            b.qkv
+                .parts()
+                .chain([&b.wo])
+                .chain(b.gate_up.parts())
+                .chain([&b.w_down])
+        });
+        std::iter::once(&self.embed).chain(blocks).chain(self.output.as_ref())
     }
 
     /// An empty KV cache for a session of this model.
@@ -285,7 +395,6 @@ impl Transformer {
         let cfg = &self.cfg;
         let n = tokens.len();
         self.check_chunk(tokens, cache, scratch)?;
-        scratch.fit_cache(cfg, cache);
         let start = cache.position();
         let (hidden, vocab) = (cfg.hidden_size, cfg.vocab_size);
         let (q_dim, kv_dim) = (
@@ -305,7 +414,6 @@ impl Transformer {
             start,
             n,
             slots: cache.slots(),
-            max_keys: s.max_keys,
         };
 
         let x = &mut s.x[..n * hidden];
@@ -317,12 +425,12 @@ impl Transformer {
         );
         let att = &mut s.att[..n * q_dim];
         let (gate, up) = (&mut s.gate[..n * ffn], &mut s.up[..n * ffn]);
+        let wide = &mut s.wide[..];
         for (l, b) in self.blocks.iter().enumerate() {
             // Attention.
             rmsnorm_rows(x, &b.attn_norm, eps, xn);
-            b.wq.matmul(xn, q, &mut s.mat)?;
-            b.wk.matmul(xn, k, &mut s.mat)?;
-            b.wv.matmul(xn, v, &mut s.mat)?;
+            b.qkv
+                .matmul(xn, n, &mut [&mut *q, &mut *k, &mut *v], wide, &mut s.mat)?;
             for t in 0..n {
                 let (c, sn) = (
                     &s.cos[t * half..(t + 1) * half],
@@ -333,21 +441,13 @@ impl Transformer {
                 let kv = t * kv_dim..(t + 1) * kv_dim;
                 cache.write(l, start + t, &k[kv.clone()], &v[kv]);
             }
-            attention(
-                cache.layer(l),
-                shape,
-                at,
-                q,
-                &mut s.att_work,
-                &mut s.att_hm,
-                att,
-            );
+            attention(cache.layer(l), shape, at, q, att);
             b.wo.matmul(att, xn, &mut s.mat)?;
             add_assign(x, xn);
             // Feed-forward.
             rmsnorm_rows(x, &b.ffn_norm, eps, xn);
-            b.w_gate.matmul(xn, gate, &mut s.mat)?;
-            b.w_up.matmul(xn, up, &mut s.mat)?;
+            b.gate_up
+                .matmul(xn, n, &mut [&mut *gate, &mut *up], wide, &mut s.mat)?;
             silu_mul(gate, up);
             b.w_down.matmul(gate, xn, &mut s.mat)?;
             add_assign(x, xn);

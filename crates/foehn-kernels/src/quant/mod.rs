@@ -2,10 +2,12 @@
 //! block, dequantizer), as ggml's `type_traits`. Adding a type = adding a row.
 
 pub mod blocks;
-mod dequant;
+pub(crate) mod dequant;
+mod quantize;
 mod types;
 
 pub use dequant::{dequantize_row, KVALUES_IQ4NL};
+pub use quantize::{quantize_matrix, quantize_row};
 pub use types::{GgmlType, QK_K};
 
 /// Errors of the kernels crate.
@@ -25,6 +27,14 @@ pub enum KernelError {
         /// The type's name.
         ty: &'static str,
         /// What does not fit.
+        reason: String,
+    },
+    /// Input values a quantizer cannot represent (NaN, infinite, too large).
+    #[error("{ty}: {reason}")]
+    NonFinite {
+        /// The type's name.
+        ty: &'static str,
+        /// Which value, and what the type accepts.
         reason: String,
     },
 }

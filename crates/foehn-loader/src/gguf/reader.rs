@@ -76,6 +76,35 @@ impl GgufFile {
         Self::parse(Storage::Owned(bytes))
     }
 
+    /// Drops the pages of `bytes` (a slice of this file's data, e.g. a
+    /// tensor's) from the process's resident memory when the file is memory
+    /// mapped: a model that repacked a tensor into its own buffer calls this
+    /// so the file's copy does not stay resident too. The bytes stay
+    /// readable (they are paged in again from the file if touched). Only the
+    /// pages lying entirely inside `bytes` are dropped; a slice that is not
+    /// part of this file, or an in-memory file, is left alone.
+    pub fn release_pages(&self, bytes: &[u8]) {
+        let Storage::Mapped(map) = &self.storage else {
+            return;
+        };
+        let base = map.as_ptr() as usize;
+        let (start, end) = (bytes.as_ptr() as usize, bytes.as_ptr() as usize + bytes.len());
+        if start < base || end > base + map.len() {
+            return;
+        }
+        const PAGE: usize = 4096;
+        let (first, last) = ((start - base).next_multiple_of(PAGE), (end - base) / PAGE * PAGE);
+        if last <= first {
+            return;
+        }
+        // SAFETY: the map is read-only and file-backed: after DONTNEED, reads
+        // see the file's (unchanged) contents again. No slice is invalidated.
+        // Failure (e.g. a platform without the advice) only keeps pages resident.
+        let _ = unsafe {
+            map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, first, last - first)
+        };
+    }
+
     /// The file's GGUF version (2 or 3).
     pub fn version(&self) -> u32 {
         self.version

@@ -67,7 +67,11 @@ pub(crate) fn linear(name: &str, m: &QMatrix, device: &Device) -> Result<QMatMul
             ty: format!("{} (no candle kernels)", m.ty().name()),
         }));
     };
-    let bytes = m.bytes();
+    let Some(bytes) = m.bytes() else {
+        return Err(CandleError::Model(ModelError::Config(format!(
+            "tensor '{name}' is packed for the CPU kernels; candle needs the file's layout"
+        ))));
+    };
     let expected = m.rows() * m.row_bytes();
     if bytes.len() != expected {
         return Err(CandleError::Model(ModelError::Config(format!(

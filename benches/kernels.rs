@@ -1,0 +1,117 @@
+//! The quantized matrix products per weight type, through `QMatrix::matvec`
+//! (decode: one activation row) and `QMatrix::matmul` (prefill: many rows),
+//! on matrices repacked as the model repacks them (`QMatrix::packed`).
+//!
+//! ```text
+//! cargo bench --bench kernels                  # all types
+//! cargo bench --bench kernels -- --quick q4_k  # one type, quick
+//! RAYON_NUM_THREADS=2 cargo bench --bench kernels
+//! ```
+//!
+//! Throughput as criterion reports it:
+//! - decode (`matvec/<type>`, 4096 × 4096): bytes of weights read per second
+//!   (GB/s), to set against the machine's read bandwidth;
+//! - prefill (`matmul/<type>`, 2048 × 2048 × 64 rows): "elements" are
+//!   operations, 2·rows·cols·n multiply-adds counted as two, so Gelem/s =
+//!   GOP/s = 2·rows·cols·n / time.
+
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use foehn::kernels::{quantize_matrix, GgmlType, MatScratch, QMatrix};
+
+/// Every weight type a GGUF model commonly stores.
+const TYPES: [GgmlType; 11] = {
+    use GgmlType::*;
+    [
+        F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K,
+    ]
+};
+
+/// Decode shape (Mistral-7B's attention projections).
+const DECODE: (usize, usize) = (4096, 4096);
+
+/// Prefill shape and activation rows.
+const PREFILL: (usize, usize, usize) = (2048, 2048, 64);
+
+/// Distinct random rows quantized; the matrix repeats them (quantizing 16 M
+/// weights per type with the K-quant searches would dominate the run).
+const DISTINCT_ROWS: usize = 64;
+
+/// Deterministic pseudo-random values in about [-1, 1].
+fn values(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            // Sum of two uniforms: a triangular, roughly bell-shaped spread.
+            let a = (s >> 40) as f32 / (1u64 << 24) as f32;
+            let b = ((s >> 16) & 0xff_ffff) as f32 / (1u64 << 24) as f32;
+            a + b - 1.0
+        })
+        .collect()
+}
+
+/// A `rows × cols` matrix of type `ty`, repacked as the model does.
+fn matrix(ty: GgmlType, rows: usize, cols: usize) -> QMatrix {
+    let distinct = DISTINCT_ROWS.min(rows);
+    let src = values(distinct * cols, 0x5eed ^ ty.id() as u64);
+    let q = quantize_matrix(ty, distinct, cols, &src).expect("quantize");
+    let bytes: Vec<u8> = q
+        .iter()
+        .copied()
+        .cycle()
+        .take(q.len() / distinct * rows)
+        .collect();
+    QMatrix::from_owned(ty, rows, cols, bytes)
+        .expect("matrix")
+        .packed()
+}
+
+fn decode(c: &mut Criterion) {
+    let (rows, cols) = DECODE;
+    let mut g = c.benchmark_group("matvec");
+    g.sample_size(10)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2));
+    let x = values(cols, 7);
+    let mut out = vec![0.0; rows];
+    let mut scratch = MatScratch::new(cols);
+    for ty in TYPES {
+        let m = matrix(ty, rows, cols);
+        g.throughput(Throughput::BytesDecimal(
+            (rows * ty.row_bytes(cols).unwrap()) as u64,
+        ));
+        g.bench_function(
+            BenchmarkId::new(ty.name().to_lowercase(), format!("{rows}x{cols}")),
+            |b| b.iter(|| m.matvec(&x, &mut out, &mut scratch).unwrap()),
+        );
+    }
+    g.finish();
+}
+
+fn prefill(c: &mut Criterion) {
+    let (rows, cols, n) = PREFILL;
+    let mut g = c.benchmark_group("matmul");
+    g.sample_size(10)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(3));
+    let xs = values(n * cols, 11);
+    let mut out = vec![0.0; n * rows];
+    let mut scratch = MatScratch::new(cols);
+    for ty in TYPES {
+        let m = matrix(ty, rows, cols);
+        // Operations: a multiply and an add per weight and activation row.
+        g.throughput(Throughput::Elements((2 * rows * cols * n) as u64));
+        g.bench_function(
+            BenchmarkId::new(ty.name().to_lowercase(), format!("{rows}x{cols}x{n}")),
+            |b| b.iter(|| m.matmul(&xs, &mut out, &mut scratch).unwrap()),
+        );
+    }
+    g.finish();
+}
+
+criterion_group!(benches, decode, prefill);
+criterion_main!(benches);

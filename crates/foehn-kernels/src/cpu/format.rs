@@ -1,0 +1,164 @@
+//! The packed weight format every quantized type is repacked into at load.
+//!
+//! Every supported ggml type dequantizes as `w = S · (u − off) + M` per group
+//! of 16 or 32 weights, with `u` a small unsigned integer level, `off` a
+//! per-type constant, `S` the group's scale and `M` its (optional) min:
+//!
+//! | type | levels `u` | off | group | `S` | `M` |
+//! |---|---|---|---|---|---|
+//! | Q4_0 | 0..15 (nibble) | 8 | 32 | `d` | – |
+//! | Q4_1 | 0..15 (nibble) | 0 | 32 | `d` | `m` |
+//! | Q5_0 | 0..31 (byte) | 16 | 32 | `d` | – |
+//! | Q5_1 | 0..31 (byte) | 0 | 32 | `d` | `m` |
+//! | Q8_0 | q + 128 (byte) | 128 | 32 | `d` | – |
+//! | IQ4_NL | level + 128 (byte) | 128 | 32 | `d` | – |
+//! | Q4_K | 0..15 (nibble) | 0 | 32 | `d·sc` | `−dmin·m` |
+//! | Q5_K | 0..31 (byte) | 0 | 32 | `d·sc` | `−dmin·m` |
+//! | Q6_K | 0..63 (byte) | 32 | 16 | `d·sc` | – |
+//! | Q3_K | 0..7 (nibble) | 4 | 16 | `d·sc` | – |
+//! | Q2_K | 0..3 (nibble) | 0 | 16 | `d·sc` | `−dmin·m` |
+//! | IQ4_XS | level + 128 (byte) | 128 | 32 | `d·sc` | – |
+//!
+//! `d`, `m`, `dmin` are the file's f16 values and `sc`, `m` small integers,
+//! so the packed bytes keep every bit of the original and dequantize to the
+//! same f32 values as ggml (same operations, same order).
+//!
+//! Rows are packed in **tiles of 16 rows** so that a SIMD lane holds one row:
+//! a kernel computes 16 outputs at once without horizontal sums, and one
+//! broadcast activation word feeds all 16 rows. A tile is a run of *units*
+//! (one group for the legacy types, one 256-weight superblock for the
+//! k-quants):
+//!
+//! ```text
+//! unit   = d[16] f16 · (dmin[16] f16) · (sc[groups][16] i8 · (m[groups][16] i8))  · weights[groups]
+//! legacy = d[16] f16 · (m[16] f16)                                                · weights[1]
+//! weights of one group = for each 4-byte word p of a row's group, for each row i: 4 bytes
+//! ```
+//! A row's group is `G` bytes (byte levels) or `G/2` bytes (nibbles: byte `k`
+//! holds level `k` in its low half and level `k + G/2` in its high half).
+//! Parenthesized parts exist only for types with a min; the `sc`/`m` arrays
+//! only in superblock mode. Rows past the matrix's end (the last tile of a
+//! matrix whose rows are not a multiple of 16) are zeros.
+
+use crate::GgmlType;
+
+/// Rows per tile: one SIMD lane per row with 512-bit vectors of i32/f32.
+pub const TILE: usize = 16;
+
+/// Weights per superblock of the k-quants.
+pub const SUPER: usize = 256;
+
+/// How one ggml type is packed (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Format {
+    /// The original type.
+    pub ty: GgmlType,
+    /// Levels fit in 4 bits and are stored two per byte.
+    pub nibbles: bool,
+    /// Weights per group (16 or 32).
+    pub group: usize,
+    /// Scales are `d[superblock] · sc[group]` (k-quants) rather than `d[group]`.
+    pub superblocks: bool,
+    /// Groups have a min `M`.
+    pub min: bool,
+    /// The level offset `off`.
+    pub off: i32,
+}
+
+impl Format {
+    /// The packed format of `ty`, or `None` when the type is not packed
+    /// (floats, and types without a kernel).
+    pub const fn of(ty: GgmlType) -> Option<Format> {
+        use GgmlType::*;
+        let (nibbles, group, superblocks, min, off) = match ty {
+            Q4_0 => (true, 32, false, false, 8),
+            Q4_1 => (true, 32, false, true, 0),
+            Q5_0 => (false, 32, false, false, 16),
+            Q5_1 => (false, 32, false, true, 0),
+            Q8_0 => (false, 32, false, false, 128),
+            IQ4_NL => (false, 32, false, false, 128),
+            Q4_K => (true, 32, true, true, 0),
+            Q5_K => (false, 32, true, true, 0),
+            Q6_K => (false, 16, true, false, 32),
+            Q3_K => (true, 16, true, false, 4),
+            Q2_K => (true, 16, true, true, 0),
+            IQ4_XS => (false, 32, true, false, 128),
+            _ => return None,
+        };
+        Some(Format {
+            ty,
+            nibbles,
+            group,
+            superblocks,
+            min,
+            off,
+        })
+    }
+
+    /// Weights per unit (a superblock or a group).
+    pub const fn unit(&self) -> usize {
+        if self.superblocks {
+            SUPER
+        } else {
+            self.group
+        }
+    }
+
+    /// Groups per unit.
+    pub const fn groups_per_unit(&self) -> usize {
+        self.unit() / self.group
+    }
+
+    /// Bytes of one row's levels in one group.
+    pub const fn group_row_bytes(&self) -> usize {
+        if self.nibbles {
+            self.group / 2
+        } else {
+            self.group
+        }
+    }
+
+    /// Bytes of a unit's header (scales and mins) for a whole tile.
+    pub const fn header_bytes(&self) -> usize {
+        let per_set = if self.min { 2 } else { 1 };
+        let mut bytes = 2 * TILE * per_set;
+        if self.superblocks {
+            bytes += self.groups_per_unit() * TILE * per_set;
+        }
+        bytes
+    }
+
+    /// Bytes of one unit of a tile.
+    pub const fn unit_bytes(&self) -> usize {
+        self.header_bytes() + self.groups_per_unit() * TILE * self.group_row_bytes()
+    }
+
+    /// Bytes of one tile of rows of `cols` weights (`cols` a multiple of
+    /// [`unit`](Self::unit)).
+    pub const fn tile_bytes(&self, cols: usize) -> usize {
+        cols / self.unit() * self.unit_bytes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn packed_sizes_stay_close_to_the_originals() {
+        // Bits per weight of the packed form vs the file's.
+        for (ty, max_ratio) in [
+            (GgmlType::Q4_0, 1.0),
+            (GgmlType::Q4_1, 1.0),
+            (GgmlType::Q8_0, 1.0),
+            (GgmlType::Q4_K, 1.03),
+            (GgmlType::Q6_K, 1.31),
+            (GgmlType::Q5_0, 1.55),
+        ] {
+            let f = Format::of(ty).unwrap();
+            let packed = f.tile_bytes(4096) as f64 / TILE as f64;
+            let orig = ty.row_bytes(4096).unwrap() as f64;
+            assert!(packed / orig <= max_ratio, "{ty}: {packed} vs {orig}");
+        }
+    }
+}

@@ -1,0 +1,161 @@
+//! The CPU kernels: weights repacked into 16-row tiles ([`format`]),
+//! activations quantized once per product ([`act`]), and one tile kernel per
+//! instruction set, chosen at run time ([`Isa`]).
+
+pub mod act;
+pub mod format;
+pub(crate) mod pack;
+mod scalar;
+
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
+#[cfg(target_arch = "aarch64")]
+mod neon;
+
+#[cfg(test)]
+pub(crate) mod testutil;
+
+use std::sync::OnceLock;
+
+use act::QuantizedActs;
+use format::Format;
+
+/// The instruction sets the tile kernels are written for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isa {
+    /// Portable Rust (the reference).
+    Scalar,
+    /// x86-64 AVX2 + FMA + F16C.
+    Avx2,
+    /// x86-64 AVX-512 F/BW/VL + VNNI.
+    Avx512Vnni,
+    /// aarch64 NEON with the dot-product extension (SDOT).
+    NeonDotprod,
+}
+
+impl Isa {
+    /// The instruction set's name, as `FOEHN_ISA` takes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Scalar => "scalar",
+            Isa::Avx2 => "avx2",
+            Isa::Avx512Vnni => "avx512vnni",
+            Isa::NeonDotprod => "neon-dotprod",
+        }
+    }
+
+    /// Every instruction set this CPU can run, best first (always ends with
+    /// [`Isa::Scalar`]).
+    pub fn supported() -> Vec<Isa> {
+        let mut v = Vec::new();
+        #[cfg(target_arch = "x86_64")]
+        {
+            if avx512::available() {
+                v.push(Isa::Avx512Vnni);
+            }
+            if avx2::available() {
+                v.push(Isa::Avx2);
+            }
+        }
+        #[cfg(target_arch = "aarch64")]
+        {
+            if neon::available() {
+                v.push(Isa::NeonDotprod);
+            }
+        }
+        v.push(Isa::Scalar);
+        v
+    }
+
+    /// The instruction set the kernels use: the best this CPU supports, or
+    /// the one named by the `FOEHN_ISA` environment variable (`scalar`,
+    /// `avx2`, `avx512vnni`, `neon-dotprod`) when the CPU supports it.
+    pub fn active() -> Isa {
+        static ACTIVE: OnceLock<Isa> = OnceLock::new();
+        *ACTIVE.get_or_init(|| {
+            let supported = Isa::supported();
+            let wanted = std::env::var("FOEHN_ISA").ok();
+            wanted
+                .and_then(|w| supported.iter().copied().find(|i| i.name() == w.trim()))
+                .unwrap_or(supported[0])
+        })
+    }
+}
+
+/// A tile kernel: see [`scalar::tile`].
+pub(crate) type TileFn = fn(&Format, usize, &[u8], &QuantizedActs, usize, usize, &mut [f32]);
+
+/// The tile kernel of `isa` (which the CPU must support: see [`Isa::supported`]).
+pub(crate) fn tile_fn(isa: Isa) -> TileFn {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: callers only pass instruction sets from `Isa::supported()`.
+        Isa::Avx512Vnni => |f, c, t, a, r, n, o| unsafe { avx512::tile(f, c, t, a, r, n, o) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        Isa::Avx2 => |f, c, t, a, r, n, o| unsafe { avx2::tile(f, c, t, a, r, n, o) },
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: as above.
+        Isa::NeonDotprod => |f, c, t, a, r, n, o| unsafe { neon::tile(f, c, t, a, r, n, o) },
+        _ => scalar::tile,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::format::TILE;
+    use super::testutil::random_bytes;
+    use super::*;
+    use crate::GgmlType;
+    use rand::{Rng, SeedableRng};
+
+    /// Every supported SIMD kernel against the scalar one on the same packed
+    /// weights and quantized activations: same integer sums, float rounding
+    /// only. Odd row counts (zero-padded tiles) and every `nr`; outputs
+    /// poisoned first.
+    #[test]
+    fn simd_tile_kernels_match_the_scalar_kernel() {
+        use GgmlType::*;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+        let isas: Vec<Isa> = Isa::supported()
+            .into_iter()
+            .filter(|i| *i != Isa::Scalar)
+            .collect();
+        eprintln!("testing {isas:?}");
+        for ty in [
+            Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL, Q4_K, Q5_K, Q6_K, Q3_K, Q2_K, IQ4_XS,
+        ] {
+            let fmt = Format::of(ty).unwrap();
+            for (rows, cols) in [(5, 256), (16, 768), (33, 512)] {
+                let bytes = random_bytes(&mut rng, ty, rows, cols);
+                let packed = pack::pack(&fmt, rows, cols, ty.row_bytes(cols).unwrap(), &bytes);
+                let n = 7;
+                let xs: Vec<f32> = (0..n * cols).map(|_| rng.gen_range(-2.0f32..2.0)).collect();
+                let mut acts = QuantizedActs::default();
+                acts.quantize(&xs, cols);
+                let tb = fmt.tile_bytes(cols);
+                for (t, tile) in packed.chunks_exact(tb).enumerate() {
+                    for r0 in 0..n {
+                        for nr in 1..=4.min(n - r0) {
+                            let mut want = vec![f32::NAN; nr * TILE];
+                            scalar::tile(&fmt, cols, tile, &acts, r0, nr, &mut want);
+                            for &isa in &isas {
+                                let mut got = vec![f32::NAN; nr * TILE];
+                                tile_fn(isa)(&fmt, cols, tile, &acts, r0, nr, &mut got);
+                                for (k, (g, w)) in got.iter().zip(&want).enumerate() {
+                                    let tol = 1e-4 * (1.0 + w.abs());
+                                    assert!(
+                                        (g - w).abs() <= tol,
+                                        "{isa:?} {ty} {rows}x{cols} tile {t} r0 {r0} nr {nr} [{k}]: {g} vs {w}"
+                                    );
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

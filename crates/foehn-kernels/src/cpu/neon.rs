@@ -1,0 +1,253 @@
+//! aarch64 NEON tile kernel: the 16 rows of a tile as four quarters of four
+//! 32-bit lanes, SDOT (signed i8 × i8, four products per lane) with the
+//! activation word taken by lane index (the by-element form), so a tile needs
+//! no horizontal sums.
+//!
+//! `vdotq_s32` is unstable on stable Rust, so SDOT is emitted with `asm!`;
+//! so is the f16 → f32 widening (`vcvt_f32_f16` needs the unstable `f16`
+//! type). Nibble levels (0..15) are valid signed bytes as they are; byte
+//! levels (up to 255) are flipped to `u − 128` and the offset is corrected by
+//! `128 · Σa`, as in the AVX2 kernel.
+
+use std::arch::aarch64::*;
+use std::arch::asm;
+
+use super::act::QuantizedActs;
+use super::format::{Format, TILE};
+
+/// Whether this CPU has everything the kernel uses.
+pub(crate) fn available() -> bool {
+    std::arch::is_aarch64_feature_detected!("neon")
+        && std::arch::is_aarch64_feature_detected!("dotprod")
+}
+
+/// As [`super::scalar::tile`].
+///
+/// # Safety
+/// The CPU must support the features [`available`] checks.
+pub(crate) unsafe fn tile(
+    fmt: &Format,
+    cols: usize,
+    tile: &[u8],
+    acts: &QuantizedActs,
+    r0: usize,
+    nr: usize,
+    out: &mut [f32],
+) {
+    // The kernel reads and writes through raw pointers: check the shapes
+    // (once per tile; the NA = 4 kernel also serves `nr` outside 1..=3).
+    assert!(tile.len() >= fmt.tile_bytes(cols) && acts.cols == cols);
+    assert!(out.len() >= TILE * if (1..=3).contains(&nr) { nr } else { 4 });
+    debug_assert!(r0 + nr <= acts.n);
+    macro_rules! go {
+        ($nib:literal, $g:literal, $sup:literal, $min:literal) => {
+            match nr {
+                1 => kernel::<$nib, $g, $sup, $min, 1>(fmt.off, cols, tile, acts, r0, out),
+                2 => kernel::<$nib, $g, $sup, $min, 2>(fmt.off, cols, tile, acts, r0, out),
+                3 => kernel::<$nib, $g, $sup, $min, 3>(fmt.off, cols, tile, acts, r0, out),
+                _ => kernel::<$nib, $g, $sup, $min, 4>(fmt.off, cols, tile, acts, r0, out),
+            }
+        };
+    }
+    match (fmt.nibbles, fmt.group, fmt.superblocks, fmt.min) {
+        (true, 32, false, false) => go!(true, 32, false, false),
+        (true, 32, false, true) => go!(true, 32, false, true),
+        (false, 32, false, false) => go!(false, 32, false, false),
+        (false, 32, false, true) => go!(false, 32, false, true),
+        (true, 32, true, true) => go!(true, 32, true, true),
+        (false, 32, true, true) => go!(false, 32, true, true),
+        (false, 32, true, false) => go!(false, 32, true, false),
+        (false, 16, true, false) => go!(false, 16, true, false),
+        (true, 16, true, false) => go!(true, 16, true, false),
+        (true, 16, true, true) => go!(true, 16, true, true),
+        _ => super::scalar::tile(fmt, cols, tile, acts, r0, nr, out),
+    }
+}
+
+/// `acc[j] += Σ_{b<4} w[4j + b] · a[4·lane + b]` (SDOT by element: the
+/// activation word `lane` of `a` feeds all four rows of `w`). `lane` is a
+/// constant after inlining and unrolling, so the match folds away.
+#[inline(always)]
+unsafe fn sdot_lane(acc: int32x4_t, w: int8x16_t, a: int8x16_t, lane: usize) -> int32x4_t {
+    let mut acc = acc;
+    macro_rules! sdot {
+        ($l:literal) => {
+            asm!(
+                concat!("sdot {acc:v}.4s, {w:v}.16b, {a:v}.4b[", $l, "]"),
+                acc = inout(vreg) acc,
+                w = in(vreg) w,
+                a = in(vreg) a,
+                options(pure, nomem, nostack, preserves_flags),
+            )
+        };
+    }
+    match lane {
+        0 => sdot!("0"),
+        1 => sdot!("1"),
+        2 => sdot!("2"),
+        _ => sdot!("3"),
+    }
+    acc
+}
+
+/// Four little-endian f16 at `p` widened to f32 (FCVTL, base AdvSIMD).
+#[inline(always)]
+unsafe fn load_f16x4(p: *const u8) -> float32x4_t {
+    let h = vld1_u16(p.cast());
+    let f: float32x4_t;
+    asm!(
+        "fcvtl {f:v}.4s, {h:v}.4h",
+        f = lateout(vreg) f,
+        h = in(vreg) h,
+        options(pure, nomem, nostack, preserves_flags),
+    );
+    f
+}
+
+/// The 16 signed bytes of `v` as four quarters of f32.
+#[inline(always)]
+unsafe fn i8x16_to_f32(v: int8x16_t) -> [float32x4_t; 4] {
+    let lo = vmovl_s8(vget_low_s8(v));
+    let hi = vmovl_high_s8(v);
+    [
+        vcvtq_f32_s32(vmovl_s16(vget_low_s16(lo))),
+        vcvtq_f32_s32(vmovl_high_s16(lo)),
+        vcvtq_f32_s32(vmovl_s16(vget_low_s16(hi))),
+        vcvtq_f32_s32(vmovl_high_s16(hi)),
+    ]
+}
+
+/// `$body` once per listed constant, bound to `$i`: loops LLVM would keep
+/// (with a run-time switch on the SDOT lane, or the accumulators in memory)
+/// once their bodies grow, unrolled by hand.
+macro_rules! unroll {
+    (|$i:ident| [$($n:literal),*] $body:block) => {{
+        $({
+            let $i: usize = $n;
+            $body
+        })*
+    }};
+}
+
+/// Rows of activations per call: `NA` (1..=4).
+#[target_feature(enable = "neon,dotprod")]
+unsafe fn kernel<
+    const NIB: bool,
+    const G: usize,
+    const SUP: bool,
+    const MIN: bool,
+    const NA: usize,
+>(
+    off: i32,
+    cols: usize,
+    tile: &[u8],
+    acts: &QuantizedActs,
+    r0: usize,
+    out: &mut [f32],
+) {
+    let unit = if SUP { 256 } else { G };
+    let gpu = unit / G;
+    let grb = if NIB { G / 2 } else { G };
+    // 4-byte words per row per group; with nibbles each word gives two
+    // operands (low halves: levels 4p.., high halves: levels G/2 + 4p..).
+    let nd = grb / 4;
+    let sets = 1 + usize::from(MIN);
+    let header = 2 * TILE * sets + if SUP { gpu * TILE * sets } else { 0 };
+    let unit_bytes = header + gpu * TILE * grb;
+    let units = cols / unit;
+    let corr = if NIB { off } else { off - 128 };
+    let nib_mask = vdupq_n_u8(0x0f);
+    let flip = vdupq_n_u8(0x80);
+    let zero_f = vdupq_n_f32(0.0);
+
+    let aq: [*const i8; NA] = std::array::from_fn(|r| acts.row(r0 + r).as_ptr());
+    let ad: [*const f32; NA] = std::array::from_fn(|r| acts.scales(r0 + r).as_ptr());
+    let asum: [*const i32; NA] = std::array::from_fn(|r| acts.sums(r0 + r, G).as_ptr());
+    let mut acc = [[zero_f; 4]; NA];
+    let base = tile.as_ptr();
+
+    for u in 0..units {
+        let ub = base.add(u * unit_bytes);
+        let scp = ub.add(2 * TILE * sets);
+        let mp = scp.add(gpu * TILE);
+        let d: [float32x4_t; 4] = std::array::from_fn(|q| load_f16x4(ub.add(8 * q)));
+        let dm: [float32x4_t; 4] = if MIN {
+            std::array::from_fn(|q| load_f16x4(ub.add(2 * TILE + 8 * q)))
+        } else {
+            [zero_f; 4]
+        };
+        let mut wp = ub.add(header);
+        for gi in 0..gpu {
+            let gg = u * gpu + gi;
+            let (s, m) = if SUP {
+                let sc = i8x16_to_f32(vld1q_s8(scp.add(gi * TILE).cast()));
+                let s: [float32x4_t; 4] = std::array::from_fn(|q| vmulq_f32(d[q], sc[q]));
+                let m = if MIN {
+                    let mv = i8x16_to_f32(vld1q_s8(mp.add(gi * TILE).cast()));
+                    std::array::from_fn(|q| vmulq_f32(dm[q], mv[q]))
+                } else {
+                    [zero_f; 4]
+                };
+                (s, m)
+            } else {
+                (d, dm)
+            };
+            // The group's activation bytes: operand o (levels 4o..4o+4)
+            // takes word o, i.e. lane o % 4 of vector o / 4.
+            let av: [[int8x16_t; 2]; NA] = std::array::from_fn(|r| {
+                let a = aq[r].add(gg * G);
+                let hi = if G == 32 {
+                    vld1q_s8(a.add(16))
+                } else {
+                    vdupq_n_s8(0)
+                };
+                [vld1q_s8(a), hi]
+            });
+            let sa: [i32; NA] = std::array::from_fn(|r| *asum[r].add(gg));
+            let da: [f32; NA] = std::array::from_fn(|r| *ad[r].add(gg * G / 32));
+            unroll!(|q| [0, 1, 2, 3] {
+                let mut isum = [vdupq_n_s32(0); NA];
+                unroll!(|p| [0, 1, 2, 3, 4, 5, 6, 7] {
+                    if p < nd {
+                        // Word p of rows 4q..4q+4.
+                        let v = vld1q_u8(wp.add(p * 4 * TILE + 16 * q));
+                        if NIB {
+                            let lo = vreinterpretq_s8_u8(vandq_u8(v, nib_mask));
+                            let hi = vreinterpretq_s8_u8(vshrq_n_u8::<4>(v));
+                            let oh = nd + p;
+                            unroll!(|r| [0, 1, 2, 3] {
+                                if r < NA {
+                                    isum[r] = sdot_lane(isum[r], lo, av[r][p / 4], p % 4);
+                                    isum[r] = sdot_lane(isum[r], hi, av[r][oh / 4], oh % 4);
+                                }
+                            });
+                        } else {
+                            let w = vreinterpretq_s8_u8(veorq_u8(v, flip));
+                            unroll!(|r| [0, 1, 2, 3] {
+                                if r < NA {
+                                    isum[r] = sdot_lane(isum[r], w, av[r][p / 4], p % 4);
+                                }
+                            });
+                        }
+                    }
+                });
+                unroll!(|r| [0, 1, 2, 3] {
+                    if r < NA {
+                        let t = vcvtq_f32_s32(vsubq_s32(isum[r], vdupq_n_s32(corr * sa[r])));
+                        let mut v = vmulq_f32(s[q], t);
+                        if MIN {
+                            v = vfmaq_n_f32(v, m[q], sa[r] as f32);
+                        }
+                        acc[r][q] = vfmaq_n_f32(acc[r][q], v, da[r]);
+                    }
+                });
+            });
+            wp = wp.add(TILE * grb);
+        }
+    }
+    for (r, a) in acc.iter().enumerate() {
+        for (q, v) in a.iter().enumerate() {
+            vst1q_f32(out.as_mut_ptr().add(r * TILE + 4 * q), *v);
+        }
+    }
+}

@@ -1,0 +1,392 @@
+//! Repacking GGUF rows into the tile format of [`super::format`], and reading
+//! rows back out of it.
+
+use half::f16;
+use rayon::prelude::*;
+
+use super::format::{Format, SUPER, TILE};
+use crate::quant::blocks::*;
+use crate::quant::dequant::{q3_k_scales, scale_min_k4};
+use crate::quant::KVALUES_IQ4NL;
+use crate::GgmlType;
+
+/// One row split into integer levels and scale parts (f16 values as bits).
+#[derive(Debug, Default, Clone)]
+struct RowParts {
+    /// One level per weight.
+    u: Vec<u8>,
+    /// Per unit: `d`.
+    d: Vec<u16>,
+    /// Per unit, for types with a min: the legacy types' `m`, the k-quants' `−dmin`.
+    dm: Vec<u16>,
+    /// Per group, superblock mode: the scale multiplier.
+    sc: Vec<i8>,
+    /// Per group, superblock mode with a min: the min multiplier.
+    m: Vec<i8>,
+}
+
+impl RowParts {
+    fn clear(&mut self) {
+        self.u.clear();
+        self.d.clear();
+        self.dm.clear();
+        self.sc.clear();
+        self.m.clear();
+    }
+}
+
+fn neg(x: f16) -> u16 {
+    x.to_bits() ^ 0x8000
+}
+
+/// Calls `f` on each `N`-byte block of `src`.
+fn blocks<const N: usize>(src: &[u8], mut f: impl FnMut(&[u8; N])) {
+    for b in src.chunks_exact(N) {
+        if let Ok(b) = b.try_into() {
+            f(b);
+        }
+    }
+}
+
+/// Splits one GGUF row of `ty` into levels and scales (`src` = whole blocks).
+fn split_row(ty: GgmlType, src: &[u8], p: &mut RowParts) {
+    use GgmlType::*;
+    p.clear();
+    let iq4 = |q: u8| (i16::from(KVALUES_IQ4NL[usize::from(q & 0x0f)]) + 128) as u8;
+    match ty {
+        Q4_0 => blocks(src, |b| {
+            let b = BlockQ4_0::from_le_bytes(b);
+            p.d.push(b.d.to_bits());
+            p.u.extend(b.qs.iter().map(|q| q & 0x0f));
+            p.u.extend(b.qs.iter().map(|q| q >> 4));
+        }),
+        Q4_1 => blocks(src, |b| {
+            let b = BlockQ4_1::from_le_bytes(b);
+            p.d.push(b.d.to_bits());
+            p.dm.push(b.m.to_bits());
+            p.u.extend(b.qs.iter().map(|q| q & 0x0f));
+            p.u.extend(b.qs.iter().map(|q| q >> 4));
+        }),
+        Q5_0 | Q5_1 => {
+            let split = |d: f16, m: Option<f16>, qh: [u8; 4], qs: [u8; 16], p: &mut RowParts| {
+                p.d.push(d.to_bits());
+                if let Some(m) = m {
+                    p.dm.push(m.to_bits());
+                }
+                let qh = u32::from_le_bytes(qh);
+                for (j, &q) in qs.iter().enumerate() {
+                    p.u.push((u32::from(q & 0x0f) | (((qh >> j) << 4) & 0x10)) as u8);
+                }
+                for (j, &q) in qs.iter().enumerate() {
+                    p.u.push((u32::from(q >> 4) | ((qh >> (j + 12)) & 0x10)) as u8);
+                }
+            };
+            if ty == Q5_0 {
+                blocks(src, |b| {
+                    let b = BlockQ5_0::from_le_bytes(b);
+                    split(b.d, None, b.qh, b.qs, p);
+                });
+            } else {
+                blocks(src, |b| {
+                    let b = BlockQ5_1::from_le_bytes(b);
+                    split(b.d, Some(b.m), b.qh, b.qs, p);
+                });
+            }
+        }
+        Q8_0 => blocks(src, |b| {
+            let b = BlockQ8_0::from_le_bytes(b);
+            p.d.push(b.d.to_bits());
+            p.u.extend(b.qs.iter().map(|&q| (q as u8) ^ 0x80));
+        }),
+        IQ4_NL => blocks(src, |b| {
+            let b = BlockIQ4_NL::from_le_bytes(b);
+            p.d.push(b.d.to_bits());
+            p.u.extend(b.qs.iter().map(|&q| iq4(q)));
+            p.u.extend(b.qs.iter().map(|&q| iq4(q >> 4)));
+        }),
+        Q4_K => blocks(src, |b| {
+            let b = BlockQ4_K::from_le_bytes(b);
+            p.d.push(b.d.to_bits());
+            p.dm.push(neg(b.dmin));
+            for j in 0..8 {
+                let (sc, m) = scale_min_k4(j, &b.scales);
+                p.sc.push(sc as i8);
+                p.m.push(m as i8);
+            }
+            for q in b.qs.chunks_exact(32) {
+                p.u.extend(q.iter().map(|q| q & 0x0f));
+                p.u.extend(q.iter().map(|q| q >> 4));
+            }
+        }),
+        Q5_K => blocks(src, |b| {
+            let b = BlockQ5_K::from_le_bytes(b);
+            p.d.push(b.d.to_bits());
+            p.dm.push(neg(b.dmin));
+            for j in 0..8 {
+                let (sc, m) = scale_min_k4(j, &b.scales);
+                p.sc.push(sc as i8);
+                p.m.push(m as i8);
+            }
+            for (g, ql) in b.qs.chunks_exact(32).enumerate() {
+                let (u1, u2) = (1u8 << (2 * g), 2u8 << (2 * g));
+                let hi = |qh: u8, bit: u8| if qh & bit != 0 { 16 } else { 0 };
+                p.u.extend(ql.iter().zip(&b.qh).map(|(q, &h)| (q & 0x0f) + hi(h, u1)));
+                p.u.extend(ql.iter().zip(&b.qh).map(|(q, &h)| (q >> 4) + hi(h, u2)));
+            }
+        }),
+        Q6_K => blocks(src, |b| {
+            let b = BlockQ6_K::from_le_bytes(b);
+            p.d.push(b.d.to_bits());
+            p.sc.extend_from_slice(&b.scales);
+            for n in 0..2 {
+                let ql = &b.ql[64 * n..64 * n + 64];
+                let qh = &b.qh[32 * n..32 * n + 32];
+                let start = p.u.len();
+                p.u.resize(start + 128, 0);
+                let y = &mut p.u[start..];
+                for l in 0..32 {
+                    y[l] = (ql[l] & 0x0f) | ((qh[l] & 3) << 4);
+                    y[l + 32] = (ql[l + 32] & 0x0f) | (((qh[l] >> 2) & 3) << 4);
+                    y[l + 64] = (ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4);
+                    y[l + 96] = (ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4);
+                }
+            }
+        }),
+        Q3_K => {
+            blocks(src, |b| {
+                let b = BlockQ3_K::from_le_bytes(b);
+                p.d.push(b.d.to_bits());
+                p.sc.extend_from_slice(&q3_k_scales(&b.scales));
+                let mut m: u8 = 1;
+                for q in b.qs.chunks_exact(32) {
+                    for shift in [0, 2, 4, 6] {
+                        for (q, hm) in q.chunks_exact(16).zip(b.hmask.chunks_exact(16)) {
+                            p.u.extend(q.iter().zip(hm).map(|(&q, &h)| {
+                                ((q >> shift) & 3) + if h & m != 0 { 4 } else { 0 }
+                            }));
+                        }
+                        m <<= 1;
+                    }
+                }
+            })
+        }
+        Q2_K => blocks(src, |b| {
+            let b = BlockQ2_K::from_le_bytes(b);
+            p.d.push(b.d.to_bits());
+            p.dm.push(neg(b.dmin));
+            p.sc.extend(b.scales.iter().map(|s| (s & 0x0f) as i8));
+            p.m.extend(b.scales.iter().map(|s| (s >> 4) as i8));
+            for q in b.qs.chunks_exact(32) {
+                for shift in [0, 2, 4, 6] {
+                    for half in q.chunks_exact(16) {
+                        p.u.extend(half.iter().map(|q| (q >> shift) & 3));
+                    }
+                }
+            }
+        }),
+        IQ4_XS => blocks(src, |b| {
+            let b = BlockIQ4_XS::from_le_bytes(b);
+            p.d.push(b.d.to_bits());
+            for (ib, qs) in b.qs.chunks_exact(16).enumerate() {
+                let low = (b.scales_l[ib / 2] >> (4 * (ib % 2))) & 0x0f;
+                let high = ((b.scales_h >> (2 * ib)) & 3) as u8;
+                p.sc.push(((low | (high << 4)) as i8) - 32);
+                p.u.extend(qs.iter().map(|&q| iq4(q)));
+                p.u.extend(qs.iter().map(|&q| iq4(q >> 4)));
+            }
+        }),
+        _ => {}
+    }
+}
+
+/// Writes the parts of up to 16 rows (`parts[i]` = row `i` of the tile) as
+/// one tile of `fmt`; missing rows are zeros.
+fn write_tile(fmt: &Format, cols: usize, parts: &[RowParts], tile: &mut [u8]) {
+    let unit = fmt.unit();
+    let gpu = fmt.groups_per_unit();
+    let grb = fmt.group_row_bytes();
+    let g = fmt.group;
+    tile.fill(0);
+    for (ui, out) in tile.chunks_exact_mut(fmt.unit_bytes()).enumerate() {
+        let mut at = 0;
+        let put16 = |out: &mut [u8], at: &mut usize, get: &dyn Fn(&RowParts) -> u16| {
+            for (i, p) in parts.iter().enumerate() {
+                out[*at + 2 * i..*at + 2 * i + 2].copy_from_slice(&get(p).to_le_bytes());
+            }
+            *at += 2 * TILE;
+        };
+        put16(out, &mut at, &|p| p.d[ui]);
+        if fmt.min {
+            put16(out, &mut at, &|p| p.dm[ui]);
+        }
+        if fmt.superblocks {
+            let sets: &[fn(&RowParts) -> &[i8]] = if fmt.min {
+                &[|p| &p.sc, |p| &p.m]
+            } else {
+                &[|p| &p.sc]
+            };
+            for get in sets {
+                for gi in 0..gpu {
+                    for (i, p) in parts.iter().enumerate() {
+                        out[at + gi * TILE + i] = get(p)[ui * gpu + gi] as u8;
+                    }
+                }
+                at += gpu * TILE;
+            }
+        }
+        for gi in 0..gpu {
+            let w = &mut out[at..at + TILE * grb];
+            for (i, p) in parts.iter().enumerate() {
+                let lv = &p.u[ui * unit + gi * g..ui * unit + (gi + 1) * g];
+                for k in 0..grb {
+                    let byte = if fmt.nibbles {
+                        lv[k] | (lv[k + g / 2] << 4)
+                    } else {
+                        lv[k]
+                    };
+                    w[(k / 4 * TILE + i) * 4 + k % 4] = byte;
+                }
+            }
+            at += TILE * grb;
+        }
+        debug_assert_eq!(at, fmt.unit_bytes());
+    }
+    debug_assert_eq!(tile.len(), fmt.tile_bytes(cols));
+}
+
+/// Packs `rows` GGUF rows of `fmt.ty` (`row_bytes` each, back to back in
+/// `src`) into tiles; returns the tiles' bytes.
+#[cfg(test)]
+pub(crate) fn pack(
+    fmt: &Format,
+    rows: usize,
+    cols: usize,
+    row_bytes: usize,
+    src: &[u8],
+) -> Vec<u8> {
+    let mut out = vec![0u8; rows.div_ceil(TILE) * fmt.tile_bytes(cols)];
+    pack_into(fmt, rows, cols, row_bytes, src, &mut out);
+    out
+}
+
+/// As [`pack`], into `out` (`⌈rows/16⌉ × fmt.tile_bytes(cols)` bytes).
+pub(crate) fn pack_into(
+    fmt: &Format,
+    rows: usize,
+    cols: usize,
+    row_bytes: usize,
+    src: &[u8],
+    out: &mut [u8],
+) {
+    let tb = fmt.tile_bytes(cols);
+    out.par_chunks_mut(tb.max(1)).enumerate().for_each_init(
+        || vec![RowParts::default(); TILE],
+        |parts, (t, tile)| {
+            let r0 = t * TILE;
+            let n = TILE.min(rows - r0);
+            for (i, p) in parts.iter_mut().take(n).enumerate() {
+                let r = r0 + i;
+                split_row(fmt.ty, &src[r * row_bytes..(r + 1) * row_bytes], p);
+            }
+            write_tile(fmt, cols, &parts[..n], tile);
+        },
+    );
+}
+
+fn h(bits: u16) -> f32 {
+    f16::from_bits(bits).to_f32()
+}
+
+/// Reads row `i` (0..16) of a tile back to f32, with ggml's operations:
+/// `S · (u − off) + M`.
+pub(crate) fn dequantize_tile_row(fmt: &Format, tile: &[u8], i: usize, dst: &mut [f32]) {
+    let unit = fmt.unit();
+    let gpu = fmt.groups_per_unit();
+    let grb = fmt.group_row_bytes();
+    let g = fmt.group;
+    let rd16 = |b: &[u8], at: usize| u16::from_le_bytes([b[at + 2 * i], b[at + 2 * i + 1]]);
+    for (ub, y) in tile
+        .chunks_exact(fmt.unit_bytes())
+        .zip(dst.chunks_exact_mut(unit))
+    {
+        let d = h(rd16(ub, 0));
+        let dm = if fmt.min { h(rd16(ub, 2 * TILE)) } else { 0.0 };
+        let mut at = fmt.header_bytes();
+        let sc_at = 2 * TILE * (1 + usize::from(fmt.min));
+        let m_at = sc_at + gpu * TILE;
+        for (gi, y) in y.chunks_exact_mut(g).enumerate() {
+            let (s, m) = if fmt.superblocks {
+                let sc = f32::from(ub[sc_at + gi * TILE + i] as i8);
+                let m = if fmt.min {
+                    dm * f32::from(ub[m_at + gi * TILE + i] as i8)
+                } else {
+                    0.0
+                };
+                (d * sc, m)
+            } else {
+                (d, dm)
+            };
+            let w = &ub[at..at + TILE * grb];
+            for k in 0..grb {
+                let byte = w[(k / 4 * TILE + i) * 4 + k % 4];
+                let (lo, hi) = if fmt.nibbles {
+                    (byte & 0x0f, Some(byte >> 4))
+                } else {
+                    (byte, None)
+                };
+                let v = |u: u8| (i32::from(u) - fmt.off) as f32;
+                y[k] = if fmt.min { s * v(lo) + m } else { s * v(lo) };
+                if let Some(hi) = hi {
+                    y[k + g / 2] = if fmt.min { s * v(hi) + m } else { s * v(hi) };
+                }
+            }
+            at += TILE * grb;
+        }
+    }
+}
+
+/// Rows per superblock-mode unit check: the packed formats' units divide the
+/// type's block (used by callers to validate `cols`).
+pub(crate) fn cols_ok(fmt: &Format, cols: usize) -> bool {
+    cols % fmt.unit() == 0 && (!fmt.superblocks || cols % SUPER == 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cpu::testutil::random_bytes;
+    use crate::dequantize_row;
+    use rand::SeedableRng;
+
+    #[test]
+    fn packed_rows_dequantize_bit_exactly() {
+        use GgmlType::*;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        for ty in [
+            Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL, Q4_K, Q5_K, Q6_K, Q3_K, Q2_K, IQ4_XS,
+        ] {
+            let fmt = Format::of(ty).unwrap();
+            for (rows, cols) in [(1, 256), (16, 512), (37, 256)] {
+                let bytes = random_bytes(&mut rng, ty, rows, cols);
+                let rb = ty.row_bytes(cols).unwrap();
+                let packed = pack(&fmt, rows, cols, rb, &bytes);
+                assert_eq!(packed.len(), rows.div_ceil(TILE) * fmt.tile_bytes(cols));
+                let tb = fmt.tile_bytes(cols);
+                for r in 0..rows {
+                    let mut want = vec![0.0f32; cols];
+                    dequantize_row(ty, &bytes[r * rb..(r + 1) * rb], &mut want).unwrap();
+                    let mut got = vec![f32::NAN; cols];
+                    let t = r / TILE;
+                    dequantize_tile_row(&fmt, &packed[t * tb..(t + 1) * tb], r % TILE, &mut got);
+                    for (k, (g, w)) in got.iter().zip(&want).enumerate() {
+                        assert_eq!(
+                            g.to_bits(),
+                            w.to_bits(),
+                            "{ty} {rows}x{cols} row {r} [{k}]: {g} vs {w}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}

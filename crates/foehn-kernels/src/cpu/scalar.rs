@@ -1,0 +1,74 @@
+//! The portable tile kernel: the reference every SIMD kernel is tested
+//! against, and the fallback on CPUs without one.
+
+use super::act::QuantizedActs;
+use super::format::{Format, TILE};
+
+/// `out[r·16 + i] = Σ_k w[i][k] · a[r0 + r][k]` for the 16 rows `i` of `tile`
+/// and `nr` activation rows, with integer dot products per group and the
+/// group's `S · (Σ u·a − off·Σ a) + M · Σ a` scaled by the activation scale.
+///
+/// # Shapes
+/// - `tile`: `fmt.tile_bytes(cols)`; `out`: at least `nr × 16`.
+pub(crate) fn tile(
+    fmt: &Format,
+    cols: usize,
+    tile: &[u8],
+    acts: &QuantizedActs,
+    r0: usize,
+    nr: usize,
+    out: &mut [f32],
+) {
+    let (unit, g, grb) = (fmt.unit(), fmt.group, fmt.group_row_bytes());
+    let gpu = fmt.groups_per_unit();
+    let sc_at = 2 * TILE * (1 + usize::from(fmt.min));
+    let m_at = sc_at + gpu * TILE;
+    let f16 = |b: &[u8], at: usize, i: usize| {
+        half::f16::from_bits(u16::from_le_bytes([b[at + 2 * i], b[at + 2 * i + 1]])).to_f32()
+    };
+    for r in 0..nr {
+        let (a, ad, asum) = (acts.row(r0 + r), acts.scales(r0 + r), acts.sums(r0 + r, g));
+        for i in 0..TILE {
+            let mut acc = 0.0f32;
+            for (ui, ub) in tile
+                .chunks_exact(fmt.unit_bytes())
+                .take(cols / unit)
+                .enumerate()
+            {
+                let d = f16(ub, 0, i);
+                let dm = if fmt.min { f16(ub, 2 * TILE, i) } else { 0.0 };
+                let mut at = fmt.header_bytes();
+                for gi in 0..gpu {
+                    let (s, m) = if fmt.superblocks {
+                        let sc = f32::from(ub[sc_at + gi * TILE + i] as i8);
+                        let m = f32::from(ub[m_at + gi * TILE + i] as i8);
+                        (d * sc, if fmt.min { dm * m } else { 0.0 })
+                    } else {
+                        (d, dm)
+                    };
+                    let gg = ui * gpu + gi;
+                    let a = &a[gg * g..(gg + 1) * g];
+                    let w = &ub[at..at + TILE * grb];
+                    let mut isum = 0i32;
+                    for k in 0..grb {
+                        let byte = w[(k / 4 * TILE + i) * 4 + k % 4];
+                        if fmt.nibbles {
+                            isum += i32::from(byte & 0x0f) * i32::from(a[k]);
+                            isum += i32::from(byte >> 4) * i32::from(a[k + g / 2]);
+                        } else {
+                            isum += i32::from(byte) * i32::from(a[k]);
+                        }
+                    }
+                    let sa = asum[gg];
+                    let mut v = s * (isum - fmt.off * sa) as f32;
+                    if fmt.min {
+                        v += m * sa as f32;
+                    }
+                    acc += v * ad[gg * g / 32];
+                    at += TILE * grb;
+                }
+            }
+            out[r * TILE + i] = acc;
+        }
+    }
+}

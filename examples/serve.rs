@@ -1,0 +1,160 @@
+//! An OpenAI-compatible server over a local model.
+//!
+//! ```text
+//! cargo run --release --example serve                       # the default model on 127.0.0.1:8080
+//! cargo run --release --example serve -- --model model.gguf --port 0 --api-key secret
+//! curl http://127.0.0.1:8080/v1/chat/completions -H 'content-type: application/json' \
+//!      -d '{"model": "smollm2-135m-instruct-q4_1", "messages": [{"role": "user", "content": "Hi"}]}'
+//! ```
+//!
+//! Prints `listening on http://HOST:PORT` on standard output once it accepts
+//! connections (with the chosen port when `--port 0`).
+
+use std::io::Write;
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::{Parser, ValueEnum};
+use foehn::engine::{Backend, CandleDevice};
+use foehn::model::KvCacheType;
+use foehn::{LoadOptions, LocalModel};
+use foehn_serve::ServeOptions;
+
+/// Serve a local model over an OpenAI-compatible HTTP API.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// Model: a GGUF path, a safetensors directory, a catalog id or hf://owner/repo/file.gguf (default: the default model).
+    #[arg(long, short = 'm')]
+    model: Option<String>,
+    /// The model id clients use (default: the catalog id, or the file name without extension).
+    #[arg(long)]
+    model_id: Option<String>,
+    /// Address to bind (loopback by default; 0.0.0.0 exposes the server to the network).
+    #[arg(long, default_value = "127.0.0.1")]
+    host: IpAddr,
+    /// Port (0 = any free port).
+    #[arg(long, short = 'p', default_value_t = 8080)]
+    port: u16,
+    /// Require `Authorization: Bearer KEY` (default: $FOEHN_API_KEY, else no key).
+    #[arg(long)]
+    api_key: Option<String>,
+    /// Generations that run at once, each with its own KV cache over the
+    /// shared model and all of them on the same cores (batching them is a
+    /// later step): more is fairer to short requests queued behind long ones,
+    /// and costs a KV cache each.
+    #[arg(long, default_value_t = ServeOptions::default().parallel)]
+    parallel: usize,
+    /// Requests that may wait for a turn; beyond that the server answers 429.
+    #[arg(long, default_value_t = ServeOptions::default().queue)]
+    queue: usize,
+    /// Worker threads of the model (default: available cores).
+    #[arg(long, short = 't')]
+    threads: Option<usize>,
+    /// Context length of each session (default 4096 or the model's maximum if smaller).
+    #[arg(long)]
+    ctx: Option<usize>,
+    /// KV cache element type.
+    #[arg(long, value_enum, default_value_t = Kv::F16)]
+    kv: Kv,
+    /// Compute backend: `cpu` (foehn's kernels) or `candle` (candle tensors on --device).
+    #[arg(long, value_enum, default_value_t = BackendArg::Cpu)]
+    backend: BackendArg,
+    /// Device of the candle backend: `cpu`, `cuda:N` (build with --features cuda) or `metal` (--features metal).
+    #[arg(long, default_value = "cpu", value_parser = parse_device)]
+    device: CandleDevice,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Kv {
+    F16,
+    F32,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
+enum BackendArg {
+    Cpu,
+    Candle,
+}
+
+fn parse_device(s: &str) -> Result<CandleDevice, String> {
+    match s {
+        "cpu" => Ok(CandleDevice::Cpu),
+        "metal" => Ok(CandleDevice::Metal(0)),
+        _ => match s.strip_prefix("cuda") {
+            Some("") => Ok(CandleDevice::Cuda(0)),
+            Some(n) => n
+                .strip_prefix(':')
+                .and_then(|n| n.parse().ok())
+                .map(CandleDevice::Cuda)
+                .ok_or_else(|| format!("bad device {s:?}: expected cpu, cuda:N or metal")),
+            None => Err(format!("bad device {s:?}: expected cpu, cuda:N or metal")),
+        },
+    }
+}
+
+fn main() {
+    if let Err(e) = run(Args::parse()) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+/// The id clients name the model by.
+fn model_id(args: &Args) -> String {
+    if let Some(id) = &args.model_id {
+        return id.clone();
+    }
+    match args.model.as_deref() {
+        None => foehn::hub::DEFAULT_MODEL_ID.to_string(),
+        Some(spec) if Path::new(spec).exists() => {
+            let path = Path::new(spec);
+            let stem = if path.is_dir() { path.file_name() } else { path.file_stem() };
+            stem.map_or_else(|| spec.to_string(), |s| s.to_string_lossy().into_owned())
+        }
+        Some(spec) => spec.to_string(),
+    }
+}
+
+fn run(args: Args) -> Result<()> {
+    let opts = LoadOptions {
+        ctx_len: args.ctx,
+        kv_type: match args.kv {
+            Kv::F16 => KvCacheType::F16,
+            Kv::F32 => KvCacheType::F32,
+        },
+        threads: args.threads,
+        backend: match args.backend {
+            BackendArg::Cpu => Backend::Cpu,
+            BackendArg::Candle => Backend::Candle(args.device),
+        },
+        ..LoadOptions::default()
+    };
+    let model = LocalModel::load(args.model.as_deref(), opts).context("loading the model")?;
+    let id = model_id(&args);
+    eprintln!(
+        "loaded {id} in {:.0} ms (context {} tokens, {} parallel, queue {})",
+        model.load_time().as_secs_f64() * 1e3,
+        model.context_length(),
+        args.parallel,
+        args.queue
+    );
+    let api_key = args.api_key.clone().or_else(|| std::env::var("FOEHN_API_KEY").ok()).filter(|k| !k.is_empty());
+    let serve = ServeOptions {
+        models: vec![id],
+        api_key,
+        parallel: args.parallel,
+        queue: args.queue,
+        ..ServeOptions::default()
+    };
+    let addr = SocketAddr::new(args.host, args.port);
+    foehn_serve::serve_blocking(addr, Arc::new(model), serve, |bound| {
+        let mut out = std::io::stdout().lock();
+        // Tests and scripts read this line to find the port.
+        let _ = writeln!(out, "listening on http://{bound}");
+        let _ = out.flush();
+    })
+    .with_context(|| format!("serving on {addr}"))
+}

@@ -1,0 +1,118 @@
+"""The official OpenAI Python client against foehn's `serve` example.
+
+Run by tests/serve_openai.rs: python openai_client.py BASE_URL MODEL API_KEY
+Checks models, chat and text completions (whole and streamed, greedy, so the
+two must agree), and the client's view of error answers. Prints one JSON
+summary line; any failed check raises (non-zero exit).
+"""
+
+import json
+import sys
+
+import openai
+
+
+def main() -> None:
+    base_url, model, api_key = sys.argv[1:4]
+    client = openai.OpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=120)
+    summary = {"openai_version": openai.__version__}
+
+    # GET /v1/models
+    ids = [m.id for m in client.models.list().data]
+    assert model in ids, f"{model} not in {ids}"
+    summary["models"] = ids
+
+    # Chat, whole.
+    messages = [{"role": "user", "content": "What is the capital of France?"}]
+    chat = client.chat.completions.create(model=model, messages=messages, temperature=0, max_tokens=24)
+    choice = chat.choices[0]
+    assert chat.object == "chat.completion", chat
+    assert chat.model == model, chat
+    assert choice.message.role == "assistant", choice
+    assert choice.finish_reason in ("stop", "length"), choice
+    assert choice.message.content.strip(), choice
+    assert chat.usage.completion_tokens > 0 and chat.usage.prompt_tokens > 0, chat.usage
+    assert chat.usage.total_tokens == chat.usage.prompt_tokens + chat.usage.completion_tokens
+    summary["chat"] = choice.message.content
+
+    # Chat, streamed, with the usage chunk: the same greedy text.
+    stream = client.chat.completions.create(
+        model=model,
+        messages=messages,
+        temperature=0,
+        max_tokens=24,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    text, finish, usage, chunks = "", None, None, 0
+    for chunk in stream:
+        chunks += 1
+        assert chunk.object == "chat.completion.chunk", chunk
+        if chunk.usage is not None:
+            usage = chunk.usage
+        for c in chunk.choices:
+            text += c.delta.content or ""
+            finish = c.finish_reason or finish
+    assert text == choice.message.content, (text, choice.message.content)
+    assert finish == choice.finish_reason, finish
+    assert usage is not None and usage.completion_tokens == chat.usage.completion_tokens, usage
+    assert chunks >= 3, chunks
+    summary["chat_stream_chunks"] = chunks
+
+    # Text completions, whole and streamed.
+    prompt = "The three primary colors are"
+    done = client.completions.create(model=model, prompt=prompt, temperature=0, max_tokens=16)
+    assert done.object == "text_completion", done
+    assert done.choices[0].finish_reason in ("stop", "length"), done
+    assert len(done.choices[0].text) > 0, done
+    streamed = "".join(
+        c.choices[0].text
+        for c in client.completions.create(model=model, prompt=prompt, temperature=0, max_tokens=16, stream=True)
+        if c.choices
+    )
+    assert streamed == done.choices[0].text, (streamed, done.choices[0].text)
+    summary["completion"] = done.choices[0].text
+
+    # Log-probabilities come back in OpenAI's shape (sampled: greedy decoding
+    # reports the collapsed distribution, one candidate with logprob 0).
+    lp = client.chat.completions.create(
+        model=model, messages=messages, temperature=1, seed=7, max_tokens=4, logprobs=True, top_logprobs=2
+    )
+    content = lp.choices[0].logprobs.content
+    assert len(content) >= 1 and all(t.logprob <= 0 for t in content), content
+    assert all(len(t.top_logprobs) == 2 for t in content), content
+
+    # Errors, as the client classifies them.
+    errors = {}
+    try:
+        client.chat.completions.create(model="no-such-model", messages=messages)
+        raise AssertionError("an unknown model was accepted")
+    except openai.NotFoundError as e:
+        assert e.status_code == 404 and e.code == "model_not_found", e
+        errors["unknown_model"] = e.status_code
+    try:
+        client.chat.completions.create(model=model, messages=messages, n=2)
+        raise AssertionError("n=2 was accepted")
+    except openai.BadRequestError as e:
+        assert e.status_code == 400 and e.param == "n", e
+        errors["n=2"] = e.status_code
+    try:
+        client.chat.completions.create(model=model, messages=[{"role": "user", "content": "word " * 2000}])
+        raise AssertionError("an over-long prompt was accepted")
+    except openai.BadRequestError as e:
+        assert e.code == "context_length_exceeded", e
+        errors["context"] = e.status_code
+    try:
+        bad_key = openai.OpenAI(base_url=base_url, api_key="wrong-key", max_retries=0)
+        bad_key.models.list()
+        raise AssertionError("a wrong API key was accepted")
+    except openai.AuthenticationError as e:
+        assert e.status_code == 401, e
+        errors["bad_key"] = e.status_code
+    summary["errors"] = errors
+
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()
