@@ -28,31 +28,8 @@ pub(crate) unsafe fn tile(
     nr: usize,
     out: &mut [f32],
 ) {
-    debug_assert!(tile.len() >= fmt.tile_bytes(cols) && out.len() >= nr * TILE);
-    debug_assert!(r0 + nr <= acts.n && acts.cols == cols);
-    macro_rules! go {
-        ($nib:literal, $g:literal, $sup:literal, $min:literal) => {
-            match nr {
-                1 => kernel::<$nib, $g, $sup, $min, 1>(fmt.off, cols, tile, acts, r0, out),
-                2 => kernel::<$nib, $g, $sup, $min, 2>(fmt.off, cols, tile, acts, r0, out),
-                3 => kernel::<$nib, $g, $sup, $min, 3>(fmt.off, cols, tile, acts, r0, out),
-                _ => kernel::<$nib, $g, $sup, $min, 4>(fmt.off, cols, tile, acts, r0, out),
-            }
-        };
-    }
-    match (fmt.nibbles, fmt.group, fmt.superblocks, fmt.min) {
-        (true, 32, false, false) => go!(true, 32, false, false),
-        (true, 32, false, true) => go!(true, 32, false, true),
-        (false, 32, false, false) => go!(false, 32, false, false),
-        (false, 32, false, true) => go!(false, 32, false, true),
-        (true, 32, true, true) => go!(true, 32, true, true),
-        (false, 32, true, true) => go!(false, 32, true, true),
-        (false, 32, true, false) => go!(false, 32, true, false),
-        (false, 16, true, false) => go!(false, 16, true, false),
-        (true, 16, true, false) => go!(true, 16, true, false),
-        (true, 16, true, true) => go!(true, 16, true, true),
-        _ => super::scalar::tile(fmt, cols, tile, acts, r0, nr, out),
-    }
+    super::check_tile_call(fmt, cols, tile, acts, r0, nr, out);
+    dispatch_shape!(kernel(fmt, cols, tile, acts, r0, nr, out))
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]

@@ -2,6 +2,37 @@
 //! activations quantized once per product ([`act`]), and one tile kernel per
 //! instruction set, chosen at run time ([`Isa`]).
 
+/// Calls the monomorphized kernel `$kernel::<NIBBLES, GROUP, SUPERBLOCKS,
+/// MIN, NA>(off, cols, tile, acts, r0, out)` matching the format's shape and
+/// `nr` (NA = `nr`, 4 from 4 up), or the scalar kernel for a shape without a
+/// monomorph. Every SIMD module's `tile` is this one dispatch.
+macro_rules! dispatch_shape {
+    ($kernel:ident($fmt:ident, $cols:ident, $tile:ident, $acts:ident, $r0:ident, $nr:ident, $out:ident)) => {
+        match ($fmt.nibbles, $fmt.group, $fmt.superblocks, $fmt.min) {
+            (true, 32, false, false) => dispatch_shape!(@na $kernel, true, 32, false, false, $fmt, $cols, $tile, $acts, $r0, $nr, $out),
+            (true, 32, false, true) => dispatch_shape!(@na $kernel, true, 32, false, true, $fmt, $cols, $tile, $acts, $r0, $nr, $out),
+            (false, 32, false, false) => dispatch_shape!(@na $kernel, false, 32, false, false, $fmt, $cols, $tile, $acts, $r0, $nr, $out),
+            (false, 32, false, true) => dispatch_shape!(@na $kernel, false, 32, false, true, $fmt, $cols, $tile, $acts, $r0, $nr, $out),
+            (true, 32, true, true) => dispatch_shape!(@na $kernel, true, 32, true, true, $fmt, $cols, $tile, $acts, $r0, $nr, $out),
+            (false, 32, true, true) => dispatch_shape!(@na $kernel, false, 32, true, true, $fmt, $cols, $tile, $acts, $r0, $nr, $out),
+            (false, 32, true, false) => dispatch_shape!(@na $kernel, false, 32, true, false, $fmt, $cols, $tile, $acts, $r0, $nr, $out),
+            (false, 16, true, false) => dispatch_shape!(@na $kernel, false, 16, true, false, $fmt, $cols, $tile, $acts, $r0, $nr, $out),
+            (true, 16, true, false) => dispatch_shape!(@na $kernel, true, 16, true, false, $fmt, $cols, $tile, $acts, $r0, $nr, $out),
+            (true, 16, true, true) => dispatch_shape!(@na $kernel, true, 16, true, true, $fmt, $cols, $tile, $acts, $r0, $nr, $out),
+            _ => super::scalar::tile($fmt, $cols, $tile, $acts, $r0, $nr, $out),
+        }
+    };
+    (@na $kernel:ident, $nib:literal, $g:literal, $sup:literal, $min:literal,
+     $fmt:ident, $cols:ident, $tile:ident, $acts:ident, $r0:ident, $nr:ident, $out:ident) => {
+        match $nr {
+            1 => $kernel::<$nib, $g, $sup, $min, 1>($fmt.off, $cols, $tile, $acts, $r0, $out),
+            2 => $kernel::<$nib, $g, $sup, $min, 2>($fmt.off, $cols, $tile, $acts, $r0, $out),
+            3 => $kernel::<$nib, $g, $sup, $min, 3>($fmt.off, $cols, $tile, $acts, $r0, $out),
+            _ => $kernel::<$nib, $g, $sup, $min, 4>($fmt.off, $cols, $tile, $acts, $r0, $out),
+        }
+    };
+}
+
 pub mod act;
 pub mod format;
 pub(crate) mod pack;
@@ -82,6 +113,26 @@ impl Isa {
                 .unwrap_or(supported[0])
         })
     }
+}
+
+/// The shapes a SIMD tile kernel relies on (it reads and writes through raw
+/// pointers): checked once per tile call, in release builds too.
+///
+/// # Panics
+/// When `tile`, `acts` or `out` are too short for the call.
+#[allow(dead_code)] // unused on targets without a SIMD kernel
+pub(crate) fn check_tile_call(
+    fmt: &Format,
+    cols: usize,
+    tile: &[u8],
+    acts: &QuantizedActs,
+    r0: usize,
+    nr: usize,
+    out: &[f32],
+) {
+    let rows = if (1..=3).contains(&nr) { nr } else { 4 };
+    assert!(tile.len() >= fmt.tile_bytes(cols) && acts.cols == cols, "tile call: wrong tile or columns");
+    assert!(r0 + rows <= acts.n && out.len() >= rows * format::TILE, "tile call: too few rows");
 }
 
 /// A tile kernel: see [`scalar::tile`].

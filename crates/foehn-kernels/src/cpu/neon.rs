@@ -34,34 +34,8 @@ pub(crate) unsafe fn tile(
     nr: usize,
     out: &mut [f32],
 ) {
-    // The kernel reads and writes through raw pointers: check the shapes
-    // (once per tile; the NA = 4 kernel also serves `nr` outside 1..=3).
-    assert!(tile.len() >= fmt.tile_bytes(cols) && acts.cols == cols);
-    assert!(out.len() >= TILE * if (1..=3).contains(&nr) { nr } else { 4 });
-    debug_assert!(r0 + nr <= acts.n);
-    macro_rules! go {
-        ($nib:literal, $g:literal, $sup:literal, $min:literal) => {
-            match nr {
-                1 => kernel::<$nib, $g, $sup, $min, 1>(fmt.off, cols, tile, acts, r0, out),
-                2 => kernel::<$nib, $g, $sup, $min, 2>(fmt.off, cols, tile, acts, r0, out),
-                3 => kernel::<$nib, $g, $sup, $min, 3>(fmt.off, cols, tile, acts, r0, out),
-                _ => kernel::<$nib, $g, $sup, $min, 4>(fmt.off, cols, tile, acts, r0, out),
-            }
-        };
-    }
-    match (fmt.nibbles, fmt.group, fmt.superblocks, fmt.min) {
-        (true, 32, false, false) => go!(true, 32, false, false),
-        (true, 32, false, true) => go!(true, 32, false, true),
-        (false, 32, false, false) => go!(false, 32, false, false),
-        (false, 32, false, true) => go!(false, 32, false, true),
-        (true, 32, true, true) => go!(true, 32, true, true),
-        (false, 32, true, true) => go!(false, 32, true, true),
-        (false, 32, true, false) => go!(false, 32, true, false),
-        (false, 16, true, false) => go!(false, 16, true, false),
-        (true, 16, true, false) => go!(true, 16, true, false),
-        (true, 16, true, true) => go!(true, 16, true, true),
-        _ => super::scalar::tile(fmt, cols, tile, acts, r0, nr, out),
-    }
+    super::check_tile_call(fmt, cols, tile, acts, r0, nr, out);
+    dispatch_shape!(kernel(fmt, cols, tile, acts, r0, nr, out))
 }
 
 /// `acc[j] += Σ_{b<4} w[4j + b] · a[4·lane + b]` (SDOT by element: the
