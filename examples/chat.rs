@@ -18,8 +18,8 @@ use clap::parser::ValueSource;
 use clap::{CommandFactory, FromArgMatches, Parser};
 use foehn::remote::{OpenAiClient, Policy, Route, Router, RouterConfig};
 use foehn::{
-    CancelToken, Capabilities, Event, EventStream, GenerateError, GenerateRequest, Generator, LoadOptions, LocalModel,
-    Message,
+    CancelToken, Capabilities, Event, EventStream, GenerateError, GenerateRequest, Generator,
+    LoadOptions, LocalModel, Message,
 };
 
 /// Chat with a local model, a remote OpenAI-compatible server, or a router between the two.
@@ -69,9 +69,16 @@ const LOCAL_ONLY: &[&str] = &["ctx", "threads"];
 fn main() {
     let matches = Args::command().get_matches();
     let args = Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
-    let given: Vec<&str> =
-        LOCAL_ONLY.iter().copied().filter(|id| matches!(matches.value_source(id), Some(ValueSource::CommandLine))).collect();
-    let result = if args.remote.is_some() { run_remote(args, &given) } else { run(args) };
+    let given: Vec<&str> = LOCAL_ONLY
+        .iter()
+        .copied()
+        .filter(|id| matches!(matches.value_source(id), Some(ValueSource::CommandLine)))
+        .collect();
+    let result = if args.remote.is_some() {
+        run_remote(args, &given)
+    } else {
+        run(args)
+    };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
         std::process::exit(1);
@@ -79,7 +86,11 @@ fn main() {
 }
 
 fn run(args: Args) -> Result<()> {
-    let opts = LoadOptions { ctx_len: args.ctx, threads: args.threads, ..LoadOptions::default() };
+    let opts = LoadOptions {
+        ctx_len: args.ctx,
+        threads: args.threads,
+        ..LoadOptions::default()
+    };
     let model = LocalModel::load(args.model.as_deref(), opts).context("loading the model")?;
     let fresh = || -> Vec<Message> { args.system.iter().map(Message::system).collect() };
     let mut history = fresh();
@@ -91,7 +102,12 @@ fn run(args: Args) -> Result<()> {
         write!(out, "> ")?;
         out.flush()?;
         let mut line = String::new();
-        if stdin.lock().read_line(&mut line).context("reading standard input")? == 0 {
+        if stdin
+            .lock()
+            .read_line(&mut line)
+            .context("reading standard input")?
+            == 0
+        {
             break;
         }
         let line = line.trim_end_matches(['\n', '\r']);
@@ -155,7 +171,10 @@ fn run_remote(args: Args, given_local_flags: &[&str]) -> Result<()> {
     let base = args.remote.as_deref().context("--remote")?;
     if args.route.is_none() {
         if !given_local_flags.is_empty() {
-            let flags: Vec<String> = given_local_flags.iter().map(|id| format!("--{id}")).collect();
+            let flags: Vec<String> = given_local_flags
+                .iter()
+                .map(|id| format!("--{id}"))
+                .collect();
             bail!(
                 "local-only flags with a remote-only run: {} (--remote without --route runs remotely only; \
                  add --route local-first|remote-first|fastest|cheapest to also use the local model)",
@@ -170,21 +189,36 @@ fn run_remote(args: Args, given_local_flags: &[&str]) -> Result<()> {
     let generator: Box<dyn Generator> = match args.route {
         None => Box::new(remote),
         Some(policy) => {
-            let opts = LoadOptions { ctx_len: args.ctx, threads: args.threads, ..LoadOptions::default() };
+            let opts = LoadOptions {
+                ctx_len: args.ctx,
+                threads: args.threads,
+                ..LoadOptions::default()
+            };
             let local = Arc::new(LazyLocal::new(args.model.clone(), opts));
-            Box::new(Router::new(vec![Route::local(local), Route::remote(Arc::new(remote))], RouterConfig::new(policy)))
+            Box::new(Router::new(
+                vec![Route::local(local), Route::remote(Arc::new(remote))],
+                RouterConfig::new(policy),
+            ))
         }
     };
     let fresh = || -> Vec<Message> { args.system.iter().map(Message::system).collect() };
     let mut history = fresh();
-    eprintln!("foehn chat ({}) — /reset to start over, /exit to quit", generator.name());
+    eprintln!(
+        "foehn chat ({}) — /reset to start over, /exit to quit",
+        generator.name()
+    );
     let stdin = std::io::stdin();
     let mut out = std::io::stdout().lock();
     loop {
         write!(out, "> ")?;
         out.flush()?;
         let mut line = String::new();
-        if stdin.lock().read_line(&mut line).context("reading standard input")? == 0 {
+        if stdin
+            .lock()
+            .read_line(&mut line)
+            .context("reading standard input")?
+            == 0
+        {
             break;
         }
         let line = line.trim_end_matches(['\n', '\r']);
@@ -222,8 +256,16 @@ fn run_remote(args: Args, given_local_flags: &[&str]) -> Result<()> {
                 }
                 Ok(Event::Done(c)) => {
                     writeln!(out)?;
-                    let provider = c.provider.as_deref().map(|p| format!(" via {p}")).unwrap_or_default();
-                    let tried = if c.tried.len() > 1 { format!(", tried {}", c.tried.join(" → ")) } else { String::new() };
+                    let provider = c
+                        .provider
+                        .as_deref()
+                        .map(|p| format!(" via {p}"))
+                        .unwrap_or_default();
+                    let tried = if c.tried.len() > 1 {
+                        format!(", tried {}", c.tried.join(" → "))
+                    } else {
+                        String::new()
+                    };
                     let decode = c.timings.decode.map_or(0.0, |d| d.as_secs_f64());
                     eprintln!(
                         "[served by {}{provider}{tried}; {} prompt tokens, {} generated, {:.1} tok/s]",
@@ -250,17 +292,26 @@ fn run_remote(args: Args, given_local_flags: &[&str]) -> Result<()> {
 
 /// The client for `--remote`: `hf` is the Hugging Face router; the token comes
 /// from `--api-key`, else `HF_TOKEN`.
-fn remote_client(base: &str, api_key: Option<&str>, model_id: Option<&str>) -> Result<OpenAiClient> {
+fn remote_client(
+    base: &str,
+    api_key: Option<&str>,
+    model_id: Option<&str>,
+) -> Result<OpenAiClient> {
     let model_id = model_id.context("--remote needs --model-id (the remote model's id)")?;
     let api_key = api_key.map(str::to_string);
     let client = if base.eq_ignore_ascii_case("hf") {
         match api_key {
             Some(key) => OpenAiClient::hf_router_with_token(key),
-            None => OpenAiClient::hf_router().map_err(|e| anyhow!("--remote hf: {e} (or pass --api-key)"))?,
+            None => OpenAiClient::hf_router()
+                .map_err(|e| anyhow!("--remote hf: {e} (or pass --api-key)"))?,
         }
     } else {
         let client = OpenAiClient::new(base);
-        match api_key.or_else(|| std::env::var("HF_TOKEN").ok().filter(|t| !t.trim().is_empty())) {
+        match api_key.or_else(|| {
+            std::env::var("HF_TOKEN")
+                .ok()
+                .filter(|t| !t.trim().is_empty())
+        }) {
             Some(key) => client.with_api_key(key.trim()),
             None => client,
         }
@@ -278,7 +329,11 @@ struct LazyLocal {
 
 impl LazyLocal {
     fn new(spec: Option<String>, opts: LoadOptions) -> Self {
-        Self { spec, opts, model: OnceLock::new() }
+        Self {
+            spec,
+            opts,
+            model: OnceLock::new(),
+        }
     }
 }
 
@@ -291,14 +346,27 @@ impl Generator for LazyLocal {
         match self.model.get() {
             Some(Ok(m)) => m.capabilities(),
             // Not loaded yet: the context is unknown (an overflow fails over when it happens).
-            _ => Capabilities { context_length: None, tools: false, json_schema: false, token_prompts: true },
+            _ => Capabilities {
+                context_length: None,
+                tools: false,
+                json_schema: false,
+                token_prompts: true,
+            },
         }
     }
 
-    fn generate(&self, request: GenerateRequest, cancel: CancelToken) -> Result<EventStream, GenerateError> {
+    fn generate(
+        &self,
+        request: GenerateRequest,
+        cancel: CancelToken,
+    ) -> Result<EventStream, GenerateError> {
         let loaded = self.model.get_or_init(|| {
-            LocalModel::load(self.spec.as_deref(), self.opts.clone()).map_err(|e| format!("loading the local model: {e}"))
+            LocalModel::load(self.spec.as_deref(), self.opts.clone())
+                .map_err(|e| format!("loading the local model: {e}"))
         });
-        loaded.as_ref().map_err(|e| GenerateError::Backend(e.clone()))?.generate(request, cancel)
+        loaded
+            .as_ref()
+            .map_err(|e| GenerateError::Backend(e.clone()))?
+            .generate(request, cancel)
     }
 }

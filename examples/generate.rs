@@ -23,8 +23,8 @@ use foehn::engine::{top_k, Backend, CandleDevice, Isq};
 use foehn::model::KvCacheType;
 use foehn::remote::{OpenAiClient, Policy, Route, Router, RouterConfig};
 use foehn::{
-    CancelToken, Capabilities, Event, EventStream, GenerateError, GenerateRequest, Generator, LoadOptions, LocalModel,
-    Message, Prompt, Role,
+    CancelToken, Capabilities, Event, EventStream, GenerateError, GenerateRequest, Generator,
+    LoadOptions, LocalModel, Message, Prompt, Role,
 };
 
 /// Generate text with a local model, a remote OpenAI-compatible server, or a router between the two.
@@ -111,8 +111,17 @@ struct Args {
 }
 
 /// Flags that only make sense for a local model (refused for a remote-only run).
-const LOCAL_ONLY: &[&str] =
-    &["prompt_ids", "force_ids", "top_logits", "backend", "device", "isq", "kv", "ctx", "threads"];
+const LOCAL_ONLY: &[&str] = &[
+    "prompt_ids",
+    "force_ids",
+    "top_logits",
+    "backend",
+    "device",
+    "isq",
+    "kv",
+    "ctx",
+    "threads",
+];
 /// Flags that need the local engine itself, not a generator behind a router.
 const LOCAL_ENGINE_ONLY: &[&str] = &["force_ids", "top_logits"];
 
@@ -148,9 +157,16 @@ fn main() {
     let matches = Args::command().get_matches();
     let args = Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     // The local-only flags given on the command line.
-    let given: Vec<&str> =
-        LOCAL_ONLY.iter().copied().filter(|id| matches!(matches.value_source(id), Some(ValueSource::CommandLine))).collect();
-    let result = if args.remote.is_some() { run_remote(args, &given) } else { run(args) };
+    let given: Vec<&str> = LOCAL_ONLY
+        .iter()
+        .copied()
+        .filter(|id| matches!(matches.value_source(id), Some(ValueSource::CommandLine)))
+        .collect();
+    let result = if args.remote.is_some() {
+        run_remote(args, &given)
+    } else {
+        run(args)
+    };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
         std::process::exit(1);
@@ -168,7 +184,9 @@ fn run(args: Args) -> Result<()> {
     let request = build_request(&args, prompt);
 
     let session = model.session()?;
-    let mut generation = session.into_generation(request, CancelToken::new())?.record_top_logits(args.top_logits);
+    let mut generation = session
+        .into_generation(request, CancelToken::new())?
+        .record_top_logits(args.top_logits);
     let prompt_ids = generation.prompt_ids().to_vec();
     let (mut ids, mut text) = (Vec::new(), String::new());
     let mut out = std::io::stdout().lock();
@@ -189,7 +207,8 @@ fn run(args: Args) -> Result<()> {
     let c = completion.context("the generation ended without a final event")?;
     let secs = |d: Option<std::time::Duration>| d.map_or(0.0, |d| d.as_secs_f64());
     let prefill_tok_s = prompt_ids.len() as f64 / secs(c.timings.prefill).max(1e-9);
-    let decode_tok_s = (c.usage.completion_tokens.saturating_sub(1)) as f64 / secs(c.timings.decode).max(1e-9);
+    let decode_tok_s =
+        (c.usage.completion_tokens.saturating_sub(1)) as f64 / secs(c.timings.decode).max(1e-9);
     if args.json {
         let json = serde_json::json!({
             "prompt_ids": prompt_ids,
@@ -217,7 +236,12 @@ fn run(args: Args) -> Result<()> {
 /// `--remote` (alone, or with `--route` and the local model): the same
 /// request through the [`Generator`] trait, streamed the same way.
 fn run_remote(args: Args, given_local_flags: &[&str]) -> Result<()> {
-    let flags = |ids: &[&str]| ids.iter().map(|id| format!("--{}", id.replace('_', "-"))).collect::<Vec<_>>().join(", ");
+    let flags = |ids: &[&str]| {
+        ids.iter()
+            .map(|id| format!("--{}", id.replace('_', "-")))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     let base = args.remote.as_deref().context("--remote")?;
     match args.route {
         None => {
@@ -236,10 +260,16 @@ fn run_remote(args: Args, given_local_flags: &[&str]) -> Result<()> {
             }
         }
         Some(_) => {
-            let engine_only: Vec<&str> =
-                given_local_flags.iter().copied().filter(|id| LOCAL_ENGINE_ONLY.contains(id)).collect();
+            let engine_only: Vec<&str> = given_local_flags
+                .iter()
+                .copied()
+                .filter(|id| LOCAL_ENGINE_ONLY.contains(id))
+                .collect();
             if !engine_only.is_empty() {
-                bail!("{} cannot go through a router: drop --remote and --route to use them", flags(&engine_only));
+                bail!(
+                    "{} cannot go through a router: drop --remote and --route to use them",
+                    flags(&engine_only)
+                );
             }
         }
     }
@@ -249,7 +279,10 @@ fn run_remote(args: Args, given_local_flags: &[&str]) -> Result<()> {
         Some(policy) => {
             let local = Arc::new(LazyLocal::new(args.model.clone(), load_options(&args)));
             let routes = vec![Route::local(local.clone()), Route::remote(Arc::new(remote))];
-            (Box::new(Router::new(routes, RouterConfig::new(policy))), Some(local))
+            (
+                Box::new(Router::new(routes, RouterConfig::new(policy))),
+                Some(local),
+            )
         }
     };
     let request = build_request(&args, read_prompt(&args)?);
@@ -293,8 +326,16 @@ fn run_remote(args: Args, given_local_flags: &[&str]) -> Result<()> {
         writeln!(out, "{json}")?;
     } else {
         writeln!(out)?;
-        let provider = c.provider.as_deref().map(|p| format!(" via {p}")).unwrap_or_default();
-        let tried = if c.tried.len() > 1 { format!(", tried {}", c.tried.join(" → ")) } else { String::new() };
+        let provider = c
+            .provider
+            .as_deref()
+            .map(|p| format!(" via {p}"))
+            .unwrap_or_default();
+        let tried = if c.tried.len() > 1 {
+            format!(", tried {}", c.tried.join(" → "))
+        } else {
+            String::new()
+        };
         eprintln!(
             "[served by {served_by}{provider}{tried}; {} prompt tokens, {} generated ({:?}); first token {}, decode {}]",
             c.usage.prompt_tokens,
@@ -309,17 +350,26 @@ fn run_remote(args: Args, given_local_flags: &[&str]) -> Result<()> {
 
 /// The client for `--remote`: `hf` is the Hugging Face router; the token comes
 /// from `--api-key`, else `HF_TOKEN`.
-fn remote_client(base: &str, api_key: Option<&str>, model_id: Option<&str>) -> Result<OpenAiClient> {
+fn remote_client(
+    base: &str,
+    api_key: Option<&str>,
+    model_id: Option<&str>,
+) -> Result<OpenAiClient> {
     let model_id = model_id.context("--remote needs --model-id (the remote model's id)")?;
     let api_key = api_key.map(str::to_string);
     let client = if base.eq_ignore_ascii_case("hf") {
         match api_key {
             Some(key) => OpenAiClient::hf_router_with_token(key),
-            None => OpenAiClient::hf_router().map_err(|e| anyhow!("--remote hf: {e} (or pass --api-key)"))?,
+            None => OpenAiClient::hf_router()
+                .map_err(|e| anyhow!("--remote hf: {e} (or pass --api-key)"))?,
         }
     } else {
         let client = OpenAiClient::new(base);
-        match api_key.or_else(|| std::env::var("HF_TOKEN").ok().filter(|t| !t.trim().is_empty())) {
+        match api_key.or_else(|| {
+            std::env::var("HF_TOKEN")
+                .ok()
+                .filter(|t| !t.trim().is_empty())
+        }) {
             Some(key) => client.with_api_key(key.trim()),
             None => client,
         }
@@ -338,7 +388,11 @@ struct LazyLocal {
 
 impl LazyLocal {
     fn new(spec: Option<String>, opts: LoadOptions) -> Self {
-        Self { spec, opts, model: OnceLock::new() }
+        Self {
+            spec,
+            opts,
+            model: OnceLock::new(),
+        }
     }
 
     fn model(&self) -> Result<&LocalModel, GenerateError> {
@@ -346,7 +400,9 @@ impl LazyLocal {
             LocalModel::load(self.spec.as_deref(), self.opts.clone())
                 .map_err(|e| format!("loading the local model: {e}"))
         });
-        loaded.as_ref().map_err(|e| GenerateError::Backend(e.clone()))
+        loaded
+            .as_ref()
+            .map_err(|e| GenerateError::Backend(e.clone()))
     }
 
     fn load_ms(&self) -> Option<f64> {
@@ -366,11 +422,20 @@ impl Generator for LazyLocal {
         match self.model.get() {
             Some(Ok(m)) => m.capabilities(),
             // Not loaded yet: the context is unknown (an overflow fails over when it happens).
-            _ => Capabilities { context_length: None, tools: false, json_schema: false, token_prompts: true },
+            _ => Capabilities {
+                context_length: None,
+                tools: false,
+                json_schema: false,
+                token_prompts: true,
+            },
         }
     }
 
-    fn generate(&self, request: GenerateRequest, cancel: CancelToken) -> Result<EventStream, GenerateError> {
+    fn generate(
+        &self,
+        request: GenerateRequest,
+        cancel: CancelToken,
+    ) -> Result<EventStream, GenerateError> {
         self.model()?.generate(request, cancel)
     }
 }
@@ -401,9 +466,15 @@ fn read_prompt(args: &Args) -> Result<Prompt> {
         (None, Some(p)) => Prompt::Chat(vec![Message::new(Role::User, p.clone())]),
         (None, None) => {
             let mut buf = Vec::new();
-            std::io::stdin().read_to_end(&mut buf).context("reading standard input")?;
+            std::io::stdin()
+                .read_to_end(&mut buf)
+                .context("reading standard input")?;
             let text = String::from_utf8(buf).context("standard input is not valid UTF-8")?;
-            if args.raw { Prompt::Text(text) } else { Prompt::Chat(vec![Message::new(Role::User, text)]) }
+            if args.raw {
+                Prompt::Text(text)
+            } else {
+                Prompt::Chat(vec![Message::new(Role::User, text)])
+            }
         }
     })
 }
@@ -423,7 +494,13 @@ fn build_request(args: &Args, prompt: Prompt) -> GenerateRequest {
 
 /// `--force-ids`: feed the prompt, then each forced id, recording the logits
 /// that predicted it.
-fn teacher_force(model: &LocalModel, prompt: &Prompt, forced: &[u32], args: &Args, load_ms: f64) -> Result<()> {
+fn teacher_force(
+    model: &LocalModel,
+    prompt: &Prompt,
+    forced: &[u32],
+    args: &Args,
+    load_ms: f64,
+) -> Result<()> {
     let prompt_ids = model.prompt_ids(prompt)?;
     let mut session = model.session()?;
     let t = Instant::now();

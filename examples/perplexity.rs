@@ -49,21 +49,43 @@ fn run(args: Args) -> Result<()> {
     if args.ctx < 4 {
         bail!("--ctx must be at least 4");
     }
-    let model = LocalModel::load(args.model.as_deref(), LoadOptions { threads: args.threads, ..LoadOptions::default() })?;
-    let text = std::fs::read_to_string(&args.file).with_context(|| format!("reading {}", args.file.display()))?;
+    let model = LocalModel::load(
+        args.model.as_deref(),
+        LoadOptions {
+            threads: args.threads,
+            ..LoadOptions::default()
+        },
+    )?;
+    let text = std::fs::read_to_string(&args.file)
+        .with_context(|| format!("reading {}", args.file.display()))?;
     let tokenizer = model.tokenizer();
-    let tokens = tokenizer.encode(&text, EncodeOptions { add_bos: Some(false), parse_special: false })?;
+    let tokens = tokenizer.encode(
+        &text,
+        EncodeOptions {
+            add_bos: Some(false),
+            parse_special: false,
+        },
+    )?;
     let ctx = args.ctx;
     let mut windows = tokens.len() / ctx;
     if let Some(n) = args.chunks {
         windows = windows.min(n);
     }
     if windows == 0 {
-        bail!("the file has {} tokens, fewer than one window of {ctx}", tokens.len());
+        bail!(
+            "the file has {} tokens, fewer than one window of {ctx}",
+            tokens.len()
+        );
     }
-    let transformer = model.cpu_transformer().context("perplexity runs on the CPU backend")?;
+    let transformer = model
+        .cpu_transformer()
+        .context("perplexity runs on the CPU backend")?;
     let vocab = transformer.config().vocab_size;
-    let opts = KvCacheOptions { ctx_len: Some(ctx), dtype: KvCacheType::F16, ..KvCacheOptions::default() };
+    let opts = KvCacheOptions {
+        ctx_len: Some(ctx),
+        dtype: KvCacheType::F16,
+        ..KvCacheOptions::default()
+    };
     let mut cache = transformer.new_cache(opts)?;
     let mut scratch = transformer.new_scratch(&cache);
     // Sub-chunks of 128 keep the all-positions logits buffer small (128 × vocab).
@@ -81,7 +103,12 @@ fn run(args: Args) -> Result<()> {
         let mut pos = 0;
         while pos < ctx {
             let end = (pos + step).min(ctx);
-            let logits = transformer.forward(&window[pos..end], &mut cache, &mut scratch, LogitsMode::All)?;
+            let logits = transformer.forward(
+                &window[pos..end],
+                &mut cache,
+                &mut scratch,
+                LogitsMode::All,
+            )?;
             for (i, row) in logits.chunks_exact(vocab).enumerate() {
                 let p = pos + i; // row p predicts token p + 1
                 if p + 1 < ctx && p >= first_scored - 1 {

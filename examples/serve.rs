@@ -111,7 +111,11 @@ fn model_id(args: &Args) -> String {
         None => foehn::hub::DEFAULT_MODEL_ID.to_string(),
         Some(spec) if Path::new(spec).exists() => {
             let path = Path::new(spec);
-            let stem = if path.is_dir() { path.file_name() } else { path.file_stem() };
+            let stem = if path.is_dir() {
+                path.file_name()
+            } else {
+                path.file_stem()
+            };
             stem.map_or_else(|| spec.to_string(), |s| s.to_string_lossy().into_owned())
         }
         Some(spec) => spec.to_string(),
@@ -141,7 +145,11 @@ fn run(args: Args) -> Result<()> {
         args.parallel,
         args.queue
     );
-    let api_key = args.api_key.clone().or_else(|| std::env::var("FOEHN_API_KEY").ok()).filter(|k| !k.is_empty());
+    let api_key = args
+        .api_key
+        .clone()
+        .or_else(|| std::env::var("FOEHN_API_KEY").ok())
+        .filter(|k| !k.is_empty());
     let serve = ServeOptions {
         models: vec![id],
         api_key,

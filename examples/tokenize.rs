@@ -46,12 +46,16 @@ fn load(args: &Args) -> Result<Tokenizer> {
         Some(p) => p.clone(),
         None => resolve_model(args.model.as_deref(), &FetchOptions::default())?,
     };
-    Tokenizer::from_file(&path).with_context(|| format!("loading the tokenizer from {}", path.display()))
+    Tokenizer::from_file(&path)
+        .with_context(|| format!("loading the tokenizer from {}", path.display()))
 }
 
 fn run(args: Args) -> Result<()> {
     let tok = load(&args)?;
-    let opts = EncodeOptions { add_bos: args.no_bos.then_some(false), parse_special: args.parse_special };
+    let opts = EncodeOptions {
+        add_bos: args.no_bos.then_some(false),
+        parse_special: args.parse_special,
+    };
     let mut out = std::io::stdout().lock();
     if args.jsonl {
         for (n, line) in std::io::stdin().lock().lines().enumerate() {
@@ -59,10 +63,13 @@ fn run(args: Args) -> Result<()> {
             if line.trim().is_empty() {
                 continue;
             }
-            let obj: serde_json::Value =
-                serde_json::from_str(&line).with_context(|| format!("line {}: invalid JSON", n + 1))?;
+            let obj: serde_json::Value = serde_json::from_str(&line)
+                .with_context(|| format!("line {}: invalid JSON", n + 1))?;
             let Some(text) = obj.get("text").and_then(|t| t.as_str()) else {
-                bail!("line {}: expected an object with a string field \"text\"", n + 1);
+                bail!(
+                    "line {}: expected an object with a string field \"text\"",
+                    n + 1
+                );
             };
             let ids = tok.encode(text, opts)?;
             writeln!(out, "{}", serde_json::json!({ "ids": ids }))?;
@@ -73,7 +80,9 @@ fn run(args: Args) -> Result<()> {
         Some(t) => t,
         None => {
             let mut buf = Vec::new();
-            std::io::stdin().read_to_end(&mut buf).context("reading standard input")?;
+            std::io::stdin()
+                .read_to_end(&mut buf)
+                .context("reading standard input")?;
             String::from_utf8(buf).context("standard input is not valid UTF-8")?
         }
     };

@@ -7,16 +7,28 @@ use std::process::{Command, Output};
 use common::{example_bin, fixture};
 
 fn generate(args: &[&str]) -> Output {
-    Command::new(example_bin("generate")).args(args).env("HF_HUB_OFFLINE", "1").output().expect("run generate")
+    Command::new(example_bin("generate"))
+        .args(args)
+        .env("HF_HUB_OFFLINE", "1")
+        .output()
+        .expect("run generate")
 }
 
 fn json(o: &Output) -> serde_json::Value {
-    assert!(o.status.success(), "generate failed: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "generate failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     serde_json::from_slice(&o.stdout).expect("one JSON object")
 }
 
 fn ids(v: &serde_json::Value) -> Vec<u64> {
-    v.as_array().expect("array").iter().map(|i| i.as_u64().expect("id")).collect()
+    v.as_array()
+        .expect("array")
+        .iter()
+        .map(|i| i.as_u64().expect("id"))
+        .collect()
 }
 
 fn csv(ids: &[u64]) -> String {
@@ -51,13 +63,20 @@ fn force_ids_reports_the_reference_logits() {
         assert_eq!(ids(&out["prompt_ids"]), prompt);
         let steps = out["steps"].as_array().unwrap();
         assert_eq!(steps.len(), forced.len(), "{p}");
-        for (k, (step, want)) in steps.iter().zip(r["greedy_swa_steps"].as_array().unwrap()).enumerate() {
+        for (k, (step, want)) in steps
+            .iter()
+            .zip(r["greedy_swa_steps"].as_array().unwrap())
+            .enumerate()
+        {
             let top = step.as_array().unwrap();
             assert_eq!(top[0][0].as_u64(), want["top1"].as_u64(), "{p} step {k}");
             assert_eq!(top[1][0].as_u64(), want["top2"].as_u64(), "{p} step {k}");
             let d1 = (top[0][1].as_f64().unwrap() - want["top1_logit"].as_f64().unwrap()).abs();
             let d2 = (top[1][1].as_f64().unwrap() - want["top2_logit"].as_f64().unwrap()).abs();
-            assert!(d1 <= 1e-3 && d2 <= 1e-3, "{p} step {k}: |d| = {d1:e}, {d2:e}");
+            assert!(
+                d1 <= 1e-3 && d2 <= 1e-3,
+                "{p} step {k}: |d| = {d1:e}, {d2:e}"
+            );
         }
     }
 }
@@ -99,15 +118,30 @@ fn bad_requests_are_one_line_errors() {
     let model = model.to_str().unwrap();
     let long: Vec<u64> = vec![5; 600];
     for (what, args) in [
-        ("prompt longer than the context", vec!["--model", model, "--prompt-ids", &csv(&long)]),
-        ("token id outside the vocabulary", vec!["--model", model, "--prompt-ids", "1,99999"]),
-        ("missing model", vec!["--model", "/nonexistent.gguf", "--prompt", "hi"]),
-        ("bad sampling setting", vec!["--model", model, "--prompt", "hi", "--top-p", "7"]),
+        (
+            "prompt longer than the context",
+            vec!["--model", model, "--prompt-ids", &csv(&long)],
+        ),
+        (
+            "token id outside the vocabulary",
+            vec!["--model", model, "--prompt-ids", "1,99999"],
+        ),
+        (
+            "missing model",
+            vec!["--model", "/nonexistent.gguf", "--prompt", "hi"],
+        ),
+        (
+            "bad sampling setting",
+            vec!["--model", model, "--prompt", "hi", "--top-p", "7"],
+        ),
     ] {
         let o = generate(&args);
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(!o.status.success(), "{what}: succeeded");
         assert!(!err.contains("panicked"), "{what}: {err}");
-        assert!(err.starts_with("error: ") && err.trim_end().lines().count() == 1, "{what}: {err}");
+        assert!(
+            err.starts_with("error: ") && err.trim_end().lines().count() == 1,
+            "{what}: {err}"
+        );
     }
 }

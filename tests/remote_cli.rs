@@ -66,7 +66,9 @@ impl FakeServer {
 
 fn serve(mut conn: TcpStream, answer: Answer, log: &Mutex<Vec<Received>>) {
     conn.set_read_timeout(Some(Duration::from_secs(10))).ok();
-    let Some(request) = read_request(&mut conn) else { return };
+    let Some(request) = read_request(&mut conn) else {
+        return;
+    };
     let chat = request.path.ends_with("/chat/completions");
     log.lock().unwrap().push(request);
     let response = match answer {
@@ -102,7 +104,9 @@ fn serve(mut conn: TcpStream, answer: Answer, log: &Mutex<Vec<Received>>) {
             out
         }
     };
-    let _ = conn.write_all(response.as_bytes()).and_then(|_| conn.flush());
+    let _ = conn
+        .write_all(response.as_bytes())
+        .and_then(|_| conn.flush());
     let _ = conn.shutdown(std::net::Shutdown::Write);
     // Let the client read to the end before the socket goes away.
     conn.set_read_timeout(Some(Duration::from_millis(200))).ok();
@@ -125,8 +129,15 @@ fn read_request(conn: &mut TcpStream) -> Option<Received> {
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
         .collect();
-    let header = |name: &str| headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
-    let len = header("content-length").and_then(|v| v.parse::<usize>().ok()).unwrap_or(0);
+    let header = |name: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    };
+    let len = header("content-length")
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(0);
     let mut body = vec![0u8; len];
     conn.read_exact(&mut body).ok()?;
     Some(Received {
@@ -143,21 +154,40 @@ fn command(example: &str) -> Command {
 }
 
 fn generate(args: &[&str]) -> Output {
-    command("generate").args(args).stdin(Stdio::null()).output().expect("run generate")
+    command("generate")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run generate")
 }
 
 fn json(o: &Output) -> serde_json::Value {
-    assert!(o.status.success(), "generate failed: {}", String::from_utf8_lossy(&o.stderr));
-    serde_json::from_slice(&o.stdout)
-        .unwrap_or_else(|e| panic!("one JSON object ({e}): {}", String::from_utf8_lossy(&o.stdout)))
+    assert!(
+        o.status.success(),
+        "generate failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
+        panic!(
+            "one JSON object ({e}): {}",
+            String::from_utf8_lossy(&o.stdout)
+        )
+    })
 }
 
 fn strings(v: &serde_json::Value) -> Vec<String> {
-    v.as_array().expect("array").iter().map(|s| s.as_str().expect("string").to_string()).collect()
+    v.as_array()
+        .expect("array")
+        .iter()
+        .map(|s| s.as_str().expect("string").to_string())
+        .collect()
 }
 
 fn tiny_model() -> String {
-    fixture("tiny-mistral/gguf/tiny-mistral-Q8_0.gguf").to_str().unwrap().to_string()
+    fixture("tiny-mistral/gguf/tiny-mistral-Q8_0.gguf")
+        .to_str()
+        .unwrap()
+        .to_string()
 }
 
 #[test]
@@ -165,7 +195,17 @@ fn remote_only_streams_the_servers_text() {
     let server = FakeServer::start(Answer::Stream);
     let url = server.base_url();
     let out = json(&generate(&[
-        "--remote", &url, "--model-id", "fake", "--api-key", "sk-test", "-n", "8", "--prompt", "Hi", "--json",
+        "--remote",
+        &url,
+        "--model-id",
+        "fake",
+        "--api-key",
+        "sk-test",
+        "-n",
+        "8",
+        "--prompt",
+        "Hi",
+        "--json",
     ]));
     assert_eq!(out["text"], PIECES.concat());
     assert_eq!(out["served_by"], "remote");
@@ -181,14 +221,32 @@ fn remote_only_streams_the_servers_text() {
     assert_eq!(r.body["model"], "fake");
     assert_eq!(r.body["max_tokens"], 8);
     assert_eq!(r.body["stream"], true);
-    assert_eq!(r.body["messages"], serde_json::json!([{"role": "user", "content": "Hi"}]));
+    assert_eq!(
+        r.body["messages"],
+        serde_json::json!([{"role": "user", "content": "Hi"}])
+    );
 
     // Without --json the text streams to stdout, the route to stderr.
-    let o = generate(&["--remote", &url, "--model-id", "fake", "--raw", "--prompt", "Once"]);
+    let o = generate(&[
+        "--remote",
+        &url,
+        "--model-id",
+        "fake",
+        "--raw",
+        "--prompt",
+        "Once",
+    ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    assert_eq!(String::from_utf8_lossy(&o.stdout).trim_end(), PIECES.concat());
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim_end(),
+        PIECES.concat()
+    );
     assert!(String::from_utf8_lossy(&o.stderr).contains("served by remote via fake-provider"));
-    assert_eq!(server.received()[1].path, "/v1/completions", "--raw goes to the completions endpoint");
+    assert_eq!(
+        server.received()[1].path,
+        "/v1/completions",
+        "--raw goes to the completions endpoint"
+    );
 }
 
 #[test]
@@ -215,17 +273,29 @@ fn remote_first_falls_back_to_local_when_the_remote_is_unavailable() {
     ]));
     assert_eq!(out["served_by"], "local");
     let tried = strings(&out["tried"]);
-    assert_eq!(tried.first().map(String::as_str), Some("remote"), "{tried:?}");
+    assert_eq!(
+        tried.first().map(String::as_str),
+        Some("remote"),
+        "{tried:?}"
+    );
     assert_eq!(tried.last().map(String::as_str), Some("local"), "{tried:?}");
-    assert_eq!(tried.iter().filter(|t| *t == "remote").count(), server.received().len(), "one try per request sent");
+    assert_eq!(
+        tried.iter().filter(|t| *t == "remote").count(),
+        server.received().len(),
+        "one try per request sent"
+    );
     assert_eq!(out["ids"].as_array().map(Vec::len), Some(8), "{out}");
-    assert!(out["timings"]["load_ms"].as_f64().is_some(), "the local model was loaded: {out}");
+    assert!(
+        out["timings"]["load_ms"].as_f64().is_some(),
+        "the local model was loaded: {out}"
+    );
 }
 
 #[test]
 fn local_first_goes_remote_when_the_local_model_is_missing() {
     let server = FakeServer::start(Answer::Stream);
-    let missing = std::env::temp_dir().join(format!("foehn-missing-{}/model.gguf", std::process::id()));
+    let missing =
+        std::env::temp_dir().join(format!("foehn-missing-{}/model.gguf", std::process::id()));
     let out = json(&generate(&[
         "--remote",
         &server.base_url(),
@@ -259,29 +329,62 @@ fn local_only_flags_are_refused_for_a_remote_only_run() {
     ] {
         let o = generate(&[&["--remote", url, "--model-id", "fake"][..], extra].concat());
         let stderr = String::from_utf8_lossy(&o.stderr);
-        assert!(!o.status.success() && stderr.contains(flag) && stderr.contains("local"), "{flag}: {stderr}");
+        assert!(
+            !o.status.success() && stderr.contains(flag) && stderr.contains("local"),
+            "{flag}: {stderr}"
+        );
     }
     // --model with --remote says which flag is missing.
-    let o = generate(&["--remote", url, "--model-id", "fake", "--model", "x.gguf", "--prompt", "Hi"]);
+    let o = generate(&[
+        "--remote",
+        url,
+        "--model-id",
+        "fake",
+        "--model",
+        "x.gguf",
+        "--prompt",
+        "Hi",
+    ]);
     assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("--route"));
     // --route needs --remote; --remote needs --model-id.
-    assert!(!generate(&["--route", "local-first", "--prompt", "Hi"]).status.success());
-    assert!(!generate(&["--remote", url, "--prompt", "Hi"]).status.success());
+    assert!(!generate(&["--route", "local-first", "--prompt", "Hi"])
+        .status
+        .success());
+    assert!(!generate(&["--remote", url, "--prompt", "Hi"])
+        .status
+        .success());
 }
 
 #[test]
 fn chat_talks_to_the_remote() {
     let server = FakeServer::start(Answer::Stream);
     let mut child = command("chat")
-        .args(["--remote", &server.base_url(), "--model-id", "fake", "--system", "Be brief.", "-n", "8"])
+        .args([
+            "--remote",
+            &server.base_url(),
+            "--model-id",
+            "fake",
+            "--system",
+            "Be brief.",
+            "-n",
+            "8",
+        ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn chat");
-    child.stdin.take().unwrap().write_all(b"Hi there\nAgain\n/exit\n").unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"Hi there\nAgain\n/exit\n")
+        .unwrap();
     let out = child.wait_with_output().unwrap();
-    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
     assert!(out.status.success(), "{stderr}");
     assert_eq!(stdout.matches(&PIECES.concat()).count(), 2, "{stdout}");
     assert_eq!(stderr.matches("served by remote").count(), 2, "{stderr}");

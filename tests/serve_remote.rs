@@ -32,8 +32,11 @@ fn remote_client_against_serve() {
         &["--model", path.to_str().unwrap(), "--model-id", MODEL_ID],
         &[("FOEHN_API_KEY", KEY)],
     );
-    let client = OpenAiClient::new(server.url("/v1")).with_api_key(KEY).with_model(MODEL_ID);
-    let local = LocalModel::load(Some(path.to_str().unwrap()), LoadOptions::default()).expect("load the fixture");
+    let client = OpenAiClient::new(server.url("/v1"))
+        .with_api_key(KEY)
+        .with_model(MODEL_ID);
+    let local = LocalModel::load(Some(path.to_str().unwrap()), LoadOptions::default())
+        .expect("load the fixture");
 
     let models = client.list_models().expect("GET /v1/models");
     assert!(models.iter().any(|m| m.id == MODEL_ID), "{models:?}");
@@ -51,8 +54,12 @@ fn remote_client_against_serve() {
     }
 
     // A wrong key is refused as unauthorized.
-    let bad = OpenAiClient::new(server.url("/v1")).with_api_key("wrong").with_model(MODEL_ID);
-    let err = bad.generate_text(greedy(Prompt::Text("x".into()))).unwrap_err();
+    let bad = OpenAiClient::new(server.url("/v1"))
+        .with_api_key("wrong")
+        .with_model(MODEL_ID);
+    let err = bad
+        .generate_text(greedy(Prompt::Text("x".into())))
+        .unwrap_err();
     assert!(matches!(err, GenerateError::Unauthorized(_)), "{err:?}");
 
     // A router with the server as its only route says who served.
@@ -60,7 +67,9 @@ fn remote_client_against_serve() {
         vec![Route::remote(Arc::new(client)).with_name("serve")],
         RouterConfig::new(Policy::RemoteFirst),
     );
-    let (text, done) = router.generate_text(greedy(Prompt::Text("The Apache License".into()))).expect("routed");
+    let (text, done) = router
+        .generate_text(greedy(Prompt::Text("The Apache License".into())))
+        .expect("routed");
     assert!(!text.is_empty());
     assert_eq!(done.served_by.as_deref(), Some("serve"));
     assert_eq!(done.tried, vec!["serve".to_string()]);

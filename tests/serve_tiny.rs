@@ -14,7 +14,9 @@ use server::{concurrent_streams, get, post, Job, ServeProcess};
 const MODEL_ID: &str = "tiny-mistral-Q8_0";
 
 fn model_path() -> String {
-    fixture("tiny-mistral/gguf/tiny-mistral-Q8_0.gguf").to_string_lossy().into_owned()
+    fixture("tiny-mistral/gguf/tiny-mistral-Q8_0.gguf")
+        .to_string_lossy()
+        .into_owned()
 }
 
 fn jobs() -> Vec<Job> {
@@ -41,7 +43,11 @@ fn answer(server: &ServeProcess, job: &Job) -> (String, u64) {
     assert_eq!(status, 200, "{body}");
     let v: Value = serde_json::from_str(&body).unwrap();
     let choice = &v["choices"][0];
-    let text = choice["message"]["content"].as_str().or_else(|| choice["text"].as_str()).unwrap().to_string();
+    let text = choice["message"]["content"]
+        .as_str()
+        .or_else(|| choice["text"].as_str())
+        .unwrap()
+        .to_string();
     (text, v["usage"]["completion_tokens"].as_u64().unwrap())
 }
 
@@ -52,19 +58,31 @@ fn thirty_two_concurrent_streaming_clients_all_complete() {
     let server = ServeProcess::start(&["--model", &model_path(), "--parallel", "4"], &[]);
     let jobs = jobs();
     let alone: Vec<(String, u64)> = jobs.iter().map(|j| answer(&server, j)).collect();
-    assert!(alone.iter().all(|(t, n)| !t.is_empty() && *n > 0), "{alone:?}");
+    assert!(
+        alone.iter().all(|(t, n)| !t.is_empty() && *n > 0),
+        "{alone:?}"
+    );
     let run = concurrent_streams(&server, &jobs, 32);
     eprintln!("tiny-mistral Q8_0, 2 cores, parallel 4: {}", run.summary());
     for (i, (job, s)) in run.results.iter().enumerate() {
         assert_eq!(s.status, 200, "client {i}: {:?}", s.error);
         assert!(s.done, "client {i}: no [DONE]");
-        assert!(matches!(s.finish_reason().as_deref(), Some("stop" | "length")), "client {i}");
+        assert!(
+            matches!(s.finish_reason().as_deref(), Some("stop" | "length")),
+            "client {i}"
+        );
         assert_eq!(s.text, alone[*job].0, "client {i} (job {job})");
         assert_eq!(s.completion_tokens(), Some(alone[*job].1), "client {i}");
         let ids: Vec<&Value> = s.chunks.iter().map(|c| &c["id"]).collect();
-        assert!(ids.iter().all(|id| *id == ids[0]), "client {i}: one id per stream");
+        assert!(
+            ids.iter().all(|id| *id == ids[0]),
+            "client {i}: one id per stream"
+        );
     }
-    let q = server.wait_for("idle", Duration::from_secs(5), |h| h["queue"]["running"] == 0)["queue"].clone();
+    let q = server.wait_for("idle", Duration::from_secs(5), |h| {
+        h["queue"]["running"] == 0
+    })["queue"]
+        .clone();
     assert_eq!(q["completed"], 36, "{q}");
     assert_eq!(q["rejected"], 0, "{q}");
 }
@@ -73,7 +91,10 @@ fn thirty_two_concurrent_streaming_clients_all_complete() {
 /// `Retry-After` and an OpenAI error object); the admitted ones complete.
 #[test]
 fn a_burst_over_a_small_queue_gets_429_with_retry_after() {
-    let server = ServeProcess::start(&["--model", &model_path(), "--parallel", "1", "--queue", "1"], &[]);
+    let server = ServeProcess::start(
+        &["--model", &model_path(), "--parallel", "1", "--queue", "1"],
+        &[],
+    );
     let job = Job {
         path: "/v1/completions",
         body: json!({"prompt": "The Apache License", "max_tokens": 400, "temperature": 0.8, "seed": 1}),
@@ -87,7 +108,12 @@ fn a_burst_over_a_small_queue_gets_429_with_retry_after() {
                 ok += 1;
             }
             429 => {
-                let secs: u64 = s.retry_after.as_deref().expect("Retry-After").parse().unwrap();
+                let secs: u64 = s
+                    .retry_after
+                    .as_deref()
+                    .expect("Retry-After")
+                    .parse()
+                    .unwrap();
                 assert!((1..=60).contains(&secs), "Retry-After {secs}");
                 let e = &s.error.as_ref().expect("an error object")["error"];
                 assert_eq!(e["code"], "queue_full", "{e}");
@@ -97,9 +123,18 @@ fn a_burst_over_a_small_queue_gets_429_with_retry_after() {
             other => panic!("unexpected status {other}: {s:?}"),
         }
     }
-    assert!(rejected >= 1, "no 429 in a burst of 32 over 1 slot + 1 place ({ok} served)");
-    assert!(ok >= 2, "the slot and the waiting place were both served: {ok}");
-    let q = server.wait_for("idle", Duration::from_secs(5), |h| h["queue"]["running"] == 0)["queue"].clone();
+    assert!(
+        rejected >= 1,
+        "no 429 in a burst of 32 over 1 slot + 1 place ({ok} served)"
+    );
+    assert!(
+        ok >= 2,
+        "the slot and the waiting place were both served: {ok}"
+    );
+    let q = server.wait_for("idle", Duration::from_secs(5), |h| {
+        h["queue"]["running"] == 0
+    })["queue"]
+        .clone();
     assert_eq!(q["rejected"], rejected, "{q}");
     assert_eq!(q["completed"], ok, "{q}");
 }
@@ -117,10 +152,15 @@ fn errors_and_the_api_key_through_the_binary() {
         assert!(v["error"]["message"].is_string(), "{v}");
         v["error"].clone()
     };
-    let ok_body = json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}).to_string();
+    let ok_body =
+        json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}).to_string();
     error(post(&chat, &ok_body, None), 401);
     error(post(&chat, &ok_body, Some("nope")), 401);
-    assert_eq!(get(&server.url("/health"), None).0, 200, "health needs no key");
+    assert_eq!(
+        get(&server.url("/health"), None).0,
+        200,
+        "health needs no key"
+    );
     let (status, _, body) = get(&server.url("/v1/models"), Some(key));
     assert_eq!(status, 200);
     let models: Value = serde_json::from_str(&body).unwrap();
@@ -130,24 +170,46 @@ fn errors_and_the_api_key_through_the_binary() {
 
     error(post(&chat, "{\"messages\": [", Some(key)), 400);
     error(post(&chat, "{\"messages\": []}", Some(key)), 400);
-    error(post(&chat, "{\"messages\": [{\"role\": \"user\", \"content\": [1]}]}", Some(key)), 400);
+    error(
+        post(
+            &chat,
+            "{\"messages\": [{\"role\": \"user\", \"content\": [1]}]}",
+            Some(key),
+        ),
+        400,
+    );
     let e = error(
-        post(&chat, &json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}]}).to_string(), Some(key)),
+        post(
+            &chat,
+            &json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}]}).to_string(),
+            Some(key),
+        ),
         404,
     );
     assert_eq!(e["code"], "model_not_found");
     // The fixture's context is 512 tokens.
-    let long = json!({"messages": [{"role": "user", "content": "function ".repeat(600)}]}).to_string();
+    let long =
+        json!({"messages": [{"role": "user", "content": "function ".repeat(600)}]}).to_string();
     let e = error(post(&chat, &long, Some(key)), 400);
     assert_eq!(e["code"], "context_length_exceeded", "{e}");
     // A huge max_tokens stops at the context's end.
-    let huge = json!({"prompt": "def", "max_tokens": u32::MAX, "temperature": 0.8, "seed": 3}).to_string();
+    let huge =
+        json!({"prompt": "def", "max_tokens": u32::MAX, "temperature": 0.8, "seed": 3}).to_string();
     let (status, _, body) = post(&server.url("/v1/completions"), &huge, Some(key));
     assert_eq!(status, 200, "{body}");
     let v: Value = serde_json::from_str(&body).unwrap();
-    assert!(matches!(v["choices"][0]["finish_reason"].as_str(), Some("length" | "stop")), "{v}");
+    assert!(
+        matches!(
+            v["choices"][0]["finish_reason"].as_str(),
+            Some("length" | "stop")
+        ),
+        "{v}"
+    );
     // Invalid UTF-8 in the body.
-    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
     let r = agent
         .post(&chat)
         .header("authorization", format!("Bearer {key}"))

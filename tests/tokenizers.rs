@@ -8,18 +8,32 @@ use common::{cases, fixture, pypi, Case};
 use foehn::hub::known;
 use foehn::tokenizer::{EncodeOptions, Tokenizer};
 
-const NO_BOS: EncodeOptions = EncodeOptions { add_bos: Some(false), parse_special: false };
-const NO_BOS_SPECIAL: EncodeOptions = EncodeOptions { add_bos: Some(false), parse_special: true };
+const NO_BOS: EncodeOptions = EncodeOptions {
+    add_bos: Some(false),
+    parse_special: false,
+};
+const NO_BOS_SPECIAL: EncodeOptions = EncodeOptions {
+    add_bos: Some(false),
+    parse_special: true,
+};
 
 /// Encodes every case and compares ids (and, where given, decoded text, full
 /// and streamed); fails listing every mismatch.
-fn check(tok: &Tokenizer, cases: &[Case], expected: impl Fn(&Case) -> Vec<u32>, check_decode: bool) {
+fn check(
+    tok: &Tokenizer,
+    cases: &[Case],
+    expected: impl Fn(&Case) -> Vec<u32>,
+    check_decode: bool,
+) {
     let mut failures = Vec::new();
     for c in cases {
         let want = expected(c);
         let got = tok.encode(&c.text, NO_BOS).expect("encode");
         if got != want {
-            failures.push(format!("{}: {:?}\n  want {want:?}\n  got  {got:?}", c.key, c.text));
+            failures.push(format!(
+                "{}: {:?}\n  want {want:?}\n  got  {got:?}",
+                c.key, c.text
+            ));
             continue;
         }
         if let (true, Some(decoded)) = (check_decode, &c.decoded) {
@@ -38,43 +52,75 @@ fn check(tok: &Tokenizer, cases: &[Case], expected: impl Fn(&Case) -> Vec<u32>, 
             }
         }
     }
-    assert!(failures.is_empty(), "{} of {} cases differ:\n{}", failures.len(), cases.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases differ:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]
 fn mistral_v1_sentencepiece_model() {
     let tok = Tokenizer::from_file(pypi(&known::MISTRAL_TOKENIZER_V1)).unwrap();
-    check(&tok, &cases("tokenizers/mistral_v1_spm.jsonl"), |c| c.ids.clone(), true);
+    check(
+        &tok,
+        &cases("tokenizers/mistral_v1_spm.jsonl"),
+        |c| c.ids.clone(),
+        true,
+    );
 }
 
 #[test]
 fn mistral_v3_sentencepiece_model() {
     let tok = Tokenizer::from_file(pypi(&known::MISTRAL_TOKENIZER_V3)).unwrap();
-    check(&tok, &cases("tokenizers/mistral_v3_spm.jsonl"), |c| c.ids.clone(), true);
+    check(
+        &tok,
+        &cases("tokenizers/mistral_v3_spm.jsonl"),
+        |c| c.ids.clone(),
+        true,
+    );
 }
 
 #[test]
 fn mistral_v7_sentencepiece_model() {
     let tok = Tokenizer::from_file(pypi(&known::MISTRAL_TOKENIZER_V7)).unwrap();
-    check(&tok, &cases("tokenizers/mistral_v7_spm.jsonl"), |c| c.ids.clone(), true);
+    check(
+        &tok,
+        &cases("tokenizers/mistral_v7_spm.jsonl"),
+        |c| c.ids.clone(),
+        true,
+    );
 }
 
 #[test]
 fn mistral_tekken() {
     let tok = Tokenizer::from_file(pypi(&known::TEKKEN_240911)).unwrap();
-    check(&tok, &cases("tokenizers/mistral_tekken_240911.jsonl"), |c| c.ids.clone(), true);
+    check(
+        &tok,
+        &cases("tokenizers/mistral_tekken_240911.jsonl"),
+        |c| c.ids.clone(),
+        true,
+    );
 }
 
 /// llama.cpp's ids for the strings where its GGUF tokenizer differs from sentencepiece.
 fn llama_cpp_overrides() -> std::collections::HashMap<String, Vec<u32>> {
     let v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(fixture("vocab/vocab_check.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(fixture("vocab/vocab_check.json")).unwrap())
+            .unwrap();
     v["mistral-v3-spm.gguf"]["mismatches"]
         .as_array()
         .unwrap()
         .iter()
         .map(|m| {
-            let ids = m["llama_cpp"].as_array().unwrap().iter().map(|i| i.as_u64().unwrap() as u32).collect();
+            let ids = m["llama_cpp"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|i| i.as_u64().unwrap() as u32)
+                .collect();
             (m["key"].as_str().unwrap().to_string(), ids)
         })
         .collect()
@@ -88,11 +134,19 @@ fn mistral_v3_from_gguf_metadata() {
     check(
         &tok,
         &cases("tokenizers/mistral_v3_spm.jsonl"),
-        |c| overrides.get(&c.key).cloned().unwrap_or_else(|| c.ids.clone()),
+        |c| {
+            overrides
+                .get(&c.key)
+                .cloned()
+                .unwrap_or_else(|| c.ids.clone())
+        },
         true,
     );
     // The model asks for BOS: encode adds it by default.
-    assert_eq!(tok.encode("Hello world", EncodeOptions::default()).unwrap(), vec![1, 23325, 2294]);
+    assert_eq!(
+        tok.encode("Hello world", EncodeOptions::default()).unwrap(),
+        vec![1, 23325, 2294]
+    );
 }
 
 fn check_smollm2(tok: &Tokenizer) {
@@ -103,14 +157,24 @@ fn check_smollm2(tok: &Tokenizer) {
         let want = c.ids_parse_special.clone().expect("ids_parse_special");
         let got = tok.encode(&c.text, NO_BOS_SPECIAL).unwrap();
         if got != want {
-            failures.push(format!("{}: {:?}\n  want {want:?}\n  got  {got:?}", c.key, c.text));
+            failures.push(format!(
+                "{}: {:?}\n  want {want:?}\n  got  {got:?}",
+                c.key, c.text
+            ));
         }
         // Byte-level BPE round-trips every string.
         assert_eq!(tok.decode(&c.ids, false).unwrap(), c.text, "{}", c.key);
     }
-    assert!(failures.is_empty(), "parse_special:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "parse_special:\n{}",
+        failures.join("\n")
+    );
     // add_bos_token is false for SmolLM2: nothing is prepended.
-    assert_eq!(tok.encode("Hello world", EncodeOptions::default()).unwrap(), vec![19556, 905]);
+    assert_eq!(
+        tok.encode("Hello world", EncodeOptions::default()).unwrap(),
+        vec![19556, 905]
+    );
 }
 
 #[test]
@@ -126,7 +190,11 @@ fn smollm2_bpe_from_the_real_model() {
 #[test]
 fn tiny_mistral_every_route() {
     let cases = cases("tokenizers/tiny_mistral_spm.jsonl");
-    for file in ["tiny-mistral/hf/tokenizer.json", "tiny-mistral/hf/tokenizer.model", "tiny-mistral/gguf/tiny-mistral-F32.gguf"] {
+    for file in [
+        "tiny-mistral/hf/tokenizer.json",
+        "tiny-mistral/hf/tokenizer.model",
+        "tiny-mistral/gguf/tiny-mistral-F32.gguf",
+    ] {
         let tok = Tokenizer::from_file(fixture(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
         check(&tok, &cases, |c| c.ids.clone(), true);
         assert_eq!(tok.bos_id(), Some(1), "{file}");
@@ -137,18 +205,40 @@ fn tiny_mistral_every_route() {
 
 #[test]
 fn special_token_text_is_plain_text_unless_asked() {
-    let check: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(fixture("tiny-mistral/reference/hf_tokenizer_check.json")).unwrap())
-            .unwrap();
-    let mismatches = check["encode_special_tokens=false"]["mismatches"].as_array().unwrap();
+    let check: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture("tiny-mistral/reference/hf_tokenizer_check.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    let mismatches = check["encode_special_tokens=false"]["mismatches"]
+        .as_array()
+        .unwrap();
     assert!(!mismatches.is_empty());
-    let ids = |v: &serde_json::Value| -> Vec<u32> { v.as_array().unwrap().iter().map(|i| i.as_u64().unwrap() as u32).collect() };
-    for file in ["tiny-mistral/hf/tokenizer.json", "tiny-mistral/hf/tokenizer.model", "tiny-mistral/gguf/tiny-mistral-F32.gguf"] {
+    let ids = |v: &serde_json::Value| -> Vec<u32> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i.as_u64().unwrap() as u32)
+            .collect()
+    };
+    for file in [
+        "tiny-mistral/hf/tokenizer.json",
+        "tiny-mistral/hf/tokenizer.model",
+        "tiny-mistral/gguf/tiny-mistral-F32.gguf",
+    ] {
         let tok = Tokenizer::from_file(fixture(file)).unwrap();
         for m in mismatches {
             let text = m["text"].as_str().unwrap();
-            assert_eq!(tok.encode(text, NO_BOS).unwrap(), ids(&m["sentencepiece"]), "{file}: {text:?} as text");
-            assert_eq!(tok.encode(text, NO_BOS_SPECIAL).unwrap(), ids(&m["tokenizer_json"]), "{file}: {text:?} parsed");
+            assert_eq!(
+                tok.encode(text, NO_BOS).unwrap(),
+                ids(&m["sentencepiece"]),
+                "{file}: {text:?} as text"
+            );
+            assert_eq!(
+                tok.encode(text, NO_BOS_SPECIAL).unwrap(),
+                ids(&m["tokenizer_json"]),
+                "{file}: {text:?} parsed"
+            );
         }
     }
 }
@@ -163,7 +253,10 @@ fn streaming_decode_never_splits_characters() {
     let mut out = String::new();
     for &id in &ids {
         let piece = stream.push(&tok, id).unwrap();
-        assert!(!piece.contains('\u{FFFD}'), "broken character emitted: {piece:?}");
+        assert!(
+            !piece.contains('\u{FFFD}'),
+            "broken character emitted: {piece:?}"
+        );
         out.push_str(&piece);
     }
     out.push_str(&stream.finish(&tok).unwrap());

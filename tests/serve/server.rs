@@ -25,11 +25,18 @@ impl ServeProcess {
     /// `listening on http://…` line. `envs` are added to its environment.
     pub fn start(args: &[&str], envs: &[(&str, &str)]) -> Self {
         let mut cmd = Command::new(example_bin("serve"));
-        cmd.args(args).args(["--port", "0"]).env("HF_HUB_OFFLINE", "1").env_remove("FOEHN_API_KEY");
+        cmd.args(args)
+            .args(["--port", "0"])
+            .env("HF_HUB_OFFLINE", "1")
+            .env_remove("FOEHN_API_KEY");
         for (k, v) in envs {
             cmd.env(k, v);
         }
-        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn serve");
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn serve");
         let stderr = Arc::new(Mutex::new(String::new()));
         {
             let pipe = child.stderr.take().expect("stderr");
@@ -58,7 +65,11 @@ impl ServeProcess {
                 panic!("serve did not start: {}", stderr.lock().unwrap());
             }
         };
-        Self { child, addr, stderr }
+        Self {
+            child,
+            addr,
+            stderr,
+        }
     }
 
     /// What the server wrote on stderr so far.
@@ -86,7 +97,10 @@ impl ServeProcess {
             if cond(&h) {
                 return h;
             }
-            assert!(start.elapsed() < timeout, "timed out waiting for {what}: {h}");
+            assert!(
+                start.elapsed() < timeout,
+                "timed out waiting for {what}: {h}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -100,7 +114,10 @@ impl Drop for ServeProcess {
 }
 
 fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder().http_status_as_error(false).build().into()
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into()
 }
 
 /// Status, `Retry-After` and body of a GET.
@@ -123,9 +140,16 @@ pub fn post(url: &str, body: &str, key: Option<&str>) -> (u16, Option<String>, S
 
 fn finish(r: ureq::http::Response<ureq::Body>) -> (u16, Option<String>, String) {
     let status = r.status().as_u16();
-    let retry = r.headers().get("retry-after").and_then(|v| v.to_str().ok()).map(str::to_string);
+    let retry = r
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
     let mut body = String::new();
-    r.into_body().into_reader().read_to_string(&mut body).expect("a UTF-8 body");
+    r.into_body()
+        .into_reader()
+        .read_to_string(&mut body)
+        .expect("a UTF-8 body");
     (status, retry, body)
 }
 
@@ -153,21 +177,38 @@ pub struct Streamed {
 impl Streamed {
     /// The finish reason of the chunk that carries one.
     pub fn finish_reason(&self) -> Option<String> {
-        self.chunks.iter().find_map(|c| c["choices"].get(0)?["finish_reason"].as_str().map(str::to_string))
+        self.chunks.iter().find_map(|c| {
+            c["choices"].get(0)?["finish_reason"]
+                .as_str()
+                .map(str::to_string)
+        })
     }
 
     /// The usage chunk's `completion_tokens`.
     pub fn completion_tokens(&self) -> Option<u64> {
-        self.chunks.iter().find_map(|c| c["usage"]["completion_tokens"].as_u64())
+        self.chunks
+            .iter()
+            .find_map(|c| c["usage"]["completion_tokens"].as_u64())
     }
 }
 
 /// POSTs a streaming request and reads the SSE stream to its end.
 pub fn stream(url: &str, body: &str) -> Streamed {
     let start = Instant::now();
-    let r = agent().post(url).header("content-type", "application/json").send(body).expect("an HTTP answer");
-    let mut out = Streamed { status: r.status().as_u16(), ..Streamed::default() };
-    out.retry_after = r.headers().get("retry-after").and_then(|v| v.to_str().ok()).map(str::to_string);
+    let r = agent()
+        .post(url)
+        .header("content-type", "application/json")
+        .send(body)
+        .expect("an HTTP answer");
+    let mut out = Streamed {
+        status: r.status().as_u16(),
+        ..Streamed::default()
+    };
+    out.retry_after = r
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
     let mut reader = BufReader::new(r.into_body().into_reader());
     if out.status != 200 {
         let mut text = String::new();
@@ -178,7 +219,12 @@ pub fn stream(url: &str, body: &str) -> Streamed {
     }
     for line in reader.lines() {
         let line = line.expect("a UTF-8 line");
-        let Some(data) = line.strip_prefix("data: ").or_else(|| line.strip_prefix("data:")) else { continue };
+        let Some(data) = line
+            .strip_prefix("data: ")
+            .or_else(|| line.strip_prefix("data:"))
+        else {
+            continue;
+        };
         if data == "[DONE]" {
             out.done = true;
             break;
@@ -186,7 +232,11 @@ pub fn stream(url: &str, body: &str) -> Streamed {
         let chunk: Value = serde_json::from_str(data).unwrap_or_else(|e| panic!("{e}: {data}"));
         let piece = chunk["choices"]
             .get(0)
-            .and_then(|c| c["delta"]["content"].as_str().or_else(|| c["text"].as_str()))
+            .and_then(|c| {
+                c["delta"]["content"]
+                    .as_str()
+                    .or_else(|| c["text"].as_str())
+            })
             .unwrap_or_default()
             .to_string();
         if !piece.is_empty() && out.first_token.is_none() {
@@ -242,19 +292,37 @@ pub fn concurrent_streams(server: &ServeProcess, jobs: &[Job], n: usize) -> Conc
             })
         })
         .collect();
-    let results = handles.into_iter().map(|h| h.join().expect("a client thread")).collect();
-    Concurrent { results, wall: start.elapsed() }
+    let results = handles
+        .into_iter()
+        .map(|h| h.join().expect("a client thread"))
+        .collect();
+    Concurrent {
+        results,
+        wall: start.elapsed(),
+    }
 }
 
 impl Concurrent {
     /// A one-line summary: wall time, time to first token and per-client time (median, max), tokens/s overall.
     pub fn summary(&self) -> String {
-        let mut ttft: Vec<f64> =
-            self.results.iter().filter_map(|(_, s)| s.first_token).map(|d| d.as_secs_f64()).collect();
-        let mut total: Vec<f64> = self.results.iter().map(|(_, s)| s.total.as_secs_f64()).collect();
+        let mut ttft: Vec<f64> = self
+            .results
+            .iter()
+            .filter_map(|(_, s)| s.first_token)
+            .map(|d| d.as_secs_f64())
+            .collect();
+        let mut total: Vec<f64> = self
+            .results
+            .iter()
+            .map(|(_, s)| s.total.as_secs_f64())
+            .collect();
         ttft.sort_by(f64::total_cmp);
         total.sort_by(f64::total_cmp);
-        let tokens: u64 = self.results.iter().filter_map(|(_, s)| s.completion_tokens()).sum();
+        let tokens: u64 = self
+            .results
+            .iter()
+            .filter_map(|(_, s)| s.completion_tokens())
+            .sum();
         let med = |v: &[f64]| v.get(v.len() / 2).copied().unwrap_or(0.0);
         let max = |v: &[f64]| v.last().copied().unwrap_or(0.0);
         format!(

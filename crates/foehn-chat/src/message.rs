@@ -12,9 +12,10 @@ mod tests {
         let m = Message::assistant("hi");
         let v = minijinja::Value::from_serialize(&m);
         assert_eq!(v.get_attr("role").unwrap().as_str(), Some("assistant"));
-        let back: Role =
-            serde::Deserialize::deserialize(serde::de::value::StrDeserializer::<serde::de::value::Error>::new("tool"))
-                .unwrap();
+        let back: Role = serde::Deserialize::deserialize(serde::de::value::StrDeserializer::<
+            serde::de::value::Error,
+        >::new("tool"))
+        .unwrap();
         assert_eq!(back, Role::Tool);
     }
 }

@@ -41,7 +41,9 @@ impl MistralVersion {
 
 /// The id of a vocabulary entry that is a control token (not plain text).
 fn control_id(tokenizer: &Tokenizer, token: &str) -> Option<u32> {
-    tokenizer.token_to_id(token).filter(|&id| tokenizer.is_control(id))
+    tokenizer
+        .token_to_id(token)
+        .filter(|&id| tokenizer.is_control(id))
 }
 
 /// Whether the tokenizer is a Mistral instruct one: `[INST]` and `[/INST]`
@@ -51,7 +53,8 @@ pub fn is_mistral_tokenizer(tokenizer: &Tokenizer) -> bool {
 }
 
 fn has_system_prompt_tokens(tokenizer: &Tokenizer) -> bool {
-    control_id(tokenizer, "[SYSTEM_PROMPT]").is_some() && control_id(tokenizer, "[/SYSTEM_PROMPT]").is_some()
+    control_id(tokenizer, "[SYSTEM_PROMPT]").is_some()
+        && control_id(tokenizer, "[/SYSTEM_PROMPT]").is_some()
 }
 
 /// Whether a model should be prompted with [`encode_mistral_chat`], and with
@@ -82,7 +85,10 @@ pub fn mistral_version(tokenizer: &Tokenizer, template: Option<&str>) -> Option<
         }
     };
     let Some(template) = template.map(str::trim).filter(|t| !t.is_empty()) else {
-        let sentencepiece = matches!(tokenizer.kind(), TokenizerKind::SentencePiece | TokenizerKind::GgufLlama);
+        let sentencepiece = matches!(
+            tokenizer.kind(),
+            TokenizerKind::SentencePiece | TokenizerKind::GgufLlama
+        );
         return by_vocab(sentencepiece);
     };
     if crate::NAMED_TEMPLATES.contains(&template) {
@@ -119,19 +125,41 @@ fn normalize(messages: &[Message], version: MistralVersion) -> (Option<String>, 
     for group in messages.chunk_by(|a, b| a.role == b.role) {
         let role = group[0].role;
         match role {
-            Role::System if v7 => turns.extend(group.iter().map(|m| Turn { role, content: m.content.clone() })),
-            Role::System => {
-                system_parts.extend(group.iter().filter(|m| !m.content.is_empty()).map(|m| m.content.clone()))
-            }
-            Role::Tool => turns.extend(group.iter().map(|m| Turn { role, content: m.content.clone() })),
+            Role::System if v7 => turns.extend(group.iter().map(|m| Turn {
+                role,
+                content: m.content.clone(),
+            })),
+            Role::System => system_parts.extend(
+                group
+                    .iter()
+                    .filter(|m| !m.content.is_empty())
+                    .map(|m| m.content.clone()),
+            ),
+            Role::Tool => turns.extend(group.iter().map(|m| Turn {
+                role,
+                content: m.content.clone(),
+            })),
             Role::User | Role::Assistant => {
-                let texts: Vec<&str> = group.iter().map(|m| m.content.as_str()).filter(|c| !c.is_empty()).collect();
-                turns.push(Turn { role, content: texts.join("\n\n") });
+                let texts: Vec<&str> = group
+                    .iter()
+                    .map(|m| m.content.as_str())
+                    .filter(|c| !c.is_empty())
+                    .collect();
+                turns.push(Turn {
+                    role,
+                    content: texts.join("\n\n"),
+                });
             }
         }
     }
     if turns.is_empty() || (!v7 && turns[0].role != Role::User) {
-        turns.insert(0, Turn { role: Role::User, content: String::new() });
+        turns.insert(
+            0,
+            Turn {
+                role: Role::User,
+                content: String::new(),
+            },
+        );
     }
     let system = (!system_parts.is_empty()).then(|| system_parts.join("\n\n"));
     (system, turns)
@@ -146,12 +174,20 @@ struct TextEncoder<'a> {
 }
 
 impl<'a> TextEncoder<'a> {
-    const OPTIONS: EncodeOptions = EncodeOptions { add_bos: Some(false), parse_special: false };
+    const OPTIONS: EncodeOptions = EncodeOptions {
+        add_bos: Some(false),
+        parse_special: false,
+    };
 
     fn new(tokenizer: &'a Tokenizer) -> Result<Self> {
         let probe = tokenizer.encode("a", Self::OPTIONS)?;
-        let appended_eos = tokenizer.eos_id().filter(|&eos| probe.len() > 1 && probe.last() == Some(&eos));
-        Ok(Self { tokenizer, appended_eos })
+        let appended_eos = tokenizer
+            .eos_id()
+            .filter(|&eos| probe.len() > 1 && probe.last() == Some(&eos));
+        Ok(Self {
+            tokenizer,
+            appended_eos,
+        })
     }
 
     fn encode(&self, text: &str, out: &mut Vec<u32>) -> Result<()> {
@@ -168,7 +204,9 @@ impl<'a> TextEncoder<'a> {
 }
 
 fn required_id(tokenizer: &Tokenizer, token: &str) -> Result<u32> {
-    tokenizer.token_to_id(token).ok_or_else(|| ChatError::MissingToken(token.to_string()))
+    tokenizer
+        .token_to_id(token)
+        .ok_or_else(|| ChatError::MissingToken(token.to_string()))
 }
 
 /// Encodes a conversation into the token ids mistral-common's instruct
@@ -184,13 +222,24 @@ fn required_id(tokenizer: &Tokenizer, token: &str) -> Result<u32> {
 /// A conversation ending with a user message is a prompt for the next answer.
 /// Tool messages are refused (mistral-common needs a tool call id for them),
 /// and so are assistant messages without text.
-pub fn encode_mistral_chat(tokenizer: &Tokenizer, messages: &[Message], version: MistralVersion) -> Result<Vec<u32>> {
+pub fn encode_mistral_chat(
+    tokenizer: &Tokenizer,
+    messages: &[Message],
+    version: MistralVersion,
+) -> Result<Vec<u32>> {
     let text = TextEncoder::new(tokenizer)?;
-    let bos = tokenizer.bos_id().ok_or_else(|| ChatError::MissingToken("BOS".into()))?;
-    let eos = tokenizer.eos_id().ok_or_else(|| ChatError::MissingToken("EOS".into()))?;
+    let bos = tokenizer
+        .bos_id()
+        .ok_or_else(|| ChatError::MissingToken("BOS".into()))?;
+    let eos = tokenizer
+        .eos_id()
+        .ok_or_else(|| ChatError::MissingToken("EOS".into()))?;
     let inst = match version {
         MistralVersion::V1 => None,
-        _ => Some((required_id(tokenizer, "[INST]")?, required_id(tokenizer, "[/INST]")?)),
+        _ => Some((
+            required_id(tokenizer, "[INST]")?,
+            required_id(tokenizer, "[/INST]")?,
+        )),
     };
     let (system, turns) = normalize(messages, version);
     let first_user = turns.iter().position(|t| t.role == Role::User);
@@ -220,7 +269,9 @@ pub fn encode_mistral_chat(tokenizer: &Tokenizer, messages: &[Message], version:
             }
             Role::Assistant => {
                 if turn.content.is_empty() {
-                    return Err(ChatError::InvalidConversation("an assistant message has no content".into()));
+                    return Err(ChatError::InvalidConversation(
+                        "an assistant message has no content".into(),
+                    ));
                 }
                 let content = match version {
                     MistralVersion::V1 => turn.content.as_str(),
@@ -236,7 +287,8 @@ pub fn encode_mistral_chat(tokenizer: &Tokenizer, messages: &[Message], version:
             }
             Role::Tool => {
                 return Err(ChatError::InvalidConversation(
-                    "tool messages need a tool call id, which Mistral's chat encoding requires".into(),
+                    "tool messages need a tool call id, which Mistral's chat encoding requires"
+                        .into(),
                 ))
             }
         }

@@ -237,9 +237,21 @@ fn by_role(prefix: &str, system: &str, user: &str, other: &str, generation_promp
 /// inside the first one (`<<SYS>>` block with `sys`), BOS before every later
 /// turn with `bos_inside`, message text trimmed with `strip`.
 fn llama2(sys: bool, bos_inside: bool, strip: bool) -> String {
-    let content = if strip { "message['content']|trim" } else { "message['content']" };
-    let system = if sys { "'<<SYS>>\\n' + content + '\\n<</SYS>>\\n\\n'" } else { "content + '\\n'" };
-    let turn = if bos_inside { "bos_token + '[INST] '" } else { "'[INST] '" };
+    let content = if strip {
+        "message['content']|trim"
+    } else {
+        "message['content']"
+    };
+    let system = if sys {
+        "'<<SYS>>\\n' + content + '\\n<</SYS>>\\n\\n'"
+    } else {
+        "content + '\\n'"
+    };
+    let turn = if bos_inside {
+        "bos_token + '[INST] '"
+    } else {
+        "'[INST] '"
+    };
     format!(
         "{{%- set ns = namespace(inside=true) -%}}{{{{- bos_token + '[INST] ' -}}}}\
          {{%- for message in messages -%}}{{%- set content = {content} -%}}\

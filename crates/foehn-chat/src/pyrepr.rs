@@ -14,7 +14,9 @@ pub(crate) fn python_str(value: &Value) -> Option<String> {
             write_repr(&mut out, value);
             Some(out)
         }
-        ValueKind::Number if !value.is_integer() => Some(python_float_repr(f64::try_from(value.clone()).ok()?)),
+        ValueKind::Number if !value.is_integer() => {
+            Some(python_float_repr(f64::try_from(value.clone()).ok()?))
+        }
         _ => None,
     }
 }
@@ -68,7 +70,11 @@ fn write_repr(out: &mut String, value: &Value) {
 
 /// Python's `repr(str)`: single quotes unless the text has `'` and no `"`.
 fn write_str_repr(out: &mut String, s: &str) {
-    let quote = if s.contains('\'') && !s.contains('"') { '"' } else { '\'' };
+    let quote = if s.contains('\'') && !s.contains('"') {
+        '"'
+    } else {
+        '\''
+    };
     out.push(quote);
     for c in s.chars() {
         match c {
@@ -80,7 +86,9 @@ fn write_str_repr(out: &mut String, s: &str) {
                 out.push('\\');
                 out.push(c);
             }
-            c if (c as u32) < 0x20 || c == '\u{7f}' => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c if (c as u32) < 0x20 || c == '\u{7f}' => {
+                out.push_str(&format!("\\x{:02x}", c as u32))
+            }
             c => out.push(c),
         }
     }
@@ -95,7 +103,11 @@ pub(crate) fn python_float_repr(f: f64) -> String {
         return "NaN".into();
     }
     if f.is_infinite() {
-        return if f > 0.0 { "Infinity".into() } else { "-Infinity".into() };
+        return if f > 0.0 {
+            "Infinity".into()
+        } else {
+            "-Infinity".into()
+        };
     }
     let a = f.abs();
     if a != 0.0 && !(1e-4..1e16).contains(&a) {
@@ -121,15 +133,31 @@ mod tests {
 
     #[test]
     fn prints_like_python() {
-        let v = Value::from_serialize(serde_json::json!([1, 2.5, true, null, "it's", "a\"b'c\n", []]));
-        assert_eq!(python_str(&v).unwrap(), r#"[1, 2.5, True, None, "it's", 'a"b\'c\n', []]"#);
+        let v = Value::from_serialize(serde_json::json!([
+            1,
+            2.5,
+            true,
+            null,
+            "it's",
+            "a\"b'c\n",
+            []
+        ]));
+        assert_eq!(
+            python_str(&v).unwrap(),
+            r#"[1, 2.5, True, None, "it's", 'a"b\'c\n', []]"#
+        );
         assert_eq!(python_str(&Value::from(false)).unwrap(), "False");
         assert_eq!(python_str(&Value::from(3)), None);
         assert_eq!(python_str(&Value::from("text")), None);
         assert_eq!(string_filter(&Value::UNDEFINED).as_str(), Some(""));
-        for (f, want) in
-            [(1.0, "1.0"), (0.1, "0.1"), (1e16, "1e+16"), (1.5e-5, "1.5e-05"), (-0.0, "-0.0"), (123.456, "123.456")]
-        {
+        for (f, want) in [
+            (1.0, "1.0"),
+            (0.1, "0.1"),
+            (1e16, "1e+16"),
+            (1.5e-5, "1.5e-05"),
+            (-0.0, "-0.0"),
+            (123.456, "123.456"),
+        ] {
             assert_eq!(python_float_repr(f), want);
         }
     }

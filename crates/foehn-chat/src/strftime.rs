@@ -36,12 +36,23 @@ const MONTHS: [&str; 12] = [
     "November",
     "December",
 ];
-const WEEKDAYS: [&str; 7] = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"];
+const WEEKDAYS: [&str; 7] = [
+    "Monday",
+    "Tuesday",
+    "Wednesday",
+    "Thursday",
+    "Friday",
+    "Saturday",
+    "Sunday",
+];
 
 impl UtcTime {
     /// The current time (the epoch if the clock is before it).
     pub(crate) fn now() -> Self {
-        let secs = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let secs = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
         Self::from_unix(i64::try_from(secs).unwrap_or(i64::MAX / 2))
     }
 
@@ -64,7 +75,16 @@ impl UtcTime {
         let yday = CUMULATIVE[month as usize - 1] + day + u32::from(leap && month > 2);
         // 1970-01-01 was a Thursday (weekday 3 counting from Monday = 0).
         let weekday = (days + 3).rem_euclid(7) as u32;
-        Self { year, month, day, hour: rem / 3600, minute: rem / 60 % 60, second: rem % 60, weekday, yday }
+        Self {
+            year,
+            month,
+            day,
+            hour: rem / 3600,
+            minute: rem / 60 % 60,
+            second: rem % 60,
+            weekday,
+            yday,
+        }
     }
 
     /// Formats like C/Python `strftime` in the C locale; `%-d`-style flags
@@ -89,7 +109,11 @@ impl UtcTime {
                     out.push_str(&v.to_string());
                 }
             };
-            let hour12 = if self.hour % 12 == 0 { 12 } else { self.hour % 12 };
+            let hour12 = if self.hour.is_multiple_of(12) {
+                12
+            } else {
+                self.hour % 12
+            };
             match spec {
                 Some('Y') => out.push_str(&self.year.to_string()),
                 Some('y') => num(&mut out, self.year.rem_euclid(100), 2),
@@ -149,9 +173,18 @@ mod tests {
         let t = UtcTime::from_unix(1_721_999_109);
         assert_eq!(t.format("%Y-%m-%d %H:%M:%S"), "2024-07-26 13:05:09");
         assert_eq!(t.format("%d %b %Y"), "26 Jul 2024");
-        assert_eq!(t.format("%A %B %-d, %j, %I%p %%"), "Friday July 26, 208, 01PM %");
-        assert_eq!(UtcTime::from_unix(0).format("%a %F %T"), "Thu 1970-01-01 00:00:00");
-        assert_eq!(UtcTime::from_unix(951_782_400).format("%F %j %a"), "2000-02-29 060 Tue");
+        assert_eq!(
+            t.format("%A %B %-d, %j, %I%p %%"),
+            "Friday July 26, 208, 01PM %"
+        );
+        assert_eq!(
+            UtcTime::from_unix(0).format("%a %F %T"),
+            "Thu 1970-01-01 00:00:00"
+        );
+        assert_eq!(
+            UtcTime::from_unix(951_782_400).format("%F %j %a"),
+            "2000-02-29 060 Tue"
+        );
         assert_eq!(UtcTime::from_unix(-86_400).format("%F"), "1969-12-31");
         assert_eq!(t.format("%Q %-d"), "%Q 26");
     }

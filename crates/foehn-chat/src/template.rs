@@ -60,7 +60,10 @@ impl std::fmt::Display for Raised {
 impl std::error::Error for Raised {}
 
 fn raise_exception(message: String) -> std::result::Result<Value, minijinja::Error> {
-    Err(minijinja::Error::new(ErrorKind::InvalidOperation, message.clone()).with_source(Raised(message)))
+    Err(
+        minijinja::Error::new(ErrorKind::InvalidOperation, message.clone())
+            .with_source(Raised(message)),
+    )
 }
 
 /// An environment with the settings and helpers Hugging Face templates expect.
@@ -70,7 +73,9 @@ fn hf_environment() -> Environment<'static> {
     env.set_lstrip_blocks(true);
     env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
     env.add_function("raise_exception", raise_exception);
-    env.add_function("strftime_now", |format: String| crate::strftime::strftime_now(&format));
+    env.add_function("strftime_now", |format: String| {
+        crate::strftime::strftime_now(&format)
+    });
     env.add_filter("tojson", crate::tojson::tojson_filter);
     env.add_filter("string", crate::pyrepr::string_filter);
     env.set_formatter(|out, state, value| match crate::pyrepr::python_str(value) {
@@ -94,7 +99,8 @@ impl ChatTemplate {
             .iter()
             .find(|&&n| n == name.trim())
             .ok_or_else(|| ChatError::UnknownName(name.to_string()))?;
-        let source = named_template_source(key).ok_or_else(|| ChatError::UnknownName(name.to_string()))?;
+        let source =
+            named_template_source(key).ok_or_else(|| ChatError::UnknownName(name.to_string()))?;
         Self::build(&source, Some(key), bos_token, eos_token)
     }
 
@@ -108,7 +114,9 @@ impl ChatTemplate {
         }
         let looks_like_name = !trimmed.is_empty()
             && trimmed.len() <= 64
-            && trimmed.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+            && trimmed
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
         if looks_like_name {
             return Err(ChatError::UnknownName(trimmed.to_string()));
         }
@@ -120,15 +128,26 @@ impl ChatTemplate {
     /// (`mistral-v7` / `mistral-v3`, `-tekken` for Tekken vocabularies);
     /// `bos_token` / `eos_token` are the tokenizer's BOS / EOS texts.
     pub fn for_tokenizer(tokenizer: &Tokenizer) -> Result<Self> {
-        let token_text = |id: Option<u32>| id.and_then(|id| tokenizer.id_to_token(id)).unwrap_or_default();
-        let (bos, eos) = (token_text(tokenizer.bos_id()), token_text(tokenizer.eos_id()));
+        let token_text = |id: Option<u32>| {
+            id.and_then(|id| tokenizer.id_to_token(id))
+                .unwrap_or_default()
+        };
+        let (bos, eos) = (
+            token_text(tokenizer.bos_id()),
+            token_text(tokenizer.eos_id()),
+        );
         match tokenizer.chat_template().filter(|t| !t.trim().is_empty()) {
             Some(template) => Self::from_name_or_source(template, &bos, &eos),
             None => Self::from_name(default_template_name(tokenizer), &bos, &eos),
         }
     }
 
-    fn build(source: &str, name: Option<&'static str>, bos_token: &str, eos_token: &str) -> Result<Self> {
+    fn build(
+        source: &str,
+        name: Option<&'static str>,
+        bos_token: &str,
+        eos_token: &str,
+    ) -> Result<Self> {
         let mut env = hf_environment();
         env.add_template_owned(TEMPLATE_NAME, source.to_string())
             .map_err(|e| ChatError::Syntax(describe_syntax(&e)))?;
@@ -144,7 +163,10 @@ impl ChatTemplate {
     /// Renders a conversation; with `add_generation_prompt` the text ends with
     /// the opening of the assistant's turn (for templates that have one).
     pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
-        let template = self.env.get_template(TEMPLATE_NAME).map_err(|e| ChatError::Render(describe(&e)))?;
+        let template = self
+            .env
+            .get_template(TEMPLATE_NAME)
+            .map_err(|e| ChatError::Render(describe(&e)))?;
         let ctx = context! {
             messages => Value::from_serialize(messages),
             bos_token => &self.bos_token,
@@ -179,9 +201,16 @@ impl ChatTemplate {
 
 /// The llama.cpp name of the Mistral format for a tokenizer without a template.
 pub fn default_template_name(tokenizer: &Tokenizer) -> &'static str {
-    let is_control = |t: &str| tokenizer.token_to_id(t).is_some_and(|id| tokenizer.is_control(id));
+    let is_control = |t: &str| {
+        tokenizer
+            .token_to_id(t)
+            .is_some_and(|id| tokenizer.is_control(id))
+    };
     let tekken = tokenizer.kind() == TokenizerKind::Tekken;
-    match (is_control("[SYSTEM_PROMPT]") && is_control("[/SYSTEM_PROMPT]"), tekken) {
+    match (
+        is_control("[SYSTEM_PROMPT]") && is_control("[/SYSTEM_PROMPT]"),
+        tekken,
+    ) {
         (true, true) => "mistral-v7-tekken",
         (true, false) => "mistral-v7",
         (false, true) => "mistral-v3-tekken",
@@ -236,7 +265,12 @@ mod tests {
 
     #[test]
     fn raise_exception_is_an_error_with_the_message() {
-        let t = ChatTemplate::new("a{{ raise_exception('No ' ~ messages[0].role ~ ' here!') }}b", "", "").unwrap();
+        let t = ChatTemplate::new(
+            "a{{ raise_exception('No ' ~ messages[0].role ~ ' here!') }}b",
+            "",
+            "",
+        )
+        .unwrap();
         match t.render(&user("x"), true) {
             Err(ChatError::Raised(m)) => assert_eq!(m, "No user here!"),
             other => panic!("{other:?}"),
@@ -254,7 +288,10 @@ mod tests {
     #[test]
     fn malformed_templates_fail_at_construction() {
         for (source, hint) in [
-            ("{% for m in messages %}{{ m.content }}", "unexpected end of input"),
+            (
+                "{% for m in messages %}{{ m.content }}",
+                "unexpected end of input",
+            ),
             ("line one\n{{ messages[0]['content' }}", "line 2"),
             ("{% endif %}", "unknown statement"),
             ("{{ 'a' + }}", "unexpected"),
@@ -269,9 +306,14 @@ mod tests {
     #[test]
     fn other_render_failures_are_render_errors() {
         let t = ChatTemplate::new("{{ no_such_function() }}", "", "").unwrap();
-        assert!(matches!(t.render(&user("x"), true), Err(ChatError::Render(m)) if m.contains("no_such_function")));
+        assert!(
+            matches!(t.render(&user("x"), true), Err(ChatError::Render(m)) if m.contains("no_such_function"))
+        );
         let t = ChatTemplate::new("{{ messages[0].content.no_such_method() }}", "", "").unwrap();
-        assert!(matches!(t.render(&user("x"), true), Err(ChatError::Render(_))));
+        assert!(matches!(
+            t.render(&user("x"), true),
+            Err(ChatError::Render(_))
+        ));
     }
 
     #[test]
@@ -307,7 +349,15 @@ mod tests {
         let t = ChatTemplate::new("{% for m in messages %}\n    {% if m.role == 'user' %}\n[{{ m.content }}]\n    {% endif %}\n{% endfor %}\n", "", "")
             .unwrap();
         assert_eq!(
-            t.render(&[Message::user("a"), Message::assistant("b"), Message::user("c")], false).unwrap(),
+            t.render(
+                &[
+                    Message::user("a"),
+                    Message::assistant("b"),
+                    Message::user("c")
+                ],
+                false
+            )
+            .unwrap(),
             "[a]\n[c]\n"
         );
     }
@@ -319,6 +369,9 @@ mod tests {
         let tok = Tokenizer::from_file(path).unwrap();
         assert_eq!(default_template_name(&tok), "mistral-v3");
         let t = ChatTemplate::for_tokenizer(&tok).unwrap();
-        assert_eq!((t.name(), t.bos_token(), t.eos_token()), (Some("mistral-v3"), "<s>", "</s>"));
+        assert_eq!(
+            (t.name(), t.bos_token(), t.eos_token()),
+            (Some("mistral-v3"), "<s>", "</s>")
+        );
     }
 }

@@ -19,7 +19,13 @@ pub(crate) struct JsonStyle {
 
 impl Default for JsonStyle {
     fn default() -> Self {
-        Self { indent: None, item_sep: ", ".into(), key_sep: ": ".into(), sort_keys: false, ensure_ascii: false }
+        Self {
+            indent: None,
+            item_sep: ", ".into(),
+            key_sep: ": ".into(),
+            sort_keys: false,
+            ensure_ascii: false,
+        }
     }
 }
 
@@ -29,7 +35,11 @@ fn invalid(msg: impl Into<std::borrow::Cow<'static, str>>) -> Error {
 
 /// The `tojson` filter: `x|tojson`, `x|tojson(indent=4)`, `x|tojson(2)`,
 /// `x|tojson(separators=(",", ":"), sort_keys=true, ensure_ascii=true)`.
-pub(crate) fn tojson_filter(value: &Value, indent: Option<Value>, kwargs: Kwargs) -> Result<Value, Error> {
+pub(crate) fn tojson_filter(
+    value: &Value,
+    indent: Option<Value>,
+    kwargs: Kwargs,
+) -> Result<Value, Error> {
     let mut style = JsonStyle::default();
     let indent = match indent {
         Some(v) => Some(v),
@@ -39,13 +49,18 @@ pub(crate) fn tojson_filter(value: &Value, indent: Option<Value>, kwargs: Kwargs
         style.indent = Some(match indent.as_str() {
             Some(s) => s.to_string(),
             None => {
-                let n = indent.as_i64().ok_or_else(|| invalid("tojson: indent must be an integer or a string"))?;
+                let n = indent
+                    .as_i64()
+                    .ok_or_else(|| invalid("tojson: indent must be an integer or a string"))?;
                 " ".repeat(usize::try_from(n).unwrap_or(0))
             }
         });
         style.item_sep = ",".into();
     }
-    if let Some(seps) = kwargs.get::<Option<Value>>("separators")?.filter(|v| !v.is_none()) {
+    if let Some(seps) = kwargs
+        .get::<Option<Value>>("separators")?
+        .filter(|v| !v.is_none())
+    {
         let parts: Vec<Value> = seps.try_iter()?.collect();
         match parts.as_slice() {
             [a, b] => {
@@ -83,12 +98,19 @@ fn newline(out: &mut String, style: &JsonStyle, level: usize) {
     }
 }
 
-fn write_value(out: &mut String, value: &Value, style: &JsonStyle, level: usize) -> Result<(), Error> {
+fn write_value(
+    out: &mut String,
+    value: &Value,
+    style: &JsonStyle,
+    level: usize,
+) -> Result<(), Error> {
     match value.kind() {
         ValueKind::None => out.push_str("null"),
         ValueKind::Bool => out.push_str(if value.is_true() { "true" } else { "false" }),
         ValueKind::Number => write_number(out, value),
-        ValueKind::String => write_string(out, value.as_str().unwrap_or_default(), style.ensure_ascii),
+        ValueKind::String => {
+            write_string(out, value.as_str().unwrap_or_default(), style.ensure_ascii)
+        }
         ValueKind::Seq | ValueKind::Iterable => {
             let items: Vec<Value> = value.try_iter()?.collect();
             if items.is_empty() {
@@ -132,8 +154,16 @@ fn write_value(out: &mut String, value: &Value, style: &JsonStyle, level: usize)
             newline(out, style, level);
             out.push('}');
         }
-        ValueKind::Undefined => return Err(invalid("tojson: an undefined value is not JSON serializable")),
-        other => return Err(invalid(format!("tojson: a value of kind {other} is not JSON serializable"))),
+        ValueKind::Undefined => {
+            return Err(invalid(
+                "tojson: an undefined value is not JSON serializable",
+            ))
+        }
+        other => {
+            return Err(invalid(format!(
+                "tojson: a value of kind {other} is not JSON serializable"
+            )))
+        }
     }
     Ok(())
 }
@@ -147,7 +177,9 @@ fn key_text(key: &Value) -> Result<String, Error> {
             write_value(&mut s, key, &JsonStyle::default(), 0)?;
             Ok(s)
         }
-        other => Err(invalid(format!("tojson: keys must be strings, not {other}"))),
+        other => Err(invalid(format!(
+            "tojson: keys must be strings, not {other}"
+        ))),
     }
 }
 
@@ -199,15 +231,20 @@ mod tests {
     #[test]
     fn matches_python_json_dumps() {
         // A Jinja dict literal keeps its order, as a Python dict does.
-        let x =
-            r#"{% set x = {"name": "get_weather", "args": [1, 2.5, true, none, "é\"\n"], "empty": {}, "none": []} %}"#;
+        let x = r#"{% set x = {"name": "get_weather", "args": [1, 2.5, true, none, "é\"\n"], "empty": {}, "none": []} %}"#;
         // json.dumps(x, ensure_ascii=False)
         assert_eq!(
             render(&format!("{x}{{{{ x|tojson }}}}"), Value::UNDEFINED),
             r#"{"name": "get_weather", "args": [1, 2.5, true, null, "é\"\n"], "empty": {}, "none": []}"#
         );
         // json.dumps(x["args"][:2], ensure_ascii=False, indent=2)
-        assert_eq!(render(&format!("{x}{{{{ x.args[:2]|tojson(indent=2) }}}}"), Value::UNDEFINED), "[\n  1,\n  2.5\n]");
+        assert_eq!(
+            render(
+                &format!("{x}{{{{ x.args[:2]|tojson(indent=2) }}}}"),
+                Value::UNDEFINED
+            ),
+            "[\n  1,\n  2.5\n]"
+        );
         // json.dumps(x, ensure_ascii=True, separators=(",", ":"), sort_keys=True)
         assert_eq!(
             render(
@@ -218,7 +255,10 @@ mod tests {
         );
         // json.dumps({"a": {"b": [1]}}, indent=2)
         assert_eq!(
-            render(r#"{{ {"a": {"b": [1]}, "c": {}}|tojson(indent=2) }}"#, Value::UNDEFINED),
+            render(
+                r#"{{ {"a": {"b": [1]}, "c": {}}|tojson(indent=2) }}"#,
+                Value::UNDEFINED
+            ),
             "{\n  \"a\": {\n    \"b\": [\n      1\n    ]\n  },\n  \"c\": {}\n}"
         );
     }
@@ -226,7 +266,14 @@ mod tests {
     #[test]
     fn ensure_ascii_writes_surrogate_pairs() {
         assert_eq!(
-            to_json(&Value::from("😀"), &JsonStyle { ensure_ascii: true, ..Default::default() }).unwrap(),
+            to_json(
+                &Value::from("😀"),
+                &JsonStyle {
+                    ensure_ascii: true,
+                    ..Default::default()
+                }
+            )
+            .unwrap(),
             r#""\ud83d\ude00""#
         );
     }

@@ -27,23 +27,35 @@ struct Case {
 
 #[test]
 fn real_templates_render_as_transformers_renders_them() {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/hf_templates.json");
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/hf_templates.json");
     let data: Data = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
     assert_eq!(data.cases.len(), 96);
     let mut failures = Vec::new();
     for case in &data.cases {
-        let label =
-            format!("{} / {} / add_generation_prompt={}", case.name, case.conversation, case.add_generation_prompt);
+        let label = format!(
+            "{} / {} / add_generation_prompt={}",
+            case.name, case.conversation, case.add_generation_prompt
+        );
         let template = ChatTemplate::new(&case.template, &case.bos_token, &case.eos_token)
             .unwrap_or_else(|e| panic!("{label}: {e}"));
-        let got = template.render(&data.conversations[&case.conversation], case.add_generation_prompt);
+        let got = template.render(
+            &data.conversations[&case.conversation],
+            case.add_generation_prompt,
+        );
         match (&case.expected, &case.raised, got) {
             (Some(want), _, Ok(got)) if *want == got => {}
             (_, Some(want), Err(ChatError::Raised(got))) if *want == got => {}
-            (want, raised, got) => {
-                failures.push(format!("{label}\n  want {want:?} / raised {raised:?}\n  got  {got:?}"))
-            }
+            (want, raised, got) => failures.push(format!(
+                "{label}\n  want {want:?} / raised {raised:?}\n  got  {got:?}"
+            )),
         }
     }
-    assert!(failures.is_empty(), "{} of {} cases differ:\n{}", failures.len(), data.cases.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases differ:\n{}",
+        failures.len(),
+        data.cases.len(),
+        failures.join("\n")
+    );
 }

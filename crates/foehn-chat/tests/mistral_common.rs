@@ -5,7 +5,9 @@
 
 use std::path::PathBuf;
 
-use foehn_chat::{encode_mistral_chat, is_mistral_tokenizer, mistral_version, ChatError, Message, MistralVersion};
+use foehn_chat::{
+    encode_mistral_chat, is_mistral_tokenizer, mistral_version, ChatError, Message, MistralVersion,
+};
 use foehn_hub::known;
 use foehn_tokenizer::Tokenizer;
 use serde::Deserialize;
@@ -22,8 +24,10 @@ struct Conversation {
 }
 
 fn reference() -> Reference {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/mistral_common_chat.json");
-    serde_json::from_slice(&std::fs::read(&path).expect("read mistral_common_chat.json")).expect("parse it")
+    let path =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/mistral_common_chat.json");
+    serde_json::from_slice(&std::fs::read(&path).expect("read mistral_common_chat.json"))
+        .expect("parse it")
 }
 
 fn pypi_tokenizer(spec: &foehn_hub::PypiFile<'static>) -> Tokenizer {
@@ -37,7 +41,8 @@ fn check(name: &str, tok: &Tokenizer, version: MistralVersion) {
     assert_eq!(reference.conversations.len(), 11);
     for (i, conv) in reference.conversations.iter().enumerate() {
         let want = &conv.ids[name];
-        let got = encode_mistral_chat(tok, &conv.messages, version).unwrap_or_else(|e| panic!("{name} #{i}: {e}"));
+        let got = encode_mistral_chat(tok, &conv.messages, version)
+            .unwrap_or_else(|e| panic!("{name} #{i}: {e}"));
         assert_eq!(&got, want, "{name}, conversation {i}: {:?}", conv.messages);
     }
 }
@@ -48,7 +53,10 @@ fn v1_sentencepiece() {
     // v1 has no [INST] control token: only its template name can say it is Mistral.
     assert!(!is_mistral_tokenizer(&tok));
     assert_eq!(mistral_version(&tok, None), None);
-    assert_eq!(mistral_version(&tok, Some("mistral-v1")), Some(MistralVersion::V1));
+    assert_eq!(
+        mistral_version(&tok, Some("mistral-v1")),
+        Some(MistralVersion::V1)
+    );
     check("v1_spm", &tok, MistralVersion::V1);
     // v2+ formats need the control tokens.
     assert!(matches!(
@@ -67,9 +75,13 @@ fn v3_sentencepiece() {
 #[test]
 fn v3_sentencepiece_through_gguf_metadata() {
     // The same vocabulary as llama.cpp's converter writes it (no add_space_prefix key).
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/vocab/mistral-v3-spm.gguf");
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures/vocab/mistral-v3-spm.gguf");
     let tok = Tokenizer::from_file(path).unwrap();
-    assert_eq!(mistral_version(&tok, tok.chat_template()), Some(MistralVersion::V3));
+    assert_eq!(
+        mistral_version(&tok, tok.chat_template()),
+        Some(MistralVersion::V3)
+    );
     check("v3_spm", &tok, MistralVersion::V3);
 }
 
@@ -79,7 +91,10 @@ fn v7_sentencepiece() {
     assert_eq!(mistral_version(&tok, None), Some(MistralVersion::V7));
     check("v7_spm", &tok, MistralVersion::V7);
     // A v3 template name on a v7 vocabulary keeps v3.
-    assert_eq!(mistral_version(&tok, Some("mistral-v3")), Some(MistralVersion::V3));
+    assert_eq!(
+        mistral_version(&tok, Some("mistral-v3")),
+        Some(MistralVersion::V3)
+    );
 }
 
 #[test]
@@ -87,6 +102,9 @@ fn tekken_v3() {
     let tok = pypi_tokenizer(&known::TEKKEN_240911);
     // Tekken files carry [SYSTEM_PROMPT] whatever their version: without a template, v3.
     assert_eq!(mistral_version(&tok, None), Some(MistralVersion::V3));
-    assert_eq!(mistral_version(&tok, Some("mistral-v7-tekken")), Some(MistralVersion::V7));
+    assert_eq!(
+        mistral_version(&tok, Some("mistral-v7-tekken")),
+        Some(MistralVersion::V7)
+    );
     check("tekken_240911", &tok, MistralVersion::V3);
 }

@@ -8,9 +8,12 @@ const BOS: &str = "<s>";
 const EOS: &str = "</s>";
 
 fn render(name: &str, messages: &[Message], add_generation_prompt: bool) -> String {
-    let template = ChatTemplate::from_name(name, BOS, EOS).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let template =
+        ChatTemplate::from_name(name, BOS, EOS).unwrap_or_else(|e| panic!("{name}: {e}"));
     assert_eq!(template.name(), Some(name));
-    template.render(messages, add_generation_prompt).unwrap_or_else(|e| panic!("{name}: {e}"))
+    template
+        .render(messages, add_generation_prompt)
+        .unwrap_or_else(|e| panic!("{name}: {e}"))
 }
 
 /// system / user / assistant, rendered with the generation prompt.
@@ -148,7 +151,10 @@ const THREE_MESSAGES: &[(&str, &str)] = &[
 #[test]
 fn every_named_template_renders_three_messages() {
     let names: Vec<&str> = THREE_MESSAGES.iter().map(|(n, _)| *n).collect();
-    assert_eq!(names, NAMED_TEMPLATES, "one expected rendering per name, in order");
+    assert_eq!(
+        names, NAMED_TEMPLATES,
+        "one expected rendering per name, in order"
+    );
     for (name, want) in THREE_MESSAGES {
         assert_eq!(render(name, &three_messages(), true), *want, "{name}");
     }
@@ -157,14 +163,23 @@ fn every_named_template_renders_three_messages() {
 #[test]
 fn the_generation_prompt_is_optional() {
     let messages = [Message::system("S"), Message::user("U")];
-    assert_eq!(render("chatml", &messages, false), "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nU<|im_end|>\n");
+    assert_eq!(
+        render("chatml", &messages, false),
+        "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nU<|im_end|>\n"
+    );
     assert_eq!(
         render("llama3", &messages, false),
         "<s><|start_header_id|>system<|end_header_id|>\n\nS<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nU<|eot_id|>"
     );
     // Mistral formats end a user turn with [/INST] either way.
-    assert_eq!(render("mistral-v3", &messages, false), "<s>[INST] S\n\nU[/INST]");
-    assert_eq!(render("mistral-v3", &messages, true), "<s>[INST] S\n\nU[/INST]");
+    assert_eq!(
+        render("mistral-v3", &messages, false),
+        "<s>[INST] S\n\nU[/INST]"
+    );
+    assert_eq!(
+        render("mistral-v3", &messages, true),
+        "<s>[INST] S\n\nU[/INST]"
+    );
 }
 
 /// llama.cpp's own test conversation (`tests/test-chat-template.cpp`), whose
@@ -323,7 +338,11 @@ const LLAMA_CPP_OUTPUTS: &[(&str, &str)] = &[
 #[test]
 fn named_templates_match_llama_cpp_on_its_test_conversation() {
     for (name, want) in LLAMA_CPP_OUTPUTS {
-        assert_eq!(render(name, &llama_cpp_conversation(), true), *want, "{name}");
+        assert_eq!(
+            render(name, &llama_cpp_conversation(), true),
+            *want,
+            "{name}"
+        );
     }
 }
 
@@ -331,7 +350,9 @@ fn named_templates_match_llama_cpp_on_its_test_conversation() {
 fn names_and_sources_are_told_apart() {
     let named = ChatTemplate::from_name_or_source(" chatml\n", BOS, EOS).unwrap();
     assert_eq!(named.name(), Some("chatml"));
-    let jinja = ChatTemplate::from_name_or_source("{{ bos_token }}{{ messages[0]['content'] }}", BOS, EOS).unwrap();
+    let jinja =
+        ChatTemplate::from_name_or_source("{{ bos_token }}{{ messages[0]['content'] }}", BOS, EOS)
+            .unwrap();
     assert_eq!(jinja.name(), None);
     assert_eq!(jinja.render(&[Message::user("x")], false).unwrap(), "<s>x");
     // A bare word that is no known name is an error, not a template printing that word.
@@ -341,7 +362,10 @@ fn names_and_sources_are_told_apart() {
             other => panic!("{bad}: {other:?}"),
         }
     }
-    assert!(matches!(ChatTemplate::from_name("{{ x }}", BOS, EOS), Err(ChatError::UnknownName(_))));
+    assert!(matches!(
+        ChatTemplate::from_name("{{ x }}", BOS, EOS),
+        Err(ChatError::UnknownName(_))
+    ));
 }
 
 #[test]

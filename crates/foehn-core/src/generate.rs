@@ -51,7 +51,10 @@ pub struct Message {
 impl Message {
     /// A message with the given role and text.
     pub fn new(role: Role, content: impl Into<String>) -> Self {
-        Self { role, content: content.into() }
+        Self {
+            role,
+            content: content.into(),
+        }
     }
 
     /// A system message.
@@ -324,10 +327,17 @@ pub trait Generator: Send + Sync {
 
     /// Starts a generation. Events arrive as the iterator is driven; `cancel`
     /// stops it between tokens.
-    fn generate(&self, request: GenerateRequest, cancel: CancelToken) -> Result<EventStream, GenerateError>;
+    fn generate(
+        &self,
+        request: GenerateRequest,
+        cancel: CancelToken,
+    ) -> Result<EventStream, GenerateError>;
 
     /// Runs a generation to the end and returns its text and final event.
-    fn generate_text(&self, request: GenerateRequest) -> Result<(String, Completion), GenerateError> {
+    fn generate_text(
+        &self,
+        request: GenerateRequest,
+    ) -> Result<(String, Completion), GenerateError> {
         let mut text = String::new();
         for event in self.generate(request, CancelToken::new())? {
             match event? {
@@ -335,7 +345,9 @@ pub trait Generator: Send + Sync {
                 Event::Done(c) => return Ok((text, c)),
             }
         }
-        Err(GenerateError::Backend("the event stream ended without a final event".into()))
+        Err(GenerateError::Backend(
+            "the event stream ended without a final event".into(),
+        ))
     }
 }
 
@@ -353,7 +365,11 @@ mod tests {
         fn capabilities(&self) -> Capabilities {
             Capabilities::default()
         }
-        fn generate(&self, request: GenerateRequest, cancel: CancelToken) -> Result<EventStream, GenerateError> {
+        fn generate(
+            &self,
+            request: GenerateRequest,
+            cancel: CancelToken,
+        ) -> Result<EventStream, GenerateError> {
             let Prompt::Text(text) = request.prompt else {
                 return Err(GenerateError::InvalidRequest("text prompts only".into()));
             };
@@ -374,10 +390,17 @@ mod tests {
                     }))),
                     rest => {
                         done = true;
-                        let finish_reason = if rest.is_some() { FinishReason::Cancelled } else { FinishReason::Stop };
+                        let finish_reason = if rest.is_some() {
+                            FinishReason::Cancelled
+                        } else {
+                            FinishReason::Stop
+                        };
                         Some(Ok(Event::Done(Completion {
                             finish_reason,
-                            usage: Usage { prompt_tokens: n, completion_tokens: n },
+                            usage: Usage {
+                                prompt_tokens: n,
+                                completion_tokens: n,
+                            },
                             timings: Timings::default(),
                             served_by: Some("echo".into()),
                             tried: vec![],
@@ -400,7 +423,9 @@ mod tests {
     #[test]
     fn cancel_ends_the_stream_with_cancelled() {
         let cancel = CancelToken::new();
-        let mut stream = Echo.generate(GenerateRequest::text("a b c"), cancel.clone()).unwrap();
+        let mut stream = Echo
+            .generate(GenerateRequest::text("a b c"), cancel.clone())
+            .unwrap();
         assert!(matches!(stream.next(), Some(Ok(Event::Token(_)))));
         cancel.cancel();
         match stream.next() {

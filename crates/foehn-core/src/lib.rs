@@ -7,6 +7,6 @@ mod generate;
 
 pub use config::{ModelConfig, RopeScaling};
 pub use generate::{
-    CancelToken, Capabilities, Completion, Event, EventStream, FinishReason, GenerateError, GenerateRequest,
-    Generator, Message, Prompt, Role, Timings, TokenEvent, Usage,
+    CancelToken, Capabilities, Completion, Event, EventStream, FinishReason, GenerateError,
+    GenerateRequest, Generator, Message, Prompt, Role, Timings, TokenEvent, Usage,
 };

@@ -5,13 +5,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use foehn_chat::{encode_mistral_chat, mistral_version, ChatTemplate, MistralVersion};
+use foehn_core::ModelConfig;
 use foehn_core::{
-    CancelToken, Capabilities, EventStream, GenerateError, GenerateRequest, Generator, Message, Prompt,
+    CancelToken, Capabilities, EventStream, GenerateError, GenerateRequest, Generator, Message,
+    Prompt,
 };
 use foehn_hub::FetchOptions;
 use foehn_loader::safetensors::SafetensorsModel;
 use foehn_loader::{config_from_hf, GgufFile};
-use foehn_core::ModelConfig;
 use foehn_model::candle::{CandleDevice, CandleTransformer};
 use foehn_model::{KvCacheOptions, KvCacheType, Transformer, WeightOptions};
 use foehn_tokenizer::{EncodeOptions, Tokenizer};
@@ -99,7 +100,10 @@ pub(crate) struct Inner {
 
 impl std::fmt::Debug for LocalModel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LocalModel").field("name", &self.inner.name).field("config", self.config()).finish()
+        f.debug_struct("LocalModel")
+            .field("name", &self.inner.name)
+            .field("config", self.config())
+            .finish()
     }
 }
 
@@ -137,7 +141,9 @@ impl LocalModel {
             let tokenizer = Tokenizer::from_file(path.join("tokenizer.json"))?;
             let net = match &device {
                 None => {
-                    let weights = WeightOptions { isq: opts.isq.map(Isq::ggml_type) };
+                    let weights = WeightOptions {
+                        isq: opts.isq.map(Isq::ggml_type),
+                    };
                     Net::Cpu(Transformer::from_safetensors_with(st, cfg, &weights)?)
                 }
                 Some(d) => Net::Candle(CandleTransformer::from_safetensors(&st, cfg, d)?),
@@ -162,15 +168,35 @@ impl LocalModel {
         }
         let template = ChatTemplate::for_tokenizer(&tokenizer).ok();
         let mistral = mistral_version(&tokenizer, tokenizer.chat_template());
-        let threads = opts.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        let threads = opts
+            .threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads.max(1))
             .build()
             .map_err(|e| EngineError::Other(format!("thread pool: {e}")))?;
-        let cache_opts = KvCacheOptions { ctx_len: opts.ctx_len, dtype: opts.kv_type, ..KvCacheOptions::default() };
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let inner = Inner { net, tokenizer, template, mistral, cache_opts, pool, name, load_time: start.elapsed() };
-        Ok(Self { inner: Arc::new(inner) })
+        let cache_opts = KvCacheOptions {
+            ctx_len: opts.ctx_len,
+            dtype: opts.kv_type,
+            ..KvCacheOptions::default()
+        };
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let inner = Inner {
+            net,
+            tokenizer,
+            template,
+            mistral,
+            cache_opts,
+            pool,
+            name,
+            load_time: start.elapsed(),
+        };
+        Ok(Self {
+            inner: Arc::new(inner),
+        })
     }
 
     /// The model's tokenizer.
@@ -200,7 +226,10 @@ impl LocalModel {
     /// The context length each session gets.
     pub fn context_length(&self) -> usize {
         let max = self.config().max_position_embeddings;
-        self.inner.cache_opts.ctx_len.unwrap_or(foehn_model::DEFAULT_CTX_LEN.min(max))
+        self.inner
+            .cache_opts
+            .ctx_len
+            .unwrap_or(foehn_model::DEFAULT_CTX_LEN.min(max))
     }
 
     /// A new session (its own KV cache) over this model.
@@ -213,12 +242,18 @@ impl LocalModel {
     pub fn prompt_ids(&self, prompt: &Prompt) -> Result<Vec<u32>> {
         let ids = match prompt {
             Prompt::Tokens(ids) => ids.clone(),
-            Prompt::Text(text) => self.inner.tokenizer.encode(text, EncodeOptions::default())?,
+            Prompt::Text(text) => self
+                .inner
+                .tokenizer
+                .encode(text, EncodeOptions::default())?,
             Prompt::Chat(messages) => self.chat_ids(messages)?,
         };
         let vocab = self.config().vocab_size;
         if let Some(&bad) = ids.iter().find(|&&id| id as usize >= vocab) {
-            return Err(GenerateError::InvalidRequest(format!("token id {bad} is outside the vocabulary ({vocab})")).into());
+            return Err(GenerateError::InvalidRequest(format!(
+                "token id {bad} is outside the vocabulary ({vocab})"
+            ))
+            .into());
         }
         if ids.is_empty() {
             return Err(GenerateError::InvalidRequest("the prompt is empty".into()).into());
@@ -231,15 +266,20 @@ impl LocalModel {
         if let Some(version) = inner.mistral {
             return Ok(encode_mistral_chat(&inner.tokenizer, messages, version)?);
         }
-        let template = inner
-            .template
-            .as_ref()
-            .ok_or_else(|| GenerateError::InvalidRequest("this model has no usable chat template".into()))?;
+        let template = inner.template.as_ref().ok_or_else(|| {
+            GenerateError::InvalidRequest("this model has no usable chat template".into())
+        })?;
         let text = template.render(messages, true)?;
         // Templates usually write the BOS text themselves; add it only if not.
         let bos = template.bos_token();
         let add_bos = inner.tokenizer.add_bos() && (bos.is_empty() || !text.starts_with(bos));
-        Ok(inner.tokenizer.encode(&text, EncodeOptions { add_bos: Some(add_bos), parse_special: true })?)
+        Ok(inner.tokenizer.encode(
+            &text,
+            EncodeOptions {
+                add_bos: Some(add_bos),
+                parse_special: true,
+            },
+        )?)
     }
 }
 
@@ -257,7 +297,11 @@ impl Generator for LocalModel {
         }
     }
 
-    fn generate(&self, request: GenerateRequest, cancel: CancelToken) -> Result<EventStream, GenerateError> {
+    fn generate(
+        &self,
+        request: GenerateRequest,
+        cancel: CancelToken,
+    ) -> Result<EventStream, GenerateError> {
         let session = self.session()?;
         Ok(Box::new(session.into_generation(request, cancel)?))
     }

@@ -3,7 +3,8 @@
 use std::time::Instant;
 
 use foehn_core::{
-    CancelToken, Completion, Event, FinishReason, GenerateError, GenerateRequest, Timings, TokenEvent, Usage,
+    CancelToken, Completion, Event, FinishReason, GenerateError, GenerateRequest, Timings,
+    TokenEvent, Usage,
 };
 use foehn_model::candle::CandleCache;
 use foehn_model::{KvCache, LogitsMode, Scratch};
@@ -32,9 +33,15 @@ impl Session {
                 let scratch = Box::new(t.new_scratch(&cache));
                 State::Cpu { cache, scratch }
             }
-            Net::Candle(t) => State::Candle { cache: t.new_cache(opts)? },
+            Net::Candle(t) => State::Candle {
+                cache: t.new_cache(opts)?,
+            },
         };
-        Ok(Self { model, state, cached: Vec::new() })
+        Ok(Self {
+            model,
+            state,
+            cached: Vec::new(),
+        })
     }
 
     /// The model this session runs.
@@ -63,7 +70,8 @@ impl Session {
     /// The result has `vocab_size` entries.
     pub fn feed(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
         let mut logits = Vec::new();
-        self.state.run(&self.model.inner, tokens, true, &mut logits)?;
+        self.state
+            .run(&self.model.inner, tokens, true, &mut logits)?;
         self.cached.extend_from_slice(tokens);
         Ok(logits)
     }
@@ -78,7 +86,11 @@ impl Session {
     }
 
     /// Starts a generation; it owns the session until [`Generation::into_session`].
-    pub fn into_generation(self, request: GenerateRequest, cancel: CancelToken) -> Result<Generation> {
+    pub fn into_generation(
+        self,
+        request: GenerateRequest,
+        cancel: CancelToken,
+    ) -> Result<Generation> {
         Generation::new(self, request, cancel)
     }
 
@@ -86,7 +98,13 @@ impl Session {
     /// tokens, so the last prompt token is always run to get its logits) and
     /// returns how many tokens are kept.
     fn reuse_prefix(&mut self, ids: &[u32]) -> usize {
-        let common = self.cached.iter().zip(ids).take_while(|(a, b)| a == b).count().min(ids.len() - 1);
+        let common = self
+            .cached
+            .iter()
+            .zip(ids)
+            .take_while(|(a, b)| a == b)
+            .count()
+            .min(ids.len() - 1);
         if common < self.cached.len() && self.state.truncate(common).is_err() {
             // A sliding-window ring that already overwrote needed keys: start over.
             self.reset();
@@ -99,8 +117,13 @@ impl Session {
 
 /// A session's KV cache (and work buffers) on the model's backend.
 enum State {
-    Cpu { cache: KvCache, scratch: Box<Scratch> },
-    Candle { cache: CandleCache },
+    Cpu {
+        cache: KvCache,
+        scratch: Box<Scratch>,
+    },
+    Candle {
+        cache: CandleCache,
+    },
 }
 
 impl State {
@@ -128,7 +151,13 @@ impl State {
 
     /// Runs `tokens` at the cache's position (chunked when `prefill`) and
     /// writes the last position's logits into `out`.
-    fn run(&mut self, model: &Inner, tokens: &[u32], prefill: bool, out: &mut Vec<f32>) -> Result<()> {
+    fn run(
+        &mut self,
+        model: &Inner,
+        tokens: &[u32],
+        prefill: bool,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
         match (self, &model.net) {
             (State::Cpu { cache, scratch }, Net::Cpu(t)) => {
                 let logits = model.pool.install(|| {
@@ -204,8 +233,12 @@ impl Generation {
             top_p: request.top_p.unwrap_or(defaults.top_p),
             min_p: request.min_p.unwrap_or(defaults.min_p),
             repeat_penalty: request.repeat_penalty.unwrap_or(defaults.repeat_penalty),
-            frequency_penalty: request.frequency_penalty.unwrap_or(defaults.frequency_penalty),
-            presence_penalty: request.presence_penalty.unwrap_or(defaults.presence_penalty),
+            frequency_penalty: request
+                .frequency_penalty
+                .unwrap_or(defaults.frequency_penalty),
+            presence_penalty: request
+                .presence_penalty
+                .unwrap_or(defaults.presence_penalty),
             seed: request.seed,
             ..defaults
         };
@@ -274,7 +307,8 @@ impl Generation {
     /// last position's logits.
     fn run(&mut self, tokens: &[u32], prefill: bool) -> Result<()> {
         let s = &mut self.session;
-        s.state.run(&s.model.inner, tokens, prefill, &mut self.logits)?;
+        s.state
+            .run(&s.model.inner, tokens, prefill, &mut self.logits)?;
         s.cached.extend_from_slice(tokens);
         Ok(())
     }
@@ -284,7 +318,10 @@ impl Generation {
         let now = Instant::now();
         Event::Done(Completion {
             finish_reason: reason,
-            usage: Usage { prompt_tokens: self.prompt.len() as u32, completion_tokens: self.generated },
+            usage: Usage {
+                prompt_tokens: self.prompt.len() as u32,
+                completion_tokens: self.generated,
+            },
             timings: Timings {
                 time_to_first_token: self.first_token.map(|t| t - self.started),
                 prefill: self.prefill_time,
@@ -299,7 +336,11 @@ impl Generation {
     /// Text still held back (an incomplete character, a possible stop string).
     fn flush(&mut self) -> Result<String> {
         let tail = self.decoder.finish(&self.session.model.inner.tokenizer)?;
-        let mut text = if self.stop.stopped().is_some() { String::new() } else { self.stop.push(&tail).text };
+        let mut text = if self.stop.stopped().is_some() {
+            String::new()
+        } else {
+            self.stop.push(&tail).text
+        };
         if self.stop.stopped().is_none() {
             text.push_str(&self.stop.finish());
         }
@@ -313,7 +354,12 @@ impl Generation {
         if let Some(reason) = self.finished {
             let text = self.flush()?;
             if !text.is_empty() {
-                return Ok(Some(Event::Token(TokenEvent { text, id: None, logprob: None, top_logprobs: Vec::new() })));
+                return Ok(Some(Event::Token(TokenEvent {
+                    text,
+                    id: None,
+                    logprob: None,
+                    top_logprobs: Vec::new(),
+                })));
             }
             return Ok(Some(self.done_event(reason)));
         }
@@ -367,7 +413,12 @@ impl Generation {
         } else {
             self.pending = Some(token);
         }
-        Ok(Some(Event::Token(TokenEvent { text: check.text, id: Some(token), logprob, top_logprobs })))
+        Ok(Some(Event::Token(TokenEvent {
+            text: check.text,
+            id: Some(token),
+            logprob,
+            top_logprobs,
+        })))
     }
 
     /// End-of-generation tokens: EOS, and any control token other than BOS
@@ -385,7 +436,11 @@ pub fn top_k(logits: &[f32], k: usize) -> Vec<(u32, f32)> {
         return Vec::new();
     }
     let mut idx: Vec<u32> = (0..logits.len() as u32).collect();
-    let by_value = |a: &u32, b: &u32| logits[*b as usize].total_cmp(&logits[*a as usize]).then(a.cmp(b));
+    let by_value = |a: &u32, b: &u32| {
+        logits[*b as usize]
+            .total_cmp(&logits[*a as usize])
+            .then(a.cmp(b))
+    };
     idx.select_nth_unstable_by(k - 1, by_value);
     idx.truncate(k);
     idx.sort_by(by_value);

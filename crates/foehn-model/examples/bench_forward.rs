@@ -43,7 +43,9 @@ fn main() -> BoxResult<()> {
         // its quantized matmul runs on the rayon pool installed below.
         std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
     }
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build()?;
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()?;
     pool.install(|| run(&path, candle, threads, prompt_len, decode_len))
 }
 
@@ -71,9 +73,18 @@ fn run(
     match candle {
         None => {
             let model = Transformer::from_gguf(file)?;
-            let output = if model.is_tied() { "tied".to_string() } else { model.lm_head().ty().to_string() };
-            let prompt =
-                announce(format!("foehn CPU (embedding {}, output {output})", model.embedding().ty()), model.config());
+            let output = if model.is_tied() {
+                "tied".to_string()
+            } else {
+                model.lm_head().ty().to_string()
+            };
+            let prompt = announce(
+                format!(
+                    "foehn CPU (embedding {}, output {output})",
+                    model.embedding().ty()
+                ),
+                model.config(),
+            );
             let mut cache = model.new_cache(opts)?;
             let mut scratch = model.new_scratch(&cache);
             // Warm-up (page in the weights), then measure.
@@ -110,12 +121,18 @@ fn run(
 /// A deterministic pseudo-prompt of ordinary token ids.
 fn pseudo_prompt(vocab_size: usize, len: usize) -> Vec<u32> {
     let vocab = vocab_size.max(1) as u64;
-    (0..len as u64).map(|i| ((i * 7919 + 1000) % vocab) as u32).collect()
+    (0..len as u64)
+        .map(|i| ((i * 7919 + 1000) % vocab) as u32)
+        .collect()
 }
 
 /// Times one prefill of `prompt`, then `decode_len` single-token steps;
 /// `step(tokens, prefill)` runs the model and returns the greedy next token.
-fn measure(prompt: &[u32], decode_len: usize, mut step: impl FnMut(&[u32], bool) -> BoxResult<u32>) -> BoxResult<()> {
+fn measure(
+    prompt: &[u32],
+    decode_len: usize,
+    mut step: impl FnMut(&[u32], bool) -> BoxResult<u32>,
+) -> BoxResult<()> {
     let t = Instant::now();
     let mut next = step(prompt, true)?;
     let prefill = t.elapsed().as_secs_f64();
@@ -124,7 +141,11 @@ fn measure(prompt: &[u32], decode_len: usize, mut step: impl FnMut(&[u32], bool)
         next = step(&[next], false)?;
     }
     let decode = t.elapsed().as_secs_f64();
-    println!("prefill: {} tokens in {prefill:.2} s = {:.1} tok/s", prompt.len(), prompt.len() as f64 / prefill);
+    println!(
+        "prefill: {} tokens in {prefill:.2} s = {:.1} tok/s",
+        prompt.len(),
+        prompt.len() as f64 / prefill
+    );
     println!(
         "decode:  {decode_len} tokens in {decode:.2} s = {:.1} tok/s ({:.1} ms/token)",
         decode_len as f64 / decode,

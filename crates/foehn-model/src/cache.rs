@@ -238,8 +238,13 @@ impl KvCache {
 
 /// `(ctx_len, max_chunk, slots)` of a cache for `cfg` (shared by both
 /// backends' caches): the ring holds `window + max_chunk − 1` slots.
-pub(crate) fn cache_geometry(cfg: &ModelConfig, opts: &KvCacheOptions) -> Result<(usize, usize, usize)> {
-    let ctx_len = opts.ctx_len.unwrap_or_else(|| DEFAULT_CTX_LEN.min(cfg.max_position_embeddings));
+pub(crate) fn cache_geometry(
+    cfg: &ModelConfig,
+    opts: &KvCacheOptions,
+) -> Result<(usize, usize, usize)> {
+    let ctx_len = opts
+        .ctx_len
+        .unwrap_or_else(|| DEFAULT_CTX_LEN.min(cfg.max_position_embeddings));
     if ctx_len == 0 || opts.max_chunk == 0 {
         return Err(ModelError::Config(format!(
             "KV cache with ctx_len {ctx_len} and max_chunk {}: both must be at least 1",
@@ -256,8 +261,17 @@ pub(crate) fn cache_geometry(cfg: &ModelConfig, opts: &KvCacheOptions) -> Result
 
 /// Whether a cache at `position` can be cut back to `to` tokens: not past the
 /// end, and (with a window) the ring still holds every key a query at `to` needs.
-pub(crate) fn check_truncate(to: usize, position: usize, window: Option<usize>, slots: usize) -> Result<()> {
-    let err = |reason: String| ModelError::Truncate { to, position, reason };
+pub(crate) fn check_truncate(
+    to: usize,
+    position: usize,
+    window: Option<usize>,
+    slots: usize,
+) -> Result<()> {
+    let err = |reason: String| ModelError::Truncate {
+        to,
+        position,
+        reason,
+    };
     if to > position {
         return Err(err("that is past the cached tokens".into()));
     }
@@ -276,7 +290,11 @@ pub(crate) fn check_truncate(to: usize, position: usize, window: Option<usize>, 
 /// Whether `n` more tokens fit in a context of `ctx_len` at `position`.
 pub(crate) fn check_room(position: usize, ctx_len: usize, n: usize) -> Result<()> {
     if position + n > ctx_len {
-        return Err(ModelError::ContextOverflow { position, n_tokens: n, ctx_len });
+        return Err(ModelError::ContextOverflow {
+            position,
+            n_tokens: n,
+            ctx_len,
+        });
     }
     Ok(())
 }
@@ -296,7 +314,11 @@ pub(crate) fn check_chunk_tokens(
         return Err(ModelError::EmptyInput);
     }
     if n > max_chunk {
-        return Err(ModelError::ChunkTooLarge { n_tokens: n, max: max_chunk, what: "KV cache" });
+        return Err(ModelError::ChunkTooLarge {
+            n_tokens: n,
+            max: max_chunk,
+            what: "KV cache",
+        });
     }
     check_room(position, ctx_len, n)?;
     if let Some(&id) = tokens.iter().find(|&&t| t as usize >= vocab_size) {

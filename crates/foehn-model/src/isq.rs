@@ -62,7 +62,7 @@ pub(crate) fn isq_type(ty: GgmlType, role: Role, cols: usize) -> GgmlType {
         (Role::Output, Q2_K | Q3_K | Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q4_K | Q5_K) => Q6_K,
         _ => ty,
     };
-    if cols % wanted.block_size() == 0 {
+    if cols.is_multiple_of(wanted.block_size()) {
         return wanted;
     }
     let fallback = match wanted {
@@ -72,7 +72,7 @@ pub(crate) fn isq_type(ty: GgmlType, role: Role, cols: usize) -> GgmlType {
         Q2_K | Q3_K => Q4_0,
         t => t,
     };
-    if cols % fallback.block_size() == 0 {
+    if cols.is_multiple_of(fallback.block_size()) {
         fallback
     } else {
         F16

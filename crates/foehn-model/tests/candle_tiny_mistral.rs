@@ -9,7 +9,9 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{ids, max_abs_diff, prompts, read_json, read_npy, reference, tiny, tiny_gguf_with_retyped};
+use common::{
+    ids, max_abs_diff, prompts, read_json, read_npy, reference, tiny, tiny_gguf_with_retyped,
+};
 use foehn_kernels::GgmlType;
 use foehn_loader::{config_from_hf, GgufFile, SafetensorsModel};
 use foehn_model::candle::{CandleCache, CandleError, CandleTransformer, Device};
@@ -22,7 +24,6 @@ const QUANT_VARIANTS: [&str; 10] = [
 
 /// Dense f32 weights, f32 arithmetic, f32 cache.
 const TOL: f32 = 1e-3;
-
 
 fn gguf_file(variant: &str) -> Arc<GgufFile> {
     let path = tiny().join(format!("gguf/tiny-mistral-{variant}.gguf"));
@@ -40,7 +41,6 @@ fn hf_model() -> CandleTransformer {
     let st = Arc::new(SafetensorsModel::open(&dir).unwrap());
     CandleTransformer::from_safetensors(&st, cfg, &Device::Cpu).unwrap()
 }
-
 
 /// llama.cpp's own last-logits distance from the reference of the same file.
 fn llama_cpp_distance(variant: &str) -> f32 {
@@ -317,7 +317,10 @@ fn truncated_cache_reuses_the_prefix() {
 fn type_without_candle_kernels_is_an_error_naming_the_tensor() {
     // blk.1.ffn_up.weight stored as IQ4_NL, which foehn can dequantize but
     // candle has no kernels for.
-    let file = Arc::new(tiny_gguf_with_retyped("blk.1.ffn_up.weight", GgmlType::IQ4_NL));
+    let file = Arc::new(tiny_gguf_with_retyped(
+        "blk.1.ffn_up.weight",
+        GgmlType::IQ4_NL,
+    ));
     let err = CandleTransformer::from_gguf(&file, &Device::Cpu).unwrap_err();
     assert!(
         matches!(&err, CandleError::Model(ModelError::UnsupportedTensorType { tensor, .. }) if tensor == "blk.1.ffn_up.weight"),

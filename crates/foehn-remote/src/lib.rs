@@ -20,6 +20,6 @@ pub mod sse;
 
 pub use openai::{OpenAiClient, RemoteError, RemoteModel, Timeouts, HF_ROUTER_BASE_URL};
 pub use router::{
-    classify, BreakerConfig, BreakerState, Clock, ErrorClass, FastestConfig, Policy, Price, RetryConfig, Route,
-    RouteKind, RouteStats, Router, RouterConfig, SystemClock,
+    classify, BreakerConfig, BreakerState, Clock, ErrorClass, FastestConfig, Policy, Price,
+    RetryConfig, Route, RouteKind, RouteStats, Router, RouterConfig, SystemClock,
 };

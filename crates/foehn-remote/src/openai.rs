@@ -13,8 +13,8 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant};
 
 use foehn_core::{
-    CancelToken, Capabilities, Completion, Event, EventStream, FinishReason, GenerateError, GenerateRequest, Generator,
-    Prompt, Timings, TokenEvent, Usage,
+    CancelToken, Capabilities, Completion, Event, EventStream, FinishReason, GenerateError,
+    GenerateRequest, Generator, Prompt, Timings, TokenEvent, Usage,
 };
 use serde_json::{json, Map, Value};
 
@@ -54,7 +54,11 @@ pub struct Timeouts {
 
 impl Default for Timeouts {
     fn default() -> Self {
-        Self { connect: Duration::from_secs(10), first_byte: Duration::from_secs(60), idle: Duration::from_secs(30) }
+        Self {
+            connect: Duration::from_secs(10),
+            first_byte: Duration::from_secs(60),
+            idle: Duration::from_secs(30),
+        }
     }
 }
 
@@ -123,7 +127,12 @@ impl OpenAiClient {
             bill_to: None,
             headers: Vec::new(),
             timeouts,
-            capabilities: Capabilities { context_length: None, tools: true, json_schema: true, token_prompts: false },
+            capabilities: Capabilities {
+                context_length: None,
+                tools: true,
+                json_schema: true,
+                token_prompts: false,
+            },
             include_usage: true,
             extended_sampling: false,
             agent: build_agent(&timeouts),
@@ -140,14 +149,18 @@ impl OpenAiClient {
     /// # Ok::<_, foehn_remote::RemoteError>(())
     /// ```
     pub fn hf_router() -> Result<Self, RemoteError> {
-        let token = std::env::var("HF_TOKEN").ok().filter(|t| !t.trim().is_empty());
+        let token = std::env::var("HF_TOKEN")
+            .ok()
+            .filter(|t| !t.trim().is_empty());
         let token = token.ok_or(RemoteError::MissingToken("HF_TOKEN"))?;
         Ok(Self::hf_router_with_token(token.trim()))
     }
 
     /// The Hugging Face router with an explicit token.
     pub fn hf_router_with_token(token: impl Into<String>) -> Self {
-        Self::new(HF_ROUTER_BASE_URL).with_name("hf-router").with_api_key(token)
+        Self::new(HF_ROUTER_BASE_URL)
+            .with_name("hf-router")
+            .with_api_key(token)
     }
 
     /// Sends `Authorization: Bearer <key>`.
@@ -231,23 +244,41 @@ impl OpenAiClient {
         let resp = req.call().map_err(|e| map_ureq_error(e, &url))?;
         let status = resp.status().as_u16();
         let retry_after = header(&resp, "retry-after");
-        let limit = if (200..300).contains(&status) { MAX_JSON_BODY } else { MAX_ERROR_BODY };
-        let body = read_limited(resp.into_body().into_reader(), limit).map_err(|e| map_io_error(&e, "reading the model list"))?;
+        let limit = if (200..300).contains(&status) {
+            MAX_JSON_BODY
+        } else {
+            MAX_ERROR_BODY
+        };
+        let body = read_limited(resp.into_body().into_reader(), limit)
+            .map_err(|e| map_io_error(&e, "reading the model list"))?;
         if !(200..300).contains(&status) {
             return Err(error_for_status(status, &body, retry_after.as_deref()));
         }
-        let value: Value = serde_json::from_str(&body)
-            .map_err(|e| GenerateError::Remote { status: Some(status), message: format!("invalid JSON from GET /models: {e}") })?;
-        let list = value.get("data").or_else(|| value.get("models")).and_then(Value::as_array).ok_or_else(|| {
-            GenerateError::Remote { status: Some(status), message: "GET /models: no `data` list in the answer".into() }
+        let value: Value = serde_json::from_str(&body).map_err(|e| GenerateError::Remote {
+            status: Some(status),
+            message: format!("invalid JSON from GET /models: {e}"),
         })?;
+        let list = value
+            .get("data")
+            .or_else(|| value.get("models"))
+            .and_then(Value::as_array)
+            .ok_or_else(|| GenerateError::Remote {
+                status: Some(status),
+                message: "GET /models: no `data` list in the answer".into(),
+            })?;
         Ok(list
             .iter()
             .filter_map(|m| {
-                let id = m.get("id").or_else(|| m.get("name")).and_then(Value::as_str)?;
+                let id = m
+                    .get("id")
+                    .or_else(|| m.get("name"))
+                    .and_then(Value::as_str)?;
                 Some(RemoteModel {
                     id: id.to_string(),
-                    owned_by: m.get("owned_by").and_then(Value::as_str).map(str::to_string),
+                    owned_by: m
+                        .get("owned_by")
+                        .and_then(Value::as_str)
+                        .map(str::to_string),
                 })
             })
             .collect())
@@ -255,15 +286,24 @@ impl OpenAiClient {
 
     /// The JSON body for a request, and whether it is a chat.
     fn request_body(&self, request: &GenerateRequest) -> Result<(Value, Endpoint), GenerateError> {
-        let model = request.model.as_ref().or(self.model.as_ref()).ok_or_else(|| {
-            GenerateError::InvalidRequest(format!("{}: no model id (set it on the request or with `with_model`)", self.name))
-        })?;
+        let model = request
+            .model
+            .as_ref()
+            .or(self.model.as_ref())
+            .ok_or_else(|| {
+                GenerateError::InvalidRequest(format!(
+                    "{}: no model id (set it on the request or with `with_model`)",
+                    self.name
+                ))
+            })?;
         let mut body = Map::new();
         body.insert("model".into(), json!(model));
         let endpoint = match &request.prompt {
             Prompt::Chat(messages) => {
-                let messages: Vec<Value> =
-                    messages.iter().map(|m| json!({"role": m.role.as_str(), "content": m.content})).collect();
+                let messages: Vec<Value> = messages
+                    .iter()
+                    .map(|m| json!({"role": m.role.as_str(), "content": m.content}))
+                    .collect();
                 body.insert("messages".into(), Value::Array(messages));
                 Endpoint::Chat
             }
@@ -273,9 +313,9 @@ impl OpenAiClient {
             }
             Prompt::Tokens(_) => {
                 return Err(GenerateError::InvalidRequest(format!(
-                    "{}: token-id prompts are not supported by remote providers; send text or a chat",
-                    self.name
-                )))
+                "{}: token-id prompts are not supported by remote providers; send text or a chat",
+                self.name
+            )))
             }
         };
         body.insert("stream".into(), json!(true));
@@ -290,10 +330,19 @@ impl OpenAiClient {
         put("max_tokens", request.max_tokens.map(|v| json!(v)));
         put("temperature", request.temperature.map(|v| json!(v)));
         put("top_p", request.top_p.map(|v| json!(v)));
-        put("frequency_penalty", request.frequency_penalty.map(|v| json!(v)));
-        put("presence_penalty", request.presence_penalty.map(|v| json!(v)));
+        put(
+            "frequency_penalty",
+            request.frequency_penalty.map(|v| json!(v)),
+        );
+        put(
+            "presence_penalty",
+            request.presence_penalty.map(|v| json!(v)),
+        );
         put("seed", request.seed.map(|v| json!(v)));
-        put("stop", (!request.stop.is_empty()).then(|| json!(request.stop)));
+        put(
+            "stop",
+            (!request.stop.is_empty()).then(|| json!(request.stop)),
+        );
         match (endpoint, request.logprobs) {
             (Endpoint::Chat, Some(n)) => {
                 put("logprobs", Some(json!(true)));
@@ -307,7 +356,10 @@ impl OpenAiClient {
         if self.extended_sampling {
             put("top_k", request.top_k.map(|v| json!(v)));
             put("min_p", request.min_p.map(|v| json!(v)));
-            put("repetition_penalty", request.repeat_penalty.map(|v| json!(v)));
+            put(
+                "repetition_penalty",
+                request.repeat_penalty.map(|v| json!(v)),
+            );
             put("repeat_penalty", request.repeat_penalty.map(|v| json!(v)));
         }
         Ok((Value::Object(body), endpoint))
@@ -339,7 +391,10 @@ fn later(t: Instant, d: Duration) -> Instant {
 fn build_agent(t: &Timeouts) -> ureq::Agent {
     // The consumer enforces first-byte and idle timeouts; the per-read limit
     // is a backstop so an abandoned reader thread always ends.
-    let backstop = t.first_byte.max(t.idle).saturating_add(Duration::from_secs(1));
+    let backstop = t
+        .first_byte
+        .max(t.idle)
+        .saturating_add(Duration::from_secs(1));
     ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_connect(Some(t.connect))
@@ -350,7 +405,10 @@ fn build_agent(t: &Timeouts) -> ureq::Agent {
 }
 
 fn header(resp: &ureq::http::Response<ureq::Body>, name: &str) -> Option<String> {
-    resp.headers().get(name).and_then(|v| v.to_str().ok()).map(|s| s.trim().to_string())
+    resp.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(|s| s.trim().to_string())
 }
 
 fn read_limited(reader: impl Read, limit: u64) -> std::io::Result<String> {
@@ -370,7 +428,9 @@ fn map_ureq_error(e: ureq::Error, url: &str) -> GenerateError {
 
 fn timeout_phase(t: ureq::Timeout) -> &'static str {
     match t {
-        ureq::Timeout::Connect | ureq::Timeout::Resolve => "no connection within the connect timeout",
+        ureq::Timeout::Connect | ureq::Timeout::Resolve => {
+            "no connection within the connect timeout"
+        }
         ureq::Timeout::RecvResponse => "no response within the first-byte timeout",
         ureq::Timeout::PerRead | ureq::Timeout::RecvBody => "the server stalled",
         _ => "timed out",
@@ -378,7 +438,10 @@ fn timeout_phase(t: ureq::Timeout) -> &'static str {
 }
 
 fn map_io_error(e: &std::io::Error, context: &str) -> GenerateError {
-    if let Some(ureq::Error::Timeout(t)) = e.get_ref().and_then(|inner| inner.downcast_ref::<ureq::Error>()) {
+    if let Some(ureq::Error::Timeout(t)) = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<ureq::Error>())
+    {
         return GenerateError::Timeout(format!("{context}: {}", timeout_phase(*t)));
     }
     match e.kind() {
@@ -394,7 +457,10 @@ enum Msg {
     /// 2xx response headers: the event stream follows.
     Head { provider: Option<String> },
     /// A 2xx answer that is one JSON document instead of a stream.
-    Json { provider: Option<String>, body: String },
+    Json {
+        provider: Option<String>,
+        body: String,
+    },
     /// One SSE item.
     Item(SseItem),
     /// The body ended; `truncated` = a partial line or event was pending.
@@ -404,7 +470,12 @@ enum Msg {
 }
 
 /// Runs one HTTP exchange on the reader thread.
-fn exchange(request: ureq::RequestBuilder<ureq::typestate::WithBody>, body: String, url: String, tx: Sender<Msg>) {
+fn exchange(
+    request: ureq::RequestBuilder<ureq::typestate::WithBody>,
+    body: String,
+    url: String,
+    tx: Sender<Msg>,
+) {
     let resp = match request.send(body.as_bytes()) {
         Ok(resp) => resp,
         Err(e) => {
@@ -423,7 +494,9 @@ fn exchange(request: ureq::RequestBuilder<ureq::typestate::WithBody>, body: Stri
         let _ = tx.send(Msg::Fail(err));
         return;
     }
-    let content_type = header(&resp, "content-type").unwrap_or_default().to_ascii_lowercase();
+    let content_type = header(&resp, "content-type")
+        .unwrap_or_default()
+        .to_ascii_lowercase();
     let mut reader = resp.into_body().into_reader();
     if content_type.starts_with("application/json") {
         let msg = match read_limited(reader, MAX_JSON_BODY) {
@@ -441,7 +514,9 @@ fn exchange(request: ureq::RequestBuilder<ureq::typestate::WithBody>, body: Stri
     loop {
         match reader.read(&mut buf) {
             Ok(0) => {
-                let _ = tx.send(Msg::End { truncated: parser.finish() });
+                let _ = tx.send(Msg::End {
+                    truncated: parser.finish(),
+                });
                 return;
             }
             Ok(n) => match parser.feed(&buf[..n]) {
@@ -453,13 +528,19 @@ fn exchange(request: ureq::RequestBuilder<ureq::typestate::WithBody>, body: Stri
                     }
                 }
                 Err(e) => {
-                    let _ = tx.send(Msg::Fail(GenerateError::Remote { status: Some(status), message: e.to_string() }));
+                    let _ = tx.send(Msg::Fail(GenerateError::Remote {
+                        status: Some(status),
+                        message: e.to_string(),
+                    }));
                     return;
                 }
             },
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => {
-                let _ = tx.send(Msg::Fail(map_io_error(&e, "connection lost while reading the event stream")));
+                let _ = tx.send(Msg::Fail(map_io_error(
+                    &e,
+                    "connection lost while reading the event stream",
+                )));
                 return;
             }
         }
@@ -475,7 +556,11 @@ impl Generator for OpenAiClient {
         self.capabilities
     }
 
-    fn generate(&self, request: GenerateRequest, cancel: CancelToken) -> Result<EventStream, GenerateError> {
+    fn generate(
+        &self,
+        request: GenerateRequest,
+        cancel: CancelToken,
+    ) -> Result<EventStream, GenerateError> {
         let started = Instant::now();
         let (body, endpoint) = self.request_body(&request)?;
         let url = format!("{}/{}", self.base_url, endpoint.path());
@@ -499,7 +584,9 @@ impl Generator for OpenAiClient {
         std::thread::Builder::new()
             .name("foehn-remote-sse".into())
             .spawn(move || exchange(req, body, thread_url, tx))
-            .map_err(|e| GenerateError::Backend(format!("cannot start the HTTP reader thread: {e}")))?;
+            .map_err(|e| {
+                GenerateError::Backend(format!("cannot start the HTTP reader thread: {e}"))
+            })?;
 
         let mut stream = ChunkStream {
             rx: Some(rx),
@@ -520,17 +607,27 @@ impl Generator for OpenAiClient {
         };
         // Wait for the response headers here, so HTTP errors (401, 429, 5xx…)
         // come back from `generate` itself and a router can fail over.
-        let deadline = later(started, self.timeouts.connect.saturating_add(self.timeouts.first_byte) + Duration::from_secs(1));
+        let deadline = later(
+            started,
+            self.timeouts
+                .connect
+                .saturating_add(self.timeouts.first_byte)
+                + Duration::from_secs(1),
+        );
         loop {
             if stream.cancel.is_cancelled() {
                 stream.rx = None;
-                stream.pending.push_back(stream.done_event(FinishReason::Cancelled));
+                stream
+                    .pending
+                    .push_back(stream.done_event(FinishReason::Cancelled));
                 stream.done = true;
                 return Ok(Box::new(stream));
             }
             let now = Instant::now();
             if now >= deadline {
-                return Err(GenerateError::Timeout(format!("{url}: no response within the first-byte timeout")));
+                return Err(GenerateError::Timeout(format!(
+                    "{url}: no response within the first-byte timeout"
+                )));
             }
             let Some(rx) = &stream.rx else { break };
             match rx.recv_timeout(POLL.min(deadline - now)) {
@@ -547,13 +644,17 @@ impl Generator for OpenAiClient {
                 }
                 Ok(Msg::Fail(e)) => return Err(e),
                 Ok(Msg::Item(_) | Msg::End { .. }) => {
-                    return Err(GenerateError::Backend("the HTTP reader sent events before headers".into()))
+                    return Err(GenerateError::Backend(
+                        "the HTTP reader sent events before headers".into(),
+                    ))
                 }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
             }
         }
-        Err(GenerateError::Backend("the HTTP reader thread ended without an answer".into()))
+        Err(GenerateError::Backend(
+            "the HTTP reader thread ended without an answer".into(),
+        ))
     }
 }
 
@@ -581,7 +682,10 @@ struct ChunkStream {
 impl ChunkStream {
     fn done_event(&self, reason: FinishReason) -> Event {
         let now = Instant::now();
-        let usage = self.usage.unwrap_or(Usage { prompt_tokens: 0, completion_tokens: self.pieces });
+        let usage = self.usage.unwrap_or(Usage {
+            prompt_tokens: 0,
+            completion_tokens: self.pieces,
+        });
         Event::Done(Completion {
             finish_reason: reason,
             usage,
@@ -615,24 +719,37 @@ impl ChunkStream {
 
     /// A server that ignored `stream: true` and answered with one JSON document.
     fn non_streamed(&mut self, body: &str) -> Result<(), GenerateError> {
-        let value: Value = serde_json::from_str(body)
-            .map_err(|e| GenerateError::Remote { status: Some(200), message: format!("invalid JSON answer: {e}") })?;
+        let value: Value = serde_json::from_str(body).map_err(|e| GenerateError::Remote {
+            status: Some(200),
+            message: format!("invalid JSON answer: {e}"),
+        })?;
         if let Some(err) = error_in_json(&value) {
             return Err(error_in_stream(err));
         }
-        let choice = value.get("choices").and_then(Value::as_array).and_then(|c| c.first());
+        let choice = value
+            .get("choices")
+            .and_then(Value::as_array)
+            .and_then(|c| c.first());
         let text = choice
-            .and_then(|c| c.get("message").and_then(|m| m.get("content")).or_else(|| c.get("text")))
+            .and_then(|c| {
+                c.get("message")
+                    .and_then(|m| m.get("content"))
+                    .or_else(|| c.get("text"))
+            })
             .and_then(Value::as_str)
             .unwrap_or_default();
-        if let Some(reason) = choice.and_then(|c| c.get("finish_reason")).and_then(Value::as_str) {
+        if let Some(reason) = choice
+            .and_then(|c| c.get("finish_reason"))
+            .and_then(Value::as_str)
+        {
             self.finish_reason = Some(finish_reason(reason));
         }
         self.usage = value.get("usage").and_then(usage_of);
         if !text.is_empty() {
             self.first_token = Some(Instant::now());
             self.pieces = 1;
-            self.pending.push_back(token(text.to_string(), None, Vec::new()));
+            self.pending
+                .push_back(token(text.to_string(), None, Vec::new()));
         }
         self.finish();
         Ok(())
@@ -669,13 +786,21 @@ impl ChunkStream {
             self.usage = Some(usage);
         }
         // `choices` may be missing, `null` (some providers' usage chunks) or empty.
-        let Some(choice) = value.get("choices").and_then(Value::as_array).and_then(|c| {
-            c.iter().find(|ch| ch.get("index").and_then(Value::as_u64).unwrap_or(0) == 0)
-        }) else {
+        let Some(choice) = value
+            .get("choices")
+            .and_then(Value::as_array)
+            .and_then(|c| {
+                c.iter()
+                    .find(|ch| ch.get("index").and_then(Value::as_u64).unwrap_or(0) == 0)
+            })
+        else {
             return Ok(());
         };
         let text = match self.endpoint {
-            Endpoint::Chat => choice.get("delta").and_then(|d| d.get("content")).and_then(Value::as_str),
+            Endpoint::Chat => choice
+                .get("delta")
+                .and_then(|d| d.get("content"))
+                .and_then(Value::as_str),
             Endpoint::Completions => choice.get("text").and_then(Value::as_str),
         }
         .unwrap_or_default();
@@ -694,16 +819,20 @@ impl ChunkStream {
             self.first_token = Some(Instant::now());
         }
         self.pieces += 1;
-        let entries = logprobs.map(|lp| logprob_entries(lp, self.endpoint)).unwrap_or_default();
+        let entries = logprobs
+            .map(|lp| logprob_entries(lp, self.endpoint))
+            .unwrap_or_default();
         let joined: String = entries.iter().map(|e| e.0.as_str()).collect();
         if entries.len() > 1 && joined == text {
             for (tok, lp, top) in entries {
                 self.pending.push_back(token(tok, Some(lp), top));
             }
         } else if let Some((_, lp, top)) = entries.into_iter().next() {
-            self.pending.push_back(token(text.to_string(), Some(lp), top));
+            self.pending
+                .push_back(token(text.to_string(), Some(lp), top));
         } else {
-            self.pending.push_back(token(text.to_string(), None, Vec::new()));
+            self.pending
+                .push_back(token(text.to_string(), None, Vec::new()));
         }
     }
 }
@@ -724,7 +853,11 @@ impl Iterator for ChunkStream {
                 self.finish();
                 continue;
             }
-            let limit = if self.seen_line { self.timeouts.idle } else { self.timeouts.first_byte };
+            let limit = if self.seen_line {
+                self.timeouts.idle
+            } else {
+                self.timeouts.first_byte
+            };
             let deadline = later(self.last_activity, limit);
             let now = Instant::now();
             if now >= deadline {
@@ -733,8 +866,16 @@ impl Iterator for ChunkStream {
                     self.finish();
                     continue;
                 }
-                let what = if self.seen_line { "idle timeout: no data" } else { "first-byte timeout: no event" };
-                return self.fail(GenerateError::Timeout(format!("{}: {what} for {:.1}s", self.name, limit.as_secs_f64())));
+                let what = if self.seen_line {
+                    "idle timeout: no data"
+                } else {
+                    "first-byte timeout: no event"
+                };
+                return self.fail(GenerateError::Timeout(format!(
+                    "{}: {what} for {:.1}s",
+                    self.name,
+                    limit.as_secs_f64()
+                )));
             }
             let Some(rx) = &self.rx else {
                 return self.fail(GenerateError::Backend("the event stream was closed".into()));
@@ -753,7 +894,11 @@ impl Iterator for ChunkStream {
                     if self.finish_reason.is_some() && !truncated {
                         self.finish();
                     } else {
-                        let why = if truncated { "in the middle of an event" } else { "before [DONE]" };
+                        let why = if truncated {
+                            "in the middle of an event"
+                        } else {
+                            "before [DONE]"
+                        };
                         return self.fail(GenerateError::Unavailable(format!(
                             "{}: the connection closed {why} (the stream is incomplete)",
                             self.name
@@ -771,7 +916,9 @@ impl Iterator for ChunkStream {
                 Ok(Msg::Head { .. } | Msg::Json { .. }) => {}
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => {
-                    return self.fail(GenerateError::Backend("the HTTP reader thread stopped".into()));
+                    return self.fail(GenerateError::Backend(
+                        "the HTTP reader thread stopped".into(),
+                    ));
                 }
             }
         }
@@ -779,7 +926,12 @@ impl Iterator for ChunkStream {
 }
 
 fn token(text: String, logprob: Option<f32>, top_logprobs: Vec<(String, f32)>) -> Event {
-    Event::Token(TokenEvent { text, id: None, logprob, top_logprobs })
+    Event::Token(TokenEvent {
+        text,
+        id: None,
+        logprob,
+        top_logprobs,
+    })
 }
 
 /// One token of a chunk's `logprobs`: its text, log-probability and alternatives.
@@ -803,7 +955,12 @@ fn logprob_entries(lp: &Value, endpoint: Endpoint) -> Vec<LogprobEntry> {
                             .and_then(Value::as_array)
                             .map(|alts| {
                                 alts.iter()
-                                    .filter_map(|a| Some((a.get("token")?.as_str()?.to_string(), num(a.get("logprob"))?)))
+                                    .filter_map(|a| {
+                                        Some((
+                                            a.get("token")?.as_str()?.to_string(),
+                                            num(a.get("logprob"))?,
+                                        ))
+                                    })
                                     .collect()
                             })
                             .unwrap_or_default();
@@ -814,9 +971,21 @@ fn logprob_entries(lp: &Value, endpoint: Endpoint) -> Vec<LogprobEntry> {
             .unwrap_or_default(),
         // {"tokens": [...], "token_logprobs": [...], "top_logprobs": [{tok: lp}]}
         Endpoint::Completions => {
-            let tokens = lp.get("tokens").and_then(Value::as_array).cloned().unwrap_or_default();
-            let lps = lp.get("token_logprobs").and_then(Value::as_array).cloned().unwrap_or_default();
-            let tops = lp.get("top_logprobs").and_then(Value::as_array).cloned().unwrap_or_default();
+            let tokens = lp
+                .get("tokens")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            let lps = lp
+                .get("token_logprobs")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            let tops = lp
+                .get("top_logprobs")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
             tokens
                 .iter()
                 .zip(lps.iter())
@@ -825,7 +994,11 @@ fn logprob_entries(lp: &Value, endpoint: Endpoint) -> Vec<LogprobEntry> {
                     let top = tops
                         .get(i)
                         .and_then(Value::as_object)
-                        .map(|m| m.iter().filter_map(|(k, v)| Some((k.clone(), v.as_f64()? as f32))).collect())
+                        .map(|m| {
+                            m.iter()
+                                .filter_map(|(k, v)| Some((k.clone(), v.as_f64()? as f32)))
+                                .collect()
+                        })
                         .unwrap_or_default();
                     Some((t.as_str()?.to_string(), l.as_f64()? as f32, top))
                 })
@@ -835,9 +1008,16 @@ fn logprob_entries(lp: &Value, endpoint: Endpoint) -> Vec<LogprobEntry> {
 }
 
 fn usage_of(v: &Value) -> Option<Usage> {
-    let n = |k: &str| v.get(k).and_then(Value::as_u64).and_then(|n| u32::try_from(n).ok());
+    let n = |k: &str| {
+        v.get(k)
+            .and_then(Value::as_u64)
+            .and_then(|n| u32::try_from(n).ok())
+    };
     let (p, c) = (n("prompt_tokens"), n("completion_tokens"));
-    (p.is_some() || c.is_some()).then(|| Usage { prompt_tokens: p.unwrap_or(0), completion_tokens: c.unwrap_or(0) })
+    (p.is_some() || c.is_some()).then(|| Usage {
+        prompt_tokens: p.unwrap_or(0),
+        completion_tokens: c.unwrap_or(0),
+    })
 }
 
 fn finish_reason(s: &str) -> FinishReason {
@@ -883,7 +1063,11 @@ mod tests {
     }
 
     fn data(s: &str) -> SseEvent {
-        SseEvent { event: "message".into(), data: s.into(), id: String::new() }
+        SseEvent {
+            event: "message".into(),
+            data: s.into(),
+            id: String::new(),
+        }
     }
 
     fn texts(s: &ChunkStream) -> Vec<String> {
@@ -919,16 +1103,34 @@ mod tests {
         assert_eq!(body["top_logprobs"], 2);
         assert_eq!(body["tools"], json!([{"type": "function"}]));
         assert!(body.get("top_k").is_none() && body.get("temperature").is_none());
-        let (body, _) = client.clone().with_extended_sampling(true).request_body(&req).unwrap();
+        let (body, _) = client
+            .clone()
+            .with_extended_sampling(true)
+            .request_body(&req)
+            .unwrap();
         assert_eq!(body["top_k"], 3);
 
         req.prompt = Prompt::Text("once".into());
         req.model = Some("other".into());
         let (body, ep) = client.request_body(&req).unwrap();
-        assert_eq!((ep, &body["prompt"], &body["model"], &body["logprobs"]), (Endpoint::Completions, &json!("once"), &json!("other"), &json!(2)));
+        assert_eq!(
+            (ep, &body["prompt"], &body["model"], &body["logprobs"]),
+            (
+                Endpoint::Completions,
+                &json!("once"),
+                &json!("other"),
+                &json!(2)
+            )
+        );
         req.prompt = Prompt::Tokens(vec![1]);
-        assert!(matches!(client.request_body(&req), Err(GenerateError::InvalidRequest(_))));
-        assert!(matches!(OpenAiClient::new("http://x").request_body(&GenerateRequest::text("a")), Err(GenerateError::InvalidRequest(_))));
+        assert!(matches!(
+            client.request_body(&req),
+            Err(GenerateError::InvalidRequest(_))
+        ));
+        assert!(matches!(
+            OpenAiClient::new("http://x").request_body(&GenerateRequest::text("a")),
+            Err(GenerateError::InvalidRequest(_))
+        ));
     }
 
     #[test]
@@ -937,8 +1139,14 @@ mod tests {
         s.on_event(data(r#"{"choices":[{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}]}"#)).unwrap();
         s.on_event(data(r#"{"choices":[{"index":0,"delta":{"content":"Hel"},"finish_reason":null}],"usage":null}"#)).unwrap();
         s.on_event(data(r#"{"choices":null}"#)).unwrap();
-        s.on_event(data(r#"{"choices":[{"index":0,"delta":{"content":"lo"},"finish_reason":"length"}]}"#)).unwrap();
-        s.on_event(data(r#"{"choices":[],"usage":{"prompt_tokens":4,"completion_tokens":2,"total_tokens":6}}"#)).unwrap();
+        s.on_event(data(
+            r#"{"choices":[{"index":0,"delta":{"content":"lo"},"finish_reason":"length"}]}"#,
+        ))
+        .unwrap();
+        s.on_event(data(
+            r#"{"choices":[],"usage":{"prompt_tokens":4,"completion_tokens":2,"total_tokens":6}}"#,
+        ))
+        .unwrap();
         assert!(!s.done);
         s.on_event(data("[DONE]")).unwrap();
         assert!(s.done);
@@ -946,7 +1154,13 @@ mod tests {
         match s.pending.back() {
             Some(Event::Done(c)) => {
                 assert_eq!(c.finish_reason, FinishReason::Length);
-                assert_eq!(c.usage, Usage { prompt_tokens: 4, completion_tokens: 2 });
+                assert_eq!(
+                    c.usage,
+                    Usage {
+                        prompt_tokens: 4,
+                        completion_tokens: 2
+                    }
+                );
                 assert_eq!(c.served_by.as_deref(), Some("t"));
             }
             other => panic!("{other:?}"),
@@ -963,7 +1177,10 @@ mod tests {
         match s.pending.front() {
             Some(Event::Token(t)) => {
                 assert_eq!(t.logprob, Some(-0.25));
-                assert_eq!(t.top_logprobs, vec![("x".to_string(), -0.25), ("y".to_string(), -2.0)]);
+                assert_eq!(
+                    t.top_logprobs,
+                    vec![("x".to_string(), -0.25), ("y".to_string(), -2.0)]
+                );
             }
             other => panic!("{other:?}"),
         }
@@ -972,23 +1189,57 @@ mod tests {
     #[test]
     fn errors_inside_a_200_stream() {
         let mut s = stream(Endpoint::Chat);
-        assert!(matches!(s.on_event(data(r#"{"error":{"message":"overloaded","type":"server_error"}}"#)), Err(GenerateError::Remote { .. })));
-        assert!(matches!(s.on_event(data(r#"{"error":"Input validation error","error_type":"validation"}"#)), Err(GenerateError::InvalidRequest(_))));
-        let ev = SseEvent { event: "error".into(), data: "upstream died".into(), id: String::new() };
-        assert!(matches!(s.on_event(ev), Err(GenerateError::Remote { message, .. }) if message.contains("upstream died")));
-        assert!(matches!(s.on_event(data("{not json")), Err(GenerateError::Remote { message, .. }) if message.contains("invalid JSON")));
-        assert!(matches!(s.on_event(data("42")), Err(GenerateError::Remote { .. })));
+        assert!(matches!(
+            s.on_event(data(
+                r#"{"error":{"message":"overloaded","type":"server_error"}}"#
+            )),
+            Err(GenerateError::Remote { .. })
+        ));
+        assert!(matches!(
+            s.on_event(data(
+                r#"{"error":"Input validation error","error_type":"validation"}"#
+            )),
+            Err(GenerateError::InvalidRequest(_))
+        ));
+        let ev = SseEvent {
+            event: "error".into(),
+            data: "upstream died".into(),
+            id: String::new(),
+        };
+        assert!(
+            matches!(s.on_event(ev), Err(GenerateError::Remote { message, .. }) if message.contains("upstream died"))
+        );
+        assert!(
+            matches!(s.on_event(data("{not json")), Err(GenerateError::Remote { message, .. }) if message.contains("invalid JSON"))
+        );
+        assert!(matches!(
+            s.on_event(data("42")),
+            Err(GenerateError::Remote { .. })
+        ));
     }
 
     #[test]
     fn arbitrary_chunks_never_panic() {
         let chunks = [
-            "null", "[]", "\"text\"", "{}", r#"{"choices":"x"}"#, r#"{"choices":[null]}"#, r#"{"choices":[{"delta":null}]}"#,
-            r#"{"choices":[{"delta":{"content":5}}]}"#, r#"{"choices":[{"index":-1,"delta":{"content":"x"}}]}"#,
+            "null",
+            "[]",
+            "\"text\"",
+            "{}",
+            r#"{"choices":"x"}"#,
+            r#"{"choices":[null]}"#,
+            r#"{"choices":[{"delta":null}]}"#,
+            r#"{"choices":[{"delta":{"content":5}}]}"#,
+            r#"{"choices":[{"index":-1,"delta":{"content":"x"}}]}"#,
             r#"{"choices":[{"delta":{"content":"x"},"logprobs":{"content":[{"token":1},{"token":"x","logprob":"no"}]}}]}"#,
             r#"{"choices":[{"text":"x","logprobs":{"tokens":["x",2],"token_logprobs":[null],"top_logprobs":[5]}}]}"#,
-            r#"{"usage":{"prompt_tokens":-1,"completion_tokens":99999999999}}"#, r#"{"error":null}"#, r#"{"error":[1,2]}"#,
-            r#"{"object":"error"}"#, r#"{"choices":[{"finish_reason":7}]}"#, "{\"a\":", "\u{0}", "",
+            r#"{"usage":{"prompt_tokens":-1,"completion_tokens":99999999999}}"#,
+            r#"{"error":null}"#,
+            r#"{"error":[1,2]}"#,
+            r#"{"object":"error"}"#,
+            r#"{"choices":[{"finish_reason":7}]}"#,
+            "{\"a\":",
+            "\u{0}",
+            "",
         ];
         for endpoint in [Endpoint::Chat, Endpoint::Completions] {
             let mut s = stream(endpoint);
@@ -1014,6 +1265,9 @@ mod tests {
         assert_eq!(c.name(), "hf-router");
         assert_eq!(c.base_url(), HF_ROUTER_BASE_URL);
         assert!(!c.capabilities().token_prompts);
-        assert!(!format!("{c:?}").contains("hf_x"), "the token must not leak into Debug output");
+        assert!(
+            !format!("{c:?}").contains("hf_x"),
+            "the token must not leak into Debug output"
+        );
     }
 }

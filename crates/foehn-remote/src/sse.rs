@@ -100,7 +100,9 @@ impl SseParser {
         let mut items = Vec::new();
         // The stream may start with a UTF-8 BOM, possibly split across chunks.
         while self.at_start {
-            let Some((&b, rest)) = bytes.split_first() else { return Ok(items) };
+            let Some((&b, rest)) = bytes.split_first() else {
+                return Ok(items);
+            };
             if b == BOM[self.bom_seen] {
                 self.bom_seen += 1;
                 bytes = rest;
@@ -124,7 +126,9 @@ impl SseParser {
                 _ => {
                     self.after_cr = false;
                     if self.line.len() >= self.max_bytes {
-                        return Err(SseError::TooLong { limit: self.max_bytes });
+                        return Err(SseError::TooLong {
+                            limit: self.max_bytes,
+                        });
                     }
                     self.line.push(b);
                 }
@@ -166,7 +170,9 @@ impl SseParser {
             "event" => self.event_type = value.to_string(),
             "data" => {
                 if self.data.len() + value.len() + 1 > self.max_bytes {
-                    return Err(SseError::TooLong { limit: self.max_bytes });
+                    return Err(SseError::TooLong {
+                        limit: self.max_bytes,
+                    });
                 }
                 self.data.push_str(value);
                 self.data.push('\n');
@@ -196,7 +202,11 @@ impl SseParser {
             data.pop();
         }
         items.push(SseItem::Event(SseEvent {
-            event: if event_type.is_empty() { "message".to_string() } else { event_type },
+            event: if event_type.is_empty() {
+                "message".to_string()
+            } else {
+                event_type
+            },
             data,
             id: self.last_event_id.clone(),
         }));
@@ -208,7 +218,11 @@ mod tests {
     use super::*;
 
     fn ev(data: &str) -> SseItem {
-        SseItem::Event(SseEvent { event: "message".into(), data: data.into(), id: String::new() })
+        SseItem::Event(SseEvent {
+            event: "message".into(),
+            data: data.into(),
+            id: String::new(),
+        })
     }
 
     fn parse_all(input: &[u8]) -> Vec<SseItem> {
@@ -243,11 +257,22 @@ mod tests {
 
     #[test]
     fn all_three_line_endings() {
-        for input in [&b"data: x\r\n\r\ndata: y\r\n\r\n"[..], b"data: x\n\ndata: y\n\n", b"data: x\r\rdata: y\r\r"] {
-            assert_eq!(assert_split_invariant(input), vec![ev("x"), ev("y")], "{input:?}");
+        for input in [
+            &b"data: x\r\n\r\ndata: y\r\n\r\n"[..],
+            b"data: x\n\ndata: y\n\n",
+            b"data: x\r\rdata: y\r\r",
+        ] {
+            assert_eq!(
+                assert_split_invariant(input),
+                vec![ev("x"), ev("y")],
+                "{input:?}"
+            );
         }
         // Mixed endings, and a CR LF split across two feeds.
-        assert_eq!(assert_split_invariant(b"data: x\r\n\rdata: y\n\r\n"), vec![ev("x"), ev("y")]);
+        assert_eq!(
+            assert_split_invariant(b"data: x\r\n\rdata: y\n\r\n"),
+            vec![ev("x"), ev("y")]
+        );
     }
 
     #[test]
@@ -269,7 +294,12 @@ mod tests {
         let items = assert_split_invariant(b": keep-alive\n\n:\ndata: x\n: in the middle\n\n");
         assert_eq!(
             items,
-            vec![SseItem::Comment(" keep-alive".into()), SseItem::Comment(String::new()), SseItem::Comment(" in the middle".into()), ev("x")]
+            vec![
+                SseItem::Comment(" keep-alive".into()),
+                SseItem::Comment(String::new()),
+                SseItem::Comment(" in the middle".into()),
+                ev("x")
+            ]
         );
     }
 
@@ -281,11 +311,23 @@ mod tests {
             items,
             vec![
                 SseItem::Retry(1500),
-                SseItem::Event(SseEvent { event: "error".into(), data: "{}".into(), id: "7".into() }),
+                SseItem::Event(SseEvent {
+                    event: "error".into(),
+                    data: "{}".into(),
+                    id: "7".into()
+                }),
                 // An empty `id` resets the last event id; the event type resets after dispatch.
-                SseItem::Event(SseEvent { event: "message".into(), data: "y".into(), id: String::new() }),
+                SseItem::Event(SseEvent {
+                    event: "message".into(),
+                    data: "y".into(),
+                    id: String::new()
+                }),
                 // An id with NUL is ignored.
-                SseItem::Event(SseEvent { event: "message".into(), data: "z".into(), id: String::new() }),
+                SseItem::Event(SseEvent {
+                    event: "message".into(),
+                    data: "z".into(),
+                    id: String::new()
+                }),
             ]
         );
     }
@@ -303,7 +345,10 @@ mod tests {
         input.extend_from_slice(b"data: x\n\n");
         assert_eq!(assert_split_invariant(&input), vec![ev("x")]);
         // A partial BOM is content: "\xEF\xBBdata" is an unknown field, so nothing.
-        assert_eq!(assert_split_invariant(b"\xEF\xBBdata: x\n\ndata: y\n\n"), vec![ev("y")]);
+        assert_eq!(
+            assert_split_invariant(b"\xEF\xBBdata: x\n\ndata: y\n\n"),
+            vec![ev("y")]
+        );
     }
 
     #[test]
@@ -319,7 +364,11 @@ mod tests {
         let items = assert_split_invariant(input);
         assert_eq!(
             items,
-            vec![ev("{\"choices\":null}"), ev("{\"choices\":[],\"usage\":{\"prompt_tokens\":3}}"), ev("[DONE]")]
+            vec![
+                ev("{\"choices\":null}"),
+                ev("{\"choices\":[],\"usage\":{\"prompt_tokens\":3}}"),
+                ev("[DONE]")
+            ]
         );
     }
 
@@ -346,7 +395,9 @@ mod tests {
         let alphabet = b"data:event:id:retry: \r\n\r\n\n::{}[DONE]\xEF\xBB\xBF\xFF\x00abc0123";
         for _ in 0..300 {
             let len = (next() % 200) as usize;
-            let input: Vec<u8> = (0..len).map(|_| alphabet[(next() % alphabet.len() as u64) as usize]).collect();
+            let input: Vec<u8> = (0..len)
+                .map(|_| alphabet[(next() % alphabet.len() as u64) as usize])
+                .collect();
             assert_split_invariant(&input);
         }
     }
@@ -357,6 +408,9 @@ mod tests {
         assert!(p.feed(b"data: 0123456789").is_ok());
         assert_eq!(p.feed(b"abcdef"), Err(SseError::TooLong { limit: 16 }));
         let mut p = SseParser::with_limit(16);
-        assert!(matches!(p.feed(b"data: 0123456789\ndata: 0123456789\n"), Err(SseError::TooLong { .. })));
+        assert!(matches!(
+            p.feed(b"data: 0123456789\ndata: 0123456789\n"),
+            Err(SseError::TooLong { .. })
+        ));
     }
 }

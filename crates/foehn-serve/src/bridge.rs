@@ -47,7 +47,10 @@ pub(crate) fn start(
         let mut running = scheduler.running();
         running.set_outcome(drive(generator.as_ref(), request, &token, &tx));
     });
-    Running { events: rx, _cancel: CancelOnDrop(cancel) }
+    Running {
+        events: rx,
+        _cancel: CancelOnDrop(cancel),
+    }
 }
 
 /// Pulls events and sends them on until `Done`, an error, or the receiver is gone.
@@ -67,7 +70,9 @@ fn drive(
     for item in stream {
         let outcome = match &item {
             Ok(Event::Token(_)) => None,
-            Ok(Event::Done(c)) if c.finish_reason == FinishReason::Cancelled => Some(Outcome::Cancelled),
+            Ok(Event::Done(c)) if c.finish_reason == FinishReason::Cancelled => {
+                Some(Outcome::Cancelled)
+            }
             Ok(Event::Done(_)) => Some(Outcome::Completed),
             Err(_) => Some(Outcome::Failed),
         };
@@ -83,6 +88,8 @@ fn drive(
             return Outcome::Cancelled;
         }
     }
-    let _ = tx.blocking_send(Err(GenerateError::Backend("the generation ended without a final event".into())));
+    let _ = tx.blocking_send(Err(GenerateError::Backend(
+        "the generation ended without a final event".into(),
+    )));
     Outcome::Failed
 }

@@ -28,7 +28,14 @@ pub struct ApiError {
 impl ApiError {
     /// An error with the given status, class and message.
     pub fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Self {
-        Self { status, message: message.into(), kind, param: None, code: None, retry_after: None }
+        Self {
+            status,
+            message: message.into(),
+            kind,
+            param: None,
+            code: None,
+            retry_after: None,
+        }
     }
 
     /// 400: the request is malformed or asks for something unsupported.
@@ -38,7 +45,10 @@ impl ApiError {
 
     /// 400 about one field.
     pub fn invalid_param(param: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { param: Some(param.into()), ..Self::invalid(message) }
+        Self {
+            param: Some(param.into()),
+            ..Self::invalid(message)
+        }
     }
 
     /// 401: a missing or wrong API key.
@@ -57,7 +67,11 @@ impl ApiError {
     pub fn unknown_route(method: &str, path: &str) -> Self {
         Self {
             code: Some("unknown_url"),
-            ..Self::new(StatusCode::NOT_FOUND, "invalid_request_error", format!("unknown route: {method} {path}"))
+            ..Self::new(
+                StatusCode::NOT_FOUND,
+                "invalid_request_error",
+                format!("unknown route: {method} {path}"),
+            )
         }
     }
 
@@ -102,7 +116,13 @@ impl ApiError {
 
 impl std::fmt::Display for ApiError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} {}: {}", self.status.as_u16(), self.kind, self.message)
+        write!(
+            f,
+            "{} {}: {}",
+            self.status.as_u16(),
+            self.kind,
+            self.message
+        )
     }
 }
 
@@ -122,7 +142,9 @@ impl IntoResponse for ApiError {
             }
         }
         if self.status == StatusCode::UNAUTHORIZED {
-            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         response
     }
@@ -136,9 +158,11 @@ impl From<GenerateError> for ApiError {
         let message = e.to_string();
         match e {
             GenerateError::InvalidRequest(_) => Self::invalid(message),
-            GenerateError::ContextOverflow { .. } => {
-                Self { param: Some("messages".into()), code: Some("context_length_exceeded"), ..Self::invalid(message) }
-            }
+            GenerateError::ContextOverflow { .. } => Self {
+                param: Some("messages".into()),
+                code: Some("context_length_exceeded"),
+                ..Self::invalid(message)
+            },
             GenerateError::Unavailable(_) => Self {
                 code: Some("unavailable"),
                 ..Self::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", message)
@@ -152,18 +176,28 @@ impl From<GenerateError> for ApiError {
                 retry_after: Some(retry_after.unwrap_or(Duration::from_secs(1))),
                 ..Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", message)
             },
-            GenerateError::Timeout(_) => {
-                Self { code: Some("timeout"), ..Self::new(StatusCode::GATEWAY_TIMEOUT, "server_error", message) }
-            }
+            GenerateError::Timeout(_) => Self {
+                code: Some("timeout"),
+                ..Self::new(StatusCode::GATEWAY_TIMEOUT, "server_error", message)
+            },
             // An upstream that judged the request itself bad: the client's fault here too.
-            GenerateError::Remote { status: Some(s @ (400 | 404 | 413 | 422)), .. } => {
+            GenerateError::Remote {
+                status: Some(s @ (400 | 404 | 413 | 422)),
+                ..
+            } => {
                 let status = StatusCode::from_u16(s).unwrap_or(StatusCode::BAD_REQUEST);
-                Self { code: Some("upstream_rejected"), ..Self::new(status, "invalid_request_error", message) }
+                Self {
+                    code: Some("upstream_rejected"),
+                    ..Self::new(status, "invalid_request_error", message)
+                }
             }
-            GenerateError::Remote { .. } => {
-                Self { code: Some("upstream_error"), ..Self::new(StatusCode::BAD_GATEWAY, "server_error", message) }
+            GenerateError::Remote { .. } => Self {
+                code: Some("upstream_error"),
+                ..Self::new(StatusCode::BAD_GATEWAY, "server_error", message)
+            },
+            GenerateError::Backend(_) => {
+                Self::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", message)
             }
-            GenerateError::Backend(_) => Self::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", message),
         }
     }
 }
@@ -176,22 +210,56 @@ mod tests {
     fn generator_errors_map_to_their_statuses() {
         let cases = [
             (GenerateError::InvalidRequest("x".into()), 400),
-            (GenerateError::ContextOverflow { prompt_tokens: 10, context: 8 }, 400),
+            (
+                GenerateError::ContextOverflow {
+                    prompt_tokens: 10,
+                    context: 8,
+                },
+                400,
+            ),
             (GenerateError::Unavailable("x".into()), 503),
             (GenerateError::Unauthorized("x".into()), 502),
-            (GenerateError::RateLimited { retry_after: Some(Duration::from_millis(2500)) }, 429),
+            (
+                GenerateError::RateLimited {
+                    retry_after: Some(Duration::from_millis(2500)),
+                },
+                429,
+            ),
             (GenerateError::Timeout("x".into()), 504),
-            (GenerateError::Remote { status: Some(500), message: "x".into() }, 502),
-            (GenerateError::Remote { status: Some(422), message: "x".into() }, 422),
-            (GenerateError::Remote { status: None, message: "x".into() }, 502),
+            (
+                GenerateError::Remote {
+                    status: Some(500),
+                    message: "x".into(),
+                },
+                502,
+            ),
+            (
+                GenerateError::Remote {
+                    status: Some(422),
+                    message: "x".into(),
+                },
+                422,
+            ),
+            (
+                GenerateError::Remote {
+                    status: None,
+                    message: "x".into(),
+                },
+                502,
+            ),
             (GenerateError::Backend("x".into()), 500),
         ];
         for (e, status) in cases {
             assert_eq!(ApiError::from(e.clone()).status.as_u16(), status, "{e:?}");
         }
-        let overflow = ApiError::from(GenerateError::ContextOverflow { prompt_tokens: 10, context: 8 });
+        let overflow = ApiError::from(GenerateError::ContextOverflow {
+            prompt_tokens: 10,
+            context: 8,
+        });
         assert_eq!(overflow.body()["error"]["code"], "context_length_exceeded");
-        let limited = ApiError::from(GenerateError::RateLimited { retry_after: Some(Duration::from_millis(2500)) });
+        let limited = ApiError::from(GenerateError::RateLimited {
+            retry_after: Some(Duration::from_millis(2500)),
+        });
         assert_eq!(limited.retry_after.map(retry_after_secs), Some(3));
     }
 

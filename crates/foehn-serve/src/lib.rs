@@ -107,22 +107,37 @@ pub enum ServeError {
 /// The server's routes over `generator`, ready to be served by axum (or
 /// nested into a larger app).
 pub fn app(generator: Arc<dyn Generator>, opts: ServeOptions) -> Router {
-    let scheduler = Arc::new(queue::Scheduler::new(opts.parallel, opts.queue, opts.retry_after));
+    let scheduler = Arc::new(queue::Scheduler::new(
+        opts.parallel,
+        opts.queue,
+        opts.retry_after,
+    ));
     let body_limit = opts.max_body_bytes;
-    let state = Arc::new(routes::AppState { generator, opts, scheduler, started: response::unix_now() });
+    let state = Arc::new(routes::AppState {
+        generator,
+        opts,
+        scheduler,
+        started: response::unix_now(),
+    });
     let v1 = Router::new()
         .route("/v1/chat/completions", post(routes::chat))
         .route("/v1/completions", post(routes::completions))
         .route("/v1/models", get(routes::models))
         .route("/v1/models/{id}", get(routes::model))
-        .route_layer(axum::middleware::from_fn_with_state(state.clone(), routes::require_key));
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            routes::require_key,
+        ));
     Router::new()
         .route("/health", get(routes::health))
         .merge(v1)
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
-        .layer(axum::middleware::from_fn_with_state(state.clone(), routes::check_length))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            routes::check_length,
+        ))
         .with_state(state)
 }
 
@@ -136,10 +151,22 @@ pub struct Server {
 
 impl Server {
     /// Binds `addr` and builds the routes over `generator`.
-    pub async fn bind(addr: SocketAddr, generator: Arc<dyn Generator>, opts: ServeOptions) -> Result<Self, ServeError> {
-        let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| ServeError::Bind { addr, source })?;
-        let addr = listener.local_addr().map_err(|source| ServeError::Bind { addr, source })?;
-        Ok(Self { listener, router: app(generator, opts), addr })
+    pub async fn bind(
+        addr: SocketAddr,
+        generator: Arc<dyn Generator>,
+        opts: ServeOptions,
+    ) -> Result<Self, ServeError> {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| ServeError::Bind { addr, source })?;
+        let addr = listener
+            .local_addr()
+            .map_err(|source| ServeError::Bind { addr, source })?;
+        Ok(Self {
+            listener,
+            router: app(generator, opts),
+            addr,
+        })
     }
 
     /// The address it listens on (with the port chosen when 0 was asked for).
@@ -153,8 +180,13 @@ impl Server {
     }
 
     /// Serves until `shutdown` completes, then finishes the requests in flight.
-    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServeError> {
-        axum::serve(self.listener, self.router).with_graceful_shutdown(shutdown).await?;
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServeError> {
+        axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(shutdown)
+            .await?;
         Ok(())
     }
 }
@@ -167,7 +199,10 @@ pub fn serve_blocking(
     opts: ServeOptions,
     on_bound: impl FnOnce(SocketAddr),
 ) -> Result<(), ServeError> {
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(ServeError::Runtime)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(ServeError::Runtime)?;
     runtime.block_on(async move {
         let server = Server::bind(addr, generator, opts).await?;
         on_bound(server.local_addr());

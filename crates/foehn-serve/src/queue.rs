@@ -84,18 +84,23 @@ impl Scheduler {
         if let Ok(permit) = self.permits.clone().try_acquire_owned() {
             return Ok(permit);
         }
-        let reserved =
-            self.waiting.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |w| (w < self.capacity).then_some(w + 1));
+        let reserved = self
+            .waiting
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |w| {
+                (w < self.capacity).then_some(w + 1)
+            });
         if reserved.is_err() {
             self.rejected.fetch_add(1, Ordering::Relaxed);
             return Err(ApiError::queue_full(self.capacity, self.retry_after()));
         }
         let _place = WaitingPlace(&self.waiting);
-        self.permits
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| ApiError::new(axum::http::StatusCode::SERVICE_UNAVAILABLE, "server_error", "shutting down"))
+        self.permits.clone().acquire_owned().await.map_err(|_| {
+            ApiError::new(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                "server_error",
+                "shutting down",
+            )
+        })
     }
 
     /// When a rejected client should come back: the queue's expected drain
@@ -103,13 +108,20 @@ impl Scheduler {
     pub(crate) fn retry_after(&self) -> Duration {
         let avg = Duration::from_millis(self.avg_ms.load(Ordering::Relaxed));
         let rounds = (self.waiting.load(Ordering::Relaxed) / self.parallel + 1) as u32;
-        (avg * rounds).clamp(self.min_retry_after, MAX_RETRY_AFTER.max(self.min_retry_after))
+        (avg * rounds).clamp(
+            self.min_retry_after,
+            MAX_RETRY_AFTER.max(self.min_retry_after),
+        )
     }
 
     /// Marks a generation as running until the guard drops.
     pub(crate) fn running(self: &Arc<Self>) -> RunningGuard {
         self.running.fetch_add(1, Ordering::SeqCst);
-        RunningGuard { scheduler: self.clone(), started: Instant::now(), outcome: Outcome::Failed }
+        RunningGuard {
+            scheduler: self.clone(),
+            started: Instant::now(),
+            outcome: Outcome::Failed,
+        }
     }
 
     /// The counters now.
@@ -158,9 +170,15 @@ impl Drop for RunningGuard {
             Outcome::Completed => {
                 let ms = self.started.elapsed().as_millis().min(u128::from(u32::MAX)) as u64;
                 // An exponential moving average (weight 1/8) of completed generations.
-                let _ = s.avg_ms.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |avg| {
-                    Some(if avg == 0 { ms.max(1) } else { (avg * 7 + ms) / 8 })
-                });
+                let _ = s
+                    .avg_ms
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |avg| {
+                        Some(if avg == 0 {
+                            ms.max(1)
+                        } else {
+                            (avg * 7 + ms) / 8
+                        })
+                    });
                 &s.completed
             }
             Outcome::Cancelled => &s.cancelled,
@@ -192,7 +210,11 @@ mod tests {
         assert_eq!(s.stats().rejected, 1);
         waiter.abort();
         let _ = waiter.await;
-        assert_eq!(s.stats().waiting, 0, "an aborted waiter gives its place back");
+        assert_eq!(
+            s.stats().waiting,
+            0,
+            "an aborted waiter gives its place back"
+        );
         drop(first);
         let _again = s.admit().await.unwrap();
     }
@@ -207,6 +229,9 @@ mod tests {
         drop(a);
         drop(b);
         let st = s.stats();
-        assert_eq!((st.running, st.cancelled, st.failed, st.completed), (0, 1, 1, 0));
+        assert_eq!(
+            (st.running, st.cancelled, st.failed, st.completed),
+            (0, 1, 1, 0)
+        );
     }
 }

@@ -13,7 +13,9 @@ pub(crate) fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError
     let text = std::str::from_utf8(body)
         .map_err(|e| ApiError::invalid(format!("the request body is not valid UTF-8: {e}")))?;
     if text.trim().is_empty() {
-        return Err(ApiError::invalid("the request body is empty: expected a JSON object"));
+        return Err(ApiError::invalid(
+            "the request body is empty: expected a JSON object",
+        ));
     }
     let mut de = serde_json::Deserializer::from_str(text);
     let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
@@ -27,7 +29,8 @@ pub(crate) fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError
             ApiError::invalid_param(path.clone(), format!("invalid value for `{path}`: {inner}"))
         }
     })?;
-    de.end().map_err(|e| ApiError::invalid(format!("the request body is not valid JSON: {e}")))?;
+    de.end()
+        .map_err(|e| ApiError::invalid(format!("the request body is not valid JSON: {e}")))?;
     Ok(value)
 }
 
@@ -244,23 +247,34 @@ fn message(index: usize, m: ChatMessage) -> Result<Message, ApiError> {
 /// Checks one optional number against a closed range.
 fn check_range(param: &str, value: Option<f32>, lo: f32, hi: f32) -> Result<(), ApiError> {
     match value {
-        Some(v) if !(lo..=hi).contains(&v) => {
-            Err(ApiError::invalid_param(param, format!("`{param}` is {v}; it must be between {lo} and {hi}")))
-        }
+        Some(v) if !(lo..=hi).contains(&v) => Err(ApiError::invalid_param(
+            param,
+            format!("`{param}` is {v}; it must be between {lo} and {hi}"),
+        )),
         _ => Ok(()),
     }
 }
 
 /// Fills `req` with the shared sampling fields, after checking them.
-fn apply_sampling(req: &mut GenerateRequest, s: Sampling, max_tokens: Option<u32>) -> Result<(), ApiError> {
+fn apply_sampling(
+    req: &mut GenerateRequest,
+    s: Sampling,
+    max_tokens: Option<u32>,
+) -> Result<(), ApiError> {
     if let Some(n) = s.n {
         if n != 1 {
-            return Err(ApiError::invalid_param("n", format!("`n` is {n}; this server makes one choice per request")));
+            return Err(ApiError::invalid_param(
+                "n",
+                format!("`n` is {n}; this server makes one choice per request"),
+            ));
         }
     }
     let max_tokens = max_tokens.or(s.max_tokens);
     if max_tokens == Some(0) {
-        return Err(ApiError::invalid_param("max_tokens", "`max_tokens` must be at least 1"));
+        return Err(ApiError::invalid_param(
+            "max_tokens",
+            "`max_tokens` must be at least 1",
+        ));
     }
     check_range("temperature", s.temperature, 0.0, 100.0)?;
     check_range("top_p", s.top_p, 0.0, 1.0)?;
@@ -270,7 +284,10 @@ fn apply_sampling(req: &mut GenerateRequest, s: Sampling, max_tokens: Option<u32
     check_range("repeat_penalty", s.repeat_penalty, 0.0, 100.0)?;
     let stop = s.stop.map(StopField::into_vec).unwrap_or_default();
     if stop.iter().any(String::is_empty) {
-        return Err(ApiError::invalid_param("stop", "stop strings must not be empty"));
+        return Err(ApiError::invalid_param(
+            "stop",
+            "stop strings must not be empty",
+        ));
     }
     req.max_tokens = max_tokens;
     req.temperature = s.temperature;
@@ -293,13 +310,23 @@ fn wants_structured_output(format: &Value) -> bool {
 
 impl ChatRequest {
     /// The generator's request, checked against what the generator can honour.
-    pub(crate) fn into_generate(mut self, caps: &Capabilities) -> Result<GenerateRequest, ApiError> {
+    pub(crate) fn into_generate(
+        mut self,
+        caps: &Capabilities,
+    ) -> Result<GenerateRequest, ApiError> {
         let sampling = self.sampling();
         if self.messages.is_empty() {
-            return Err(ApiError::invalid_param("messages", "`messages` must hold at least one message"));
+            return Err(ApiError::invalid_param(
+                "messages",
+                "`messages` must hold at least one message",
+            ));
         }
-        let messages =
-            self.messages.into_iter().enumerate().map(|(i, m)| message(i, m)).collect::<Result<Vec<_>, _>>()?;
+        let messages = self
+            .messages
+            .into_iter()
+            .enumerate()
+            .map(|(i, m)| message(i, m))
+            .collect::<Result<Vec<_>, _>>()?;
         let mut req = GenerateRequest::chat(messages);
         req.model = self.model;
         apply_sampling(&mut req, sampling, self.max_completion_tokens)?;
@@ -313,11 +340,17 @@ impl ChatRequest {
             }
             req.logprobs = Some(k);
         } else if self.top_logprobs.is_some_and(|k| k > 0) {
-            return Err(ApiError::invalid_param("top_logprobs", "`top_logprobs` needs `logprobs: true`"));
+            return Err(ApiError::invalid_param(
+                "top_logprobs",
+                "`top_logprobs` needs `logprobs: true`",
+            ));
         }
         if let Some(tools) = self.tools.filter(|t| !t.is_null()) {
             if !caps.tools {
-                return Err(ApiError::invalid_param("tools", "this model does not support tool calls"));
+                return Err(ApiError::invalid_param(
+                    "tools",
+                    "this model does not support tool calls",
+                ));
             }
             req.tools = Some(tools);
         }
@@ -336,13 +369,19 @@ impl ChatRequest {
 
 impl CompletionRequest {
     /// The generator's request, checked against what the generator can honour.
-    pub(crate) fn into_generate(mut self, caps: &Capabilities) -> Result<GenerateRequest, ApiError> {
+    pub(crate) fn into_generate(
+        mut self,
+        caps: &Capabilities,
+    ) -> Result<GenerateRequest, ApiError> {
         let sampling = self.sampling();
         let one = |n: usize| {
             if n == 1 {
                 Ok(())
             } else {
-                Err(ApiError::invalid_param("prompt", format!("`prompt` holds {n} prompts; this server takes one")))
+                Err(ApiError::invalid_param(
+                    "prompt",
+                    format!("`prompt` holds {n} prompts; this server takes one"),
+                ))
             }
         };
         let prompt = match self.prompt {
@@ -359,17 +398,26 @@ impl CompletionRequest {
         };
         if let Prompt::Tokens(ids) = &prompt {
             if ids.is_empty() {
-                return Err(ApiError::invalid_param("prompt", "the prompt has no tokens"));
+                return Err(ApiError::invalid_param(
+                    "prompt",
+                    "the prompt has no tokens",
+                ));
             }
             if !caps.token_prompts {
-                return Err(ApiError::invalid_param("prompt", "this model does not take token-id prompts"));
+                return Err(ApiError::invalid_param(
+                    "prompt",
+                    "this model does not take token-id prompts",
+                ));
             }
         }
         if self.echo == Some(true) {
             return Err(ApiError::invalid_param("echo", "`echo` is not supported"));
         }
         if self.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
-            return Err(ApiError::invalid_param("suffix", "`suffix` is not supported"));
+            return Err(ApiError::invalid_param(
+                "suffix",
+                "`suffix` is not supported",
+            ));
         }
         if self.best_of.is_some_and(|b| b != 1) {
             return Err(ApiError::invalid_param("best_of", "`best_of` must be 1"));
@@ -399,7 +447,10 @@ mod tests {
     }
 
     fn completion(json: &str) -> Result<GenerateRequest, ApiError> {
-        let caps = Capabilities { token_prompts: true, ..Capabilities::default() };
+        let caps = Capabilities {
+            token_prompts: true,
+            ..Capabilities::default()
+        };
         parse_body::<CompletionRequest>(json.as_bytes())?.into_generate(&caps)
     }
 
@@ -413,13 +464,21 @@ mod tests {
         )
         .unwrap();
         assert_eq!(req.model.as_deref(), Some("m"));
-        assert_eq!(req.prompt, Prompt::Chat(vec![Message::system("be brief"), Message::user("hi there")]));
-        assert_eq!((req.max_tokens, req.temperature, req.top_p), (Some(5), Some(0.5), Some(0.9)));
+        assert_eq!(
+            req.prompt,
+            Prompt::Chat(vec![Message::system("be brief"), Message::user("hi there")])
+        );
+        assert_eq!(
+            (req.max_tokens, req.temperature, req.top_p),
+            (Some(5), Some(0.5), Some(0.9))
+        );
         assert_eq!(req.seed, Some(u64::MAX));
         assert_eq!(req.stop, vec!["\n".to_string()]);
         assert_eq!(req.logprobs, Some(2));
         // max_completion_tokens wins over max_tokens.
-        let req = chat(r#"{"messages":[{"role":"user","content":"x"}],"max_tokens":5,"max_completion_tokens":7}"#);
+        let req = chat(
+            r#"{"messages":[{"role":"user","content":"x"}],"max_tokens":5,"max_completion_tokens":7}"#,
+        );
         assert_eq!(req.unwrap().max_tokens, Some(7));
     }
 
@@ -427,14 +486,38 @@ mod tests {
     fn bad_chat_requests_name_the_field() {
         let cases = [
             (r#"{"messages":[]}"#, Some("messages")),
-            (r#"{"messages":[{"role":"wizard","content":"x"}]}"#, Some("messages[0].role")),
-            (r#"{"messages":[{"role":"user","content":"x"}],"temperature":"hot"}"#, Some("temperature")),
-            (r#"{"messages":[{"role":"user","content":"x"}],"max_tokens":99999999999}"#, Some("max_tokens")),
-            (r#"{"messages":[{"role":"user","content":"x"}],"max_tokens":-1}"#, Some("max_tokens")),
-            (r#"{"messages":[{"role":"user","content":"x"}],"max_tokens":0}"#, Some("max_tokens")),
-            (r#"{"messages":[{"role":"user","content":"x"}],"n":2}"#, Some("n")),
-            (r#"{"messages":[{"role":"user","content":"x"}],"top_p":2}"#, Some("top_p")),
-            (r#"{"messages":[{"role":"user","content":"x"}],"tools":[{"type":"function"}]}"#, Some("tools")),
+            (
+                r#"{"messages":[{"role":"wizard","content":"x"}]}"#,
+                Some("messages[0].role"),
+            ),
+            (
+                r#"{"messages":[{"role":"user","content":"x"}],"temperature":"hot"}"#,
+                Some("temperature"),
+            ),
+            (
+                r#"{"messages":[{"role":"user","content":"x"}],"max_tokens":99999999999}"#,
+                Some("max_tokens"),
+            ),
+            (
+                r#"{"messages":[{"role":"user","content":"x"}],"max_tokens":-1}"#,
+                Some("max_tokens"),
+            ),
+            (
+                r#"{"messages":[{"role":"user","content":"x"}],"max_tokens":0}"#,
+                Some("max_tokens"),
+            ),
+            (
+                r#"{"messages":[{"role":"user","content":"x"}],"n":2}"#,
+                Some("n"),
+            ),
+            (
+                r#"{"messages":[{"role":"user","content":"x"}],"top_p":2}"#,
+                Some("top_p"),
+            ),
+            (
+                r#"{"messages":[{"role":"user","content":"x"}],"tools":[{"type":"function"}]}"#,
+                Some("tools"),
+            ),
             (
                 r#"{"messages":[{"role":"user","content":"x"}],"response_format":{"type":"json_object"}}"#,
                 Some("response_format"),
@@ -446,7 +529,10 @@ mod tests {
             (r#"{"messages":[{"role":"user","content":"x"}"#, None),
             (r#"[1,2]"#, None),
             (r#""#, None),
-            (r#"{"messages":[{"role":"user","content":"x"}]} trailing"#, None),
+            (
+                r#"{"messages":[{"role":"user","content":"x"}]} trailing"#,
+                None,
+            ),
         ];
         for (json, param) in cases {
             let e = chat(json).expect_err(json);
@@ -461,11 +547,28 @@ mod tests {
 
     #[test]
     fn completion_prompts_take_text_ids_and_batches_of_one() {
-        assert_eq!(completion(r#"{"prompt":"Once"}"#).unwrap().prompt, Prompt::Text("Once".into()));
-        assert_eq!(completion(r#"{"prompt":["Once"]}"#).unwrap().prompt, Prompt::Text("Once".into()));
-        assert_eq!(completion(r#"{"prompt":[1,2]}"#).unwrap().prompt, Prompt::Tokens(vec![1, 2]));
-        assert_eq!(completion(r#"{"prompt":[[1,2]]}"#).unwrap().prompt, Prompt::Tokens(vec![1, 2]));
-        assert_eq!(completion(r#"{"prompt":"x","logprobs":3}"#).unwrap().logprobs, Some(3));
+        assert_eq!(
+            completion(r#"{"prompt":"Once"}"#).unwrap().prompt,
+            Prompt::Text("Once".into())
+        );
+        assert_eq!(
+            completion(r#"{"prompt":["Once"]}"#).unwrap().prompt,
+            Prompt::Text("Once".into())
+        );
+        assert_eq!(
+            completion(r#"{"prompt":[1,2]}"#).unwrap().prompt,
+            Prompt::Tokens(vec![1, 2])
+        );
+        assert_eq!(
+            completion(r#"{"prompt":[[1,2]]}"#).unwrap().prompt,
+            Prompt::Tokens(vec![1, 2])
+        );
+        assert_eq!(
+            completion(r#"{"prompt":"x","logprobs":3}"#)
+                .unwrap()
+                .logprobs,
+            Some(3)
+        );
         for bad in [
             r#"{"prompt":["a","b"]}"#,
             r#"{"prompt":[]}"#,
@@ -474,7 +577,11 @@ mod tests {
             r#"{"prompt":{"x":1}}"#,
             r#"{}"#,
         ] {
-            assert_eq!(completion(bad).expect_err(bad).status.as_u16(), 400, "{bad}");
+            assert_eq!(
+                completion(bad).expect_err(bad).status.as_u16(),
+                400,
+                "{bad}"
+            );
         }
         let no_ids = parse_body::<CompletionRequest>(br#"{"prompt":[1]}"#).unwrap();
         assert!(no_ids.into_generate(&Capabilities::default()).is_err());

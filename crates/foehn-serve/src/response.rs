@@ -19,7 +19,9 @@ pub(crate) enum Endpoint {
 
 /// Seconds since the Unix epoch.
 pub(crate) fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// A fresh response id (`chatcmpl-…`, `cmpl-…`): random per process, counted within it.
@@ -67,7 +69,11 @@ fn text_logprobs(tokens: &[TokenEvent], mut offset: usize) -> Value {
     for t in tokens {
         texts.push(t.text.clone());
         lps.push(t.logprob);
-        let top: serde_json::Map<String, Value> = t.top_logprobs.iter().map(|(s, lp)| (s.clone(), json!(lp))).collect();
+        let top: serde_json::Map<String, Value> = t
+            .top_logprobs
+            .iter()
+            .map(|(s, lp)| (s.clone(), json!(lp)))
+            .collect();
         tops.push(Value::Object(top));
         offsets.push(offset);
         offset += t.text.len();
@@ -94,7 +100,14 @@ impl ResponseBuilder {
             Endpoint::Chat => "chatcmpl",
             Endpoint::Text => "cmpl",
         };
-        Self { endpoint, id: response_id(prefix), created: unix_now(), model: model.to_string(), logprobs, offset: 0 }
+        Self {
+            endpoint,
+            id: response_id(prefix),
+            created: unix_now(),
+            model: model.to_string(),
+            logprobs,
+            offset: 0,
+        }
     }
 
     /// The endpoint this response answers.
@@ -135,7 +148,11 @@ impl ResponseBuilder {
                 )
             }
             Endpoint::Text => {
-                let logprobs = if self.logprobs { text_logprobs(tokens, 0) } else { Value::Null };
+                let logprobs = if self.logprobs {
+                    text_logprobs(tokens, 0)
+                } else {
+                    Value::Null
+                };
                 self.envelope(
                     "text_completion",
                     json!([{"index": 0, "text": text, "logprobs": logprobs, "finish_reason": reason}]),
@@ -161,8 +178,7 @@ impl ResponseBuilder {
 
     /// The first chat chunk: the assistant role, no text yet.
     pub(crate) fn role_chunk(&self, with_usage: bool) -> Value {
-        let choice =
-            json!({"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null});
+        let choice = json!({"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null});
         self.chunk(choice, with_usage)
     }
 
@@ -170,13 +186,19 @@ impl ResponseBuilder {
     pub(crate) fn token_chunk(&mut self, t: &TokenEvent, with_usage: bool) -> Value {
         let choice = match self.endpoint {
             Endpoint::Chat => {
-                let logprobs =
-                    if self.logprobs { json!({"content": [chat_logprob(t)], "refusal": null}) } else { Value::Null };
+                let logprobs = if self.logprobs {
+                    json!({"content": [chat_logprob(t)], "refusal": null})
+                } else {
+                    Value::Null
+                };
                 json!({"index": 0, "delta": {"content": t.text}, "logprobs": logprobs, "finish_reason": null})
             }
             Endpoint::Text => {
-                let logprobs =
-                    if self.logprobs { text_logprobs(std::slice::from_ref(t), self.offset) } else { Value::Null };
+                let logprobs = if self.logprobs {
+                    text_logprobs(std::slice::from_ref(t), self.offset)
+                } else {
+                    Value::Null
+                };
                 json!({"index": 0, "text": t.text, "logprobs": logprobs, "finish_reason": null})
             }
         };
@@ -188,8 +210,12 @@ impl ResponseBuilder {
     pub(crate) fn finish_chunk(&self, done: &Completion, with_usage: bool) -> Value {
         let reason = finish_reason(done.finish_reason);
         let choice = match self.endpoint {
-            Endpoint::Chat => json!({"index": 0, "delta": {}, "logprobs": null, "finish_reason": reason}),
-            Endpoint::Text => json!({"index": 0, "text": "", "logprobs": null, "finish_reason": reason}),
+            Endpoint::Chat => {
+                json!({"index": 0, "delta": {}, "logprobs": null, "finish_reason": reason})
+            }
+            Endpoint::Text => {
+                json!({"index": 0, "text": "", "logprobs": null, "finish_reason": reason})
+            }
         };
         self.chunk(choice, with_usage)
     }
@@ -212,13 +238,21 @@ mod tests {
     use foehn_core::Timings;
 
     fn token(text: &str, lp: Option<f32>) -> TokenEvent {
-        TokenEvent { text: text.into(), id: Some(1), logprob: lp, top_logprobs: vec![(text.into(), lp.unwrap_or(0.0))] }
+        TokenEvent {
+            text: text.into(),
+            id: Some(1),
+            logprob: lp,
+            top_logprobs: vec![(text.into(), lp.unwrap_or(0.0))],
+        }
     }
 
     fn done() -> Completion {
         Completion {
             finish_reason: FinishReason::Length,
-            usage: Usage { prompt_tokens: 3, completion_tokens: 2 },
+            usage: Usage {
+                prompt_tokens: 3,
+                completion_tokens: 2,
+            },
             timings: Timings::default(),
             served_by: Some("local".into()),
             tried: vec![],
@@ -229,7 +263,10 @@ mod tests {
     #[test]
     fn chat_response_has_openais_shape() {
         let b = ResponseBuilder::new(Endpoint::Chat, "m", true);
-        let v = b.full(&[token("He", Some(-0.5)), token("llo", Some(-1.0))], &done());
+        let v = b.full(
+            &[token("He", Some(-0.5)), token("llo", Some(-1.0))],
+            &done(),
+        );
         assert!(v["id"].as_str().unwrap().starts_with("chatcmpl-"));
         assert_eq!(v["object"], "chat.completion");
         assert_eq!(v["model"], "m");
@@ -249,10 +286,17 @@ mod tests {
         assert_eq!(first["choices"][0]["text"], "ab");
         assert_eq!(second["choices"][0]["logprobs"]["text_offset"][0], 2);
         assert!(second["usage"].is_null() && second.get("usage").is_some());
-        assert_eq!(b.finish_chunk(&done(), false)["choices"][0]["finish_reason"], "length");
+        assert_eq!(
+            b.finish_chunk(&done(), false)["choices"][0]["finish_reason"],
+            "length"
+        );
         let usage = b.usage_chunk(&done());
         assert_eq!(usage["choices"], json!([]));
         assert_eq!(usage["usage"]["completion_tokens"], 2);
-        assert_ne!(ResponseBuilder::new(Endpoint::Text, "m", false).id, b.id, "ids are unique");
+        assert_ne!(
+            ResponseBuilder::new(Endpoint::Text, "m", false).id,
+            b.id,
+            "ids are unique"
+        );
     }
 }

@@ -47,7 +47,11 @@ pub(crate) async fn chat(State(app): Shared, body: Result<Bytes, BytesRejection>
     let job = body.map_err(rejection).and_then(|b| {
         let req: ChatRequest = parse_body(&b)?;
         let stream = req.stream.unwrap_or(false);
-        let include_usage = req.stream_options.as_ref().and_then(|o| o.include_usage).unwrap_or(false);
+        let include_usage = req
+            .stream_options
+            .as_ref()
+            .and_then(|o| o.include_usage)
+            .unwrap_or(false);
         let request = req.into_generate(&app.generator.capabilities())?;
         job(&app, request, stream, include_usage)
     });
@@ -58,11 +62,18 @@ pub(crate) async fn chat(State(app): Shared, body: Result<Bytes, BytesRejection>
 }
 
 /// `POST /v1/completions`.
-pub(crate) async fn completions(State(app): Shared, body: Result<Bytes, BytesRejection>) -> Response {
+pub(crate) async fn completions(
+    State(app): Shared,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
     let job = body.map_err(rejection).and_then(|b| {
         let req: CompletionRequest = parse_body(&b)?;
         let stream = req.stream.unwrap_or(false);
-        let include_usage = req.stream_options.as_ref().and_then(|o| o.include_usage).unwrap_or(false);
+        let include_usage = req
+            .stream_options
+            .as_ref()
+            .and_then(|o| o.include_usage)
+            .unwrap_or(false);
         let request = req.into_generate(&app.generator.capabilities())?;
         job(&app, request, stream, include_usage)
     });
@@ -73,7 +84,12 @@ pub(crate) async fn completions(State(app): Shared, body: Result<Bytes, BytesRej
 }
 
 /// Checks the model name and fills in the rest of the job.
-fn job(app: &AppState, request: GenerateRequest, stream: bool, include_usage: bool) -> Result<Job, ApiError> {
+fn job(
+    app: &AppState,
+    request: GenerateRequest,
+    stream: bool,
+    include_usage: bool,
+) -> Result<Job, ApiError> {
     let served = &app.opts.models;
     let model = match (&request.model, served.first()) {
         (Some(m), _) if served.is_empty() || served.contains(m) => m.clone(),
@@ -82,14 +98,28 @@ fn job(app: &AppState, request: GenerateRequest, stream: bool, include_usage: bo
         (None, None) => app.generator.name().to_string(),
     };
     let logprobs = request.logprobs.is_some();
-    Ok(Job { request, model, stream, include_usage, logprobs })
+    Ok(Job {
+        request,
+        model,
+        stream,
+        include_usage,
+        logprobs,
+    })
 }
 
 /// An unreadable body (too large, cut off) as an OpenAI error.
 fn rejection(r: BytesRejection) -> ApiError {
     let status = r.status();
-    let kind = if status.is_server_error() { "server_error" } else { "invalid_request_error" };
-    ApiError::new(status, kind, format!("could not read the request body: {}", r.body_text()))
+    let kind = if status.is_server_error() {
+        "server_error"
+    } else {
+        "invalid_request_error"
+    };
+    ApiError::new(
+        status,
+        kind,
+        format!("could not read the request body: {}", r.body_text()),
+    )
 }
 
 /// Waits for a turn, starts the generation, and answers once its first event
@@ -99,7 +129,12 @@ async fn run(app: Arc<AppState>, endpoint: Endpoint, job: Job) -> Response {
         Ok(p) => p,
         Err(e) => return e.into_response(),
     };
-    let mut running = bridge::start(app.generator.clone(), job.request, permit, app.scheduler.clone());
+    let mut running = bridge::start(
+        app.generator.clone(),
+        job.request,
+        permit,
+        app.scheduler.clone(),
+    );
     let first = match running.events.recv().await {
         Some(Ok(event)) => event,
         Some(Err(e)) => return ApiError::from(e).into_response(),
@@ -108,7 +143,9 @@ async fn run(app: Arc<AppState>, endpoint: Endpoint, job: Job) -> Response {
     let builder = ResponseBuilder::new(endpoint, &job.model, job.logprobs);
     if job.stream {
         let events = sse_events(running, first, builder, job.include_usage, job.logprobs);
-        Sse::new(events).keep_alive(KeepAlive::new().interval(app.opts.keep_alive)).into_response()
+        Sse::new(events)
+            .keep_alive(KeepAlive::new().interval(app.opts.keep_alive))
+            .into_response()
     } else {
         match collect(running, first).await {
             Ok((tokens, done)) => Json(builder.full(&tokens, &done)).into_response(),
@@ -119,11 +156,16 @@ async fn run(app: Arc<AppState>, endpoint: Endpoint, job: Job) -> Response {
 
 /// The generation stopped without saying why (its thread panicked).
 fn stopped() -> ApiError {
-    ApiError::from(GenerateError::Backend("the generation stopped without a final event".into()))
+    ApiError::from(GenerateError::Backend(
+        "the generation stopped without a final event".into(),
+    ))
 }
 
 /// All tokens and the final event of a non-streaming request.
-async fn collect(mut running: Running, first: Event) -> Result<(Vec<TokenEvent>, foehn_core::Completion), ApiError> {
+async fn collect(
+    mut running: Running,
+    first: Event,
+) -> Result<(Vec<TokenEvent>, foehn_core::Completion), ApiError> {
     let mut tokens = Vec::new();
     let mut next = Some(Ok(first));
     loop {
@@ -166,9 +208,11 @@ impl SseState {
                 }
             }
             Some(Ok(Event::Done(done))) => {
-                self.pending.push_back(data(&self.builder.finish_chunk(&done, self.include_usage)));
+                self.pending
+                    .push_back(data(&self.builder.finish_chunk(&done, self.include_usage)));
                 if self.include_usage {
-                    self.pending.push_back(data(&self.builder.usage_chunk(&done)));
+                    self.pending
+                        .push_back(data(&self.builder.usage_chunk(&done)));
                 }
                 self.pending.push_back(SseEvent::default().data("[DONE]"));
                 self.finished = true;
@@ -200,7 +244,15 @@ fn sse_events(
     if builder.endpoint() == Endpoint::Chat {
         pending.push_back(data(&builder.role_chunk(include_usage)));
     }
-    let state = SseState { running, builder, include_usage, logprobs, pending, first: Some(first), finished: false };
+    let state = SseState {
+        running,
+        builder,
+        include_usage,
+        logprobs,
+        pending,
+        first: Some(first),
+        finished: false,
+    };
     stream::unfold(state, |mut s| async move {
         loop {
             if let Some(event) = s.pending.pop_front() {
@@ -220,7 +272,10 @@ fn sse_events(
 
 /// `GET /v1/models`.
 pub(crate) async fn models(State(app): Shared) -> Json<Value> {
-    let data: Vec<Value> = model_ids(&app).iter().map(|id| model_object(&app, id)).collect();
+    let data: Vec<Value> = model_ids(&app)
+        .iter()
+        .map(|id| model_object(&app, id))
+        .collect();
     Json(json!({"object": "list", "data": data}))
 }
 
@@ -301,7 +356,10 @@ pub(crate) async fn require_key(State(app): Shared, request: Request, next: Next
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
             .map(str::trim);
         if !given.is_some_and(|g| constant_time_eq(g.as_bytes(), key.as_bytes())) {
             return ApiError::unauthorized().into_response();

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use foehn_core::{
-    CancelToken, Capabilities, Completion, Event, EventStream, FinishReason, GenerateError, GenerateRequest, Generator,
-    Prompt, Timings, TokenEvent, Usage,
+    CancelToken, Capabilities, Completion, Event, EventStream, FinishReason, GenerateError,
+    GenerateRequest, Generator, Prompt, Timings, TokenEvent, Usage,
 };
 use foehn_serve::{ServeOptions, Server};
 use serde_json::{json, Value};
@@ -38,19 +38,34 @@ impl Generator for Scripted {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities { context_length: Some(64), token_prompts: true, ..Capabilities::default() }
+        Capabilities {
+            context_length: Some(64),
+            token_prompts: true,
+            ..Capabilities::default()
+        }
     }
 
-    fn generate(&self, request: GenerateRequest, cancel: CancelToken) -> Result<EventStream, GenerateError> {
+    fn generate(
+        &self,
+        request: GenerateRequest,
+        cancel: CancelToken,
+    ) -> Result<EventStream, GenerateError> {
         let text = match &request.prompt {
             Prompt::Text(t) => t.clone(),
             Prompt::Chat(m) => m.last().map(|m| m.content.clone()).unwrap_or_default(),
             Prompt::Tokens(ids) => ids.iter().map(|i| format!("t{i} ")).collect(),
         };
         match text.as_str() {
-            "error:overflow" => return Err(GenerateError::ContextOverflow { prompt_tokens: 100, context: 64 }),
+            "error:overflow" => {
+                return Err(GenerateError::ContextOverflow {
+                    prompt_tokens: 100,
+                    context: 64,
+                })
+            }
             "error:ratelimit" => {
-                return Err(GenerateError::RateLimited { retry_after: Some(Duration::from_millis(2500)) })
+                return Err(GenerateError::RateLimited {
+                    retry_after: Some(Duration::from_millis(2500)),
+                })
             }
             "error:unavailable" => return Err(GenerateError::Unavailable("no route".into())),
             "error:backend" => return Err(GenerateError::Backend("boom".into())),
@@ -77,7 +92,11 @@ impl Generator for Scripted {
             if cancel.is_cancelled() {
                 cancelled.fetch_add(1, Ordering::SeqCst);
                 done = true;
-                return Some(Ok(done_event(FinishReason::Cancelled, prompt_tokens, i as u32)));
+                return Some(Ok(done_event(
+                    FinishReason::Cancelled,
+                    prompt_tokens,
+                    i as u32,
+                )));
             }
             if midstream_error && i == 1 {
                 done = true;
@@ -85,12 +104,20 @@ impl Generator for Scripted {
             }
             if i == total {
                 done = true;
-                let reason = if request.max_tokens.is_some() { FinishReason::Length } else { FinishReason::Stop };
+                let reason = if request.max_tokens.is_some() {
+                    FinishReason::Length
+                } else {
+                    FinishReason::Stop
+                };
                 return Some(Ok(done_event(reason, prompt_tokens, i as u32)));
             }
             let text = words[i % words.len()].clone();
             i += 1;
-            let top = logprobs.map_or(vec![], |k| (0..k).map(|j| (format!("alt{j}"), -1.0 - j as f32)).collect());
+            let top = logprobs.map_or(vec![], |k| {
+                (0..k)
+                    .map(|j| (format!("alt{j}"), -1.0 - j as f32))
+                    .collect()
+            });
             Some(Ok(Event::Token(TokenEvent {
                 text,
                 id: Some(i as u32),
@@ -104,7 +131,10 @@ impl Generator for Scripted {
 fn done_event(finish_reason: FinishReason, prompt_tokens: u32, completion_tokens: u32) -> Event {
     Event::Done(Completion {
         finish_reason,
-        usage: Usage { prompt_tokens, completion_tokens },
+        usage: Usage {
+            prompt_tokens,
+            completion_tokens,
+        },
         timings: Timings::default(),
         served_by: Some("scripted".into()),
         tried: vec![],
@@ -122,26 +152,47 @@ struct TestServer {
 fn start(opts: ServeOptions) -> TestServer {
     let alive = Arc::new(AtomicUsize::new(0));
     let cancelled = Arc::new(AtomicUsize::new(0));
-    let generator = Arc::new(Scripted { alive: alive.clone(), cancelled: cancelled.clone() });
+    let generator = Arc::new(Scripted {
+        alive: alive.clone(),
+        cancelled: cancelled.clone(),
+    });
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
         rt.block_on(async move {
-            let server = Server::bind("127.0.0.1:0".parse().unwrap(), generator, opts).await.unwrap();
+            let server = Server::bind("127.0.0.1:0".parse().unwrap(), generator, opts)
+                .await
+                .unwrap();
             tx.send(server.local_addr()).unwrap();
             server.run_until(std::future::pending()).await.unwrap();
         });
     });
-    let addr = rx.recv_timeout(Duration::from_secs(10)).expect("the server starts");
-    TestServer { addr, alive, cancelled }
+    let addr = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the server starts");
+    TestServer {
+        addr,
+        alive,
+        cancelled,
+    }
 }
 
 fn default_server() -> TestServer {
-    start(ServeOptions { models: vec!["scripted-1".into()], ..ServeOptions::default() })
+    start(ServeOptions {
+        models: vec!["scripted-1".into()],
+        ..ServeOptions::default()
+    })
 }
 
 fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder().http_status_as_error(false).build().into()
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into()
 }
 
 /// Status, `Retry-After`, and body of one request.
@@ -173,14 +224,21 @@ fn call(
     }
     .expect("an HTTP answer");
     let status = response.status().as_u16();
-    let retry = response.headers().get("retry-after").and_then(|v| v.to_str().ok()).map(str::to_string);
+    let retry = response
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
     let text = response.into_body().read_to_string().expect("a body");
     (status, retry, text)
 }
 
 fn post_json(s: &TestServer, path: &str, body: &Value) -> (u16, Value) {
     let (status, _, text) = call(s, "POST", path, Some(body.to_string().as_bytes()), None);
-    (status, serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}")))
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}")),
+    )
 }
 
 fn health(s: &TestServer) -> Value {
@@ -199,7 +257,10 @@ fn assert_error(status: u16, body: &Value, want_status: u16, want_code: Option<&
     assert_eq!(status, want_status, "{body}");
     let e = &body["error"];
     assert!(e["message"].is_string() && e["type"].is_string(), "{body}");
-    assert!(e.get("param").is_some() && e.get("code").is_some(), "{body}");
+    assert!(
+        e.get("param").is_some() && e.get("code").is_some(),
+        "{body}"
+    );
     if let Some(code) = want_code {
         assert_eq!(e["code"], code, "{body}");
     }
@@ -219,18 +280,32 @@ fn chat_completion_has_openais_shape() {
     assert!(v["id"].as_str().unwrap().starts_with("chatcmpl-"));
     assert!(v["created"].as_u64().unwrap() > 1_600_000_000);
     assert_eq!(v["choices"][0]["index"], 0);
-    assert_eq!(v["choices"][0]["message"], json!({"role": "assistant", "content": "hello big world", "refusal": null}));
+    assert_eq!(
+        v["choices"][0]["message"],
+        json!({"role": "assistant", "content": "hello big world", "refusal": null})
+    );
     assert_eq!(v["choices"][0]["finish_reason"], "stop");
-    assert_eq!(v["usage"], json!({"prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6}));
+    assert_eq!(
+        v["usage"],
+        json!({"prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6})
+    );
     // No model named: the first served model.
-    let (_, v) = post_json(&s, "/v1/chat/completions", &json!({"messages": [{"role": "user", "content": "a"}]}));
+    let (_, v) = post_json(
+        &s,
+        "/v1/chat/completions",
+        &json!({"messages": [{"role": "user", "content": "a"}]}),
+    );
     assert_eq!(v["model"], "scripted-1");
 }
 
 #[test]
 fn text_completion_with_logprobs() {
     let s = default_server();
-    let (status, v) = post_json(&s, "/v1/completions", &json!({"prompt": "one two", "max_tokens": 3, "logprobs": 2}));
+    let (status, v) = post_json(
+        &s,
+        "/v1/completions",
+        &json!({"prompt": "one two", "max_tokens": 3, "logprobs": 2}),
+    );
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["object"], "text_completion");
     assert_eq!(v["choices"][0]["text"], "one twoone ");
@@ -241,7 +316,10 @@ fn text_completion_with_logprobs() {
     assert_eq!(lp["token_logprobs"], json!([-0.5, -0.5, -0.5]));
     assert_eq!(lp["top_logprobs"][0]["alt1"], -2.0);
     let (status, v) = post_json(&s, "/v1/completions", &json!({"prompt": [5, 6]}));
-    assert_eq!((status, v["choices"][0]["text"].as_str()), (200, Some("t5 t6 ")));
+    assert_eq!(
+        (status, v["choices"][0]["text"].as_str()),
+        (200, Some("t5 t6 "))
+    );
 }
 
 #[test]
@@ -249,17 +327,33 @@ fn chat_stream_sends_role_tokens_finish_usage_and_done() {
     let s = default_server();
     let body = json!({"messages": [{"role": "user", "content": "a b c"}], "stream": true,
                       "stream_options": {"include_usage": true}});
-    let (status, _, text) = call(&s, "POST", "/v1/chat/completions", Some(body.to_string().as_bytes()), None);
+    let (status, _, text) = call(
+        &s,
+        "POST",
+        "/v1/chat/completions",
+        Some(body.to_string().as_bytes()),
+        None,
+    );
     assert_eq!(status, 200, "{text}");
     let data = sse_data(&text);
     assert_eq!(data.last().map(String::as_str), Some("[DONE]"), "{text}");
-    let chunks: Vec<Value> = data[..data.len() - 1].iter().map(|d| serde_json::from_str(d).unwrap()).collect();
+    let chunks: Vec<Value> = data[..data.len() - 1]
+        .iter()
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
     let id = &chunks[0]["id"];
-    assert!(chunks.iter().all(|c| &c["id"] == id), "one id for all chunks");
-    assert!(chunks.iter().all(|c| c["object"] == "chat.completion.chunk"));
+    assert!(
+        chunks.iter().all(|c| &c["id"] == id),
+        "one id for all chunks"
+    );
+    assert!(chunks
+        .iter()
+        .all(|c| c["object"] == "chat.completion.chunk"));
     assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
-    let content: String =
-        chunks.iter().filter_map(|c| c["choices"].get(0)?["delta"]["content"].as_str()).collect::<String>();
+    let content: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"].get(0)?["delta"]["content"].as_str())
+        .collect::<String>();
     assert_eq!(content, "a b c");
     let finish = &chunks[chunks.len() - 2];
     assert_eq!(finish["choices"][0]["finish_reason"], "stop");
@@ -273,15 +367,32 @@ fn chat_stream_sends_role_tokens_finish_usage_and_done() {
 fn text_stream_without_usage() {
     let s = default_server();
     let body = json!({"prompt": "x y", "stream": true, "max_tokens": 4});
-    let (status, _, text) = call(&s, "POST", "/v1/completions", Some(body.to_string().as_bytes()), None);
+    let (status, _, text) = call(
+        &s,
+        "POST",
+        "/v1/completions",
+        Some(body.to_string().as_bytes()),
+        None,
+    );
     assert_eq!(status, 200);
     let data = sse_data(&text);
     assert_eq!(data.last().map(String::as_str), Some("[DONE]"));
-    let chunks: Vec<Value> = data[..data.len() - 1].iter().map(|d| serde_json::from_str(d).unwrap()).collect();
-    assert!(chunks.iter().all(|c| c["object"] == "text_completion" && c.get("usage").is_none()));
-    let text: String = chunks.iter().map(|c| c["choices"][0]["text"].as_str().unwrap()).collect();
+    let chunks: Vec<Value> = data[..data.len() - 1]
+        .iter()
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    assert!(chunks
+        .iter()
+        .all(|c| c["object"] == "text_completion" && c.get("usage").is_none()));
+    let text: String = chunks
+        .iter()
+        .map(|c| c["choices"][0]["text"].as_str().unwrap())
+        .collect();
     assert_eq!(text, "x yx y");
-    assert_eq!(chunks.last().unwrap()["choices"][0]["finish_reason"], "length");
+    assert_eq!(
+        chunks.last().unwrap()["choices"][0]["finish_reason"],
+        "length"
+    );
 }
 
 #[test]
@@ -289,7 +400,10 @@ fn bad_requests_get_openai_error_objects() {
     let s = default_server();
     let chat = |b: &[u8]| {
         let (status, _, text) = call(&s, "POST", "/v1/chat/completions", Some(b), None);
-        (status, serde_json::from_str::<Value>(&text).unwrap_or_else(|e| panic!("{e}: {text}")))
+        (
+            status,
+            serde_json::from_str::<Value>(&text).unwrap_or_else(|e| panic!("{e}: {text}")),
+        )
     };
     for bad in [
         &b"{not json"[..],
@@ -304,25 +418,40 @@ fn bad_requests_get_openai_error_objects() {
         let (status, v) = chat(bad);
         assert_error(status, &v, 400, None);
     }
-    let (status, v) = chat(br#"{"messages": [{"role": "user", "content": "x"}], "temperature": "hot"}"#);
+    let (status, v) =
+        chat(br#"{"messages": [{"role": "user", "content": "x"}], "temperature": "hot"}"#);
     assert_error(status, &v, 400, None);
     assert_eq!(v["error"]["param"], "temperature");
-    let (status, v) = chat(br#"{"model": "gpt-9", "messages": [{"role": "user", "content": "x"}]}"#);
+    let (status, v) =
+        chat(br#"{"model": "gpt-9", "messages": [{"role": "user", "content": "x"}]}"#);
     assert_error(status, &v, 404, Some("model_not_found"));
     let (status, _, text) = call(&s, "GET", "/v2/nothing", None, None);
-    assert_error(status, &serde_json::from_str(&text).unwrap(), 404, Some("unknown_url"));
+    assert_error(
+        status,
+        &serde_json::from_str(&text).unwrap(),
+        404,
+        Some("unknown_url"),
+    );
     let (status, _, text) = call(&s, "GET", "/v1/chat/completions", None, None);
     assert_error(status, &serde_json::from_str(&text).unwrap(), 405, None);
     // A body over the limit is refused from its length alone (sending it
     // whole would race the server's early answer and close).
     let mut sock = TcpStream::connect(s.addr).unwrap();
-    write!(sock, "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\n\r\n", 5 << 20).unwrap();
+    write!(
+        sock,
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\n\r\n",
+        5 << 20
+    )
+    .unwrap();
     sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let mut answer = Vec::new();
     let _ = sock.read_to_end(&mut answer);
     let answer = String::from_utf8_lossy(&answer);
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
-    assert!(answer.contains(r#""type":"invalid_request_error""#), "{answer}");
+    assert!(
+        answer.contains(r#""type":"invalid_request_error""#),
+        "{answer}"
+    );
     // The server is still fine.
     let (status, _) = chat(br#"{"messages": [{"role": "user", "content": "x"}]}"#);
     assert_eq!(status, 200);
@@ -333,7 +462,13 @@ fn generator_errors_get_their_statuses() {
     let s = default_server();
     let ask = |content: &str| {
         let body = json!({"messages": [{"role": "user", "content": content}]}).to_string();
-        let (status, retry, text) = call(&s, "POST", "/v1/chat/completions", Some(body.as_bytes()), None);
+        let (status, retry, text) = call(
+            &s,
+            "POST",
+            "/v1/chat/completions",
+            Some(body.as_bytes()),
+            None,
+        );
         (status, retry, serde_json::from_str::<Value>(&text).unwrap())
     };
     let (status, _, v) = ask("error:overflow");
@@ -350,34 +485,73 @@ fn generator_errors_get_their_statuses() {
     let (status, _, v) = ask("error:midstream");
     assert_error(status, &v, 500, None);
     // Mid-stream in a stream: the 200 carries an error event.
-    let body = json!({"messages": [{"role": "user", "content": "error:midstream"}], "stream": true}).to_string();
-    let (status, _, text) = call(&s, "POST", "/v1/chat/completions", Some(body.as_bytes()), None);
+    let body =
+        json!({"messages": [{"role": "user", "content": "error:midstream"}], "stream": true})
+            .to_string();
+    let (status, _, text) = call(
+        &s,
+        "POST",
+        "/v1/chat/completions",
+        Some(body.as_bytes()),
+        None,
+    );
     assert_eq!(status, 200);
     let last: Value = serde_json::from_str(sse_data(&text).last().unwrap()).unwrap();
-    assert!(last["error"]["message"].as_str().unwrap().contains("fell over"), "{text}");
+    assert!(
+        last["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("fell over"),
+        "{text}"
+    );
     // A generation's thread ends just after its last event reached the client.
-    wait_for("the generations to end", Duration::from_secs(5), || health(&s)["queue"]["running"] == 0);
+    wait_for("the generations to end", Duration::from_secs(5), || {
+        health(&s)["queue"]["running"] == 0
+    });
     let q = &health(&s)["queue"];
     assert!(q["failed"].as_u64().unwrap() >= 6, "{q}");
 }
 
 #[test]
 fn api_key_guards_v1_but_not_health() {
-    let s = start(ServeOptions { api_key: Some("sesame".into()), ..ServeOptions::default() });
+    let s = start(ServeOptions {
+        api_key: Some("sesame".into()),
+        ..ServeOptions::default()
+    });
     let (status, _, text) = call(&s, "GET", "/v1/models", None, None);
-    assert_error(status, &serde_json::from_str(&text).unwrap(), 401, Some("invalid_api_key"));
+    assert_error(
+        status,
+        &serde_json::from_str(&text).unwrap(),
+        401,
+        Some("invalid_api_key"),
+    );
     let (status, _, _) = call(&s, "GET", "/v1/models", None, Some("wrong"));
     assert_eq!(status, 401);
     let (status, _, text) = call(&s, "GET", "/v1/models", None, Some("sesame"));
     assert_eq!(status, 200);
     let v: Value = serde_json::from_str(&text).unwrap();
     assert_eq!(v["object"], "list");
-    assert_eq!(v["data"][0]["id"], "scripted", "no model list: the generator's name");
+    assert_eq!(
+        v["data"][0]["id"], "scripted",
+        "no model list: the generator's name"
+    );
     assert_eq!(v["data"][0]["object"], "model");
     let body = json!({"messages": [{"role": "user", "content": "x"}]}).to_string();
-    let (status, _, _) = call(&s, "POST", "/v1/chat/completions", Some(body.as_bytes()), None);
+    let (status, _, _) = call(
+        &s,
+        "POST",
+        "/v1/chat/completions",
+        Some(body.as_bytes()),
+        None,
+    );
     assert_eq!(status, 401);
-    let (status, _, _) = call(&s, "POST", "/v1/chat/completions", Some(body.as_bytes()), Some("sesame"));
+    let (status, _, _) = call(
+        &s,
+        "POST",
+        "/v1/chat/completions",
+        Some(body.as_bytes()),
+        Some("sesame"),
+    );
     assert_eq!(status, 200);
     assert_eq!(call(&s, "GET", "/health", None, None).0, 200);
 }
@@ -406,17 +580,38 @@ fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
 
 #[test]
 fn a_full_queue_answers_429_with_retry_after() {
-    let s = start(ServeOptions { parallel: 1, queue: 1, ..ServeOptions::default() });
+    let s = start(ServeOptions {
+        parallel: 1,
+        queue: 1,
+        ..ServeOptions::default()
+    });
     // A long generation (50 ms a token, 1000 tokens) holds the only slot ...
     let slow = json!({"prompt": "z ", "max_tokens": 1000, "seed": 50, "stream": true});
     let running = raw_post(&s, "/v1/completions", &slow);
-    wait_for("the first generation to run", Duration::from_secs(5), || health(&s)["queue"]["running"] == 1);
+    wait_for(
+        "the first generation to run",
+        Duration::from_secs(5),
+        || health(&s)["queue"]["running"] == 1,
+    );
     // ... a second waits ...
     let waiting = raw_post(&s, "/v1/completions", &slow);
-    wait_for("the second to wait", Duration::from_secs(5), || health(&s)["queue"]["waiting"] == 1);
+    wait_for("the second to wait", Duration::from_secs(5), || {
+        health(&s)["queue"]["waiting"] == 1
+    });
     // ... and a third finds the queue full.
-    let (status, retry, text) = call(&s, "POST", "/v1/completions", Some(slow.to_string().as_bytes()), None);
-    assert_error(status, &serde_json::from_str(&text).unwrap(), 429, Some("queue_full"));
+    let (status, retry, text) = call(
+        &s,
+        "POST",
+        "/v1/completions",
+        Some(slow.to_string().as_bytes()),
+        None,
+    );
+    assert_error(
+        status,
+        &serde_json::from_str(&text).unwrap(),
+        429,
+        Some("queue_full"),
+    );
     let retry: u64 = retry.expect("Retry-After").parse().unwrap();
     assert!((1..=60).contains(&retry));
     // Hanging up frees the slot for the waiter, then its own hang-up frees everything.
@@ -436,15 +631,17 @@ fn a_full_queue_answers_429_with_retry_after() {
 #[test]
 fn a_disconnected_stream_cancels_its_generation() {
     let s = default_server();
-    let body =
-        json!({"messages": [{"role": "user", "content": "tick "}], "max_tokens": 100000, "seed": 10, "stream": true});
+    let body = json!({"messages": [{"role": "user", "content": "tick "}], "max_tokens": 100000, "seed": 10, "stream": true});
     let sock = raw_post(&s, "/v1/chat/completions", &body);
     let mut reader = BufReader::new(sock);
     let mut line = String::new();
     let mut tokens = 0;
     while tokens < 3 {
         line.clear();
-        assert!(reader.read_line(&mut line).unwrap() > 0, "the stream ended early");
+        assert!(
+            reader.read_line(&mut line).unwrap() > 0,
+            "the stream ended early"
+        );
         if line.contains("tick") {
             tokens += 1;
         }
@@ -452,7 +649,9 @@ fn a_disconnected_stream_cancels_its_generation() {
     assert_eq!(s.alive.load(Ordering::SeqCst), 1);
     let hung_up = Instant::now();
     drop(reader);
-    wait_for("the generation to stop", Duration::from_secs(5), || s.alive.load(Ordering::SeqCst) == 0);
+    wait_for("the generation to stop", Duration::from_secs(5), || {
+        s.alive.load(Ordering::SeqCst) == 0
+    });
     // 100000 tokens at 10 ms each would take 1000 s.
     assert!(hung_up.elapsed() < Duration::from_secs(5));
     wait_for("the health counters", Duration::from_secs(5), || {
@@ -466,18 +665,29 @@ fn a_disconnected_non_streaming_request_cancels_its_generation() {
     let s = default_server();
     let body = json!({"prompt": "tock ", "max_tokens": 100000, "seed": 10});
     let mut sock = raw_post(&s, "/v1/completions", &body);
-    wait_for("the generation to start", Duration::from_secs(5), || s.alive.load(Ordering::SeqCst) == 1);
+    wait_for("the generation to start", Duration::from_secs(5), || {
+        s.alive.load(Ordering::SeqCst) == 1
+    });
     sock.shutdown(std::net::Shutdown::Both).unwrap();
     let mut rest = Vec::new();
     let _ = sock.read_to_end(&mut rest);
     drop(sock);
-    wait_for("the generation to stop", Duration::from_secs(5), || s.alive.load(Ordering::SeqCst) == 0);
-    assert_eq!(s.cancelled.load(Ordering::SeqCst), 1, "it saw the cancel token");
+    wait_for("the generation to stop", Duration::from_secs(5), || {
+        s.alive.load(Ordering::SeqCst) == 0
+    });
+    assert_eq!(
+        s.cancelled.load(Ordering::SeqCst),
+        1,
+        "it saw the cancel token"
+    );
 }
 
 #[test]
 fn concurrent_requests_each_get_their_own_answer() {
-    let s = start(ServeOptions { parallel: 3, ..ServeOptions::default() });
+    let s = start(ServeOptions {
+        parallel: 3,
+        ..ServeOptions::default()
+    });
     let handles: Vec<_> = (0..12)
         .map(|i| {
             let addr = s.addr;
@@ -496,7 +706,12 @@ fn concurrent_requests_each_get_their_own_answer() {
             let got: String = sse_data(&text)
                 .iter()
                 .filter(|d| *d != "[DONE]")
-                .map(|d| serde_json::from_str::<Value>(d).unwrap()["choices"][0]["text"].as_str().unwrap().to_string())
+                .map(|d| {
+                    serde_json::from_str::<Value>(d).unwrap()["choices"][0]["text"]
+                        .as_str()
+                        .unwrap()
+                        .to_string()
+                })
                 .collect();
             assert_eq!(got, want);
         } else {
@@ -504,6 +719,8 @@ fn concurrent_requests_each_get_their_own_answer() {
             assert_eq!(v["choices"][0]["text"], want);
         }
     }
-    wait_for("the generations to end", Duration::from_secs(5), || health(&s)["queue"]["running"] == 0);
+    wait_for("the generations to end", Duration::from_secs(5), || {
+        health(&s)["queue"]["running"] == 0
+    });
     assert_eq!(health(&s)["queue"]["completed"], 12);
 }

@@ -45,7 +45,10 @@ impl SpecialTokens {
     pub(crate) fn split<'a>(&self, text: &'a str, parse_special: bool) -> Vec<Fragment<'a>> {
         let mut frags = vec![Fragment::Text(text)];
         for sp in self.tokens.iter().filter(|s| s.always || parse_special) {
-            if !frags.iter().any(|f| matches!(f, Fragment::Text(t) if t.contains(sp.text.as_str()))) {
+            if !frags
+                .iter()
+                .any(|f| matches!(f, Fragment::Text(t) if t.contains(sp.text.as_str())))
+            {
                 continue;
             }
             let mut next = Vec::with_capacity(frags.len() + 2);
@@ -89,7 +92,10 @@ mod tests {
     #[test]
     fn control_tokens_only_when_asked() {
         let s = specials();
-        assert_eq!(s.split("<s>[INST] hi", false), vec![Fragment::Text("<s>[INST] hi")]);
+        assert_eq!(
+            s.split("<s>[INST] hi", false),
+            vec![Fragment::Text("<s>[INST] hi")]
+        );
         assert_eq!(
             s.split("<s>[INST] hi [/INST]", true),
             vec![
@@ -106,7 +112,12 @@ mod tests {
         let s = specials();
         assert_eq!(
             s.split("a<tool>b<tool>", false),
-            vec![Fragment::Text("a"), Fragment::Token(9), Fragment::Text("b"), Fragment::Token(9)]
+            vec![
+                Fragment::Text("a"),
+                Fragment::Token(9),
+                Fragment::Text("b"),
+                Fragment::Token(9)
+            ]
         );
     }
 

@@ -111,14 +111,22 @@ pub struct SpmDecodeState {
 
 impl Default for SpmDecodeState {
     fn default() -> Self {
-        Self { is_bos_ws: true, bos_ws_seen: false, produced: false }
+        Self {
+            is_bos_ws: true,
+            bos_ws_seen: false,
+            produced: false,
+        }
     }
 }
 
 impl SpmDecodeState {
     /// The state inside running text: no dummy-prefix space is removed any more.
     pub fn mid_text() -> Self {
-        Self { is_bos_ws: false, bos_ws_seen: false, produced: true }
+        Self {
+            is_bos_ws: false,
+            bos_ws_seen: false,
+            produced: true,
+        }
     }
 }
 
@@ -364,7 +372,13 @@ impl SpmModel {
     /// starts the text removed when `add_dummy_prefix` (or `remove_extra_whitespaces`)
     /// is set. Ids out of range append nothing. Incremental: feed pieces one by one
     /// with the same `state`, as a streaming decoder does.
-    pub fn decode_piece(&self, id: u32, state: &mut SpmDecodeState, render_control: bool, out: &mut Vec<u8>) {
+    pub fn decode_piece(
+        &self,
+        id: u32,
+        state: &mut SpmDecodeState,
+        render_control: bool,
+        out: &mut Vec<u8>,
+    ) {
         let Some(kind) = self.kind(id) else { return };
         if kind == PieceKind::Byte {
             out.extend_from_slice(self.token_bytes(id).unwrap_or_default());

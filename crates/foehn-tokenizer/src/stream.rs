@@ -20,21 +20,38 @@ pub struct StreamDecoder {
 
 enum State {
     /// Engines whose tokens are byte strings (SentencePiece, Tekken).
-    Bytes { pending: Vec<u8>, state: SpmDecodeState },
+    Bytes {
+        pending: Vec<u8>,
+        state: SpmDecodeState,
+    },
     /// `tokenizers`-library engines: decode a sliding window of ids and emit the
     /// new suffix once it no longer ends in U+FFFD (as `tokenizers::DecodeStream`
     /// does, plus a flush at the end).
-    Window { ids: Vec<u32>, prefix: String, prefix_index: usize },
+    Window {
+        ids: Vec<u32>,
+        prefix: String,
+        prefix_index: usize,
+    },
 }
 
 impl StreamDecoder {
     pub(crate) fn new(tok: &Tokenizer, skip_special: bool) -> Self {
         let state = if tok.decodes_by_bytes() {
-            State::Bytes { pending: Vec::new(), state: SpmDecodeState::default() }
+            State::Bytes {
+                pending: Vec::new(),
+                state: SpmDecodeState::default(),
+            }
         } else {
-            State::Window { ids: Vec::new(), prefix: String::new(), prefix_index: 0 }
+            State::Window {
+                ids: Vec::new(),
+                prefix: String::new(),
+                prefix_index: 0,
+            }
         };
-        Self { skip_special, state }
+        Self {
+            skip_special,
+            state,
+        }
     }
 
     /// Feeds one token; returns the text that became complete (possibly empty).
@@ -44,7 +61,11 @@ impl StreamDecoder {
                 tok.append_token_bytes(id, self.skip_special, state, pending)?;
                 Ok(take_complete_utf8(pending))
             }
-            State::Window { ids, prefix, prefix_index } => {
+            State::Window {
+                ids,
+                prefix,
+                prefix_index,
+            } => {
                 ids.push(id);
                 let text = tok.decode(ids, self.skip_special)?;
                 if text.len() > prefix.len() && !text.ends_with('\u{FFFD}') {
@@ -69,7 +90,11 @@ impl StreamDecoder {
                 pending.clear();
                 Ok(s)
             }
-            State::Window { ids, prefix, prefix_index } => {
+            State::Window {
+                ids,
+                prefix,
+                prefix_index,
+            } => {
                 let text = tok.decode(ids, self.skip_special)?;
                 let rest = text.get(prefix.len()..).unwrap_or_default().to_string();
                 ids.clear();

@@ -630,7 +630,8 @@ mod tests {
 
     /// The real tekken_240911 model (always `Some`: fetched from the pinned PyPI wheel).
     fn real_model() -> Option<TekkenModel> {
-        let path = foehn_hub::pypi_file(&foehn_hub::known::TEKKEN_240911).expect("fetching tekken_240911.json");
+        let path = foehn_hub::pypi_file(&foehn_hub::known::TEKKEN_240911)
+            .expect("fetching tekken_240911.json");
         Some(TekkenModel::from_file(&path).expect("tekken_240911.json loads"))
     }
 

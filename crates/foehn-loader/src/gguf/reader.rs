@@ -57,7 +57,10 @@ impl GgufFile {
     /// Memory-maps and parses the file at `path`.
     pub fn open(path: impl AsRef<Path>) -> Result<GgufFile> {
         let path = path.as_ref();
-        let io = |source| LoadError::Io { path: path.to_path_buf(), source };
+        let io = |source| LoadError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
         let file = std::fs::File::open(path).map_err(io)?;
         if file.metadata().map_err(io)?.len() == 0 {
             // Mapping an empty file fails on some platforms; the parser gives the real error.
@@ -88,12 +91,18 @@ impl GgufFile {
             return;
         };
         let base = map.as_ptr() as usize;
-        let (start, end) = (bytes.as_ptr() as usize, bytes.as_ptr() as usize + bytes.len());
+        let (start, end) = (
+            bytes.as_ptr() as usize,
+            bytes.as_ptr() as usize + bytes.len(),
+        );
         if start < base || end > base + map.len() {
             return;
         }
         const PAGE: usize = 4096;
-        let (first, last) = ((start - base).next_multiple_of(PAGE), (end - base) / PAGE * PAGE);
+        let (first, last) = (
+            (start - base).next_multiple_of(PAGE),
+            (end - base) / PAGE * PAGE,
+        );
         if last <= first {
             return;
         }
@@ -130,10 +139,12 @@ impl GgufFile {
             .get(name)
             .and_then(|&i| self.tensors.get(i))
             .ok_or_else(|| LoadError::MissingTensor(name.to_string()))?;
-        let ty = info.ggml_type().ok_or_else(|| LoadError::UnsupportedTensorType {
-            name: info.name.clone(),
-            ty: format!("id {}", info.type_id),
-        })?;
+        let ty = info
+            .ggml_type()
+            .ok_or_else(|| LoadError::UnsupportedTensorType {
+                name: info.name.clone(),
+                ty: format!("id {}", info.type_id),
+            })?;
         let bad = |reason: &str| LoadError::BadTensor {
             name: info.name.clone(),
             reason: reason.to_string(),
@@ -150,7 +161,12 @@ impl GgufFile {
                 self.storage.bytes().get(start..end)
             })
             .ok_or_else(|| bad("data lies outside the file"))?;
-        Ok(TensorView { name: &info.name, ty, shape: &info.shape, data })
+        Ok(TensorView {
+            name: &info.name,
+            ty,
+            shape: &info.shape,
+            data,
+        })
     }
 
     /// Alignment of the data section and of every tensor offset, in bytes.
@@ -206,7 +222,10 @@ struct Parsed {
 }
 
 fn malformed(offset: usize, reason: impl Into<String>) -> LoadError {
-    LoadError::MalformedGguf { offset: offset as u64, reason: reason.into() }
+    LoadError::MalformedGguf {
+        offset: offset as u64,
+        reason: reason.into(),
+    }
 }
 
 /// A key or name cut short enough for an error message.
@@ -250,11 +269,16 @@ impl<'a> Parser<'a> {
 
     fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8]> {
         let start = self.pos;
-        let slice =
-            start.checked_add(n).and_then(|end| self.buf.get(start..end)).ok_or_else(|| {
+        let slice = start
+            .checked_add(n)
+            .and_then(|end| self.buf.get(start..end))
+            .ok_or_else(|| {
                 malformed(
                     start,
-                    format!("file ends inside {what}: {n} bytes needed, {} left", self.remaining()),
+                    format!(
+                        "file ends inside {what}: {n} bytes needed, {} left",
+                        self.remaining()
+                    ),
                 )
             })?;
         self.pos = start + n;
@@ -317,8 +341,12 @@ impl<'a> Parser<'a> {
         };
         let start = self.pos;
         let bytes = self.take(len, what)?;
-        std::str::from_utf8(bytes)
-            .map_err(|e| malformed(start + e.valid_up_to(), format!("{what} is not valid UTF-8")))
+        std::str::from_utf8(bytes).map_err(|e| {
+            malformed(
+                start + e.valid_up_to(),
+                format!("{what} is not valid UTF-8"),
+            )
+        })
     }
 
     fn value_type(&mut self) -> Result<ValueType> {
@@ -405,7 +433,10 @@ impl<'a> Parser<'a> {
             let key_at = self.pos;
             let key = self.string("a metadata key")?;
             if metadata.contains(key) {
-                return Err(malformed(key_at, format!("duplicate metadata key '{}'", quoted(key))));
+                return Err(malformed(
+                    key_at,
+                    format!("duplicate metadata key '{}'", quoted(key)),
+                ));
             }
             let ty = self.value_type()?;
             let value_at = self.pos;
@@ -464,7 +495,14 @@ impl<'a> Parser<'a> {
             .checked_next_multiple_of(alignment)
             .ok_or_else(|| malformed(self.pos, "data section offset overflows"))?;
         check_data_layout(&tensors, data_offset, self.buf.len() as u64)?;
-        Ok(Parsed { version, metadata, tensors, index, alignment, data_offset })
+        Ok(Parsed {
+            version,
+            metadata,
+            tensors,
+            index,
+            alignment,
+            data_offset,
+        })
     }
 
     fn tensor_info(&mut self, alignment: u64) -> Result<TensorInfo> {
@@ -490,8 +528,14 @@ impl<'a> Parser<'a> {
             }
             shape.push(dim);
         }
-        if shape.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d)).is_none() {
-            return Err(bad(format!("element count of shape {shape:?} overflows u64")));
+        if shape
+            .iter()
+            .try_fold(1u64, |acc, &d| acc.checked_mul(d))
+            .is_none()
+        {
+            return Err(bad(format!(
+                "element count of shape {shape:?} overflows u64"
+            )));
         }
         let type_id = self.u32("the tensor type")?;
         let offset_at = self.pos;
@@ -505,7 +549,13 @@ impl<'a> Parser<'a> {
             Some(ty) => Some(data_size(ty, &shape).map_err(bad)?),
             None => None,
         };
-        Ok(TensorInfo { name: name.to_owned(), shape, type_id, offset, n_bytes })
+        Ok(TensorInfo {
+            name: name.to_owned(),
+            shape,
+            type_id,
+            offset,
+            n_bytes,
+        })
     }
 }
 
@@ -514,14 +564,16 @@ fn check_data_layout(tensors: &[TensorInfo], data_offset: u64, file_size: u64) -
     if tensors.is_empty() {
         return Ok(());
     }
-    let data_len = file_size.checked_sub(data_offset).ok_or_else(|| LoadError::MalformedGguf {
-        offset: file_size,
-        reason: format!(
-            "file ends before its data section, which starts at byte {data_offset}, \
+    let data_len = file_size
+        .checked_sub(data_offset)
+        .ok_or_else(|| LoadError::MalformedGguf {
+            offset: file_size,
+            reason: format!(
+                "file ends before its data section, which starts at byte {data_offset}, \
              and {} tensors need it",
-            tensors.len()
-        ),
-    })?;
+                tensors.len()
+            ),
+        })?;
     for t in tensors {
         // A tensor of unknown size still occupies at least its first byte.
         let end = t.offset.checked_add(t.n_bytes.unwrap_or(1));
@@ -532,7 +584,8 @@ fn check_data_layout(tensors: &[TensorInfo], data_offset: u64, file_size: u64) -
                     "data at offset {} ({} bytes) runs past the end of the data section \
                      ({data_len} bytes from byte {data_offset})",
                     t.offset,
-                    t.n_bytes.map_or_else(|| "unknown".to_string(), |n| n.to_string()),
+                    t.n_bytes
+                        .map_or_else(|| "unknown".to_string(), |n| n.to_string()),
                 ),
             });
         }
@@ -550,7 +603,8 @@ fn check_data_layout(tensors: &[TensorInfo], data_offset: u64, file_size: u64) -
                     next.offset,
                     quoted(&prev.name),
                     prev.offset,
-                    prev.n_bytes.map_or_else(|| "unknown".to_string(), |n| n.to_string()),
+                    prev.n_bytes
+                        .map_or_else(|| "unknown".to_string(), |n| n.to_string()),
                 ),
             });
         }
@@ -563,14 +617,19 @@ mod tests {
     use super::*;
 
     fn fixture(rel: &str) -> std::path::PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures").join(rel)
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/fixtures")
+            .join(rel)
     }
 
     #[test]
     fn opens_tiny_mistral() {
         let f = GgufFile::open(fixture("tiny-mistral/gguf/tiny-mistral-Q4_K_M.gguf")).unwrap();
         assert_eq!(f.version(), 3);
-        assert_eq!(f.metadata().get_str("general.architecture").unwrap(), "llama");
+        assert_eq!(
+            f.metadata().get_str("general.architecture").unwrap(),
+            "llama"
+        );
         assert!(!f.tensors().is_empty());
         for t in f.tensors() {
             let view = f.tensor(&t.name).unwrap();
@@ -578,7 +637,12 @@ mod tests {
             assert_eq!(view.shape, t.shape.as_slice());
         }
         // data section ends exactly at the end of the file, modulo padding
-        let end = f.tensors().iter().map(|t| t.offset + t.n_bytes.unwrap()).max().unwrap();
+        let end = f
+            .tensors()
+            .iter()
+            .map(|t| t.offset + t.n_bytes.unwrap())
+            .max()
+            .unwrap();
         assert!(f.data_offset() + end <= f.file_size());
         assert!(f.file_size() - (f.data_offset() + end) < f.alignment());
         assert!(matches!(f.tensor("nope"), Err(LoadError::MissingTensor(n)) if n == "nope"));
@@ -600,11 +664,20 @@ mod tests {
         for _ in 0..7 {
             let start = std::time::Instant::now();
             let f = GgufFile::open(path).unwrap();
-            let total: usize =
-                f.tensors().iter().map(|t| f.tensor(&t.name).unwrap().data.len()).sum();
+            let total: usize = f
+                .tensors()
+                .iter()
+                .map(|t| f.tensor(&t.name).unwrap().data.len())
+                .sum();
             times.push(start.elapsed());
             assert!(total > 0);
-            assert!(f.metadata().get_str_array("tokenizer.ggml.tokens").unwrap().len() > 49_000);
+            assert!(
+                f.metadata()
+                    .get_str_array("tokenizer.ggml.tokens")
+                    .unwrap()
+                    .len()
+                    > 49_000
+            );
         }
         times.sort();
         println!(

@@ -26,7 +26,9 @@ impl TensorInfo {
     /// Number of elements (product of the shape; saturates instead of overflowing,
     /// which cannot happen for infos read from a file: the reader rejects those).
     pub fn n_elements(&self) -> u64 {
-        self.shape.iter().fold(1u64, |acc, &d| acc.saturating_mul(d))
+        self.shape
+            .iter()
+            .fold(1u64, |acc, &d| acc.saturating_mul(d))
     }
 }
 
@@ -46,7 +48,9 @@ pub struct TensorView<'a> {
 impl TensorView<'_> {
     /// Number of elements (product of the shape).
     pub fn n_elements(&self) -> u64 {
-        self.shape.iter().fold(1u64, |acc, &d| acc.saturating_mul(d))
+        self.shape
+            .iter()
+            .fold(1u64, |acc, &d| acc.saturating_mul(d))
     }
 }
 
@@ -96,7 +100,11 @@ mod tests {
         assert_eq!(data_size(GgmlType::Q4_0, &[64, 3]), Ok(2 * 18 * 3));
         assert_eq!(data_size(GgmlType::Q4_K, &[256]), Ok(144));
         assert_eq!(data_size(GgmlType::F16, &[]), Ok(2));
-        assert!(data_size(GgmlType::Q4_0, &[33, 1]).unwrap_err().contains("block size"));
-        assert!(data_size(GgmlType::F32, &[1 << 40, 1 << 40]).unwrap_err().contains("overflow"));
+        assert!(data_size(GgmlType::Q4_0, &[33, 1])
+            .unwrap_err()
+            .contains("block size"));
+        assert!(data_size(GgmlType::F32, &[1 << 40, 1 << 40])
+            .unwrap_err()
+            .contains("overflow"));
     }
 }

@@ -235,11 +235,16 @@ impl Metadata {
     }
 
     fn require(&self, key: &str) -> Result<&Value> {
-        self.get(key).ok_or_else(|| LoadError::MissingKey(key.to_string()))
+        self.get(key)
+            .ok_or_else(|| LoadError::MissingKey(key.to_string()))
     }
 
     fn wrong(key: &str, expected: &'static str, v: &Value) -> LoadError {
-        LoadError::WrongType { key: key.to_string(), expected, found: v.type_name() }
+        LoadError::WrongType {
+            key: key.to_string(),
+            expected,
+            found: v.type_name(),
+        }
     }
 
     /// A required non-negative integer that fits a `usize`.
@@ -252,7 +257,11 @@ impl Metadata {
 
     /// An optional non-negative integer (absent = `None`, wrong type = error).
     pub fn opt_usize(&self, key: &str) -> Result<Option<usize>> {
-        if self.contains(key) { self.get_usize(key).map(Some) } else { Ok(None) }
+        if self.contains(key) {
+            self.get_usize(key).map(Some)
+        } else {
+            Ok(None)
+        }
     }
 
     /// A required float (any numeric type).
@@ -263,7 +272,11 @@ impl Metadata {
 
     /// An optional float (absent = `None`, wrong type = error).
     pub fn opt_f64(&self, key: &str) -> Result<Option<f64>> {
-        if self.contains(key) { self.get_f64(key).map(Some) } else { Ok(None) }
+        if self.contains(key) {
+            self.get_f64(key).map(Some)
+        } else {
+            Ok(None)
+        }
     }
 
     /// A required string.
@@ -274,44 +287,66 @@ impl Metadata {
 
     /// An optional string (absent = `None`, wrong type = error).
     pub fn opt_str(&self, key: &str) -> Result<Option<&str>> {
-        if self.contains(key) { self.get_str(key).map(Some) } else { Ok(None) }
+        if self.contains(key) {
+            self.get_str(key).map(Some)
+        } else {
+            Ok(None)
+        }
     }
 
     /// An optional bool (absent = `None`, wrong type = error).
     pub fn opt_bool(&self, key: &str) -> Result<Option<bool>> {
         match self.get(key) {
             None => Ok(None),
-            Some(v) => v.as_bool().map(Some).ok_or_else(|| Self::wrong(key, "bool", v)),
+            Some(v) => v
+                .as_bool()
+                .map(Some)
+                .ok_or_else(|| Self::wrong(key, "bool", v)),
         }
     }
 
     /// A required array of strings.
     pub fn get_str_array(&self, key: &str) -> Result<Vec<&str>> {
         let v = self.require(key)?;
-        let items = v.as_array().ok_or_else(|| Self::wrong(key, "array of string", v))?;
+        let items = v
+            .as_array()
+            .ok_or_else(|| Self::wrong(key, "array of string", v))?;
         items
             .iter()
-            .map(|i| i.as_str().ok_or_else(|| Self::wrong(key, "array of string", v)))
+            .map(|i| {
+                i.as_str()
+                    .ok_or_else(|| Self::wrong(key, "array of string", v))
+            })
             .collect()
     }
 
     /// A required array of numbers, widened to `f64`.
     pub fn get_f64_array(&self, key: &str) -> Result<Vec<f64>> {
         let v = self.require(key)?;
-        let items = v.as_array().ok_or_else(|| Self::wrong(key, "array of number", v))?;
+        let items = v
+            .as_array()
+            .ok_or_else(|| Self::wrong(key, "array of number", v))?;
         items
             .iter()
-            .map(|i| i.as_f64().ok_or_else(|| Self::wrong(key, "array of number", v)))
+            .map(|i| {
+                i.as_f64()
+                    .ok_or_else(|| Self::wrong(key, "array of number", v))
+            })
             .collect()
     }
 
     /// A required array of integers, widened to `i64`.
     pub fn get_i64_array(&self, key: &str) -> Result<Vec<i64>> {
         let v = self.require(key)?;
-        let items = v.as_array().ok_or_else(|| Self::wrong(key, "array of integer", v))?;
+        let items = v
+            .as_array()
+            .ok_or_else(|| Self::wrong(key, "array of integer", v))?;
         items
             .iter()
-            .map(|i| i.as_i64().ok_or_else(|| Self::wrong(key, "array of integer", v)))
+            .map(|i| {
+                i.as_i64()
+                    .ok_or_else(|| Self::wrong(key, "array of integer", v))
+            })
             .collect()
     }
 }

@@ -69,12 +69,18 @@ impl<'a> GgufWriter<'a> {
     ) -> Result<()> {
         let name = name.into();
         let data = data.into();
-        let bad = |reason: String| LoadError::BadTensor { name: name.clone(), reason };
+        let bad = |reason: String| LoadError::BadTensor {
+            name: name.clone(),
+            reason,
+        };
         if self.names.contains(&name) {
             return Err(bad("duplicate tensor name".to_string()));
         }
         if shape.len() > MAX_DIMS {
-            return Err(bad(format!("{} dimensions; GGUF allows at most {MAX_DIMS}", shape.len())));
+            return Err(bad(format!(
+                "{} dimensions; GGUF allows at most {MAX_DIMS}",
+                shape.len()
+            )));
         }
         if let Some(d) = shape.iter().position(|&d| d == 0) {
             return Err(bad(format!("dimension {d} is 0")));
@@ -87,7 +93,12 @@ impl<'a> GgufWriter<'a> {
             )));
         }
         self.names.insert(name.clone());
-        self.tensors.push(PendingTensor { name, ty, shape: shape.to_vec(), data });
+        self.tensors.push(PendingTensor {
+            name,
+            ty,
+            shape: shape.to_vec(),
+            data,
+        });
         Ok(())
     }
 
@@ -144,7 +155,10 @@ impl<'a> GgufWriter<'a> {
     /// Writes the file to `path` (created or truncated).
     pub fn write_file(&self, path: impl AsRef<Path>) -> Result<()> {
         let path = path.as_ref();
-        let io = |source| LoadError::Io { path: path.to_path_buf(), source };
+        let io = |source| LoadError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
         let file = std::fs::File::create(path).map_err(io)?;
         let mut w = std::io::BufWriter::new(file);
         self.write_to(&mut w).map_err(io)?;
@@ -154,7 +168,9 @@ impl<'a> GgufWriter<'a> {
 
 /// Arrays must be homogeneous and nested no deeper than the reader accepts.
 fn check_value(key: &str, value: &Value, depth: usize) -> Result<()> {
-    let Value::Array(elem, items) = value else { return Ok(()) };
+    let Value::Array(elem, items) = value else {
+        return Ok(());
+    };
     if depth >= MAX_ARRAY_DEPTH {
         return Err(LoadError::WrongType {
             key: key.to_string(),
@@ -250,13 +266,28 @@ mod tests {
             ("u64", V::U64(u64::MAX - 1)),
             ("i64", V::I64(i64::MIN + 1)),
             ("f64", V::F64(std::f64::consts::PI)),
-            ("arr.u8", V::Array(ValueType::U8, vec![V::U8(1), V::U8(2), V::U8(255)])),
-            ("arr.i32", V::Array(ValueType::I32, vec![V::I32(-1), V::I32(7)])),
-            ("arr.f32", V::Array(ValueType::F32, vec![V::F32(0.25), V::F32(-3.0)])),
-            ("arr.bool", V::Array(ValueType::Bool, vec![V::Bool(true), V::Bool(false)])),
+            (
+                "arr.u8",
+                V::Array(ValueType::U8, vec![V::U8(1), V::U8(2), V::U8(255)]),
+            ),
+            (
+                "arr.i32",
+                V::Array(ValueType::I32, vec![V::I32(-1), V::I32(7)]),
+            ),
+            (
+                "arr.f32",
+                V::Array(ValueType::F32, vec![V::F32(0.25), V::F32(-3.0)]),
+            ),
+            (
+                "arr.bool",
+                V::Array(ValueType::Bool, vec![V::Bool(true), V::Bool(false)]),
+            ),
             (
                 "arr.str",
-                V::Array(ValueType::String, vec![V::String("a".into()), V::String("".into())]),
+                V::Array(
+                    ValueType::String,
+                    vec![V::String("a".into()), V::String("".into())],
+                ),
             ),
             ("arr.empty", V::Array(ValueType::U64, vec![])),
             ("arr.empty.arr", V::Array(ValueType::Array, vec![])),
@@ -278,7 +309,9 @@ mod tests {
     }
 
     fn bytes(n: usize, seed: u8) -> Vec<u8> {
-        (0..n).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+        (0..n)
+            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+            .collect()
     }
 
     fn sample_writer(alignment: Option<u32>) -> GgufWriter<'static> {
@@ -289,12 +322,18 @@ mod tests {
         for (k, v) in every_value() {
             w.add_metadata(k, v).unwrap();
         }
-        w.add_tensor("f32", GgmlType::F32, &[3, 5], bytes(60, 1)).unwrap();
-        w.add_tensor("f16.1d", GgmlType::F16, &[7], bytes(14, 2)).unwrap();
-        w.add_tensor("q4_0", GgmlType::Q4_0, &[64, 2, 3], bytes(2 * 18 * 6, 3)).unwrap();
-        w.add_tensor("q4_k", GgmlType::Q4_K, &[256, 3], bytes(144 * 3, 4)).unwrap();
-        w.add_tensor("q8_0.4d", GgmlType::Q8_0, &[32, 1, 2, 2], bytes(34 * 4, 5)).unwrap();
-        w.add_tensor("bf16.scalar", GgmlType::BF16, &[], bytes(2, 6)).unwrap();
+        w.add_tensor("f32", GgmlType::F32, &[3, 5], bytes(60, 1))
+            .unwrap();
+        w.add_tensor("f16.1d", GgmlType::F16, &[7], bytes(14, 2))
+            .unwrap();
+        w.add_tensor("q4_0", GgmlType::Q4_0, &[64, 2, 3], bytes(2 * 18 * 6, 3))
+            .unwrap();
+        w.add_tensor("q4_k", GgmlType::Q4_K, &[256, 3], bytes(144 * 3, 4))
+            .unwrap();
+        w.add_tensor("q8_0.4d", GgmlType::Q8_0, &[32, 1, 2, 2], bytes(34 * 4, 5))
+            .unwrap();
+        w.add_tensor("bf16.scalar", GgmlType::BF16, &[], bytes(2, 6))
+            .unwrap();
         w
     }
 
@@ -339,28 +378,48 @@ mod tests {
     fn rejects_bad_input() {
         let mut w = GgufWriter::new();
         w.add_metadata("k", Value::U8(1)).unwrap();
-        assert!(w.add_metadata("k", Value::U8(2)).unwrap_err().to_string().contains("duplicate"));
+        assert!(w
+            .add_metadata("k", Value::U8(2))
+            .unwrap_err()
+            .to_string()
+            .contains("duplicate"));
         let mixed = Value::Array(ValueType::U8, vec![Value::U8(1), Value::I8(1)]);
-        assert!(matches!(w.add_metadata("mixed", mixed), Err(LoadError::WrongType { .. })));
+        assert!(matches!(
+            w.add_metadata("mixed", mixed),
+            Err(LoadError::WrongType { .. })
+        ));
         let mut deep = Value::Array(ValueType::U8, vec![]);
         for _ in 0..MAX_ARRAY_DEPTH {
             deep = Value::Array(ValueType::Array, vec![deep]);
         }
-        assert!(matches!(w.add_metadata("deep", deep), Err(LoadError::WrongType { .. })));
+        assert!(matches!(
+            w.add_metadata("deep", deep),
+            Err(LoadError::WrongType { .. })
+        ));
         for bad in [Value::U32(0), Value::U32(48), Value::U64(32)] {
             assert!(w.add_metadata(ALIGNMENT_KEY, bad).is_err());
         }
 
-        let err = w.add_tensor("t", GgmlType::F32, &[3], vec![0; 11]).unwrap_err();
+        let err = w
+            .add_tensor("t", GgmlType::F32, &[3], vec![0; 11])
+            .unwrap_err();
         assert!(err.to_string().contains("needs 12"), "{err}");
-        let err = w.add_tensor("t", GgmlType::Q4_0, &[33], vec![0; 18]).unwrap_err();
+        let err = w
+            .add_tensor("t", GgmlType::Q4_0, &[33], vec![0; 18])
+            .unwrap_err();
         assert!(err.to_string().contains("block size"), "{err}");
-        let err = w.add_tensor("t", GgmlType::F32, &[1, 1, 1, 1, 1], vec![0; 4]).unwrap_err();
+        let err = w
+            .add_tensor("t", GgmlType::F32, &[1, 1, 1, 1, 1], vec![0; 4])
+            .unwrap_err();
         assert!(err.to_string().contains("at most 4"), "{err}");
-        let err = w.add_tensor("t", GgmlType::F32, &[2, 0], Vec::new()).unwrap_err();
+        let err = w
+            .add_tensor("t", GgmlType::F32, &[2, 0], Vec::new())
+            .unwrap_err();
         assert!(err.to_string().contains("is 0"), "{err}");
         w.add_tensor("t", GgmlType::F32, &[1], vec![0; 4]).unwrap();
-        let err = w.add_tensor("t", GgmlType::F32, &[1], vec![0; 4]).unwrap_err();
+        let err = w
+            .add_tensor("t", GgmlType::F32, &[1], vec![0; 4])
+            .unwrap_err();
         assert!(err.to_string().contains("duplicate"), "{err}");
     }
 
@@ -389,7 +448,8 @@ mod tests {
         }
         for t in original.tensors() {
             let view = original.tensor(&t.name).unwrap();
-            w.add_tensor(view.name, view.ty, view.shape, view.data).unwrap();
+            w.add_tensor(view.name, view.ty, view.shape, view.data)
+                .unwrap();
         }
         let out = to_bytes(&w);
         let copy = GgufFile::from_bytes(out.clone()).unwrap();
@@ -397,7 +457,10 @@ mod tests {
         assert_eq!(copy.tensors(), original.tensors());
         assert_eq!(copy.data_offset(), original.data_offset());
         for t in original.tensors() {
-            assert_eq!(copy.tensor(&t.name).unwrap().data, original.tensor(&t.name).unwrap().data);
+            assert_eq!(
+                copy.tensor(&t.name).unwrap().data,
+                original.tensor(&t.name).unwrap().data
+            );
         }
         assert_eq!(out, std::fs::read(&path).unwrap());
     }

@@ -425,8 +425,13 @@ impl CandleTransformer {
     /// Everything [`forward`](Self::forward) checks before touching the cache.
     fn check_chunk(&self, tokens: &[u32], cache: &CandleCache) -> Result<()> {
         cache.check(&self.cfg)?;
-        check_chunk_tokens(tokens, cache.position(), cache.ctx_len(), cache.max_chunk(), self.cfg.vocab_size)?;
+        check_chunk_tokens(
+            tokens,
+            cache.position(),
+            cache.ctx_len(),
+            cache.max_chunk(),
+            self.cfg.vocab_size,
+        )?;
         Ok(())
     }
 }
-

@@ -14,7 +14,10 @@ pub struct BreakerConfig {
 
 impl Default for BreakerConfig {
     fn default() -> Self {
-        Self { failure_threshold: 5, cool_down: Duration::from_secs(30) }
+        Self {
+            failure_threshold: 5,
+            cool_down: Duration::from_secs(30),
+        }
     }
 }
 
@@ -47,7 +50,10 @@ pub(crate) struct Breaker {
 
 impl Breaker {
     pub(crate) fn new(config: BreakerConfig) -> Self {
-        Self { config, state: BreakerState::Closed { failures: 0 } }
+        Self {
+            config,
+            state: BreakerState::Closed { failures: 0 },
+        }
     }
 
     pub(crate) fn state(&self) -> BreakerState {
@@ -61,7 +67,9 @@ impl Breaker {
             BreakerState::Closed { .. } => Ok(()),
             BreakerState::Open { until } if now < until => Err(until),
             // A probe that never reported (its caller vanished) does not block forever.
-            BreakerState::HalfOpen { since } if now < self.after_cool_down(since) => Err(self.after_cool_down(since)),
+            BreakerState::HalfOpen { since } if now < self.after_cool_down(since) => {
+                Err(self.after_cool_down(since))
+            }
             BreakerState::Open { .. } | BreakerState::HalfOpen { .. } => {
                 self.state = BreakerState::HalfOpen { since: now };
                 Ok(())
@@ -83,9 +91,13 @@ impl Breaker {
         }
         self.state = match self.state {
             BreakerState::Closed { failures } if failures + 1 < self.config.failure_threshold => {
-                BreakerState::Closed { failures: failures + 1 }
+                BreakerState::Closed {
+                    failures: failures + 1,
+                }
             }
-            _ => BreakerState::Open { until: self.after_cool_down(now) },
+            _ => BreakerState::Open {
+                until: self.after_cool_down(now),
+            },
         };
     }
 }
@@ -97,11 +109,17 @@ mod tests {
     #[test]
     fn opens_after_threshold_then_probes_once() {
         let t0 = Instant::now();
-        let mut b = Breaker::new(BreakerConfig { failure_threshold: 2, cool_down: Duration::from_secs(10) });
+        let mut b = Breaker::new(BreakerConfig {
+            failure_threshold: 2,
+            cool_down: Duration::from_secs(10),
+        });
         b.failure(t0);
         assert!(b.admit(t0).is_ok());
         b.failure(t0);
-        assert_eq!(b.admit(t0 + Duration::from_secs(5)), Err(t0 + Duration::from_secs(10)));
+        assert_eq!(
+            b.admit(t0 + Duration::from_secs(5)),
+            Err(t0 + Duration::from_secs(10))
+        );
         // Cool-down over: one probe goes through, the next is refused.
         let t1 = t0 + Duration::from_secs(10);
         assert!(b.admit(t1).is_ok());
@@ -118,12 +136,18 @@ mod tests {
     #[test]
     fn success_resets_the_count_and_zero_disables() {
         let t0 = Instant::now();
-        let mut b = Breaker::new(BreakerConfig { failure_threshold: 2, cool_down: Duration::from_secs(1) });
+        let mut b = Breaker::new(BreakerConfig {
+            failure_threshold: 2,
+            cool_down: Duration::from_secs(1),
+        });
         b.failure(t0);
         b.success();
         b.failure(t0);
         assert!(b.admit(t0).is_ok());
-        let mut off = Breaker::new(BreakerConfig { failure_threshold: 0, cool_down: Duration::from_secs(1) });
+        let mut off = Breaker::new(BreakerConfig {
+            failure_threshold: 0,
+            cool_down: Duration::from_secs(1),
+        });
         for _ in 0..10 {
             off.failure(t0);
         }

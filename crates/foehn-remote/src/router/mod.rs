@@ -31,8 +31,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use foehn_core::{
-    CancelToken, Capabilities, Completion, Event, EventStream, FinishReason, GenerateError, GenerateRequest, Generator,
-    Message, Prompt, Timings, Usage,
+    CancelToken, Capabilities, Completion, Event, EventStream, FinishReason, GenerateError,
+    GenerateRequest, Generator, Message, Prompt, Timings, Usage,
 };
 
 pub use breaker::{BreakerConfig, BreakerState};
@@ -70,7 +70,9 @@ impl std::str::FromStr for Policy {
             "remote-first" | "remote" => Ok(Policy::RemoteFirst),
             "fastest" => Ok(Policy::Fastest),
             "cheapest" => Ok(Policy::Cheapest),
-            other => Err(format!("unknown route policy `{other}` (local-first, remote-first, fastest, cheapest)")),
+            other => Err(format!(
+                "unknown route policy `{other}` (local-first, remote-first, fastest, cheapest)"
+            )),
         }
     }
 }
@@ -96,11 +98,17 @@ pub struct Price {
 
 impl Price {
     /// Free (local routes).
-    pub const FREE: Price = Price { prompt: 0.0, completion: 0.0 };
+    pub const FREE: Price = Price {
+        prompt: 0.0,
+        completion: 0.0,
+    };
 
     /// A price from the usual "per million tokens" figures.
     pub fn per_million(prompt: f64, completion: f64) -> Self {
-        Self { prompt: prompt / 1e6, completion: completion / 1e6 }
+        Self {
+            prompt: prompt / 1e6,
+            completion: completion / 1e6,
+        }
     }
 }
 
@@ -115,7 +123,11 @@ pub struct Route {
 
 impl std::fmt::Debug for Route {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Route").field("name", &self.name).field("kind", &self.kind).field("price", &self.price).finish()
+        f.debug_struct("Route")
+            .field("name", &self.name)
+            .field("kind", &self.kind)
+            .field("price", &self.price)
+            .finish()
     }
 }
 
@@ -123,13 +135,23 @@ impl Route {
     /// A local route (free), named after its generator.
     pub fn local(generator: Arc<dyn Generator>) -> Self {
         let name = generator.name().to_string();
-        Self { generator, name, kind: RouteKind::Local, price: Some(Price::FREE) }
+        Self {
+            generator,
+            name,
+            kind: RouteKind::Local,
+            price: Some(Price::FREE),
+        }
     }
 
     /// A remote route with no price yet, named after its generator.
     pub fn remote(generator: Arc<dyn Generator>) -> Self {
         let name = generator.name().to_string();
-        Self { generator, name, kind: RouteKind::Remote, price: None }
+        Self {
+            generator,
+            name,
+            kind: RouteKind::Remote,
+            price: None,
+        }
     }
 
     /// Renames the route (names should be unique within a router).
@@ -200,7 +222,12 @@ pub struct FastestConfig {
 
 impl Default for FastestConfig {
     fn default() -> Self {
-        Self { window: 32, percentile: 0.9, probe_every: 10, expected_tokens: 256 }
+        Self {
+            window: 32,
+            percentile: 0.9,
+            probe_every: 10,
+            expected_tokens: 256,
+        }
     }
 }
 
@@ -257,10 +284,12 @@ pub enum ErrorClass {
 pub fn classify(error: &GenerateError) -> ErrorClass {
     match error {
         GenerateError::InvalidRequest(_) => ErrorClass::Fatal,
-        GenerateError::ContextOverflow { .. } | GenerateError::Unauthorized(_) | GenerateError::Backend(_) => {
-            ErrorClass::FailOver
-        }
-        GenerateError::Unavailable(_) | GenerateError::RateLimited { .. } | GenerateError::Timeout(_) => ErrorClass::Retry,
+        GenerateError::ContextOverflow { .. }
+        | GenerateError::Unauthorized(_)
+        | GenerateError::Backend(_) => ErrorClass::FailOver,
+        GenerateError::Unavailable(_)
+        | GenerateError::RateLimited { .. }
+        | GenerateError::Timeout(_) => ErrorClass::Retry,
         GenerateError::Remote { status, .. } => match status {
             Some(401..=404) => ErrorClass::FailOver,
             Some(408 | 429) => ErrorClass::Retry,
@@ -372,7 +401,15 @@ impl Router {
             requests: 0,
             rng: seed | 1,
         };
-        Self { name: "router".into(), inner: Arc::new(Inner { routes, config, clock, state: Mutex::new(state) }) }
+        Self {
+            name: "router".into(),
+            inner: Arc::new(Inner {
+                routes,
+                config,
+                clock,
+                state: Mutex::new(state),
+            }),
+        }
     }
 
     /// Renames the router (its own [`Generator::name`]; default `router`).
@@ -417,14 +454,19 @@ impl Router {
     pub fn plan(&self, request: &GenerateRequest) -> Vec<String> {
         let (eligible, _) = self.inner.eligible(request);
         let order = self.inner.order(request, &eligible, false);
-        order.into_iter().map(|i| self.inner.routes[i].name.clone()).collect()
+        order
+            .into_iter()
+            .map(|i| self.inner.routes[i].name.clone())
+            .collect()
     }
 }
 
 impl Inner {
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock leaves plain counters behind: keep going.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Routes that can honour the request, and why the others cannot.
@@ -468,9 +510,15 @@ impl Inner {
             Policy::RemoteFirst => order.sort_by_key(|&i| self.routes[i].kind != RouteKind::Remote),
             Policy::Cheapest => {
                 let prompt = f64::from(prompt_tokens_estimate(&request.prompt));
-                let completion = f64::from(request.max_tokens.unwrap_or(self.config.fastest.expected_tokens));
+                let completion = f64::from(
+                    request
+                        .max_tokens
+                        .unwrap_or(self.config.fastest.expected_tokens),
+                );
                 let cost = |i: usize| {
-                    self.routes[i].price.map_or(f64::INFINITY, |p| prompt * p.prompt + completion * p.completion)
+                    self.routes[i].price.map_or(f64::INFINITY, |p| {
+                        prompt * p.prompt + completion * p.completion
+                    })
                 };
                 order.sort_by(|&a, &b| cost(a).total_cmp(&cost(b)));
             }
@@ -487,14 +535,19 @@ impl Inner {
                         return f64::NEG_INFINITY; // unmeasured: try it to get figures
                     }
                     let ttft = w.ttft(cfg.percentile).map_or(0.0, |d| d.as_secs_f64());
-                    let decode = w.tokens_per_second(1.0 - cfg.percentile).map_or(0.0, |tps| tokens / tps);
+                    let decode = w
+                        .tokens_per_second(1.0 - cfg.percentile)
+                        .map_or(0.0, |tps| tokens / tps);
                     ttft + decode
                 };
                 order.sort_by(|&a, &b| score(a).total_cmp(&score(b)));
-                let probe = cfg.probe_every > 0 && count && state.requests % u64::from(cfg.probe_every) == 0;
+                let probe = cfg.probe_every > 0
+                    && count
+                    && state.requests.is_multiple_of(u64::from(cfg.probe_every));
                 if probe && order.len() > 1 {
                     // The route (other than the best) whose figures are oldest goes first.
-                    let stalest = (1..order.len()).min_by_key(|&k| state.routes[order[k]].latency.last_sample);
+                    let stalest = (1..order.len())
+                        .min_by_key(|&k| state.routes[order[k]].latency.last_sample);
                     if let Some(k) = stalest {
                         let route = order.remove(k);
                         order.insert(0, route);
@@ -507,7 +560,10 @@ impl Inner {
 
     fn backoff(&self, retry: u32, retry_after: Option<Duration>) -> Duration {
         let cfg = self.config.retry;
-        let exp = cfg.base_delay.saturating_mul(1u32 << retry.min(20)).min(cfg.max_delay);
+        let exp = cfg
+            .base_delay
+            .saturating_mul(1u32 << retry.min(20))
+            .min(cfg.max_delay);
         let jitter = cfg.jitter.clamp(0.0, 1.0);
         let r = {
             let mut state = self.lock();
@@ -546,30 +602,48 @@ impl Inner {
                     let mut state = self.lock();
                     let rs = &mut state.routes[idx];
                     if let Some(t) = rs.not_before.filter(|t| now < *t) {
-                        skipped.push(format!("{} (rate limited for {:.1}s)", route.name, (t - now).as_secs_f64()));
+                        skipped.push(format!(
+                            "{} (rate limited for {:.1}s)",
+                            route.name,
+                            (t - now).as_secs_f64()
+                        ));
                         break;
                     }
                     if let Err(until) = rs.breaker.admit(now) {
-                        skipped.push(format!("{} (circuit open for {:.1}s)", route.name, (until - now).as_secs_f64()));
+                        skipped.push(format!(
+                            "{} (circuit open for {:.1}s)",
+                            route.name,
+                            (until - now).as_secs_f64()
+                        ));
                         break;
                     }
                 }
                 tried.push(route.name.clone());
                 let started = self.clock.now();
-                let result = route.generator.generate(request.clone(), cancel.clone()).and_then(|mut stream| {
-                    match stream.next() {
+                let result = route
+                    .generator
+                    .generate(request.clone(), cancel.clone())
+                    .and_then(|mut stream| match stream.next() {
                         Some(Ok(first)) => Ok((stream, first)),
                         Some(Err(e)) => Err(e),
-                        None => Err(GenerateError::Backend(format!("{}: empty event stream", route.name))),
-                    }
-                });
+                        None => Err(GenerateError::Backend(format!(
+                            "{}: empty event stream",
+                            route.name
+                        ))),
+                    });
                 match result {
                     Ok((stream, first)) => {
                         let first_at = self.clock.now();
                         let mut state = self.lock();
                         state.routes[idx].breaker.success();
                         state.routes[idx].served += 1;
-                        return Ok(Attempt { idx, stream, first, started, first_at });
+                        return Ok(Attempt {
+                            idx,
+                            stream,
+                            first,
+                            started,
+                            first_at,
+                        });
                     }
                     Err(e) => {
                         let class = classify(&e);
@@ -585,9 +659,11 @@ impl Inner {
                                     GenerateError::RateLimited { retry_after } => *retry_after,
                                     _ => None,
                                 };
-                                let too_long = retry_after.is_some_and(|ra| ra > self.config.retry.max_retry_after);
-                                let can_retry =
-                                    route.kind == RouteKind::Remote && retry < self.config.retry.max_retries && !too_long;
+                                let too_long = retry_after
+                                    .is_some_and(|ra| ra > self.config.retry.max_retry_after);
+                                let can_retry = route.kind == RouteKind::Remote
+                                    && retry < self.config.retry.max_retries
+                                    && !too_long;
                                 last = Some(e);
                                 if !can_retry {
                                     break;
@@ -604,7 +680,9 @@ impl Inner {
         Err(AttemptError::Failed(match last {
             Some(e) if skipped.is_empty() => e,
             Some(e) => annotate(e, &format!("skipped: {}", skipped.join(", "))),
-            None => GenerateError::Unavailable(format!("no route available: {}", skipped.join(", "))),
+            None => {
+                GenerateError::Unavailable(format!("no route available: {}", skipped.join(", ")))
+            }
         }))
     }
 
@@ -618,14 +696,18 @@ impl Inner {
             return;
         }
         rs.breaker.failure(now);
-        if let GenerateError::RateLimited { retry_after: Some(ra) } = e {
+        if let GenerateError::RateLimited {
+            retry_after: Some(ra),
+        } = e
+        {
             rs.not_before = now.checked_add(*ra);
         }
     }
 
     fn record_served(&self, idx: usize, ttft: Duration, tokens: u32, decode: Duration) {
         let now = self.clock.now();
-        let tps = (tokens > 1 && decode > Duration::ZERO).then(|| f64::from(tokens - 1) / decode.as_secs_f64());
+        let tps = (tokens > 1 && decode > Duration::ZERO)
+            .then(|| f64::from(tokens - 1) / decode.as_secs_f64());
         self.lock().routes[idx].latency.record(now, ttft, tps);
     }
 }
@@ -648,7 +730,10 @@ fn annotate(e: GenerateError, note: &str) -> GenerateError {
     match e {
         GenerateError::Unavailable(m) => GenerateError::Unavailable(format!("{m}; {note}")),
         GenerateError::Timeout(m) => GenerateError::Timeout(format!("{m}; {note}")),
-        GenerateError::Remote { status, message } => GenerateError::Remote { status, message: format!("{message}; {note}") },
+        GenerateError::Remote { status, message } => GenerateError::Remote {
+            status,
+            message: format!("{message}; {note}"),
+        },
         GenerateError::Unauthorized(m) => GenerateError::Unauthorized(format!("{m}; {note}")),
         GenerateError::Backend(m) => GenerateError::Backend(format!("{m}; {note}")),
         other => other,
@@ -688,31 +773,51 @@ impl Generator for Router {
 
     /// The union of the routes' capabilities (the longest context of any).
     fn capabilities(&self) -> Capabilities {
-        self.inner.routes.iter().map(|r| r.generator.capabilities()).fold(Capabilities::default(), |a, c| Capabilities {
-            context_length: match (a.context_length, c.context_length) {
-                (Some(x), Some(y)) => Some(x.max(y)),
-                (x, y) => x.or(y),
-            },
-            tools: a.tools || c.tools,
-            json_schema: a.json_schema || c.json_schema,
-            token_prompts: a.token_prompts || c.token_prompts,
-        })
+        self.inner
+            .routes
+            .iter()
+            .map(|r| r.generator.capabilities())
+            .fold(Capabilities::default(), |a, c| Capabilities {
+                context_length: match (a.context_length, c.context_length) {
+                    (Some(x), Some(y)) => Some(x.max(y)),
+                    (x, y) => x.or(y),
+                },
+                tools: a.tools || c.tools,
+                json_schema: a.json_schema || c.json_schema,
+                token_prompts: a.token_prompts || c.token_prompts,
+            })
     }
 
-    fn generate(&self, request: GenerateRequest, cancel: CancelToken) -> Result<EventStream, GenerateError> {
+    fn generate(
+        &self,
+        request: GenerateRequest,
+        cancel: CancelToken,
+    ) -> Result<EventStream, GenerateError> {
         let inner = &self.inner;
         let started = inner.clock.now();
         let (eligible, refused) = inner.eligible(&request);
         if eligible.is_empty() {
             return Err(GenerateError::InvalidRequest(format!(
                 "no route can honour this request ({})",
-                if refused.is_empty() { "no routes".to_string() } else { refused.join("; ") }
+                if refused.is_empty() {
+                    "no routes".to_string()
+                } else {
+                    refused.join("; ")
+                }
             )));
         }
         let order = inner.order(&request, &eligible, true);
         let mut tried = Vec::new();
         match inner.attempt(&request, &order, &mut tried, &cancel) {
-            Ok(attempt) => Ok(Box::new(RoutedStream::new(self.inner.clone(), request, cancel, order, tried, started, attempt))),
+            Ok(attempt) => Ok(Box::new(RoutedStream::new(
+                self.inner.clone(),
+                request,
+                cancel,
+                order,
+                tried,
+                started,
+                attempt,
+            ))),
             Err(AttemptError::Cancelled) => {
                 let done = Completion {
                     finish_reason: FinishReason::Cancelled,
@@ -806,11 +911,19 @@ impl RoutedStream {
                 self.done = true;
                 let now = self.inner.clock.now();
                 let ttft = self.attempt_first_at - self.attempt_started;
-                self.inner.record_served(self.idx, ttft, self.attempt_tokens, now - self.attempt_first_at);
+                self.inner.record_served(
+                    self.idx,
+                    ttft,
+                    self.attempt_tokens,
+                    now - self.attempt_first_at,
+                );
                 c.served_by = Some(self.inner.routes[self.idx].name.clone());
                 c.tried = std::mem::take(&mut self.tried);
                 c.timings.time_to_first_token = self.first_token_at.map(|t| t - self.started);
-                c.usage.completion_tokens = c.usage.completion_tokens.saturating_add(self.earlier_tokens);
+                c.usage.completion_tokens = c
+                    .usage
+                    .completion_tokens
+                    .saturating_add(self.earlier_tokens);
                 Event::Done(c)
             }
         }
@@ -827,7 +940,9 @@ impl RoutedStream {
                 msgs.push(Message::assistant(self.text.clone()));
                 Prompt::Chat(msgs)
             }
-            Prompt::Tokens(ids) if self.all_ids => Prompt::Tokens(ids.iter().chain(&self.ids).copied().collect()),
+            Prompt::Tokens(ids) if self.all_ids => {
+                Prompt::Tokens(ids.iter().chain(&self.ids).copied().collect())
+            }
             Prompt::Tokens(_) => return None,
         };
         let streamed = self.earlier_tokens + self.attempt_tokens;
@@ -841,7 +956,10 @@ impl RoutedStream {
     fn on_error(&mut self, e: GenerateError) -> Option<Result<Event, GenerateError>> {
         let class = classify(&e);
         self.inner.record_failure(self.idx, &e, class);
-        if !self.inner.config.failover_after_first_token || class == ErrorClass::Fatal || self.cancel.is_cancelled() {
+        if !self.inner.config.failover_after_first_token
+            || class == ErrorClass::Fatal
+            || self.cancel.is_cancelled()
+        {
             self.done = true;
             return Some(Err(e));
         }
@@ -854,7 +972,10 @@ impl RoutedStream {
         let mut order: Vec<usize> = self.order[pos + 1..].to_vec();
         order.extend_from_slice(&self.order[..pos]);
         order.push(self.idx);
-        match self.inner.attempt(&request, &order, &mut self.tried, &self.cancel) {
+        match self
+            .inner
+            .attempt(&request, &order, &mut self.tried, &self.cancel)
+        {
             Ok(a) => {
                 self.earlier_tokens += self.attempt_tokens;
                 self.attempt_tokens = 0;
@@ -869,7 +990,10 @@ impl RoutedStream {
                 self.done = true;
                 Some(Ok(Event::Done(Completion {
                     finish_reason: FinishReason::Cancelled,
-                    usage: Usage { prompt_tokens: 0, completion_tokens: self.earlier_tokens + self.attempt_tokens },
+                    usage: Usage {
+                        prompt_tokens: 0,
+                        completion_tokens: self.earlier_tokens + self.attempt_tokens,
+                    },
                     timings: Timings {
                         time_to_first_token: self.first_token_at.map(|t| t - self.started),
                         ..Timings::default()
@@ -902,7 +1026,9 @@ impl Iterator for RoutedStream {
             Some(Err(e)) => self.on_error(e),
             None => {
                 let name = &self.inner.routes[self.idx].name;
-                self.on_error(GenerateError::Backend(format!("{name}: the stream ended without a final event")))
+                self.on_error(GenerateError::Backend(format!(
+                    "{name}: the stream ended without a final event"
+                )))
             }
         }
     }
@@ -917,15 +1043,54 @@ mod tests {
         use GenerateError as E;
         assert_eq!(classify(&E::InvalidRequest("x".into())), ErrorClass::Fatal);
         assert_eq!(classify(&E::Unauthorized("x".into())), ErrorClass::FailOver);
-        assert_eq!(classify(&E::ContextOverflow { prompt_tokens: 9, context: 8 }), ErrorClass::FailOver);
-        assert_eq!(classify(&E::RateLimited { retry_after: None }), ErrorClass::Retry);
+        assert_eq!(
+            classify(&E::ContextOverflow {
+                prompt_tokens: 9,
+                context: 8
+            }),
+            ErrorClass::FailOver
+        );
+        assert_eq!(
+            classify(&E::RateLimited { retry_after: None }),
+            ErrorClass::Retry
+        );
         assert_eq!(classify(&E::Timeout("x".into())), ErrorClass::Retry);
         assert_eq!(classify(&E::Unavailable("x".into())), ErrorClass::Retry);
-        assert_eq!(classify(&E::Remote { status: Some(503), message: String::new() }), ErrorClass::Retry);
-        assert_eq!(classify(&E::Remote { status: None, message: String::new() }), ErrorClass::Retry);
-        assert_eq!(classify(&E::Remote { status: Some(402), message: String::new() }), ErrorClass::FailOver);
-        assert_eq!(classify(&E::Remote { status: Some(404), message: String::new() }), ErrorClass::FailOver);
-        assert_eq!(classify(&E::Remote { status: Some(409), message: String::new() }), ErrorClass::Fatal);
+        assert_eq!(
+            classify(&E::Remote {
+                status: Some(503),
+                message: String::new()
+            }),
+            ErrorClass::Retry
+        );
+        assert_eq!(
+            classify(&E::Remote {
+                status: None,
+                message: String::new()
+            }),
+            ErrorClass::Retry
+        );
+        assert_eq!(
+            classify(&E::Remote {
+                status: Some(402),
+                message: String::new()
+            }),
+            ErrorClass::FailOver
+        );
+        assert_eq!(
+            classify(&E::Remote {
+                status: Some(404),
+                message: String::new()
+            }),
+            ErrorClass::FailOver
+        );
+        assert_eq!(
+            classify(&E::Remote {
+                status: Some(409),
+                message: String::new()
+            }),
+            ErrorClass::Fatal
+        );
     }
 
     #[test]

@@ -16,7 +16,12 @@ pub(crate) struct LatencyWindow {
 impl LatencyWindow {
     pub(crate) fn new(capacity: usize) -> Self {
         let capacity = capacity.max(1);
-        Self { capacity, ttft: VecDeque::new(), tokens_per_second: VecDeque::new(), last_sample: None }
+        Self {
+            capacity,
+            ttft: VecDeque::new(),
+            tokens_per_second: VecDeque::new(),
+            last_sample: None,
+        }
     }
 
     /// Records one served request: its time to first token and, when it
@@ -58,7 +63,11 @@ pub(crate) fn quantile(mut values: Vec<f64>, q: f64) -> Option<f64> {
         return None;
     }
     values.sort_by(f64::total_cmp);
-    let q = if q.is_finite() { q.clamp(0.0, 1.0) } else { 0.5 };
+    let q = if q.is_finite() {
+        q.clamp(0.0, 1.0)
+    } else {
+        0.5
+    };
     let rank = ((q * values.len() as f64).ceil() as usize).clamp(1, values.len());
     values.get(rank - 1).copied()
 }

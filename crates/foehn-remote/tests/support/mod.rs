@@ -42,7 +42,10 @@ pub struct Recorded {
 impl Recorded {
     /// A header's value.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
     }
 
     /// The body as JSON.
@@ -80,7 +83,12 @@ impl FaultServer {
                 thread::spawn(move || serve(conn, script, r));
             }
         });
-        Self { addr, stop, connections, requests }
+        Self {
+            addr,
+            stop,
+            connections,
+            requests,
+        }
     }
 
     /// Starts a server that plays the same script on every connection.
@@ -128,7 +136,10 @@ fn serve(mut conn: TcpStream, script: Script, requests: Arc<Mutex<Vec<Recorded>>
                 out.extend_from_slice(b"\r\n");
                 conn.write_all(&out).and_then(|_| conn.flush()).is_ok()
             }
-            Step::LastChunk => conn.write_all(b"0\r\n\r\n").and_then(|_| conn.flush()).is_ok(),
+            Step::LastChunk => conn
+                .write_all(b"0\r\n\r\n")
+                .and_then(|_| conn.flush())
+                .is_ok(),
             Step::Sleep(d) => {
                 thread::sleep(d);
                 true
@@ -165,10 +176,18 @@ fn read_request(conn: &mut TcpStream) -> Option<Recorded> {
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
         .collect();
-    let len = headers.iter().find(|(k, _)| k == "content-length").and_then(|(_, v)| v.parse::<usize>().ok()).unwrap_or(0);
+    let len = headers
+        .iter()
+        .find(|(k, _)| k == "content-length")
+        .and_then(|(_, v)| v.parse::<usize>().ok())
+        .unwrap_or(0);
     let mut body = vec![0u8; len];
     conn.read_exact(&mut body).ok()?;
-    Some(Recorded { request_line, headers, body: String::from_utf8_lossy(&body).into_owned() })
+    Some(Recorded {
+        request_line,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    })
 }
 
 // ---- building responses ----
@@ -228,7 +247,12 @@ pub fn done_marker() -> String {
 
 /// A complete, well-formed chat stream of `pieces` (close-delimited).
 pub fn good_stream(pieces: &[&str]) -> Script {
-    let mut s = vec![sse_head(), raw(data(r#"{"choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}"#))];
+    let mut s = vec![
+        sse_head(),
+        raw(data(
+            r#"{"choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}"#,
+        )),
+    ];
     for p in pieces {
         s.push(raw(chat_chunk(p)));
     }
