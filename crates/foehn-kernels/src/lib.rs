@@ -8,6 +8,6 @@ pub mod quant;
 pub mod vecops;
 
 pub use qmatrix::{ByteSource, MatScratch, QMatrix};
-pub use vecops::dot;
 pub use quant::{dequantize_row, GgmlType, KernelError};
 pub use quant::{quantize_matrix, quantize_row};
+pub use vecops::dot;

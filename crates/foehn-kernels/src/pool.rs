@@ -8,7 +8,7 @@
 //! engine runs its work inside a rayon pool of the configured size), or
 //! rayon itself when `FOEHN_POOL=rayon` (kept for comparison).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::thread::JoinHandle;
@@ -73,7 +73,10 @@ impl ThreadPool {
                 let s = Arc::clone(&shared);
                 std::thread::Builder::new()
                     .name(format!("foehn-kernel-{i}"))
-                    .spawn(move || worker(&s))
+                    .spawn(move || {
+                        SLOT.with(|slot| slot.set(i));
+                        worker(&s)
+                    })
                     .ok()
             })
             .collect();
@@ -121,7 +124,7 @@ impl ThreadPool {
         let mut spins = 0u32;
         while s.busy.load(Ordering::Acquire) > 0 {
             spins = spins.wrapping_add(1);
-            if spins % 256 == 0 {
+            if spins.is_multiple_of(256) {
                 // A worker may have been descheduled (more threads than free
                 // cores): let it run rather than burn its core.
                 std::thread::yield_now();
@@ -163,14 +166,14 @@ fn worker(s: &Shared) {
                 break;
             }
             spins += 1;
-            if spins % 1024 == 0 && start.elapsed() > SPIN {
+            if spins.is_multiple_of(1024) && start.elapsed() > SPIN {
                 let mut parked = s.parked.lock().unwrap_or_else(|e| e.into_inner());
                 *parked += 1;
                 while s.epoch.load(Ordering::Acquire) == seen {
                     parked = s.wake.wait(parked).unwrap_or_else(|e| e.into_inner());
                 }
                 *parked -= 1;
-            } else if spins % 256 == 0 {
+            } else if spins.is_multiple_of(256) {
                 std::thread::yield_now();
             } else {
                 std::hint::spin_loop();
@@ -208,6 +211,20 @@ fn use_rayon() -> bool {
 thread_local! {
     /// The pool this thread submits to, by thread count.
     static POOL: RefCell<Option<Arc<ThreadPool>>> = const { RefCell::new(None) };
+    /// A pool worker's index (1..threads); 0 on every other thread.
+    static SLOT: Cell<usize> = const { Cell::new(0) };
+}
+
+/// The calling thread's slot while it runs a task of [`parallel_for`]: no
+/// two threads running tasks of one job share a slot, and slots are below
+/// the job's thread count (`rayon::current_num_threads()` of the submitter).
+/// Tasks use it to pick per-thread work space that is allocated up front.
+pub fn current_slot() -> usize {
+    if use_rayon() {
+        rayon::current_thread_index().unwrap_or(0)
+    } else {
+        SLOT.with(Cell::get)
+    }
 }
 
 /// Runs `f(0..tasks)` with as many threads as the current rayon pool has

@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use rayon::prelude::*;
 
-use crate::cpu::act::QuantizedActs;
+use crate::cpu::act::{QuantizedActs, ACT_BLOCK};
 use crate::cpu::format::{Format, TILE};
 use crate::cpu::{pack, tile_fn, Isa};
 use crate::vecops::dot;
@@ -72,34 +72,74 @@ enum Storage {
     Packed { fmt: Format, tiles: AlignedBytes },
 }
 
-/// Bytes in 64-byte aligned storage (cache lines, 512-bit loads).
-#[derive(Clone)]
-struct AlignedBytes {
-    lines: Vec<CacheLine>,
-    len: usize,
+/// Bytes in 64-byte aligned storage (cache lines, 512-bit loads), zeroed
+/// when made. Large buffers are anonymous memory maps that the kernel may
+/// back with transparent huge pages: a 7B model's packed weights then fault
+/// in by the 2 MB instead of by the 4 KB page, which matters for the time to
+/// first token.
+enum AlignedBytes {
+    Lines { lines: Vec<CacheLine>, len: usize },
+    Map(memmap2::MmapMut),
 }
 
 #[derive(Clone, Copy)]
 #[repr(C, align(64))]
 struct CacheLine([u8; 64]);
 
+/// Buffers from this size on are memory maps.
+const MAP_FROM: usize = 1 << 20;
+
 impl AlignedBytes {
+    /// `len` zero bytes.
     fn zeroed(len: usize) -> Self {
-        Self {
+        if len >= MAP_FROM {
+            if let Ok(map) = memmap2::MmapOptions::new().len(len).map_anon() {
+                // Only a hint: without it the pages are 4 KB.
+                #[cfg(target_os = "linux")]
+                let _ = map.advise(memmap2::Advice::HugePage);
+                return Self::Map(map);
+            }
+        }
+        Self::Lines {
             lines: vec![CacheLine([0; 64]); len.div_ceil(64)],
             len,
         }
     }
 
+    fn len(&self) -> usize {
+        match self {
+            Self::Lines { len, .. } => *len,
+            Self::Map(map) => map.len(),
+        }
+    }
+
     fn as_mut_slice(&mut self) -> &mut [u8] {
-        // SAFETY: as `as_slice`, through a unique borrow.
-        unsafe { std::slice::from_raw_parts_mut(self.lines.as_mut_ptr().cast::<u8>(), self.len) }
+        match self {
+            // SAFETY: as `as_slice`, through a unique borrow.
+            Self::Lines { lines, len } => unsafe {
+                std::slice::from_raw_parts_mut(lines.as_mut_ptr().cast::<u8>(), *len)
+            },
+            Self::Map(map) => &mut map[..],
+        }
     }
 
     fn as_slice(&self) -> &[u8] {
-        // SAFETY: `lines` holds `lines.len() * 64 >= len` initialized bytes
-        // (CacheLine is a plain byte array).
-        unsafe { std::slice::from_raw_parts(self.lines.as_ptr().cast::<u8>(), self.len) }
+        match self {
+            // SAFETY: `lines` holds `lines.len() * 64 >= len` initialized
+            // bytes (CacheLine is a plain byte array).
+            Self::Lines { lines, len } => unsafe {
+                std::slice::from_raw_parts(lines.as_ptr().cast::<u8>(), *len)
+            },
+            Self::Map(map) => &map[..],
+        }
+    }
+}
+
+impl Clone for AlignedBytes {
+    fn clone(&self) -> Self {
+        let mut copy = Self::zeroed(self.len());
+        copy.as_mut_slice().copy_from_slice(self.as_slice());
+        copy
     }
 }
 
@@ -147,7 +187,7 @@ impl MatScratch {
         let chunks = rayon::current_num_threads().max(1) * CHUNKS_PER_THREAD;
         let mut acts = QuantizedActs::default();
         // Room for one row of activations, so that a decode step allocates nothing.
-        acts.quantize(&vec![0.0; max_cols.next_multiple_of(32)], max_cols.next_multiple_of(32));
+        acts.reserve(1, max_cols.next_multiple_of(ACT_BLOCK));
         Self {
             bufs: (0..chunks).map(|_| vec![0.0; max_cols]).collect(),
             acts,
@@ -340,7 +380,14 @@ impl QMatrix {
             return self;
         };
         let mut tiles = AlignedBytes::zeroed(self.rows.div_ceil(TILE) * fmt.tile_bytes(self.cols));
-        pack::pack_into(&fmt, self.rows, self.cols, self.row_bytes, src, tiles.as_mut_slice());
+        pack::pack_into(
+            &fmt,
+            self.rows,
+            self.cols,
+            self.row_bytes,
+            src,
+            tiles.as_mut_slice(),
+        );
         if let Storage::Shared { source, range } = &self.storage {
             source.release(range.clone());
         }
@@ -419,15 +466,15 @@ impl QMatrix {
             if f != fmt || p.cols != first.cols || (i + 1 < parts.len() && p.rows % TILE != 0) {
                 return None;
             }
-            len += tiles.len;
+            len += tiles.len();
             rows += p.rows;
         }
         let mut bytes = AlignedBytes::zeroed(len);
         let mut at = 0;
         for p in parts {
             if let Storage::Packed { tiles, .. } = &p.storage {
-                bytes.as_mut_slice()[at..at + tiles.len].copy_from_slice(tiles.as_slice());
-                at += tiles.len;
+                bytes.as_mut_slice()[at..at + tiles.len()].copy_from_slice(tiles.as_slice());
+                at += tiles.len();
             }
         }
         Some(QMatrix {
@@ -606,7 +653,7 @@ impl QMatrix {
         scratch: &mut MatScratch,
     ) {
         let (rows, cols) = (self.rows, self.cols);
-        scratch.acts.quantize(xs, cols);
+        scratch.acts.quantize(xs, cols, fmt);
         let acts = &scratch.acts;
         let kernel = tile_fn(Isa::active());
         let tb = fmt.tile_bytes(cols);
@@ -616,7 +663,9 @@ impl QMatrix {
         let threads = rayon::current_num_threads().max(1);
         let parallel = rows * cols * n >= MIN_PARALLEL_WEIGHTS && threads > 1;
         let tile_chunks = if parallel {
-            (threads * CHUNKS_PER_THREAD).div_ceil(act_blocks).min(n_tiles)
+            (threads * CHUNKS_PER_THREAD)
+                .div_ceil(act_blocks)
+                .min(n_tiles)
         } else {
             1
         };
@@ -737,7 +786,11 @@ mod tests {
     /// Normalized mean squared error of `got` against `want` (as llama.cpp's
     /// test-backend-ops).
     fn nmse(got: &[f32], want: &[f32]) -> f64 {
-        let err: f64 = got.iter().zip(want).map(|(g, w)| (f64::from(*g) - f64::from(*w)).powi(2)).sum();
+        let err: f64 = got
+            .iter()
+            .zip(want)
+            .map(|(g, w)| (f64::from(*g) - f64::from(*w)).powi(2))
+            .sum();
         let norm: f64 = want.iter().map(|w| f64::from(*w).powi(2)).sum();
         err / norm.max(1e-30)
     }
@@ -755,7 +808,9 @@ mod tests {
         ] {
             for (rows, cols) in [(1, 256), (37, 512), (130, 768), (300, 256)] {
                 let bytes = random_bytes(&mut rng, ty, rows, cols);
-                let m = QMatrix::from_owned(ty, rows, cols, bytes.clone()).unwrap().packed();
+                let m = QMatrix::from_owned(ty, rows, cols, bytes.clone())
+                    .unwrap()
+                    .packed();
                 assert!(m.is_packed(), "{ty}");
                 let mut scratch = MatScratch::new(cols);
                 // NMSE over every output of the four products together (a
@@ -771,7 +826,10 @@ mod tests {
                         m.matvec(&xs, &mut got1, &mut scratch).unwrap();
                         assert_eq!(got1, got, "{ty} matvec {rows}x{cols}");
                     }
-                    assert!(got.iter().all(|v| v.is_finite()), "{ty} {rows}x{cols} n={n}");
+                    assert!(
+                        got.iter().all(|v| v.is_finite()),
+                        "{ty} {rows}x{cols} n={n}"
+                    );
                     all_got.extend(got);
                     all_want.extend(want);
                 }
@@ -796,7 +854,9 @@ mod tests {
             .iter()
             .map(|&rows| {
                 let bytes = random_bytes(&mut rng, GgmlType::Q4_K, rows, cols);
-                QMatrix::from_owned(GgmlType::Q4_K, rows, cols, bytes).unwrap().packed()
+                QMatrix::from_owned(GgmlType::Q4_K, rows, cols, bytes)
+                    .unwrap()
+                    .packed()
             })
             .collect();
         let stacked = QMatrix::stack_rows(&parts.iter().collect::<Vec<_>>()).unwrap();
@@ -811,7 +871,10 @@ mod tests {
             let mut one = vec![f32::NAN; n * p.rows()];
             p.matmul(&xs, &mut one, &mut scratch).unwrap();
             for t in 0..n {
-                assert_eq!(&all[t * 69 + at..t * 69 + at + p.rows()], &one[t * p.rows()..(t + 1) * p.rows()]);
+                assert_eq!(
+                    &all[t * 69 + at..t * 69 + at + p.rows()],
+                    &one[t * p.rows()..(t + 1) * p.rows()]
+                );
             }
             at += p.rows();
         }

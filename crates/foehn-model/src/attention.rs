@@ -7,9 +7,9 @@
 //! (online softmax), so the work space is a few key blocks, whatever the
 //! context length.
 
-use std::cell::RefCell;
+use std::sync::Mutex;
 
-use foehn_kernels::pool::parallel_for;
+use foehn_kernels::pool::{current_slot, parallel_for};
 use foehn_kernels::vecops::{axpy, dot, scale};
 use half::f16;
 use half::slice::HalfFloatSliceExt;
@@ -73,7 +73,14 @@ pub(crate) struct ChunkPos {
 /// # Shapes
 /// - `q`: `n × heads × head_dim` (RoPE applied).
 /// - `out`: `n × heads × head_dim`.
-pub(crate) fn attention(kv: &LayerKv, shape: AttnShape, at: ChunkPos, q: &[f32], out: &mut [f32]) {
+pub(crate) fn attention(
+    kv: &LayerKv,
+    shape: AttnShape,
+    at: ChunkPos,
+    q: &[f32],
+    out: &mut [f32],
+    work: &AttnWork,
+) {
     let q_blocks = at.n.div_ceil(QUERY_BLOCK);
     let dst = OutPtr(out.as_mut_ptr());
     let q_dim = shape.heads * shape.head_dim;
@@ -83,13 +90,11 @@ pub(crate) fn attention(kv: &LayerKv, shape: AttnShape, at: ChunkPos, q: &[f32],
         let (h, qb) = (k % shape.kv_heads, k / shape.kv_heads);
         let t0 = qb * QUERY_BLOCK;
         let t1 = (t0 + QUERY_BLOCK).min(at.n);
-        WORK.with(|w| {
-            let mut w = w.borrow_mut();
+        {
+            let slot = &work.slots[current_slot() % work.slots.len()];
+            let mut w = slot.lock().unwrap_or_else(|e| e.into_inner());
             let gd = shape.group() * shape.head_dim;
-            let need = 2 * KEY_BLOCK * shape.head_dim
-                + KEY_BLOCK
-                + 2 * (t1 - t0) * shape.group()
-                + (t1 - t0) * gd;
+            let need = AttnWork::floats(shape, t1 - t0);
             if w.len() < need {
                 w.resize(need, 0.0);
             }
@@ -111,7 +116,7 @@ pub(crate) fn attention(kv: &LayerKv, shape: AttnShape, at: ChunkPos, q: &[f32],
                     std::ptr::copy_nonoverlapping(row.as_ptr(), dst.0.add(t * q_dim + h * gd), gd);
                 }
             }
-        });
+        }
     };
     parallel_for(shape.kv_heads * q_blocks, &task);
 }
@@ -123,9 +128,45 @@ struct OutPtr(*mut f32);
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 
-thread_local! {
-    /// Per-thread work space of the attention tasks (grows once).
-    static WORK: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+/// Work space of the attention tasks: one buffer per thread slot of the
+/// pool ([`current_slot`]), allocated up front so that attention allocates
+/// nothing, whichever threads run its tasks.
+#[derive(Debug, Default)]
+pub(crate) struct AttnWork {
+    slots: Vec<Mutex<Vec<f32>>>,
+}
+
+impl AttnWork {
+    /// Buffers for `threads` slots (more threads share slots, behind the locks).
+    pub(crate) fn new(shape: AttnShape, threads: usize) -> Self {
+        let floats = Self::floats(shape, QUERY_BLOCK);
+        Self {
+            slots: (0..threads.max(1))
+                .map(|_| Mutex::new(vec![0.0; floats]))
+                .collect(),
+        }
+    }
+
+    /// Floats one task over `queries` queries needs: its output, key and
+    /// value blocks, scores, running maxes and sums.
+    fn floats(shape: AttnShape, queries: usize) -> usize {
+        let (d, group) = (shape.head_dim, shape.group());
+        queries * group * d + 2 * KEY_BLOCK * d + KEY_BLOCK + 2 * queries * group
+    }
+}
+
+impl Clone for AttnWork {
+    fn clone(&self) -> Self {
+        let floats = self
+            .slots
+            .first()
+            .map_or(0, |s| s.lock().map_or(0, |v| v.len()));
+        Self {
+            slots: (0..self.slots.len())
+                .map(|_| Mutex::new(vec![0.0; floats]))
+                .collect(),
+        }
+    }
 }
 
 /// Queries `ts` of KV head `h`'s query heads over their keys, into `acc`

@@ -4,7 +4,7 @@
 use foehn_core::ModelConfig;
 use foehn_kernels::MatScratch;
 
-use crate::attention::AttnShape;
+use crate::attention::{AttnShape, AttnWork};
 use crate::cache::KvCache;
 
 /// Activation buffers for forward passes of up to `chunk` tokens.
@@ -42,6 +42,8 @@ pub struct Scratch {
     pub(crate) logits: Vec<f32>,
     /// Buffers of the matrix products.
     pub(crate) mat: MatScratch,
+    /// Work space of the attention tasks.
+    pub(crate) attn: AttnWork,
 }
 
 impl Scratch {
@@ -69,6 +71,13 @@ impl Scratch {
             sin: vec![0.0; chunk * cfg.head_dim / 2],
             logits: vec![0.0; cfg.vocab_size],
             mat: MatScratch::new(widest),
+            // A slot per thread of the pool the passes will run in (the
+            // current rayon pool, or at most one per CPU).
+            attn: AttnWork::new(
+                attn_shape(cfg),
+                rayon::current_num_threads()
+                    .max(std::thread::available_parallelism().map_or(1, |n| n.get())),
+            ),
         }
     }
 

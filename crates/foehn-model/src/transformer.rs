@@ -257,8 +257,16 @@ impl Transformer {
         crate::isq::check_isq_type(ty)?;
         let dense = StSource(model);
         let tied = cfg.tie_word_embeddings || !dense.contains(Naming::Hf.output());
-        let output = if tied { Naming::Hf.embed() } else { Naming::Hf.output() };
-        let src = crate::isq::IsqSource { inner: &dense, ty, output };
+        let output = if tied {
+            Naming::Hf.embed()
+        } else {
+            Naming::Hf.output()
+        };
+        let src = crate::isq::IsqSource {
+            inner: &dense,
+            ty,
+            output,
+        };
         Self::build(&src, cfg, Naming::Hf, RopeStyle::Halves, tied)
     }
 
@@ -355,7 +363,9 @@ impl Transformer {
                 .chain(b.gate_up.parts())
                 .chain([&b.w_down])
         });
-        std::iter::once(&self.embed).chain(blocks).chain(self.output.as_ref())
+        std::iter::once(&self.embed)
+            .chain(blocks)
+            .chain(self.output.as_ref())
     }
 
     /// An empty KV cache for a session of this model.
@@ -441,7 +451,7 @@ impl Transformer {
                 let kv = t * kv_dim..(t + 1) * kv_dim;
                 cache.write(l, start + t, &k[kv.clone()], &v[kv]);
             }
-            attention(cache.layer(l), shape, at, q, att);
+            attention(cache.layer(l), shape, at, q, att, &s.attn);
             b.wo.matmul(att, xn, &mut s.mat)?;
             add_assign(x, xn);
             // Feed-forward.
@@ -523,10 +533,15 @@ impl Transformer {
                 what: "scratch",
             });
         }
-        check_chunk_tokens(tokens, cache.position(), cache.ctx_len(), cache.max_chunk(), self.cfg.vocab_size)
+        check_chunk_tokens(
+            tokens,
+            cache.position(),
+            cache.ctx_len(),
+            cache.max_chunk(),
+            self.cfg.vocab_size,
+        )
     }
 }
-
 
 /// What the forward pass relies on beyond what the loader validated (a
 /// caller may pass a configuration of its own).
@@ -535,13 +550,17 @@ pub(crate) fn check_config(cfg: &ModelConfig) -> Result<()> {
     if cfg.vocab_size == 0 || cfg.hidden_size == 0 || cfg.head_dim == 0 {
         return bad("vocab_size, hidden_size and head_dim must be nonzero".into());
     }
-    if cfg.num_key_value_heads == 0 || cfg.num_attention_heads % cfg.num_key_value_heads != 0 {
+    if cfg.num_key_value_heads == 0
+        || !cfg
+            .num_attention_heads
+            .is_multiple_of(cfg.num_key_value_heads)
+    {
         return bad(format!(
             "num_attention_heads {} is not a multiple of num_key_value_heads {}",
             cfg.num_attention_heads, cfg.num_key_value_heads
         ));
     }
-    if cfg.head_dim % 2 != 0 {
+    if !cfg.head_dim.is_multiple_of(2) {
         return bad(format!(
             "head_dim {} is odd; RoPE needs pairs",
             cfg.head_dim

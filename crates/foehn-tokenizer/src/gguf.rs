@@ -45,14 +45,18 @@ pub(crate) fn from_gguf(meta: &Metadata) -> Result<Tokenizer> {
     let token_id = |key: &str| -> Result<Option<u32>> {
         match meta.opt_usize(key)? {
             Some(id) if id < n => Ok(Some(id as u32)),
-            Some(id) => Err(bad(format!("{key} = {id} is outside the vocabulary ({n} tokens)"))),
+            Some(id) => Err(bad(format!(
+                "{key} = {id} is outside the vocabulary ({n} tokens)"
+            ))),
             None => Ok(None),
         }
     };
     let bos_id = token_id("tokenizer.ggml.bos_token_id")?;
     let eos_id = token_id("tokenizer.ggml.eos_token_id")?;
     let unk_id = token_id("tokenizer.ggml.unknown_token_id")?;
-    let add_eos = meta.opt_bool("tokenizer.ggml.add_eos_token")?.unwrap_or(false);
+    let add_eos = meta
+        .opt_bool("tokenizer.ggml.add_eos_token")?
+        .unwrap_or(false);
     let add_bos_key = meta.opt_bool("tokenizer.ggml.add_bos_token")?;
     let chat_template = meta.opt_str("tokenizer.chat_template")?.map(str::to_string);
 
@@ -68,12 +72,24 @@ pub(crate) fn from_gguf(meta: &Metadata) -> Result<Tokenizer> {
                 vec![0.0; n]
             };
             // llama.cpp's SPM default: a space prefix unless the file says otherwise.
-            let add_dummy_prefix = meta.opt_bool("tokenizer.ggml.add_space_prefix")?.unwrap_or(true);
-            let opts = SpmOptions { add_dummy_prefix, remove_extra_whitespaces: false, match_user_defined: false };
+            let add_dummy_prefix = meta
+                .opt_bool("tokenizer.ggml.add_space_prefix")?
+                .unwrap_or(true);
+            let opts = SpmOptions {
+                add_dummy_prefix,
+                remove_extra_whitespaces: false,
+                match_user_defined: false,
+            };
             let pieces = tokens.iter().map(|t| t.to_string()).collect();
-            let spm = SpmModel::new(pieces, scores, kinds, unk_id, opts).map_err(|e| bad(e.to_string()))?;
+            let spm = SpmModel::new(pieces, scores, kinds, unk_id, opts)
+                .map_err(|e| bad(e.to_string()))?;
             let specials = spm_specials(&spm, true);
-            (Engine::Spm(Box::new(spm)), TokenizerKind::GgufLlama, specials, true)
+            (
+                Engine::Spm(Box::new(spm)),
+                TokenizerKind::GgufLlama,
+                specials,
+                true,
+            )
         }
         "gpt2" => {
             let merges = meta.get_str_array("tokenizer.ggml.merges")?;
@@ -83,17 +99,26 @@ pub(crate) fn from_gguf(meta: &Metadata) -> Result<Tokenizer> {
                 .iter()
                 .zip(&kinds)
                 .filter(|(_, k)| matches!(k, PieceKind::Control | PieceKind::UserDefined))
-                .map(|(t, k)| AddedSpecial { text: t.to_string(), control: *k == PieceKind::Control })
+                .map(|(t, k)| AddedSpecial {
+                    text: t.to_string(),
+                    control: *k == PieceKind::Control,
+                })
                 .collect();
             let parsing = bpe::build(&tokens, &merges, &pre, &added)?;
             let mut plain = parsing.clone();
             plain.set_encode_special_tokens(true);
             let engine = Engine::Hf {
+                vocab_size: plain.get_vocab_size(true),
                 plain: Box::new(plain),
                 parsing: Box::new(parsing),
                 post_processor_adds_bos: false,
             };
-            (engine, TokenizerKind::GgufGpt2, SpecialTokens::default(), pre.default_add_bos)
+            (
+                engine,
+                TokenizerKind::GgufGpt2,
+                SpecialTokens::default(),
+                pre.default_add_bos,
+            )
         }
         other => {
             return Err(TokenizerError::Unsupported(format!(

@@ -32,8 +32,11 @@ fn chat_template(cfg: &Value) -> Option<String> {
 }
 
 pub(crate) fn from_tokenizer_json(bytes: &[u8], path: &Path) -> Result<Tokenizer> {
-    let parsing = tokenizers::Tokenizer::from_bytes(bytes)
-        .map_err(|e| TokenizerError::BadFile { path: path.into(), reason: e.to_string() })?;
+    let parsing =
+        tokenizers::Tokenizer::from_bytes(bytes).map_err(|e| TokenizerError::BadFile {
+            path: path.into(),
+            reason: e.to_string(),
+        })?;
     let cfg_path = path.with_file_name("tokenizer_config.json");
     let cfg: Value = match std::fs::read(&cfg_path) {
         Ok(b) => serde_json::from_slice(&b).map_err(|e| TokenizerError::BadFile {
@@ -49,20 +52,36 @@ pub(crate) fn from_tokenizer_json(bytes: &[u8], path: &Path) -> Result<Tokenizer
         }
     };
     let bos_id = lookup("bos_token", &["<s>", "<|begin_of_text|>"]);
-    let eos_id = lookup("eos_token", &["</s>", "<|end_of_text|>", "<|endoftext|>", "<|im_end|>"]);
-    let with = parsing.encode("a", true).map_err(|e| TokenizerError::Hf(e.to_string()))?;
-    let without = parsing.encode("a", false).map_err(|e| TokenizerError::Hf(e.to_string()))?;
+    let eos_id = lookup(
+        "eos_token",
+        &["</s>", "<|end_of_text|>", "<|endoftext|>", "<|im_end|>"],
+    );
+    let with = parsing
+        .encode("a", true)
+        .map_err(|e| TokenizerError::Hf(e.to_string()))?;
+    let without = parsing
+        .encode("a", false)
+        .map_err(|e| TokenizerError::Hf(e.to_string()))?;
     let post_processor_adds_bos = with.get_ids().len() > without.get_ids().len();
     let add_bos = cfg
         .get("add_bos_token")
         .and_then(Value::as_bool)
         .unwrap_or(post_processor_adds_bos)
         && (bos_id.is_some() || post_processor_adds_bos);
-    let add_eos = cfg.get("add_eos_token").and_then(Value::as_bool).unwrap_or(false) && eos_id.is_some();
+    let add_eos = cfg
+        .get("add_eos_token")
+        .and_then(Value::as_bool)
+        .unwrap_or(false)
+        && eos_id.is_some();
     let mut plain = parsing.clone();
     plain.set_encode_special_tokens(true);
     Ok(Tokenizer {
-        engine: Engine::Hf { plain: Box::new(plain), parsing: Box::new(parsing), post_processor_adds_bos },
+        engine: Engine::Hf {
+            vocab_size: plain.get_vocab_size(true),
+            plain: Box::new(plain),
+            parsing: Box::new(parsing),
+            post_processor_adds_bos,
+        },
         kind: TokenizerKind::HfJson,
         specials: SpecialTokens::default(),
         bos_id,

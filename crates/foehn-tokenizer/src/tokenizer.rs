@@ -38,7 +38,13 @@ pub(crate) enum Engine {
     Spm(Box<SpmModel>),
     Tekken(Box<TekkenModel>),
     /// A `tokenizers` pipeline; `plain` never parses special tokens, `parsing` does.
-    Hf { plain: Box<tokenizers::Tokenizer>, parsing: Box<tokenizers::Tokenizer>, post_processor_adds_bos: bool },
+    /// `vocab_size` is counted once: `tokenizers` rebuilds its vocabulary map to count it.
+    Hf {
+        plain: Box<tokenizers::Tokenizer>,
+        parsing: Box<tokenizers::Tokenizer>,
+        post_processor_adds_bos: bool,
+        vocab_size: usize,
+    },
 }
 
 /// A tokenizer: text ⇄ token ids, with the model's special tokens.
@@ -76,12 +82,19 @@ impl Tokenizer {
     /// model (`tokenizer.model`, `*.model.v3`, …).
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_ascii_lowercase();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_ascii_lowercase();
         if name.ends_with(".gguf") {
             let gguf = foehn_loader::gguf::GgufFile::open(path)?;
             return Self::from_gguf(gguf.metadata());
         }
-        let bytes = std::fs::read(path).map_err(|source| TokenizerError::Io { path: path.into(), source })?;
+        let bytes = std::fs::read(path).map_err(|source| TokenizerError::Io {
+            path: path.into(),
+            source,
+        })?;
         if bytes.starts_with(b"GGUF") {
             let gguf = foehn_loader::gguf::GgufFile::from_bytes(bytes)?;
             return Self::from_gguf(gguf.metadata());
@@ -94,10 +107,11 @@ impl Tokenizer {
                 config: Option<serde::de::IgnoredAny>,
                 vocab: Option<serde::de::IgnoredAny>,
             }
-            let probe: Probe = serde_json::from_slice(&bytes).map_err(|e| TokenizerError::BadFile {
-                path: path.into(),
-                reason: format!("invalid JSON: {e}"),
-            })?;
+            let probe: Probe =
+                serde_json::from_slice(&bytes).map_err(|e| TokenizerError::BadFile {
+                    path: path.into(),
+                    reason: format!("invalid JSON: {e}"),
+                })?;
             if probe.config.is_some() && probe.vocab.is_some() {
                 return Self::tekken_from_model(TekkenModel::from_json(&bytes), path);
             }
@@ -110,7 +124,10 @@ impl Tokenizer {
     /// encodes: user-defined pieces are matched in text, control pieces never);
     /// `path` names the source in errors.
     pub fn from_sentencepiece_bytes(bytes: &[u8], path: &Path) -> Result<Self> {
-        let bad = |reason: String| TokenizerError::BadFile { path: path.into(), reason };
+        let bad = |reason: String| TokenizerError::BadFile {
+            path: path.into(),
+            reason,
+        };
         let proto = SentencePieceModel::parse(bytes).map_err(|e| bad(e.to_string()))?;
         let n = proto.pieces.len();
         let id_if_valid = |id: i32| u32::try_from(id).ok().filter(|&i| (i as usize) < n);
@@ -137,9 +154,19 @@ impl Tokenizer {
         Self::tekken_from_model(TekkenModel::from_file(path), path)
     }
 
-    fn tekken_from_model(model: Result<TekkenModel, crate::tekken::TekkenError>, path: &Path) -> Result<Self> {
-        let model = model.map_err(|e| TokenizerError::BadFile { path: path.into(), reason: e.to_string() })?;
-        let specials = SpecialTokens::new(model.special_tokens().map(|(id, t)| (t.to_string(), id, false)));
+    fn tekken_from_model(
+        model: Result<TekkenModel, crate::tekken::TekkenError>,
+        path: &Path,
+    ) -> Result<Self> {
+        let model = model.map_err(|e| TokenizerError::BadFile {
+            path: path.into(),
+            reason: e.to_string(),
+        })?;
+        let specials = SpecialTokens::new(
+            model
+                .special_tokens()
+                .map(|(id, t)| (t.to_string(), id, false)),
+        );
         let (bos_id, eos_id) = (Some(model.bos_id()), Some(model.eos_id()));
         Ok(Self {
             engine: Engine::Tekken(Box::new(model)),
@@ -165,12 +192,19 @@ impl Tokenizer {
     pub fn encode(&self, text: &str, opts: EncodeOptions) -> Result<Vec<u32>> {
         let add_bos = opts.add_bos.unwrap_or(self.add_bos);
         match &self.engine {
-            Engine::Hf { plain, parsing, post_processor_adds_bos } => {
+            Engine::Hf {
+                plain,
+                parsing,
+                post_processor_adds_bos,
+                ..
+            } => {
                 let tok = if opts.parse_special { parsing } else { plain };
                 // A tokenizer.json post-processor adds BOS (and whatever else the
                 // model's template says) itself; otherwise we add it.
                 let use_post = *post_processor_adds_bos && add_bos;
-                let enc = tok.encode(text, use_post).map_err(|e| TokenizerError::Hf(e.to_string()))?;
+                let enc = tok
+                    .encode(text, use_post)
+                    .map_err(|e| TokenizerError::Hf(e.to_string()))?;
                 let mut ids = Vec::with_capacity(enc.get_ids().len() + 2);
                 if add_bos && !use_post {
                     ids.extend(self.bos_id);
@@ -210,7 +244,9 @@ impl Tokenizer {
         match &self.engine {
             Engine::Hf { plain, .. } => {
                 self.check_ids(ids)?;
-                plain.decode(ids, skip_special).map_err(|e| TokenizerError::Hf(e.to_string()))
+                plain
+                    .decode(ids, skip_special)
+                    .map_err(|e| TokenizerError::Hf(e.to_string()))
             }
             _ => {
                 let mut bytes = Vec::with_capacity(ids.len() * 4);
@@ -267,7 +303,9 @@ impl Tokenizer {
                 None => {}
             },
             Engine::Hf { plain, .. } => {
-                let s = plain.decode(&[id], skip_special).map_err(|e| TokenizerError::Hf(e.to_string()))?;
+                let s = plain
+                    .decode(&[id], skip_special)
+                    .map_err(|e| TokenizerError::Hf(e.to_string()))?;
                 out.extend_from_slice(s.as_bytes());
             }
         }
@@ -287,7 +325,7 @@ impl Tokenizer {
         match &self.engine {
             Engine::Spm(m) => m.len(),
             Engine::Tekken(m) => m.vocab_size(),
-            Engine::Hf { plain, .. } => plain.get_vocab_size(true),
+            Engine::Hf { vocab_size, .. } => *vocab_size,
         }
     }
 
@@ -297,7 +335,10 @@ impl Tokenizer {
             Engine::Spm(m) => m.piece(id).map(str::to_string),
             Engine::Tekken(m) => match m.token_bytes(id) {
                 Some(b) => Some(String::from_utf8_lossy(b).into_owned()),
-                None => m.special_tokens().find(|&(sid, _)| sid == id).map(|(_, t)| t.to_string()),
+                None => m
+                    .special_tokens()
+                    .find(|&(sid, _)| sid == id)
+                    .map(|(_, t)| t.to_string()),
             },
             Engine::Hf { plain, .. } => plain.id_to_token(id),
         }

@@ -65,7 +65,7 @@ unsafe fn kernel<
 
     let aq: [*const i8; NA] = std::array::from_fn(|r| acts.row(r0 + r).as_ptr());
     let ad: [*const f32; NA] = std::array::from_fn(|r| acts.scales(r0 + r).as_ptr());
-    let asum: [*const i32; NA] = std::array::from_fn(|r| acts.sums(r0 + r, G).as_ptr());
+    let asum: [*const i16; NA] = std::array::from_fn(|r| acts.sums(r0 + r, G).as_ptr());
     let mut acc = [[_mm256_setzero_ps(); 2]; NA];
     let base = tile.as_ptr();
 
@@ -73,6 +73,8 @@ unsafe fn kernel<
         let ub = base.add(u * unit_bytes);
         let scp = ub.add(2 * TILE * sets);
         let mp = scp.add(gpu * TILE);
+        #[allow(clippy::needless_range_loop)]
+        // h also selects the halves of `d`, `sc` and the weights
         for h in 0..2 {
             let d = _mm256_cvtph_ps(_mm_loadu_si128(ub.add(16 * h).cast()));
             let dm = if MIN {
@@ -131,7 +133,7 @@ unsafe fn kernel<
                         }
                         s32
                     };
-                    let sa = *asum[r].add(gg);
+                    let sa = i32::from(*asum[r].add(gg));
                     let da = *ad[r].add(gg * G / 32);
                     let t =
                         _mm256_cvtepi32_ps(_mm256_sub_epi32(isum, _mm256_set1_epi32(corr * sa)));

@@ -5,7 +5,7 @@
 use std::arch::x86_64::*;
 
 use super::act::QuantizedActs;
-use super::format::{Format, TILE};
+use super::format::{Format, SUPER, TILE};
 
 /// Whether this CPU has everything the kernel uses.
 pub(crate) fn available() -> bool {
@@ -34,7 +34,8 @@ pub(crate) unsafe fn tile(
     dispatch_shape!(kernel(fmt, cols, tile, acts, r0, nr, out))
 }
 
-/// Rows of activations per call: `NA` (1..=4).
+/// Rows of activations per call: `NA` (1..=4). The legacy types (one scale
+/// per group) are computed here, the k-quants by [`superblock_kernel`].
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vl,fma,f16c")]
 unsafe fn kernel<
     const NIB: bool,
@@ -50,89 +51,193 @@ unsafe fn kernel<
     r0: usize,
     out: &mut [f32],
 ) {
-    let unit = if SUP { 256 } else { G };
-    let gpu = unit / G;
+    if SUP {
+        return superblock_kernel::<NIB, G, MIN, NA>(off, cols, tile, acts, r0, out);
+    }
     let grb = if NIB { G / 2 } else { G };
     // 4-byte words per row per group; with nibbles each word gives two operands.
     let nd = grb / 4;
     let nops = if NIB { 2 * nd } else { nd };
+    let chains = chains(NA);
     let sets = 1 + usize::from(MIN);
-    let header = 2 * TILE * sets + if SUP { gpu * TILE * sets } else { 0 };
-    let unit_bytes = header + gpu * TILE * grb;
-    let units = cols / unit;
+    let unit_bytes = 2 * TILE * sets + TILE * grb;
     let nib_mask = _mm512_set1_epi8(0x0f);
 
     let aq: [*const i8; NA] = std::array::from_fn(|r| acts.row(r0 + r).as_ptr());
     let ad: [*const f32; NA] = std::array::from_fn(|r| acts.scales(r0 + r).as_ptr());
-    let asum: [*const i32; NA] = std::array::from_fn(|r| acts.sums(r0 + r, G).as_ptr());
+    let asum: [*const i16; NA] = std::array::from_fn(|r| acts.sums(r0 + r, G).as_ptr());
+    let bias: [*const i32; NA] = std::array::from_fn(|r| acts.biases(r0 + r).as_ptr());
+    let mut acc = [_mm512_setzero_ps(); NA];
+    let base = tile.as_ptr();
+
+    for g in 0..cols / G {
+        let ub = base.add(g * unit_bytes);
+        let s = _mm512_cvtph_ps(_mm256_loadu_si256(ub.cast()));
+        let m = if MIN {
+            _mm512_cvtph_ps(_mm256_loadu_si256(ub.add(2 * TILE).cast()))
+        } else {
+            _mm512_setzero_ps()
+        };
+        let w = load_group::<NIB>(ub.add(2 * TILE * sets), nd, nib_mask);
+        for r in 0..NA {
+            // Operand p holds levels 4p..4p+4 of each row (for nibbles the
+            // high halves continue at G/2 = 4·nd), matching activation
+            // bytes 4p..4p+4 of the group. The offset term starts the sum.
+            let isum = dot_group(aq[r].add(g * G), &w, nops, chains, *bias[r].add(g));
+            let mut v = _mm512_mul_ps(s, _mm512_cvtepi32_ps(isum));
+            if MIN {
+                v = _mm512_fmadd_ps(m, _mm512_set1_ps(f32::from(*asum[r].add(g))), v);
+            }
+            acc[r] = _mm512_fmadd_ps(v, _mm512_set1_ps(*ad[r].add(g * G / 32)), acc[r]);
+        }
+    }
+    for (r, a) in acc.iter().enumerate() {
+        _mm512_storeu_ps(out.as_mut_ptr().add(r * TILE), *a);
+    }
+}
+
+/// Independent `vpdpbusd` chains per activation row (5 cycles of latency
+/// each): with several rows the rows' chains interleave, alone a row needs four.
+const fn chains(na: usize) -> usize {
+    if na == 1 {
+        4
+    } else {
+        2
+    }
+}
+
+/// The operands of one group of a tile: `nd` words of 16 rows, each split
+/// into its low and high nibbles when `NIB`.
+#[inline(always)]
+unsafe fn load_group<const NIB: bool>(wp: *const u8, nd: usize, nib_mask: __m512i) -> [__m512i; 8] {
+    let mut w = [_mm512_setzero_si512(); 8];
+    for p in 0..nd {
+        let v = _mm512_loadu_si512(wp.add(p * 64).cast());
+        if NIB {
+            w[p] = _mm512_and_si512(v, nib_mask);
+            w[nd + p] = _mm512_and_si512(_mm512_srli_epi16::<4>(v), nib_mask);
+        } else {
+            w[p] = v;
+        }
+    }
+    w
+}
+
+/// `init + Σ_p w[p] · a[4p..4p+4]` per row (lane) over the first `nops`
+/// operands, in `chains` independent accumulators.
+#[inline(always)]
+unsafe fn dot_group(
+    a: *const i8,
+    w: &[__m512i; 8],
+    nops: usize,
+    chains: usize,
+    init: i32,
+) -> __m512i {
+    let mut part = [_mm512_setzero_si512(); 4];
+    part[0] = _mm512_set1_epi32(init);
+    for (p, wv) in w.iter().enumerate().take(nops) {
+        let word = std::ptr::read_unaligned(a.add(4 * p).cast::<i32>());
+        part[p % chains] = _mm512_dpbusd_epi32(part[p % chains], *wv, _mm512_set1_epi32(word));
+    }
+    let mut isum = _mm512_add_epi32(part[0], part[1]);
+    if chains == 4 {
+        isum = _mm512_add_epi32(isum, _mm512_add_epi32(part[2], part[3]));
+    }
+    isum
+}
+
+/// The k-quant kernel. The activations' 32-blocks share one scale per
+/// superblock up to a power of two ([`ActMode::Superblock`]), so each
+/// group's integer sum is shifted by its block's exponent, scaled by the
+/// group's `sc` in f32 and summed over the superblock; the superblock's `d`
+/// and activation scale are applied once. The offset starts each group's
+/// integer sum; the min term `Σ m·sa` over the groups (with shifted sums
+/// `sa`) is an integer dot product of (min, min) pairs with (sum, sum) pairs
+/// (`vpdpwssd`), once per superblock.
+///
+/// [`ActMode::Superblock`]: super::act::ActMode::Superblock
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vl,fma,f16c")]
+unsafe fn superblock_kernel<const NIB: bool, const G: usize, const MIN: bool, const NA: usize>(
+    _off: i32,
+    cols: usize,
+    tile: &[u8],
+    acts: &QuantizedActs,
+    r0: usize,
+    out: &mut [f32],
+) {
+    let gpu = SUPER / G;
+    let grb = if NIB { G / 2 } else { G };
+    let nd = grb / 4;
+    let nops = if NIB { 2 * nd } else { nd };
+    let chains = chains(NA);
+    let sets = 1 + usize::from(MIN);
+    let header = 2 * TILE * sets + gpu * TILE * sets;
+    let unit_bytes = header + gpu * TILE * grb;
+    let units = cols / SUPER;
+    let nib_mask = _mm512_set1_epi8(0x0f);
+
+    let aq: [*const i8; NA] = std::array::from_fn(|r| acts.row(r0 + r).as_ptr());
+    let sd: [*const f32; NA] = std::array::from_fn(|r| acts.superblock_scales(r0 + r).as_ptr());
+    let shift: [*const u32; NA] = std::array::from_fn(|r| acts.shifts(r0 + r).as_ptr());
+    let asum: [*const i16; NA] = std::array::from_fn(|r| acts.shifted_sums(r0 + r, G).as_ptr());
+    let bias: [*const i32; NA] = std::array::from_fn(|r| acts.biases(r0 + r).as_ptr());
     let mut acc = [_mm512_setzero_ps(); NA];
     let base = tile.as_ptr();
 
     for u in 0..units {
         let ub = base.add(u * unit_bytes);
+        let scp = ub.add(2 * TILE * sets);
+        let mp = scp.add(gpu * TILE);
+        let mut wp = ub.add(header);
+        // Σ_g sc_g · (Σ (u − off)·a << shift) over the superblock, per row.
+        let mut fsum = [_mm512_setzero_ps(); NA];
+        for gi in 0..gpu {
+            let sc = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(
+                scp.add(gi * TILE).cast(),
+            )));
+            let w = load_group::<NIB>(wp, nd, nib_mask);
+            let gg = u * gpu + gi;
+            let at = gg * G;
+            for r in 0..NA {
+                let isum = dot_group(aq[r].add(at), &w, nops, chains, *bias[r].add(gg));
+                let isum =
+                    _mm512_sllv_epi32(isum, _mm512_set1_epi32(*shift[r].add(at / 32) as i32));
+                fsum[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), sc, fsum[r]);
+            }
+            wp = wp.add(TILE * grb);
+        }
+        // Σ_g m_g·sa_g (for the mins).
+        let mut imin = [_mm512_setzero_si512(); NA];
+        if MIN {
+            for j in 0..gpu / 2 {
+                let (lo, hi) = (
+                    _mm_loadu_si128(mp.add(2 * j * TILE).cast()),
+                    _mm_loadu_si128(mp.add((2 * j + 1) * TILE).cast()),
+                );
+                let mw = _mm512_cvtepi8_epi16(_mm256_set_m128i(
+                    _mm_unpackhi_epi8(lo, hi),
+                    _mm_unpacklo_epi8(lo, hi),
+                ));
+                for r in 0..NA {
+                    let sa = _mm512_set1_epi32(std::ptr::read_unaligned(
+                        asum[r].add(u * gpu + 2 * j).cast::<i32>(),
+                    ));
+                    imin[r] = _mm512_dpwssd_epi32(imin[r], mw, sa);
+                }
+            }
+        }
         let d = _mm512_cvtph_ps(_mm256_loadu_si256(ub.cast()));
         let dm = if MIN {
             _mm512_cvtph_ps(_mm256_loadu_si256(ub.add(2 * TILE).cast()))
         } else {
             _mm512_setzero_ps()
         };
-        let scp = ub.add(2 * TILE * sets);
-        let mp = scp.add(gpu * TILE);
-        let mut wp = ub.add(header);
-        for gi in 0..gpu {
-            let (s, m) = if SUP {
-                let sc = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(
-                    scp.add(gi * TILE).cast(),
-                )));
-                let m = if MIN {
-                    let mv = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(
-                        mp.add(gi * TILE).cast(),
-                    )));
-                    _mm512_mul_ps(dm, mv)
-                } else {
-                    _mm512_setzero_ps()
-                };
-                (_mm512_mul_ps(d, sc), m)
-            } else {
-                (d, dm)
-            };
-            let mut w = [_mm512_setzero_si512(); 8];
-            for p in 0..nd {
-                let v = _mm512_loadu_si512(wp.add(p * 64).cast());
-                if NIB {
-                    w[p] = _mm512_and_si512(v, nib_mask);
-                    w[nd + p] = _mm512_and_si512(_mm512_srli_epi16::<4>(v), nib_mask);
-                } else {
-                    w[p] = v;
-                }
+        for r in 0..NA {
+            let mut v = _mm512_mul_ps(d, fsum[r]);
+            if MIN {
+                v = _mm512_fmadd_ps(dm, _mm512_cvtepi32_ps(imin[r]), v);
             }
-            let gg = u * gpu + gi;
-            for r in 0..NA {
-                // Operand p holds levels 4p..4p+4 of each row (for nibbles the
-                // high halves continue at G/2 = 4·nd), matching activation
-                // bytes 4p..4p+4 of the group.
-                let a = aq[r].add(gg * G);
-                // Four independent accumulators: a chain of dependent
-                // vpdpbusd (5 cycles each) would bound the loop, not the loads.
-                let mut part = [_mm512_setzero_si512(); 4];
-                for (p, wv) in w.iter().enumerate().take(nops) {
-                    let word = std::ptr::read_unaligned(a.add(4 * p).cast::<i32>());
-                    part[p % 4] = _mm512_dpbusd_epi32(part[p % 4], *wv, _mm512_set1_epi32(word));
-                }
-                let isum = _mm512_add_epi32(
-                    _mm512_add_epi32(part[0], part[1]),
-                    _mm512_add_epi32(part[2], part[3]),
-                );
-                let sa = *asum[r].add(gg);
-                let da = *ad[r].add(gg * G / 32);
-                let t = _mm512_cvtepi32_ps(_mm512_sub_epi32(isum, _mm512_set1_epi32(off * sa)));
-                let mut v = _mm512_mul_ps(s, t);
-                if MIN {
-                    v = _mm512_fmadd_ps(m, _mm512_set1_ps(sa as f32), v);
-                }
-                acc[r] = _mm512_fmadd_ps(v, _mm512_set1_ps(da), acc[r]);
-            }
-            wp = wp.add(TILE * grb);
+            acc[r] = _mm512_fmadd_ps(v, _mm512_set1_ps(*sd[r].add(u)), acc[r]);
         }
     }
     for (r, a) in acc.iter().enumerate() {

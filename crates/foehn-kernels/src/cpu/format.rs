@@ -40,6 +40,7 @@
 //! only in superblock mode. Rows past the matrix's end (the last tile of a
 //! matrix whose rows are not a multiple of 16) are zeros.
 
+use super::act::ActMode;
 use crate::GgmlType;
 
 /// Rows per tile: one SIMD lane per row with 512-bit vectors of i32/f32.
@@ -101,6 +102,16 @@ impl Format {
             SUPER
         } else {
             self.group
+        }
+    }
+
+    /// How activations are quantized for products with this format: the
+    /// k-quants' kernels sum a whole superblock before scaling.
+    pub const fn act_mode(&self) -> ActMode {
+        if self.superblocks {
+            ActMode::Superblock
+        } else {
+            ActMode::Block
         }
     }
 

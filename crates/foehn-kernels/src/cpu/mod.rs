@@ -131,8 +131,18 @@ pub(crate) fn check_tile_call(
     out: &[f32],
 ) {
     let rows = if (1..=3).contains(&nr) { nr } else { 4 };
-    assert!(tile.len() >= fmt.tile_bytes(cols) && acts.cols == cols, "tile call: wrong tile or columns");
-    assert!(r0 + rows <= acts.n && out.len() >= rows * format::TILE, "tile call: too few rows");
+    assert!(
+        tile.len() >= fmt.tile_bytes(cols) && acts.cols == cols,
+        "tile call: wrong tile or columns"
+    );
+    assert!(
+        acts.mode == fmt.act_mode() && acts.group == fmt.group && acts.off == fmt.off,
+        "tile call: activations quantized for another format"
+    );
+    assert!(
+        r0 + rows <= acts.n && out.len() >= rows * format::TILE,
+        "tile call: too few rows"
+    );
 }
 
 /// A tile kernel: see [`scalar::tile`].
@@ -164,8 +174,8 @@ mod tests {
 
     /// Every supported SIMD kernel against the scalar one on the same packed
     /// weights and quantized activations: same integer sums, float rounding
-    /// only. Odd row counts (zero-padded tiles) and every `nr`; outputs
-    /// poisoned first.
+    /// only (within 1e-5 of Σ |w·a|). Odd row counts (zero-padded tiles) and
+    /// every `nr`; outputs poisoned first.
     #[test]
     fn simd_tile_kernels_match_the_scalar_kernel() {
         use GgmlType::*;
@@ -183,11 +193,32 @@ mod tests {
                 let bytes = random_bytes(&mut rng, ty, rows, cols);
                 let packed = pack::pack(&fmt, rows, cols, ty.row_bytes(cols).unwrap(), &bytes);
                 let n = 7;
-                let xs: Vec<f32> = (0..n * cols).map(|_| rng.gen_range(-2.0f32..2.0)).collect();
+                // Blocks of 32 of different magnitudes, so that superblock
+                // activations get different exponents.
+                let xs: Vec<f32> = (0..n * cols)
+                    .map(|i| rng.gen_range(-2.0f32..2.0) / (1 << (i / 32 % 5)) as f32)
+                    .collect();
                 let mut acts = QuantizedActs::default();
-                acts.quantize(&xs, cols);
+                acts.quantize(&xs, cols, &fmt);
                 let tb = fmt.tile_bytes(cols);
+                let a: Vec<f64> = (0..n * cols)
+                    .map(|k| f64::from(acts.qs[k]) * f64::from(acts.d[k / 32]))
+                    .collect();
                 for (t, tile) in packed.chunks_exact(tb).enumerate() {
+                    // Σ |w·a| per (activation row, weight row): the scale of
+                    // the rounding errors, whatever the order of the sums.
+                    let mut w = vec![0.0f32; cols];
+                    let mut mag = vec![0.0f64; n * TILE];
+                    for i in 0..TILE {
+                        pack::dequantize_tile_row(&fmt, tile, i, &mut w);
+                        for r in 0..n {
+                            mag[r * TILE + i] = w
+                                .iter()
+                                .zip(&a[r * cols..(r + 1) * cols])
+                                .map(|(w, a)| (f64::from(*w) * a).abs())
+                                .sum();
+                        }
+                    }
                     for r0 in 0..n {
                         for nr in 1..=4.min(n - r0) {
                             let mut want = vec![f32::NAN; nr * TILE];
@@ -196,7 +227,7 @@ mod tests {
                                 let mut got = vec![f32::NAN; nr * TILE];
                                 tile_fn(isa)(&fmt, cols, tile, &acts, r0, nr, &mut got);
                                 for (k, (g, w)) in got.iter().zip(&want).enumerate() {
-                                    let tol = 1e-4 * (1.0 + w.abs());
+                                    let tol = 1e-5 * mag[r0 * TILE + k] as f32 + 1e-6;
                                     assert!(
                                         (g - w).abs() <= tol,
                                         "{isa:?} {ty} {rows}x{cols} tile {t} r0 {r0} nr {nr} [{k}]: {g} vs {w}"

@@ -136,7 +136,7 @@ unsafe fn kernel<
 
     let aq: [*const i8; NA] = std::array::from_fn(|r| acts.row(r0 + r).as_ptr());
     let ad: [*const f32; NA] = std::array::from_fn(|r| acts.scales(r0 + r).as_ptr());
-    let asum: [*const i32; NA] = std::array::from_fn(|r| acts.sums(r0 + r, G).as_ptr());
+    let asum: [*const i16; NA] = std::array::from_fn(|r| acts.sums(r0 + r, G).as_ptr());
     let mut acc = [[zero_f; 4]; NA];
     let base = tile.as_ptr();
 
@@ -177,7 +177,7 @@ unsafe fn kernel<
                 };
                 [vld1q_s8(a), hi]
             });
-            let sa: [i32; NA] = std::array::from_fn(|r| *asum[r].add(gg));
+            let sa: [i32; NA] = std::array::from_fn(|r| i32::from(*asum[r].add(gg)));
             let da: [f32; NA] = std::array::from_fn(|r| *ad[r].add(gg * G / 32));
             unroll!(|q| [0, 1, 2, 3] {
                 let mut isum = [vdupq_n_s32(0); NA];

@@ -26,6 +26,18 @@ struct RowParts {
 }
 
 impl RowParts {
+    /// Buffers for one row of `cols` weights of `fmt`.
+    fn with_capacity(fmt: &Format, cols: usize) -> Self {
+        let (units, groups) = (cols / fmt.unit(), cols / fmt.group);
+        Self {
+            u: Vec::with_capacity(cols),
+            d: Vec::with_capacity(units),
+            dm: Vec::with_capacity(units),
+            sc: Vec::with_capacity(groups),
+            m: Vec::with_capacity(groups),
+        }
+    }
+
     fn clear(&mut self) {
         self.u.clear();
         self.d.clear();
@@ -206,52 +218,63 @@ fn write_tile(fmt: &Format, cols: usize, parts: &[RowParts], tile: &mut [u8]) {
     let gpu = fmt.groups_per_unit();
     let grb = fmt.group_row_bytes();
     let g = fmt.group;
-    tile.fill(0);
+    debug_assert_eq!(tile.len(), fmt.tile_bytes(cols));
+    if parts.len() < TILE {
+        tile.fill(0);
+    }
     for (ui, out) in tile.chunks_exact_mut(fmt.unit_bytes()).enumerate() {
-        let mut at = 0;
-        let put16 = |out: &mut [u8], at: &mut usize, get: &dyn Fn(&RowParts) -> u16| {
-            for (i, p) in parts.iter().enumerate() {
-                out[*at + 2 * i..*at + 2 * i + 2].copy_from_slice(&get(p).to_le_bytes());
-            }
-            *at += 2 * TILE;
-        };
-        put16(out, &mut at, &|p| p.d[ui]);
-        if fmt.min {
-            put16(out, &mut at, &|p| p.dm[ui]);
+        let (d, rest) = out.split_at_mut(2 * TILE);
+        for (o, p) in d.chunks_exact_mut(2).zip(parts) {
+            o.copy_from_slice(&p.d[ui].to_le_bytes());
         }
-        if fmt.superblocks {
-            let sets: &[fn(&RowParts) -> &[i8]] = if fmt.min {
-                &[|p| &p.sc, |p| &p.m]
-            } else {
-                &[|p| &p.sc]
-            };
-            for get in sets {
-                for gi in 0..gpu {
-                    for (i, p) in parts.iter().enumerate() {
-                        out[at + gi * TILE + i] = get(p)[ui * gpu + gi] as u8;
+        let rest = if fmt.min {
+            let (dm, rest) = rest.split_at_mut(2 * TILE);
+            for (o, p) in dm.chunks_exact_mut(2).zip(parts) {
+                o.copy_from_slice(&p.dm[ui].to_le_bytes());
+            }
+            rest
+        } else {
+            rest
+        };
+        let rest = if fmt.superblocks {
+            let sets = 1 + usize::from(fmt.min);
+            let (scales, rest) = rest.split_at_mut(sets * gpu * TILE);
+            for (i, p) in parts.iter().enumerate() {
+                let sc = &p.sc[ui * gpu..(ui + 1) * gpu];
+                for (gi, &v) in sc.iter().enumerate() {
+                    scales[gi * TILE + i] = v as u8;
+                }
+                if fmt.min {
+                    let m = &p.m[ui * gpu..(ui + 1) * gpu];
+                    for (gi, &v) in m.iter().enumerate() {
+                        scales[(gpu + gi) * TILE + i] = v as u8;
                     }
                 }
-                at += gpu * TILE;
             }
-        }
-        for gi in 0..gpu {
-            let w = &mut out[at..at + TILE * grb];
+            rest
+        } else {
+            rest
+        };
+        for (gi, w) in rest.chunks_exact_mut(TILE * grb).enumerate() {
             for (i, p) in parts.iter().enumerate() {
                 let lv = &p.u[ui * unit + gi * g..ui * unit + (gi + 1) * g];
-                for k in 0..grb {
-                    let byte = if fmt.nibbles {
-                        lv[k] | (lv[k + g / 2] << 4)
-                    } else {
-                        lv[k]
-                    };
-                    w[(k / 4 * TILE + i) * 4 + k % 4] = byte;
+                // The row's bytes of this group, then its 4-byte words to
+                // their places among the 16 rows'.
+                let mut bytes = [0u8; 32];
+                if fmt.nibbles {
+                    let (lo, hi) = lv.split_at(g / 2);
+                    for ((b, &l), &h) in bytes.iter_mut().zip(lo).zip(hi) {
+                        *b = l | (h << 4);
+                    }
+                } else {
+                    bytes[..g].copy_from_slice(lv);
+                }
+                for (p, word) in bytes[..grb].chunks_exact(4).enumerate() {
+                    w[(p * TILE + i) * 4..(p * TILE + i) * 4 + 4].copy_from_slice(word);
                 }
             }
-            at += TILE * grb;
         }
-        debug_assert_eq!(at, fmt.unit_bytes());
     }
-    debug_assert_eq!(tile.len(), fmt.tile_bytes(cols));
 }
 
 /// Packs `rows` GGUF rows of `fmt.ty` (`row_bytes` each, back to back in
@@ -278,19 +301,29 @@ pub(crate) fn pack_into(
     src: &[u8],
     out: &mut [u8],
 ) {
-    let tb = fmt.tile_bytes(cols);
-    out.par_chunks_mut(tb.max(1)).enumerate().for_each_init(
-        || vec![RowParts::default(); TILE],
-        |parts, (t, tile)| {
-            let r0 = t * TILE;
-            let n = TILE.min(rows - r0);
-            for (i, p) in parts.iter_mut().take(n).enumerate() {
-                let r = r0 + i;
-                split_row(fmt.ty, &src[r * row_bytes..(r + 1) * row_bytes], p);
+    let tb = fmt.tile_bytes(cols).max(1);
+    let tiles = rows.div_ceil(TILE);
+    // A few runs of tiles per thread, each with one set of row buffers
+    // sized once.
+    let per_run = tiles
+        .div_ceil(4 * rayon::current_num_threads().max(1))
+        .max(1);
+    out.par_chunks_mut(tb * per_run)
+        .enumerate()
+        .for_each(|(run, out)| {
+            let mut parts: Vec<RowParts> = (0..TILE)
+                .map(|_| RowParts::with_capacity(fmt, cols))
+                .collect();
+            for (k, tile) in out.chunks_exact_mut(tb).enumerate() {
+                let r0 = (run * per_run + k) * TILE;
+                let n = TILE.min(rows - r0);
+                for (i, p) in parts.iter_mut().take(n).enumerate() {
+                    let r = r0 + i;
+                    split_row(fmt.ty, &src[r * row_bytes..(r + 1) * row_bytes], p);
+                }
+                write_tile(fmt, cols, &parts[..n], tile);
             }
-            write_tile(fmt, cols, &parts[..n], tile);
-        },
-    );
+        });
 }
 
 fn h(bits: u16) -> f32 {
@@ -348,7 +381,7 @@ pub(crate) fn dequantize_tile_row(fmt: &Format, tile: &[u8], i: usize, dst: &mut
 /// Rows per superblock-mode unit check: the packed formats' units divide the
 /// type's block (used by callers to validate `cols`).
 pub(crate) fn cols_ok(fmt: &Format, cols: usize) -> bool {
-    cols % fmt.unit() == 0 && (!fmt.superblocks || cols % SUPER == 0)
+    cols.is_multiple_of(fmt.unit()) && (!fmt.superblocks || cols.is_multiple_of(SUPER))
 }
 
 #[cfg(test)]

@@ -59,7 +59,7 @@ pub(crate) fn tile(
                             isum += i32::from(byte) * i32::from(a[k]);
                         }
                     }
-                    let sa = asum[gg];
+                    let sa = i32::from(asum[gg]);
                     let mut v = s * (isum - fmt.off * sa) as f32;
                     if fmt.min {
                         v += m * sa as f32;
