@@ -27,12 +27,14 @@
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+mod common;
+
 use anyhow::{bail, Context, Result};
 use clap::{Parser, ValueEnum};
-use foehn::engine::{Backend, CandleDevice, Isq};
+use foehn::engine::{Backend, CandleDevice};
 use foehn::loader::gguf::GgufFile;
 use foehn::loader::SafetensorsModel;
-use foehn::model::{KvCacheType, DEFAULT_CHUNK};
+use foehn::model::DEFAULT_CHUNK;
 use foehn::{LoadOptions, LocalModel};
 
 /// Benchmark prompt processing and text generation, like llama-bench.
@@ -64,61 +66,17 @@ struct Args {
     /// Worker threads (default: the physical cores available).
     #[arg(short = 't', long)]
     threads: Option<usize>,
-    /// Compute backend: `cpu` (foehn's kernels) or `candle` (candle tensors on --device).
-    #[arg(long, value_enum, default_value_t = BackendArg::Cpu)]
-    backend: BackendArg,
-    /// Device of the candle backend: `cpu`, `cuda:N` (build with --features foehn-model/cuda) or `metal`.
-    #[arg(long, default_value = "cpu", value_parser = parse_device)]
-    device: CandleDevice,
-    /// Quantize a safetensors model's weights at load: q8_0, q4_0, q4k or q6k.
-    #[arg(long)]
-    isq: Option<Isq>,
     /// Context length of the KV cache (default: the longest test).
     #[arg(long)]
     ctx: Option<usize>,
-    /// KV cache element type.
-    #[arg(long, value_enum, default_value_t = Kv::F16)]
-    kv: Kv,
+    #[command(flatten)]
+    model_flags: common::ModelFlags,
     /// Skip the warm-up run.
     #[arg(long)]
     no_warmup: bool,
     /// Output format: a markdown table or a JSON array (llama-bench's field names).
     #[arg(short = 'o', long, value_enum, default_value_t = Output::Md)]
     output: Output,
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum Kv {
-    F16,
-    F32,
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
-enum BackendArg {
-    Cpu,
-    Candle,
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
-enum Output {
-    Md,
-    Json,
-}
-
-fn parse_device(s: &str) -> Result<CandleDevice, String> {
-    match s {
-        "cpu" => Ok(CandleDevice::Cpu),
-        "metal" => Ok(CandleDevice::Metal(0)),
-        _ => match s.strip_prefix("cuda") {
-            Some("") => Ok(CandleDevice::Cuda(0)),
-            Some(n) => n
-                .strip_prefix(':')
-                .and_then(|n| n.parse().ok())
-                .map(CandleDevice::Cuda)
-                .ok_or_else(|| format!("bad device {s:?}: expected cpu, cuda:N or metal")),
-            None => Err(format!("bad device {s:?}: expected cpu, cuda:N or metal")),
-        },
-    }
 }
 
 fn main() {
@@ -137,6 +95,12 @@ struct ModelInfo {
     size: u64,
     /// Number of weights.
     n_params: u64,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
+enum Output {
+    Md,
+    Json,
 }
 
 /// One test in `-o json`: llama-bench's fields, in its order, plus `isq` and
@@ -203,15 +167,12 @@ fn run(args: Args) -> Result<()> {
         bail!("-r must be at least 1");
     }
     let threads = args.threads.unwrap_or_else(physical_cores).max(1);
-    let backend = match args.backend {
-        BackendArg::Cpu => Backend::Cpu,
-        BackendArg::Candle => {
-            // candle's dense matmuls size their own pool from RAYON_NUM_THREADS;
-            // its quantized ones run on the model's pool.
-            std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
-            Backend::Candle(args.device)
-        }
-    };
+    let backend = args.model_flags.backend();
+    if let Backend::Candle(_) = backend {
+        // candle's dense matmuls size their own pool from RAYON_NUM_THREADS;
+        // its quantized ones run on the model's pool.
+        std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
+    }
     let path = match args.model.as_deref() {
         Some(s) if std::path::Path::new(s).exists() => std::path::PathBuf::from(s),
         spec => {
@@ -226,17 +187,11 @@ fn run(args: Args) -> Result<()> {
         .max()
         .unwrap_or(0)
         .max(1);
-    let opts = LoadOptions {
+    let opts = args.model_flags.apply(LoadOptions {
         ctx_len: Some(args.ctx.unwrap_or(longest)),
-        kv_type: match args.kv {
-            Kv::F16 => KvCacheType::F16,
-            Kv::F32 => KvCacheType::F32,
-        },
         threads: Some(threads),
-        backend,
-        isq: args.isq,
         ..LoadOptions::default()
-    };
+    });
     let path_str = path.to_str().context("the model path is not valid UTF-8")?;
     let model = LocalModel::load(Some(path_str), opts).context("loading the model")?;
     let load = model.load_time();
@@ -319,10 +274,7 @@ fn run(args: Args) -> Result<()> {
         }
         Output::Json => {
             let cpu_info = cpu_info();
-            let type_kv = match args.kv {
-                Kv::F16 => "f16",
-                Kv::F32 => "f32",
-            };
+            let type_kv = args.model_flags.kv.name();
             let objects: Vec<JsonTest> = results
                 .iter()
                 .map(|r| {
@@ -341,7 +293,7 @@ fn run(args: Args) -> Result<()> {
                         n_threads: threads,
                         type_k: type_kv,
                         type_v: type_kv,
-                        isq: args.isq.map(|i| i.name()),
+                        isq: args.model_flags.isq.map(|i| i.name()),
                         n_prompt: r.n_prompt,
                         n_gen: r.n_gen,
                         n_depth: 0,

@@ -10,6 +10,8 @@
 //! ```
 //! Commands: `/reset` forgets the conversation, `/exit` (or end of input) quits.
 
+mod common;
+
 use std::io::{BufRead, Write};
 use std::sync::{Arc, OnceLock};
 
@@ -47,6 +49,8 @@ struct Args {
     /// Context length.
     #[arg(long)]
     ctx: Option<usize>,
+    #[command(flatten)]
+    model_flags: common::ModelFlags,
     /// Send the turns to an OpenAI-compatible server: its base URL (`http://127.0.0.1:8080/v1`),
     /// or `hf` for the Hugging Face router (https://router.huggingface.co/v1).
     #[arg(long, value_name = "BASE_URL", requires = "model_id")]
@@ -64,7 +68,7 @@ struct Args {
 }
 
 /// Flags that only make sense for a local model (refused for a remote-only run).
-const LOCAL_ONLY: &[&str] = &["ctx", "threads"];
+const LOCAL_ONLY: &[&str] = &["ctx", "threads", "kv", "backend", "device", "isq"];
 
 fn main() {
     let matches = Args::command().get_matches();
@@ -85,13 +89,17 @@ fn main() {
     }
 }
 
-fn run(args: Args) -> Result<()> {
-    let opts = LoadOptions {
+fn load_options(args: &Args) -> LoadOptions {
+    args.model_flags.apply(LoadOptions {
         ctx_len: args.ctx,
         threads: args.threads,
         ..LoadOptions::default()
-    };
-    let model = LocalModel::load(args.model.as_deref(), opts).context("loading the model")?;
+    })
+}
+
+fn run(args: Args) -> Result<()> {
+    let model = LocalModel::load(args.model.as_deref(), load_options(&args))
+        .context("loading the model")?;
     let fresh = || -> Vec<Message> { args.system.iter().map(Message::system).collect() };
     let mut history = fresh();
     let mut session = model.session()?;
@@ -189,12 +197,7 @@ fn run_remote(args: Args, given_local_flags: &[&str]) -> Result<()> {
     let generator: Box<dyn Generator> = match args.route {
         None => Box::new(remote),
         Some(policy) => {
-            let opts = LoadOptions {
-                ctx_len: args.ctx,
-                threads: args.threads,
-                ..LoadOptions::default()
-            };
-            let local = Arc::new(LazyLocal::new(args.model.clone(), opts));
+            let local = Arc::new(LazyLocal::new(args.model.clone(), load_options(&args)));
             Box::new(Router::new(
                 vec![Route::local(local), Route::remote(Arc::new(remote))],
                 RouterConfig::new(policy),

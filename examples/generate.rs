@@ -12,15 +12,16 @@
 //! cargo run --release --example generate -- --remote hf --model-id mistralai/Mistral-7B-Instruct-v0.3 --route local-first --prompt "Hi" --json
 //! ```
 
+mod common;
+
 use std::io::{Read, Write};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::parser::ValueSource;
-use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
-use foehn::engine::{top_k, Backend, CandleDevice, Isq};
-use foehn::model::KvCacheType;
+use clap::{CommandFactory, FromArgMatches, Parser};
+use foehn::engine::top_k;
 use foehn::remote::{OpenAiClient, Policy, Route, Router, RouterConfig};
 use foehn::{
     CancelToken, Capabilities, Event, EventStream, GenerateError, GenerateRequest, Generator,
@@ -76,18 +77,8 @@ struct Args {
     /// Context length (default 4096 or the model's maximum if smaller).
     #[arg(long)]
     ctx: Option<usize>,
-    /// KV cache element type.
-    #[arg(long, value_enum, default_value_t = Kv::F16)]
-    kv: Kv,
-    /// Compute backend: `cpu` (foehn's kernels) or `candle` (candle tensors on --device).
-    #[arg(long, value_enum, default_value_t = BackendArg::Cpu)]
-    backend: BackendArg,
-    /// Device of the candle backend: `cpu`, `cuda:N` (build with --features cuda) or `metal` (--features metal).
-    #[arg(long, default_value = "cpu", value_parser = parse_device)]
-    device: CandleDevice,
-    /// Quantize a safetensors model's weights at load: q8_0, q4_0, q4k or q6k (not for GGUF files).
-    #[arg(long)]
-    isq: Option<Isq>,
+    #[command(flatten)]
+    model_flags: common::ModelFlags,
     /// Print one JSON object instead of streaming text.
     #[arg(long)]
     json: bool,
@@ -124,34 +115,6 @@ const LOCAL_ONLY: &[&str] = &[
 ];
 /// Flags that need the local engine itself, not a generator behind a router.
 const LOCAL_ENGINE_ONLY: &[&str] = &["force_ids", "top_logits"];
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum Kv {
-    F16,
-    F32,
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
-enum BackendArg {
-    Cpu,
-    Candle,
-}
-
-fn parse_device(s: &str) -> Result<CandleDevice, String> {
-    match s {
-        "cpu" => Ok(CandleDevice::Cpu),
-        "metal" => Ok(CandleDevice::Metal(0)),
-        _ => match s.strip_prefix("cuda") {
-            Some("") => Ok(CandleDevice::Cuda(0)),
-            Some(n) => n
-                .strip_prefix(':')
-                .and_then(|n| n.parse().ok())
-                .map(CandleDevice::Cuda)
-                .ok_or_else(|| format!("bad device {s:?}: expected cpu, cuda:N or metal")),
-            None => Err(format!("bad device {s:?}: expected cpu, cuda:N or metal")),
-        },
-    }
-}
 
 fn main() {
     let matches = Args::command().get_matches();
@@ -441,20 +404,11 @@ impl Generator for LazyLocal {
 }
 
 fn load_options(args: &Args) -> LoadOptions {
-    LoadOptions {
+    args.model_flags.apply(LoadOptions {
         ctx_len: args.ctx,
-        kv_type: match args.kv {
-            Kv::F16 => KvCacheType::F16,
-            Kv::F32 => KvCacheType::F32,
-        },
         threads: args.threads,
-        backend: match args.backend {
-            BackendArg::Cpu => Backend::Cpu,
-            BackendArg::Candle => Backend::Candle(args.device),
-        },
-        isq: args.isq,
         ..LoadOptions::default()
-    }
+    })
 }
 
 /// The prompt: `--prompt-ids`, `--prompt` (a chat turn, or raw text with

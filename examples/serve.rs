@@ -10,15 +10,15 @@
 //! Prints `listening on http://HOST:PORT` on standard output once it accepts
 //! connections (with the chosen port when `--port 0`).
 
+mod common;
+
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use clap::{Parser, ValueEnum};
-use foehn::engine::{Backend, CandleDevice};
-use foehn::model::KvCacheType;
+use clap::Parser;
 use foehn::{LoadOptions, LocalModel};
 use foehn_serve::ServeOptions;
 
@@ -56,43 +56,8 @@ struct Args {
     /// Context length of each session (default 4096 or the model's maximum if smaller).
     #[arg(long)]
     ctx: Option<usize>,
-    /// KV cache element type.
-    #[arg(long, value_enum, default_value_t = Kv::F16)]
-    kv: Kv,
-    /// Compute backend: `cpu` (foehn's kernels) or `candle` (candle tensors on --device).
-    #[arg(long, value_enum, default_value_t = BackendArg::Cpu)]
-    backend: BackendArg,
-    /// Device of the candle backend: `cpu`, `cuda:N` (build with --features cuda) or `metal` (--features metal).
-    #[arg(long, default_value = "cpu", value_parser = parse_device)]
-    device: CandleDevice,
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum Kv {
-    F16,
-    F32,
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
-enum BackendArg {
-    Cpu,
-    Candle,
-}
-
-fn parse_device(s: &str) -> Result<CandleDevice, String> {
-    match s {
-        "cpu" => Ok(CandleDevice::Cpu),
-        "metal" => Ok(CandleDevice::Metal(0)),
-        _ => match s.strip_prefix("cuda") {
-            Some("") => Ok(CandleDevice::Cuda(0)),
-            Some(n) => n
-                .strip_prefix(':')
-                .and_then(|n| n.parse().ok())
-                .map(CandleDevice::Cuda)
-                .ok_or_else(|| format!("bad device {s:?}: expected cpu, cuda:N or metal")),
-            None => Err(format!("bad device {s:?}: expected cpu, cuda:N or metal")),
-        },
-    }
+    #[command(flatten)]
+    model_flags: common::ModelFlags,
 }
 
 fn main() {
@@ -123,19 +88,11 @@ fn model_id(args: &Args) -> String {
 }
 
 fn run(args: Args) -> Result<()> {
-    let opts = LoadOptions {
+    let opts = args.model_flags.apply(LoadOptions {
         ctx_len: args.ctx,
-        kv_type: match args.kv {
-            Kv::F16 => KvCacheType::F16,
-            Kv::F32 => KvCacheType::F32,
-        },
         threads: args.threads,
-        backend: match args.backend {
-            BackendArg::Cpu => Backend::Cpu,
-            BackendArg::Candle => Backend::Candle(args.device),
-        },
         ..LoadOptions::default()
-    };
+    });
     let model = LocalModel::load(args.model.as_deref(), opts).context("loading the model")?;
     let id = model_id(&args);
     eprintln!(

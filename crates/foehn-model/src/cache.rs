@@ -23,6 +23,28 @@ pub enum KvCacheType {
     F32,
 }
 
+impl KvCacheType {
+    /// `f16` or `f32`, as llama.cpp's `--cache-type-k` names them.
+    pub fn name(self) -> &'static str {
+        match self {
+            KvCacheType::F16 => "f16",
+            KvCacheType::F32 => "f32",
+        }
+    }
+}
+
+impl std::str::FromStr for KvCacheType {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "f16" => Ok(KvCacheType::F16),
+            "f32" => Ok(KvCacheType::F32),
+            _ => Err(format!("bad KV cache type {s:?}: expected f16 or f32")),
+        }
+    }
+}
+
 /// How to size a [`KvCache`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KvCacheOptions {
@@ -330,6 +352,14 @@ pub(crate) fn check_chunk_tokens(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kv_types_parse() {
+        assert_eq!("f16".parse::<KvCacheType>(), Ok(KvCacheType::F16));
+        assert_eq!("F32".parse::<KvCacheType>(), Ok(KvCacheType::F32));
+        assert!("q8_0".parse::<KvCacheType>().is_err());
+        assert_eq!(KvCacheType::F32.name(), "f32");
+    }
 
     fn cfg(window: Option<usize>) -> ModelConfig {
         ModelConfig {

@@ -156,6 +156,7 @@ impl QuantizedActs {
 
     /// `−off · Σ a` per group of row `r` (see the field).
     #[inline]
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // the AVX-512 kernels'
     pub(crate) fn biases(&self, r: usize) -> &[i32] {
         let ng = self.cols / self.group;
         &self.bias[r * ng..(r + 1) * ng]

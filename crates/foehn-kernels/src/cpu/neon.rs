@@ -13,7 +13,7 @@ use std::arch::aarch64::*;
 use std::arch::asm;
 
 use super::act::QuantizedActs;
-use super::format::{Format, TILE};
+use super::format::{Format, SUPER, TILE};
 
 /// Whether this CPU has everything the kernel uses.
 pub(crate) fn available() -> bool {
@@ -78,17 +78,23 @@ unsafe fn load_f16x4(p: *const u8) -> float32x4_t {
     f
 }
 
-/// The 16 signed bytes of `v` as four quarters of f32.
+/// The 16 signed bytes of `v` as four quarters of i32.
 #[inline(always)]
-unsafe fn i8x16_to_f32(v: int8x16_t) -> [float32x4_t; 4] {
+unsafe fn i8x16_to_i32(v: int8x16_t) -> [int32x4_t; 4] {
     let lo = vmovl_s8(vget_low_s8(v));
     let hi = vmovl_high_s8(v);
     [
-        vcvtq_f32_s32(vmovl_s16(vget_low_s16(lo))),
-        vcvtq_f32_s32(vmovl_high_s16(lo)),
-        vcvtq_f32_s32(vmovl_s16(vget_low_s16(hi))),
-        vcvtq_f32_s32(vmovl_high_s16(hi)),
+        vmovl_s16(vget_low_s16(lo)),
+        vmovl_high_s16(lo),
+        vmovl_s16(vget_low_s16(hi)),
+        vmovl_high_s16(hi),
     ]
+}
+
+/// The 16 signed bytes of `v` as four quarters of f32.
+#[inline(always)]
+unsafe fn i8x16_to_f32(v: int8x16_t) -> [float32x4_t; 4] {
+    i8x16_to_i32(v).map(|v| vcvtq_f32_s32(v))
 }
 
 /// `$body` once per listed constant, bound to `$i`: loops LLVM would keep
@@ -103,7 +109,67 @@ macro_rules! unroll {
     }};
 }
 
-/// Rows of activations per call: `NA` (1..=4).
+/// Rows `4q..4q + 4` of a group's integer sums for `NA` activation rows:
+/// `init[r] + Σ_p w[p] · a_r[4p..4p + 4]` by SDOT, over the group's `nd`
+/// weight words at `wp` (split into nibbles, or flipped to signed bytes).
+#[inline(always)]
+unsafe fn dot_quarter<const NIB: bool, const NA: usize>(
+    wp: *const u8,
+    nd: usize,
+    av: &[[int8x16_t; 2]; NA],
+    init: &[i32; NA],
+    q: usize,
+    nib_mask: uint8x16_t,
+    flip: uint8x16_t,
+) -> [int32x4_t; NA] {
+    let mut isum: [int32x4_t; NA] = std::array::from_fn(|r| vdupq_n_s32(init[r]));
+    unroll!(|p| [0, 1, 2, 3, 4, 5, 6, 7] {
+        if p < nd {
+            // Word p of rows 4q..4q+4.
+            let v = vld1q_u8(wp.add(p * 4 * TILE + 16 * q));
+            if NIB {
+                let lo = vreinterpretq_s8_u8(vandq_u8(v, nib_mask));
+                let hi = vreinterpretq_s8_u8(vshrq_n_u8::<4>(v));
+                let oh = nd + p;
+                unroll!(|r| [0, 1, 2, 3] {
+                    if r < NA {
+                        isum[r] = sdot_lane(isum[r], lo, av[r][p / 4], p % 4);
+                        isum[r] = sdot_lane(isum[r], hi, av[r][oh / 4], oh % 4);
+                    }
+                });
+            } else {
+                let w = vreinterpretq_s8_u8(veorq_u8(v, flip));
+                unroll!(|r| [0, 1, 2, 3] {
+                    if r < NA {
+                        isum[r] = sdot_lane(isum[r], w, av[r][p / 4], p % 4);
+                    }
+                });
+            }
+        }
+    });
+    isum
+}
+
+/// The group's activation bytes of `NA` rows, two vectors each: operand o
+/// (levels 4o..4o+4) takes word o, i.e. lane o % 4 of vector o / 4.
+#[inline(always)]
+unsafe fn group_acts<const G: usize, const NA: usize>(
+    aq: &[*const i8; NA],
+    at: usize,
+) -> [[int8x16_t; 2]; NA] {
+    std::array::from_fn(|r| {
+        let a = aq[r].add(at);
+        let hi = if G == 32 {
+            vld1q_s8(a.add(16))
+        } else {
+            vdupq_n_s8(0)
+        };
+        [vld1q_s8(a), hi]
+    })
+}
+
+/// Rows of activations per call: `NA` (1..=4). The legacy types (one scale
+/// per group) are computed here, the k-quants by [`superblock_kernel`].
 #[target_feature(enable = "neon,dotprod")]
 unsafe fn kernel<
     const NIB: bool,
@@ -119,16 +185,15 @@ unsafe fn kernel<
     r0: usize,
     out: &mut [f32],
 ) {
-    let unit = if SUP { 256 } else { G };
-    let gpu = unit / G;
+    if SUP {
+        return superblock_kernel::<NIB, G, MIN, NA>(off, cols, tile, acts, r0, out);
+    }
     let grb = if NIB { G / 2 } else { G };
     // 4-byte words per row per group; with nibbles each word gives two
     // operands (low halves: levels 4p.., high halves: levels G/2 + 4p..).
     let nd = grb / 4;
     let sets = 1 + usize::from(MIN);
-    let header = 2 * TILE * sets + if SUP { gpu * TILE * sets } else { 0 };
-    let unit_bytes = header + gpu * TILE * grb;
-    let units = cols / unit;
+    let unit_bytes = 2 * TILE * sets + TILE * grb;
     let corr = if NIB { off } else { off - 128 };
     let nib_mask = vdupq_n_u8(0x0f);
     let flip = vdupq_n_u8(0x80);
@@ -140,84 +205,125 @@ unsafe fn kernel<
     let mut acc = [[zero_f; 4]; NA];
     let base = tile.as_ptr();
 
-    for u in 0..units {
+    for g in 0..cols / G {
+        let ub = base.add(g * unit_bytes);
+        let s: [float32x4_t; 4] = std::array::from_fn(|q| load_f16x4(ub.add(8 * q)));
+        let m: [float32x4_t; 4] = if MIN {
+            std::array::from_fn(|q| load_f16x4(ub.add(2 * TILE + 8 * q)))
+        } else {
+            [zero_f; 4]
+        };
+        let wp = ub.add(2 * TILE * sets);
+        let av = group_acts::<G, NA>(&aq, g * G);
+        let sa: [i32; NA] = std::array::from_fn(|r| i32::from(*asum[r].add(g)));
+        let da: [f32; NA] = std::array::from_fn(|r| *ad[r].add(g * G / 32));
+        let init: [i32; NA] = std::array::from_fn(|r| -corr * sa[r]);
+        unroll!(|q| [0, 1, 2, 3] {
+            let isum = dot_quarter::<NIB, NA>(wp, nd, &av, &init, q, nib_mask, flip);
+            unroll!(|r| [0, 1, 2, 3] {
+                if r < NA {
+                    let mut v = vmulq_f32(s[q], vcvtq_f32_s32(isum[r]));
+                    if MIN {
+                        v = vfmaq_n_f32(v, m[q], sa[r] as f32);
+                    }
+                    acc[r][q] = vfmaq_n_f32(acc[r][q], v, da[r]);
+                }
+            });
+        });
+    }
+    for (r, a) in acc.iter().enumerate() {
+        for (q, v) in a.iter().enumerate() {
+            vst1q_f32(out.as_mut_ptr().add(r * TILE + 4 * q), *v);
+        }
+    }
+}
+
+/// The k-quant kernel (as the AVX-512 one): activations of a superblock share
+/// one scale up to a power of two per 32-block, so each group's integer sum
+/// is shifted by its block's exponent, scaled by the group's `sc` in f32 and
+/// summed over the superblock; `d`, the min term and the activation scale
+/// are applied once per superblock.
+#[target_feature(enable = "neon,dotprod")]
+unsafe fn superblock_kernel<const NIB: bool, const G: usize, const MIN: bool, const NA: usize>(
+    off: i32,
+    cols: usize,
+    tile: &[u8],
+    acts: &QuantizedActs,
+    r0: usize,
+    out: &mut [f32],
+) {
+    let gpu = SUPER / G;
+    let grb = if NIB { G / 2 } else { G };
+    let nd = grb / 4;
+    let sets = 1 + usize::from(MIN);
+    let header = 2 * TILE * sets + gpu * TILE * sets;
+    let unit_bytes = header + gpu * TILE * grb;
+    let corr = if NIB { off } else { off - 128 };
+    let nib_mask = vdupq_n_u8(0x0f);
+    let flip = vdupq_n_u8(0x80);
+    let zero_f = vdupq_n_f32(0.0);
+    let zero_i = vdupq_n_s32(0);
+
+    let aq: [*const i8; NA] = std::array::from_fn(|r| acts.row(r0 + r).as_ptr());
+    let sd: [*const f32; NA] = std::array::from_fn(|r| acts.superblock_scales(r0 + r).as_ptr());
+    let shift: [*const u32; NA] = std::array::from_fn(|r| acts.shifts(r0 + r).as_ptr());
+    let asum: [*const i16; NA] = std::array::from_fn(|r| acts.sums(r0 + r, G).as_ptr());
+    let wsum: [*const i16; NA] = std::array::from_fn(|r| acts.shifted_sums(r0 + r, G).as_ptr());
+    let mut acc = [[zero_f; 4]; NA];
+    let base = tile.as_ptr();
+
+    for u in 0..cols / SUPER {
         let ub = base.add(u * unit_bytes);
         let scp = ub.add(2 * TILE * sets);
         let mp = scp.add(gpu * TILE);
+        let mut wp = ub.add(header);
+        let mut fsum = [[zero_f; 4]; NA];
+        let mut imin = [[zero_i; 4]; NA];
+        for gi in 0..gpu {
+            let gg = u * gpu + gi;
+            let sc = i8x16_to_f32(vld1q_s8(scp.add(gi * TILE).cast()));
+            let m = if MIN {
+                i8x16_to_i32(vld1q_s8(mp.add(gi * TILE).cast()))
+            } else {
+                [zero_i; 4]
+            };
+            let av = group_acts::<G, NA>(&aq, gg * G);
+            let init: [i32; NA] = std::array::from_fn(|r| -corr * i32::from(*asum[r].add(gg)));
+            let sh: [int32x4_t; NA] =
+                std::array::from_fn(|r| vdupq_n_s32(*shift[r].add(gg * G / 32) as i32));
+            let wsa: [i32; NA] = std::array::from_fn(|r| i32::from(*wsum[r].add(gg)));
+            unroll!(|q| [0, 1, 2, 3] {
+                let isum = dot_quarter::<NIB, NA>(wp, nd, &av, &init, q, nib_mask, flip);
+                unroll!(|r| [0, 1, 2, 3] {
+                    if r < NA {
+                        let t = vcvtq_f32_s32(vshlq_s32(isum[r], sh[r]));
+                        fsum[r][q] = vfmaq_f32(fsum[r][q], t, sc[q]);
+                        if MIN {
+                            imin[r][q] = vmlaq_n_s32(imin[r][q], m[q], wsa[r]);
+                        }
+                    }
+                });
+            });
+            wp = wp.add(TILE * grb);
+        }
         let d: [float32x4_t; 4] = std::array::from_fn(|q| load_f16x4(ub.add(8 * q)));
         let dm: [float32x4_t; 4] = if MIN {
             std::array::from_fn(|q| load_f16x4(ub.add(2 * TILE + 8 * q)))
         } else {
             [zero_f; 4]
         };
-        let mut wp = ub.add(header);
-        for gi in 0..gpu {
-            let gg = u * gpu + gi;
-            let (s, m) = if SUP {
-                let sc = i8x16_to_f32(vld1q_s8(scp.add(gi * TILE).cast()));
-                let s: [float32x4_t; 4] = std::array::from_fn(|q| vmulq_f32(d[q], sc[q]));
-                let m = if MIN {
-                    let mv = i8x16_to_f32(vld1q_s8(mp.add(gi * TILE).cast()));
-                    std::array::from_fn(|q| vmulq_f32(dm[q], mv[q]))
-                } else {
-                    [zero_f; 4]
-                };
-                (s, m)
-            } else {
-                (d, dm)
-            };
-            // The group's activation bytes: operand o (levels 4o..4o+4)
-            // takes word o, i.e. lane o % 4 of vector o / 4.
-            let av: [[int8x16_t; 2]; NA] = std::array::from_fn(|r| {
-                let a = aq[r].add(gg * G);
-                let hi = if G == 32 {
-                    vld1q_s8(a.add(16))
-                } else {
-                    vdupq_n_s8(0)
-                };
-                [vld1q_s8(a), hi]
-            });
-            let sa: [i32; NA] = std::array::from_fn(|r| i32::from(*asum[r].add(gg)));
-            let da: [f32; NA] = std::array::from_fn(|r| *ad[r].add(gg * G / 32));
-            unroll!(|q| [0, 1, 2, 3] {
-                let mut isum = [vdupq_n_s32(0); NA];
-                unroll!(|p| [0, 1, 2, 3, 4, 5, 6, 7] {
-                    if p < nd {
-                        // Word p of rows 4q..4q+4.
-                        let v = vld1q_u8(wp.add(p * 4 * TILE + 16 * q));
-                        if NIB {
-                            let lo = vreinterpretq_s8_u8(vandq_u8(v, nib_mask));
-                            let hi = vreinterpretq_s8_u8(vshrq_n_u8::<4>(v));
-                            let oh = nd + p;
-                            unroll!(|r| [0, 1, 2, 3] {
-                                if r < NA {
-                                    isum[r] = sdot_lane(isum[r], lo, av[r][p / 4], p % 4);
-                                    isum[r] = sdot_lane(isum[r], hi, av[r][oh / 4], oh % 4);
-                                }
-                            });
-                        } else {
-                            let w = vreinterpretq_s8_u8(veorq_u8(v, flip));
-                            unroll!(|r| [0, 1, 2, 3] {
-                                if r < NA {
-                                    isum[r] = sdot_lane(isum[r], w, av[r][p / 4], p % 4);
-                                }
-                            });
-                        }
+        unroll!(|r| [0, 1, 2, 3] {
+            if r < NA {
+                let s = *sd[r].add(u);
+                unroll!(|q| [0, 1, 2, 3] {
+                    let mut v = vmulq_f32(d[q], fsum[r][q]);
+                    if MIN {
+                        v = vfmaq_f32(v, dm[q], vcvtq_f32_s32(imin[r][q]));
                     }
+                    acc[r][q] = vfmaq_n_f32(acc[r][q], v, s);
                 });
-                unroll!(|r| [0, 1, 2, 3] {
-                    if r < NA {
-                        let t = vcvtq_f32_s32(vsubq_s32(isum[r], vdupq_n_s32(corr * sa[r])));
-                        let mut v = vmulq_f32(s[q], t);
-                        if MIN {
-                            v = vfmaq_n_f32(v, m[q], sa[r] as f32);
-                        }
-                        acc[r][q] = vfmaq_n_f32(acc[r][q], v, da[r]);
-                    }
-                });
-            });
-            wp = wp.add(TILE * grb);
-        }
+            }
+        });
     }
     for (r, a) in acc.iter().enumerate() {
         for (q, v) in a.iter().enumerate() {

@@ -4,7 +4,7 @@
 use half::f16;
 use rayon::prelude::*;
 
-use super::format::{Format, SUPER, TILE};
+use super::format::{Format, TILE};
 use crate::quant::blocks::*;
 use crate::quant::dequant::{q3_k_scales, scale_min_k4};
 use crate::quant::KVALUES_IQ4NL;
@@ -378,10 +378,10 @@ pub(crate) fn dequantize_tile_row(fmt: &Format, tile: &[u8], i: usize, dst: &mut
     }
 }
 
-/// Rows per superblock-mode unit check: the packed formats' units divide the
-/// type's block (used by callers to validate `cols`).
+/// Whether rows of `cols` weights are whole units of `fmt` (32 weights,
+/// 256 for the k-quants), as packing needs.
 pub(crate) fn cols_ok(fmt: &Format, cols: usize) -> bool {
-    cols.is_multiple_of(fmt.unit()) && (!fmt.superblocks || cols.is_multiple_of(SUPER))
+    cols.is_multiple_of(fmt.unit())
 }
 
 #[cfg(test)]

@@ -41,8 +41,12 @@ pub(crate) fn tile(
                 for gi in 0..gpu {
                     let (s, m) = if fmt.superblocks {
                         let sc = f32::from(ub[sc_at + gi * TILE + i] as i8);
-                        let m = f32::from(ub[m_at + gi * TILE + i] as i8);
-                        (d * sc, if fmt.min { dm * m } else { 0.0 })
+                        let m = if fmt.min {
+                            dm * f32::from(ub[m_at + gi * TILE + i] as i8)
+                        } else {
+                            0.0
+                        };
+                        (d * sc, m)
                     } else {
                         (d, dm)
                     };
