@@ -27,6 +27,7 @@
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+#[allow(dead_code)] // the routed-run helpers are not used here
 mod common;
 
 use anyhow::{bail, Context, Result};

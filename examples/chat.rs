@@ -12,17 +12,16 @@
 
 mod common;
 
+use common::LazyLocal;
+
 use std::io::{BufRead, Write};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::parser::ValueSource;
 use clap::{CommandFactory, FromArgMatches, Parser};
 use foehn::remote::{OpenAiClient, Policy, Route, Router, RouterConfig};
-use foehn::{
-    CancelToken, Capabilities, Event, EventStream, GenerateError, GenerateRequest, Generator,
-    LoadOptions, LocalModel, Message,
-};
+use foehn::{CancelToken, Event, GenerateRequest, Generator, LoadOptions, LocalModel, Message};
 
 /// Chat with a local model, a remote OpenAI-compatible server, or a router between the two.
 #[derive(Parser, Debug)]
@@ -320,56 +319,4 @@ fn remote_client(
         }
     };
     Ok(client.with_model(model_id))
-}
-
-/// The local route of a routed chat, loaded on first use: a model that cannot
-/// be loaded is a failed route the router moves past.
-struct LazyLocal {
-    spec: Option<String>,
-    opts: LoadOptions,
-    model: OnceLock<Result<LocalModel, String>>,
-}
-
-impl LazyLocal {
-    fn new(spec: Option<String>, opts: LoadOptions) -> Self {
-        Self {
-            spec,
-            opts,
-            model: OnceLock::new(),
-        }
-    }
-}
-
-impl Generator for LazyLocal {
-    fn name(&self) -> &str {
-        "local"
-    }
-
-    fn capabilities(&self) -> Capabilities {
-        match self.model.get() {
-            Some(Ok(m)) => m.capabilities(),
-            // Not loaded yet: the context is unknown (an overflow fails over when it happens).
-            _ => Capabilities {
-                context_length: None,
-                tools: false,
-                json_schema: false,
-                token_prompts: true,
-            },
-        }
-    }
-
-    fn generate(
-        &self,
-        request: GenerateRequest,
-        cancel: CancelToken,
-    ) -> Result<EventStream, GenerateError> {
-        let loaded = self.model.get_or_init(|| {
-            LocalModel::load(self.spec.as_deref(), self.opts.clone())
-                .map_err(|e| format!("loading the local model: {e}"))
-        });
-        loaded
-            .as_ref()
-            .map_err(|e| GenerateError::Backend(e.clone()))?
-            .generate(request, cancel)
-    }
 }

@@ -14,8 +14,10 @@
 
 mod common;
 
+use common::LazyLocal;
+
 use std::io::{Read, Write};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -24,8 +26,7 @@ use clap::{CommandFactory, FromArgMatches, Parser};
 use foehn::engine::top_k;
 use foehn::remote::{OpenAiClient, Policy, Route, Router, RouterConfig};
 use foehn::{
-    CancelToken, Capabilities, Event, EventStream, GenerateError, GenerateRequest, Generator,
-    LoadOptions, LocalModel, Message, Prompt, Role,
+    CancelToken, Event, GenerateRequest, Generator, LoadOptions, LocalModel, Message, Prompt, Role,
 };
 
 /// Generate text with a local model, a remote OpenAI-compatible server, or a router between the two.
@@ -338,69 +339,6 @@ fn remote_client(
         }
     };
     Ok(client.with_model(model_id))
-}
-
-/// The local route of a routed run, loaded on first use: a remote-first run
-/// the remote serves never loads it, and a model that cannot be loaded is a
-/// failed route the router moves past.
-struct LazyLocal {
-    spec: Option<String>,
-    opts: LoadOptions,
-    model: OnceLock<Result<LocalModel, String>>,
-}
-
-impl LazyLocal {
-    fn new(spec: Option<String>, opts: LoadOptions) -> Self {
-        Self {
-            spec,
-            opts,
-            model: OnceLock::new(),
-        }
-    }
-
-    fn model(&self) -> Result<&LocalModel, GenerateError> {
-        let loaded = self.model.get_or_init(|| {
-            LocalModel::load(self.spec.as_deref(), self.opts.clone())
-                .map_err(|e| format!("loading the local model: {e}"))
-        });
-        loaded
-            .as_ref()
-            .map_err(|e| GenerateError::Backend(e.clone()))
-    }
-
-    fn load_ms(&self) -> Option<f64> {
-        match self.model.get() {
-            Some(Ok(m)) => Some(m.load_time().as_secs_f64() * 1e3),
-            _ => None,
-        }
-    }
-}
-
-impl Generator for LazyLocal {
-    fn name(&self) -> &str {
-        "local"
-    }
-
-    fn capabilities(&self) -> Capabilities {
-        match self.model.get() {
-            Some(Ok(m)) => m.capabilities(),
-            // Not loaded yet: the context is unknown (an overflow fails over when it happens).
-            _ => Capabilities {
-                context_length: None,
-                tools: false,
-                json_schema: false,
-                token_prompts: true,
-            },
-        }
-    }
-
-    fn generate(
-        &self,
-        request: GenerateRequest,
-        cancel: CancelToken,
-    ) -> Result<EventStream, GenerateError> {
-        self.model()?.generate(request, cancel)
-    }
 }
 
 fn load_options(args: &Args) -> LoadOptions {

@@ -10,6 +10,7 @@
 //! Prints `listening on http://HOST:PORT` on standard output once it accepts
 //! connections (with the chosen port when `--port 0`).
 
+#[allow(dead_code)] // the routed-run helpers are not used here
 mod common;
 
 use std::io::Write;

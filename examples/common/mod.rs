@@ -1,12 +1,17 @@
-//! Flags shared by the examples that load a local model (`generate`, `chat`,
+//! What the examples that load a local model share: the model flags (`generate`, `chat`,
 //! `bench`, `serve`): the KV cache type, the backend and its device, in-situ
-//! quantization. Included with `mod common;` (a folder without `main.rs` is
+//! quantization; and the lazily loaded local route of a routed run. Included with `mod common;` (a folder without `main.rs` is
 //! not an example of its own).
+
+use std::sync::OnceLock;
 
 use clap::{Args, ValueEnum};
 use foehn::engine::{Backend, CandleDevice, Isq};
 use foehn::model::KvCacheType;
-use foehn::LoadOptions;
+use foehn::{
+    CancelToken, Capabilities, EventStream, GenerateError, GenerateRequest, Generator, LoadOptions,
+    LocalModel,
+};
 
 /// How a local model is loaded and run, beyond threads and context length.
 #[derive(Args, Debug, Clone)]
@@ -49,5 +54,69 @@ impl ModelFlags {
             isq: self.isq,
             ..opts
         }
+    }
+}
+
+/// The local route of a routed run, loaded on first use: a remote-first run
+/// the remote serves never loads it, and a model that cannot be loaded is a
+/// failed route the router moves past.
+pub struct LazyLocal {
+    spec: Option<String>,
+    opts: LoadOptions,
+    model: OnceLock<Result<LocalModel, String>>,
+}
+
+impl LazyLocal {
+    pub fn new(spec: Option<String>, opts: LoadOptions) -> Self {
+        Self {
+            spec,
+            opts,
+            model: OnceLock::new(),
+        }
+    }
+
+    fn model(&self) -> Result<&LocalModel, GenerateError> {
+        let loaded = self.model.get_or_init(|| {
+            LocalModel::load(self.spec.as_deref(), self.opts.clone())
+                .map_err(|e| format!("loading the local model: {e}"))
+        });
+        loaded
+            .as_ref()
+            .map_err(|e| GenerateError::Backend(e.clone()))
+    }
+
+    #[allow(dead_code)] // generate reports it, chat does not
+    pub fn load_ms(&self) -> Option<f64> {
+        match self.model.get() {
+            Some(Ok(m)) => Some(m.load_time().as_secs_f64() * 1e3),
+            _ => None,
+        }
+    }
+}
+
+impl Generator for LazyLocal {
+    fn name(&self) -> &str {
+        "local"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        match self.model.get() {
+            Some(Ok(m)) => m.capabilities(),
+            // Not loaded yet: the context is unknown (an overflow fails over when it happens).
+            _ => Capabilities {
+                context_length: None,
+                tools: false,
+                json_schema: false,
+                token_prompts: true,
+            },
+        }
+    }
+
+    fn generate(
+        &self,
+        request: GenerateRequest,
+        cancel: CancelToken,
+    ) -> Result<EventStream, GenerateError> {
+        self.model()?.generate(request, cancel)
     }
 }
