@@ -12,15 +12,14 @@
 
 mod common;
 
-use common::LazyLocal;
+use common::{check_remote_only, given_flags, remote_client, LazyLocal};
 
 use std::io::{BufRead, Write};
 use std::sync::Arc;
 
-use anyhow::{anyhow, bail, Context, Result};
-use clap::parser::ValueSource;
+use anyhow::{Context, Result};
 use clap::{CommandFactory, FromArgMatches, Parser};
-use foehn::remote::{OpenAiClient, Policy, Route, Router, RouterConfig};
+use foehn::remote::{Policy, Route, Router, RouterConfig};
 use foehn::{CancelToken, Event, GenerateRequest, Generator, LoadOptions, LocalModel, Message};
 
 /// Chat with a local model, a remote OpenAI-compatible server, or a router between the two.
@@ -72,11 +71,7 @@ const LOCAL_ONLY: &[&str] = &["ctx", "threads", "kv", "backend", "device", "isq"
 fn main() {
     let matches = Args::command().get_matches();
     let args = Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
-    let given: Vec<&str> = LOCAL_ONLY
-        .iter()
-        .copied()
-        .filter(|id| matches!(matches.value_source(id), Some(ValueSource::CommandLine)))
-        .collect();
+    let given = given_flags(&matches, LOCAL_ONLY);
     let result = if args.remote.is_some() {
         run_remote(args, &given)
     } else {
@@ -177,20 +172,7 @@ fn run(args: Args) -> Result<()> {
 fn run_remote(args: Args, given_local_flags: &[&str]) -> Result<()> {
     let base = args.remote.as_deref().context("--remote")?;
     if args.route.is_none() {
-        if !given_local_flags.is_empty() {
-            let flags: Vec<String> = given_local_flags
-                .iter()
-                .map(|id| format!("--{id}"))
-                .collect();
-            bail!(
-                "local-only flags with a remote-only run: {} (--remote without --route runs remotely only; \
-                 add --route local-first|remote-first|fastest|cheapest to also use the local model)",
-                flags.join(", ")
-            );
-        }
-        if args.model.is_some() {
-            bail!("--model and --remote together need --route local-first|remote-first|fastest|cheapest (which one should serve?)");
-        }
+        check_remote_only(given_local_flags, args.model.is_some())?;
     }
     let remote = remote_client(base, args.api_key.as_deref(), args.model_id.as_deref())?;
     let generator: Box<dyn Generator> = match args.route {
@@ -290,33 +272,4 @@ fn run_remote(args: Args, given_local_flags: &[&str]) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// The client for `--remote`: `hf` is the Hugging Face router; the token comes
-/// from `--api-key`, else `HF_TOKEN`.
-fn remote_client(
-    base: &str,
-    api_key: Option<&str>,
-    model_id: Option<&str>,
-) -> Result<OpenAiClient> {
-    let model_id = model_id.context("--remote needs --model-id (the remote model's id)")?;
-    let api_key = api_key.map(str::to_string);
-    let client = if base.eq_ignore_ascii_case("hf") {
-        match api_key {
-            Some(key) => OpenAiClient::hf_router_with_token(key),
-            None => OpenAiClient::hf_router()
-                .map_err(|e| anyhow!("--remote hf: {e} (or pass --api-key)"))?,
-        }
-    } else {
-        let client = OpenAiClient::new(base);
-        match api_key.or_else(|| {
-            std::env::var("HF_TOKEN")
-                .ok()
-                .filter(|t| !t.trim().is_empty())
-        }) {
-            Some(key) => client.with_api_key(key.trim()),
-            None => client,
-        }
-    };
-    Ok(client.with_model(model_id))
 }

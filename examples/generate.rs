@@ -14,17 +14,16 @@
 
 mod common;
 
-use common::LazyLocal;
+use common::{check_remote_only, flag_list, given_flags, remote_client, LazyLocal};
 
 use std::io::{Read, Write};
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::{anyhow, bail, Context, Result};
-use clap::parser::ValueSource;
+use anyhow::{bail, Context, Result};
 use clap::{CommandFactory, FromArgMatches, Parser};
 use foehn::engine::top_k;
-use foehn::remote::{OpenAiClient, Policy, Route, Router, RouterConfig};
+use foehn::remote::{Policy, Route, Router, RouterConfig};
 use foehn::{
     CancelToken, Event, GenerateRequest, Generator, LoadOptions, LocalModel, Message, Prompt, Role,
 };
@@ -121,11 +120,7 @@ fn main() {
     let matches = Args::command().get_matches();
     let args = Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     // The local-only flags given on the command line.
-    let given: Vec<&str> = LOCAL_ONLY
-        .iter()
-        .copied()
-        .filter(|id| matches!(matches.value_source(id), Some(ValueSource::CommandLine)))
-        .collect();
+    let given = given_flags(&matches, LOCAL_ONLY);
     let result = if args.remote.is_some() {
         run_remote(args, &given)
     } else {
@@ -200,29 +195,9 @@ fn run(args: Args) -> Result<()> {
 /// `--remote` (alone, or with `--route` and the local model): the same
 /// request through the [`Generator`] trait, streamed the same way.
 fn run_remote(args: Args, given_local_flags: &[&str]) -> Result<()> {
-    let flags = |ids: &[&str]| {
-        ids.iter()
-            .map(|id| format!("--{}", id.replace('_', "-")))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
     let base = args.remote.as_deref().context("--remote")?;
     match args.route {
-        None => {
-            if !given_local_flags.is_empty() {
-                bail!(
-                    "local-only flags with a remote-only run: {} (--remote without --route runs remotely only; \
-                     add --route local-first|remote-first|fastest|cheapest to also use the local model)",
-                    flags(given_local_flags)
-                );
-            }
-            if args.model.is_some() {
-                bail!(
-                    "--model and --remote together need --route local-first|remote-first|fastest|cheapest \
-                     (which one should serve?)"
-                );
-            }
-        }
+        None => check_remote_only(given_local_flags, args.model.is_some())?,
         Some(_) => {
             let engine_only: Vec<&str> = given_local_flags
                 .iter()
@@ -232,7 +207,7 @@ fn run_remote(args: Args, given_local_flags: &[&str]) -> Result<()> {
             if !engine_only.is_empty() {
                 bail!(
                     "{} cannot go through a router: drop --remote and --route to use them",
-                    flags(&engine_only)
+                    flag_list(&engine_only)
                 );
             }
         }
@@ -310,35 +285,6 @@ fn run_remote(args: Args, given_local_flags: &[&str]) -> Result<()> {
         );
     }
     Ok(())
-}
-
-/// The client for `--remote`: `hf` is the Hugging Face router; the token comes
-/// from `--api-key`, else `HF_TOKEN`.
-fn remote_client(
-    base: &str,
-    api_key: Option<&str>,
-    model_id: Option<&str>,
-) -> Result<OpenAiClient> {
-    let model_id = model_id.context("--remote needs --model-id (the remote model's id)")?;
-    let api_key = api_key.map(str::to_string);
-    let client = if base.eq_ignore_ascii_case("hf") {
-        match api_key {
-            Some(key) => OpenAiClient::hf_router_with_token(key),
-            None => OpenAiClient::hf_router()
-                .map_err(|e| anyhow!("--remote hf: {e} (or pass --api-key)"))?,
-        }
-    } else {
-        let client = OpenAiClient::new(base);
-        match api_key.or_else(|| {
-            std::env::var("HF_TOKEN")
-                .ok()
-                .filter(|t| !t.trim().is_empty())
-        }) {
-            Some(key) => client.with_api_key(key.trim()),
-            None => client,
-        }
-    };
-    Ok(client.with_model(model_id))
 }
 
 fn load_options(args: &Args) -> LoadOptions {

@@ -1,13 +1,17 @@
 //! What the examples that load a local model share: the model flags (`generate`, `chat`,
 //! `bench`, `serve`): the KV cache type, the backend and its device, in-situ
-//! quantization; and the lazily loaded local route of a routed run. Included with `mod common;` (a folder without `main.rs` is
+//! quantization; the lazily loaded local route of a routed run, the
+//! `--remote` client and the checks of a remote run's flags. Included with `mod common;` (a folder without `main.rs` is
 //! not an example of its own).
 
 use std::sync::OnceLock;
 
+use anyhow::{anyhow, bail, Context, Result};
+use clap::parser::ValueSource;
 use clap::{Args, ValueEnum};
 use foehn::engine::{Backend, CandleDevice, Isq};
 use foehn::model::KvCacheType;
+use foehn::remote::OpenAiClient;
 use foehn::{
     CancelToken, Capabilities, EventStream, GenerateError, GenerateRequest, Generator, LoadOptions,
     LocalModel,
@@ -119,4 +123,68 @@ impl Generator for LazyLocal {
     ) -> Result<EventStream, GenerateError> {
         self.model()?.generate(request, cancel)
     }
+}
+
+/// The ids among `ids` whose flags were given on the command line.
+pub fn given_flags(matches: &clap::ArgMatches, ids: &[&'static str]) -> Vec<&'static str> {
+    ids.iter()
+        .copied()
+        .filter(|id| matches!(matches.value_source(id), Some(ValueSource::CommandLine)))
+        .collect()
+}
+
+/// Flag ids as the command line spells them: `--top-logits, --kv`.
+pub fn flag_list(ids: &[&str]) -> String {
+    ids.iter()
+        .map(|id| format!("--{}", id.replace('_', "-")))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A `--remote` run without `--route` takes no local-model flags and no
+/// `--model` (which side should serve?).
+pub fn check_remote_only(given_local_flags: &[&str], model_given: bool) -> Result<()> {
+    if !given_local_flags.is_empty() {
+        bail!(
+            "local-only flags with a remote-only run: {} (--remote without --route runs remotely only; \
+             add --route local-first|remote-first|fastest|cheapest to also use the local model)",
+            flag_list(given_local_flags)
+        );
+    }
+    if model_given {
+        bail!(
+            "--model and --remote together need --route local-first|remote-first|fastest|cheapest \
+             (which one should serve?)"
+        );
+    }
+    Ok(())
+}
+
+/// The client for `--remote`: `hf` is the Hugging Face router; the token comes
+/// from `--api-key`, else `HF_TOKEN`.
+pub fn remote_client(
+    base: &str,
+    api_key: Option<&str>,
+    model_id: Option<&str>,
+) -> Result<OpenAiClient> {
+    let model_id = model_id.context("--remote needs --model-id (the remote model's id)")?;
+    let api_key = api_key.map(str::to_string);
+    let client = if base.eq_ignore_ascii_case("hf") {
+        match api_key {
+            Some(key) => OpenAiClient::hf_router_with_token(key),
+            None => OpenAiClient::hf_router()
+                .map_err(|e| anyhow!("--remote hf: {e} (or pass --api-key)"))?,
+        }
+    } else {
+        let client = OpenAiClient::new(base);
+        match api_key.or_else(|| {
+            std::env::var("HF_TOKEN")
+                .ok()
+                .filter(|t| !t.trim().is_empty())
+        }) {
+            Some(key) => client.with_api_key(key.trim()),
+            None => client,
+        }
+    };
+    Ok(client.with_model(model_id))
 }
