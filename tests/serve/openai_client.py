@@ -73,14 +73,20 @@ def main() -> None:
     assert streamed == done.choices[0].text, (streamed, done.choices[0].text)
     summary["completion"] = done.choices[0].text
 
-    # Log-probabilities come back in OpenAI's shape (sampled: greedy decoding
-    # reports the collapsed distribution, one candidate with logprob 0).
+    # Log-probabilities come back in OpenAI's shape. They describe the final
+    # (truncated) sampling distribution: a step whose top-k/top-p/min-p cut
+    # left one candidate reports that one, with logprob 0, as greedy
+    # decoding does.
     lp = client.chat.completions.create(
         model=model, messages=messages, temperature=1, seed=7, max_tokens=4, logprobs=True, top_logprobs=2
     )
     content = lp.choices[0].logprobs.content
     assert len(content) >= 1 and all(t.logprob <= 0 for t in content), content
-    assert all(len(t.top_logprobs) == 2 for t in content), content
+    for t in content:
+        top = [c.logprob for c in t.top_logprobs]
+        assert 1 <= len(top) <= 2 and top == sorted(top, reverse=True), t
+        assert all(x <= 0 for x in top) and top[0] >= t.logprob, t
+        assert len(top) == 2 or t.logprob == 0, t
 
     # Errors, as the client classifies them.
     errors = {}

@@ -67,6 +67,16 @@ pub struct QuantizedActs {
     /// the group's integer dot product with levels `u`, which then sums
     /// `(u − off) · a`.
     pub(crate) bias: Vec<i32>,
+    /// The same per 16-bit half of a 4-byte word, for formats with an
+    /// offset and levels below 128, `n × cols/group`: the low half is
+    /// `−off ·` the sum of the group's levels `4p` and `4p + 1`, the high
+    /// half of levels `4p + 2` and `4p + 3`, over its words `p` (wrapping
+    /// 16-bit values: the start of `vpmaddubsw` pair sums, see the AVX2
+    /// kernel).
+    pub(crate) pair_bias: Vec<i32>,
+    /// Block mode, formats with a min: the level sum times the scale of
+    /// each 32-block, `n × cols/32`.
+    pub(crate) scaled_sums: Vec<f32>,
 }
 
 impl QuantizedActs {
@@ -83,6 +93,8 @@ impl QuantizedActs {
         grow(&mut self.w16, 2 * nb, 0);
         grow(&mut self.w32, nb, 0);
         grow(&mut self.bias, 2 * nb, 0);
+        grow(&mut self.pair_bias, 2 * nb, 0);
+        grow(&mut self.scaled_sums, nb, 0.0);
     }
 
     /// Quantizes `xs` (`n × cols`, row-major; `cols` a multiple of the
@@ -123,6 +135,24 @@ impl QuantizedActs {
         for (b, &s) in self.bias.iter_mut().zip(sums) {
             *b = -fmt.off * i32::from(s);
         }
+        if fmt.off != 0 && fmt.off < 128 {
+            pair_biases(
+                &self.qs[..n * cols],
+                fmt.group,
+                fmt.off,
+                &mut self.pair_bias,
+            );
+        }
+        if mode == ActMode::Block && fmt.min {
+            for ((ss, &s), &d) in self
+                .scaled_sums
+                .iter_mut()
+                .zip(&self.s32[..nb])
+                .zip(&self.d)
+            {
+                *ss = f32::from(s) * d;
+            }
+        }
         if mode == ActMode::Superblock {
             for (b, &sh) in self.shift[..nb].iter().enumerate() {
                 // |sum| ≤ 32 · 127 and sh ≤ 3: within i16.
@@ -160,6 +190,22 @@ impl QuantizedActs {
     pub(crate) fn biases(&self, r: usize) -> &[i32] {
         let ng = self.cols / self.group;
         &self.bias[r * ng..(r + 1) * ng]
+    }
+
+    /// The 16-bit pair biases of row `r`, one word per group (see the field).
+    #[inline]
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // the AVX2 kernel's
+    pub(crate) fn pair_biases(&self, r: usize) -> &[i32] {
+        let ng = self.cols / self.group;
+        &self.pair_bias[r * ng..(r + 1) * ng]
+    }
+
+    /// Block mode with a min: level sum × scale per 32-block of row `r`.
+    #[inline]
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // the AVX2 kernel's
+    pub(crate) fn scaled_sums(&self, r: usize) -> &[f32] {
+        let nb = self.cols / ACT_BLOCK;
+        &self.scaled_sums[r * nb..(r + 1) * nb]
     }
 
     /// Superblock mode: `D / 8` per superblock of row `r`.
@@ -240,6 +286,21 @@ fn superblock_scales(xs: &[f32], d: &mut [f32], sd: &mut [f32], shift: &mut [u32
             *d = big / (1u32 << e) as f32;
             *sh = MAX_EXP - e;
         }
+    }
+}
+
+/// Per group of `group` levels: `−off ·` the sums of the levels at
+/// positions 0, 1 and 2, 3 of each 4-byte word, as the low and high 16 bits
+/// of one word (wrapping).
+fn pair_biases(qs: &[i8], group: usize, off: i32, out: &mut [i32]) {
+    for (q, o) in qs.chunks_exact(group).zip(out.iter_mut()) {
+        let (mut lo, mut hi) = (0i32, 0i32);
+        for w in q.chunks_exact(4) {
+            lo += i32::from(w[0]) + i32::from(w[1]);
+            hi += i32::from(w[2]) + i32::from(w[3]);
+        }
+        let (lo, hi) = ((-off * lo) as u16, (-off * hi) as u16);
+        *o = (u32::from(lo) | (u32::from(hi) << 16)) as i32;
     }
 }
 
@@ -354,6 +415,29 @@ mod tests {
                         assert_eq!(a.biases(r)[2 * g], -32 * lo);
                     }
                 }
+                // Pair biases: per group, −off · the sums of word positions
+                // {0, 1} and {2, 3}, as two wrapping 16-bit halves.
+                let fmt = Format::of(ty).unwrap();
+                for (g, q) in a.row(r).chunks_exact(fmt.group).enumerate() {
+                    let part = |k: usize| -> i32 {
+                        q.iter()
+                            .enumerate()
+                            .filter(|(i, _)| i % 4 / 2 == k)
+                            .map(|(_, &v)| i32::from(v))
+                            .sum()
+                    };
+                    let w = a.pair_biases(r)[g] as u32;
+                    assert_eq!((w & 0xffff) as u16, (-fmt.off * part(0)) as u16);
+                    assert_eq!((w >> 16) as u16, (-fmt.off * part(1)) as u16);
+                }
+            }
+        }
+        // Block mode with a min: level sum × scale per 32-block.
+        a.quantize(&xs, cols, &Format::of(GgmlType::Q4_1).unwrap());
+        for r in 0..2 {
+            for b in 0..cols / 32 {
+                let want = f32::from(a.sums(r, 32)[b]) * a.scales(r)[b];
+                assert_eq!(a.scaled_sums(r)[b], want);
             }
         }
         // Superblock mode uses the finer scales somewhere in this input.

@@ -1,18 +1,66 @@
 //! AVX2 tile kernel (x86-64 without AVX-512 VNNI): the 16 rows of a tile as
-//! two halves of eight 32-bit lanes; `vpmaddubsw` + `vpmaddwd` stand in for
-//! `vpdpbusd`. Byte levels (up to 255) would saturate `vpmaddubsw`, so they
-//! go through the sign trick on `u − 128` and the offset is corrected.
+//! two halves of eight 32-bit lanes, with `vpmaddubsw` (unsigned weight
+//! levels × signed activation levels, neighbouring products summed in 16
+//! bits) and `vpmaddwd` standing in for `vpdpbusd`.
+//!
+//! A group's `vpmaddubsw` results are chained in 16-bit lanes — `vpaddw`
+//! wraps, so only the chain's final sum has to fit in 16 bits — started at
+//! the activations' pair bias `−off · Σ a` for formats with a level offset,
+//! and closed by one `vpmaddwd`: against ones for the legacy types, against
+//! the group's sub-scale for the k-quants, whose superblock is then summed
+//! in integers (each group shifted by its activation block's exponent) and
+//! converted to float once. Levels up to 255 (Q8_0, IQ4_NL, IQ4_XS) would
+//! saturate `vpmaddubsw`: they go through the sign trick on `u − 128`, and
+//! every word closes its own chain.
+//!
+//! One pass computes both halves for one or two activation rows, so that
+//! every broadcast activation word feeds two `vpmaddubsw` and the operands
+//! and accumulators stay in the sixteen registers; three or four rows are
+//! two passes.
 
 use std::arch::x86_64::*;
 
 use super::act::QuantizedActs;
-use super::format::{Format, TILE};
+use super::format::{Format, SUPER, TILE};
 
 /// Whether this CPU has everything the kernel uses.
 pub(crate) fn available() -> bool {
     is_x86_feature_detected!("avx2")
         && is_x86_feature_detected!("fma")
         && is_x86_feature_detected!("f16c")
+}
+
+/// Levels stored two per byte (4 bits or fewer).
+const NIB: u8 = 0;
+/// One level below 128 per byte.
+const BYTE: u8 = 1;
+/// One level up to 255 per byte, multiplied as `u − 128` with the sign trick.
+const SIGN: u8 = 2;
+
+/// How the kernel computes a type: (levels, group, superblocks, min, pair
+/// bias, 16-bit chains per group). A chain's final sum, `2 · words/chains`
+/// products of `(u − off) · a` per lane (`off` only with the pair bias),
+/// must stay within ±32767 for every level and activation
+/// (`tests::sixteen_bit_chains_cannot_overflow`).
+type Shape = (u8, usize, bool, bool, bool, usize);
+
+/// The kernel shape of `ty`, or `None` for a type without one.
+fn shape(ty: crate::GgmlType) -> Option<Shape> {
+    use crate::GgmlType::*;
+    Some(match ty {
+        Q4_0 => (NIB, 32, false, false, true, 1),
+        Q4_1 => (NIB, 32, false, true, false, 1),
+        Q5_0 => (BYTE, 32, false, false, true, 1),
+        Q5_1 => (BYTE, 32, false, true, false, 2),
+        Q8_0 | IQ4_NL => (SIGN, 32, false, false, false, 8),
+        Q4_K => (NIB, 32, true, true, false, 1),
+        Q5_K => (BYTE, 32, true, true, false, 2),
+        Q6_K => (BYTE, 16, true, false, true, 1),
+        Q3_K => (NIB, 16, true, false, true, 1),
+        Q2_K => (NIB, 16, true, true, false, 1),
+        IQ4_XS => (SIGN, 32, true, false, false, 8),
+        _ => return None,
+    })
 }
 
 /// As [`super::scalar::tile`].
@@ -29,126 +77,317 @@ pub(crate) unsafe fn tile(
     out: &mut [f32],
 ) {
     super::check_tile_call(fmt, cols, tile, acts, r0, nr, out);
-    dispatch_shape!(kernel(fmt, cols, tile, acts, r0, nr, out))
+    // One or two activation rows per pass over both halves of the tile (each
+    // broadcast activation word feeds both halves); three or four rows are
+    // two such passes.
+    macro_rules! run {
+        ($m:ident, $g:literal, $sup:literal, $min:literal, $b:literal, $ch:literal) => {{
+            match nr {
+                1 => kernel::<$m, $g, $sup, $min, $b, $ch, 1>(cols, tile, acts, r0, out),
+                2 => kernel::<$m, $g, $sup, $min, $b, $ch, 2>(cols, tile, acts, r0, out),
+                3 => {
+                    let (first, rest) = out.split_at_mut(2 * TILE);
+                    kernel::<$m, $g, $sup, $min, $b, $ch, 2>(cols, tile, acts, r0, first);
+                    kernel::<$m, $g, $sup, $min, $b, $ch, 1>(cols, tile, acts, r0 + 2, rest);
+                }
+                _ => {
+                    let (first, rest) = out.split_at_mut(2 * TILE);
+                    kernel::<$m, $g, $sup, $min, $b, $ch, 2>(cols, tile, acts, r0, first);
+                    kernel::<$m, $g, $sup, $min, $b, $ch, 2>(cols, tile, acts, r0 + 2, rest);
+                }
+            }
+        }};
+    }
+    macro_rules! dispatch {
+        ($(($m:ident, $g:literal, $sup:literal, $min:literal, $b:literal, $ch:literal)),*) => {
+            match shape(fmt.ty) {
+                $(Some(($m, $g, $sup, $min, $b, $ch)) => run!($m, $g, $sup, $min, $b, $ch),)*
+                _ => super::scalar::tile(fmt, cols, tile, acts, r0, nr, out),
+            }
+        };
+    }
+    dispatch!(
+        (NIB, 32, false, false, true, 1),
+        (NIB, 32, false, true, false, 1),
+        (BYTE, 32, false, false, true, 1),
+        (BYTE, 32, false, true, false, 2),
+        (SIGN, 32, false, false, false, 8),
+        (NIB, 32, true, true, false, 1),
+        (BYTE, 32, true, true, false, 2),
+        (BYTE, 16, true, false, true, 1),
+        (NIB, 16, true, false, true, 1),
+        (NIB, 16, true, true, false, 1),
+        (SIGN, 32, true, false, false, 8)
+    )
 }
 
+/// The tile's 16 rows for `NA` activation rows (see the module docs), as
+/// [`super::scalar::tile`] computes them; each row as two halves of 8.
 #[target_feature(enable = "avx2,fma,f16c")]
+#[allow(clippy::needless_range_loop)] // r and hh index several arrays each
 unsafe fn kernel<
-    const NIB: bool,
+    const MODE: u8,
     const G: usize,
     const SUP: bool,
     const MIN: bool,
+    const BIAS: bool,
+    const CH: usize,
     const NA: usize,
 >(
-    off: i32,
     cols: usize,
     tile: &[u8],
     acts: &QuantizedActs,
     r0: usize,
     out: &mut [f32],
 ) {
-    let unit = if SUP { 256 } else { G };
+    let unit = if SUP { SUPER } else { G };
     let gpu = unit / G;
-    let grb = if NIB { G / 2 } else { G };
+    let grb = if MODE == NIB { G / 2 } else { G };
+    // 4-byte words per row and group; a chain closes after `per_chain`.
     let nd = grb / 4;
-    let nops = if NIB { 2 * nd } else { nd };
+    let per_chain = nd / CH;
     let sets = 1 + usize::from(MIN);
     let header = 2 * TILE * sets + if SUP { gpu * TILE * sets } else { 0 };
     let unit_bytes = header + gpu * TILE * grb;
     let units = cols / unit;
-    // Nibble levels: u·a summed over up to 8 operands stays within i16
-    // (8 · 2 · 15 · 127 < 32768). Byte levels: Σ (u − 128)·a per operand.
-    let corr = if NIB { off } else { off - 128 };
     let nib_mask = _mm256_set1_epi8(0x0f);
     let flip = _mm256_set1_epi8(-128);
     let ones = _mm256_set1_epi16(1);
+    // Each of 8 bytes twice: a sub-scale per 16-bit half of a lane.
+    let dup = _mm_setr_epi8(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
 
     let aq: [*const i8; NA] = std::array::from_fn(|r| acts.row(r0 + r).as_ptr());
+    let pb: [*const i32; NA] = std::array::from_fn(|r| {
+        if BIAS {
+            acts.pair_biases(r0 + r).as_ptr()
+        } else {
+            std::ptr::null()
+        }
+    });
+    // Legacy: scale and (with a min) scaled level sum per group.
     let ad: [*const f32; NA] = std::array::from_fn(|r| acts.scales(r0 + r).as_ptr());
-    let asum: [*const i16; NA] = std::array::from_fn(|r| acts.sums(r0 + r, G).as_ptr());
+    let ss: [*const f32; NA] = std::array::from_fn(|r| {
+        if MIN && !SUP {
+            acts.scaled_sums(r0 + r).as_ptr()
+        } else {
+            std::ptr::null()
+        }
+    });
+    // Superblocks: D/8, the blocks' shifts and shifted level sums.
+    let sd: [*const f32; NA] = std::array::from_fn(|r| {
+        if SUP {
+            acts.superblock_scales(r0 + r).as_ptr()
+        } else {
+            std::ptr::null()
+        }
+    });
+    let shift: [*const u32; NA] = std::array::from_fn(|r| {
+        if SUP {
+            acts.shifts(r0 + r).as_ptr()
+        } else {
+            std::ptr::null()
+        }
+    });
+    let wsum: [*const i16; NA] = std::array::from_fn(|r| {
+        if SUP {
+            acts.shifted_sums(r0 + r, G).as_ptr()
+        } else {
+            std::ptr::null()
+        }
+    });
+    let word = |r: usize, k: usize| {
+        _mm256_set1_epi32(std::ptr::read_unaligned(aq[r].add(k).cast::<i32>()))
+    };
+
     let mut acc = [[_mm256_setzero_ps(); 2]; NA];
     let base = tile.as_ptr();
-
     for u in 0..units {
         let ub = base.add(u * unit_bytes);
-        let scp = ub.add(2 * TILE * sets);
-        let mp = scp.add(gpu * TILE);
-        #[allow(clippy::needless_range_loop)]
-        // h also selects the halves of `d`, `sc` and the weights
-        for h in 0..2 {
-            let d = _mm256_cvtph_ps(_mm_loadu_si128(ub.add(16 * h).cast()));
-            let dm = if MIN {
-                _mm256_cvtph_ps(_mm_loadu_si128(ub.add(2 * TILE + 16 * h).cast()))
+        let d: [__m256; 2] =
+            std::array::from_fn(|hh| _mm256_cvtph_ps(_mm_loadu_si128(ub.add(16 * hh).cast())));
+        let dm: [__m256; 2] = std::array::from_fn(|hh| {
+            if MIN {
+                _mm256_cvtph_ps(_mm_loadu_si128(ub.add(2 * TILE + 16 * hh).cast()))
             } else {
                 _mm256_setzero_ps()
-            };
-            let mut wp = ub.add(header);
-            for gi in 0..gpu {
-                let (s, m) = if SUP {
-                    let load8 = |p: *const u8| {
-                        _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(p.cast())))
-                    };
-                    let sc = load8(scp.add(gi * TILE + 8 * h));
-                    let m = if MIN {
-                        _mm256_mul_ps(dm, load8(mp.add(gi * TILE + 8 * h)))
-                    } else {
-                        _mm256_setzero_ps()
-                    };
-                    (_mm256_mul_ps(d, sc), m)
+            }
+        });
+        let scp = ub.add(2 * TILE * sets);
+        let mp = scp.add(gpu * TILE);
+        let mut wp = ub.add(header);
+        // Superblocks: Σ_g sc_g · (group sum << shift), per row.
+        let mut isb = [[_mm256_setzero_si256(); 2]; NA];
+        for gi in 0..gpu {
+            let gg = u * gpu + gi;
+            let at = gg * G;
+            let mult: [__m256i; 2] = std::array::from_fn(|hh| {
+                if SUP {
+                    let sc = _mm_loadl_epi64(scp.add(gi * TILE + 8 * hh).cast());
+                    _mm256_cvtepi8_epi16(_mm_shuffle_epi8(sc, dup))
                 } else {
-                    (d, dm)
-                };
-                // Operand p: levels 4p..4p+4 of rows 8h..8h+8 (unsigned), or
-                // for bytes |u − 128| with u − 128 kept for the signs.
-                let mut w = [_mm256_setzero_si256(); 8];
-                let mut sg = [_mm256_setzero_si256(); 8];
-                for p in 0..nd {
-                    let v = _mm256_loadu_si256(wp.add(p * 64 + 32 * h).cast());
-                    if NIB {
-                        w[p] = _mm256_and_si256(v, nib_mask);
-                        w[nd + p] = _mm256_and_si256(_mm256_srli_epi16::<4>(v), nib_mask);
-                    } else {
-                        let c = _mm256_xor_si256(v, flip);
-                        w[p] = _mm256_abs_epi8(c);
-                        sg[p] = c;
-                    }
+                    ones
                 }
-                let gg = u * gpu + gi;
+            });
+            let mut s16 = [[_mm256_setzero_si256(); 2]; NA];
+            if BIAS {
                 for r in 0..NA {
-                    let a = aq[r].add(gg * G);
-                    let word = |p: usize| {
-                        _mm256_set1_epi32(std::ptr::read_unaligned(a.add(4 * p).cast::<i32>()))
-                    };
-                    let isum = if NIB {
-                        let mut s16 = _mm256_setzero_si256();
-                        for (p, wv) in w.iter().enumerate().take(nops) {
-                            s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(*wv, word(p)));
-                        }
-                        _mm256_madd_epi16(s16, ones)
-                    } else {
-                        let mut s32 = _mm256_setzero_si256();
-                        for p in 0..nops {
-                            let prod = _mm256_maddubs_epi16(w[p], _mm256_sign_epi8(word(p), sg[p]));
-                            s32 = _mm256_add_epi32(s32, _mm256_madd_epi16(prod, ones));
-                        }
-                        s32
-                    };
-                    let sa = i32::from(*asum[r].add(gg));
-                    let da = *ad[r].add(gg * G / 32);
-                    let t =
-                        _mm256_cvtepi32_ps(_mm256_sub_epi32(isum, _mm256_set1_epi32(corr * sa)));
-                    let mut v = _mm256_mul_ps(s, t);
-                    if MIN {
-                        v = _mm256_fmadd_ps(m, _mm256_set1_ps(sa as f32), v);
-                    }
-                    acc[r][h] = _mm256_fmadd_ps(v, _mm256_set1_ps(da), acc[r][h]);
+                    let b = _mm256_set1_epi32(*pb[r].add(gg));
+                    s16[r] = [b; 2];
                 }
-                wp = wp.add(TILE * grb);
+            }
+            let mut isum = [[_mm256_setzero_si256(); 2]; NA];
+            // Unrolled, the sign trick's operands of every word would be computed
+            // up front and spilled: its words run as a loop.
+            let words = if MODE == SIGN {
+                std::hint::black_box(nd)
+            } else {
+                nd
+            };
+            for p in 0..words {
+                for hh in 0..2 {
+                    let v = _mm256_loadu_si256(wp.add(p * 64 + 32 * hh).cast());
+                    if MODE == NIB {
+                        let lo = _mm256_and_si256(v, nib_mask);
+                        let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(v), nib_mask);
+                        for r in 0..NA {
+                            let x = _mm256_maddubs_epi16(lo, word(r, at + 4 * p));
+                            let y = _mm256_maddubs_epi16(hi, word(r, at + G / 2 + 4 * p));
+                            s16[r][hh] = _mm256_add_epi16(s16[r][hh], _mm256_add_epi16(x, y));
+                        }
+                    } else if MODE == BYTE {
+                        for r in 0..NA {
+                            let x = _mm256_maddubs_epi16(v, word(r, at + 4 * p));
+                            s16[r][hh] = _mm256_add_epi16(s16[r][hh], x);
+                        }
+                    } else {
+                        let q = _mm256_xor_si256(v, flip);
+                        let w = _mm256_abs_epi8(q);
+                        for r in 0..NA {
+                            let x =
+                                _mm256_maddubs_epi16(w, _mm256_sign_epi8(word(r, at + 4 * p), q));
+                            s16[r][hh] = _mm256_add_epi16(s16[r][hh], x);
+                        }
+                    }
+                }
+                if (p + 1) % per_chain == 0 {
+                    for r in 0..NA {
+                        for hh in 0..2 {
+                            let t = _mm256_madd_epi16(s16[r][hh], mult[hh]);
+                            isum[r][hh] = _mm256_add_epi32(isum[r][hh], t);
+                            s16[r][hh] = _mm256_setzero_si256();
+                        }
+                    }
+                }
+            }
+            for r in 0..NA {
+                if SUP {
+                    let sh = _mm256_set1_epi32(*shift[r].add(at / 32) as i32);
+                    for hh in 0..2 {
+                        isb[r][hh] =
+                            _mm256_add_epi32(isb[r][hh], _mm256_sllv_epi32(isum[r][hh], sh));
+                    }
+                } else {
+                    let da = _mm256_set1_ps(*ad[r].add(gg));
+                    for hh in 0..2 {
+                        let v = _mm256_mul_ps(d[hh], _mm256_cvtepi32_ps(isum[r][hh]));
+                        acc[r][hh] = _mm256_fmadd_ps(v, da, acc[r][hh]);
+                        if MIN {
+                            let m = _mm256_set1_ps(*ss[r].add(gg));
+                            acc[r][hh] = _mm256_fmadd_ps(dm[hh], m, acc[r][hh]);
+                        }
+                    }
+                }
+            }
+            wp = wp.add(TILE * grb);
+        }
+        if SUP {
+            // Σ_g m_g · (shifted level sum of g), two groups per `vpmaddwd`.
+            let mut imin = [[_mm256_setzero_si256(); 2]; NA];
+            if MIN {
+                for j in 0..gpu / 2 {
+                    for hh in 0..2 {
+                        let lo = _mm_loadl_epi64(mp.add(2 * j * TILE + 8 * hh).cast());
+                        let hi = _mm_loadl_epi64(mp.add((2 * j + 1) * TILE + 8 * hh).cast());
+                        let mw = _mm256_cvtepi8_epi16(_mm_unpacklo_epi8(lo, hi));
+                        for r in 0..NA {
+                            let sa = _mm256_set1_epi32(std::ptr::read_unaligned(
+                                wsum[r].add(u * gpu + 2 * j).cast::<i32>(),
+                            ));
+                            imin[r][hh] = _mm256_add_epi32(imin[r][hh], _mm256_madd_epi16(mw, sa));
+                        }
+                    }
+                }
+            }
+            for r in 0..NA {
+                let scale = _mm256_set1_ps(*sd[r].add(u));
+                for hh in 0..2 {
+                    let mut v = _mm256_mul_ps(d[hh], _mm256_cvtepi32_ps(isb[r][hh]));
+                    if MIN {
+                        v = _mm256_fmadd_ps(dm[hh], _mm256_cvtepi32_ps(imin[r][hh]), v);
+                    }
+                    acc[r][hh] = _mm256_fmadd_ps(v, scale, acc[r][hh]);
+                }
             }
         }
     }
-    for (r, a) in acc.iter().enumerate() {
-        _mm256_storeu_ps(out.as_mut_ptr().add(r * TILE), a[0]);
-        _mm256_storeu_ps(out.as_mut_ptr().add(r * TILE + 8), a[1]);
+    for r in 0..NA {
+        for hh in 0..2 {
+            _mm256_storeu_ps(out.as_mut_ptr().add(r * TILE + 8 * hh), acc[r][hh]);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::GgmlType;
+
+    /// The largest level of each type the kernel computes (bytes in the
+    /// packed format, see `pack.rs`).
+    fn max_level(ty: GgmlType) -> i32 {
+        use GgmlType::*;
+        match ty {
+            Q4_0 | Q4_1 | Q4_K => 15,
+            Q5_0 | Q5_1 | Q5_K => 31,
+            Q6_K => 63,
+            Q3_K => 7,
+            Q2_K => 3,
+            _ => 255,
+        }
+    }
+
+    /// Every packed type has a kernel shape that agrees with its format, and
+    /// no 16-bit chain can overflow: products per lane × the largest
+    /// `|u − off|` × 127 ≤ 32767, and no `vpmaddubsw` pair saturates.
+    #[test]
+    fn sixteen_bit_chains_cannot_overflow() {
+        for ty in GgmlType::ALL {
+            let Some(fmt) = Format::of(ty) else {
+                assert!(shape(ty).is_none(), "{ty}");
+                continue;
+            };
+            let (mode, g, sup, min, bias, ch) = shape(ty).expect("every packed type has a shape");
+            assert_eq!(mode == NIB, fmt.nibbles, "{ty}");
+            assert_eq!((g, sup, min), (fmt.group, fmt.superblocks, fmt.min), "{ty}");
+            assert_eq!(bias, fmt.off != 0 && fmt.off < 128, "{ty}");
+            assert_eq!(mode == SIGN, fmt.off == 128, "{ty}");
+            let words = if fmt.nibbles { g / 8 } else { g / 4 };
+            assert_eq!(words % ch, 0, "{ty}");
+            // Products per 16-bit lane of one chain: two per operand, and a
+            // nibble word gives two operands.
+            let ops = words / ch * if fmt.nibbles { 2 } else { 1 };
+            let top = max_level(ty);
+            let dev = if mode == SIGN {
+                128
+            } else if bias {
+                fmt.off.max(top - fmt.off)
+            } else {
+                top
+            };
+            assert!(2 * ops as i32 * dev * 127 <= 32767, "{ty}: chain overflows");
+            let pair = if mode == SIGN { 128 } else { top };
+            assert!(2 * pair * 127 <= 32767, "{ty}: vpmaddubsw saturates");
+            assert!(!bias || ch == 1, "{ty}: the bias starts the only chain");
+        }
     }
 }

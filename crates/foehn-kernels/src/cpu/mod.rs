@@ -172,6 +172,65 @@ mod tests {
     use crate::GgmlType;
     use rand::{Rng, SeedableRng};
 
+    /// Extreme levels and activations (every level 0 or the type's largest,
+    /// every activation +127 or −127, every block at the largest shift):
+    /// the SIMD kernels' narrow integer sums must not overflow or saturate.
+    #[test]
+    fn simd_tile_kernels_survive_extreme_values() {
+        use GgmlType::*;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+        let isas: Vec<Isa> = Isa::supported()
+            .into_iter()
+            .filter(|i| *i != Isa::Scalar)
+            .collect();
+        for (ty, top) in [
+            (Q4_0, 15u8),
+            (Q4_1, 15),
+            (Q5_0, 31),
+            (Q5_1, 31),
+            (Q8_0, 255),
+            (IQ4_NL, 255),
+            (Q4_K, 15),
+            (Q5_K, 31),
+            (Q6_K, 63),
+            (Q3_K, 7),
+            (Q2_K, 3),
+            (IQ4_XS, 255),
+        ] {
+            let fmt = Format::of(ty).unwrap();
+            let cols = 512;
+            let bytes = random_bytes(&mut rng, ty, TILE, cols);
+            let mut tile = pack::pack(&fmt, TILE, cols, ty.row_bytes(cols).unwrap(), &bytes);
+            for (level, sign) in [(0u8, 1.0f32), (0, -1.0), (top, 1.0), (top, -1.0)] {
+                let byte = if fmt.nibbles {
+                    level | (level << 4)
+                } else {
+                    level
+                };
+                for unit in tile.chunks_exact_mut(fmt.unit_bytes()) {
+                    unit[fmt.header_bytes()..].fill(byte);
+                }
+                let xs = vec![sign; 2 * cols];
+                let mut acts = QuantizedActs::default();
+                acts.quantize(&xs, cols, &fmt);
+                for nr in 1..=2 {
+                    let mut want = vec![f32::NAN; nr * TILE];
+                    scalar::tile(&fmt, cols, &tile, &acts, 0, nr, &mut want);
+                    for &isa in &isas {
+                        let mut got = vec![f32::NAN; nr * TILE];
+                        tile_fn(isa)(&fmt, cols, &tile, &acts, 0, nr, &mut got);
+                        for (k, (g, w)) in got.iter().zip(&want).enumerate() {
+                            assert!(
+                                (g - w).abs() <= 1e-5 * w.abs().max(1e-3),
+                                "{isa:?} {ty} level {level} sign {sign} [{k}]: {g} vs {w}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     /// Every supported SIMD kernel against the scalar one on the same packed
     /// weights and quantized activations: same integer sums, float rounding
     /// only (within 1e-5 of Σ |w·a|). Odd row counts (zero-padded tiles) and
