@@ -1,14 +1,66 @@
 //! f32 vector operations for the non-matmul parts of a forward pass
-//! (attention scores and weighted sums), compiled for AVX-512 and AVX2 as well
-//! as baseline x86-64 and chosen at run time: the portable code is written so
-//! that the compiler vectorizes it at whatever width the target allows.
+//! (attention scores, softmax, weighted sums) and for the sampler's softmax,
+//! compiled for AVX-512 and AVX2 as well as the baseline target and chosen
+//! at run time: the portable code is written so that the compiler
+//! vectorizes it at whatever width the target allows, with fused
+//! multiply-adds where the target has them.
+
+/// e^x for x ≤ 0, within 2 ulp of `f32::exp`; exactly 0 below -87 and for
+/// NaN (a NaN logit then weighs nothing). Branch-free, so that loops over it
+/// vectorize (`f32::exp` is a libm call per element).
+///
+/// Cephes' `expf`: x = n ln2 + r with |r| ≤ ln2 / 2, a degree-6 polynomial for
+/// e^r, and 2^n put into the exponent bits. Rounding to n uses the 1.5 × 2²³
+/// trick instead of `round` so that SSE2 can vectorize it.
+#[inline(always)]
+pub fn exp(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    const ROUND: f32 = 12_582_912.0; // 1.5 × 2^23
+    let clamped = x.max(-87.0);
+    let shifted = clamped * LOG2E + ROUND;
+    let n = shifted - ROUND;
+    let r = clamped - n * LN2_HI - n * LN2_LO;
+    let mut p = 1.987_569_1e-4;
+    p = p * r + 1.398_199_9e-3;
+    p = p * r + 8.333_452e-3;
+    p = p * r + 4.166_579_6e-2;
+    p = p * r + 1.666_666_5e-1;
+    p = p * r + 0.5;
+    let er = p * r * r + r + 1.0;
+    // The low bits of `shifted` hold n + 0x40_0000; n ∈ [-126, 0].
+    let n_int = (shifted.to_bits() as i32).wrapping_sub(0x4B40_0000);
+    let scale = f32::from_bits(((n_int + 127) as u32) << 23);
+    let y = er * scale;
+    if x >= -87.0 {
+        y
+    } else {
+        0.0
+    }
+}
+
+/// `a · b + c`, fused where the variant's target has FMA (a libm call
+/// otherwise, so the portable variant of a target without it multiplies and
+/// adds).
+#[inline(always)]
+fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
+    if FMA {
+        a.mul_add(b, c)
+    } else {
+        a * b + c
+    }
+}
+
+/// Whether the portable variants can use fused multiply-adds.
+const BASE_FMA: bool = cfg!(any(target_arch = "aarch64", target_feature = "fma"));
 
 /// Independent accumulators of [`dot`]: enough to hide the FMA latency at
 /// 16 lanes.
 const ACC: usize = 32;
 
 #[inline(always)]
-fn dot_body(a: &[f32], b: &[f32]) -> f32 {
+fn dot_body<const FMA: bool>(a: &[f32], b: &[f32]) -> f32 {
     let n = a.len().min(b.len());
     let (a, b) = (&a[..n], &b[..n]);
     let mut acc = [0.0f32; ACC];
@@ -16,12 +68,12 @@ fn dot_body(a: &[f32], b: &[f32]) -> f32 {
     let (ta, tb) = (ca.remainder(), cb.remainder());
     for (x, y) in ca.zip(cb) {
         for i in 0..ACC {
-            acc[i] += x[i] * y[i];
+            acc[i] = madd::<FMA>(x[i], y[i], acc[i]);
         }
     }
     let mut tail = 0.0;
     for (x, y) in ta.iter().zip(tb) {
-        tail += x * y;
+        tail = madd::<FMA>(*x, *y, tail);
     }
     let mut w = ACC;
     while w > 1 {
@@ -34,14 +86,7 @@ fn dot_body(a: &[f32], b: &[f32]) -> f32 {
 }
 
 #[inline(always)]
-fn axpy_body(y: &mut [f32], a: f32, x: &[f32]) {
-    for (y, &x) in y.iter_mut().zip(x) {
-        *y += a * x;
-    }
-}
-
-#[inline(always)]
-fn scale_body(y: &mut [f32], a: f32) {
+fn scale_body<const FMA: bool>(y: &mut [f32], a: f32) {
     for y in y.iter_mut() {
         *y *= a;
     }
@@ -54,9 +99,9 @@ macro_rules! dispatch {
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx512f,avx512vl,fma")]
-                unsafe fn avx512($($arg: $ty),*) $(-> $ret)? { $body($($arg),*) }
+                unsafe fn avx512($($arg: $ty),*) $(-> $ret)? { $body::<true>($($arg),*) }
                 #[target_feature(enable = "avx2,fma")]
-                unsafe fn avx2($($arg: $ty),*) $(-> $ret)? { $body($($arg),*) }
+                unsafe fn avx2($($arg: $ty),*) $(-> $ret)? { $body::<true>($($arg),*) }
                 if std::arch::is_x86_feature_detected!("avx512f")
                     && std::arch::is_x86_feature_detected!("avx512vl")
                     && std::arch::is_x86_feature_detected!("fma")
@@ -71,7 +116,7 @@ macro_rules! dispatch {
                     return unsafe { avx2($($arg),*) };
                 }
             }
-            $body($($arg),*)
+            $body::<BASE_FMA>($($arg),*)
         }
     };
 }
@@ -82,13 +127,159 @@ dispatch! {
 }
 
 dispatch! {
-    /// `y += a · x`, element-wise (over the shorter length).
-    pub fn axpy(y: &mut [f32], a: f32, x: &[f32]) => axpy_body
+    /// `y *= a`, element-wise.
+    pub fn scale(y: &mut [f32], a: f32) => scale_body
+}
+
+/// Accumulators of [`LANES`] per query row in [`scores`].
+const SCORE_ACCS: usize = 2;
+
+/// f32 lanes of the widest vector the variants use.
+const LANES: usize = 8;
+
+#[inline(always)]
+fn scores_body<const FMA: bool>(q: &[f32], k: &[f32], d: usize, out: &mut [f32]) {
+    let (rows, keys) = (
+        q.len().checked_div(d).unwrap_or(0),
+        k.len().checked_div(d).unwrap_or(0),
+    );
+    let mut r0 = 0;
+    // Four rows at a time (eight accumulators hide the multiply-add
+    // latency), then two, then one: each row's sums are the same whatever
+    // its pass, so scores do not depend on how queries are batched.
+    while r0 < rows {
+        let n = [4, 2, 1].into_iter().find(|&n| rows - r0 >= n).unwrap_or(1);
+        let (q, o) = (
+            &q[r0 * d..(r0 + n) * d],
+            &mut out[r0 * keys..(r0 + n) * keys],
+        );
+        match n {
+            4 => score_rows::<FMA, 4>(q, k, d, o),
+            2 => score_rows::<FMA, 2>(q, k, d, o),
+            _ => score_rows::<FMA, 1>(q, k, d, o),
+        }
+        r0 += n;
+    }
+}
+
+/// `R` query rows (`R × d`) against every key row of `k`: `out[r·keys + j]`.
+#[inline(always)]
+fn score_rows<const FMA: bool, const R: usize>(q: &[f32], k: &[f32], d: usize, out: &mut [f32]) {
+    const S: usize = SCORE_ACCS;
+    let keys = k.len() / d;
+    let step = S * LANES;
+    let full = d / step * step;
+    for (j, kj) in k.chunks_exact(d).enumerate() {
+        let mut acc = [[[0.0f32; LANES]; S]; R];
+        for c in (0..full).step_by(step) {
+            for s in 0..S {
+                let kc = &kj[c + s * LANES..c + (s + 1) * LANES];
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    let qc = &q[r * d + c + s * LANES..r * d + c + (s + 1) * LANES];
+                    for l in 0..LANES {
+                        acc[s][l] = madd::<FMA>(qc[l], kc[l], acc[s][l]);
+                    }
+                }
+            }
+        }
+        for (r, acc) in acc.iter().enumerate() {
+            let mut v = [0.0f32; LANES];
+            for part in acc {
+                for l in 0..LANES {
+                    v[l] += part[l];
+                }
+            }
+            let mut tail = 0.0;
+            for c in full..d {
+                tail = madd::<FMA>(q[r * d + c], kj[c], tail);
+            }
+            out[r * keys + j] = sum_lanes(v) + tail;
+        }
+    }
+}
+
+/// The sum of a vector's lanes, as a tree.
+#[inline(always)]
+fn sum_lanes(mut v: [f32; LANES]) -> f32 {
+    let mut w = LANES;
+    while w > 1 {
+        w /= 2;
+        for i in 0..w {
+            v[i] += v[i + w];
+        }
+    }
+    v[0]
+}
+
+/// Values of the output row kept in registers by [`weighted_sum`] while it
+/// runs over the value rows.
+const SUM_CHUNK: usize = 64;
+
+#[inline(always)]
+fn weighted_sum_body<const FMA: bool>(o: &mut [f32], p: &[f32], v: &[f32]) {
+    let d = o.len();
+    if d == 0 {
+        return;
+    }
+    let rows = v.chunks_exact(d).zip(p);
+    let mut chunks = o.chunks_exact_mut(SUM_CHUNK);
+    let mut c0 = 0;
+    for oc in chunks.by_ref() {
+        let mut acc = [0.0f32; SUM_CHUNK];
+        acc.copy_from_slice(oc);
+        for (vr, &pj) in rows.clone() {
+            let vc = &vr[c0..c0 + SUM_CHUNK];
+            for l in 0..SUM_CHUNK {
+                acc[l] = madd::<FMA>(pj, vc[l], acc[l]);
+            }
+        }
+        oc.copy_from_slice(&acc);
+        c0 += SUM_CHUNK;
+    }
+    let tail = chunks.into_remainder();
+    for (vr, &pj) in rows {
+        for (o, &x) in tail.iter_mut().zip(&vr[c0..]) {
+            *o = madd::<FMA>(pj, x, *o);
+        }
+    }
+}
+
+#[inline(always)]
+fn exp_sub_body<const FMA: bool>(x: &mut [f32], m: f32) -> f32 {
+    let mut acc = [0.0f32; LANES];
+    let mut chunks = x.chunks_exact_mut(LANES);
+    for c in chunks.by_ref() {
+        for l in 0..LANES {
+            c[l] = exp(c[l] - m);
+            acc[l] += c[l];
+        }
+    }
+    let mut tail = 0.0;
+    for v in chunks.into_remainder() {
+        *v = exp(*v - m);
+        tail += *v;
+    }
+    sum_lanes(acc) + tail
 }
 
 dispatch! {
-    /// `y *= a`, element-wise.
-    pub fn scale(y: &mut [f32], a: f32) => scale_body
+    /// Attention scores: `out[r·keys + j] = q_r · k_j` for the `q.len() / d`
+    /// query rows and `k.len() / d` key rows (`d` values each, row-major).
+    ///
+    /// # Panics
+    /// If `out` is shorter than rows × keys.
+    pub fn scores(q: &[f32], k: &[f32], d: usize, out: &mut [f32]) => scores_body
+}
+
+dispatch! {
+    /// `o += Σ_j p[j] · v_j` over the first `p.len()` rows of `v` (rows of
+    /// `o.len()` values).
+    pub fn weighted_sum(o: &mut [f32], p: &[f32], v: &[f32]) => weighted_sum_body
+}
+
+dispatch! {
+    /// `x = e^(x − m)` element-wise (for `x ≤ m`, with [`exp`]); returns the sum.
+    pub fn exp_sub(x: &mut [f32], m: f32) -> f32 => exp_sub_body
 }
 
 #[cfg(test)]
@@ -110,14 +301,109 @@ mod tests {
                 "{n}"
             );
             let mut y = b.clone();
-            axpy(&mut y, 0.5, &a);
-            for i in 0..n {
-                assert!((y[i] - (b[i] + 0.5 * a[i])).abs() <= 1e-6);
-            }
             scale(&mut y, 2.0);
             for i in 0..n {
-                assert!((y[i] - 2.0 * (b[i] + 0.5 * a[i])).abs() <= 1e-5);
+                assert_eq!(y[i], 2.0 * b[i]);
             }
+        }
+    }
+    #[test]
+    fn exp_matches_std_exp_within_two_ulp() {
+        let mut worst = 0u32;
+        let mut x = 0.0f32;
+        while x > -87.0 {
+            let (got, want) = (exp(x), x.exp());
+            worst = worst.max(got.to_bits().abs_diff(want.to_bits()));
+            x -= 0.000_37;
+        }
+        assert!(worst <= 2, "worst error {worst} ulp");
+        assert_eq!(exp(0.0), 1.0);
+        assert_eq!(exp(-100.0), 0.0);
+        assert_eq!(exp(f32::NEG_INFINITY), 0.0);
+        assert_eq!(exp(f32::NAN), 0.0);
+    }
+
+    fn values(n: usize, seed: f32) -> Vec<f32> {
+        (0..n).map(|i| ((i as f32 + seed) * 0.731).sin()).collect()
+    }
+
+    /// Every row-count pass (8, 4, 2, 1 and their mixes), head sizes with
+    /// and without tails, no keys; outputs poisoned first.
+    #[test]
+    fn scores_match_f64_dot_products() {
+        for d in [1, 7, 8, 64, 80, 128, 130] {
+            for rows in [1, 2, 3, 4, 5, 8, 11, 16, 19] {
+                for keys in [0, 1, 5] {
+                    let (q, k) = (values(rows * d, 1.0), values(keys * d, 2.0));
+                    let mut out = vec![f32::NAN; rows * keys];
+                    scores(&q, &k, d, &mut out);
+                    for r in 0..rows {
+                        for j in 0..keys {
+                            let want: f64 = (0..d)
+                                .map(|c| f64::from(q[r * d + c]) * f64::from(k[j * d + c]))
+                                .sum();
+                            let got = f64::from(out[r * keys + j]);
+                            assert!(
+                                (got - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                                "{d} {rows} {keys} [{r} {j}]"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// A row's scores are the same bits whether it is computed alone or in
+    /// a batch of rows (so logits do not depend on how a prompt is chunked).
+    #[test]
+    fn scores_do_not_depend_on_the_batch() {
+        let (d, rows, keys) = (80, 7, 3);
+        let (q, k) = (values(rows * d, 7.0), values(keys * d, 8.0));
+        let mut all = vec![0.0; rows * keys];
+        scores(&q, &k, d, &mut all);
+        for r in 0..rows {
+            let mut one = vec![0.0; keys];
+            scores(&q[r * d..(r + 1) * d], &k, d, &mut one);
+            assert_eq!(one, all[r * keys..(r + 1) * keys], "row {r}");
+        }
+    }
+
+    #[test]
+    fn weighted_sums_and_exp_sums_match_plain_loops() {
+        for d in [1, 7, 64, 100, 128, 200] {
+            for n in [0, 1, 3, 9] {
+                let (p, v) = (values(n, 3.0), values(n * d, 4.0));
+                let mut o = values(d, 5.0);
+                let want: Vec<f64> = (0..d)
+                    .map(|c| {
+                        f64::from(o[c])
+                            + (0..n)
+                                .map(|j| f64::from(p[j]) * f64::from(v[j * d + c]))
+                                .sum::<f64>()
+                    })
+                    .collect();
+                weighted_sum(&mut o, &p, &v);
+                for (c, (g, w)) in o.iter().zip(&want).enumerate() {
+                    assert!(
+                        (f64::from(*g) - w).abs() <= 1e-5 * (1.0 + w.abs()),
+                        "{d} {n} [{c}]"
+                    );
+                }
+            }
+        }
+        for n in [0, 1, 7, 8, 9, 64, 67] {
+            let mut x = values(n, 6.0);
+            let m = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+            let want: Vec<f32> = x.iter().map(|v| (v - m).exp()).collect();
+            let sum = exp_sub(&mut x, m);
+            for (g, w) in x.iter().zip(&want) {
+                assert!((g - w).abs() <= 1e-6, "{n}");
+            }
+            assert!(
+                (sum - want.iter().sum::<f32>()).abs() <= 1e-5 * n as f32,
+                "{n}"
+            );
         }
     }
 }

@@ -3,14 +3,15 @@
 //!
 //! Blocked as flash attention is: tasks of (KV head, block of queries) run in
 //! parallel; each converts blocks of keys and values to f32 once for all its
-//! queries and keeps a running max, sum and weighted sum per query head
+//! queries, computes the block's scores for all its query heads at once
+//! ([`scores`]), and keeps a running max, sum and weighted sum per query head
 //! (online softmax), so the work space is a few key blocks, whatever the
 //! context length.
 
 use std::sync::Mutex;
 
 use foehn_kernels::pool::{current_slot, parallel_for};
-use foehn_kernels::vecops::{axpy, dot, scale};
+use foehn_kernels::vecops::{exp_sub, scale, scores, weighted_sum};
 use half::f16;
 use half::slice::HalfFloatSliceExt;
 
@@ -147,11 +148,11 @@ impl AttnWork {
         }
     }
 
-    /// Floats one task over `queries` queries needs: its output, key and
-    /// value blocks, scores, running maxes and sums.
+    /// Floats one task over `queries` queries needs: its output, its scaled
+    /// query rows, key and value blocks, scores, running maxes and sums.
     fn floats(shape: AttnShape, queries: usize) -> usize {
-        let (d, group) = (shape.head_dim, shape.group());
-        queries * group * d + 2 * KEY_BLOCK * d + KEY_BLOCK + 2 * queries * group
+        let (d, rows) = (shape.head_dim, queries * shape.group());
+        2 * rows * d + 2 * KEY_BLOCK * d + rows * KEY_BLOCK + 2 * rows
     }
 }
 
@@ -170,8 +171,8 @@ impl Clone for AttnWork {
 }
 
 /// Queries `ts` of KV head `h`'s query heads over their keys, into `acc`
-/// (`ts.len() × group × head_dim`, token-major), with `work` for key and
-/// value blocks, scores and the running max/sum.
+/// (`ts.len() × group × head_dim`, token-major), with `work` for the scaled
+/// query rows, key and value blocks, scores and the running max/sum.
 #[allow(clippy::too_many_arguments)]
 fn attend<T: KvElem>(
     k: &[T],
@@ -188,11 +189,20 @@ fn attend<T: KvElem>(
     let (kv_dim, q_dim) = (shape.kv_heads * d, shape.heads * d);
     let sm_scale = 1.0 / (d as f32).sqrt();
     let nq = ts.len() * group;
+    let (qs, work) = work.split_at_mut(nq * d);
     let (kb, work) = work.split_at_mut(KEY_BLOCK * d);
     let (vb, work) = work.split_at_mut(KEY_BLOCK * d);
-    let (scores, work) = work.split_at_mut(KEY_BLOCK);
+    let (sc, work) = work.split_at_mut(nq * KEY_BLOCK);
     let (maxes, work) = work.split_at_mut(nq);
     let sums = &mut work[..nq];
+    // Row r = ti·group + g: query head h·group + g of token ts.start + ti,
+    // scaled once by 1/√d.
+    for (t, rows) in ts.clone().zip(qs.chunks_exact_mut(group * d)) {
+        let src = &q[t * q_dim + h * group * d..][..group * d];
+        for (dst, &x) in rows.iter_mut().zip(src) {
+            *dst = x * sm_scale;
+        }
+    }
     maxes.fill(f32::NEG_INFINITY);
     sums.fill(0.0);
     acc.fill(0.0);
@@ -202,27 +212,26 @@ fn attend<T: KvElem>(
     let mut j0 = lo_of(first);
     while j0 <= last {
         let j1 = (j0 + KEY_BLOCK).min(last + 1);
+        let nk = j1 - j0;
         for (jj, j) in (j0..j1).enumerate() {
             let s = (j % at.slots) * kv_dim + h * d;
             T::to_f32(&k[s..s + d], &mut kb[jj * d..(jj + 1) * d]);
             T::to_f32(&v[s..s + d], &mut vb[jj * d..(jj + 1) * d]);
         }
+        // Every row against every key of the block; each row then uses the
+        // keys its token sees.
+        let sc = &mut sc[..nq * nk];
+        scores(qs, &kb[..nk * d], d, sc);
         for (ti, t) in ts.clone().enumerate() {
             let i = at.start + t;
-            // Keys of this block that query i sees.
             let (a, b) = (j0.max(lo_of(i)), j1.min(i + 1));
             if a >= b {
                 continue;
             }
-            for g in 0..group {
-                let qh = &q[t * q_dim + (h * group + g) * d..][..d];
-                let sc = &mut scores[..b - a];
-                let mut bmax = f32::NEG_INFINITY;
-                for (s, j) in sc.iter_mut().zip(a..b) {
-                    *s = dot(qh, &kb[(j - j0) * d..(j - j0 + 1) * d]) * sm_scale;
-                    bmax = bmax.max(*s);
-                }
-                let r = ti * group + g;
+            let (a, b) = (a - j0, b - j0);
+            for r in ti * group..(ti + 1) * group {
+                let row = &mut sc[r * nk..][a..b];
+                let bmax = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
                 let m = maxes[r].max(bmax);
                 let o = &mut acc[r * d..(r + 1) * d];
                 if maxes[r] > f32::NEG_INFINITY && maxes[r] < m {
@@ -231,11 +240,8 @@ fn attend<T: KvElem>(
                     scale(o, c);
                 }
                 maxes[r] = m;
-                for (s, j) in sc.iter().zip(a..b) {
-                    let p = (s - m).exp();
-                    sums[r] += p;
-                    axpy(o, p, &vb[(j - j0) * d..(j - j0 + 1) * d]);
-                }
+                sums[r] += exp_sub(row, m);
+                weighted_sum(o, row, &vb[a * d..b * d]);
             }
         }
         j0 = j1;

@@ -33,7 +33,6 @@
 
 mod config;
 mod error;
-mod math;
 mod penalties;
 mod sampler;
 mod select;

@@ -7,9 +7,9 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::config::SamplerConfig;
 use crate::error::{Result, SamplerError};
-use crate::math::exp;
 use crate::penalties::PenaltyHistory;
 use crate::select::{self, best_first, block_sum, Candidate};
+use foehn_kernels::vecops::exp;
 
 /// Width of the blocks whose `f32` partial sums are added into an `f64` total:
 /// accurate, and the inner sums vectorize.

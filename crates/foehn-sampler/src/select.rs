@@ -5,7 +5,7 @@
 
 use std::cmp::Ordering;
 
-use crate::math::exp;
+use foehn_kernels::vecops::exp;
 
 /// A token still in the running, with its (biased, penalized) logit.
 #[derive(Debug, Clone, Copy, PartialEq)]
