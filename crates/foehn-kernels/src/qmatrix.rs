@@ -447,45 +447,49 @@ impl QMatrix {
         (per, self.rows.div_ceil(per))
     }
 
-    /// The packed matrices `parts` stacked into one (their rows one after the
-    /// other), so that one product computes them all — e.g. the query, key
-    /// and value projections of a block, which read the same input. `None`
-    /// unless every part is packed with the same type and columns and every
-    /// part but the last has a whole number of 16-row tiles.
-    pub fn stack_rows(parts: &[&QMatrix]) -> Option<QMatrix> {
+    /// The matrices `parts` packed into one, their rows one after the other,
+    /// so that one product computes them all — e.g. the query, key and value
+    /// projections of a block, which read the same input. Each part is
+    /// packed straight into its place (no per-part buffer to copy from) and
+    /// its file pages are released. `None` (nothing packed) unless every
+    /// part is an unpacked matrix of the same packable type and columns and
+    /// every part but the last has a whole number of 16-row tiles.
+    pub fn pack_stacked(parts: &[QMatrix]) -> Option<QMatrix> {
         let first = parts.first()?;
-        let Storage::Packed { fmt, .. } = &first.storage else {
+        let fmt = Format::of(first.ty)?;
+        if !pack::cols_ok(&fmt, first.cols) {
             return None;
-        };
-        let mut len = 0;
+        }
         let mut rows = 0;
         for (i, p) in parts.iter().enumerate() {
-            let Storage::Packed { fmt: f, tiles } = &p.storage else {
-                return None;
-            };
-            if f != fmt || p.cols != first.cols || (i + 1 < parts.len() && p.rows % TILE != 0) {
+            let whole_tiles = i + 1 == parts.len() || p.rows % TILE == 0;
+            if p.ty != first.ty || p.cols != first.cols || p.rows == 0 || !whole_tiles {
                 return None;
             }
-            len += tiles.len();
+            if matches!(p.storage, Storage::Packed { .. }) || p.bytes().is_none() {
+                return None;
+            }
             rows += p.rows;
         }
-        let mut bytes = AlignedBytes::zeroed(len);
+        let tb = fmt.tile_bytes(first.cols);
+        let mut tiles = AlignedBytes::zeroed(rows.div_ceil(TILE) * tb);
         let mut at = 0;
         for p in parts {
-            if let Storage::Packed { tiles, .. } = &p.storage {
-                bytes.as_mut_slice()[at..at + tiles.len()].copy_from_slice(tiles.as_slice());
-                at += tiles.len();
+            let len = p.rows.div_ceil(TILE) * tb;
+            let src = p.bytes().unwrap_or(&[]);
+            let out = &mut tiles.as_mut_slice()[at..at + len];
+            pack::pack_into(&fmt, p.rows, p.cols, p.row_bytes, src, out);
+            if let Storage::Shared { source, range } = &p.storage {
+                source.release(range.clone());
             }
+            at += len;
         }
         Some(QMatrix {
             ty: first.ty,
             rows,
             cols: first.cols,
             row_bytes: first.row_bytes,
-            storage: Storage::Packed {
-                fmt: *fmt,
-                tiles: bytes,
-            },
+            storage: Storage::Packed { fmt, tiles },
         })
     }
 
@@ -850,16 +854,15 @@ mod tests {
     fn stacked_matrices_compute_their_parts() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(23);
         let cols = 256;
-        let parts: Vec<QMatrix> = [32, 16, 21]
+        let raw: Vec<QMatrix> = [32, 16, 21]
             .iter()
             .map(|&rows| {
                 let bytes = random_bytes(&mut rng, GgmlType::Q4_K, rows, cols);
-                QMatrix::from_owned(GgmlType::Q4_K, rows, cols, bytes)
-                    .unwrap()
-                    .packed()
+                QMatrix::from_owned(GgmlType::Q4_K, rows, cols, bytes).unwrap()
             })
             .collect();
-        let stacked = QMatrix::stack_rows(&parts.iter().collect::<Vec<_>>()).unwrap();
+        let stacked = QMatrix::pack_stacked(&raw).unwrap();
+        let parts: Vec<QMatrix> = raw.iter().cloned().map(QMatrix::packed).collect();
         assert_eq!(stacked.rows(), 69);
         let n = 3;
         let xs: Vec<f32> = (0..n * cols).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
@@ -879,10 +882,19 @@ mod tests {
             at += p.rows();
         }
         // A part that does not end on a tile boundary can only come last, and
-        // unpacked or mixed matrices are not stacked.
-        assert!(QMatrix::stack_rows(&[&parts[2], &parts[0]]).is_none());
+        // packed, float or mixed matrices are not stacked.
+        assert!(QMatrix::pack_stacked(&[raw[2].clone(), raw[0].clone()]).is_none());
+        assert!(QMatrix::pack_stacked(&[parts[0].clone(), parts[1].clone()]).is_none());
         let f = QMatrix::from_f32(1, 32, &[0.0; 32]).unwrap();
-        assert!(QMatrix::stack_rows(&[&f]).is_none());
+        assert!(QMatrix::pack_stacked(&[f]).is_none());
+        let q8 = QMatrix::from_owned(
+            GgmlType::Q8_0,
+            16,
+            cols,
+            random_bytes(&mut rng, GgmlType::Q8_0, 16, cols),
+        )
+        .unwrap();
+        assert!(QMatrix::pack_stacked(&[raw[0].clone(), q8]).is_none());
     }
 
     #[test]

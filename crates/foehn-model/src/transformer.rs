@@ -40,11 +40,12 @@ enum Projections {
 }
 
 impl Projections {
+    /// The (unpacked) `parts`, packed stacked or one by one.
     fn new(parts: Vec<QMatrix>) -> Self {
         let rows = parts.iter().map(QMatrix::rows).collect();
-        match QMatrix::stack_rows(&parts.iter().collect::<Vec<_>>()) {
+        match QMatrix::pack_stacked(&parts) {
             Some(m) => Projections::Stacked(m, rows),
-            None => Projections::Apart(parts),
+            None => Projections::Apart(parts.into_iter().map(QMatrix::packed).collect()),
         }
     }
 
@@ -287,10 +288,7 @@ impl Transformer {
         let embed = if tied { embed.packed() } else { embed };
         let blocks = (0..cfg.num_hidden_layers)
             .map(|i| {
-                let m = |part, rows, cols| {
-                    src.matrix(&names.block(i, part), rows, cols)
-                        .map(QMatrix::packed)
-                };
+                let m = |part, rows, cols| src.matrix(&names.block(i, part), rows, cols);
                 Ok(Block {
                     attn_norm: src.vector(&names.block(i, Part::AttnNorm), hidden)?,
                     qkv: Projections::new(vec![
@@ -298,13 +296,13 @@ impl Transformer {
                         m(Part::K, kv_dim, hidden)?,
                         m(Part::V, kv_dim, hidden)?,
                     ]),
-                    wo: m(Part::O, hidden, q_dim)?,
+                    wo: m(Part::O, hidden, q_dim)?.packed(),
                     ffn_norm: src.vector(&names.block(i, Part::FfnNorm), hidden)?,
                     gate_up: Projections::new(vec![
                         m(Part::Gate, ffn, hidden)?,
                         m(Part::Up, ffn, hidden)?,
                     ]),
-                    w_down: m(Part::Down, hidden, ffn)?,
+                    w_down: m(Part::Down, hidden, ffn)?.packed(),
                 })
             })
             .collect::<Result<Vec<_>>>()?;
