@@ -22,7 +22,7 @@ use rayon::prelude::*;
 
 use crate::cpu::act::{QuantizedActs, ACT_BLOCK};
 use crate::cpu::format::{Format, TILE};
-use crate::cpu::{pack, tile_fn, Isa};
+use crate::cpu::{format_for, pack, tile_fn, Isa};
 use crate::vecops::dot;
 use crate::{dequantize_row, GgmlType, KernelError};
 
@@ -370,7 +370,7 @@ impl QMatrix {
     /// The packed matrix computes the same values: its rows dequantize to the
     /// same f32 bits as the original's.
     pub fn packed(self) -> Self {
-        let Some(fmt) = Format::of(self.ty) else {
+        let Some(fmt) = format_for(self.ty, Isa::active()) else {
             return self;
         };
         if !pack::cols_ok(&fmt, self.cols) || self.rows == 0 {
@@ -456,7 +456,7 @@ impl QMatrix {
     /// every part but the last has a whole number of 16-row tiles.
     pub fn pack_stacked(parts: &[QMatrix]) -> Option<QMatrix> {
         let first = parts.first()?;
-        let fmt = Format::of(first.ty)?;
+        let fmt = format_for(first.ty, Isa::active())?;
         if !pack::cols_ok(&fmt, first.cols) {
             return None;
         }

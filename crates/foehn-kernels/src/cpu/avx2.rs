@@ -16,7 +16,9 @@
 //! One pass computes both halves for one or two activation rows, so that
 //! every broadcast activation word feeds two `vpmaddubsw` and the operands
 //! and accumulators stay in the sixteen registers; three or four rows are
-//! two passes.
+//! two passes. Q6_K is packed in the split layout here (low nibbles and a
+//! plane of high bits: the file's size, so decode reads no more than the
+//! file, at some cost in prefill), whose groups run one half at a time.
 
 use std::arch::x86_64::*;
 
@@ -36,6 +38,9 @@ const NIB: u8 = 0;
 const BYTE: u8 = 1;
 /// One level up to 255 per byte, multiplied as `u − 128` with the sign trick.
 const SIGN: u8 = 2;
+/// The split 6-bit layout: nibbles, with each operand's high two bits or-ed
+/// in from the group's plane word (see the format docs).
+const SPLIT: u8 = 3;
 
 /// How the kernel computes a type: (levels, group, superblocks, min, pair
 /// bias, 16-bit chains per group). A chain's final sum, `2 · words/chains`
@@ -44,10 +49,12 @@ const SIGN: u8 = 2;
 /// (`tests::sixteen_bit_chains_cannot_overflow`).
 type Shape = (u8, usize, bool, bool, bool, usize);
 
-/// The kernel shape of `ty`, or `None` for a type without one.
-fn shape(ty: crate::GgmlType) -> Option<Shape> {
+/// The kernel shape of weights packed as `fmt`, or `None` for a type
+/// without one.
+fn shape(fmt: &Format) -> Option<Shape> {
     use crate::GgmlType::*;
-    Some(match ty {
+    Some(match fmt.ty {
+        Q6_K if fmt.high_bits == 2 => (SPLIT, 16, true, false, true, 1),
         Q4_0 => (NIB, 32, false, false, true, 1),
         Q4_1 => (NIB, 32, false, true, false, 1),
         Q5_0 => (BYTE, 32, false, false, true, 1),
@@ -100,7 +107,7 @@ pub(crate) unsafe fn tile(
     }
     macro_rules! dispatch {
         ($(($m:ident, $g:literal, $sup:literal, $min:literal, $b:literal, $ch:literal)),*) => {
-            match shape(fmt.ty) {
+            match shape(fmt) {
                 $(Some(($m, $g, $sup, $min, $b, $ch)) => run!($m, $g, $sup, $min, $b, $ch),)*
                 _ => super::scalar::tile(fmt, cols, tile, acts, r0, nr, out),
             }
@@ -115,6 +122,7 @@ pub(crate) unsafe fn tile(
         (NIB, 32, true, true, false, 1),
         (BYTE, 32, true, true, false, 2),
         (BYTE, 16, true, false, true, 1),
+        (SPLIT, 16, true, false, true, 1),
         (NIB, 16, true, false, true, 1),
         (NIB, 16, true, true, false, 1),
         (SIGN, 32, true, false, false, 8)
@@ -142,15 +150,18 @@ unsafe fn kernel<
 ) {
     let unit = if SUP { SUPER } else { G };
     let gpu = unit / G;
-    let grb = if MODE == NIB { G / 2 } else { G };
-    // 4-byte words per row and group; a chain closes after `per_chain`.
-    let nd = grb / 4;
+    let nibbles = MODE == NIB || MODE == SPLIT;
+    // 4-byte words (of nibbles) per row and group; a chain closes after
+    // `per_chain`. The split layout's plane word follows the nibble words.
+    let nd = if nibbles { G / 8 } else { G / 4 };
+    let grb = if MODE == SPLIT { 4 * nd + 4 } else { 4 * nd };
     let per_chain = nd / CH;
     let sets = 1 + usize::from(MIN);
     let header = 2 * TILE * sets + if SUP { gpu * TILE * sets } else { 0 };
     let unit_bytes = header + gpu * TILE * grb;
     let units = cols / unit;
     let nib_mask = _mm256_set1_epi8(0x0f);
+    let high_mask = _mm256_set1_epi8(0x30);
     let flip = _mm256_set1_epi8(-128);
     let ones = _mm256_set1_epi16(1);
     // Each of 8 bytes twice: a sub-scale per 16-bit half of a lane.
@@ -243,38 +254,63 @@ unsafe fn kernel<
             } else {
                 nd
             };
-            for p in 0..words {
-                for hh in 0..2 {
-                    let v = _mm256_loadu_si256(wp.add(p * 64 + 32 * hh).cast());
-                    if MODE == NIB {
-                        let lo = _mm256_and_si256(v, nib_mask);
-                        let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(v), nib_mask);
-                        for r in 0..NA {
-                            let x = _mm256_maddubs_epi16(lo, word(r, at + 4 * p));
-                            let y = _mm256_maddubs_epi16(hi, word(r, at + G / 2 + 4 * p));
-                            s16[r][hh] = _mm256_add_epi16(s16[r][hh], _mm256_add_epi16(x, y));
-                        }
-                    } else if MODE == BYTE {
-                        for r in 0..NA {
-                            let x = _mm256_maddubs_epi16(v, word(r, at + 4 * p));
-                            s16[r][hh] = _mm256_add_epi16(s16[r][hh], x);
-                        }
-                    } else {
-                        let q = _mm256_xor_si256(v, flip);
-                        let w = _mm256_abs_epi8(q);
-                        for r in 0..NA {
-                            let x =
-                                _mm256_maddubs_epi16(w, _mm256_sign_epi8(word(r, at + 4 * p), q));
-                            s16[r][hh] = _mm256_add_epi16(s16[r][hh], x);
+            // The split layout runs one half at a time (fewer values live at
+            // once: its operands take more registers to rebuild).
+            let per_pass = if MODE == SPLIT { 1 } else { 2 };
+            for pass_start in (0..2).step_by(per_pass) {
+                let halves = pass_start..pass_start + per_pass;
+                for p in 0..words {
+                    for hh in halves.clone() {
+                        let v = _mm256_loadu_si256(wp.add(p * 64 + 32 * hh).cast());
+                        if nibbles {
+                            let mut lo = _mm256_and_si256(v, nib_mask);
+                            let mut hi = _mm256_and_si256(_mm256_srli_epi16::<4>(v), nib_mask);
+                            if MODE == SPLIT {
+                                // Operand o's two high bits sit at bits 2o of the
+                                // plane's bytes: moved to bits 4..6 (16-bit
+                                // shifts by at most 4 keep them in their byte).
+                                let plane = _mm256_loadu_si256(wp.add(nd * 64 + 32 * hh).cast());
+                                let high = |o: usize| {
+                                    let x = match o {
+                                        0 => _mm256_slli_epi16::<4>(plane),
+                                        1 => _mm256_slli_epi16::<2>(plane),
+                                        2 => plane,
+                                        _ => _mm256_srli_epi16::<2>(plane),
+                                    };
+                                    _mm256_and_si256(x, high_mask)
+                                };
+                                lo = _mm256_or_si256(lo, high(p));
+                                hi = _mm256_or_si256(hi, high(nd + p));
+                            }
+                            for r in 0..NA {
+                                let x = _mm256_maddubs_epi16(lo, word(r, at + 4 * p));
+                                let y = _mm256_maddubs_epi16(hi, word(r, at + G / 2 + 4 * p));
+                                s16[r][hh] = _mm256_add_epi16(s16[r][hh], _mm256_add_epi16(x, y));
+                            }
+                        } else if MODE == BYTE {
+                            for r in 0..NA {
+                                let x = _mm256_maddubs_epi16(v, word(r, at + 4 * p));
+                                s16[r][hh] = _mm256_add_epi16(s16[r][hh], x);
+                            }
+                        } else {
+                            let q = _mm256_xor_si256(v, flip);
+                            let w = _mm256_abs_epi8(q);
+                            for r in 0..NA {
+                                let x = _mm256_maddubs_epi16(
+                                    w,
+                                    _mm256_sign_epi8(word(r, at + 4 * p), q),
+                                );
+                                s16[r][hh] = _mm256_add_epi16(s16[r][hh], x);
+                            }
                         }
                     }
-                }
-                if (p + 1) % per_chain == 0 {
-                    for r in 0..NA {
-                        for hh in 0..2 {
-                            let t = _mm256_madd_epi16(s16[r][hh], mult[hh]);
-                            isum[r][hh] = _mm256_add_epi32(isum[r][hh], t);
-                            s16[r][hh] = _mm256_setzero_si256();
+                    if (p + 1) % per_chain == 0 {
+                        for r in 0..NA {
+                            for hh in halves.clone() {
+                                let t = _mm256_madd_epi16(s16[r][hh], mult[hh]);
+                                isum[r][hh] = _mm256_add_epi32(isum[r][hh], t);
+                                s16[r][hh] = _mm256_setzero_si256();
+                            }
                         }
                     }
                 }
@@ -363,31 +399,34 @@ mod tests {
     fn sixteen_bit_chains_cannot_overflow() {
         for ty in GgmlType::ALL {
             let Some(fmt) = Format::of(ty) else {
-                assert!(shape(ty).is_none(), "{ty}");
                 continue;
             };
-            let (mode, g, sup, min, bias, ch) = shape(ty).expect("every packed type has a shape");
-            assert_eq!(mode == NIB, fmt.nibbles, "{ty}");
-            assert_eq!((g, sup, min), (fmt.group, fmt.superblocks, fmt.min), "{ty}");
-            assert_eq!(bias, fmt.off != 0 && fmt.off < 128, "{ty}");
-            assert_eq!(mode == SIGN, fmt.off == 128, "{ty}");
-            let words = if fmt.nibbles { g / 8 } else { g / 4 };
-            assert_eq!(words % ch, 0, "{ty}");
-            // Products per 16-bit lane of one chain: two per operand, and a
-            // nibble word gives two operands.
-            let ops = words / ch * if fmt.nibbles { 2 } else { 1 };
-            let top = max_level(ty);
-            let dev = if mode == SIGN {
-                128
-            } else if bias {
-                fmt.off.max(top - fmt.off)
-            } else {
-                top
-            };
-            assert!(2 * ops as i32 * dev * 127 <= 32767, "{ty}: chain overflows");
-            let pair = if mode == SIGN { 128 } else { top };
-            assert!(2 * pair * 127 <= 32767, "{ty}: vpmaddubsw saturates");
-            assert!(!bias || ch == 1, "{ty}: the bias starts the only chain");
+            for fmt in [Some(fmt), Format::split(ty)].into_iter().flatten() {
+                let (mode, g, sup, min, bias, ch) =
+                    shape(&fmt).expect("every packed type has a shape");
+                assert_eq!(mode == NIB || mode == SPLIT, fmt.nibbles, "{ty}");
+                assert_eq!(mode == SPLIT, fmt.high_bits == 2, "{ty}");
+                assert_eq!((g, sup, min), (fmt.group, fmt.superblocks, fmt.min), "{ty}");
+                assert_eq!(bias, fmt.off != 0 && fmt.off < 128, "{ty}");
+                assert_eq!(mode == SIGN, fmt.off == 128, "{ty}");
+                let words = if fmt.nibbles { g / 8 } else { g / 4 };
+                assert_eq!(words % ch, 0, "{ty}");
+                // Products per 16-bit lane of one chain: two per operand, and a
+                // nibble word gives two operands.
+                let ops = words / ch * if fmt.nibbles { 2 } else { 1 };
+                let top = max_level(ty);
+                let dev = if mode == SIGN {
+                    128
+                } else if bias {
+                    fmt.off.max(top - fmt.off)
+                } else {
+                    top
+                };
+                assert!(2 * ops as i32 * dev * 127 <= 32767, "{ty}: chain overflows");
+                let pair = if mode == SIGN { 128 } else { top };
+                assert!(2 * pair * 127 <= 32767, "{ty}: vpmaddubsw saturates");
+                assert!(!bias || ch == 1, "{ty}: the bias starts the only chain");
+            }
         }
     }
 }

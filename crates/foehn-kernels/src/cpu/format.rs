@@ -39,6 +39,15 @@
 //! Parenthesized parts exist only for types with a min; the `sc`/`m` arrays
 //! only in superblock mode. Rows past the matrix's end (the last tile of a
 //! matrix whose rows are not a multiple of 16) are zeros.
+//!
+//! Levels wider than 4 bits are one byte each, except in the *split* variant
+//! ([`Format::split`], chosen per instruction set): their low 4 bits are
+//! nibbles as above and their high bits one more word per row and group,
+//! whose byte `b` holds, at bits `h·o .. h·(o + 1)` (`h` high bits per
+//! level), the high bits of byte `b`'s level in nibble operand `o` (operand
+//! `o < n` = the low nibbles of word `o`, `o ≥ n` = the high nibbles of word
+//! `o − n`, for `n` nibble words). So the packed size is the file's, and a
+//! kernel rebuilds operand `o`'s levels with one shift, mask and or.
 
 use super::act::ActMode;
 use crate::GgmlType;
@@ -64,6 +73,9 @@ pub struct Format {
     pub min: bool,
     /// The level offset `off`.
     pub off: i32,
+    /// Split variant: bits of each level above its low nibble, stored in a
+    /// plane of their own (0: levels are whole nibbles or bytes).
+    pub high_bits: u32,
 }
 
 impl Format {
@@ -93,7 +105,51 @@ impl Format {
             superblocks,
             min,
             off,
+            high_bits: 0,
         })
+    }
+
+    /// The split variant of a 6-bit type (see the module docs), or `None`.
+    pub const fn split(ty: GgmlType) -> Option<Format> {
+        let bits = match ty {
+            GgmlType::Q6_K => 2,
+            _ => return None,
+        };
+        match Format::of(ty) {
+            Some(f) => Some(Format {
+                nibbles: true,
+                high_bits: bits,
+                ..f
+            }),
+            None => None,
+        }
+    }
+
+    /// 4-byte words of low nibbles per row and group (nibble formats).
+    pub const fn nibble_words(&self) -> usize {
+        self.group / 8
+    }
+
+    /// Level `k` (0..group) of row `i` (0..16) in `w`, one group's bytes of a
+    /// tile.
+    #[inline]
+    pub(crate) fn level(&self, w: &[u8], i: usize, k: usize) -> u8 {
+        let byte = |word: usize, b: usize| w[(word * TILE + i) * 4 + b];
+        if !self.nibbles {
+            return byte(k / 4, k % 4);
+        }
+        let half = self.group / 2;
+        let (j, high_half) = (k % half, k >= half);
+        let nib = byte(j / 4, j % 4);
+        let low = if high_half { nib >> 4 } else { nib & 0x0f };
+        if self.high_bits == 0 {
+            return low;
+        }
+        let n = self.nibble_words();
+        let op = j / 4 + if high_half { n } else { 0 };
+        let plane = byte(n, j % 4);
+        let high = (plane >> (self.high_bits as usize * op)) & ((1 << self.high_bits) - 1);
+        low | (high << 4)
     }
 
     /// Weights per unit (a superblock or a group).
@@ -120,10 +176,11 @@ impl Format {
         self.unit() / self.group
     }
 
-    /// Bytes of one row's levels in one group.
+    /// Bytes of one row's levels in one group (with the split variant's
+    /// high bits).
     pub const fn group_row_bytes(&self) -> usize {
         if self.nibbles {
-            self.group / 2
+            self.group / 2 + self.group * self.high_bits as usize / 8
         } else {
             self.group
         }
@@ -171,5 +228,11 @@ mod tests {
             let orig = ty.row_bytes(4096).unwrap() as f64;
             assert!(packed / orig <= max_ratio, "{ty}: {packed} vs {orig}");
         }
+        // The split variant is the file's size.
+        let f = Format::split(GgmlType::Q6_K).unwrap();
+        assert_eq!(
+            f.tile_bytes(4096),
+            TILE * GgmlType::Q6_K.row_bytes(4096).unwrap()
+        );
     }
 }

@@ -9,6 +9,8 @@
 macro_rules! dispatch_shape {
     ($kernel:ident($fmt:ident, $cols:ident, $tile:ident, $acts:ident, $r0:ident, $nr:ident, $out:ident)) => {
         match ($fmt.nibbles, $fmt.group, $fmt.superblocks, $fmt.min) {
+            // Split formats are the AVX2 kernel's.
+            _ if $fmt.high_bits != 0 => super::scalar::tile($fmt, $cols, $tile, $acts, $r0, $nr, $out),
             (true, 32, false, false) => dispatch_shape!(@na $kernel, true, 32, false, false, $fmt, $cols, $tile, $acts, $r0, $nr, $out),
             (true, 32, false, true) => dispatch_shape!(@na $kernel, true, 32, false, true, $fmt, $cols, $tile, $acts, $r0, $nr, $out),
             (false, 32, false, false) => dispatch_shape!(@na $kernel, false, 32, false, false, $fmt, $cols, $tile, $acts, $r0, $nr, $out),
@@ -115,6 +117,17 @@ impl Isa {
     }
 }
 
+/// How weights of `ty` are packed for the tile kernels of `isa`: the split
+/// variant of the 6-bit type for AVX2 (the file's size, so decode reads no
+/// more than the file), else the common format; `None` for types without
+/// one.
+pub fn format_for(ty: crate::GgmlType, isa: Isa) -> Option<Format> {
+    match isa {
+        Isa::Avx2 => Format::split(ty).or(Format::of(ty)),
+        _ => Format::of(ty),
+    }
+}
+
 /// The shapes a SIMD tile kernel relies on (it reads and writes through raw
 /// pointers): checked once per tile call, in release builds too.
 ///
@@ -197,26 +210,19 @@ mod tests {
             (Q2_K, 3),
             (IQ4_XS, 255),
         ] {
-            let fmt = Format::of(ty).unwrap();
             let cols = 512;
             let bytes = random_bytes(&mut rng, ty, TILE, cols);
-            let mut tile = pack::pack(&fmt, TILE, cols, ty.row_bytes(cols).unwrap(), &bytes);
-            for (level, sign) in [(0u8, 1.0f32), (0, -1.0), (top, 1.0), (top, -1.0)] {
-                let byte = if fmt.nibbles {
-                    level | (level << 4)
-                } else {
-                    level
-                };
-                for unit in tile.chunks_exact_mut(fmt.unit_bytes()) {
-                    unit[fmt.header_bytes()..].fill(byte);
-                }
-                let xs = vec![sign; 2 * cols];
-                let mut acts = QuantizedActs::default();
-                acts.quantize(&xs, cols, &fmt);
-                for nr in 1..=2 {
-                    let mut want = vec![f32::NAN; nr * TILE];
-                    scalar::tile(&fmt, cols, &tile, &acts, 0, nr, &mut want);
-                    for &isa in &isas {
+            for &isa in &isas {
+                let fmt = format_for(ty, isa).unwrap();
+                let mut tile = pack::pack(&fmt, TILE, cols, ty.row_bytes(cols).unwrap(), &bytes);
+                for (level, sign) in [(0u8, 1.0f32), (0, -1.0), (top, 1.0), (top, -1.0)] {
+                    fill_levels(&fmt, &mut tile, level);
+                    let xs = vec![sign; 2 * cols];
+                    let mut acts = QuantizedActs::default();
+                    acts.quantize(&xs, cols, &fmt);
+                    for nr in 1..=2 {
+                        let mut want = vec![f32::NAN; nr * TILE];
+                        scalar::tile(&fmt, cols, &tile, &acts, 0, nr, &mut want);
                         let mut got = vec![f32::NAN; nr * TILE];
                         tile_fn(isa)(&fmt, cols, &tile, &acts, 0, nr, &mut got);
                         for (k, (g, w)) in got.iter().zip(&want).enumerate() {
@@ -226,6 +232,28 @@ mod tests {
                             );
                         }
                     }
+                }
+            }
+        }
+    }
+
+    /// Sets every level of every row of `tiles` to `level`.
+    fn fill_levels(fmt: &Format, tiles: &mut [u8], level: u8) {
+        let grb = fmt.group_row_bytes();
+        for unit in tiles.chunks_exact_mut(fmt.unit_bytes()) {
+            for group in unit[fmt.header_bytes()..].chunks_exact_mut(TILE * grb) {
+                if !fmt.nibbles {
+                    group.fill(level);
+                    continue;
+                }
+                let n = fmt.nibble_words();
+                let low = level & 0x0f;
+                group[..n * 4 * TILE].fill(low | (low << 4));
+                if fmt.high_bits > 0 {
+                    let high = (0..2 * n).fold(0u8, |b, op| {
+                        b | ((level >> 4) << (fmt.high_bits as usize * op))
+                    });
+                    group[n * 4 * TILE..].fill(high);
                 }
             }
         }
@@ -247,50 +275,53 @@ mod tests {
         for ty in [
             Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL, Q4_K, Q5_K, Q6_K, Q3_K, Q2_K, IQ4_XS,
         ] {
-            let fmt = Format::of(ty).unwrap();
-            for (rows, cols) in [(5, 256), (16, 768), (33, 512)] {
-                let bytes = random_bytes(&mut rng, ty, rows, cols);
-                let packed = pack::pack(&fmt, rows, cols, ty.row_bytes(cols).unwrap(), &bytes);
-                let n = 7;
-                // Blocks of 32 of different magnitudes, so that superblock
-                // activations get different exponents.
-                let xs: Vec<f32> = (0..n * cols)
-                    .map(|i| rng.gen_range(-2.0f32..2.0) / (1 << (i / 32 % 5)) as f32)
-                    .collect();
-                let mut acts = QuantizedActs::default();
-                acts.quantize(&xs, cols, &fmt);
-                let tb = fmt.tile_bytes(cols);
-                let a: Vec<f64> = (0..n * cols)
-                    .map(|k| f64::from(acts.qs[k]) * f64::from(acts.d[k / 32]))
-                    .collect();
-                for (t, tile) in packed.chunks_exact(tb).enumerate() {
-                    // Σ |w·a| per (activation row, weight row): the scale of
-                    // the rounding errors, whatever the order of the sums.
-                    let mut w = vec![0.0f32; cols];
-                    let mut mag = vec![0.0f64; n * TILE];
-                    for i in 0..TILE {
-                        pack::dequantize_tile_row(&fmt, tile, i, &mut w);
-                        for r in 0..n {
-                            mag[r * TILE + i] = w
-                                .iter()
-                                .zip(&a[r * cols..(r + 1) * cols])
-                                .map(|(w, a)| (f64::from(*w) * a).abs())
-                                .sum();
+            // Both layouts of the split types (other kernels than AVX2's
+            // fall back to the scalar one on the split layout).
+            for fmt in [Format::of(ty), Format::split(ty)].into_iter().flatten() {
+                for (rows, cols) in [(5, 256), (16, 768), (33, 512)] {
+                    let bytes = random_bytes(&mut rng, ty, rows, cols);
+                    let packed = pack::pack(&fmt, rows, cols, ty.row_bytes(cols).unwrap(), &bytes);
+                    let n = 7;
+                    // Blocks of 32 of different magnitudes, so that superblock
+                    // activations get different exponents.
+                    let xs: Vec<f32> = (0..n * cols)
+                        .map(|i| rng.gen_range(-2.0f32..2.0) / (1 << (i / 32 % 5)) as f32)
+                        .collect();
+                    let mut acts = QuantizedActs::default();
+                    acts.quantize(&xs, cols, &fmt);
+                    let tb = fmt.tile_bytes(cols);
+                    let a: Vec<f64> = (0..n * cols)
+                        .map(|k| f64::from(acts.qs[k]) * f64::from(acts.d[k / 32]))
+                        .collect();
+                    for (t, tile) in packed.chunks_exact(tb).enumerate() {
+                        // Σ |w·a| per (activation row, weight row): the scale of
+                        // the rounding errors, whatever the order of the sums.
+                        let mut w = vec![0.0f32; cols];
+                        let mut mag = vec![0.0f64; n * TILE];
+                        for i in 0..TILE {
+                            pack::dequantize_tile_row(&fmt, tile, i, &mut w);
+                            for r in 0..n {
+                                mag[r * TILE + i] = w
+                                    .iter()
+                                    .zip(&a[r * cols..(r + 1) * cols])
+                                    .map(|(w, a)| (f64::from(*w) * a).abs())
+                                    .sum();
+                            }
                         }
-                    }
-                    for r0 in 0..n {
-                        for nr in 1..=4.min(n - r0) {
-                            let mut want = vec![f32::NAN; nr * TILE];
-                            scalar::tile(&fmt, cols, tile, &acts, r0, nr, &mut want);
-                            for &isa in &isas {
-                                let mut got = vec![f32::NAN; nr * TILE];
-                                tile_fn(isa)(&fmt, cols, tile, &acts, r0, nr, &mut got);
-                                for (k, (g, w)) in got.iter().zip(&want).enumerate() {
-                                    let tol = 1e-5 * mag[r0 * TILE + k] as f32 + 1e-6;
-                                    assert!(
+                        for r0 in 0..n {
+                            for nr in 1..=4.min(n - r0) {
+                                let mut want = vec![f32::NAN; nr * TILE];
+                                scalar::tile(&fmt, cols, tile, &acts, r0, nr, &mut want);
+                                for &isa in &isas {
+                                    let mut got = vec![f32::NAN; nr * TILE];
+                                    tile_fn(isa)(&fmt, cols, tile, &acts, r0, nr, &mut got);
+                                    for (k, (g, w)) in got.iter().zip(&want).enumerate() {
+                                        let tol = 1e-5 * mag[r0 * TILE + k] as f32 + 1e-6;
+                                        assert!(
                                         (g - w).abs() <= tol,
                                         "{isa:?} {ty} {rows}x{cols} tile {t} r0 {r0} nr {nr} [{k}]: {g} vs {w}"
                                     );
+                                    }
                                 }
                             }
                         }

@@ -256,22 +256,39 @@ fn write_tile(fmt: &Format, cols: usize, parts: &[RowParts], tile: &mut [u8]) {
             rest
         };
         for (gi, w) in rest.chunks_exact_mut(TILE * grb).enumerate() {
-            for (i, p) in parts.iter().enumerate() {
+            // Each row's bytes of this group, then the 4-byte words in tile
+            // order (sequential stores into the fresh buffer).
+            let mut rows_bytes = [[0u8; 32]; TILE];
+            for (bytes, p) in rows_bytes.iter_mut().zip(parts) {
                 let lv = &p.u[ui * unit + gi * g..ui * unit + (gi + 1) * g];
-                // The row's bytes of this group, then its 4-byte words to
-                // their places among the 16 rows'.
-                let mut bytes = [0u8; 32];
                 if fmt.nibbles {
                     let (lo, hi) = lv.split_at(g / 2);
                     for ((b, &l), &h) in bytes.iter_mut().zip(lo).zip(hi) {
-                        *b = l | (h << 4);
+                        *b = (l & 0x0f) | (h << 4);
+                    }
+                    if fmt.high_bits > 0 {
+                        // Operand o's byte b is level L(o, b); its high bits
+                        // go to bits hb·o of plane byte b (format docs).
+                        let n = fmt.nibble_words();
+                        let plane = &mut bytes[g / 2..g / 2 + 4];
+                        for (b, out) in plane.iter_mut().enumerate() {
+                            for op in 0..2 * n {
+                                let k = if op < n {
+                                    4 * op + b
+                                } else {
+                                    g / 2 + 4 * (op - n) + b
+                                };
+                                *out |= (lv[k] >> 4) << (fmt.high_bits as usize * op);
+                            }
+                        }
                     }
                 } else {
                     bytes[..g].copy_from_slice(lv);
                 }
-                for (p, word) in bytes[..grb].chunks_exact(4).enumerate() {
-                    w[(p * TILE + i) * 4..(p * TILE + i) * 4 + 4].copy_from_slice(word);
-                }
+            }
+            for (k, word) in w.chunks_exact_mut(4).enumerate() {
+                let (p, i) = (k / TILE, k % TILE);
+                word.copy_from_slice(&rows_bytes[i][4 * p..4 * p + 4]);
             }
         }
     }
@@ -360,18 +377,9 @@ pub(crate) fn dequantize_tile_row(fmt: &Format, tile: &[u8], i: usize, dst: &mut
                 (d, dm)
             };
             let w = &ub[at..at + TILE * grb];
-            for k in 0..grb {
-                let byte = w[(k / 4 * TILE + i) * 4 + k % 4];
-                let (lo, hi) = if fmt.nibbles {
-                    (byte & 0x0f, Some(byte >> 4))
-                } else {
-                    (byte, None)
-                };
-                let v = |u: u8| (i32::from(u) - fmt.off) as f32;
-                y[k] = if fmt.min { s * v(lo) + m } else { s * v(lo) };
-                if let Some(hi) = hi {
-                    y[k + g / 2] = if fmt.min { s * v(hi) + m } else { s * v(hi) };
-                }
+            for (k, y) in y.iter_mut().enumerate() {
+                let v = (i32::from(fmt.level(w, i, k)) - fmt.off) as f32;
+                *y = if fmt.min { s * v + m } else { s * v };
             }
             at += TILE * grb;
         }
@@ -398,25 +406,31 @@ mod tests {
         for ty in [
             Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL, Q4_K, Q5_K, Q6_K, Q3_K, Q2_K, IQ4_XS,
         ] {
-            let fmt = Format::of(ty).unwrap();
-            for (rows, cols) in [(1, 256), (16, 512), (37, 256)] {
-                let bytes = random_bytes(&mut rng, ty, rows, cols);
-                let rb = ty.row_bytes(cols).unwrap();
-                let packed = pack(&fmt, rows, cols, rb, &bytes);
-                assert_eq!(packed.len(), rows.div_ceil(TILE) * fmt.tile_bytes(cols));
-                let tb = fmt.tile_bytes(cols);
-                for r in 0..rows {
-                    let mut want = vec![0.0f32; cols];
-                    dequantize_row(ty, &bytes[r * rb..(r + 1) * rb], &mut want).unwrap();
-                    let mut got = vec![f32::NAN; cols];
-                    let t = r / TILE;
-                    dequantize_tile_row(&fmt, &packed[t * tb..(t + 1) * tb], r % TILE, &mut got);
-                    for (k, (g, w)) in got.iter().zip(&want).enumerate() {
-                        assert_eq!(
-                            g.to_bits(),
-                            w.to_bits(),
-                            "{ty} {rows}x{cols} row {r} [{k}]: {g} vs {w}"
+            for fmt in [Format::of(ty), Format::split(ty)].into_iter().flatten() {
+                for (rows, cols) in [(1, 256), (16, 512), (37, 256)] {
+                    let bytes = random_bytes(&mut rng, ty, rows, cols);
+                    let rb = ty.row_bytes(cols).unwrap();
+                    let packed = pack(&fmt, rows, cols, rb, &bytes);
+                    assert_eq!(packed.len(), rows.div_ceil(TILE) * fmt.tile_bytes(cols));
+                    let tb = fmt.tile_bytes(cols);
+                    for r in 0..rows {
+                        let mut want = vec![0.0f32; cols];
+                        dequantize_row(ty, &bytes[r * rb..(r + 1) * rb], &mut want).unwrap();
+                        let mut got = vec![f32::NAN; cols];
+                        let t = r / TILE;
+                        dequantize_tile_row(
+                            &fmt,
+                            &packed[t * tb..(t + 1) * tb],
+                            r % TILE,
+                            &mut got,
                         );
+                        for (k, (g, w)) in got.iter().zip(&want).enumerate() {
+                            assert_eq!(
+                                g.to_bits(),
+                                w.to_bits(),
+                                "{ty} {rows}x{cols} row {r} [{k}]: {g} vs {w}"
+                            );
+                        }
                     }
                 }
             }

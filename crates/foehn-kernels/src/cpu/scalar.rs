@@ -54,14 +54,8 @@ pub(crate) fn tile(
                     let a = &a[gg * g..(gg + 1) * g];
                     let w = &ub[at..at + TILE * grb];
                     let mut isum = 0i32;
-                    for k in 0..grb {
-                        let byte = w[(k / 4 * TILE + i) * 4 + k % 4];
-                        if fmt.nibbles {
-                            isum += i32::from(byte & 0x0f) * i32::from(a[k]);
-                            isum += i32::from(byte >> 4) * i32::from(a[k + g / 2]);
-                        } else {
-                            isum += i32::from(byte) * i32::from(a[k]);
-                        }
+                    for (k, &a) in a.iter().enumerate() {
+                        isum += i32::from(fmt.level(w, i, k)) * i32::from(a);
                     }
                     let sa = i32::from(asum[gg]);
                     let mut v = s * (isum - fmt.off * sa) as f32;
