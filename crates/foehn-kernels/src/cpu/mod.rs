@@ -185,6 +185,14 @@ mod tests {
     use crate::GgmlType;
     use rand::{Rng, SeedableRng};
 
+    /// The SIMD instruction sets this CPU runs.
+    fn simd_isas() -> Vec<Isa> {
+        Isa::supported()
+            .into_iter()
+            .filter(|i| *i != Isa::Scalar)
+            .collect()
+    }
+
     /// Extreme levels and activations (every level 0 or the type's largest,
     /// every activation +127 or −127, every block at the largest shift):
     /// the SIMD kernels' narrow integer sums must not overflow or saturate.
@@ -192,10 +200,7 @@ mod tests {
     fn simd_tile_kernels_survive_extreme_values() {
         use GgmlType::*;
         let mut rng = rand::rngs::StdRng::seed_from_u64(9);
-        let isas: Vec<Isa> = Isa::supported()
-            .into_iter()
-            .filter(|i| *i != Isa::Scalar)
-            .collect();
+        let isas = simd_isas();
         for (ty, top) in [
             (Q4_0, 15u8),
             (Q4_1, 15),
@@ -267,10 +272,7 @@ mod tests {
     fn simd_tile_kernels_match_the_scalar_kernel() {
         use GgmlType::*;
         let mut rng = rand::rngs::StdRng::seed_from_u64(5);
-        let isas: Vec<Isa> = Isa::supported()
-            .into_iter()
-            .filter(|i| *i != Isa::Scalar)
-            .collect();
+        let isas = simd_isas();
         eprintln!("testing {isas:?}");
         for ty in [
             Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL, Q4_K, Q5_K, Q6_K, Q3_K, Q2_K, IQ4_XS,
