@@ -6,7 +6,9 @@
 //! model file) through [`ByteSource`], so a model built from a file copies
 //! nothing, or **packed** ([`QMatrix::packed`]): repacked once into the
 //! 16-row tiles of [`crate::cpu::format`] that the SIMD kernels read, after
-//! which the file's pages are released.
+//! which the file's pages are released — for Q8_0 on AVX2 only once a
+//! product needs the tiles (until then a direct kernel reads the file's
+//! bytes in place, see [`QMatrix::packed`]).
 //!
 //! Products with a packed matrix quantize the activations once per product
 //! (int8, one scale per 32) and run the tile kernel of the CPU's instruction
@@ -16,13 +18,13 @@
 //! time and dot it in f32.
 
 use std::ops::Range;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use rayon::prelude::*;
 
 use crate::cpu::act::{QuantizedActs, ACT_BLOCK};
 use crate::cpu::format::{Format, TILE};
-use crate::cpu::{format_for, pack, tile_fn, Isa};
+use crate::cpu::{direct, format_for, pack, tile_fn, Isa};
 use crate::vecops::dot;
 use crate::{dequantize_row, GgmlType, KernelError};
 
@@ -70,6 +72,85 @@ enum Storage {
     },
     /// Repacked into 16-row tiles.
     Packed { fmt: Format, tiles: AlignedBytes },
+    /// Byte ranges of shared owners, computed in place by a direct kernel
+    /// until the first product with more activation rows than it takes
+    /// packs them (see [`QMatrix::packed`]).
+    Deferred(Arc<Deferred>),
+}
+
+/// A matrix whose packing waits for a product that needs the tiles: its
+/// parts' bytes in the file's layout (one part, or the stacked parts of
+/// [`QMatrix::pack_stacked`]) and, once packed, the tiles.
+struct Deferred {
+    fmt: Format,
+    parts: Vec<SharedPart>,
+    tiles: OnceLock<AlignedBytes>,
+}
+
+/// `rows` rows in `range` of `source`'s bytes.
+struct SharedPart {
+    source: Arc<dyn ByteSource>,
+    range: Range<usize>,
+    rows: usize,
+}
+
+impl SharedPart {
+    fn bytes(&self) -> &[u8] {
+        // The range was checked against the source when the matrix was
+        // built, and a source returns the same bytes on every call.
+        self.source.bytes().get(self.range.clone()).unwrap_or(&[])
+    }
+}
+
+/// Rows in the file's layout to pack: `rows` rows of `bytes`, and the owner
+/// to tell once they are packed.
+struct PackPart<'a> {
+    bytes: &'a [u8],
+    rows: usize,
+    owner: Option<(&'a dyn ByteSource, Range<usize>)>,
+}
+
+/// The parts' rows packed one after the other into one buffer of tiles
+/// (every part but the last a whole number of tiles); each shared owner is
+/// told to release its bytes as soon as they are packed.
+fn pack_tiles(
+    fmt: &Format,
+    rows: usize,
+    cols: usize,
+    row_bytes: usize,
+    parts: &[PackPart<'_>],
+) -> AlignedBytes {
+    let tb = fmt.tile_bytes(cols);
+    let mut tiles = AlignedBytes::zeroed(rows.div_ceil(TILE) * tb);
+    let mut at = 0;
+    for p in parts {
+        let len = p.rows.div_ceil(TILE) * tb;
+        let out = &mut tiles.as_mut_slice()[at..at + len];
+        pack::pack_into(fmt, p.rows, cols, row_bytes, p.bytes, out);
+        if let Some((source, range)) = &p.owner {
+            source.release(range.clone());
+        }
+        at += len;
+    }
+    tiles
+}
+
+impl Deferred {
+    /// The tiles, packed now if no product has needed them yet.
+    fn tiles(&self, rows: usize, cols: usize, row_bytes: usize) -> &AlignedBytes {
+        self.tiles.get_or_init(|| {
+            let parts: Vec<PackPart<'_>> = self
+                .parts
+                .iter()
+                .map(|p| PackPart {
+                    bytes: p.bytes(),
+                    rows: p.rows,
+                    owner: Some((&*p.source, p.range.clone())),
+                })
+                .collect();
+            pack_tiles(&self.fmt, rows, cols, row_bytes, &parts)
+        })
+    }
 }
 
 /// Bytes in 64-byte aligned storage (cache lines, 512-bit loads), zeroed
@@ -166,6 +247,8 @@ impl std::fmt::Debug for QMatrix {
                     Storage::Owned(_) => "owned",
                     Storage::Shared { .. } => "shared",
                     Storage::Packed { .. } => "packed",
+                    Storage::Deferred(ref d) if d.tiles.get().is_some() => "packed",
+                    Storage::Deferred(_) => "deferred",
                 },
             )
             .finish()
@@ -345,19 +428,31 @@ impl QMatrix {
         matches!(self.storage, Storage::Shared { .. })
     }
 
-    /// Whether the matrix is repacked for the SIMD kernels.
+    /// Whether the matrix is repacked into tiles for the SIMD kernels (a
+    /// deferred matrix once a product has packed it).
     pub fn is_packed(&self) -> bool {
-        matches!(self.storage, Storage::Packed { .. })
+        match &self.storage {
+            Storage::Packed { .. } => true,
+            Storage::Deferred(d) => d.tiles.get().is_some(),
+            _ => false,
+        }
     }
 
-    /// The matrix's bytes in GGUF layout, row after row; `None` once packed.
+    /// Whether the matrix was handed to the SIMD kernels with its packing
+    /// deferred ([`packed`](Self::packed)), packed since or not.
+    pub fn is_deferred(&self) -> bool {
+        matches!(self.storage, Storage::Deferred(_))
+    }
+
+    /// The matrix's bytes in GGUF layout, row after row; `None` once handed
+    /// to the SIMD kernels ([`packed`](Self::packed)).
     pub fn bytes(&self) -> Option<&[u8]> {
         match &self.storage {
             Storage::Owned(v) => Some(v),
             // The range was checked against the source when the matrix was built,
             // and a source returns the same bytes on every call.
             Storage::Shared { source, range } => source.bytes().get(range.clone()),
-            Storage::Packed { .. } => None,
+            Storage::Packed { .. } | Storage::Deferred(_) => None,
         }
     }
 
@@ -369,31 +464,91 @@ impl QMatrix {
     ///
     /// The packed matrix computes the same values: its rows dequantize to the
     /// same f32 bits as the original's.
+    ///
+    /// **Deferred packing**: a matrix borrowed from a shared owner whose type
+    /// has a direct kernel on this CPU (Q8_0 on AVX2: the tiles are the
+    /// file's size, and a product with a few activation rows reads as many
+    /// bytes either way) is not packed yet: products with up to four
+    /// activation rows (decode, short prompts) read the owner's bytes in
+    /// place, with the tile kernel's results bit for bit, and the first
+    /// product with more rows packs it (then releases the owner's bytes). A
+    /// model then starts without copying such weights — the time to first
+    /// token of a 7B Q8_0 model is mostly the page faults of that copy.
     pub fn packed(self) -> Self {
         let Some(fmt) = format_for(self.ty, Isa::active()) else {
             return self;
         };
-        if !pack::cols_ok(&fmt, self.cols) || self.rows == 0 {
+        if !pack::cols_ok(&fmt, self.cols) || self.rows == 0 || self.bytes().is_none() {
             return self;
         }
-        let Some(src) = self.bytes() else {
-            return self;
+        Self::pack_all(std::slice::from_ref(&self), fmt)
+    }
+
+    /// `parts` (unpacked, of one type and row length, every part but the
+    /// last a whole number of tiles) packed one after the other into one
+    /// matrix, or deferred as [`packed`](Self::packed) says.
+    fn pack_all(parts: &[QMatrix], fmt: Format) -> QMatrix {
+        let first = &parts[0];
+        let (ty, cols, row_bytes) = (first.ty, first.cols, first.row_bytes);
+        let rows = parts.iter().map(|p| p.rows).sum();
+        let shared: Option<Vec<SharedPart>> = parts
+            .iter()
+            .map(|p| match &p.storage {
+                Storage::Shared { source, range } => Some(SharedPart {
+                    source: Arc::clone(source),
+                    range: range.clone(),
+                    rows: p.rows,
+                }),
+                _ => None,
+            })
+            .collect();
+        let storage = match shared {
+            Some(parts) if direct::available(ty, Isa::active()) => {
+                Storage::Deferred(Arc::new(Deferred {
+                    fmt,
+                    parts,
+                    tiles: OnceLock::new(),
+                }))
+            }
+            _ => {
+                let parts: Vec<PackPart<'_>> = parts
+                    .iter()
+                    .map(|p| PackPart {
+                        bytes: p.bytes().unwrap_or(&[]),
+                        rows: p.rows,
+                        owner: match &p.storage {
+                            Storage::Shared { source, range } => Some((&**source, range.clone())),
+                            _ => None,
+                        },
+                    })
+                    .collect();
+                let tiles = pack_tiles(&fmt, rows, cols, row_bytes, &parts);
+                Storage::Packed { fmt, tiles }
+            }
         };
-        let mut tiles = AlignedBytes::zeroed(self.rows.div_ceil(TILE) * fmt.tile_bytes(self.cols));
-        pack::pack_into(
-            &fmt,
-            self.rows,
-            self.cols,
-            self.row_bytes,
-            src,
-            tiles.as_mut_slice(),
-        );
-        if let Storage::Shared { source, range } = &self.storage {
-            source.release(range.clone());
+        QMatrix {
+            ty,
+            rows,
+            cols,
+            row_bytes,
+            storage,
         }
-        Self {
-            storage: Storage::Packed { fmt, tiles },
-            ..self
+    }
+
+    /// The tiles and their format, if the matrix is packed (a deferred one
+    /// packed now when `pack_now`); `None` for a matrix computed otherwise.
+    fn tiles(&self, pack_now: bool) -> Option<(&Format, &[u8])> {
+        match &self.storage {
+            Storage::Packed { fmt, tiles } => Some((fmt, tiles.as_slice())),
+            Storage::Deferred(d) => {
+                let tiles = if pack_now {
+                    Some(d.tiles(self.rows, self.cols, self.row_bytes))
+                } else {
+                    d.tiles.get()
+                };
+                tiles.map(|t| (&d.fmt, t.as_slice()))
+            }
+            _ => None,
         }
     }
 
@@ -416,16 +571,30 @@ impl QMatrix {
                 ),
             ));
         }
-        if let Storage::Packed { fmt, tiles } = &self.storage {
+        if let Some((fmt, tiles)) = self.tiles(false) {
             let tb = fmt.tile_bytes(self.cols);
             let t = i / TILE;
-            let tile = tiles.as_slice().get(t * tb..(t + 1) * tb).unwrap_or(&[]);
+            let tile = tiles.get(t * tb..(t + 1) * tb).unwrap_or(&[]);
             pack::dequantize_tile_row(fmt, tile, i % TILE, dst);
             return Ok(());
         }
-        let src = self
-            .bytes()
-            .unwrap_or(&[])
+        let (bytes, i) = match &self.storage {
+            Storage::Deferred(d) => {
+                // The part that holds row i, and the row's index in it.
+                let mut i = i;
+                let mut part = &d.parts[0];
+                for p in &d.parts {
+                    part = p;
+                    if i < p.rows {
+                        break;
+                    }
+                    i -= p.rows;
+                }
+                (part.bytes(), i)
+            }
+            _ => (self.bytes().unwrap_or(&[]), i),
+        };
+        let src = bytes
             .get(i * self.row_bytes..(i + 1) * self.row_bytes)
             .ok_or_else(|| {
                 bad_len(
@@ -460,37 +629,15 @@ impl QMatrix {
         if !pack::cols_ok(&fmt, first.cols) {
             return None;
         }
-        let mut rows = 0;
         for (i, p) in parts.iter().enumerate() {
             let whole_tiles = i + 1 == parts.len() || p.rows % TILE == 0;
             if p.ty != first.ty || p.cols != first.cols || p.rows == 0 || !whole_tiles {
                 return None;
             }
-            if matches!(p.storage, Storage::Packed { .. }) || p.bytes().is_none() {
-                return None;
-            }
-            rows += p.rows;
+            // Unpacked: bytes in the file's layout.
+            p.bytes()?;
         }
-        let tb = fmt.tile_bytes(first.cols);
-        let mut tiles = AlignedBytes::zeroed(rows.div_ceil(TILE) * tb);
-        let mut at = 0;
-        for p in parts {
-            let len = p.rows.div_ceil(TILE) * tb;
-            let src = p.bytes().unwrap_or(&[]);
-            let out = &mut tiles.as_mut_slice()[at..at + len];
-            pack::pack_into(&fmt, p.rows, p.cols, p.row_bytes, src, out);
-            if let Storage::Shared { source, range } = &p.storage {
-                source.release(range.clone());
-            }
-            at += len;
-        }
-        Some(QMatrix {
-            ty: first.ty,
-            rows,
-            cols: first.cols,
-            row_bytes: first.row_bytes,
-            storage: Storage::Packed { fmt, tiles },
-        })
+        Some(Self::pack_all(parts, fmt))
     }
 
     /// `out = W · x`: one activation vector.
@@ -522,8 +669,7 @@ impl QMatrix {
         if self.rows == 0 {
             return Ok(());
         }
-        if let Storage::Packed { fmt, tiles } = &self.storage {
-            self.packed_product(fmt, tiles.as_slice(), x, 1, out, scratch);
+        if self.kernel_product(x, 1, out, scratch) {
             return Ok(());
         }
         let (per, chunks) = self.split(scratch.chunks(), 1);
@@ -585,8 +731,7 @@ impl QMatrix {
         if self.rows == 0 {
             return Ok(());
         }
-        if let Storage::Packed { fmt, tiles } = &self.storage {
-            self.packed_product(fmt, tiles.as_slice(), xs, n, out, scratch);
+        if self.kernel_product(xs, n, out, scratch) {
             return Ok(());
         }
         let (per, chunks) = self.split(scratch.chunks(), n);
@@ -645,6 +790,76 @@ const ACT_ROWS_PER_TASK: usize = 64;
 const ACT_ROWS_PER_CALL: usize = 4;
 
 impl QMatrix {
+    /// `out[t·rows + r] = W[r] · xs[t]` for `n` activation rows through the
+    /// SIMD kernels, if the matrix was handed to them (lengths checked by
+    /// the callers): the tile kernels, or a deferred matrix's direct kernel
+    /// for up to [`direct::MAX_ROWS`] rows. `false` (nothing computed) for
+    /// a matrix computed row by row in f32.
+    fn kernel_product(
+        &self,
+        xs: &[f32],
+        n: usize,
+        out: &mut [f32],
+        scratch: &mut MatScratch,
+    ) -> bool {
+        let pack_now = n > direct::MAX_ROWS;
+        if let Some((fmt, tiles)) = self.tiles(pack_now) {
+            self.packed_product(fmt, tiles, xs, n, out, scratch);
+            return true;
+        }
+        if let Storage::Deferred(d) = &self.storage {
+            self.direct_product(d, xs, n, out, scratch);
+            return true;
+        }
+        false
+    }
+
+    /// As [`packed_product`](Self::packed_product) for a deferred matrix
+    /// not packed yet and `n ≤ direct::MAX_ROWS`: the direct kernel over
+    /// tasks of rows (each weight row read once for all `n` activation rows).
+    fn direct_product(
+        &self,
+        d: &Deferred,
+        xs: &[f32],
+        n: usize,
+        out: &mut [f32],
+        scratch: &mut MatScratch,
+    ) {
+        let (ty, rows, cols, rb) = (self.ty, self.rows, self.cols, self.row_bytes);
+        scratch.acts.quantize(xs, cols, &d.fmt);
+        let acts = &scratch.acts;
+        let threads = rayon::current_num_threads().max(1);
+        let tasks = if rows * cols * n >= MIN_PARALLEL_WEIGHTS && threads > 1 {
+            threads * CHUNKS_PER_THREAD
+        } else {
+            1
+        };
+        // Whole passes of eight rows per task (the kernel's widest).
+        let per = rows.div_ceil(tasks).next_multiple_of(8);
+        let tasks = rows.div_ceil(per);
+        let dst = OutPtr(out.as_mut_ptr());
+        let task = move |k: usize| {
+            let dst = dst;
+            let (lo, hi) = (k * per, ((k + 1) * per).min(rows));
+            let mut start = 0;
+            for p in &d.parts {
+                let (s, e) = (lo.max(start), hi.min(start + p.rows));
+                if s < e {
+                    let w = &p.bytes()[(s - start) * rb..(e - start) * rb];
+                    // SAFETY: the matrix is deferred only where the direct
+                    // kernel is available on the active instruction set;
+                    // rows s..e of the n output rows (stride `rows`) lie in
+                    // `out` (n × rows) and belong to this task alone.
+                    unsafe {
+                        direct::product(ty, w, e - s, cols, acts, 0, n, dst.0.add(s), rows);
+                    }
+                }
+                start += p.rows;
+            }
+        };
+        crate::pool::parallel_for(tasks, &task);
+    }
+
     /// `out[t·rows + r] = W[r] · xs[t]` for `n` activation rows through the
     /// tile kernels (lengths checked by the callers).
     fn packed_product(
@@ -895,6 +1110,101 @@ mod tests {
         )
         .unwrap();
         assert!(QMatrix::pack_stacked(&[raw[0].clone(), q8]).is_none());
+    }
+
+    /// A shared source that counts the bytes it was told to release.
+    struct Counting(Vec<u8>, std::sync::atomic::AtomicUsize);
+
+    impl ByteSource for Counting {
+        fn bytes(&self) -> &[u8] {
+            &self.0
+        }
+        fn release(&self, range: Range<usize>) {
+            self.1
+                .fetch_add(range.len(), std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// Shared Q8_0 matrices on AVX2 are deferred: products with up to four
+    /// activation rows read the file's bytes and equal the packed matrix's
+    /// bit for bit, rows dequantize the same, and the first product with
+    /// more rows packs the matrix and releases the source's bytes. Stacked
+    /// parts (one of them not a whole tile) included.
+    #[test]
+    fn deferred_matrices_compute_as_packed_ones() {
+        let ty = GgmlType::Q8_0;
+        let (cols, sizes) = (320, [32usize, 16, 21]);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(29);
+        let rb = ty.row_bytes(cols).unwrap();
+        let bodies: Vec<Vec<u8>> = sizes
+            .iter()
+            .map(|&r| random_bytes(&mut rng, ty, r, cols))
+            .collect();
+        let mut file = vec![0x11u8; 5];
+        let mut ranges = Vec::new();
+        for b in &bodies {
+            ranges.push(file.len()..file.len() + b.len());
+            file.extend_from_slice(b);
+        }
+        let source = Arc::new(Counting(file, Default::default()));
+        let shared: Vec<QMatrix> = sizes
+            .iter()
+            .zip(&ranges)
+            .map(|(&r, range)| {
+                QMatrix::from_shared(ty, r, cols, source.clone(), range.clone()).unwrap()
+            })
+            .collect();
+        let owned: Vec<QMatrix> = sizes
+            .iter()
+            .zip(&bodies)
+            .map(|(&r, b)| QMatrix::from_owned(ty, r, cols, b.clone()).unwrap())
+            .collect();
+        let deferred = direct::available(ty, Isa::active());
+        let lazy = QMatrix::pack_stacked(&shared).unwrap();
+        let eager = QMatrix::pack_stacked(&owned).unwrap();
+        assert!(eager.is_packed() && !eager.is_deferred());
+        assert_eq!(
+            lazy.is_deferred(),
+            deferred,
+            "deferred exactly where a direct kernel is"
+        );
+        assert_eq!(lazy.is_packed(), !deferred);
+        let rows = lazy.rows();
+        let mut scratch = MatScratch::new(cols);
+        let check = |m: &QMatrix, scratch: &mut MatScratch, n: usize| {
+            let xs: Vec<f32> = (0..n * cols)
+                .map(|i| ((i * 7919) % 101) as f32 / 50.0 - 1.0)
+                .collect();
+            let mut got = vec![f32::NAN; n * rows];
+            let mut want = vec![f32::NAN; n * rows];
+            m.matmul(&xs, &mut got, scratch).unwrap();
+            eager.matmul(&xs, &mut want, scratch).unwrap();
+            for (k, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert_eq!(g.to_bits(), w.to_bits(), "n {n} [{k}]: {g} vs {w}");
+            }
+        };
+        for n in 1..=direct::MAX_ROWS {
+            check(&lazy, &mut scratch, n);
+        }
+        let mut a = vec![f32::NAN; cols];
+        let mut b = vec![0.0; cols];
+        for (r, (part, row)) in [(40, (1, 8)), (68, (2, 20)), (0, (0, 0))] {
+            lazy.dequantize_row_into(r, &mut a).unwrap();
+            dequantize_row(ty, &bodies[part][row * rb..(row + 1) * rb], &mut b).unwrap();
+            assert_eq!(a, b, "row {r}");
+        }
+        if deferred {
+            assert!(!lazy.is_packed());
+            assert_eq!(source.1.load(std::sync::atomic::Ordering::Relaxed), 0);
+        }
+        check(&lazy, &mut scratch, direct::MAX_ROWS + 1);
+        assert!(lazy.is_packed());
+        let total: usize = bodies.iter().map(Vec::len).sum();
+        assert_eq!(source.1.load(std::sync::atomic::Ordering::Relaxed), total);
+        check(&lazy, &mut scratch, 1);
+        lazy.dequantize_row_into(40, &mut a).unwrap();
+        dequantize_row(ty, &bodies[1][8 * rb..9 * rb], &mut b).unwrap();
+        assert_eq!(a, b);
     }
 
     #[test]

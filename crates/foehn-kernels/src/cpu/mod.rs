@@ -36,6 +36,7 @@ macro_rules! dispatch_shape {
 }
 
 pub mod act;
+pub(crate) mod direct;
 pub mod format;
 pub(crate) mod pack;
 mod scalar;
