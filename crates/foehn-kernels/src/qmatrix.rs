@@ -6,9 +6,10 @@
 //! model file) through [`ByteSource`], so a model built from a file copies
 //! nothing, or **packed** ([`QMatrix::packed`]): repacked once into the
 //! 16-row tiles of [`crate::cpu::format`] that the SIMD kernels read, after
-//! which the file's pages are released — for Q8_0 on AVX2 only once a
-//! product needs the tiles (until then a direct kernel reads the file's
-//! bytes in place, see [`QMatrix::packed`]).
+//! which the file's pages are released — for Q8_0, Q4_K and Q6_K on AVX2
+//! only once a product (or [`QMatrix::pack_in_background`]) needs the tiles:
+//! until then a direct kernel reads the file's bytes in place, see
+//! [`QMatrix::packed`].
 //!
 //! Products with a packed matrix quantize the activations once per product
 //! (int8, one scale per 32) and run the tile kernel of the CPU's instruction
@@ -73,8 +74,9 @@ enum Storage {
     /// Repacked into 16-row tiles.
     Packed { fmt: Format, tiles: AlignedBytes },
     /// Byte ranges of shared owners, computed in place by a direct kernel
-    /// until the first product with more activation rows than it takes
-    /// packs them (see [`QMatrix::packed`]).
+    /// until a product with more than [`DIRECT_ACT_ROWS`] activation rows
+    /// (or [`QMatrix::pack_in_background`]) packs them (see
+    /// [`QMatrix::packed`]).
     Deferred(Arc<Deferred>),
 }
 
@@ -444,6 +446,47 @@ impl QMatrix {
         matches!(self.storage, Storage::Deferred(_))
     }
 
+    /// Packs the deferred matrices among `matrices` ([`packed`](Self::packed))
+    /// one after the other on a thread of their own (one core: the products
+    /// keep the others), so that decode moves to the tile kernels soon after
+    /// a model starts, while its first tokens run on the direct kernels. A
+    /// matrix a product has packed meanwhile is skipped, and so are the
+    /// matrices of a model dropped before the thread reaches them. Returns
+    /// the thread, or `None` when there is nothing to pack (or no thread
+    /// could be started: products then pack as they need to).
+    pub fn pack_in_background<'a>(
+        matrices: impl IntoIterator<Item = &'a QMatrix>,
+    ) -> Option<std::thread::JoinHandle<()>> {
+        let todo: Vec<(std::sync::Weak<Deferred>, usize, usize, usize)> = matrices
+            .into_iter()
+            .filter_map(|m| match &m.storage {
+                Storage::Deferred(d) if d.tiles.get().is_none() => {
+                    Some((Arc::downgrade(d), m.rows, m.cols, m.row_bytes))
+                }
+                _ => None,
+            })
+            .collect();
+        if todo.is_empty() {
+            return None;
+        }
+        let one_core = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .ok()?;
+        std::thread::Builder::new()
+            .name("foehn-pack".into())
+            .spawn(move || {
+                one_core.install(|| {
+                    for (d, rows, cols, row_bytes) in todo {
+                        if let Some(d) = d.upgrade() {
+                            d.tiles(rows, cols, row_bytes);
+                        }
+                    }
+                })
+            })
+            .ok()
+    }
+
     /// The matrix's bytes in GGUF layout, row after row; `None` once handed
     /// to the SIMD kernels ([`packed`](Self::packed)).
     pub fn bytes(&self) -> Option<&[u8]> {
@@ -466,14 +509,15 @@ impl QMatrix {
     /// same f32 bits as the original's.
     ///
     /// **Deferred packing**: a matrix borrowed from a shared owner whose type
-    /// has a direct kernel on this CPU (Q8_0 on AVX2: the tiles are the
-    /// file's size, and a product with a few activation rows reads as many
-    /// bytes either way) is not packed yet: products with up to four
-    /// activation rows (decode, short prompts) read the owner's bytes in
-    /// place, with the tile kernel's results bit for bit, and the first
-    /// product with more rows packs it (then releases the owner's bytes). A
+    /// has a direct kernel on this CPU (Q8_0, Q4_K and Q6_K on AVX2) is not
+    /// packed yet: products with up to 32 activation rows (decode, short
+    /// prompts) read the owner's bytes in place, with the tile kernel's
+    /// results bit for bit, and the first product with more rows packs it
+    /// (then releases the owner's bytes). A
     /// model then starts without copying such weights — the time to first
-    /// token of a 7B Q8_0 model is mostly the page faults of that copy.
+    /// token of a 7B model is mostly the page faults of that copy — and
+    /// [`pack_in_background`](Self::pack_in_background) packs them while
+    /// its first tokens run.
     pub fn packed(self) -> Self {
         let Some(fmt) = format_for(self.ty, Isa::active()) else {
             return self;
@@ -789,11 +833,22 @@ const ACT_ROWS_PER_TASK: usize = 64;
 /// Activation rows per kernel call.
 const ACT_ROWS_PER_CALL: usize = 4;
 
+/// The most activation rows a deferred matrix not packed yet computes on
+/// its direct kernel ([`direct::MAX_ROWS`] at a time, re-reading the
+/// weights for each call) rather than being packed first: a short prompt
+/// costs a few passes over the weights, less than packing them (7B-shaped
+/// Q4_K_M, 2 threads: packing ≈ 4.5 s, a pass ≈ 0.25 s).
+const DIRECT_ACT_ROWS: usize = 32;
+
+/// Weight rows a direct product computes for every activation row before
+/// moving on, so that they are read from L2 after the first call.
+const DIRECT_ROWS_PER_BLOCK: usize = 64;
+
 impl QMatrix {
     /// `out[t·rows + r] = W[r] · xs[t]` for `n` activation rows through the
     /// SIMD kernels, if the matrix was handed to them (lengths checked by
     /// the callers): the tile kernels, or a deferred matrix's direct kernel
-    /// for up to [`direct::MAX_ROWS`] rows. `false` (nothing computed) for
+    /// for up to [`DIRECT_ACT_ROWS`] rows. `false` (nothing computed) for
     /// a matrix computed row by row in f32.
     fn kernel_product(
         &self,
@@ -802,7 +857,7 @@ impl QMatrix {
         out: &mut [f32],
         scratch: &mut MatScratch,
     ) -> bool {
-        let pack_now = n > direct::MAX_ROWS;
+        let pack_now = n > DIRECT_ACT_ROWS;
         if let Some((fmt, tiles)) = self.tiles(pack_now) {
             self.packed_product(fmt, tiles, xs, n, out, scratch);
             return true;
@@ -815,8 +870,9 @@ impl QMatrix {
     }
 
     /// As [`packed_product`](Self::packed_product) for a deferred matrix
-    /// not packed yet and `n ≤ direct::MAX_ROWS`: the direct kernel over
-    /// tasks of rows (each weight row read once for all `n` activation rows).
+    /// not packed yet and `n ≤ DIRECT_ACT_ROWS`: the direct kernel over
+    /// tasks of rows, each a run of blocks of rows computed for all `n`
+    /// activation rows, up to [`direct::MAX_ROWS`] per call.
     fn direct_product(
         &self,
         d: &Deferred,
@@ -844,14 +900,20 @@ impl QMatrix {
             let mut start = 0;
             for p in &d.parts {
                 let (s, e) = (lo.max(start), hi.min(start + p.rows));
-                if s < e {
-                    let w = &p.bytes()[(s - start) * rb..(e - start) * rb];
-                    // SAFETY: the matrix is deferred only where the direct
-                    // kernel is available on the active instruction set;
-                    // rows s..e of the n output rows (stride `rows`) lie in
-                    // `out` (n × rows) and belong to this task alone.
-                    unsafe {
-                        direct::product(ty, w, e - s, cols, acts, 0, n, dst.0.add(s), rows);
+                for b in (s..e).step_by(DIRECT_ROWS_PER_BLOCK) {
+                    let be = (b + DIRECT_ROWS_PER_BLOCK).min(e);
+                    let w = &p.bytes()[(b - start) * rb..(be - start) * rb];
+                    for a0 in (0..n).step_by(direct::MAX_ROWS) {
+                        let na = direct::MAX_ROWS.min(n - a0);
+                        // SAFETY: the matrix is deferred only where the
+                        // direct kernel is available on the active
+                        // instruction set; rows b..be of output rows
+                        // a0..a0 + na (stride `rows`) lie in `out`
+                        // (n × rows) and belong to this task alone.
+                        unsafe {
+                            let at = dst.0.add(a0 * rows + b);
+                            direct::product(ty, w, be - b, cols, acts, a0, na, at, rows);
+                        }
                     }
                 }
                 start += p.rows;
@@ -1125,15 +1187,20 @@ mod tests {
         }
     }
 
-    /// Shared Q8_0 matrices on AVX2 are deferred: products with up to four
-    /// activation rows read the file's bytes and equal the packed matrix's
-    /// bit for bit, rows dequantize the same, and the first product with
-    /// more rows packs the matrix and releases the source's bytes. Stacked
-    /// parts (one of them not a whole tile) included.
+    /// Shared Q8_0, Q4_K and Q6_K matrices on AVX2 are deferred: products
+    /// with up to 32 activation rows read the file's bytes and equal the
+    /// packed matrix's bit for bit, rows dequantize the same, and the first
+    /// product with more rows packs the matrix and releases the source's
+    /// bytes. Stacked parts (one of them not a whole tile) included.
     #[test]
     fn deferred_matrices_compute_as_packed_ones() {
-        let ty = GgmlType::Q8_0;
-        let (cols, sizes) = (320, [32usize, 16, 21]);
+        for ty in [GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q6_K] {
+            deferred_computes_as_packed(ty);
+        }
+    }
+
+    fn deferred_computes_as_packed(ty: GgmlType) {
+        let (cols, sizes) = (512, [32usize, 16, 21]);
         let mut rng = rand::rngs::StdRng::seed_from_u64(29);
         let rb = ty.row_bytes(cols).unwrap();
         let bodies: Vec<Vec<u8>> = sizes
@@ -1180,10 +1247,10 @@ mod tests {
             m.matmul(&xs, &mut got, scratch).unwrap();
             eager.matmul(&xs, &mut want, scratch).unwrap();
             for (k, (g, w)) in got.iter().zip(&want).enumerate() {
-                assert_eq!(g.to_bits(), w.to_bits(), "n {n} [{k}]: {g} vs {w}");
+                assert_eq!(g.to_bits(), w.to_bits(), "{ty} n {n} [{k}]: {g} vs {w}");
             }
         };
-        for n in 1..=direct::MAX_ROWS {
+        for n in (1..=direct::MAX_ROWS + 1).chain([DIRECT_ACT_ROWS]) {
             check(&lazy, &mut scratch, n);
         }
         let mut a = vec![f32::NAN; cols];
@@ -1191,13 +1258,13 @@ mod tests {
         for (r, (part, row)) in [(40, (1, 8)), (68, (2, 20)), (0, (0, 0))] {
             lazy.dequantize_row_into(r, &mut a).unwrap();
             dequantize_row(ty, &bodies[part][row * rb..(row + 1) * rb], &mut b).unwrap();
-            assert_eq!(a, b, "row {r}");
+            assert_eq!(a, b, "{ty} row {r}");
         }
         if deferred {
             assert!(!lazy.is_packed());
             assert_eq!(source.1.load(std::sync::atomic::Ordering::Relaxed), 0);
         }
-        check(&lazy, &mut scratch, direct::MAX_ROWS + 1);
+        check(&lazy, &mut scratch, DIRECT_ACT_ROWS + 1);
         assert!(lazy.is_packed());
         let total: usize = bodies.iter().map(Vec::len).sum();
         assert_eq!(source.1.load(std::sync::atomic::Ordering::Relaxed), total);
@@ -1205,6 +1272,45 @@ mod tests {
         lazy.dequantize_row_into(40, &mut a).unwrap();
         dequantize_row(ty, &bodies[1][8 * rb..9 * rb], &mut b).unwrap();
         assert_eq!(a, b);
+    }
+
+    /// Background packing packs the deferred matrices (same products after,
+    /// the sources' bytes released) and has nothing to do once they are.
+    #[test]
+    fn deferred_matrices_are_packed_in_the_background() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(31);
+        let (rows, cols) = (37, 512);
+        let xs: Vec<f32> = (0..cols).map(|i| (i % 13) as f32 / 6.0 - 1.0).collect();
+        let mut scratch = MatScratch::new(cols);
+        let mut before = Vec::new();
+        let mut matrices = Vec::new();
+        for ty in [GgmlType::Q4_K, GgmlType::Q8_0, GgmlType::Q6_K] {
+            let body = random_bytes(&mut rng, ty, rows, cols);
+            let len = body.len();
+            let source = Arc::new(Counting(body, Default::default()));
+            let m = QMatrix::from_shared(ty, rows, cols, source.clone(), 0..len)
+                .unwrap()
+                .packed();
+            let mut out = vec![f32::NAN; rows];
+            m.matvec(&xs, &mut out, &mut scratch).unwrap();
+            before.push(out);
+            matrices.push((m, source, len));
+        }
+        let packer = QMatrix::pack_in_background(matrices.iter().map(|m| &m.0));
+        if !matrices[0].0.is_deferred() {
+            assert!(packer.is_none(), "nothing deferred, nothing to pack");
+            return;
+        }
+        packer.expect("deferred matrices to pack").join().unwrap();
+        for ((m, source, len), before) in matrices.iter().zip(&before) {
+            assert!(m.is_packed(), "{m:?}");
+            assert_eq!(source.1.load(std::sync::atomic::Ordering::Relaxed), *len);
+            let mut after = vec![f32::NAN; rows];
+            m.matvec(&xs, &mut after, &mut scratch).unwrap();
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(before), bits(&after), "{m:?}");
+        }
+        assert!(QMatrix::pack_in_background(matrices.iter().map(|m| &m.0)).is_none());
     }
 
     #[test]

@@ -313,14 +313,33 @@ impl Transformer {
             Some(src.matrix(names.output(), cfg.vocab_size, hidden)?.packed())
         };
         let rope = Rope::new(&cfg, style);
-        Ok(Self {
+        let model = Self {
             cfg,
             embed,
             blocks,
             norm,
             output,
             rope,
-        })
+        };
+        // Matrices whose packing waits for a long prefill are packed
+        // meanwhile, from the last one a forward pass reads: a prefill that
+        // packs as it goes (from the first) meets the thread once instead of
+        // waiting on it for every matrix.
+        let mut matrices: Vec<&QMatrix> = model
+            .blocks
+            .iter()
+            .flat_map(|b| {
+                b.qkv
+                    .parts()
+                    .chain([&b.wo])
+                    .chain(b.gate_up.parts())
+                    .chain([&b.w_down])
+            })
+            .chain([model.lm_head()])
+            .collect();
+        matrices.reverse();
+        QMatrix::pack_in_background(matrices);
+        Ok(model)
     }
 
     /// The model's hyperparameters.
