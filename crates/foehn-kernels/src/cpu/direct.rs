@@ -219,6 +219,29 @@ mod avx2 {
         store::<R, NA>(acc, out, r0, stride);
     }
 
+    /// Pointers into the superblock-mode activations of rows `a0..a0 + NA`.
+    struct SuperblockActs<const NA: usize> {
+        /// The int8 values.
+        aq: [*const i8; NA],
+        /// `D / 8` per superblock.
+        sd: [*const f32; NA],
+        /// The shift of each 32-block.
+        sh: [*const u32; NA],
+        /// The shifted level sums per group of the weights' group size.
+        ws: [*const i16; NA],
+    }
+
+    impl<const NA: usize> SuperblockActs<NA> {
+        fn new(acts: &QuantizedActs, a0: usize, group: usize) -> Self {
+            Self {
+                aq: std::array::from_fn(|j| acts.row(a0 + j).as_ptr()),
+                sd: std::array::from_fn(|j| acts.superblock_scales(a0 + j).as_ptr()),
+                sh: std::array::from_fn(|j| acts.shifts(a0 + j).as_ptr()),
+                ws: std::array::from_fn(|j| acts.shifted_sums(a0 + j, group).as_ptr()),
+            }
+        }
+    }
+
     /// `1 << shift` of each of the eight 32-blocks of superblock `u` of an
     /// activation row (`shifts` = the row's [`QuantizedActs::shifts`]).
     #[inline(always)]
@@ -251,10 +274,7 @@ mod avx2 {
             _mm256_set1_epi16(i16::from_le_bytes([2 * g as u8, 2 * g as u8 + 1]))
         });
         let base = w.as_ptr().add(r0 * row_bytes);
-        let aq: [*const i8; NA] = std::array::from_fn(|j| acts.row(a0 + j).as_ptr());
-        let sd: [*const f32; NA] = std::array::from_fn(|j| acts.superblock_scales(a0 + j).as_ptr());
-        let sh: [*const u32; NA] = std::array::from_fn(|j| acts.shifts(a0 + j).as_ptr());
-        let ws: [*const i16; NA] = std::array::from_fn(|j| acts.shifted_sums(a0 + j, 32).as_ptr());
+        let SuperblockActs { aq, sd, sh, ws } = SuperblockActs::<NA>::new(acts, a0, 32);
         let mut acc = _mm256_setzero_ps();
         for u in 0..cols / SUPER {
             let p2: [__m128i; NA] =
@@ -338,10 +358,7 @@ mod avx2 {
             _mm256_setr_m128i(_mm_set1_epi16(e(2 * c)), _mm_set1_epi16(e(2 * c + 1)))
         });
         let base = w.as_ptr().add(r0 * row_bytes);
-        let aq: [*const i8; NA] = std::array::from_fn(|j| acts.row(a0 + j).as_ptr());
-        let sd: [*const f32; NA] = std::array::from_fn(|j| acts.superblock_scales(a0 + j).as_ptr());
-        let sh: [*const u32; NA] = std::array::from_fn(|j| acts.shifts(a0 + j).as_ptr());
-        let ws: [*const i16; NA] = std::array::from_fn(|j| acts.shifted_sums(a0 + j, 16).as_ptr());
+        let SuperblockActs { aq, sd, sh, ws } = SuperblockActs::<NA>::new(acts, a0, 16);
         let mut acc = _mm256_setzero_ps();
         for u in 0..cols / SUPER {
             // 2^shift per group of 16 (a 32-block's two groups share it).
