@@ -114,7 +114,8 @@ struct PackPart<'a> {
 
 /// The parts' rows packed one after the other into one buffer of tiles
 /// (every part but the last a whole number of tiles); each shared owner is
-/// told to release its bytes as soon as they are packed.
+/// told to release its bytes as soon as they are packed, a run of rows at a
+/// time.
 fn pack_tiles(
     fmt: &Format,
     rows: usize,
@@ -128,19 +129,32 @@ fn pack_tiles(
     for p in parts {
         let len = p.rows.div_ceil(TILE) * tb;
         let out = &mut tiles.as_mut_slice()[at..at + len];
-        pack::pack_into(fmt, p.rows, cols, row_bytes, p.bytes, out);
-        if let Some((source, range)) = &p.owner {
-            source.release(range.clone());
+        for r0 in (0..p.rows).step_by(PACK_RUN_ROWS) {
+            let r1 = (r0 + PACK_RUN_ROWS).min(p.rows);
+            let dst = &mut out[r0 / TILE * tb..r1.div_ceil(TILE) * tb];
+            let src = &p.bytes[r0 * row_bytes..r1 * row_bytes];
+            pack::pack_into(fmt, r1 - r0, cols, row_bytes, src, dst);
+            if let Some((source, range)) = &p.owner {
+                source.release(range.start + r0 * row_bytes..range.start + r1 * row_bytes);
+            }
         }
         at += len;
     }
     tiles
 }
 
+/// Rows packed before their source bytes are released (a multiple of
+/// [`TILE`]): a matrix's file pages and its tiles are resident together for
+/// one run at a time, not for the whole matrix (SmolLM2's 30 MB Q8_0 output
+/// matrix, packed while the model runs, raised peak RSS by up to 20 MB).
+const PACK_RUN_ROWS: usize = 1024;
+
 impl Deferred {
     /// The tiles, packed now if no product has needed them yet.
     fn tiles(&self, rows: usize, cols: usize, row_bytes: usize) -> &AlignedBytes {
-        self.tiles.get_or_init(|| {
+        let mut packed_here = false;
+        let tiles = self.tiles.get_or_init(|| {
+            packed_here = true;
             let parts: Vec<PackPart<'_>> = self
                 .parts
                 .iter()
@@ -151,7 +165,16 @@ impl Deferred {
                 })
                 .collect();
             pack_tiles(&self.fmt, rows, cols, row_bytes, &parts)
-        })
+        });
+        if packed_here {
+            // Again, now that products use the tiles: a direct product that
+            // ran while the runs were released paged some of them back in
+            // (7B Q8_0 packed in the background under decode: +1 GB RSS).
+            for p in &self.parts {
+                p.source.release(p.range.clone());
+            }
+        }
+        tiles
     }
 }
 
@@ -447,7 +470,8 @@ impl QMatrix {
     }
 
     /// Packs the deferred matrices among `matrices` ([`packed`](Self::packed))
-    /// one after the other on a thread of their own (one core: the products
+    /// of the types where that pays (the k-quants, not Q8_0) one after the
+    /// other on a thread of their own (one core: the products
     /// keep the others), so that decode moves to the tile kernels soon after
     /// a model starts, while its first tokens run on the direct kernels. A
     /// matrix a product has packed meanwhile is skipped, and so are the
@@ -460,7 +484,9 @@ impl QMatrix {
         let todo: Vec<(std::sync::Weak<Deferred>, usize, usize, usize)> = matrices
             .into_iter()
             .filter_map(|m| match &m.storage {
-                Storage::Deferred(d) if d.tiles.get().is_none() => {
+                Storage::Deferred(d)
+                    if d.tiles.get().is_none() && direct::pack_in_background(m.ty) =>
+                {
                     Some((Arc::downgrade(d), m.rows, m.cols, m.row_bytes))
                 }
                 _ => None,
@@ -516,8 +542,8 @@ impl QMatrix {
     /// (then releases the owner's bytes). A
     /// model then starts without copying such weights — the time to first
     /// token of a 7B model is mostly the page faults of that copy — and
-    /// [`pack_in_background`](Self::pack_in_background) packs them while
-    /// its first tokens run.
+    /// [`pack_in_background`](Self::pack_in_background) packs the k-quants
+    /// while its first tokens run.
     pub fn packed(self) -> Self {
         let Some(fmt) = format_for(self.ty, Isa::active()) else {
             return self;
@@ -1174,16 +1200,28 @@ mod tests {
         assert!(QMatrix::pack_stacked(&[raw[0].clone(), q8]).is_none());
     }
 
-    /// A shared source that counts the bytes it was told to release.
-    struct Counting(Vec<u8>, std::sync::atomic::AtomicUsize);
+    /// A shared source that records which of its bytes it was told to
+    /// release (at least once).
+    struct Counting(Vec<u8>, std::sync::Mutex<Vec<bool>>);
+
+    impl Counting {
+        fn new(bytes: Vec<u8>) -> Self {
+            let n = bytes.len();
+            Counting(bytes, std::sync::Mutex::new(vec![false; n]))
+        }
+
+        /// How many distinct bytes were released.
+        fn released(&self) -> usize {
+            self.1.lock().unwrap().iter().filter(|&&r| r).count()
+        }
+    }
 
     impl ByteSource for Counting {
         fn bytes(&self) -> &[u8] {
             &self.0
         }
         fn release(&self, range: Range<usize>) {
-            self.1
-                .fetch_add(range.len(), std::sync::atomic::Ordering::Relaxed);
+            self.1.lock().unwrap()[range].fill(true);
         }
     }
 
@@ -1213,7 +1251,7 @@ mod tests {
             ranges.push(file.len()..file.len() + b.len());
             file.extend_from_slice(b);
         }
-        let source = Arc::new(Counting(file, Default::default()));
+        let source = Arc::new(Counting::new(file));
         let shared: Vec<QMatrix> = sizes
             .iter()
             .zip(&ranges)
@@ -1262,20 +1300,21 @@ mod tests {
         }
         if deferred {
             assert!(!lazy.is_packed());
-            assert_eq!(source.1.load(std::sync::atomic::Ordering::Relaxed), 0);
+            assert_eq!(source.released(), 0);
         }
         check(&lazy, &mut scratch, DIRECT_ACT_ROWS + 1);
         assert!(lazy.is_packed());
         let total: usize = bodies.iter().map(Vec::len).sum();
-        assert_eq!(source.1.load(std::sync::atomic::Ordering::Relaxed), total);
+        assert_eq!(source.released(), total);
         check(&lazy, &mut scratch, 1);
         lazy.dequantize_row_into(40, &mut a).unwrap();
         dequantize_row(ty, &bodies[1][8 * rb..9 * rb], &mut b).unwrap();
         assert_eq!(a, b);
     }
 
-    /// Background packing packs the deferred matrices (same products after,
-    /// the sources' bytes released) and has nothing to do once they are.
+    /// Background packing packs the deferred k-quant matrices (same products
+    /// after, the sources' bytes released), leaves Q8_0 to its first long
+    /// prefill, and has nothing to do once the k-quants are packed.
     #[test]
     fn deferred_matrices_are_packed_in_the_background() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(31);
@@ -1287,7 +1326,7 @@ mod tests {
         for ty in [GgmlType::Q4_K, GgmlType::Q8_0, GgmlType::Q6_K] {
             let body = random_bytes(&mut rng, ty, rows, cols);
             let len = body.len();
-            let source = Arc::new(Counting(body, Default::default()));
+            let source = Arc::new(Counting::new(body));
             let m = QMatrix::from_shared(ty, rows, cols, source.clone(), 0..len)
                 .unwrap()
                 .packed();
@@ -1303,14 +1342,47 @@ mod tests {
         }
         packer.expect("deferred matrices to pack").join().unwrap();
         for ((m, source, len), before) in matrices.iter().zip(&before) {
-            assert!(m.is_packed(), "{m:?}");
-            assert_eq!(source.1.load(std::sync::atomic::Ordering::Relaxed), *len);
+            let q8 = m.ty() == GgmlType::Q8_0;
+            assert_eq!(m.is_packed(), !q8, "{m:?}");
+            assert_eq!(source.released(), if q8 { 0 } else { *len });
             let mut after = vec![f32::NAN; rows];
             m.matvec(&xs, &mut after, &mut scratch).unwrap();
             let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(before), bits(&after), "{m:?}");
         }
         assert!(QMatrix::pack_in_background(matrices.iter().map(|m| &m.0)).is_none());
+    }
+
+    /// A matrix of several packing runs reads back its rows across the
+    /// runs' boundaries, and every source byte is released.
+    #[test]
+    fn packing_in_runs_keeps_every_row() {
+        let ty = GgmlType::Q4_0;
+        let (rows, cols) = (2 * PACK_RUN_ROWS + 37, 64);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(37);
+        let body = random_bytes(&mut rng, ty, rows, cols);
+        let len = body.len();
+        let source = Arc::new(Counting::new(body.clone()));
+        let m = QMatrix::from_shared(ty, rows, cols, source.clone(), 0..len)
+            .unwrap()
+            .packed();
+        if !m.is_packed() {
+            return; // no packed format on this CPU
+        }
+        assert_eq!(source.released(), len);
+        let rb = ty.row_bytes(cols).unwrap();
+        let (mut a, mut b) = (vec![f32::NAN; cols], vec![0.0; cols]);
+        for r in [
+            0,
+            PACK_RUN_ROWS - 1,
+            PACK_RUN_ROWS,
+            2 * PACK_RUN_ROWS + 1,
+            rows - 1,
+        ] {
+            m.dequantize_row_into(r, &mut a).unwrap();
+            dequantize_row(ty, &body[r * rb..(r + 1) * rb], &mut b).unwrap();
+            assert_eq!(a, b, "row {r}");
+        }
     }
 
     #[test]

@@ -6,11 +6,10 @@
 //! packed before its first product with many activation rows: until then
 //! the model runs straight on the memory-mapped file, with no copy to fault
 //! in (see `QMatrix::packed`): that is Q8_0, Q4_K and Q6_K on AVX2 here. A
-//! model packs them on a background thread meanwhile
-//! (`QMatrix::pack_in_background`): the tile kernels decode faster (7B-shaped
+//! model packs the k-quants on a background thread meanwhile
+//! (`QMatrix::pack_in_background`): their tiles decode faster (7B-shaped
 //! Q4_K_M, 2 threads: 5.9–6.1 t/s against 4.0–4.3 on the direct kernels,
-//! which decode the scales per row and sum across lanes; Q8_0 about the same
-//! at 7B, SmolLM2's Q8_0 output 10 % faster).
+//! which decode the scales per row and sum across lanes).
 //!
 //! A direct kernel computes every output **bit for bit** as the tile kernel
 //! of its instruction set does (same integer dot product per block, same
@@ -36,6 +35,19 @@ pub(crate) fn available(ty: GgmlType, isa: Isa) -> bool {
         let _ = (ty, isa);
         false
     }
+}
+
+/// Whether packing deferred weights of `ty` on a background thread pays
+/// (`QMatrix::pack_in_background`). For the k-quants it does: their tiles
+/// decode much faster than their direct kernels. Q8_0 at 7B decodes at the
+/// same speed either way, and packing it under decode costs more than it
+/// gives (7B-shaped Q8_0, a 24-token answer to a short chat prompt: 13.5–15.9
+/// s with the packer, 2 t/s while it runs, against 3.3 t/s without it), so
+/// Q8_0 waits for a long prefill — at the cost of small models decoding
+/// their Q8_0 matrices on the direct kernel until then (SmolLM2 `bench -p 0`:
+/// 154 t/s, 213 once packed).
+pub(crate) fn pack_in_background(ty: GgmlType) -> bool {
+    ty != GgmlType::Q8_0
 }
 
 /// `out[j · stride + r] = W[r] · a[a0 + j]` for the `rows` rows of `w`
