@@ -86,6 +86,9 @@ enum Storage {
 struct Deferred {
     fmt: Format,
     parts: Vec<SharedPart>,
+    /// Weights per row and bytes per row in the file's layout.
+    cols: usize,
+    row_bytes: usize,
     tiles: OnceLock<AlignedBytes>,
 }
 
@@ -151,7 +154,7 @@ const PACK_RUN_ROWS: usize = 1024;
 
 impl Deferred {
     /// The tiles, packed now if no product has needed them yet.
-    fn tiles(&self, rows: usize, cols: usize, row_bytes: usize) -> &AlignedBytes {
+    fn tiles(&self) -> &AlignedBytes {
         let mut packed_here = false;
         let tiles = self.tiles.get_or_init(|| {
             packed_here = true;
@@ -164,7 +167,8 @@ impl Deferred {
                     owner: Some((&*p.source, p.range.clone())),
                 })
                 .collect();
-            pack_tiles(&self.fmt, rows, cols, row_bytes, &parts)
+            let rows = self.parts.iter().map(|p| p.rows).sum();
+            pack_tiles(&self.fmt, rows, self.cols, self.row_bytes, &parts)
         });
         if packed_here {
             // Again, now that products use the tiles: a direct product that
@@ -481,13 +485,13 @@ impl QMatrix {
     pub fn pack_in_background<'a>(
         matrices: impl IntoIterator<Item = &'a QMatrix>,
     ) -> Option<std::thread::JoinHandle<()>> {
-        let todo: Vec<(std::sync::Weak<Deferred>, usize, usize, usize)> = matrices
+        let todo: Vec<std::sync::Weak<Deferred>> = matrices
             .into_iter()
             .filter_map(|m| match &m.storage {
                 Storage::Deferred(d)
                     if d.tiles.get().is_none() && direct::pack_in_background(m.ty) =>
                 {
-                    Some((Arc::downgrade(d), m.rows, m.cols, m.row_bytes))
+                    Some(Arc::downgrade(d))
                 }
                 _ => None,
             })
@@ -503,10 +507,8 @@ impl QMatrix {
             .name("foehn-pack".into())
             .spawn(move || {
                 one_core.install(|| {
-                    for (d, rows, cols, row_bytes) in todo {
-                        if let Some(d) = d.upgrade() {
-                            d.tiles(rows, cols, row_bytes);
-                        }
+                    for d in todo.iter().filter_map(std::sync::Weak::upgrade) {
+                        d.tiles();
                     }
                 })
             })
@@ -577,6 +579,8 @@ impl QMatrix {
                 Storage::Deferred(Arc::new(Deferred {
                     fmt,
                     parts,
+                    cols,
+                    row_bytes,
                     tiles: OnceLock::new(),
                 }))
             }
@@ -612,7 +616,7 @@ impl QMatrix {
             Storage::Packed { fmt, tiles } => Some((fmt, tiles.as_slice())),
             Storage::Deferred(d) => {
                 let tiles = if pack_now {
-                    Some(d.tiles(self.rows, self.cols, self.row_bytes))
+                    Some(d.tiles())
                 } else {
                     d.tiles.get()
                 };
