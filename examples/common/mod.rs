@@ -10,7 +10,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::parser::ValueSource;
 use clap::{Args, ValueEnum};
 use foehn::engine::{Backend, CandleDevice, Isq};
-use foehn::model::KvCacheType;
+use foehn::model::{ActPrecision, KvCacheType};
 use foehn::remote::OpenAiClient;
 use foehn::{
     CancelToken, Capabilities, EventStream, GenerateError, GenerateRequest, Generator, LoadOptions,
@@ -32,6 +32,9 @@ pub struct ModelFlags {
     /// Quantize a safetensors model's weights at load: q8_0, q4_0, q4k or q6k (not for GGUF files).
     #[arg(long)]
     pub isq: Option<Isq>,
+    /// Quantize activations in two 8-bit passes (the levels, then what they lost): the logits of f32 activations, at 2-2.3x the prefill time (cpu backend).
+    #[arg(long)]
+    pub precise: bool,
 }
 
 /// The `--backend` choice.
@@ -56,6 +59,11 @@ impl ModelFlags {
             kv_type: self.kv,
             backend: self.backend(),
             isq: self.isq,
+            act_precision: if self.precise {
+                ActPrecision::Q8x2
+            } else {
+                ActPrecision::Q8
+            },
             ..opts
         }
     }

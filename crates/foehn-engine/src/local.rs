@@ -14,7 +14,7 @@ use foehn_hub::FetchOptions;
 use foehn_loader::safetensors::SafetensorsModel;
 use foehn_loader::{config_from_hf, GgufFile};
 use foehn_model::candle::{CandleDevice, CandleTransformer};
-use foehn_model::{KvCacheOptions, KvCacheType, Transformer, WeightOptions};
+use foehn_model::{ActPrecision, KvCacheOptions, KvCacheType, Transformer, WeightOptions};
 use foehn_tokenizer::{EncodeOptions, Tokenizer};
 
 use crate::isq::Isq;
@@ -38,6 +38,11 @@ pub struct LoadOptions {
     /// them as stored). CPU backend only; refused for GGUF files, whose
     /// weights are quantized already.
     pub isq: Option<Isq>,
+    /// How finely the CPU kernels quantize activations (default
+    /// [`ActPrecision::Q8`], as llama.cpp; [`ActPrecision::Q8x2`] gives
+    /// the logits of f32 activations at up to twice the prefill compute).
+    /// CPU backend only.
+    pub act_precision: ActPrecision,
 }
 
 /// Which implementation runs the transformer.
@@ -75,6 +80,7 @@ impl Default for LoadOptions {
             fetch: FetchOptions::default(),
             backend: Backend::Cpu,
             isq: None,
+            act_precision: ActPrecision::Q8,
         }
     }
 }
@@ -93,6 +99,7 @@ pub(crate) struct Inner {
     template: Option<ChatTemplate>,
     mistral: Option<MistralVersion>,
     pub(crate) cache_opts: KvCacheOptions,
+    pub(crate) act_precision: ActPrecision,
     pub(crate) pool: rayon::ThreadPool,
     name: String,
     load_time: Duration,
@@ -130,6 +137,13 @@ impl LocalModel {
                     "in-situ quantization ({isq}) runs on the cpu backend only"
                 )));
             }
+        }
+        if opts.act_precision != ActPrecision::Q8 && opts.backend != Backend::Cpu {
+            return Err(EngineError::Other(format!(
+                "activation precision {:?} is an option of the cpu backend (candle quantizes \
+                 activations itself)",
+                opts.act_precision
+            )));
         }
         let device = match opts.backend {
             Backend::Cpu => None,
@@ -190,6 +204,7 @@ impl LocalModel {
             template,
             mistral,
             cache_opts,
+            act_precision: opts.act_precision,
             pool,
             name,
             load_time: start.elapsed(),

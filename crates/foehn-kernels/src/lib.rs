@@ -7,7 +7,7 @@ pub mod qmatrix;
 pub mod quant;
 pub mod vecops;
 
-pub use qmatrix::{ByteSource, MatScratch, QMatrix};
+pub use qmatrix::{ActPrecision, ByteSource, MatScratch, QMatrix};
 pub use quant::{dequantize_row, GgmlType, KernelError};
 pub use quant::{quantize_matrix, quantize_row};
 pub use vecops::dot;

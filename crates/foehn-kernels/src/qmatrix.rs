@@ -17,6 +17,10 @@
 //! activation rows, split over rayon's pool. Unpacked matrices (floats, and
 //! rows that are not whole 256-weight superblocks) dequantize one row at a
 //! time and dot it in f32.
+//!
+//! [`ActPrecision::Q8x2`] trades compute for fidelity: the activations are
+//! quantized twice, the second time what the first lost, and the kernels
+//! run both as one product of twice the rows (the weights are read once).
 
 use std::ops::Range;
 use std::sync::{Arc, OnceLock};
@@ -284,12 +288,34 @@ impl std::fmt::Debug for QMatrix {
     }
 }
 
+/// How finely the SIMD kernels quantize the activations of a product.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub enum ActPrecision {
+    /// 8-bit levels with a scale per 32 values, as llama.cpp: the fastest;
+    /// each value is off by up to half a step (`max|x| / 254` of its block).
+    #[default]
+    Q8,
+    /// The 8-bit levels and, quantized the same way, what they lost: about
+    /// 15 bits per value, so products match f32 activations to ~1e-4
+    /// relative. The kernels compute both as one product of twice the
+    /// activation rows: up to twice the compute of [`Q8`](Self::Q8) for a
+    /// long prompt, little more for a decode step, whose cost is reading
+    /// the weights.
+    Q8x2,
+}
+
 /// Per-chunk f32 buffers for the products, allocated once so that a product
-/// allocates nothing (beyond rayon's own bookkeeping).
+/// allocates nothing (beyond rayon's own bookkeeping), and the precision of
+/// the products that use them.
 #[derive(Debug, Clone, Default)]
 pub struct MatScratch {
     bufs: Vec<Vec<f32>>,
     acts: QuantizedActs,
+    precision: ActPrecision,
+    /// [`ActPrecision::Q8x2`]: the activations and their remainders
+    /// (`2n × cols`), and the product of both (`2n × rows`).
+    wide_xs: Vec<f32>,
+    wide_out: Vec<f32>,
 }
 
 impl MatScratch {
@@ -303,7 +329,27 @@ impl MatScratch {
         Self {
             bufs: (0..chunks).map(|_| vec![0.0; max_cols]).collect(),
             acts,
+            ..Self::default()
         }
+    }
+
+    /// Sets how the products that use this scratch quantize activations;
+    /// with [`ActPrecision::Q8x2`], makes room for the products of one
+    /// activation row with matrices of up to `max_rows` rows, so that a
+    /// decode step allocates nothing.
+    pub fn set_precision(&mut self, precision: ActPrecision, max_rows: usize) {
+        self.precision = precision;
+        if precision == ActPrecision::Q8x2 {
+            let cols = self.bufs.first().map_or(0, Vec::len);
+            self.acts.reserve(2, cols.next_multiple_of(ACT_BLOCK));
+            grow(&mut self.wide_xs, 2 * cols);
+            grow(&mut self.wide_out, 2 * max_rows);
+        }
+    }
+
+    /// How the products that use this scratch quantize activations.
+    pub fn precision(&self) -> ActPrecision {
+        self.precision
     }
 
     /// Number of row chunks a product is split into.
@@ -322,6 +368,12 @@ impl MatScratch {
                 b.resize(cols, 0.0);
             }
         }
+    }
+}
+
+fn grow(v: &mut Vec<f32>, len: usize) {
+    if v.len() < len {
+        v.resize(len, 0.0);
     }
 }
 
@@ -870,6 +922,11 @@ const ACT_ROWS_PER_CALL: usize = 4;
 /// Q4_K_M, 2 threads: packing ≈ 4.5 s, a pass ≈ 0.25 s).
 const DIRECT_ACT_ROWS: usize = 32;
 
+/// [`ActPrecision::Q8x2`]: activation rows per product of twice as many
+/// (the rows and their remainders), so that its buffers stay small (one
+/// task's worth of activation rows, [`ACT_ROWS_PER_TASK`]).
+const Q8X2_ACT_ROWS: usize = ACT_ROWS_PER_TASK / 2;
+
 /// Weight rows a direct product computes for every activation row before
 /// moving on, so that they are read from L2 after the first call.
 const DIRECT_ROWS_PER_BLOCK: usize = 64;
@@ -878,8 +935,8 @@ impl QMatrix {
     /// `out[t·rows + r] = W[r] · xs[t]` for `n` activation rows through the
     /// SIMD kernels, if the matrix was handed to them (lengths checked by
     /// the callers): the tile kernels, or a deferred matrix's direct kernel
-    /// for up to [`DIRECT_ACT_ROWS`] rows. `false` (nothing computed) for
-    /// a matrix computed row by row in f32.
+    /// for up to [`DIRECT_ACT_ROWS`] rows, at the scratch's precision.
+    /// `false` (nothing computed) for a matrix computed row by row in f32.
     fn kernel_product(
         &self,
         xs: &[f32],
@@ -887,16 +944,62 @@ impl QMatrix {
         out: &mut [f32],
         scratch: &mut MatScratch,
     ) -> bool {
-        let pack_now = n > DIRECT_ACT_ROWS;
+        let fmt = match &self.storage {
+            Storage::Packed { fmt, .. } => fmt,
+            Storage::Deferred(d) => &d.fmt,
+            _ => return false,
+        };
+        if scratch.precision == ActPrecision::Q8 {
+            self.q8_product(xs, n, n, out, scratch);
+            return true;
+        }
+        // Q8x2: per run of activation rows, [xs; remainders] as one product
+        // of twice the rows, summed in pairs.
+        let (cols, rows) = (self.cols, self.rows);
+        let mut wide_xs = std::mem::take(&mut scratch.wide_xs);
+        let mut wide_out = std::mem::take(&mut scratch.wide_out);
+        for (xs, out) in xs
+            .chunks(Q8X2_ACT_ROWS * cols)
+            .zip(out.chunks_mut(Q8X2_ACT_ROWS * rows))
+        {
+            let m = xs.len() / cols;
+            grow(&mut wide_xs, 2 * m * cols);
+            grow(&mut wide_out, 2 * m * rows);
+            let (lead, rest) = wide_xs[..2 * m * cols].split_at_mut(m * cols);
+            lead.copy_from_slice(xs);
+            scratch.acts.quantize(xs, cols, fmt);
+            scratch.acts.remainder(xs, rest);
+            let both = &mut wide_out[..2 * m * rows];
+            self.q8_product(&wide_xs[..2 * m * cols], 2 * m, n, both, scratch);
+            let (hi, lo) = both.split_at(m * rows);
+            for ((o, &h), &l) in out.iter_mut().zip(hi).zip(lo) {
+                *o = h + l;
+            }
+        }
+        scratch.wide_xs = wide_xs;
+        scratch.wide_out = wide_out;
+        true
+    }
+
+    /// [`kernel_product`](Self::kernel_product) with 8-bit activations, for
+    /// a packed or deferred matrix; `product_n` is the number of rows of the
+    /// whole product the caller asked for (more than `n` for
+    /// [`ActPrecision::Q8x2`]), which decides whether a deferred matrix is
+    /// packed first.
+    fn q8_product(
+        &self,
+        xs: &[f32],
+        n: usize,
+        product_n: usize,
+        out: &mut [f32],
+        scratch: &mut MatScratch,
+    ) {
+        let pack_now = product_n > DIRECT_ACT_ROWS;
         if let Some((fmt, tiles)) = self.tiles(pack_now) {
             self.packed_product(fmt, tiles, xs, n, out, scratch);
-            return true;
-        }
-        if let Storage::Deferred(d) = &self.storage {
+        } else if let Storage::Deferred(d) = &self.storage {
             self.direct_product(d, xs, n, out, scratch);
-            return true;
         }
-        false
     }
 
     /// As [`packed_product`](Self::packed_product) for a deferred matrix
@@ -1155,6 +1258,119 @@ mod tests {
                 assert_eq!(a, b, "{ty}");
             }
         }
+    }
+
+    /// [`ActPrecision::Q8x2`]: packed and (where deferred) direct products
+    /// against the f64 reference, every output within the bound the two
+    /// quantizations allow (each value off by at most `max|x| / 64516` of
+    /// its 32-block, or 256-superblock for the k-quants: half a step of the
+    /// remainder, whose step is at most `1/127` of half the first's), and
+    /// NMSE a thousand times below that of [`ActPrecision::Q8`] on the
+    /// same products.
+    #[test]
+    fn two_pass_products_match_f32_activations() {
+        use GgmlType::*;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(29);
+        for ty in [
+            Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_XS,
+        ] {
+            for (rows, cols) in [(37, 512), (130, 256)] {
+                let bytes = random_bytes(&mut rng, ty, rows, cols);
+                let source: Arc<dyn ByteSource> = Arc::new(bytes.clone());
+                let len = bytes.len();
+                for deferred in [false, true] {
+                    let m = if deferred {
+                        QMatrix::from_shared(ty, rows, cols, source.clone(), 0..len)
+                            .unwrap()
+                            .packed()
+                    } else {
+                        QMatrix::from_owned(ty, rows, cols, bytes.clone())
+                            .unwrap()
+                            .packed()
+                    };
+                    assert!(m.is_packed() || m.is_deferred(), "{ty}");
+                    let mut q8 = MatScratch::new(cols);
+                    let mut q8x2 = MatScratch::new(cols);
+                    q8x2.set_precision(ActPrecision::Q8x2, rows);
+                    assert_eq!(q8x2.precision(), ActPrecision::Q8x2);
+                    let (mut got8, mut got16, mut all_want) = (Vec::new(), Vec::new(), Vec::new());
+                    // 40 rows pack a deferred matrix: both kernels are run.
+                    for n in [1, 3, 40] {
+                        // Blocks of unlike magnitudes (the k-quants' superblock
+                        // scales give small blocks fewer bits).
+                        let mut xs: Vec<f32> =
+                            (0..n * cols).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
+                        for b in xs.chunks_mut(ACT_BLOCK) {
+                            let scale = 10f32.powf(rng.gen_range(-2.0f32..0.0));
+                            b.iter_mut().for_each(|v| *v *= scale);
+                        }
+                        let (want, tol) = naive(ty, &bytes, rows, cols, &xs);
+                        // Scales are chosen per 32 values, or per 256 (k-quants).
+                        let unit = ty.block_size().max(ACT_BLOCK);
+                        let mut got = vec![f32::NAN; n * rows];
+                        m.matmul(&xs, &mut got, &mut q8x2).unwrap();
+                        let mut w = vec![0.0f32; cols];
+                        let rb = ty.row_bytes(cols).unwrap();
+                        for r in 0..rows {
+                            dequantize_row(ty, &bytes[r * rb..(r + 1) * rb], &mut w).unwrap();
+                            for t in 0..n {
+                                let x = &xs[t * cols..(t + 1) * cols];
+                                let bound: f64 = w
+                                    .chunks(unit)
+                                    .zip(x.chunks(unit))
+                                    .map(|(w, x)| {
+                                        let amax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+                                        let wsum: f64 = w.iter().map(|v| f64::from(v.abs())).sum();
+                                        wsum * f64::from(amax) / 64516.0
+                                    })
+                                    .sum();
+                                let (g, e) = (got[t * rows + r], want[t * rows + r]);
+                                let lim = bound as f32 + tol[t * rows + r];
+                                assert!(
+                                    (g - e).abs() <= lim,
+                                    "{ty} {rows}x{cols} deferred={deferred} n={n} [{t},{r}]: {g} vs {e} (bound {lim})"
+                                );
+                            }
+                        }
+                        if n == 1 {
+                            let mut got1 = vec![f32::NAN; rows];
+                            m.matvec(&xs, &mut got1, &mut q8x2).unwrap();
+                            assert_eq!(got1, got, "{ty} matvec");
+                        }
+                        let mut plain = vec![f32::NAN; n * rows];
+                        m.matmul(&xs, &mut plain, &mut q8).unwrap();
+                        got8.extend(plain);
+                        got16.extend(got);
+                        all_want.extend(want);
+                    }
+                    let (e8, e16) = (nmse(&got8, &all_want), nmse(&got16, &all_want));
+                    assert!(
+                        e16 <= e8 / 1000.0,
+                        "{ty} {rows}x{cols} deferred={deferred}: nmse q8x2 {e16} vs q8 {e8}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Setting [`ActPrecision::Q8x2`] makes room for a one-row product with
+    /// the widest matrix: a decode step's products reuse the buffers.
+    #[test]
+    fn two_pass_scratch_is_reserved_for_one_row() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(31);
+        let (rows, cols) = (300, 512);
+        let bytes = random_bytes(&mut rng, GgmlType::Q4_0, rows, cols);
+        let m = QMatrix::from_owned(GgmlType::Q4_0, rows, cols, bytes)
+            .unwrap()
+            .packed();
+        let mut scratch = MatScratch::new(cols);
+        scratch.set_precision(ActPrecision::Q8x2, rows);
+        let ptrs = |s: &MatScratch| (s.wide_xs.as_ptr(), s.wide_out.as_ptr(), s.acts.qs.as_ptr());
+        let before = ptrs(&scratch);
+        let x: Vec<f32> = (0..cols).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
+        let mut out = vec![0.0; rows];
+        m.matvec(&x, &mut out, &mut scratch).unwrap();
+        assert_eq!(ptrs(&scratch), before);
     }
 
     #[test]

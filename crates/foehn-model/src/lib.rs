@@ -33,7 +33,7 @@ mod weights;
 
 pub use cache::{KvCache, KvCacheOptions, KvCacheType, DEFAULT_CHUNK, DEFAULT_CTX_LEN};
 pub use error::{ModelError, Result};
-pub use foehn_kernels::QMatrix;
+pub use foehn_kernels::{ActPrecision, QMatrix};
 pub use isq::WeightOptions;
 pub use rope::{Rope, RopeStyle};
 pub use scratch::Scratch;

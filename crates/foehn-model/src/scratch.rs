@@ -2,7 +2,7 @@
 //! chunk size and a model, so that a decode step allocates nothing.
 
 use foehn_core::ModelConfig;
-use foehn_kernels::MatScratch;
+use foehn_kernels::{ActPrecision, MatScratch};
 
 use crate::attention::{AttnShape, AttnWork};
 use crate::cache::KvCache;
@@ -89,6 +89,22 @@ impl Scratch {
     /// Most tokens per forward pass.
     pub fn chunk(&self) -> usize {
         self.chunk
+    }
+
+    /// Sets how finely the passes that use these buffers quantize the
+    /// activations of their matrix products (default
+    /// [`ActPrecision::Q8`], as llama.cpp), making room for it so that a
+    /// decode step still allocates nothing.
+    pub fn set_act_precision(&mut self, precision: ActPrecision) {
+        let [hidden, heads, kv_heads, head_dim, inter, vocab, _] = self.dims;
+        let widest = [hidden, (heads + 2 * kv_heads) * head_dim, 2 * inter, vocab];
+        self.mat
+            .set_precision(precision, widest.into_iter().max().unwrap_or(0));
+    }
+
+    /// How the passes that use these buffers quantize activations.
+    pub fn act_precision(&self) -> ActPrecision {
+        self.mat.precision()
     }
 }
 

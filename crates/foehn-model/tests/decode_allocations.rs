@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use foehn_loader::GgufFile;
-use foehn_model::{argmax, KvCacheOptions, LogitsMode, Transformer};
+use foehn_model::{argmax, ActPrecision, KvCacheOptions, LogitsMode, Transformer};
 
 struct Counting;
 
@@ -45,13 +45,18 @@ fn decode_step_does_not_allocate() {
         "/../../tests/fixtures/tiny-mistral/gguf/tiny-mistral-Q4_K_M.gguf"
     );
     let model = Transformer::from_gguf(Arc::new(GgufFile::open(path).unwrap())).unwrap();
-    for max_chunk in [512, 4] {
+    for (max_chunk, precision) in [
+        (512, ActPrecision::Q8),
+        (4, ActPrecision::Q8),
+        (4, ActPrecision::Q8x2),
+    ] {
         let opts = KvCacheOptions {
             max_chunk,
             ..KvCacheOptions::default()
         };
         let mut cache = model.new_cache(opts).unwrap();
         let mut scratch = model.new_scratch(&cache);
+        scratch.set_act_precision(precision);
         let (before, after) = rayon::scope(|_| {
             let mut next = argmax(
                 model
@@ -82,7 +87,7 @@ fn decode_step_does_not_allocate() {
         let allocs = after - before;
         assert_eq!(
             allocs, 0,
-            "200 decode steps (max_chunk {max_chunk}) allocated {allocs} times"
+            "200 decode steps (max_chunk {max_chunk}, {precision:?}) allocated {allocs} times"
         );
     }
 }

@@ -163,6 +163,24 @@ impl QuantizedActs {
         }
     }
 
+    /// What quantizing lost: `rest = xs − q · d` for the `n × cols` values
+    /// quantized last (`xs` the same values), each within half a step of 0.
+    /// Quantized in turn, the remainder carries the next 8 bits of `xs`
+    /// ([`ActPrecision::Q8x2`](crate::qmatrix::ActPrecision::Q8x2)).
+    pub(crate) fn remainder(&self, xs: &[f32], rest: &mut [f32]) {
+        let len = self.n * self.cols;
+        let blocks = xs[..len]
+            .chunks_exact(ACT_BLOCK)
+            .zip(rest[..len].chunks_exact_mut(ACT_BLOCK))
+            .zip(self.qs[..len].chunks_exact(ACT_BLOCK))
+            .zip(&self.d);
+        for (((x, r), q), &d) in blocks {
+            for ((r, &x), &q) in r.iter_mut().zip(x).zip(q) {
+                *r = x - f32::from(q) * d;
+            }
+        }
+    }
+
     /// The levels of row `r`.
     #[inline]
     pub(crate) fn row(&self, r: usize) -> &[i8] {
