@@ -27,7 +27,7 @@ use std::sync::{Arc, OnceLock};
 
 use rayon::prelude::*;
 
-use crate::cpu::act::{QuantizedActs, ACT_BLOCK};
+use crate::cpu::act::{grow, QuantizedActs, ACT_BLOCK};
 use crate::cpu::format::{Format, TILE};
 use crate::cpu::{direct, format_for, pack, tile_fn, Isa};
 use crate::vecops::dot;
@@ -342,8 +342,8 @@ impl MatScratch {
         if precision == ActPrecision::Q8x2 {
             let cols = self.bufs.first().map_or(0, Vec::len);
             self.acts.reserve(2, cols.next_multiple_of(ACT_BLOCK));
-            grow(&mut self.wide_xs, 2 * cols);
-            grow(&mut self.wide_out, 2 * max_rows);
+            grow(&mut self.wide_xs, 2 * cols, 0.0);
+            grow(&mut self.wide_out, 2 * max_rows, 0.0);
         }
     }
 
@@ -368,12 +368,6 @@ impl MatScratch {
                 b.resize(cols, 0.0);
             }
         }
-    }
-}
-
-fn grow(v: &mut Vec<f32>, len: usize) {
-    if v.len() < len {
-        v.resize(len, 0.0);
     }
 }
 
@@ -963,8 +957,8 @@ impl QMatrix {
             .zip(out.chunks_mut(Q8X2_ACT_ROWS * rows))
         {
             let m = xs.len() / cols;
-            grow(&mut wide_xs, 2 * m * cols);
-            grow(&mut wide_out, 2 * m * rows);
+            grow(&mut wide_xs, 2 * m * cols, 0.0);
+            grow(&mut wide_out, 2 * m * rows, 0.0);
             let (lead, rest) = wide_xs[..2 * m * cols].split_at_mut(m * cols);
             lead.copy_from_slice(xs);
             scratch.acts.quantize(xs, cols, fmt);

@@ -250,7 +250,8 @@ impl QuantizedActs {
     }
 }
 
-fn grow<T: Copy>(v: &mut Vec<T>, len: usize, fill: T) {
+/// Lengthens `v` to at least `len`, filling with `fill` (never shortens).
+pub(crate) fn grow<T: Copy>(v: &mut Vec<T>, len: usize, fill: T) {
     if v.len() < len {
         v.resize(len, fill);
     }
