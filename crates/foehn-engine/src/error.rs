@@ -14,9 +14,6 @@ pub enum EngineError {
     /// The model could not be built or run.
     #[error(transparent)]
     Model(#[from] foehn_model::ModelError),
-    /// The candle backend failed.
-    #[error(transparent)]
-    Candle(#[from] foehn_model::candle::CandleError),
     /// The tokenizer could not be built or used.
     #[error(transparent)]
     Tokenizer(#[from] foehn_tokenizer::TokenizerError),

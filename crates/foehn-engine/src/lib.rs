@@ -8,7 +8,7 @@ mod local;
 mod session;
 
 pub use error::{EngineError, Result};
-pub use foehn_model::candle::CandleDevice;
+pub use foehn_model::CandleDevice;
 pub use isq::Isq;
 pub use local::{Backend, LoadOptions, LocalModel};
 pub use session::{top_k, Generation, Session};

@@ -13,8 +13,10 @@ use foehn_core::{
 use foehn_hub::FetchOptions;
 use foehn_loader::safetensors::SafetensorsModel;
 use foehn_loader::{config_from_hf, GgufFile};
-use foehn_model::candle::{CandleDevice, CandleTransformer};
-use foehn_model::{ActPrecision, KvCacheOptions, KvCacheType, Transformer, WeightOptions};
+use foehn_model::{
+    ActPrecision, CandleDevice, Decoder, KvCacheOptions, KvCacheType, SessionOptions, Transformer,
+    WeightOptions,
+};
 use foehn_tokenizer::{EncodeOptions, Tokenizer};
 
 use crate::isq::Isq;
@@ -56,21 +58,6 @@ pub enum Backend {
     Candle(CandleDevice),
 }
 
-/// The transformer, on the backend it was loaded for.
-pub(crate) enum Net {
-    Cpu(Transformer),
-    Candle(CandleTransformer),
-}
-
-impl Net {
-    pub(crate) fn config(&self) -> &ModelConfig {
-        match self {
-            Net::Cpu(t) => t.config(),
-            Net::Candle(t) => t.config(),
-        }
-    }
-}
-
 impl Default for LoadOptions {
     fn default() -> Self {
         Self {
@@ -94,12 +81,12 @@ pub struct LocalModel {
 
 /// What a [`LocalModel`] shares between its clones and sessions.
 pub(crate) struct Inner {
-    pub(crate) net: Net,
+    /// The transformer, on the backend it was loaded for.
+    pub(crate) net: Arc<dyn Decoder>,
     pub(crate) tokenizer: Tokenizer,
     template: Option<ChatTemplate>,
     mistral: Option<MistralVersion>,
-    pub(crate) cache_opts: KvCacheOptions,
-    pub(crate) act_precision: ActPrecision,
+    pub(crate) session_opts: SessionOptions,
     pub(crate) pool: rayon::ThreadPool,
     name: String,
     load_time: Duration,
@@ -145,30 +132,24 @@ impl LocalModel {
                 opts.act_precision
             )));
         }
-        let device = match opts.backend {
-            Backend::Cpu => None,
-            Backend::Candle(d) => Some(d.open()?),
+        let weights = WeightOptions {
+            isq: opts.isq.map(Isq::ggml_type),
         };
         let (net, tokenizer) = if path.is_dir() {
             let st = Arc::new(SafetensorsModel::open(&path)?);
             let cfg = config_from_hf(&path)?;
             let tokenizer = Tokenizer::from_file(path.join("tokenizer.json"))?;
-            let net = match &device {
-                None => {
-                    let weights = WeightOptions {
-                        isq: opts.isq.map(Isq::ggml_type),
-                    };
-                    Net::Cpu(Transformer::from_safetensors_with(st, cfg, &weights)?)
-                }
-                Some(d) => Net::Candle(CandleTransformer::from_safetensors(&st, cfg, d)?),
+            let net: Arc<dyn Decoder> = match opts.backend {
+                Backend::Cpu => Arc::new(Transformer::from_safetensors_with(st, cfg, &weights)?),
+                Backend::Candle(d) => candle::load_safetensors(d, st, cfg, &weights)?,
             };
             (net, tokenizer)
         } else {
             let gguf = Arc::new(GgufFile::open(&path)?);
             let tokenizer = Tokenizer::from_gguf(gguf.metadata())?;
-            let net = match &device {
-                None => Net::Cpu(Transformer::from_gguf(gguf)?),
-                Some(d) => Net::Candle(CandleTransformer::from_gguf(&gguf, d)?),
+            let net: Arc<dyn Decoder> = match opts.backend {
+                Backend::Cpu => Arc::new(Transformer::from_gguf(gguf)?),
+                Backend::Candle(d) => candle::load_gguf(d, gguf)?,
             };
             (net, tokenizer)
         };
@@ -189,10 +170,13 @@ impl LocalModel {
             .num_threads(threads.max(1))
             .build()
             .map_err(|e| EngineError::Other(format!("thread pool: {e}")))?;
-        let cache_opts = KvCacheOptions {
-            ctx_len: opts.ctx_len,
-            dtype: opts.kv_type,
-            ..KvCacheOptions::default()
+        let session_opts = SessionOptions {
+            cache: KvCacheOptions {
+                ctx_len: opts.ctx_len,
+                dtype: opts.kv_type,
+                ..KvCacheOptions::default()
+            },
+            act_precision: opts.act_precision,
         };
         let name = path
             .file_name()
@@ -203,8 +187,7 @@ impl LocalModel {
             tokenizer,
             template,
             mistral,
-            cache_opts,
-            act_precision: opts.act_precision,
+            session_opts,
             pool,
             name,
             load_time: start.elapsed(),
@@ -225,12 +208,20 @@ impl LocalModel {
     }
 
     /// The CPU-backend transformer (`None` on the candle backend), for
-    /// low-level use such as all-positions logits.
+    /// low-level use such as its weight matrices.
     pub fn cpu_transformer(&self) -> Option<&Transformer> {
-        match &self.inner.net {
-            Net::Cpu(t) => Some(t),
-            Net::Candle(_) => None,
-        }
+        self.inner.net.as_any().downcast_ref::<Transformer>()
+    }
+
+    /// The loaded decoder, on whichever backend: open sessions of it for
+    /// low-level use such as all-positions logits.
+    pub fn decoder(&self) -> &Arc<dyn Decoder> {
+        &self.inner.net
+    }
+
+    /// How this model's sessions are opened (cache size and type, precision).
+    pub fn session_options(&self) -> &SessionOptions {
+        &self.inner.session_opts
     }
 
     /// How long [`LocalModel::load`] took (file open to ready).
@@ -242,7 +233,8 @@ impl LocalModel {
     pub fn context_length(&self) -> usize {
         let max = self.config().max_position_embeddings;
         self.inner
-            .cache_opts
+            .session_opts
+            .cache
             .ctx_len
             .unwrap_or(foehn_model::DEFAULT_CTX_LEN.min(max))
     }
@@ -319,5 +311,61 @@ impl Generator for LocalModel {
     ) -> Result<EventStream, GenerateError> {
         let session = self.session()?;
         Ok(Box::new(session.into_generation(request, cancel)?))
+    }
+}
+
+/// Loading on the candle backend, or a clear error where it is not compiled in.
+mod candle {
+    use std::sync::Arc;
+
+    use foehn_core::ModelConfig;
+    use foehn_loader::safetensors::SafetensorsModel;
+    use foehn_loader::GgufFile;
+    use foehn_model::{CandleDevice, Decoder, WeightOptions};
+
+    use crate::Result;
+
+    #[cfg(feature = "candle")]
+    pub(super) fn load_gguf(device: CandleDevice, file: Arc<GgufFile>) -> Result<Arc<dyn Decoder>> {
+        let backend = foehn_model::candle::Candle::new(device.open()?);
+        Ok(Arc::new(foehn_model::Model::load_gguf(backend, file)?))
+    }
+
+    #[cfg(feature = "candle")]
+    pub(super) fn load_safetensors(
+        device: CandleDevice,
+        st: Arc<SafetensorsModel>,
+        cfg: ModelConfig,
+        weights: &WeightOptions,
+    ) -> Result<Arc<dyn Decoder>> {
+        let backend = foehn_model::candle::Candle::new(device.open()?);
+        Ok(Arc::new(foehn_model::Model::load_safetensors(
+            backend, st, cfg, weights,
+        )?))
+    }
+
+    #[cfg(not(feature = "candle"))]
+    fn missing(device: CandleDevice) -> crate::EngineError {
+        crate::EngineError::Other(format!(
+            "the candle backend (device {device}) is not compiled in: build with the `candle` feature"
+        ))
+    }
+
+    #[cfg(not(feature = "candle"))]
+    pub(super) fn load_gguf(
+        device: CandleDevice,
+        _file: Arc<GgufFile>,
+    ) -> Result<Arc<dyn Decoder>> {
+        Err(missing(device))
+    }
+
+    #[cfg(not(feature = "candle"))]
+    pub(super) fn load_safetensors(
+        device: CandleDevice,
+        _st: Arc<SafetensorsModel>,
+        _cfg: ModelConfig,
+        _weights: &WeightOptions,
+    ) -> Result<Arc<dyn Decoder>> {
+        Err(missing(device))
     }
 }

@@ -6,12 +6,11 @@ use foehn_core::{
     CancelToken, Completion, Event, FinishReason, GenerateError, GenerateRequest, Timings,
     TokenEvent, Usage,
 };
-use foehn_model::candle::CandleCache;
-use foehn_model::{KvCache, LogitsMode, Scratch};
+use foehn_model::{DecoderSession, LogitsMode};
 use foehn_sampler::{Sampler, SamplerConfig, StopStrings};
 use foehn_tokenizer::StreamDecoder;
 
-use crate::local::{Inner, LocalModel, Net};
+use crate::local::{Inner, LocalModel};
 use crate::Result;
 
 /// One conversation with a [`LocalModel`]: its own KV cache, kept across
@@ -26,18 +25,13 @@ pub struct Session {
 
 impl Session {
     pub(crate) fn new(model: LocalModel) -> Result<Self> {
-        let opts = model.inner.cache_opts;
-        let state = match &model.inner.net {
-            Net::Cpu(t) => {
-                let cache = t.new_cache(opts)?;
-                let mut scratch = Box::new(t.new_scratch(&cache));
-                scratch.set_act_precision(model.inner.act_precision);
-                State::Cpu { cache, scratch }
-            }
-            Net::Candle(t) => State::Candle {
-                cache: t.new_cache(opts)?,
-            },
-        };
+        // Inside the model's pool: work buffers are sized for its threads.
+        let inner = &model.inner;
+        let state = State(
+            inner
+                .pool
+                .install(|| inner.net.clone().session(&inner.session_opts))?,
+        );
         Ok(Self {
             model,
             state,
@@ -57,10 +51,7 @@ impl Session {
 
     /// Forgets the conversation (the next request prefills from scratch).
     pub fn reset(&mut self) {
-        match &mut self.state {
-            State::Cpu { cache, .. } => cache.clear(),
-            State::Candle { cache } => cache.clear(),
-        }
+        self.state.0.clear();
         self.cached.clear();
     }
 
@@ -116,38 +107,20 @@ impl Session {
     }
 }
 
-/// A session's KV cache (and work buffers) on the model's backend.
-enum State {
-    Cpu {
-        cache: KvCache,
-        scratch: Box<Scratch>,
-    },
-    Candle {
-        cache: CandleCache,
-    },
-}
+/// A session's KV cache and work buffers on the model's backend.
+struct State(Box<dyn DecoderSession>);
 
 impl State {
     fn position(&self) -> usize {
-        match self {
-            State::Cpu { cache, .. } => cache.position(),
-            State::Candle { cache } => cache.position(),
-        }
+        self.0.position()
     }
 
     fn ctx_len(&self) -> usize {
-        match self {
-            State::Cpu { cache, .. } => cache.ctx_len(),
-            State::Candle { cache } => cache.ctx_len(),
-        }
+        self.0.ctx_len()
     }
 
     fn truncate(&mut self, to: usize) -> Result<()> {
-        match self {
-            State::Cpu { cache, .. } => cache.truncate(to)?,
-            State::Candle { cache } => cache.truncate(to)?,
-        }
-        Ok(())
+        Ok(self.0.truncate(to)?)
     }
 
     /// Runs `tokens` at the cache's position (chunked when `prefill`) and
@@ -159,29 +132,16 @@ impl State {
         prefill: bool,
         out: &mut Vec<f32>,
     ) -> Result<()> {
-        match (self, &model.net) {
-            (State::Cpu { cache, scratch }, Net::Cpu(t)) => {
-                let logits = model.pool.install(|| {
-                    if prefill {
-                        t.prefill(tokens, cache, scratch)
-                    } else {
-                        t.forward(tokens, cache, scratch, LogitsMode::Last)
-                    }
-                })?;
-                out.clear();
-                out.extend_from_slice(logits);
+        let session = &mut self.0;
+        let logits = model.pool.install(|| {
+            if prefill {
+                session.prefill(tokens)
+            } else {
+                session.forward(tokens, LogitsMode::Last)
             }
-            (State::Candle { cache }, Net::Candle(t)) => {
-                *out = model.pool.install(|| {
-                    if prefill {
-                        t.prefill(tokens, cache)
-                    } else {
-                        t.forward(tokens, cache, LogitsMode::Last)
-                    }
-                })?;
-            }
-            _ => unreachable!("a session's state always matches its model's backend"),
-        }
+        })?;
+        out.clear();
+        out.extend_from_slice(logits);
         Ok(())
     }
 }

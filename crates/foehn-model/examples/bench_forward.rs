@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use foehn_loader::GgufFile;
-use foehn_model::candle::{CandleDevice, CandleTransformer};
-use foehn_model::{argmax, KvCacheOptions, LogitsMode, Transformer};
+use foehn_model::candle::Candle;
+use foehn_model::{argmax, Backend, CandleDevice, KvCacheOptions, LogitsMode, Model, Transformer};
 
 type BoxResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
@@ -85,37 +85,37 @@ fn run(
                 ),
                 model.config(),
             );
-            let mut cache = model.new_cache(opts)?;
-            let mut scratch = model.new_scratch(&cache);
-            // Warm-up (page in the weights), then measure.
-            model.prefill(&prompt[..prompt.len().min(8)], &mut cache, &mut scratch)?;
-            cache.clear();
-            measure(&prompt, decode_len, |tokens, prefill| {
-                let logits = if prefill {
-                    model.prefill(tokens, &mut cache, &mut scratch)?
-                } else {
-                    model.forward(tokens, &mut cache, &mut scratch, LogitsMode::Last)?
-                };
-                Ok(argmax(logits))
-            })
+            bench(&model, opts, &prompt, decode_len)
         }
         Some(device) => {
             let device = device.open()?;
-            let model = CandleTransformer::from_gguf(&file, &device)?;
+            let model = Model::load_gguf(Candle::new(device.clone()), file)?;
             let prompt = announce(format!("candle {device:?}"), model.config());
-            let mut cache = model.new_cache(opts)?;
-            model.prefill(&prompt[..prompt.len().min(8)], &mut cache)?;
-            cache.clear();
-            measure(&prompt, decode_len, |tokens, prefill| {
-                let logits = if prefill {
-                    model.prefill(tokens, &mut cache)?
-                } else {
-                    model.forward(tokens, &mut cache, LogitsMode::Last)?
-                };
-                Ok(argmax(&logits))
-            })
+            bench(&model, opts, &prompt, decode_len)
         }
     }
+}
+
+/// Warms `model` up (pages in the weights), then measures a prefill of
+/// `prompt` and `decode_len` decode steps.
+fn bench<B: Backend>(
+    model: &Model<B>,
+    opts: KvCacheOptions,
+    prompt: &[u32],
+    decode_len: usize,
+) -> BoxResult<()> {
+    let mut cache = model.new_cache(opts)?;
+    let mut work = model.new_scratch(&cache);
+    model.prefill(&prompt[..prompt.len().min(8)], &mut cache, &mut work)?;
+    cache.clear();
+    measure(prompt, decode_len, |tokens, prefill| {
+        let logits = if prefill {
+            model.prefill(tokens, &mut cache, &mut work)?
+        } else {
+            model.forward(tokens, &mut cache, &mut work, LogitsMode::Last)?
+        };
+        Ok(argmax(logits))
+    })
 }
 
 /// A deterministic pseudo-prompt of ordinary token ids.

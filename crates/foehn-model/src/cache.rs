@@ -3,7 +3,6 @@
 //! `window + chunk − 1` slots, which is all a chunk of queries can see.
 
 use foehn_core::ModelConfig;
-use half::f16;
 
 use crate::{ModelError, Result};
 
@@ -68,48 +67,114 @@ impl Default for KvCacheOptions {
     }
 }
 
-/// Cached keys or values of one layer: `slots × kv_dim`.
-#[derive(Debug, Clone)]
-pub(crate) enum KvStore {
-    F16(Vec<f16>),
-    F32(Vec<f32>),
+/// The shape of a session's KV cache, whatever the backend stores it in:
+/// layers, KV heads, slots per layer (`ctx_len`, or the ring of a sliding
+/// window), the largest chunk and the element type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KvGeometry {
+    /// Decoder blocks, each with its keys and values.
+    pub layers: usize,
+    /// Key/value heads per layer.
+    pub kv_heads: usize,
+    /// Elements per head.
+    pub head_dim: usize,
+    /// Positions held per layer: `ctx_len`, or `window + max_chunk − 1`
+    /// (at most `ctx_len`) with a sliding window.
+    pub slots: usize,
+    /// Most tokens a session may hold.
+    pub ctx_len: usize,
+    /// The model's sliding window.
+    pub window: Option<usize>,
+    /// Most tokens per forward pass.
+    pub max_chunk: usize,
+    /// Element type of the keys and values.
+    pub dtype: KvCacheType,
 }
 
-impl KvStore {
-    fn new(dtype: KvCacheType, len: usize) -> Self {
-        match dtype {
-            KvCacheType::F16 => KvStore::F16(vec![f16::ZERO; len]),
-            KvCacheType::F32 => KvStore::F32(vec![0.0; len]),
+impl KvGeometry {
+    /// The geometry of a cache for `cfg` sized by `opts`.
+    ///
+    /// # Errors
+    /// [`ModelError::Config`] when `ctx_len` or `max_chunk` is 0, or the
+    /// cache's size overflows.
+    pub fn new(cfg: &ModelConfig, opts: &KvCacheOptions) -> Result<Self> {
+        let ctx_len = opts
+            .ctx_len
+            .unwrap_or_else(|| DEFAULT_CTX_LEN.min(cfg.max_position_embeddings));
+        if ctx_len == 0 || opts.max_chunk == 0 {
+            return Err(ModelError::Config(format!(
+                "KV cache with ctx_len {ctx_len} and max_chunk {}: both must be at least 1",
+                opts.max_chunk
+            )));
         }
+        let max_chunk = opts.max_chunk.min(ctx_len);
+        let slots = match cfg.sliding_window {
+            Some(w) => (w + max_chunk - 1).min(ctx_len),
+            None => ctx_len,
+        };
+        let geom = Self {
+            layers: cfg.num_hidden_layers,
+            kv_heads: cfg.num_key_value_heads,
+            head_dim: cfg.head_dim,
+            slots,
+            ctx_len,
+            window: cfg.sliding_window,
+            max_chunk,
+            dtype: opts.dtype,
+        };
+        geom.layer_elements().ok_or_else(|| {
+            ModelError::Config(format!(
+                "KV cache of {slots} slots × {} overflows",
+                geom.kv_heads * geom.head_dim
+            ))
+        })?;
+        Ok(geom)
     }
 
-    fn write(&mut self, at: usize, src: &[f32]) {
-        match self {
-            KvStore::F16(v) => {
-                for (d, &s) in v[at..at + src.len()].iter_mut().zip(src) {
-                    *d = f16::from_f32(s);
-                }
-            }
-            KvStore::F32(v) => v[at..at + src.len()].copy_from_slice(src),
-        }
+    /// Key (or value) elements per position: `kv_heads × head_dim`.
+    pub fn kv_dim(&self) -> usize {
+        self.kv_heads * self.head_dim
     }
 
-    fn bytes(&self) -> usize {
-        match self {
-            KvStore::F16(v) => 2 * v.len(),
-            KvStore::F32(v) => 4 * v.len(),
+    /// Key (or value) elements per layer, `None` on overflow.
+    pub fn layer_elements(&self) -> Option<usize> {
+        self.kv_heads
+            .checked_mul(self.head_dim)?
+            .checked_mul(self.slots)
+    }
+
+    /// Checks that a cache of this geometry fits a model of `cfg`'s shape.
+    fn check(&self, cfg: &ModelConfig) -> Result<()> {
+        if self.layers != cfg.num_hidden_layers
+            || self.kv_heads != cfg.num_key_value_heads
+            || self.head_dim != cfg.head_dim
+            || self.window != cfg.sliding_window
+        {
+            return Err(ModelError::Mismatch(format!(
+                "the KV cache was built for {} layers × {} KV heads × {} (window {:?}), the model has {} × {} × {} (window {:?})",
+                self.layers,
+                self.kv_heads,
+                self.head_dim,
+                self.window,
+                cfg.num_hidden_layers,
+                cfg.num_key_value_heads,
+                cfg.head_dim,
+                cfg.sliding_window
+            )));
         }
+        Ok(())
     }
 }
 
-/// Keys and values of one layer.
-#[derive(Debug, Clone)]
-pub(crate) struct LayerKv {
-    pub(crate) k: KvStore,
-    pub(crate) v: KvStore,
+/// How a backend stores the keys and values of a [`KvCache`].
+pub trait KvStorage: Send + std::fmt::Debug {
+    /// Bytes held by the keys and values.
+    fn memory_bytes(&self) -> usize;
 }
 
-/// The KV cache of one session (it belongs to the session, not to the model).
+/// The KV cache of one session (it belongs to the session, not to the
+/// model): its [`KvGeometry`], its position, and the keys and values in the
+/// backend's storage `S` (the CPU backend's by default).
 ///
 /// Position `p` lives in slot `p % slots`. Without a sliding window there is a
 /// slot per position of the context; with a window `W` and chunks of at most
@@ -117,44 +182,25 @@ pub(crate) struct LayerKv {
 /// (the first query needs `W − 1` earlier keys, the chunk adds `C`), so the
 /// ring is exact however long the session runs.
 #[derive(Debug, Clone)]
-pub struct KvCache {
-    layers: Vec<LayerKv>,
-    kv_dim: usize,
-    slots: usize,
-    ctx_len: usize,
-    window: Option<usize>,
-    max_chunk: usize,
-    dtype: KvCacheType,
+pub struct KvCache<S = crate::cpu::CpuKv> {
+    geom: KvGeometry,
     position: usize,
+    store: S,
 }
 
-impl KvCache {
-    /// An empty cache for a model with configuration `cfg`.
-    ///
-    /// # Errors
-    /// [`ModelError::Config`] when `ctx_len` or `max_chunk` is 0.
-    pub fn new(cfg: &ModelConfig, opts: KvCacheOptions) -> Result<Self> {
-        let (ctx_len, max_chunk, slots) = cache_geometry(cfg, &opts)?;
-        let kv_dim = cfg.num_key_value_heads * cfg.head_dim;
-        let len = slots.checked_mul(kv_dim).ok_or_else(|| {
-            ModelError::Config(format!("KV cache of {slots} slots × {kv_dim} overflows"))
-        })?;
-        let layers = (0..cfg.num_hidden_layers)
-            .map(|_| LayerKv {
-                k: KvStore::new(opts.dtype, len),
-                v: KvStore::new(opts.dtype, len),
-            })
-            .collect();
-        Ok(Self {
-            layers,
-            kv_dim,
-            slots,
-            ctx_len,
-            window: cfg.sliding_window,
-            max_chunk,
-            dtype: opts.dtype,
+impl<S: KvStorage> KvCache<S> {
+    /// An empty cache of `geom` over `store`.
+    pub(crate) fn with_store(geom: KvGeometry, store: S) -> Self {
+        Self {
+            geom,
             position: 0,
-        })
+            store,
+        }
+    }
+
+    /// The cache's shape.
+    pub fn geometry(&self) -> &KvGeometry {
+        &self.geom
     }
 
     /// Tokens processed so far (the position of the next token).
@@ -164,32 +210,32 @@ impl KvCache {
 
     /// Most tokens the session may hold.
     pub fn ctx_len(&self) -> usize {
-        self.ctx_len
+        self.geom.ctx_len
     }
 
     /// Most tokens per forward pass.
     pub fn max_chunk(&self) -> usize {
-        self.max_chunk
+        self.geom.max_chunk
     }
 
     /// Slots per layer (`ctx_len`, or the ring size with a sliding window).
     pub fn slots(&self) -> usize {
-        self.slots
+        self.geom.slots
     }
 
     /// The sliding window the cache was sized for.
     pub fn window(&self) -> Option<usize> {
-        self.window
+        self.geom.window
     }
 
     /// Element type.
     pub fn dtype(&self) -> KvCacheType {
-        self.dtype
+        self.geom.dtype
     }
 
     /// Bytes held by the keys and values.
     pub fn memory_bytes(&self) -> usize {
-        self.layers.iter().map(|l| l.k.bytes() + l.v.bytes()).sum()
+        self.store.memory_bytes()
     }
 
     /// Forgets every token (the memory is kept).
@@ -206,107 +252,51 @@ impl KvCache {
     /// than `max_chunk` tokens back with a sliding window): the caller then
     /// clears the cache and processes the prefix again.
     pub fn truncate(&mut self, to: usize) -> Result<()> {
-        check_truncate(to, self.position, self.window, self.slots)?;
+        let err = |reason: String| ModelError::Truncate {
+            to,
+            position: self.position,
+            reason,
+        };
+        if to > self.position {
+            return Err(err("that is past the cached tokens".into()));
+        }
+        if let Some(w) = self.geom.window {
+            let needed = to.saturating_sub(w.saturating_sub(1));
+            let oldest = self.position.saturating_sub(self.geom.slots);
+            if needed < oldest {
+                return Err(err(format!(
+                    "the sliding-window ring no longer holds position {needed} (oldest kept: {oldest})"
+                )));
+            }
+        }
         self.position = to;
         Ok(())
     }
 
     /// Checks that this cache was built for a model of `cfg`'s shape.
     pub(crate) fn check(&self, cfg: &ModelConfig) -> Result<()> {
-        let kv_dim = cfg.num_key_value_heads * cfg.head_dim;
-        if self.layers.len() != cfg.num_hidden_layers
-            || self.kv_dim != kv_dim
-            || self.window != cfg.sliding_window
-        {
-            return Err(ModelError::Mismatch(format!(
-                "the KV cache was built for {} layers × {} KV width (window {:?}), the model has {} × {} (window {:?})",
-                self.layers.len(),
-                self.kv_dim,
-                self.window,
-                cfg.num_hidden_layers,
-                kv_dim,
-                cfg.sliding_window
-            )));
-        }
-        Ok(())
+        self.geom.check(cfg)
     }
 
     /// The slot holding position `pos`.
     pub(crate) fn slot(&self, pos: usize) -> usize {
-        pos % self.slots
+        pos % self.geom.slots
     }
 
-    /// Stores the keys and values of position `pos` in layer `layer`.
-    ///
-    /// # Shapes
-    /// - `k`, `v`: `kv_dim`.
-    pub(crate) fn write(&mut self, layer: usize, pos: usize, k: &[f32], v: &[f32]) {
-        let at = self.slot(pos) * self.kv_dim;
-        let l = &mut self.layers[layer];
-        l.k.write(at, k);
-        l.v.write(at, v);
+    /// The backend's keys and values.
+    pub(crate) fn store(&self) -> &S {
+        &self.store
     }
 
-    /// One layer's keys and values.
-    pub(crate) fn layer(&self, layer: usize) -> &LayerKv {
-        &self.layers[layer]
+    /// The backend's keys and values, to write.
+    pub(crate) fn store_mut(&mut self) -> &mut S {
+        &mut self.store
     }
 
     /// Moves the position forward after a forward pass.
     pub(crate) fn advance(&mut self, n: usize) {
         self.position += n;
     }
-}
-
-/// `(ctx_len, max_chunk, slots)` of a cache for `cfg` (shared by both
-/// backends' caches): the ring holds `window + max_chunk − 1` slots.
-pub(crate) fn cache_geometry(
-    cfg: &ModelConfig,
-    opts: &KvCacheOptions,
-) -> Result<(usize, usize, usize)> {
-    let ctx_len = opts
-        .ctx_len
-        .unwrap_or_else(|| DEFAULT_CTX_LEN.min(cfg.max_position_embeddings));
-    if ctx_len == 0 || opts.max_chunk == 0 {
-        return Err(ModelError::Config(format!(
-            "KV cache with ctx_len {ctx_len} and max_chunk {}: both must be at least 1",
-            opts.max_chunk
-        )));
-    }
-    let max_chunk = opts.max_chunk.min(ctx_len);
-    let slots = match cfg.sliding_window {
-        Some(w) => (w + max_chunk - 1).min(ctx_len),
-        None => ctx_len,
-    };
-    Ok((ctx_len, max_chunk, slots))
-}
-
-/// Whether a cache at `position` can be cut back to `to` tokens: not past the
-/// end, and (with a window) the ring still holds every key a query at `to` needs.
-pub(crate) fn check_truncate(
-    to: usize,
-    position: usize,
-    window: Option<usize>,
-    slots: usize,
-) -> Result<()> {
-    let err = |reason: String| ModelError::Truncate {
-        to,
-        position,
-        reason,
-    };
-    if to > position {
-        return Err(err("that is past the cached tokens".into()));
-    }
-    if let Some(w) = window {
-        let needed = to.saturating_sub(w.saturating_sub(1));
-        let oldest = position.saturating_sub(slots);
-        if needed < oldest {
-            return Err(err(format!(
-                "the sliding-window ring no longer holds position {needed} (oldest kept: {oldest})"
-            )));
-        }
-    }
-    Ok(())
 }
 
 /// Whether `n` more tokens fit in a context of `ctx_len` at `position`.
@@ -321,7 +311,7 @@ pub(crate) fn check_room(position: usize, ctx_len: usize, n: usize) -> Result<()
     Ok(())
 }
 
-/// The checks both backends run on a chunk before touching a cache at
+/// The checks a chunk passes before a forward pass touches a cache at
 /// `position`: not empty, at most `max_chunk` tokens, room in the context,
 /// every id inside the vocabulary.
 pub(crate) fn check_chunk_tokens(

@@ -84,6 +84,10 @@ pub enum ModelError {
     /// A kernel refused its inputs (a bug if it happens after loading).
     #[error(transparent)]
     Kernel(#[from] KernelError),
+    /// A candle operation failed (device, memory, kernel).
+    #[cfg(feature = "candle")]
+    #[error("candle: {0}")]
+    Candle(#[from] candle_core::Error),
 }
 
 /// Result alias for the model crate.

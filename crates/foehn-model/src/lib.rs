@@ -1,7 +1,9 @@
-//! The Mistral/Llama decoder on the CPU: weights as [`QMatrix`]es borrowed
-//! from the model file, a per-session [`KvCache`] (f16 or f32, a ring with a
-//! sliding window), preallocated [`Scratch`] buffers, and
-//! [`Transformer::forward`] / [`Transformer::prefill`].
+//! The Mistral/Llama decoder: [`Model<B>`] — weights borrowed from the model
+//! file, its forward pass written once against a small [`Backend`] trait —
+//! a per-session [`KvCache`] (f16 or f32, a ring with a sliding window), and
+//! two backends: [`Cpu`] (foehn's SIMD kernels, preallocated [`Scratch`]
+//! buffers) and, with the `candle` feature, [`candle::Candle`] (CUDA,
+//! Metal or candle's CPU kernels).
 //!
 //! ```no_run
 //! use std::sync::Arc;
@@ -20,24 +22,32 @@
 
 #![warn(missing_docs)]
 
-mod attention;
+mod backend;
 mod cache;
+#[cfg(feature = "candle")]
 pub mod candle;
+pub mod cpu;
+mod decoder;
+mod device;
 mod error;
 mod isq;
-pub mod ops;
+mod naming;
 mod rope;
-mod scratch;
-mod transformer;
+mod session;
 mod weights;
 
-pub use cache::{KvCache, KvCacheOptions, KvCacheType, DEFAULT_CHUNK, DEFAULT_CTX_LEN};
+pub use backend::{Act, Backend, Head};
+pub use cache::{
+    KvCache, KvCacheOptions, KvCacheType, KvGeometry, KvStorage, DEFAULT_CHUNK, DEFAULT_CTX_LEN,
+};
+pub use cpu::{ops, Cpu, Scratch, Transformer};
+pub use decoder::{LogitsMode, Model};
+pub use device::CandleDevice;
 pub use error::{ModelError, Result};
 pub use foehn_kernels::{ActPrecision, QMatrix};
 pub use isq::WeightOptions;
 pub use rope::{Rope, RopeStyle};
-pub use scratch::Scratch;
-pub use transformer::{LogitsMode, Transformer};
+pub use session::{Decoder, DecoderSession, SessionOptions};
 
 /// Index of the largest value (the first one on ties; 0 for an empty slice).
 pub fn argmax(logits: &[f32]) -> u32 {

@@ -48,30 +48,36 @@ fn shape_err(tensor: &str, expected: Vec<usize>, found: Vec<usize>) -> ModelErro
     }
 }
 
-/// One tensor of a shared GGUF file, as the byte owner of a [`QMatrix`].
-struct GgufTensorBytes {
-    file: Arc<GgufFile>,
-    name: String,
-}
+/// A shared GGUF file, as the byte owner of its tensors' [`QMatrix`]es:
+/// each matrix holds its tensor's byte range in the file, found once when it
+/// is built, so reading its bytes is a slice (no lookup by name).
+struct GgufFileBytes(Arc<GgufFile>);
 
-impl ByteSource for GgufTensorBytes {
+impl ByteSource for GgufFileBytes {
     fn bytes(&self) -> &[u8] {
-        // The tensor was found when the matrix was built and the file is
-        // immutable, so the lookup cannot fail here.
-        self.file.tensor(&self.name).map_or(&[], |t| t.data)
+        self.0.as_bytes()
     }
 
     fn release(&self, range: std::ops::Range<usize>) {
         if let Some(bytes) = self.bytes().get(range) {
-            self.file.release_pages(bytes);
+            self.0.release_pages(bytes);
         }
     }
 }
 
 /// A GGUF file as a source of weights (llama.cpp tensor names, ggml shapes).
-pub(crate) struct GgufSource(pub(crate) Arc<GgufFile>);
+pub(crate) struct GgufSource {
+    file: Arc<GgufFile>,
+    bytes: Arc<GgufFileBytes>,
+}
 
 impl GgufSource {
+    /// The weights of `file`.
+    pub(crate) fn new(file: Arc<GgufFile>) -> Self {
+        let bytes = Arc::new(GgufFileBytes(Arc::clone(&file)));
+        Self { file, bytes }
+    }
+
     /// The tensor's shape in ggml order (`[row length, rows, …]`).
     fn shape(name: &str, shape: &[u64]) -> Result<Vec<usize>> {
         shape
@@ -84,11 +90,11 @@ impl GgufSource {
 
 impl TensorSource for GgufSource {
     fn contains(&self, name: &str) -> bool {
-        self.0.tensors().iter().any(|t| t.name == name)
+        self.file.tensors().iter().any(|t| t.name == name)
     }
 
     fn matrix(&self, name: &str, rows: usize, cols: usize) -> Result<QMatrix> {
-        let view = self.0.tensor(name).map_err(load_err)?;
+        let view = self.file.tensor(name).map_err(load_err)?;
         if !view.ty.can_dequantize() {
             return Err(unsupported(name, view.ty));
         }
@@ -96,16 +102,18 @@ impl TensorSource for GgufSource {
         if found != [cols, rows] {
             return Err(shape_err(name, vec![cols, rows], found));
         }
-        let len = view.data.len();
-        let source = Arc::new(GgufTensorBytes {
-            file: Arc::clone(&self.0),
-            name: name.to_string(),
-        });
-        Ok(QMatrix::from_shared(view.ty, rows, cols, source, 0..len)?)
+        let source: Arc<dyn ByteSource> = self.bytes.clone();
+        Ok(QMatrix::from_shared(
+            view.ty,
+            rows,
+            cols,
+            source,
+            view.file_offset..view.file_offset + view.data.len(),
+        )?)
     }
 
     fn vector(&self, name: &str, len: usize) -> Result<Vec<f32>> {
-        let view = self.0.tensor(name).map_err(load_err)?;
+        let view = self.file.tensor(name).map_err(load_err)?;
         if !view.ty.can_dequantize() {
             return Err(unsupported(name, view.ty));
         }

@@ -5,6 +5,8 @@
 //! (candle quantizes the activations like llama.cpp), teacher forcing on the
 //! greedy tokens, chunked prefill, the f16 cache and the error paths.
 
+#![cfg(feature = "candle")]
+
 mod common;
 
 use std::sync::Arc;
@@ -14,7 +16,7 @@ use common::{
 };
 use foehn_kernels::GgmlType;
 use foehn_loader::{config_from_hf, GgufFile, SafetensorsModel};
-use foehn_model::candle::{CandleCache, CandleError, CandleTransformer, Device};
+use foehn_model::candle::{CandleCache, CandleTransformer, CandleWork, Device};
 use foehn_model::{argmax, KvCacheOptions, KvCacheType, LogitsMode, ModelError, RopeStyle};
 
 /// The quantized GGUF variants.
@@ -50,14 +52,44 @@ fn llama_cpp_distance(variant: &str) -> f32 {
         .unwrap() as f32
 }
 
-fn cache(model: &CandleTransformer, dtype: KvCacheType, chunk: usize) -> CandleCache {
-    model
-        .new_cache(KvCacheOptions {
+/// A session of a model: its cache and work buffers.
+struct Session<'m> {
+    model: &'m CandleTransformer,
+    cache: CandleCache,
+    work: CandleWork,
+}
+
+impl Session<'_> {
+    fn prefill(&mut self, tokens: &[u32]) -> Result<Vec<f32>, ModelError> {
+        let logits = self
+            .model
+            .prefill(tokens, &mut self.cache, &mut self.work)?;
+        Ok(logits.to_vec())
+    }
+
+    fn forward(&mut self, tokens: &[u32], mode: LogitsMode) -> Result<Vec<f32>, ModelError> {
+        let logits = self
+            .model
+            .forward(tokens, &mut self.cache, &mut self.work, mode)?;
+        Ok(logits.to_vec())
+    }
+}
+
+fn session_with(model: &CandleTransformer, opts: KvCacheOptions) -> Session<'_> {
+    let cache = model.new_cache(opts).unwrap();
+    let work = model.new_scratch(&cache);
+    Session { model, cache, work }
+}
+
+fn cache(model: &CandleTransformer, dtype: KvCacheType, chunk: usize) -> Session<'_> {
+    session_with(
+        model,
+        KvCacheOptions {
             ctx_len: None,
             dtype,
             max_chunk: chunk,
-        })
-        .unwrap()
+        },
+    )
 }
 
 /// Worst last-position |Δ| over the prompts against the variant's reference.
@@ -69,7 +101,7 @@ fn last_logits_distance(model: &CandleTransformer, variant: &str, dtype: KvCache
         .enumerate()
         .map(|(i, (_, ids))| {
             let mut c = cache(model, dtype, 512);
-            let got = model.prefill(ids, &mut c).unwrap();
+            let got = c.prefill(ids).unwrap();
             max_abs_diff(&got, want.row(i))
         })
         .fold(0.0, f32::max)
@@ -84,11 +116,11 @@ fn teacher_force(
     chunk: usize,
 ) -> Vec<Vec<f32>> {
     let mut c = cache(model, KvCacheType::F32, chunk);
-    let mut steps = vec![model.prefill(prompt, &mut c).unwrap()];
+    let mut steps = vec![c.prefill(prompt).unwrap()];
     for &t in &forced[..forced.len() - 1] {
-        steps.push(model.forward(&[t], &mut c, LogitsMode::Last).unwrap());
+        steps.push(c.forward(&[t], LogitsMode::Last).unwrap());
     }
-    assert_eq!(c.position(), prompt.len() + forced.len() - 1);
+    assert_eq!(c.cache.position(), prompt.len() + forced.len() - 1);
     steps
 }
 
@@ -155,7 +187,7 @@ fn all_positions_and_chunkings_agree() {
             let mut c = cache(&model, KvCacheType::F32, chunk);
             let mut got = Vec::new();
             for part in p24.chunks(chunk) {
-                got.extend(model.forward(part, &mut c, LogitsMode::All).unwrap());
+                got.extend(c.forward(part, LogitsMode::All).unwrap());
             }
             let d = max_abs_diff(&got, &want.data);
             eprintln!("{name} chunk {chunk}: all positions max |Δ| = {d:.2e}");
@@ -216,75 +248,63 @@ fn quantized_variants_stay_within_llama_cpp_distance() {
 fn misuse_is_an_error() {
     let model = gguf_model("Q8_0");
     let p40 = prompts()[2].1.clone();
-    let mut c = model
-        .new_cache(KvCacheOptions {
+    let mut c = session_with(
+        &model,
+        KvCacheOptions {
             ctx_len: Some(32),
             dtype: KvCacheType::F32,
             max_chunk: 8,
-        })
-        .unwrap();
-    let err = model.prefill(&p40, &mut c).unwrap_err();
+        },
+    );
+    let err = c.prefill(&p40).unwrap_err();
     assert!(
         matches!(
             err,
-            CandleError::Model(ModelError::ContextOverflow {
+            ModelError::ContextOverflow {
                 position: 0,
                 n_tokens: 40,
                 ctx_len: 32
-            })
+            }
         ),
         "{err}"
     );
-    assert_eq!(c.position(), 0);
-    model.prefill(&p40[..32], &mut c).unwrap();
-    let err = model.forward(&[5], &mut c, LogitsMode::Last).unwrap_err();
+    assert_eq!(c.cache.position(), 0);
+    c.prefill(&p40[..32]).unwrap();
+    let err = c.forward(&[5], LogitsMode::Last).unwrap_err();
     assert!(
-        matches!(
-            err,
-            CandleError::Model(ModelError::ContextOverflow { position: 32, .. })
-        ),
+        matches!(err, ModelError::ContextOverflow { position: 32, .. }),
         "{err}"
     );
-    c.clear();
-    let err = model
-        .forward(&p40[..9], &mut c, LogitsMode::Last)
-        .unwrap_err();
+    c.cache.clear();
+    let err = c.forward(&p40[..9], LogitsMode::Last).unwrap_err();
     assert!(
         matches!(
             err,
-            CandleError::Model(ModelError::ChunkTooLarge {
+            ModelError::ChunkTooLarge {
                 n_tokens: 9,
                 max: 8,
                 ..
-            })
+            }
         ),
         "{err}"
     );
-    let err = model
-        .forward(&[1024], &mut c, LogitsMode::Last)
-        .unwrap_err();
+    let err = c.forward(&[1024], LogitsMode::Last).unwrap_err();
     assert!(
-        matches!(
-            err,
-            CandleError::Model(ModelError::TokenOutOfRange { id: 1024, .. })
-        ),
+        matches!(err, ModelError::TokenOutOfRange { id: 1024, .. }),
         "{err}"
     );
     assert!(matches!(
-        model.forward(&[], &mut c, LogitsMode::Last),
-        Err(CandleError::Model(ModelError::EmptyInput))
+        c.forward(&[], LogitsMode::Last),
+        Err(ModelError::EmptyInput)
     ));
-    assert!(model
-        .forward(&[5], &mut c, LogitsMode::Skip)
-        .unwrap()
-        .is_empty());
+    assert!(c.forward(&[5], LogitsMode::Skip).unwrap().is_empty());
     // A cache of another model is refused.
     let mut other = model.config().clone();
     other.num_hidden_layers = 3;
-    let mut wrong = CandleCache::new(&other, KvCacheOptions::default(), &Device::Cpu).unwrap();
+    let mut wrong = CandleCache::new_on(&other, KvCacheOptions::default(), &Device::Cpu).unwrap();
     assert!(matches!(
-        model.forward(&[5], &mut wrong, LogitsMode::Last),
-        Err(CandleError::Model(ModelError::Mismatch(_)))
+        model.forward(&[5], &mut wrong, &mut c.work, LogitsMode::Last),
+        Err(ModelError::Mismatch(_))
     ));
 }
 
@@ -294,20 +314,20 @@ fn truncated_cache_reuses_the_prefix() {
     let model = gguf_model("F32");
     let p40 = prompts()[2].1.clone();
     for chunk in [512, 7] {
-        let want = model
-            .prefill(&p40, &mut cache(&model, KvCacheType::F32, chunk))
+        let want = cache(&model, KvCacheType::F32, chunk)
+            .prefill(&p40)
             .unwrap();
         let mut c = cache(&model, KvCacheType::F32, chunk);
         let mut other = p40[..36].to_vec();
         other.extend_from_slice(&[300, 301, 302, 303]);
-        model.prefill(&other, &mut c).unwrap();
-        c.truncate(36).unwrap();
-        let got = model.prefill(&p40[36..], &mut c).unwrap();
+        c.prefill(&other).unwrap();
+        c.cache.truncate(36).unwrap();
+        let got = c.prefill(&p40[36..]).unwrap();
         assert!(max_abs_diff(&got, &want) <= 1e-4, "chunk {chunk}");
         if chunk == 7 {
             assert!(matches!(
-                c.truncate(20),
-                Err(CandleError::Model(ModelError::Truncate { .. }))
+                c.cache.truncate(20),
+                Err(ModelError::Truncate { .. })
             ));
         }
     }
@@ -323,7 +343,7 @@ fn type_without_candle_kernels_is_an_error_naming_the_tensor() {
     ));
     let err = CandleTransformer::from_gguf(&file, &Device::Cpu).unwrap_err();
     assert!(
-        matches!(&err, CandleError::Model(ModelError::UnsupportedTensorType { tensor, .. }) if tensor == "blk.1.ffn_up.weight"),
+        matches!(&err, ModelError::UnsupportedTensorType { tensor, .. } if tensor == "blk.1.ffn_up.weight"),
         "{err}"
     );
     let msg = err.to_string();

@@ -151,14 +151,14 @@ impl GgufFile {
         };
         let n_bytes = info.n_bytes.ok_or_else(|| bad("data size unknown"))?;
         // Validated at open; checked again so that no path can panic.
-        let data = self
+        let (file_offset, data) = self
             .data_offset
             .checked_add(info.offset)
             .and_then(|start| Some((start, start.checked_add(n_bytes)?)))
             .and_then(|(start, end)| {
-                let start = usize::try_from(start).ok()?;
-                let end = usize::try_from(end).ok()?;
-                self.storage.bytes().get(start..end)
+                let range = usize::try_from(start).ok()?..usize::try_from(end).ok()?;
+                let data = self.storage.bytes().get(range.clone())?;
+                Some((range.start, data))
             })
             .ok_or_else(|| bad("data lies outside the file"))?;
         Ok(TensorView {
@@ -166,6 +166,7 @@ impl GgufFile {
             ty,
             shape: &info.shape,
             data,
+            file_offset,
         })
     }
 
@@ -177,6 +178,12 @@ impl GgufFile {
     /// Byte offset of the data section from the start of the file.
     pub fn data_offset(&self) -> u64 {
         self.data_offset
+    }
+
+    /// The whole file's bytes (a tensor's lie at its
+    /// [`TensorView::file_offset`](super::TensorView::file_offset)).
+    pub fn as_bytes(&self) -> &[u8] {
+        self.storage.bytes()
     }
 
     /// Size of the file in bytes.

@@ -43,6 +43,8 @@ pub struct TensorView<'a> {
     pub shape: &'a [u64],
     /// The raw bytes, exactly as many as the type and shape need.
     pub data: &'a [u8],
+    /// Where `data` starts in the whole file ([`GgufFile::as_bytes`](super::GgufFile::as_bytes)).
+    pub file_offset: usize,
 }
 
 impl TensorView<'_> {

@@ -1,43 +1,35 @@
-//! `CandleCache`: a session's keys and values as candle tensors on the
-//! model's device, preallocated for the context and ring-indexed when the
-//! model has a sliding window — the same sizing rules as the CPU [`KvCache`](crate::KvCache).
+//! The candle backend's keys and values: per layer, two
+//! `kv_heads × slots × head_dim` tensors on the model's device, written in
+//! place ([`Tensor::slice_set`]) and ring-indexed with a sliding window.
 
 use candle_core::{DType, Device, Tensor};
+
 use foehn_core::ModelConfig;
 
-use super::Result;
-use crate::cache::{cache_geometry, check_truncate};
-use crate::{KvCacheOptions, KvCacheType, ModelError};
+use crate::cache::{KvCache, KvCacheOptions, KvCacheType, KvGeometry, KvStorage};
+use crate::Result;
 
-/// The KV cache of one session of a [`CandleTransformer`](super::CandleTransformer).
+/// Every layer's keys and values on a candle device (the storage of a
+/// [`CandleCache`]).
 #[derive(Debug)]
-pub struct CandleCache {
+pub struct CandleKv {
     /// Per layer: keys and values, each `kv_heads × slots × head_dim`.
     layers: Vec<(Tensor, Tensor)>,
-    kv_heads: usize,
-    head_dim: usize,
-    slots: usize,
-    ctx_len: usize,
-    window: Option<usize>,
-    max_chunk: usize,
-    dtype: KvCacheType,
-    position: usize,
+    bytes: usize,
 }
 
-impl CandleCache {
-    /// An empty cache for a model with configuration `cfg` on `device`.
-    ///
-    /// # Errors
-    /// [`ModelError::Config`] when `ctx_len` or `max_chunk` is 0; a candle
-    /// error when the device cannot hold it.
-    pub fn new(cfg: &ModelConfig, opts: KvCacheOptions, device: &Device) -> Result<Self> {
-        let (ctx_len, max_chunk, slots) = cache_geometry(cfg, &opts)?;
-        let dt = match opts.dtype {
+/// The KV cache of one session of a [`CandleTransformer`](super::CandleTransformer).
+pub type CandleCache = KvCache<CandleKv>;
+
+impl CandleKv {
+    /// Zeroed keys and values for `geom` on `device`.
+    pub(crate) fn new(geom: &KvGeometry, device: &Device) -> Result<Self> {
+        let dt = match geom.dtype {
             KvCacheType::F16 => DType::F16,
             KvCacheType::F32 => DType::F32,
         };
-        let shape = (cfg.num_key_value_heads, slots, cfg.head_dim);
-        let layers = (0..cfg.num_hidden_layers)
+        let shape = (geom.kv_heads, geom.slots, geom.head_dim);
+        let layers = (0..geom.layers)
             .map(|_| {
                 Ok((
                     Tensor::zeros(shape, dt, device)?,
@@ -45,85 +37,26 @@ impl CandleCache {
                 ))
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(Self {
-            layers,
-            kv_heads: cfg.num_key_value_heads,
-            head_dim: cfg.head_dim,
-            slots,
-            ctx_len,
-            window: cfg.sliding_window,
-            max_chunk,
-            dtype: opts.dtype,
-            position: 0,
-        })
+        let bytes = 2 * geom.layers * geom.layer_elements().unwrap_or(0) * dt.size_in_bytes();
+        Ok(Self { layers, bytes })
     }
+}
 
-    /// Tokens processed so far (the position of the next token).
-    pub fn position(&self) -> usize {
-        self.position
+impl KvStorage for CandleKv {
+    fn memory_bytes(&self) -> usize {
+        self.bytes
     }
+}
 
-    /// Most tokens the session may hold.
-    pub fn ctx_len(&self) -> usize {
-        self.ctx_len
-    }
-
-    /// Most tokens per forward pass.
-    pub fn max_chunk(&self) -> usize {
-        self.max_chunk
-    }
-
-    /// Slots per layer (`ctx_len`, or the ring size with a sliding window).
-    pub fn slots(&self) -> usize {
-        self.slots
-    }
-
-    /// The sliding window the cache was sized for.
-    pub fn window(&self) -> Option<usize> {
-        self.window
-    }
-
-    /// Element type.
-    pub fn dtype(&self) -> KvCacheType {
-        self.dtype
-    }
-
-    /// Forgets every token (the memory is kept).
-    pub fn clear(&mut self) {
-        self.position = 0;
-    }
-
-    /// Keeps the first `to` tokens and forgets the rest (chat KV reuse).
+impl KvCache<CandleKv> {
+    /// An empty cache for a model with configuration `cfg` on `device`.
     ///
     /// # Errors
-    /// [`ModelError::Truncate`] as for [`KvCache::truncate`](crate::KvCache::truncate).
-    pub fn truncate(&mut self, to: usize) -> Result<()> {
-        check_truncate(to, self.position, self.window, self.slots)?;
-        self.position = to;
-        Ok(())
-    }
-
-    /// Checks that this cache was built for a model of `cfg`'s shape.
-    pub(crate) fn check(&self, cfg: &ModelConfig) -> Result<()> {
-        if self.layers.len() != cfg.num_hidden_layers
-            || self.kv_heads != cfg.num_key_value_heads
-            || self.head_dim != cfg.head_dim
-            || self.window != cfg.sliding_window
-        {
-            return Err(ModelError::Mismatch(format!(
-                "the KV cache was built for {} layers × {} KV heads × {} (window {:?}), the model has {} × {} × {} (window {:?})",
-                self.layers.len(),
-                self.kv_heads,
-                self.head_dim,
-                self.window,
-                cfg.num_hidden_layers,
-                cfg.num_key_value_heads,
-                cfg.head_dim,
-                cfg.sliding_window
-            ))
-            .into());
-        }
-        Ok(())
+    /// [`ModelError::Config`](crate::ModelError::Config) when `ctx_len` or
+    /// `max_chunk` is 0; a candle error when the device cannot hold it.
+    pub fn new_on(cfg: &ModelConfig, opts: KvCacheOptions, device: &Device) -> Result<Self> {
+        let geom = KvGeometry::new(cfg, &opts)?;
+        Ok(Self::with_store(geom, CandleKv::new(&geom, device)?))
     }
 
     /// Stores the keys and values of positions `start..start + n` of layer
@@ -141,9 +74,9 @@ impl CandleCache {
         k: &Tensor,
         v: &Tensor,
     ) -> Result<(Tensor, Tensor)> {
-        let (ck, cv) = &self.layers[layer];
+        let (ck, cv) = &self.store().layers[layer];
         let n = k.dim(1)?;
-        let slots = self.slots;
+        let slots = self.slots();
         let dt = ck.dtype();
         let (k, v) = (k.to_dtype(dt)?, v.to_dtype(dt)?);
         // Write, in up to two pieces where the ring wraps.
@@ -169,10 +102,5 @@ impl CandleCache {
             Ok(t.to_dtype(DType::F32)?.contiguous()?)
         };
         Ok((read(ck)?, read(cv)?))
-    }
-
-    /// Moves the position forward after a forward pass.
-    pub(crate) fn advance(&mut self, n: usize) {
-        self.position += n;
     }
 }

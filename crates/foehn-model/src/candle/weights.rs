@@ -9,8 +9,7 @@ use candle_core::quantized::{ggml_file::qtensor_from_ggml, GgmlDType, QMatMul};
 use candle_core::{Device, Tensor};
 use foehn_kernels::{GgmlType, QMatrix};
 
-use super::{CandleError, Result};
-use crate::ModelError;
+use crate::{ModelError, Result};
 
 /// The candle type of a ggml quantized type, `None` where candle has no kernels.
 fn candle_quant_type(ty: GgmlType) -> Option<GgmlDType> {
@@ -38,7 +37,7 @@ fn is_dense(ty: GgmlType) -> bool {
 fn dequantize_all(m: &QMatrix) -> Result<Vec<f32>> {
     let mut out = vec![0.0f32; m.rows() * m.cols()];
     for (i, row) in out.chunks_exact_mut(m.cols()).enumerate() {
-        m.dequantize_row_into(i, row).map_err(ModelError::from)?;
+        m.dequantize_row_into(i, row)?;
     }
     Ok(out)
 }
@@ -62,22 +61,22 @@ pub(crate) fn linear(name: &str, m: &QMatrix, device: &Device) -> Result<QMatMul
         return Ok(QMatMul::Tensor(dense_tensor(m, device)?));
     }
     let Some(dtype) = candle_quant_type(m.ty()) else {
-        return Err(CandleError::Model(ModelError::UnsupportedTensorType {
+        return Err(ModelError::UnsupportedTensorType {
             tensor: name.to_string(),
             ty: format!("{} (no candle kernels)", m.ty().name()),
-        }));
+        });
     };
     let Some(bytes) = m.bytes() else {
-        return Err(CandleError::Model(ModelError::Config(format!(
+        return Err(ModelError::Config(format!(
             "tensor '{name}' is packed for the CPU kernels; candle needs the file's layout"
-        ))));
+        )));
     };
     let expected = m.rows() * m.row_bytes();
     if bytes.len() != expected {
-        return Err(CandleError::Model(ModelError::Config(format!(
+        return Err(ModelError::Config(format!(
             "tensor '{name}' holds {} bytes, expected {expected}",
             bytes.len()
-        ))));
+        )));
     }
     // candle reads the bytes as an array of blocks: give it an 8-byte-aligned
     // copy when the file's bytes are not aligned (it copies them anyway).

@@ -15,7 +15,7 @@ use foehn_kernels::vecops::{exp_sub, scale, scores, weighted_sum};
 use half::f16;
 use half::slice::HalfFloatSliceExt;
 
-use crate::cache::{KvStore, LayerKv};
+use super::kv::{KvStore, LayerKv};
 
 /// Queries per task.
 const QUERY_BLOCK: usize = 16;

@@ -4,7 +4,8 @@
 use foehn_core::ModelConfig;
 use foehn_kernels::{ActPrecision, MatScratch};
 
-use crate::attention::{AttnShape, AttnWork};
+use super::attention::{AttnShape, AttnWork};
+use crate::backend::Act;
 use crate::cache::KvCache;
 
 /// Activation buffers for forward passes of up to `chunk` tokens.
@@ -14,9 +15,12 @@ use crate::cache::KvCache;
 /// allocated the first time [`LogitsMode::All`](crate::LogitsMode::All) asks for it.
 #[derive(Debug, Clone)]
 pub struct Scratch {
-    /// The model dimensions the buffers were sized for (see [`dims`]).
-    pub(crate) dims: [usize; 7],
+    /// The model dimensions the buffers were sized for.
+    pub(crate) dims: Dims,
     pub(crate) chunk: usize,
+    /// Tokens of the chunk in flight and the position of its first one.
+    pub(crate) n: usize,
+    pub(crate) start: usize,
     /// Residual stream, `chunk × hidden`.
     pub(crate) x: Vec<f32>,
     /// Normed input of a block / output of a projection, `chunk × hidden`.
@@ -56,8 +60,10 @@ impl Scratch {
         let kv_dim = cfg.num_key_value_heads * cfg.head_dim;
         let widest = cfg.hidden_size.max(q_dim).max(cfg.intermediate_size);
         Self {
-            dims: dims(cfg),
+            dims: Dims::of(cfg),
             chunk,
+            n: 0,
+            start: 0,
             x: vec![0.0; chunk * cfg.hidden_size],
             xn: vec![0.0; chunk * cfg.hidden_size],
             q: vec![0.0; chunk * q_dim],
@@ -74,7 +80,7 @@ impl Scratch {
             // A slot per thread of the pool the passes will run in (the
             // current rayon pool, or at most one per CPU).
             attn: AttnWork::new(
-                attn_shape(cfg),
+                Dims::of(cfg).attn_shape(cfg.sliding_window),
                 rayon::current_num_threads()
                     .max(std::thread::available_parallelism().map_or(1, |n| n.get())),
             ),
@@ -82,7 +88,10 @@ impl Scratch {
     }
 
     /// Buffers matching a cache: chunks as large as it takes.
-    pub fn for_cache(cfg: &ModelConfig, cache: &KvCache) -> Self {
+    pub fn for_cache<S>(cfg: &ModelConfig, cache: &KvCache<S>) -> Self
+    where
+        S: crate::cache::KvStorage,
+    {
         Self::new(cfg, cache.max_chunk())
     }
 
@@ -96,8 +105,13 @@ impl Scratch {
     /// [`ActPrecision::Q8`], as llama.cpp), making room for it so that a
     /// decode step still allocates nothing.
     pub fn set_act_precision(&mut self, precision: ActPrecision) {
-        let [hidden, heads, kv_heads, head_dim, inter, vocab, _] = self.dims;
-        let widest = [hidden, (heads + 2 * kv_heads) * head_dim, 2 * inter, vocab];
+        let d = self.dims;
+        let widest = [
+            d.hidden,
+            d.q_dim() + 2 * d.kv_dim(),
+            2 * d.intermediate,
+            d.vocab,
+        ];
         self.mat
             .set_precision(precision, widest.into_iter().max().unwrap_or(0));
     }
@@ -108,26 +122,104 @@ impl Scratch {
     }
 }
 
-/// The dimensions that size a [`Scratch`]: hidden, heads, KV heads, head_dim,
-/// intermediate, vocabulary, layers.
-pub(crate) fn dims(cfg: &ModelConfig) -> [usize; 7] {
-    [
-        cfg.hidden_size,
-        cfg.num_attention_heads,
-        cfg.num_key_value_heads,
-        cfg.head_dim,
-        cfg.intermediate_size,
-        cfg.vocab_size,
-        cfg.num_hidden_layers,
-    ]
+/// The model dimensions a [`Scratch`] is sized for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Dims {
+    pub(crate) hidden: usize,
+    pub(crate) heads: usize,
+    pub(crate) kv_heads: usize,
+    pub(crate) head_dim: usize,
+    pub(crate) intermediate: usize,
+    pub(crate) vocab: usize,
+    pub(crate) layers: usize,
 }
 
-/// The attention geometry of `cfg`.
-pub(crate) fn attn_shape(cfg: &ModelConfig) -> AttnShape {
-    AttnShape {
-        heads: cfg.num_attention_heads,
-        kv_heads: cfg.num_key_value_heads,
-        head_dim: cfg.head_dim,
-        window: cfg.sliding_window,
+impl Dims {
+    /// The dimensions of `cfg`.
+    pub(crate) fn of(cfg: &ModelConfig) -> Self {
+        Self {
+            hidden: cfg.hidden_size,
+            heads: cfg.num_attention_heads,
+            kv_heads: cfg.num_key_value_heads,
+            head_dim: cfg.head_dim,
+            intermediate: cfg.intermediate_size,
+            vocab: cfg.vocab_size,
+            layers: cfg.num_hidden_layers,
+        }
+    }
+
+    /// Elements of a token's queries.
+    pub(crate) fn q_dim(&self) -> usize {
+        self.heads * self.head_dim
+    }
+
+    /// Elements of a token's keys (or values).
+    pub(crate) fn kv_dim(&self) -> usize {
+        self.kv_heads * self.head_dim
+    }
+
+    /// The attention geometry of these dimensions with a sliding `window`.
+    pub(crate) fn attn_shape(&self, window: Option<usize>) -> AttnShape {
+        AttnShape {
+            heads: self.heads,
+            kv_heads: self.kv_heads,
+            head_dim: self.head_dim,
+            window,
+        }
+    }
+
+    /// Elements per token of the activation `a`.
+    pub(crate) fn width(&self, a: Act) -> usize {
+        match a {
+            Act::X | Act::Xn => self.hidden,
+            Act::Q | Act::Att => self.q_dim(),
+            Act::K | Act::V => self.kv_dim(),
+            Act::Gate | Act::Up => self.intermediate,
+        }
+    }
+}
+
+impl Scratch {
+    /// The buffer of activation `a`.
+    pub(crate) fn act(&self, a: Act) -> &[f32] {
+        let n = self.n * self.dims.width(a);
+        &self.buf(a)[..n]
+    }
+
+    /// The buffer of activation `a`, moved out (no allocation) so that it can
+    /// be written while others are read; put it back with [`put`](Self::put).
+    pub(crate) fn take(&mut self, a: Act) -> Vec<f32> {
+        std::mem::take(self.buf_mut(a))
+    }
+
+    /// Puts back a buffer [`take`](Self::take) moved out.
+    pub(crate) fn put(&mut self, a: Act, v: Vec<f32>) {
+        *self.buf_mut(a) = v;
+    }
+
+    fn buf(&self, a: Act) -> &Vec<f32> {
+        match a {
+            Act::X => &self.x,
+            Act::Xn => &self.xn,
+            Act::Q => &self.q,
+            Act::K => &self.k,
+            Act::V => &self.v,
+            Act::Att => &self.att,
+            Act::Gate => &self.gate,
+            Act::Up => &self.up,
+        }
+    }
+
+    fn buf_mut(&mut self, a: Act) -> &mut Vec<f32> {
+        match a {
+            Act::X => &mut self.x,
+            Act::Xn => &mut self.xn,
+            Act::Q => &mut self.q,
+            Act::K => &mut self.k,
+            Act::V => &mut self.v,
+            Act::Att => &mut self.att,
+            Act::Gate => &mut self.gate,
+            Act::Up => &mut self.up,
+        }
     }
 }

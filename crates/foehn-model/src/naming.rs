@@ -1,0 +1,84 @@
+//! Tensor names of the decoder in each file format.
+
+/// Tensor naming of a file format.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Naming {
+    /// llama.cpp's GGUF names.
+    Gguf,
+    /// Hugging Face names.
+    Hf,
+}
+
+/// The tensors of a block.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Part {
+    AttnNorm,
+    Q,
+    K,
+    V,
+    O,
+    FfnNorm,
+    Gate,
+    Up,
+    Down,
+}
+
+impl Naming {
+    /// The token embedding.
+    pub(crate) fn embed(self) -> &'static str {
+        match self {
+            Naming::Gguf => "token_embd.weight",
+            Naming::Hf => "model.embed_tokens.weight",
+        }
+    }
+
+    /// The final norm.
+    pub(crate) fn norm(self) -> &'static str {
+        match self {
+            Naming::Gguf => "output_norm.weight",
+            Naming::Hf => "model.norm.weight",
+        }
+    }
+
+    /// The output projection.
+    pub(crate) fn output(self) -> &'static str {
+        match self {
+            Naming::Gguf => "output.weight",
+            Naming::Hf => "lm_head.weight",
+        }
+    }
+
+    /// Tensor `part` of block `i`.
+    pub(crate) fn block(self, i: usize, part: Part) -> String {
+        match self {
+            Naming::Gguf => {
+                let p = match part {
+                    Part::AttnNorm => "attn_norm",
+                    Part::Q => "attn_q",
+                    Part::K => "attn_k",
+                    Part::V => "attn_v",
+                    Part::O => "attn_output",
+                    Part::FfnNorm => "ffn_norm",
+                    Part::Gate => "ffn_gate",
+                    Part::Up => "ffn_up",
+                    Part::Down => "ffn_down",
+                };
+                format!("blk.{i}.{p}.weight")
+            }
+            Naming::Hf => {
+                let p = match part {
+                    Part::AttnNorm => "input_layernorm",
+                    Part::Q => "self_attn.q_proj",
+                    Part::K => "self_attn.k_proj",
+                    Part::V => "self_attn.v_proj",
+                    Part::O => "self_attn.o_proj",
+                    Part::FfnNorm => "post_attention_layernorm",
+                    Part::Gate => "mlp.gate_proj",
+                    Part::Up => "mlp.up_proj",
+                    Part::Down => "mlp.down_proj",
+                };
+                format!("model.layers.{i}.{p}.weight")
+            }
+        }
+    }
+}
