@@ -16,8 +16,8 @@ use common::{
 };
 use foehn_kernels::GgmlType;
 use foehn_loader::{config_from_hf, GgufFile, SafetensorsModel};
-use foehn_model::candle::{CandleCache, CandleTransformer, CandleWork, Device};
-use foehn_model::{argmax, KvCacheOptions, KvCacheType, LogitsMode, ModelError, RopeStyle};
+use foehn_model::candle::{Candle, CandleCache, CandleTransformer, CandleWork, Device};
+use foehn_model::{argmax, KvCacheOptions, KvCacheType, LogitsMode, Model, ModelError, RopeStyle};
 
 /// The quantized GGUF variants.
 const QUANT_VARIANTS: [&str; 10] = [
@@ -351,4 +351,22 @@ fn type_without_candle_kernels_is_an_error_naming_the_tensor() {
         msg.contains("blk.1.ffn_up.weight") && msg.contains("IQ4_NL"),
         "{msg}"
     );
+}
+
+/// The embedding kept on the device (as on a GPU) and looked up there gives
+/// the logits of the rows gathered on the host, bit for bit.
+#[test]
+fn device_embedding_matches_host_rows() {
+    for variant in ["F32", "Q4_K_M"] {
+        let host = gguf_model(variant);
+        let backend = Candle::new(Device::Cpu).with_device_embedding(true);
+        let on_device = Model::load_gguf(backend, gguf_file(variant)).unwrap();
+        for chunk in [512, 7] {
+            let a = teacher_force(&host, &prompts()[2].1, &[5, 6, 7], chunk);
+            let b = teacher_force(&on_device, &prompts()[2].1, &[5, 6, 7], chunk);
+            for (x, y) in a.iter().zip(&b) {
+                assert_eq!(max_abs_diff(x, y), 0.0, "{variant} chunk {chunk}");
+            }
+        }
+    }
 }

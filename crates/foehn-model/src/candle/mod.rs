@@ -59,12 +59,27 @@ impl CandleDevice {
 #[derive(Debug, Clone)]
 pub struct Candle {
     device: Device,
+    embed_on_device: bool,
 }
 
 impl Candle {
-    /// The backend on `device`.
+    /// The backend on `device`. On a GPU the token embedding is kept on the
+    /// device (dense f32) and looked up there; on the CPU device its rows
+    /// are dequantized from the file as needed.
     pub fn new(device: Device) -> Self {
-        Self { device }
+        let embed_on_device = !device.is_cpu();
+        Self {
+            device,
+            embed_on_device,
+        }
+    }
+
+    /// Keeps the token embedding on the device (dense f32, looked up with
+    /// `index_select`) or on the host (rows dequantized from the file, one
+    /// upload per forward pass), whatever the device.
+    pub fn with_device_embedding(mut self, on: bool) -> Self {
+        self.embed_on_device = on;
+        self
     }
 
     /// The device the weights live on.
@@ -76,11 +91,13 @@ impl Candle {
 /// The Mistral/Llama decoder on the candle backend.
 pub type CandleTransformer = Model<Candle>;
 
-/// The token embedding: rows gathered on the host (one small upload per
-/// forward pass), and, when tied, the output projection on the device.
+/// The token embedding — a dense tensor on the device, or rows gathered on
+/// the host (one small upload per forward pass) — and, when tied, the output
+/// projection on the device.
 #[derive(Debug)]
 pub struct CandleEmbedding {
     host: QMatrix,
+    device: Option<Tensor>,
     head: Option<QMatMul>,
 }
 
@@ -95,6 +112,9 @@ pub struct CandleWork {
     acts: [Option<Tensor>; 8],
     cos: Option<Tensor>,
     sin: Option<Tensor>,
+    /// RoPE tables of positions `0..len` on the device (`len × head_dim/2`
+    /// each), grown as sessions get longer.
+    rope_tables: Option<(Tensor, Tensor)>,
     /// The additive mask of the chunk over the keys it sees (`None`: every
     /// query sees every key) and the first position of those keys.
     mask: Option<Tensor>,
@@ -168,7 +188,16 @@ impl Backend for Candle {
         } else {
             None
         };
-        Ok(CandleEmbedding { host: m, head })
+        let device = if self.embed_on_device {
+            Some(weights::dense_tensor(&m, &self.device)?)
+        } else {
+            None
+        };
+        Ok(CandleEmbedding {
+            host: m,
+            device,
+            head,
+        })
     }
 
     fn new_kv(&self, geom: &KvGeometry) -> Result<CandleKv> {
@@ -183,6 +212,7 @@ impl Backend for Candle {
             acts: Default::default(),
             cos: None,
             sin: None,
+            rope_tables: None,
             mask: None,
             first: 0,
             heads: (
@@ -236,16 +266,20 @@ impl Backend for Candle {
     ) -> Result<()> {
         let (n, hidden) = (tokens.len(), w.shape.0);
         let dev = &self.device;
-        let mut emb = vec![0.0f32; n * hidden];
-        for (&tok, row) in tokens.iter().zip(emb.chunks_exact_mut(hidden)) {
-            embedding.host.dequantize_row_into(tok as usize, row)?;
-        }
-        w.set(Act::X, Tensor::from_vec(emb, (n, hidden), dev)?);
-        let half = w.heads.2 / 2;
-        let (mut cos, mut sin) = (vec![0.0f32; n * half], vec![0.0f32; n * half]);
-        rope.tables(start, &mut cos, &mut sin);
-        w.cos = Some(Tensor::from_vec(cos, (n, half), dev)?);
-        w.sin = Some(Tensor::from_vec(sin, (n, half), dev)?);
+        let x = match &embedding.device {
+            Some(table) => table.index_select(&Tensor::new(tokens, dev)?, 0)?,
+            None => {
+                let mut emb = vec![0.0f32; n * hidden];
+                for (&tok, row) in tokens.iter().zip(emb.chunks_exact_mut(hidden)) {
+                    embedding.host.dequantize_row_into(tok as usize, row)?;
+                }
+                Tensor::from_vec(emb, (n, hidden), dev)?
+            }
+        };
+        w.set(Act::X, x);
+        let (cos, sin) = self.rope_tables(w, rope, start + n)?;
+        w.cos = Some(cos.narrow(0, start, n)?);
+        w.sin = Some(sin.narrow(0, start, n)?);
         // Keys of positions first..start + n are visible to some query of the chunk.
         w.first = w.window.map_or(0, |win| start.saturating_sub(win - 1));
         w.mask = mask(start, n, w.first, w.window, dev)?;
@@ -387,6 +421,35 @@ impl Backend for Candle {
         let xn = candle_nn::ops::rms_norm(&x, norm, eps)?;
         w.logits = head.forward(&xn)?.flatten_all()?.to_vec1::<f32>()?;
         Ok(&w.logits)
+    }
+}
+
+/// Positions of the first RoPE tables of a session (they double as it grows).
+const ROPE_TABLE_MIN: usize = 32;
+
+impl Candle {
+    /// The work's RoPE tables, covering at least positions `0..end` (made
+    /// on the device when a session first needs them, and again, twice as
+    /// long, when it outgrows them).
+    fn rope_tables(&self, w: &mut CandleWork, rope: &Rope, end: usize) -> Result<(Tensor, Tensor)> {
+        let have = w
+            .rope_tables
+            .as_ref()
+            .map_or(0, |(c, _)| c.dim(0).unwrap_or(0));
+        if have < end {
+            let len = end.max(2 * have).max(ROPE_TABLE_MIN);
+            let half = w.heads.2 / 2;
+            let (mut cos, mut sin) = (vec![0.0f32; len * half], vec![0.0f32; len * half]);
+            rope.tables(0, &mut cos, &mut sin);
+            w.rope_tables = Some((
+                Tensor::from_vec(cos, (len, half), &self.device)?,
+                Tensor::from_vec(sin, (len, half), &self.device)?,
+            ));
+        }
+        match &w.rope_tables {
+            Some((c, s)) => Ok((c.clone(), s.clone())),
+            None => Err(ModelError::Mismatch("no RoPE tables".into())),
+        }
     }
 }
 
