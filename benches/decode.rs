@@ -11,6 +11,9 @@
 //! (untimed) before it reaches its 256-token context, so every step attends to
 //! between 16 and 256 keys (at most the model's window).
 
+// criterion_group! defines undocumented public functions.
+#![allow(missing_docs)]
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};

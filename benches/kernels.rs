@@ -15,6 +15,9 @@
 //!   operations, 2·rows·cols·n multiply-adds counted as two, so Gelem/s =
 //!   GOP/s = 2·rows·cols·n / time.
 
+// criterion_group! defines undocumented public functions.
+#![allow(missing_docs)]
+
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};

@@ -58,6 +58,8 @@
 //! # Ok(()) }
 //! ```
 
+#![forbid(unsafe_code)]
+
 pub use foehn_chat as chat;
 pub use foehn_core as core;
 pub use foehn_engine as engine;

@@ -2,6 +2,8 @@
 //! generation contract (request, event stream, [`Generator`] trait) that the
 //! local engine and the remote providers both implement.
 
+#![forbid(unsafe_code)]
+
 mod config;
 mod generate;
 

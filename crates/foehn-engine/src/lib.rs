@@ -2,6 +2,8 @@
 //! `Arc`), sessions that own a KV cache ([`Session`]), and the
 //! [`foehn_core::Generator`] implementation that streams events.
 
+#![forbid(unsafe_code)]
+
 mod error;
 mod isq;
 mod local;

@@ -10,7 +10,7 @@
 //! `HF_HUB_OFFLINE` mean what they mean to `huggingface_hub`; `FOEHN_CACHE`
 //! moves foehn's own cache, `FOEHN_PYTHON` picks the interpreter that runs pip.
 
-#![warn(missing_docs)]
+#![forbid(unsafe_code)]
 
 mod cache;
 pub mod catalog;

@@ -20,8 +20,6 @@
 //! # let _ = logits; Ok(()) }
 //! ```
 
-#![warn(missing_docs)]
-
 mod backend;
 mod cache;
 #[cfg(feature = "candle")]

@@ -4,6 +4,10 @@
 //! distance llama.cpp itself keeps from the reference of the same file
 //! (candle quantizes the activations like llama.cpp), teacher forcing on the
 //! greedy tokens, chunked prefill, the f16 cache and the error paths.
+//!
+//! `FOEHN_TEST_DEVICE=cuda:0` (or `metal`) runs the same tests, with the same
+//! tolerances, on that device (build with `--features cuda` / `metal`; the GPU
+//! script `tests/gpu/run.sh` does).
 
 #![cfg(feature = "candle")]
 
@@ -17,7 +21,9 @@ use common::{
 use foehn_kernels::GgmlType;
 use foehn_loader::{config_from_hf, GgufFile, SafetensorsModel};
 use foehn_model::candle::{Candle, CandleCache, CandleTransformer, CandleWork, Device};
-use foehn_model::{argmax, KvCacheOptions, KvCacheType, LogitsMode, Model, ModelError, RopeStyle};
+use foehn_model::{
+    argmax, CandleDevice, KvCacheOptions, KvCacheType, LogitsMode, Model, ModelError, RopeStyle,
+};
 
 /// The quantized GGUF variants.
 const QUANT_VARIANTS: [&str; 10] = [
@@ -27,13 +33,30 @@ const QUANT_VARIANTS: [&str; 10] = [
 /// Dense f32 weights, f32 arithmetic, f32 cache.
 const TOL: f32 = 1e-3;
 
+/// The device under test: `FOEHN_TEST_DEVICE` (`cpu`, `cuda:N`, `metal`), the
+/// CPU when unset.
+fn device() -> Device {
+    static DEVICE: std::sync::OnceLock<Device> = std::sync::OnceLock::new();
+    DEVICE
+        .get_or_init(|| {
+            let name = std::env::var("FOEHN_TEST_DEVICE").unwrap_or_else(|_| "cpu".into());
+            let device: CandleDevice = name
+                .parse()
+                .unwrap_or_else(|e| panic!("FOEHN_TEST_DEVICE: {e}"));
+            device
+                .open()
+                .unwrap_or_else(|e| panic!("FOEHN_TEST_DEVICE={name}: {e}"))
+        })
+        .clone()
+}
+
 fn gguf_file(variant: &str) -> Arc<GgufFile> {
     let path = tiny().join(format!("gguf/tiny-mistral-{variant}.gguf"));
     Arc::new(GgufFile::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
 }
 
 fn gguf_model(variant: &str) -> CandleTransformer {
-    CandleTransformer::from_gguf(&gguf_file(variant), &Device::Cpu)
+    CandleTransformer::from_gguf(&gguf_file(variant), &device())
         .unwrap_or_else(|e| panic!("{variant}: {e}"))
 }
 
@@ -41,7 +64,7 @@ fn hf_model() -> CandleTransformer {
     let dir = tiny().join("hf");
     let cfg = config_from_hf(&dir).unwrap();
     let st = Arc::new(SafetensorsModel::open(&dir).unwrap());
-    CandleTransformer::from_safetensors(&st, cfg, &Device::Cpu).unwrap()
+    CandleTransformer::from_safetensors(&st, cfg, &device()).unwrap()
 }
 
 /// llama.cpp's own last-logits distance from the reference of the same file.
@@ -301,7 +324,7 @@ fn misuse_is_an_error() {
     // A cache of another model is refused.
     let mut other = model.config().clone();
     other.num_hidden_layers = 3;
-    let mut wrong = CandleCache::new_on(&other, KvCacheOptions::default(), &Device::Cpu).unwrap();
+    let mut wrong = CandleCache::new_on(&other, KvCacheOptions::default(), &device()).unwrap();
     assert!(matches!(
         model.forward(&[5], &mut wrong, &mut c.work, LogitsMode::Last),
         Err(ModelError::Mismatch(_))
@@ -341,7 +364,7 @@ fn type_without_candle_kernels_is_an_error_naming_the_tensor() {
         "blk.1.ffn_up.weight",
         GgmlType::IQ4_NL,
     ));
-    let err = CandleTransformer::from_gguf(&file, &Device::Cpu).unwrap_err();
+    let err = CandleTransformer::from_gguf(&file, &device()).unwrap_err();
     assert!(
         matches!(&err, ModelError::UnsupportedTensorType { tensor, .. } if tensor == "blk.1.ffn_up.weight"),
         "{err}"
@@ -359,7 +382,7 @@ fn type_without_candle_kernels_is_an_error_naming_the_tensor() {
 fn device_embedding_matches_host_rows() {
     for variant in ["F32", "Q4_K_M"] {
         let host = gguf_model(variant);
-        let backend = Candle::new(Device::Cpu).with_device_embedding(true);
+        let backend = Candle::new(device()).with_device_embedding(true);
         let on_device = Model::load_gguf(backend, gguf_file(variant)).unwrap();
         for chunk in [512, 7] {
             let a = teacher_force(&host, &prompts()[2].1, &[5, 6, 7], chunk);

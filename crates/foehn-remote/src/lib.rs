@@ -11,7 +11,7 @@
 //! - [`sse`]: the Server-Sent Events parser, [`errors`]: how error answers map
 //!   to [`foehn_core::GenerateError`].
 
-#![warn(missing_docs)]
+#![forbid(unsafe_code)]
 
 pub mod errors;
 mod openai;

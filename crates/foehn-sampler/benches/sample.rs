@@ -3,6 +3,9 @@
 //!
 //! Run: `cargo bench -p foehn-sampler --bench sample`.
 
+// criterion_group! defines undocumented public functions.
+#![allow(missing_docs)]
+
 use std::cmp::Ordering;
 use std::hint::black_box;
 use std::time::Duration;

@@ -29,7 +29,7 @@
 //! # Ok::<(), foehn_sampler::SamplerError>(())
 //! ```
 
-#![warn(missing_docs)]
+#![forbid(unsafe_code)]
 
 mod config;
 mod error;

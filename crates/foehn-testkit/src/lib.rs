@@ -1,6 +1,8 @@
 //! Test support shared by foehn's crates: where the fixtures are, and a reader
 //! for the float32 `.npy` files among them. Test code only: it panics on bad input.
 
+#![forbid(unsafe_code)]
+
 use std::path::{Path, PathBuf};
 
 /// The repository's `tests/fixtures` folder.
@@ -15,7 +17,9 @@ pub fn fixture(rel: &str) -> PathBuf {
 
 /// A float32 `.npy` array: its shape and data (C order).
 pub struct Npy {
+    /// The array's dimensions, outermost first.
     pub shape: Vec<usize>,
+    /// The elements in C (row-major) order.
     pub data: Vec<f32>,
 }
 

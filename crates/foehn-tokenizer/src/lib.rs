@@ -6,6 +6,8 @@
 //! text unless the caller asks to parse specials; decoding is streaming-safe
 //! ([`StreamDecoder`]).
 
+#![forbid(unsafe_code)]
+
 mod bpe;
 mod error;
 mod gguf;

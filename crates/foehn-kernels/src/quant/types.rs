@@ -5,37 +5,69 @@
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u32)]
 pub enum GgmlType {
+    /// 32-bit float.
     F32 = 0,
+    /// IEEE 16-bit float.
     F16 = 1,
+    /// 4-bit levels, one f16 scale per 32.
     Q4_0 = 2,
+    /// 4-bit levels, an f16 scale and minimum per 32.
     Q4_1 = 3,
+    /// 5-bit levels, one f16 scale per 32.
     Q5_0 = 6,
+    /// 5-bit levels, an f16 scale and minimum per 32.
     Q5_1 = 7,
+    /// 8-bit levels, one f16 scale per 32.
     Q8_0 = 8,
+    /// 8-bit levels, an f16 scale and sum per 32 (activations).
     Q8_1 = 9,
+    /// 2-bit k-quant: 256-value superblocks of 16 sub-blocks with 4-bit scales and minimums.
     Q2_K = 10,
+    /// 3-bit k-quant: 256-value superblocks of 16 sub-blocks with 6-bit scales.
     Q3_K = 11,
+    /// 4-bit k-quant: 256-value superblocks of 8 sub-blocks with 6-bit scales and minimums.
     Q4_K = 12,
+    /// 5-bit k-quant: 256-value superblocks of 8 sub-blocks with 6-bit scales and minimums.
     Q5_K = 13,
+    /// 6-bit k-quant: 256-value superblocks of 16 sub-blocks with 8-bit scales.
     Q6_K = 14,
+    /// 8-bit k-quant with an f32 scale and block sums (activations of the k-quants).
     Q8_K = 15,
+    /// 2.06-bit importance quant (E8 lattice codebook).
     IQ2_XXS = 16,
+    /// 2.31-bit importance quant.
     IQ2_XS = 17,
+    /// 3.06-bit importance quant.
     IQ3_XXS = 18,
+    /// 1.56-bit importance quant.
     IQ1_S = 19,
+    /// 4-bit non-linear levels (a fixed codebook), one f16 scale per 32.
     IQ4_NL = 20,
+    /// 3.44-bit importance quant.
     IQ3_S = 21,
+    /// 2.5-bit importance quant.
     IQ2_S = 22,
+    /// 4-bit non-linear levels in 256-value superblocks with 6-bit scales.
     IQ4_XS = 23,
+    /// 8-bit integer.
     I8 = 24,
+    /// 16-bit integer.
     I16 = 25,
+    /// 32-bit integer.
     I32 = 26,
+    /// 64-bit integer.
     I64 = 27,
+    /// 64-bit float.
     F64 = 28,
+    /// 1.75-bit importance quant.
     IQ1_M = 29,
+    /// bfloat16.
     BF16 = 30,
+    /// Ternary (1.69 bits per weight).
     TQ1_0 = 34,
+    /// Ternary in 2-bit levels.
     TQ2_0 = 35,
+    /// OCP microscaling FP4 (E2M1 values, an E8M0 scale per 32).
     MXFP4 = 39,
 }
 
