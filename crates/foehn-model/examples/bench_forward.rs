@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use foehn_loader::GgufFile;
 use foehn_model::candle::Candle;
-use foehn_model::{argmax, Backend, CandleDevice, KvCacheOptions, LogitsMode, Model, Transformer};
+use foehn_model::{argmax, Backend, CandleDevice, Compute, Cpu, KvCacheOptions, LogitsMode, Model};
 
 type BoxResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
@@ -72,7 +72,8 @@ fn run(
     };
     match candle {
         None => {
-            let model = Transformer::from_gguf(file)?;
+            let cpu = Cpu::new(Arc::new(Compute::new(threads)));
+            let model = Model::load_gguf(cpu, file)?;
             let output = if model.is_tied() {
                 "tied".to_string()
             } else {

@@ -42,7 +42,7 @@ pub use cpu::{ops, Cpu, Scratch, Transformer};
 pub use decoder::{LogitsMode, Model};
 pub use device::CandleDevice;
 pub use error::{ModelError, Result};
-pub use foehn_kernels::{ActPrecision, QMatrix};
+pub use foehn_kernels::{ActPrecision, Compute, Isa, QMatrix};
 pub use isq::WeightOptions;
 pub use rope::{Rope, RopeStyle};
 pub use session::{Decoder, DecoderSession, SessionOptions};

@@ -481,7 +481,7 @@ fn cache_and_scratch_of_another_model_are_refused() {
     let mut other_cfg = model.config().clone();
     other_cfg.num_hidden_layers = 3;
     let mut cache = KvCache::new(&other_cfg, KvCacheOptions::default()).unwrap();
-    let mut scratch = Scratch::for_cache(&other_cfg, &cache);
+    let mut scratch = Scratch::for_cache(&other_cfg, &cache, 1);
     assert!(matches!(
         model.forward(&[1], &mut cache, &mut scratch, LogitsMode::Last),
         Err(ModelError::Mismatch(_))
@@ -489,7 +489,7 @@ fn cache_and_scratch_of_another_model_are_refused() {
     let mut cache = model.new_cache(KvCacheOptions::default()).unwrap();
     other_cfg.num_hidden_layers = 2;
     other_cfg.intermediate_size = 128;
-    let mut scratch = Scratch::for_cache(&other_cfg, &cache);
+    let mut scratch = Scratch::for_cache(&other_cfg, &cache, 1);
     assert!(matches!(
         model.forward(&[1], &mut cache, &mut scratch, LogitsMode::Last),
         Err(ModelError::Mismatch(_))

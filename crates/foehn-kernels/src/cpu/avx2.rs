@@ -24,6 +24,7 @@ use std::arch::x86_64::*;
 
 use super::act::QuantizedActs;
 use super::format::{Format, SUPER, TILE};
+use super::shape::KernelShape;
 
 /// Whether this CPU has everything the kernel uses.
 pub(crate) fn available() -> bool {
@@ -42,39 +43,65 @@ const SIGN: u8 = 2;
 /// in from the group's plane word (see the format docs).
 const SPLIT: u8 = 3;
 
-/// How the kernel computes a type: (levels, group, superblocks, min, pair
+/// How the kernel computes a shape: (levels, group, superblocks, min, pair
 /// bias, 16-bit chains per group). A chain's final sum, `2 · words/chains`
 /// products of `(u − off) · a` per lane (`off` only with the pair bias),
 /// must stay within ±32767 for every level and activation
 /// (`tests::sixteen_bit_chains_cannot_overflow`).
-type Shape = (u8, usize, bool, bool, bool, usize);
+#[cfg(test)]
+type Params = (u8, usize, bool, bool, bool, usize);
 
-/// The kernel shape of weights packed as `fmt`, or `None` for a type
-/// without one.
-fn shape(fmt: &Format) -> Option<Shape> {
-    use crate::GgmlType::*;
-    Some(match fmt.ty {
-        Q6_K if fmt.high_bits == 2 => (SPLIT, 16, true, false, true, 1),
-        Q4_0 => (NIB, 32, false, false, true, 1),
-        Q4_1 => (NIB, 32, false, true, false, 1),
-        Q5_0 => (BYTE, 32, false, false, true, 1),
-        Q5_1 => (BYTE, 32, false, true, false, 2),
-        Q8_0 | IQ4_NL => (SIGN, 32, false, false, false, 8),
-        Q4_K => (NIB, 32, true, true, false, 1),
-        Q5_K => (BYTE, 32, true, true, false, 2),
-        Q6_K => (BYTE, 16, true, false, true, 1),
-        Q3_K => (NIB, 16, true, false, true, 1),
-        Q2_K => (NIB, 16, true, true, false, 1),
-        IQ4_XS => (SIGN, 32, true, false, false, 8),
-        _ => return None,
-    })
+/// One list, two functions: `select` (each shape's monomorph of [`tile`])
+/// and, for the tests, `params` (its parameters).
+macro_rules! shapes {
+    ($($shape:ident => ($m:ident, $g:literal, $sup:literal, $min:literal, $b:literal, $ch:literal)),* $(,)?) => {
+        /// The kernel of `shape` (every shape has one).
+        pub(crate) fn select(shape: KernelShape) -> Option<super::RawTileFn> {
+            let f: super::RawTileFn = match shape {
+                $(KernelShape::$shape => tile::<$m, $g, $sup, $min, $b, $ch>,)*
+            };
+            Some(f)
+        }
+
+        /// The parameters [`select`] monomorphizes `shape`'s kernel with.
+        #[cfg(test)]
+        fn params(shape: KernelShape) -> Params {
+            match shape {
+                $(KernelShape::$shape => ($m, $g, $sup, $min, $b, $ch),)*
+            }
+        }
+    };
 }
 
-/// As [`super::scalar::tile`].
+shapes!(
+    Nib32 => (NIB, 32, false, false, true, 1),
+    Nib32Min => (NIB, 32, false, true, false, 1),
+    Byte32 => (BYTE, 32, false, false, true, 1),
+    Byte32Min => (BYTE, 32, false, true, false, 2),
+    Wide32 => (SIGN, 32, false, false, false, 8),
+    SuperNib32Min => (NIB, 32, true, true, false, 1),
+    SuperByte32Min => (BYTE, 32, true, true, false, 2),
+    SuperWide32 => (SIGN, 32, true, false, false, 8),
+    SuperByte16 => (BYTE, 16, true, false, true, 1),
+    SuperSplit16 => (SPLIT, 16, true, false, true, 1),
+    SuperNib16 => (NIB, 16, true, false, true, 1),
+    SuperNib16Min => (NIB, 16, true, true, false, 1),
+);
+
+/// As [`super::scalar::tile`], for one shape: one or two activation rows
+/// per pass over both halves of the tile (each broadcast activation word
+/// feeds both halves); three or four rows are two such passes.
 ///
 /// # Safety
 /// The CPU must support the features [`available`] checks.
-pub(crate) unsafe fn tile(
+unsafe fn tile<
+    const MODE: u8,
+    const G: usize,
+    const SUP: bool,
+    const MIN: bool,
+    const BIAS: bool,
+    const CH: usize,
+>(
     fmt: &Format,
     cols: usize,
     tile: &[u8],
@@ -84,49 +111,19 @@ pub(crate) unsafe fn tile(
     out: &mut [f32],
 ) {
     super::check_tile_call(fmt, cols, tile, acts, r0, nr, out);
-    // One or two activation rows per pass over both halves of the tile (each
-    // broadcast activation word feeds both halves); three or four rows are
-    // two such passes.
-    macro_rules! run {
-        ($m:ident, $g:literal, $sup:literal, $min:literal, $b:literal, $ch:literal) => {{
-            match nr {
-                1 => kernel::<$m, $g, $sup, $min, $b, $ch, 1>(cols, tile, acts, r0, out),
-                2 => kernel::<$m, $g, $sup, $min, $b, $ch, 2>(cols, tile, acts, r0, out),
-                3 => {
-                    let (first, rest) = out.split_at_mut(2 * TILE);
-                    kernel::<$m, $g, $sup, $min, $b, $ch, 2>(cols, tile, acts, r0, first);
-                    kernel::<$m, $g, $sup, $min, $b, $ch, 1>(cols, tile, acts, r0 + 2, rest);
-                }
-                _ => {
-                    let (first, rest) = out.split_at_mut(2 * TILE);
-                    kernel::<$m, $g, $sup, $min, $b, $ch, 2>(cols, tile, acts, r0, first);
-                    kernel::<$m, $g, $sup, $min, $b, $ch, 2>(cols, tile, acts, r0 + 2, rest);
-                }
+    match nr {
+        1 => kernel::<MODE, G, SUP, MIN, BIAS, CH, 1>(cols, tile, acts, r0, out),
+        2 => kernel::<MODE, G, SUP, MIN, BIAS, CH, 2>(cols, tile, acts, r0, out),
+        _ => {
+            let (first, rest) = out.split_at_mut(2 * TILE);
+            kernel::<MODE, G, SUP, MIN, BIAS, CH, 2>(cols, tile, acts, r0, first);
+            if nr == 3 {
+                kernel::<MODE, G, SUP, MIN, BIAS, CH, 1>(cols, tile, acts, r0 + 2, rest);
+            } else {
+                kernel::<MODE, G, SUP, MIN, BIAS, CH, 2>(cols, tile, acts, r0 + 2, rest);
             }
-        }};
+        }
     }
-    macro_rules! dispatch {
-        ($(($m:ident, $g:literal, $sup:literal, $min:literal, $b:literal, $ch:literal)),*) => {
-            match shape(fmt) {
-                $(Some(($m, $g, $sup, $min, $b, $ch)) => run!($m, $g, $sup, $min, $b, $ch),)*
-                _ => super::scalar::tile(fmt, cols, tile, acts, r0, nr, out),
-            }
-        };
-    }
-    dispatch!(
-        (NIB, 32, false, false, true, 1),
-        (NIB, 32, false, true, false, 1),
-        (BYTE, 32, false, false, true, 1),
-        (BYTE, 32, false, true, false, 2),
-        (SIGN, 32, false, false, false, 8),
-        (NIB, 32, true, true, false, 1),
-        (BYTE, 32, true, true, false, 2),
-        (BYTE, 16, true, false, true, 1),
-        (SPLIT, 16, true, false, true, 1),
-        (NIB, 16, true, false, true, 1),
-        (NIB, 16, true, true, false, 1),
-        (SIGN, 32, true, false, false, 8)
-    )
 }
 
 /// The tile's 16 rows for `NA` activation rows (see the module docs), as
@@ -378,20 +375,6 @@ mod tests {
     use super::*;
     use crate::GgmlType;
 
-    /// The largest level of each type the kernel computes (bytes in the
-    /// packed format, see `pack.rs`).
-    fn max_level(ty: GgmlType) -> i32 {
-        use GgmlType::*;
-        match ty {
-            Q4_0 | Q4_1 | Q4_K => 15,
-            Q5_0 | Q5_1 | Q5_K => 31,
-            Q6_K => 63,
-            Q3_K => 7,
-            Q2_K => 3,
-            _ => 255,
-        }
-    }
-
     /// Every packed type has a kernel shape that agrees with its format, and
     /// no 16-bit chain can overflow: products per lane × the largest
     /// `|u − off|` × 127 ≤ 32767, and no `vpmaddubsw` pair saturates.
@@ -402,8 +385,7 @@ mod tests {
                 continue;
             };
             for fmt in [Some(fmt), Format::split(ty)].into_iter().flatten() {
-                let (mode, g, sup, min, bias, ch) =
-                    shape(&fmt).expect("every packed type has a shape");
+                let (mode, g, sup, min, bias, ch) = params(fmt.shape);
                 assert_eq!(mode == NIB || mode == SPLIT, fmt.nibbles, "{ty}");
                 assert_eq!(mode == SPLIT, fmt.high_bits == 2, "{ty}");
                 assert_eq!((g, sup, min), (fmt.group, fmt.superblocks, fmt.min), "{ty}");
@@ -414,7 +396,7 @@ mod tests {
                 // Products per 16-bit lane of one chain: two per operand, and a
                 // nibble word gives two operands.
                 let ops = words / ch * if fmt.nibbles { 2 } else { 1 };
-                let top = max_level(ty);
+                let top = i32::from(ty.packing().unwrap().max_level);
                 let dev = if mode == SIGN {
                     128
                 } else if bias {

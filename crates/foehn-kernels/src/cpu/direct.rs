@@ -17,85 +17,90 @@
 //! whether the matrix is packed yet or not.
 
 use super::act::QuantizedActs;
-use super::Isa;
+use super::{Isa, SupportedIsa};
+use crate::quant::Defer;
 use crate::GgmlType;
 
 /// Activation rows a direct kernel computes at once.
 pub(crate) const MAX_ROWS: usize = 4;
 
-/// Whether weights of `ty` have a direct kernel on `isa` that matches its
-/// tile kernel bit for bit.
-pub(crate) fn available(ty: GgmlType, isa: Isa) -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        matches!(ty, GgmlType::Q8_0 | GgmlType::Q4_K | GgmlType::Q6_K) && isa == Isa::Avx2
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = (ty, isa);
-        false
+/// A direct kernel's entry point (see [`DirectKernel::product`]); only safe
+/// on a CPU that runs its instruction set.
+type RawDirectFn =
+    unsafe fn(&[u8], usize, usize, usize, &QuantizedActs, usize, usize, *mut f32, usize);
+
+/// The direct kernel of `ty` on `isa`, if that instruction set has one
+/// (compiled for this target; whether the CPU runs it is not checked).
+/// Each must give its instruction set's tile kernel's results bit for bit.
+fn kernel_of(ty: GgmlType, isa: Isa) -> Option<RawDirectFn> {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => match ty {
+            GgmlType::Q8_0 => Some(avx2::q8_0),
+            GgmlType::Q4_K => Some(avx2::q4_k),
+            GgmlType::Q6_K => Some(avx2::q6_k),
+            _ => None,
+        },
+        _ => {
+            let _ = ty;
+            None
+        }
     }
 }
 
-/// Whether packing deferred weights of `ty` on a background thread pays
-/// (`QMatrix::pack_in_background`). For the k-quants it does: their tiles
-/// decode much faster than their direct kernels. Q8_0 at 7B decodes at the
-/// same speed either way, and packing it under decode costs more than it
-/// gives (7B-shaped Q8_0, a 24-token answer to a short chat prompt: 13.5–15.9
-/// s with the packer, 2 t/s while it runs, against 3.3 t/s without it), so
-/// Q8_0 waits for a long prefill — at the cost of small models decoding
-/// their Q8_0 matrices on the direct kernel until then (SmolLM2 `bench -p 0`:
-/// 154 t/s, 213 once packed).
-pub(crate) fn pack_in_background(ty: GgmlType) -> bool {
-    ty != GgmlType::Q8_0
-}
-
-/// `out[j · stride + r] = W[r] · a[a0 + j]` for the `rows` rows of `w`
-/// (`ty`, `cols` weights each, back to back) and `na` activation rows,
-/// quantized for `ty`'s packed format.
-///
-/// # Safety
-/// [`available`]`(ty, isa)` must hold for an `isa` of
-/// [`Isa::supported`], and `out` must be valid for writes of every
-/// `j · stride + r` (`j < na`, `r < rows`).
-///
-/// # Panics
-/// When `w` or `acts` are too short for the call or `na` is not 1..=4.
-#[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn product(
+/// A direct kernel for one type on an instruction set this CPU runs, chosen
+/// when a matrix's packing is deferred.
+#[derive(Clone, Copy)]
+pub(crate) struct DirectKernel {
     ty: GgmlType,
-    w: &[u8],
-    rows: usize,
-    cols: usize,
-    acts: &QuantizedActs,
-    a0: usize,
-    na: usize,
-    out: *mut f32,
-    stride: usize,
-) {
-    let row_bytes = ty.row_bytes(cols).unwrap_or(usize::MAX);
-    assert!(
-        rows.checked_mul(row_bytes).is_some_and(|b| b <= w.len())
-            && acts.cols == cols
-            && (1..=MAX_ROWS).contains(&na)
-            && a0 + na <= acts.n,
-        "direct product: wrong weights, activations or rows"
-    );
-    #[cfg(target_arch = "x86_64")]
-    {
-        let kernel = match ty {
-            GgmlType::Q8_0 => avx2::q8_0,
-            GgmlType::Q4_K => avx2::q4_k,
-            GgmlType::Q6_K => avx2::q6_k,
-            _ => unreachable!("no direct kernel for {ty}"),
-        };
-        // SAFETY: the caller's contract and the checks above.
-        unsafe { kernel(w, row_bytes, rows, cols, acts, a0, na, out, stride) };
+    f: RawDirectFn,
+}
+
+impl DirectKernel {
+    /// The direct kernel for weights of `ty` on `isa`, where the type's row
+    /// lets packing wait ([`Defer`]) and the instruction set has one.
+    pub(crate) fn select(ty: GgmlType, isa: SupportedIsa) -> Option<Self> {
+        let defer = ty.packing()?.defer;
+        if defer == Defer::Never {
+            return None;
+        }
+        kernel_of(ty, isa.isa()).map(|f| Self { ty, f })
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = (out, stride);
-        unreachable!("no direct kernel for {ty}");
+
+    /// `out[j · stride + r] = W[r] · a[a0 + j]` for the `rows` rows of `w`
+    /// (`cols` weights each, back to back in the file's layout) and `na`
+    /// activation rows, quantized for the type's packed format.
+    ///
+    /// # Safety
+    /// `out` must be valid for writes of every `j · stride + r` (`j < na`,
+    /// `r < rows`).
+    ///
+    /// # Panics
+    /// When `w` or `acts` are too short for the call or `na` is not 1..=4.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) unsafe fn product(
+        &self,
+        w: &[u8],
+        rows: usize,
+        cols: usize,
+        acts: &QuantizedActs,
+        a0: usize,
+        na: usize,
+        out: *mut f32,
+        stride: usize,
+    ) {
+        let row_bytes = self.ty.row_bytes(cols).unwrap_or(usize::MAX);
+        assert!(
+            rows.checked_mul(row_bytes).is_some_and(|b| b <= w.len())
+                && acts.cols == cols
+                && (1..=MAX_ROWS).contains(&na)
+                && a0 + na <= acts.n,
+            "direct product: wrong weights, activations or rows"
+        );
+        // SAFETY: `f` was selected for an instruction set this CPU runs
+        // (`SupportedIsa` is only made by checking); the lengths it reads
+        // are checked above and `out` is the caller's contract.
+        unsafe { (self.f)(w, row_bytes, rows, cols, acts, a0, na, out, stride) }
     }
 }
 
@@ -105,15 +110,16 @@ mod avx2 {
 
     use crate::cpu::act::{QuantizedActs, ACT_BLOCK};
     use crate::cpu::format::SUPER;
+    use crate::GgmlType;
 
     /// Bytes of a Q8_0 block: an f16 scale, then 32 signed levels.
-    const Q8_0_BLOCK: usize = 34;
+    const Q8_0_BLOCK: usize = GgmlType::Q8_0.type_size();
     /// Bytes of a Q4_K block: `d`, `dmin` (f16), 12 bytes of 6-bit scales
     /// and mins, 128 bytes of nibbles.
-    const Q4_K_BLOCK: usize = 144;
+    const Q4_K_BLOCK: usize = GgmlType::Q4_K.type_size();
     /// Bytes of a Q6_K block: 128 bytes of low nibbles, 64 of high bit
     /// pairs, 16 signed scales, `d` (f16).
-    const Q6_K_BLOCK: usize = 210;
+    const Q6_K_BLOCK: usize = GgmlType::Q6_K.type_size();
 
     /// The signature of one pass: rows `r0..r0 + R` of `w` times activation
     /// rows `a0..a0 + NA` (`R · NA ≤ 8`: pair `k = r · NA + j` in lane `k`).
@@ -495,9 +501,10 @@ mod avx2 {
 #[cfg(all(test, target_arch = "x86_64"))]
 mod tests {
     use super::*;
+    use crate::cpu::format::Format;
     use crate::cpu::format::TILE;
     use crate::cpu::testutil::random_bytes;
-    use crate::cpu::{format_for, pack, tile_fn};
+    use crate::cpu::{pack, TileKernel};
     use rand::{Rng, SeedableRng};
 
     /// The direct kernels give the AVX2 tile kernel's outputs bit for bit
@@ -506,17 +513,19 @@ mod tests {
     /// the k-quants' shifts differ), with outputs poisoned first.
     #[test]
     fn direct_kernels_match_the_tile_kernel_bit_for_bit() {
-        if !Isa::supported().contains(&Isa::Avx2) {
+        let Some(avx2) = Isa::Avx2.check() else {
             eprintln!("skipped: no AVX2");
             return;
-        }
+        };
         let mut rng = rand::rngs::StdRng::seed_from_u64(21);
         let shapes = [(1, 256), (7, 512), (16, 256), (37, 768)];
         let cases = [GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q6_K]
             .into_iter()
             .flat_map(|ty| shapes.into_iter().map(move |s| (ty, s)));
         for (ty, (rows, cols)) in cases.chain([(GgmlType::Q8_0, (5, 96))]) {
-            let fmt = format_for(ty, Isa::Avx2).unwrap();
+            let fmt = Format::for_isa(ty, Isa::Avx2).unwrap();
+            let tile_kernel = TileKernel::select(fmt, avx2);
+            let direct = DirectKernel::select(ty, avx2).unwrap();
             let rb = ty.row_bytes(cols).unwrap();
             let mut bytes = random_bytes(&mut rng, ty, rows, cols);
             // The most extreme levels in some blocks (random bytes reach
@@ -539,7 +548,7 @@ mod tests {
             for (t, tile) in tiles.chunks_exact(tb).enumerate() {
                 for a in 0..n {
                     let mut buf = vec![f32::NAN; TILE];
-                    tile_fn(Isa::Avx2)(&fmt, cols, tile, &acts, a, 1, &mut buf);
+                    tile_kernel.run(cols, tile, &acts, a, 1, &mut buf);
                     for i in 0..TILE.min(rows - t * TILE) {
                         want[a * rows + t * TILE + i] = buf[i];
                     }
@@ -548,19 +557,9 @@ mod tests {
             for a0 in 0..n {
                 for na in 1..=MAX_ROWS.min(n - a0) {
                     let mut got = vec![f32::NAN; na * rows];
-                    // SAFETY: AVX2 is supported; `got` holds na × rows.
+                    // SAFETY: `got` holds na × rows.
                     unsafe {
-                        product(
-                            ty,
-                            &bytes,
-                            rows,
-                            cols,
-                            &acts,
-                            a0,
-                            na,
-                            got.as_mut_ptr(),
-                            rows,
-                        )
+                        direct.product(&bytes, rows, cols, &acts, a0, na, got.as_mut_ptr(), rows)
                     };
                     for j in 0..na {
                         for r in 0..rows {
@@ -577,14 +576,30 @@ mod tests {
         }
     }
 
+    /// Where a direct kernel exists, the type's row lets packing wait, and
+    /// every type whose row does has one somewhere.
     #[test]
-    fn direct_kernels_exist_only_where_they_match_a_tile_kernel() {
+    fn direct_kernels_and_the_deferral_policy_agree() {
         for ty in GgmlType::ALL {
-            for isa in [Isa::Scalar, Isa::Avx2, Isa::Avx512Vnni, Isa::NeonDotprod] {
+            let defer = ty.packing().map_or(Defer::Never, |p| p.defer);
+            let isas: Vec<Isa> = Isa::ALL
+                .into_iter()
+                .filter(|&isa| kernel_of(ty, isa).is_some())
+                .collect();
+            if defer == Defer::Never {
+                assert!(
+                    isas.is_empty(),
+                    "{ty}: direct kernels on {isas:?} never used"
+                );
+            } else {
+                #[cfg(target_arch = "x86_64")]
+                assert!(!isas.is_empty(), "{ty}: deferred, but no direct kernel");
+            }
+            for isa in Isa::supported() {
+                let isa = isa.check().unwrap();
                 assert_eq!(
-                    available(ty, isa),
-                    matches!(ty, GgmlType::Q8_0 | GgmlType::Q4_K | GgmlType::Q6_K)
-                        && isa == Isa::Avx2,
+                    DirectKernel::select(ty, isa).is_some(),
+                    defer != Defer::Never && isas.contains(&isa.isa()),
                     "{ty} {isa:?}"
                 );
             }

@@ -50,83 +50,88 @@
 //! kernel rebuilds operand `o`'s levels with one shift, mask and or.
 
 use super::act::ActMode;
+use super::shape::KernelShape;
+use super::Isa;
+use crate::quant::Packing;
 use crate::GgmlType;
 
 /// Rows per tile: one SIMD lane per row with 512-bit vectors of i32/f32.
-pub const TILE: usize = 16;
+pub(crate) const TILE: usize = 16;
 
 /// Weights per superblock of the k-quants.
-pub const SUPER: usize = 256;
+pub(crate) const SUPER: usize = 256;
 
-/// How one ggml type is packed (see the module docs).
+/// How one ggml type is packed (see the module docs): its row of the
+/// quant-type table's [`KernelShape`] and level offset, spelled out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Format {
+pub(crate) struct Format {
     /// The original type.
-    pub ty: GgmlType,
+    pub(crate) ty: GgmlType,
+    /// The kernel shape the fields below spell out.
+    pub(crate) shape: KernelShape,
     /// Levels fit in 4 bits and are stored two per byte.
-    pub nibbles: bool,
+    pub(crate) nibbles: bool,
     /// Weights per group (16 or 32).
-    pub group: usize,
+    pub(crate) group: usize,
     /// Scales are `d[superblock] · sc[group]` (k-quants) rather than `d[group]`.
-    pub superblocks: bool,
+    pub(crate) superblocks: bool,
     /// Groups have a min `M`.
-    pub min: bool,
+    pub(crate) min: bool,
     /// The level offset `off`.
-    pub off: i32,
+    pub(crate) off: i32,
     /// Split variant: bits of each level above its low nibble, stored in a
     /// plane of their own (0: levels are whole nibbles or bytes).
-    pub high_bits: u32,
+    pub(crate) high_bits: u32,
 }
 
 impl Format {
-    /// The packed format of `ty`, or `None` when the type is not packed
-    /// (floats, and types without a kernel).
-    pub const fn of(ty: GgmlType) -> Option<Format> {
-        use GgmlType::*;
-        let (nibbles, group, superblocks, min, off) = match ty {
-            Q4_0 => (true, 32, false, false, 8),
-            Q4_1 => (true, 32, false, true, 0),
-            Q5_0 => (false, 32, false, false, 16),
-            Q5_1 => (false, 32, false, true, 0),
-            Q8_0 => (false, 32, false, false, 128),
-            IQ4_NL => (false, 32, false, false, 128),
-            Q4_K => (true, 32, true, true, 0),
-            Q5_K => (false, 32, true, true, 0),
-            Q6_K => (false, 16, true, false, 32),
-            Q3_K => (true, 16, true, false, 4),
-            Q2_K => (true, 16, true, true, 0),
-            IQ4_XS => (false, 32, true, false, 128),
-            _ => return None,
-        };
-        Some(Format {
+    /// `ty` packed as `shape` with level offset `off`.
+    const fn new(ty: GgmlType, shape: KernelShape, off: i32) -> Format {
+        Format {
             ty,
-            nibbles,
-            group,
-            superblocks,
-            min,
+            shape,
+            nibbles: shape.nibbles(),
+            group: shape.group(),
+            superblocks: shape.superblocks(),
+            min: shape.min(),
             off,
-            high_bits: 0,
-        })
+            high_bits: shape.high_bits(),
+        }
     }
 
-    /// The split variant of a 6-bit type (see the module docs), or `None`.
-    pub const fn split(ty: GgmlType) -> Option<Format> {
-        let bits = match ty {
-            GgmlType::Q6_K => 2,
-            _ => return None,
-        };
-        match Format::of(ty) {
-            Some(f) => Some(Format {
-                nibbles: true,
-                high_bits: bits,
-                ..f
-            }),
+    /// The common packed format of `ty`, or `None` when the type is not
+    /// packed (floats, and types without a kernel shape in their row).
+    pub(crate) const fn of(ty: GgmlType) -> Option<Format> {
+        match ty.packing() {
+            Some(p) => Some(Format::new(ty, p.shape, p.off)),
             None => None,
         }
     }
 
+    /// The split variant of `ty` (see the module docs), or `None`.
+    pub(crate) const fn split(ty: GgmlType) -> Option<Format> {
+        match ty.packing() {
+            Some(Packing {
+                split: Some((shape, _)),
+                off,
+                ..
+            }) => Some(Format::new(ty, shape, off)),
+            _ => None,
+        }
+    }
+
+    /// How weights of `ty` are packed for the tile kernels of `isa`: the
+    /// split variant where the type's row says so for `isa`, else the
+    /// common format; `None` for types without one.
+    pub(crate) fn for_isa(ty: GgmlType, isa: Isa) -> Option<Format> {
+        match ty.packing()?.split {
+            Some((_, isas)) if isas.contains(&isa) => Format::split(ty),
+            _ => Format::of(ty),
+        }
+    }
+
     /// 4-byte words of low nibbles per row and group (nibble formats).
-    pub const fn nibble_words(&self) -> usize {
+    pub(crate) const fn nibble_words(&self) -> usize {
         self.group / 8
     }
 
@@ -153,7 +158,7 @@ impl Format {
     }
 
     /// Weights per unit (a superblock or a group).
-    pub const fn unit(&self) -> usize {
+    pub(crate) const fn unit(&self) -> usize {
         if self.superblocks {
             SUPER
         } else {
@@ -163,7 +168,7 @@ impl Format {
 
     /// How activations are quantized for products with this format: the
     /// k-quants' kernels sum a whole superblock before scaling.
-    pub const fn act_mode(&self) -> ActMode {
+    pub(crate) const fn act_mode(&self) -> ActMode {
         if self.superblocks {
             ActMode::Superblock
         } else {
@@ -172,13 +177,13 @@ impl Format {
     }
 
     /// Groups per unit.
-    pub const fn groups_per_unit(&self) -> usize {
+    pub(crate) const fn groups_per_unit(&self) -> usize {
         self.unit() / self.group
     }
 
     /// Bytes of one row's levels in one group (with the split variant's
     /// high bits).
-    pub const fn group_row_bytes(&self) -> usize {
+    pub(crate) const fn group_row_bytes(&self) -> usize {
         if self.nibbles {
             self.group / 2 + self.group * self.high_bits as usize / 8
         } else {
@@ -187,7 +192,7 @@ impl Format {
     }
 
     /// Bytes of a unit's header (scales and mins) for a whole tile.
-    pub const fn header_bytes(&self) -> usize {
+    pub(crate) const fn header_bytes(&self) -> usize {
         let per_set = if self.min { 2 } else { 1 };
         let mut bytes = 2 * TILE * per_set;
         if self.superblocks {
@@ -197,13 +202,13 @@ impl Format {
     }
 
     /// Bytes of one unit of a tile.
-    pub const fn unit_bytes(&self) -> usize {
+    pub(crate) const fn unit_bytes(&self) -> usize {
         self.header_bytes() + self.groups_per_unit() * TILE * self.group_row_bytes()
     }
 
     /// Bytes of one tile of rows of `cols` weights (`cols` a multiple of
     /// [`unit`](Self::unit)).
-    pub const fn tile_bytes(&self, cols: usize) -> usize {
+    pub(crate) const fn tile_bytes(&self, cols: usize) -> usize {
         cols / self.unit() * self.unit_bytes()
     }
 }

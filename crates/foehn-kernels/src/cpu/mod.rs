@@ -1,31 +1,36 @@
 //! The CPU kernels: weights repacked into 16-row tiles ([`format`]),
 //! activations quantized once per product ([`act`]), and one tile kernel per
-//! instruction set, chosen at run time ([`Isa`]).
+//! [`KernelShape`] and instruction set, chosen when a matrix is packed
+//! ([`TileKernel`]) for an instruction set this CPU runs ([`SupportedIsa`]).
 
-/// Calls the monomorphized kernel `$kernel::<NIBBLES, GROUP, SUPERBLOCKS,
-/// MIN, NA>(off, cols, tile, acts, r0, out)` matching the format's shape and
-/// `nr` (NA = `nr`, 4 from 4 up), or the scalar kernel for a shape without a
-/// monomorph. Every SIMD module's `tile` is this one dispatch.
-macro_rules! dispatch_shape {
-    ($kernel:ident($fmt:ident, $cols:ident, $tile:ident, $acts:ident, $r0:ident, $nr:ident, $out:ident)) => {
-        match ($fmt.nibbles, $fmt.group, $fmt.superblocks, $fmt.min) {
-            // Split formats are the AVX2 kernel's.
-            _ if $fmt.high_bits != 0 => super::scalar::tile($fmt, $cols, $tile, $acts, $r0, $nr, $out),
-            (true, 32, false, false) => dispatch_shape!(@na $kernel, true, 32, false, false, $fmt, $cols, $tile, $acts, $r0, $nr, $out),
-            (true, 32, false, true) => dispatch_shape!(@na $kernel, true, 32, false, true, $fmt, $cols, $tile, $acts, $r0, $nr, $out),
-            (false, 32, false, false) => dispatch_shape!(@na $kernel, false, 32, false, false, $fmt, $cols, $tile, $acts, $r0, $nr, $out),
-            (false, 32, false, true) => dispatch_shape!(@na $kernel, false, 32, false, true, $fmt, $cols, $tile, $acts, $r0, $nr, $out),
-            (true, 32, true, true) => dispatch_shape!(@na $kernel, true, 32, true, true, $fmt, $cols, $tile, $acts, $r0, $nr, $out),
-            (false, 32, true, true) => dispatch_shape!(@na $kernel, false, 32, true, true, $fmt, $cols, $tile, $acts, $r0, $nr, $out),
-            (false, 32, true, false) => dispatch_shape!(@na $kernel, false, 32, true, false, $fmt, $cols, $tile, $acts, $r0, $nr, $out),
-            (false, 16, true, false) => dispatch_shape!(@na $kernel, false, 16, true, false, $fmt, $cols, $tile, $acts, $r0, $nr, $out),
-            (true, 16, true, false) => dispatch_shape!(@na $kernel, true, 16, true, false, $fmt, $cols, $tile, $acts, $r0, $nr, $out),
-            (true, 16, true, true) => dispatch_shape!(@na $kernel, true, 16, true, true, $fmt, $cols, $tile, $acts, $r0, $nr, $out),
-            _ => super::scalar::tile($fmt, $cols, $tile, $acts, $r0, $nr, $out),
-        }
-    };
-    (@na $kernel:ident, $nib:literal, $g:literal, $sup:literal, $min:literal,
-     $fmt:ident, $cols:ident, $tile:ident, $acts:ident, $r0:ident, $nr:ident, $out:ident) => {
+/// The `(nibbles, group, superblocks, min)` monomorph of `$tile` for each
+/// shape, for the instruction sets whose kernels are generic over exactly
+/// those (AVX-512 VNNI, NEON): their `select`.
+macro_rules! select_by_layout {
+    ($tile:ident, $shape:expr) => {{
+        use $crate::cpu::shape::KernelShape::*;
+        let f: $crate::cpu::RawTileFn = match $shape {
+            Nib32 => $tile::<true, 32, false, false>,
+            Nib32Min => $tile::<true, 32, false, true>,
+            Byte32 | Wide32 => $tile::<false, 32, false, false>,
+            Byte32Min => $tile::<false, 32, false, true>,
+            SuperNib32Min => $tile::<true, 32, true, true>,
+            SuperByte32Min => $tile::<false, 32, true, true>,
+            SuperWide32 => $tile::<false, 32, true, false>,
+            SuperByte16 => $tile::<false, 16, true, false>,
+            SuperNib16 => $tile::<true, 16, true, false>,
+            SuperNib16Min => $tile::<true, 16, true, true>,
+            // The split layout is packed for AVX2 only.
+            SuperSplit16 => return None,
+        };
+        Some(f)
+    }};
+}
+
+/// Calls `$kernel::<NIB, G, SUP, MIN, NA>(off, cols, tile, acts, r0, out)`
+/// with `NA = nr` (4 from 4 up): the body of a layout-generic `tile`.
+macro_rules! call_with_rows {
+    ($kernel:ident::<$nib:ident, $g:ident, $sup:ident, $min:ident>($fmt:ident, $cols:ident, $tile:ident, $acts:ident, $r0:ident, $nr:ident, $out:ident)) => {
         match $nr {
             1 => $kernel::<$nib, $g, $sup, $min, 1>($fmt.off, $cols, $tile, $acts, $r0, $out),
             2 => $kernel::<$nib, $g, $sup, $min, 2>($fmt.off, $cols, $tile, $acts, $r0, $out),
@@ -35,11 +40,12 @@ macro_rules! dispatch_shape {
     };
 }
 
-pub mod act;
+pub(crate) mod act;
 pub(crate) mod direct;
-pub mod format;
+pub(crate) mod format;
 pub(crate) mod pack;
 mod scalar;
+pub(crate) mod shape;
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
@@ -51,10 +57,9 @@ mod neon;
 #[cfg(test)]
 pub(crate) mod testutil;
 
-use std::sync::OnceLock;
-
 use act::QuantizedActs;
 use format::Format;
+use shape::KernelShape;
 
 /// The instruction sets the tile kernels are written for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,8 +74,25 @@ pub enum Isa {
     NeonDotprod,
 }
 
+/// An instruction set this CPU runs: made only by checking the CPU
+/// ([`Isa::check`], [`Isa::best`]), so kernels selected for it are safe to
+/// call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SupportedIsa(Isa);
+
+impl SupportedIsa {
+    /// The instruction set.
+    pub fn isa(self) -> Isa {
+        self.0
+    }
+}
+
 impl Isa {
-    /// The instruction set's name, as `FOEHN_ISA` takes it.
+    /// Every instruction set, for names and parsing.
+    pub const ALL: [Isa; 4] = [Isa::Scalar, Isa::Avx2, Isa::Avx512Vnni, Isa::NeonDotprod];
+
+    /// The instruction set's name (`scalar`, `avx2`, `avx512vnni`,
+    /// `neon-dotprod`).
     pub fn name(self) -> &'static str {
         match self {
             Isa::Scalar => "scalar",
@@ -78,6 +100,11 @@ impl Isa {
             Isa::Avx512Vnni => "avx512vnni",
             Isa::NeonDotprod => "neon-dotprod",
         }
+    }
+
+    /// The instruction set called `name` (see [`name`](Self::name)).
+    pub fn from_name(name: &str) -> Option<Isa> {
+        Isa::ALL.into_iter().find(|i| i.name() == name.trim())
     }
 
     /// Every instruction set this CPU can run, best first (always ends with
@@ -103,29 +130,16 @@ impl Isa {
         v
     }
 
-    /// The instruction set the kernels use: the best this CPU supports, or
-    /// the one named by the `FOEHN_ISA` environment variable (`scalar`,
-    /// `avx2`, `avx512vnni`, `neon-dotprod`) when the CPU supports it.
-    pub fn active() -> Isa {
-        static ACTIVE: OnceLock<Isa> = OnceLock::new();
-        *ACTIVE.get_or_init(|| {
-            let supported = Isa::supported();
-            let wanted = std::env::var("FOEHN_ISA").ok();
-            wanted
-                .and_then(|w| supported.iter().copied().find(|i| i.name() == w.trim()))
-                .unwrap_or(supported[0])
-        })
+    /// This instruction set, if this CPU runs it.
+    pub fn check(self) -> Option<SupportedIsa> {
+        Isa::supported()
+            .contains(&self)
+            .then_some(SupportedIsa(self))
     }
-}
 
-/// How weights of `ty` are packed for the tile kernels of `isa`: the split
-/// variant of the 6-bit type for AVX2 (the file's size, so decode reads no
-/// more than the file), else the common format; `None` for types without
-/// one.
-pub fn format_for(ty: crate::GgmlType, isa: Isa) -> Option<Format> {
-    match isa {
-        Isa::Avx2 => Format::split(ty).or(Format::of(ty)),
-        _ => Format::of(ty),
+    /// The best instruction set this CPU runs.
+    pub fn best() -> SupportedIsa {
+        SupportedIsa(Isa::supported()[0])
     }
 }
 
@@ -159,22 +173,92 @@ pub(crate) fn check_tile_call(
     );
 }
 
-/// A tile kernel: see [`scalar::tile`].
-pub(crate) type TileFn = fn(&Format, usize, &[u8], &QuantizedActs, usize, usize, &mut [f32]);
+/// A tile kernel's entry point (see [`scalar::tile`]); the SIMD ones are
+/// only safe to call on a CPU that runs their instruction set.
+pub(crate) type RawTileFn =
+    unsafe fn(&Format, usize, &[u8], &QuantizedActs, usize, usize, &mut [f32]);
 
-/// The tile kernel of `isa` (which the CPU must support: see [`Isa::supported`]).
-pub(crate) fn tile_fn(isa: Isa) -> TileFn {
+/// The SIMD tile kernel of `isa` for `shape`, if that instruction set has
+/// one (compiled for this target; whether the CPU runs it is not checked).
+fn simd_kernel(isa: Isa, shape: KernelShape) -> Option<RawTileFn> {
     match isa {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: callers only pass instruction sets from `Isa::supported()`.
-        Isa::Avx512Vnni => |f, c, t, a, r, n, o| unsafe { avx512::tile(f, c, t, a, r, n, o) },
+        Isa::Avx512Vnni => avx512::select(shape),
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: as above.
-        Isa::Avx2 => |f, c, t, a, r, n, o| unsafe { avx2::tile(f, c, t, a, r, n, o) },
+        Isa::Avx2 => avx2::select(shape),
         #[cfg(target_arch = "aarch64")]
-        // SAFETY: as above.
-        Isa::NeonDotprod => |f, c, t, a, r, n, o| unsafe { neon::tile(f, c, t, a, r, n, o) },
-        _ => scalar::tile,
+        Isa::NeonDotprod => neon::select(shape),
+        _ => {
+            let _ = shape;
+            None
+        }
+    }
+}
+
+/// The tile kernel chosen for one packed format on one instruction set,
+/// when a matrix is packed: calls need no dispatch, and the format the
+/// tiles were packed in travels with it.
+#[derive(Clone, Copy)]
+pub(crate) struct TileKernel {
+    fmt: Format,
+    isa: Isa,
+    f: RawTileFn,
+}
+
+impl std::fmt::Debug for TileKernel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TileKernel")
+            .field("shape", &self.fmt.shape)
+            .field("isa", &self.isa)
+            .finish()
+    }
+}
+
+impl TileKernel {
+    /// The kernel of `isa` for weights packed as `fmt`: its SIMD kernel, or
+    /// the scalar one where it has none (no packable type does: see the
+    /// tests).
+    pub(crate) fn select(fmt: Format, isa: SupportedIsa) -> Self {
+        match simd_kernel(isa.0, fmt.shape) {
+            Some(f) => Self { fmt, isa: isa.0, f },
+            None => Self {
+                fmt,
+                isa: Isa::Scalar,
+                f: scalar::tile,
+            },
+        }
+    }
+
+    /// The packed format the kernel reads.
+    pub(crate) fn format(&self) -> &Format {
+        &self.fmt
+    }
+
+    /// The instruction set that runs the kernel.
+    #[allow(dead_code)] // read by tests
+    pub(crate) fn isa(&self) -> Isa {
+        self.isa
+    }
+
+    /// `out[r·16 + i]` for the 16 rows `i` of `tile` and activation rows
+    /// `r0..r0 + nr` (see [`scalar::tile`]).
+    ///
+    /// # Panics
+    /// When `tile`, `acts` or `out` are too short for the call.
+    #[inline]
+    pub(crate) fn run(
+        &self,
+        cols: usize,
+        tile: &[u8],
+        acts: &QuantizedActs,
+        r0: usize,
+        nr: usize,
+        out: &mut [f32],
+    ) {
+        // SAFETY: `f` was selected for an instruction set this CPU runs
+        // (`SupportedIsa` is only made by checking) and for `fmt`'s shape;
+        // every kernel checks the lengths it relies on (`check_tile_call`).
+        unsafe { (self.f)(&self.fmt, cols, tile, acts, r0, nr, out) }
     }
 }
 
@@ -187,11 +271,50 @@ mod tests {
     use rand::{Rng, SeedableRng};
 
     /// The SIMD instruction sets this CPU runs.
-    fn simd_isas() -> Vec<Isa> {
+    fn simd_isas() -> Vec<SupportedIsa> {
         Isa::supported()
             .into_iter()
             .filter(|i| *i != Isa::Scalar)
+            .filter_map(Isa::check)
             .collect()
+    }
+
+    /// The types with a packed format (from the quant-type table).
+    fn packed_types() -> impl Iterator<Item = GgmlType> {
+        GgmlType::ALL.into_iter().filter(|t| t.packing().is_some())
+    }
+
+    /// Every type the table packs has a SIMD kernel on every SIMD
+    /// instruction set compiled for this target, whether this CPU runs it
+    /// or not: a type added to the table with a shape some instruction set
+    /// does not compute would otherwise run the scalar kernel there.
+    #[test]
+    fn every_packed_type_has_a_simd_kernel_on_every_simd_isa() {
+        let simd: Vec<Isa> = Isa::ALL
+            .into_iter()
+            .filter(|&i| simd_kernel(i, KernelShape::Nib32).is_some())
+            .collect();
+        #[cfg(target_arch = "x86_64")]
+        assert_eq!(simd, [Isa::Avx2, Isa::Avx512Vnni]);
+        #[cfg(target_arch = "aarch64")]
+        assert_eq!(simd, [Isa::NeonDotprod]);
+        for ty in packed_types() {
+            for &isa in &simd {
+                let fmt = Format::for_isa(ty, isa).unwrap();
+                assert!(
+                    simd_kernel(isa, fmt.shape).is_some(),
+                    "{ty} ({:?}) would run the scalar kernel on {isa:?}",
+                    fmt.shape
+                );
+            }
+        }
+        // And on this CPU, the kernels chosen at pack time are SIMD ones.
+        for isa in simd_isas() {
+            for ty in packed_types() {
+                let fmt = Format::for_isa(ty, isa.isa()).unwrap();
+                assert_eq!(TileKernel::select(fmt, isa).isa(), isa.isa(), "{ty}");
+            }
+        }
     }
 
     /// Extreme levels and activations (every level 0 or the type's largest,
@@ -199,27 +322,15 @@ mod tests {
     /// the SIMD kernels' narrow integer sums must not overflow or saturate.
     #[test]
     fn simd_tile_kernels_survive_extreme_values() {
-        use GgmlType::*;
         let mut rng = rand::rngs::StdRng::seed_from_u64(9);
         let isas = simd_isas();
-        for (ty, top) in [
-            (Q4_0, 15u8),
-            (Q4_1, 15),
-            (Q5_0, 31),
-            (Q5_1, 31),
-            (Q8_0, 255),
-            (IQ4_NL, 255),
-            (Q4_K, 15),
-            (Q5_K, 31),
-            (Q6_K, 63),
-            (Q3_K, 7),
-            (Q2_K, 3),
-            (IQ4_XS, 255),
-        ] {
+        for ty in packed_types() {
+            let top = ty.packing().unwrap().max_level;
             let cols = 512;
             let bytes = random_bytes(&mut rng, ty, TILE, cols);
             for &isa in &isas {
-                let fmt = format_for(ty, isa).unwrap();
+                let fmt = Format::for_isa(ty, isa.isa()).unwrap();
+                let kernel = TileKernel::select(fmt, isa);
                 let mut tile = pack::pack(&fmt, TILE, cols, ty.row_bytes(cols).unwrap(), &bytes);
                 for (level, sign) in [(0u8, 1.0f32), (0, -1.0), (top, 1.0), (top, -1.0)] {
                     fill_levels(&fmt, &mut tile, level);
@@ -230,7 +341,7 @@ mod tests {
                         let mut want = vec![f32::NAN; nr * TILE];
                         scalar::tile(&fmt, cols, &tile, &acts, 0, nr, &mut want);
                         let mut got = vec![f32::NAN; nr * TILE];
-                        tile_fn(isa)(&fmt, cols, &tile, &acts, 0, nr, &mut got);
+                        kernel.run(cols, &tile, &acts, 0, nr, &mut got);
                         for (k, (g, w)) in got.iter().zip(&want).enumerate() {
                             assert!(
                                 (g - w).abs() <= 1e-5 * w.abs().max(1e-3),
@@ -271,13 +382,11 @@ mod tests {
     /// every `nr`; outputs poisoned first.
     #[test]
     fn simd_tile_kernels_match_the_scalar_kernel() {
-        use GgmlType::*;
         let mut rng = rand::rngs::StdRng::seed_from_u64(5);
         let isas = simd_isas();
-        eprintln!("testing {isas:?}");
-        for ty in [
-            Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL, Q4_K, Q5_K, Q6_K, Q3_K, Q2_K, IQ4_XS,
-        ] {
+        let names: Vec<Isa> = isas.iter().map(|i| i.isa()).collect();
+        eprintln!("testing {names:?}");
+        for ty in packed_types() {
             // Both layouts of the split types (other kernels than AVX2's
             // fall back to the scalar one on the split layout).
             for fmt in [Format::of(ty), Format::split(ty)].into_iter().flatten() {
@@ -317,7 +426,10 @@ mod tests {
                                 scalar::tile(&fmt, cols, tile, &acts, r0, nr, &mut want);
                                 for &isa in &isas {
                                     let mut got = vec![f32::NAN; nr * TILE];
-                                    tile_fn(isa)(&fmt, cols, tile, &acts, r0, nr, &mut got);
+                                    // The split layout is computed by the
+                                    // instruction sets whose row says so.
+                                    let kernel = TileKernel::select(fmt, isa);
+                                    kernel.run(cols, tile, &acts, r0, nr, &mut got);
                                     for (k, (g, w)) in got.iter().zip(&want).enumerate() {
                                         let tol = 1e-5 * mag[r0 * TILE + k] as f32 + 1e-6;
                                         assert!(

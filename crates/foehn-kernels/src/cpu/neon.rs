@@ -14,6 +14,7 @@ use std::arch::asm;
 
 use super::act::QuantizedActs;
 use super::format::{Format, SUPER, TILE};
+use super::shape::KernelShape;
 
 /// Whether this CPU has everything the kernel uses.
 pub(crate) fn available() -> bool {
@@ -21,11 +22,16 @@ pub(crate) fn available() -> bool {
         && std::arch::is_aarch64_feature_detected!("dotprod")
 }
 
-/// As [`super::scalar::tile`].
+/// The kernel of `shape` (every shape but the AVX2-only split layout).
+pub(crate) fn select(shape: KernelShape) -> Option<super::RawTileFn> {
+    select_by_layout!(tile, shape)
+}
+
+/// As [`super::scalar::tile`], for one layout.
 ///
 /// # Safety
 /// The CPU must support the features [`available`] checks.
-pub(crate) unsafe fn tile(
+unsafe fn tile<const NIB: bool, const G: usize, const SUP: bool, const MIN: bool>(
     fmt: &Format,
     cols: usize,
     tile: &[u8],
@@ -35,7 +41,9 @@ pub(crate) unsafe fn tile(
     out: &mut [f32],
 ) {
     super::check_tile_call(fmt, cols, tile, acts, r0, nr, out);
-    dispatch_shape!(kernel(fmt, cols, tile, acts, r0, nr, out))
+    call_with_rows!(kernel::<NIB, G, SUP, MIN>(
+        fmt, cols, tile, acts, r0, nr, out
+    ))
 }
 
 /// `acc[j] += Σ_{b<4} w[4j + b] · a[4·lane + b]` (SDOT by element: the

@@ -8,11 +8,10 @@ use super::format::{Format, TILE};
 use crate::quant::blocks::*;
 use crate::quant::dequant::{q3_k_scales, scale_min_k4};
 use crate::quant::KVALUES_IQ4NL;
-use crate::GgmlType;
 
 /// One row split into integer levels and scale parts (f16 values as bits).
 #[derive(Debug, Default, Clone)]
-struct RowParts {
+pub(crate) struct RowParts {
     /// One level per weight.
     u: Vec<u8>,
     /// Per unit: `d`.
@@ -60,63 +59,92 @@ fn blocks<const N: usize>(src: &[u8], mut f: impl FnMut(&[u8; N])) {
     }
 }
 
-/// Splits one GGUF row of `ty` into levels and scales (`src` = whole blocks).
-fn split_row(ty: GgmlType, src: &[u8], p: &mut RowParts) {
-    use GgmlType::*;
-    p.clear();
-    let iq4 = |q: u8| (i16::from(KVALUES_IQ4NL[usize::from(q & 0x0f)]) + 128) as u8;
-    match ty {
-        Q4_0 => blocks(src, |b| {
+/// Splits one GGUF row into levels and scales (`src` = whole blocks), one
+/// function per type, as the quant-type table names them.
+pub(crate) type SplitRowFn = fn(&[u8], &mut RowParts);
+
+/// The row splitters of the quant-type table (see [`SplitRowFn`]).
+pub(crate) mod split {
+    use super::*;
+
+    fn iq4(q: u8) -> u8 {
+        (i16::from(KVALUES_IQ4NL[usize::from(q & 0x0f)]) + 128) as u8
+    }
+
+    pub(crate) fn q4_0(src: &[u8], p: &mut RowParts) {
+        p.clear();
+        blocks(src, |b| {
             let b = BlockQ4_0::from_le_bytes(b);
             p.d.push(b.d.to_bits());
             p.u.extend(b.qs.iter().map(|q| q & 0x0f));
             p.u.extend(b.qs.iter().map(|q| q >> 4));
-        }),
-        Q4_1 => blocks(src, |b| {
+        })
+    }
+
+    pub(crate) fn q4_1(src: &[u8], p: &mut RowParts) {
+        p.clear();
+        blocks(src, |b| {
             let b = BlockQ4_1::from_le_bytes(b);
             p.d.push(b.d.to_bits());
             p.dm.push(b.m.to_bits());
             p.u.extend(b.qs.iter().map(|q| q & 0x0f));
             p.u.extend(b.qs.iter().map(|q| q >> 4));
-        }),
-        Q5_0 | Q5_1 => {
-            let split = |d: f16, m: Option<f16>, qh: [u8; 4], qs: [u8; 16], p: &mut RowParts| {
-                p.d.push(d.to_bits());
-                if let Some(m) = m {
-                    p.dm.push(m.to_bits());
-                }
-                let qh = u32::from_le_bytes(qh);
-                for (j, &q) in qs.iter().enumerate() {
-                    p.u.push((u32::from(q & 0x0f) | (((qh >> j) << 4) & 0x10)) as u8);
-                }
-                for (j, &q) in qs.iter().enumerate() {
-                    p.u.push((u32::from(q >> 4) | ((qh >> (j + 12)) & 0x10)) as u8);
-                }
-            };
-            if ty == Q5_0 {
-                blocks(src, |b| {
-                    let b = BlockQ5_0::from_le_bytes(b);
-                    split(b.d, None, b.qh, b.qs, p);
-                });
-            } else {
-                blocks(src, |b| {
-                    let b = BlockQ5_1::from_le_bytes(b);
-                    split(b.d, Some(b.m), b.qh, b.qs, p);
-                });
-            }
+        })
+    }
+
+    /// The 5-bit legacy types' levels, scale and (Q5_1) min.
+    fn q5(d: f16, m: Option<f16>, qh: [u8; 4], qs: [u8; 16], p: &mut RowParts) {
+        p.d.push(d.to_bits());
+        if let Some(m) = m {
+            p.dm.push(m.to_bits());
         }
-        Q8_0 => blocks(src, |b| {
+        let qh = u32::from_le_bytes(qh);
+        for (j, &q) in qs.iter().enumerate() {
+            p.u.push((u32::from(q & 0x0f) | (((qh >> j) << 4) & 0x10)) as u8);
+        }
+        for (j, &q) in qs.iter().enumerate() {
+            p.u.push((u32::from(q >> 4) | ((qh >> (j + 12)) & 0x10)) as u8);
+        }
+    }
+
+    pub(crate) fn q5_0(src: &[u8], p: &mut RowParts) {
+        p.clear();
+        blocks(src, |b| {
+            let b = BlockQ5_0::from_le_bytes(b);
+            q5(b.d, None, b.qh, b.qs, p);
+        })
+    }
+
+    pub(crate) fn q5_1(src: &[u8], p: &mut RowParts) {
+        p.clear();
+        blocks(src, |b| {
+            let b = BlockQ5_1::from_le_bytes(b);
+            q5(b.d, Some(b.m), b.qh, b.qs, p);
+        })
+    }
+
+    pub(crate) fn q8_0(src: &[u8], p: &mut RowParts) {
+        p.clear();
+        blocks(src, |b| {
             let b = BlockQ8_0::from_le_bytes(b);
             p.d.push(b.d.to_bits());
             p.u.extend(b.qs.iter().map(|&q| (q as u8) ^ 0x80));
-        }),
-        IQ4_NL => blocks(src, |b| {
+        })
+    }
+
+    pub(crate) fn iq4_nl(src: &[u8], p: &mut RowParts) {
+        p.clear();
+        blocks(src, |b| {
             let b = BlockIQ4_NL::from_le_bytes(b);
             p.d.push(b.d.to_bits());
             p.u.extend(b.qs.iter().map(|&q| iq4(q)));
             p.u.extend(b.qs.iter().map(|&q| iq4(q >> 4)));
-        }),
-        Q4_K => blocks(src, |b| {
+        })
+    }
+
+    pub(crate) fn q4_k(src: &[u8], p: &mut RowParts) {
+        p.clear();
+        blocks(src, |b| {
             let b = BlockQ4_K::from_le_bytes(b);
             p.d.push(b.d.to_bits());
             p.dm.push(neg(b.dmin));
@@ -129,8 +157,12 @@ fn split_row(ty: GgmlType, src: &[u8], p: &mut RowParts) {
                 p.u.extend(q.iter().map(|q| q & 0x0f));
                 p.u.extend(q.iter().map(|q| q >> 4));
             }
-        }),
-        Q5_K => blocks(src, |b| {
+        })
+    }
+
+    pub(crate) fn q5_k(src: &[u8], p: &mut RowParts) {
+        p.clear();
+        blocks(src, |b| {
             let b = BlockQ5_K::from_le_bytes(b);
             p.d.push(b.d.to_bits());
             p.dm.push(neg(b.dmin));
@@ -145,8 +177,12 @@ fn split_row(ty: GgmlType, src: &[u8], p: &mut RowParts) {
                 p.u.extend(ql.iter().zip(&b.qh).map(|(q, &h)| (q & 0x0f) + hi(h, u1)));
                 p.u.extend(ql.iter().zip(&b.qh).map(|(q, &h)| (q >> 4) + hi(h, u2)));
             }
-        }),
-        Q6_K => blocks(src, |b| {
+        })
+    }
+
+    pub(crate) fn q6_k(src: &[u8], p: &mut RowParts) {
+        p.clear();
+        blocks(src, |b| {
             let b = BlockQ6_K::from_le_bytes(b);
             p.d.push(b.d.to_bits());
             p.sc.extend_from_slice(&b.scales);
@@ -163,26 +199,34 @@ fn split_row(ty: GgmlType, src: &[u8], p: &mut RowParts) {
                     y[l + 96] = (ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4);
                 }
             }
-        }),
-        Q3_K => {
-            blocks(src, |b| {
-                let b = BlockQ3_K::from_le_bytes(b);
-                p.d.push(b.d.to_bits());
-                p.sc.extend_from_slice(&q3_k_scales(&b.scales));
-                let mut m: u8 = 1;
-                for q in b.qs.chunks_exact(32) {
-                    for shift in [0, 2, 4, 6] {
-                        for (q, hm) in q.chunks_exact(16).zip(b.hmask.chunks_exact(16)) {
-                            p.u.extend(q.iter().zip(hm).map(|(&q, &h)| {
+        })
+    }
+
+    pub(crate) fn q3_k(src: &[u8], p: &mut RowParts) {
+        p.clear();
+        blocks(src, |b| {
+            let b = BlockQ3_K::from_le_bytes(b);
+            p.d.push(b.d.to_bits());
+            p.sc.extend_from_slice(&q3_k_scales(&b.scales));
+            let mut m: u8 = 1;
+            for q in b.qs.chunks_exact(32) {
+                for shift in [0, 2, 4, 6] {
+                    for (q, hm) in q.chunks_exact(16).zip(b.hmask.chunks_exact(16)) {
+                        p.u.extend(
+                            q.iter().zip(hm).map(|(&q, &h)| {
                                 ((q >> shift) & 3) + if h & m != 0 { 4 } else { 0 }
-                            }));
-                        }
-                        m <<= 1;
+                            }),
+                        );
                     }
+                    m <<= 1;
                 }
-            })
-        }
-        Q2_K => blocks(src, |b| {
+            }
+        })
+    }
+
+    pub(crate) fn q2_k(src: &[u8], p: &mut RowParts) {
+        p.clear();
+        blocks(src, |b| {
             let b = BlockQ2_K::from_le_bytes(b);
             p.d.push(b.d.to_bits());
             p.dm.push(neg(b.dmin));
@@ -195,8 +239,12 @@ fn split_row(ty: GgmlType, src: &[u8], p: &mut RowParts) {
                     }
                 }
             }
-        }),
-        IQ4_XS => blocks(src, |b| {
+        })
+    }
+
+    pub(crate) fn iq4_xs(src: &[u8], p: &mut RowParts) {
+        p.clear();
+        blocks(src, |b| {
             let b = BlockIQ4_XS::from_le_bytes(b);
             p.d.push(b.d.to_bits());
             for (ib, qs) in b.qs.chunks_exact(16).enumerate() {
@@ -206,8 +254,7 @@ fn split_row(ty: GgmlType, src: &[u8], p: &mut RowParts) {
                 p.u.extend(qs.iter().map(|&q| iq4(q)));
                 p.u.extend(qs.iter().map(|&q| iq4(q >> 4)));
             }
-        }),
-        _ => {}
+        })
     }
 }
 
@@ -320,6 +367,9 @@ pub(crate) fn pack_into(
 ) {
     let tb = fmt.tile_bytes(cols).max(1);
     let tiles = rows.div_ceil(TILE);
+    let Some(split_row) = fmt.ty.packing().map(|p| p.split_row) else {
+        return;
+    };
     // A few runs of tiles per thread, each with one set of row buffers
     // sized once.
     let per_run = tiles
@@ -336,7 +386,7 @@ pub(crate) fn pack_into(
                 let n = TILE.min(rows - r0);
                 for (i, p) in parts.iter_mut().take(n).enumerate() {
                     let r = r0 + i;
-                    split_row(fmt.ty, &src[r * row_bytes..(r + 1) * row_bytes], p);
+                    split_row(&src[r * row_bytes..(r + 1) * row_bytes], p);
                 }
                 write_tile(fmt, cols, &parts[..n], tile);
             }
@@ -401,11 +451,12 @@ mod tests {
 
     #[test]
     fn packed_rows_dequantize_bit_exactly() {
-        use GgmlType::*;
         let mut rng = rand::rngs::StdRng::seed_from_u64(11);
-        for ty in [
-            Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL, Q4_K, Q5_K, Q6_K, Q3_K, Q2_K, IQ4_XS,
-        ] {
+        // Every type the quant-type table packs.
+        for ty in crate::GgmlType::ALL
+            .into_iter()
+            .filter(|t| t.packing().is_some())
+        {
             for fmt in [Format::of(ty), Format::split(ty)].into_iter().flatten() {
                 for (rows, cols) in [(1, 256), (16, 512), (37, 256)] {
                     let bytes = random_bytes(&mut rng, ty, rows, cols);

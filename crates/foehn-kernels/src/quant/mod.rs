@@ -1,5 +1,7 @@
-//! The ggml quant-type table: one row per type (name, block size, bytes per
-//! block, dequantizer), as ggml's `type_traits`. Adding a type = adding a row.
+//! The ggml quant-type table: one row per type (name, block and byte sizes,
+//! dequantizer, quantizer, packed kernel shape, deferred-packing policy), as
+//! ggml's `type_traits`. Adding a type = adding a row in `types.rs` (plus
+//! SIMD kernels if its kernel shape is new).
 
 pub mod blocks;
 pub(crate) mod dequant;
@@ -8,6 +10,7 @@ mod types;
 
 pub use dequant::{dequantize_row, KVALUES_IQ4NL};
 pub use quantize::{quantize_matrix, quantize_row};
+pub(crate) use types::{Defer, Packing};
 pub use types::{GgmlType, QK_K};
 
 /// Errors of the kernels crate.

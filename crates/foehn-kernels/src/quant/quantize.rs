@@ -24,29 +24,25 @@ const GROUP_MAX_EPS: f32 = 1e-15;
 const MIN_PARALLEL_ELEMENTS: usize = 1 << 14;
 
 /// A scalar quantizer: `src` holds whole blocks, `dst` exactly their bytes.
-type QuantizeFn = fn(&[f32], &mut [u8]);
+pub(crate) type QuantizeFn = fn(&[f32], &mut [u8]);
 
-/// The quantizer of `ty`, if there is one.
+/// The quantizer of `ty` (its row of the quant-type table), if there is one.
 fn quantizer(ty: GgmlType) -> Option<QuantizeFn> {
-    use GgmlType::*;
-    Some(match ty {
-        F32 => f32_row,
-        F16 => f16_row,
-        BF16 => bf16_row,
-        Q4_0 => |s, d| each(s, d, q4_0),
-        Q4_1 => |s, d| each(s, d, q4_1),
-        Q5_0 => |s, d| each(s, d, q5_0),
-        Q5_1 => |s, d| each(s, d, q5_1),
-        Q8_0 => |s, d| each(s, d, q8_0),
-        Q8_1 => |s, d| each(s, d, q8_1),
-        Q2_K => |s, d| each(s, d, q2_k),
-        Q3_K => |s, d| each(s, d, q3_k),
-        Q4_K => |s, d| each(s, d, q4_k),
-        Q5_K => |s, d| each(s, d, q5_k),
-        Q6_K => |s, d| each(s, d, q6_k),
-        Q8_K => |s, d| each(s, d, q8_k),
-        _ => return None,
-    })
+    ty.traits().quantize
+}
+
+/// Row quantizers of the block types, as the quant-type table names them.
+pub(crate) mod rows {
+    macro_rules! block_rows {
+        ($($block:ident),* $(,)?) => {$(
+            #[doc = concat!("`", stringify!($block), "` over every block of a row.")]
+            pub(crate) fn $block(src: &[f32], dst: &mut [u8]) {
+                super::each(src, dst, super::$block)
+            }
+        )*};
+    }
+    block_rows!(q4_0, q4_1, q5_0, q5_1, q8_0, q8_1, q2_k, q3_k, q4_k, q5_k, q6_k, q8_k,);
+    pub(crate) use super::{bf16_row as bf16, f16_row as f16, f32_row as f32};
 }
 
 impl GgmlType {
@@ -216,19 +212,19 @@ fn each<const K: usize, const N: usize>(
     }
 }
 
-fn f32_row(src: &[f32], dst: &mut [u8]) {
+pub(crate) fn f32_row(src: &[f32], dst: &mut [u8]) {
     for (x, y) in src.iter().zip(dst.chunks_exact_mut(4)) {
         y.copy_from_slice(&x.to_le_bytes());
     }
 }
 
-fn f16_row(src: &[f32], dst: &mut [u8]) {
+pub(crate) fn f16_row(src: &[f32], dst: &mut [u8]) {
     for (x, y) in src.iter().zip(dst.chunks_exact_mut(2)) {
         y.copy_from_slice(&f16::from_f32(*x).to_bits().to_le_bytes());
     }
 }
 
-fn bf16_row(src: &[f32], dst: &mut [u8]) {
+pub(crate) fn bf16_row(src: &[f32], dst: &mut [u8]) {
     for (x, y) in src.iter().zip(dst.chunks_exact_mut(2)) {
         y.copy_from_slice(&bf16::from_f32(*x).to_bits().to_le_bytes());
     }

@@ -1,4 +1,10 @@
-//! `GgmlType`: every tensor type id of the GGUF spec, with its block geometry.
+//! `GgmlType`: every tensor type id of the GGUF spec, and the quant-type
+//! table: one [`TypeTraits`] row per type.
+
+use super::quantize::QuantizeFn;
+use crate::cpu::pack::SplitRowFn;
+use crate::cpu::shape::KernelShape;
+use crate::cpu::Isa;
 
 /// A ggml tensor type. The discriminants are the ids stored in GGUF files.
 #[allow(non_camel_case_types)]
@@ -78,7 +84,10 @@ pub const QK_K: usize = 256;
 /// (the caller checks the lengths).
 pub(crate) type DequantizeFn = fn(&[u8], &mut [f32]);
 
-/// One row of the quant-type table (as ggml's `type_traits`).
+/// One row of the quant-type table (as ggml's `type_traits` and
+/// `type_traits_cpu`): every fact about a type that the crates need, so that
+/// adding a type is adding a row (plus SIMD kernels for a new
+/// [`KernelShape`]).
 #[derive(Clone, Copy)]
 pub(crate) struct TypeTraits {
     /// ggml's name for the type.
@@ -89,21 +98,102 @@ pub(crate) struct TypeTraits {
     pub(crate) type_size: usize,
     /// The scalar reference dequantizer, if there is one.
     pub(crate) dequantize: Option<DequantizeFn>,
+    /// The scalar reference quantizer (ggml's `quantize_row_*_ref`), if
+    /// there is one.
+    pub(crate) quantize: Option<QuantizeFn>,
+    /// How the SIMD kernels compute it; `None`: products dequantize row by
+    /// row in f32.
+    pub(crate) packing: Option<Packing>,
+}
+
+/// How a type is packed for the tile kernels (see [`crate::cpu::format`]).
+#[derive(Clone, Copy)]
+pub(crate) struct Packing {
+    /// The kernel shape of the common packed format.
+    pub(crate) shape: KernelShape,
+    /// The level offset `off` (`w = S · (u − off) + M`).
+    pub(crate) off: i32,
+    /// The largest packed level `u` (the kernels' tests drive every type
+    /// to it).
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub(crate) max_level: u8,
+    /// Splits a file row into levels and scales for packing.
+    pub(crate) split_row: SplitRowFn,
+    /// A split variant's shape, and the instruction sets that pack it
+    /// instead of the common format.
+    pub(crate) split: Option<(KernelShape, &'static [Isa])>,
+    /// Whether packing may wait where a direct kernel exists.
+    pub(crate) defer: Defer,
+}
+
+/// Deferred packing policy of a type: on an instruction set with a direct
+/// kernel for it (`cpu::direct::select`), a matrix borrowed from a file is
+/// computed in place until packing pays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Defer {
+    /// Packed at load.
+    Never,
+    /// Packed by the first product with many activation rows (a long
+    /// prefill): its tiles decode no faster than its direct kernel.
+    UntilLongPrefill,
+    /// As `UntilLongPrefill`, and packed on a background thread right after
+    /// load (`QMatrix::pack_in_background`): its tiles decode faster.
+    Background,
 }
 
 impl TypeTraits {
+    /// A row without a packed format.
     const fn new(
         name: &'static str,
         block_size: usize,
         type_size: usize,
         dequantize: Option<DequantizeFn>,
+        quantize: Option<QuantizeFn>,
     ) -> Self {
         Self {
             name,
             block_size,
             type_size,
             dequantize,
+            quantize,
+            packing: None,
         }
+    }
+
+    /// This row, packed as `shape` with level offset `off` and levels up to
+    /// `max_level`, split from file rows by `split_row`.
+    const fn packed(
+        mut self,
+        shape: KernelShape,
+        off: i32,
+        max_level: u8,
+        split_row: SplitRowFn,
+    ) -> Self {
+        self.packing = Some(Packing {
+            shape,
+            off,
+            max_level,
+            split_row,
+            split: None,
+            defer: Defer::Never,
+        });
+        self
+    }
+
+    /// This row with a split variant of shape `shape`, packed on `isas`.
+    const fn split_on(mut self, shape: KernelShape, isas: &'static [Isa]) -> Self {
+        if let Some(p) = &mut self.packing {
+            p.split = Some((shape, isas));
+        }
+        self
+    }
+
+    /// This row with the deferred packing policy `defer`.
+    const fn defer(mut self, defer: Defer) -> Self {
+        if let Some(p) = &mut self.packing {
+            p.defer = defer;
+        }
+        self
     }
 }
 
@@ -129,44 +219,100 @@ impl GgmlType {
         self as u32
     }
 
-    /// This type's row of the quant-type table.
+    /// This row of the quant-type table.
     pub(crate) const fn traits(self) -> TypeTraits {
         use super::dequant as dq;
+        use super::quantize::rows as qz;
+        use crate::cpu::pack::split as sp;
+        use Defer::*;
         use GgmlType::*;
+        use KernelShape::*;
+        const AVX2: &[Isa] = &[Isa::Avx2];
+        let row = TypeTraits::new;
         match self {
-            F32 => TypeTraits::new("F32", 1, 4, Some(dq::f32)),
-            F16 => TypeTraits::new("F16", 1, 2, Some(dq::f16)),
-            Q4_0 => TypeTraits::new("Q4_0", 32, 18, Some(dq::q4_0)),
-            Q4_1 => TypeTraits::new("Q4_1", 32, 20, Some(dq::q4_1)),
-            Q5_0 => TypeTraits::new("Q5_0", 32, 22, Some(dq::q5_0)),
-            Q5_1 => TypeTraits::new("Q5_1", 32, 24, Some(dq::q5_1)),
-            Q8_0 => TypeTraits::new("Q8_0", 32, 34, Some(dq::q8_0)),
-            Q8_1 => TypeTraits::new("Q8_1", 32, 36, Some(dq::q8_1)),
-            Q2_K => TypeTraits::new("Q2_K", QK_K, 84, Some(dq::q2_k)),
-            Q3_K => TypeTraits::new("Q3_K", QK_K, 110, Some(dq::q3_k)),
-            Q4_K => TypeTraits::new("Q4_K", QK_K, 144, Some(dq::q4_k)),
-            Q5_K => TypeTraits::new("Q5_K", QK_K, 176, Some(dq::q5_k)),
-            Q6_K => TypeTraits::new("Q6_K", QK_K, 210, Some(dq::q6_k)),
-            Q8_K => TypeTraits::new("Q8_K", QK_K, 292, Some(dq::q8_k)),
-            IQ2_XXS => TypeTraits::new("IQ2_XXS", QK_K, 66, None),
-            IQ2_XS => TypeTraits::new("IQ2_XS", QK_K, 74, None),
-            IQ3_XXS => TypeTraits::new("IQ3_XXS", QK_K, 98, None),
-            IQ1_S => TypeTraits::new("IQ1_S", QK_K, 50, None),
-            IQ4_NL => TypeTraits::new("IQ4_NL", 32, 18, Some(dq::iq4_nl)),
-            IQ3_S => TypeTraits::new("IQ3_S", QK_K, 110, None),
-            IQ2_S => TypeTraits::new("IQ2_S", QK_K, 82, None),
-            IQ4_XS => TypeTraits::new("IQ4_XS", QK_K, 136, Some(dq::iq4_xs)),
-            I8 => TypeTraits::new("I8", 1, 1, None),
-            I16 => TypeTraits::new("I16", 1, 2, None),
-            I32 => TypeTraits::new("I32", 1, 4, None),
-            I64 => TypeTraits::new("I64", 1, 8, None),
-            F64 => TypeTraits::new("F64", 1, 8, None),
-            IQ1_M => TypeTraits::new("IQ1_M", QK_K, 56, None),
-            BF16 => TypeTraits::new("BF16", 1, 2, Some(dq::bf16)),
-            TQ1_0 => TypeTraits::new("TQ1_0", QK_K, 54, None),
-            TQ2_0 => TypeTraits::new("TQ2_0", QK_K, 66, None),
-            MXFP4 => TypeTraits::new("MXFP4", 32, 17, None),
+            F32 => row("F32", 1, 4, Some(dq::f32), Some(qz::f32)),
+            F16 => row("F16", 1, 2, Some(dq::f16), Some(qz::f16)),
+            Q4_0 => {
+                row("Q4_0", 32, 18, Some(dq::q4_0), Some(qz::q4_0)).packed(Nib32, 8, 15, sp::q4_0)
+            }
+            Q4_1 => row("Q4_1", 32, 20, Some(dq::q4_1), Some(qz::q4_1)).packed(
+                Nib32Min,
+                0,
+                15,
+                sp::q4_1,
+            ),
+            Q5_0 => {
+                row("Q5_0", 32, 22, Some(dq::q5_0), Some(qz::q5_0)).packed(Byte32, 16, 31, sp::q5_0)
+            }
+            Q5_1 => row("Q5_1", 32, 24, Some(dq::q5_1), Some(qz::q5_1)).packed(
+                Byte32Min,
+                0,
+                31,
+                sp::q5_1,
+            ),
+            Q8_0 => row("Q8_0", 32, 34, Some(dq::q8_0), Some(qz::q8_0))
+                .packed(Wide32, 128, 255, sp::q8_0)
+                .defer(UntilLongPrefill),
+            Q8_1 => row("Q8_1", 32, 36, Some(dq::q8_1), Some(qz::q8_1)),
+            Q2_K => row("Q2_K", QK_K, 84, Some(dq::q2_k), Some(qz::q2_k)).packed(
+                SuperNib16Min,
+                0,
+                3,
+                sp::q2_k,
+            ),
+            Q3_K => row("Q3_K", QK_K, 110, Some(dq::q3_k), Some(qz::q3_k)).packed(
+                SuperNib16,
+                4,
+                7,
+                sp::q3_k,
+            ),
+            Q4_K => row("Q4_K", QK_K, 144, Some(dq::q4_k), Some(qz::q4_k))
+                .packed(SuperNib32Min, 0, 15, sp::q4_k)
+                .defer(Background),
+            Q5_K => row("Q5_K", QK_K, 176, Some(dq::q5_k), Some(qz::q5_k)).packed(
+                SuperByte32Min,
+                0,
+                31,
+                sp::q5_k,
+            ),
+            // The split layout on AVX2: the file's size, so decode reads no
+            // more than the file.
+            Q6_K => row("Q6_K", QK_K, 210, Some(dq::q6_k), Some(qz::q6_k))
+                .packed(SuperByte16, 32, 63, sp::q6_k)
+                .split_on(SuperSplit16, AVX2)
+                .defer(Background),
+            Q8_K => row("Q8_K", QK_K, 292, Some(dq::q8_k), Some(qz::q8_k)),
+            IQ2_XXS => row("IQ2_XXS", QK_K, 66, None, None),
+            IQ2_XS => row("IQ2_XS", QK_K, 74, None, None),
+            IQ3_XXS => row("IQ3_XXS", QK_K, 98, None, None),
+            IQ1_S => row("IQ1_S", QK_K, 50, None, None),
+            IQ4_NL => {
+                row("IQ4_NL", 32, 18, Some(dq::iq4_nl), None).packed(Wide32, 128, 255, sp::iq4_nl)
+            }
+            IQ3_S => row("IQ3_S", QK_K, 110, None, None),
+            IQ2_S => row("IQ2_S", QK_K, 82, None, None),
+            IQ4_XS => row("IQ4_XS", QK_K, 136, Some(dq::iq4_xs), None).packed(
+                SuperWide32,
+                128,
+                255,
+                sp::iq4_xs,
+            ),
+            I8 => row("I8", 1, 1, None, None),
+            I16 => row("I16", 1, 2, None, None),
+            I32 => row("I32", 1, 4, None, None),
+            I64 => row("I64", 1, 8, None, None),
+            F64 => row("F64", 1, 8, None, None),
+            IQ1_M => row("IQ1_M", QK_K, 56, None, None),
+            BF16 => row("BF16", 1, 2, Some(dq::bf16), Some(qz::bf16)),
+            TQ1_0 => row("TQ1_0", QK_K, 54, None, None),
+            TQ2_0 => row("TQ2_0", QK_K, 66, None, None),
+            MXFP4 => row("MXFP4", 32, 17, None, None),
         }
+    }
+
+    /// How the SIMD kernels compute this type, if they do.
+    pub(crate) const fn packing(self) -> Option<Packing> {
+        self.traits().packing
     }
 
     /// ggml's name for the type (`Q4_K`, `BF16`, …).

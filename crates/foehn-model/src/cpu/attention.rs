@@ -10,8 +10,9 @@
 
 use std::sync::Mutex;
 
-use foehn_kernels::pool::{current_slot, parallel_for};
+use foehn_kernels::pool::current_slot;
 use foehn_kernels::vecops::{exp_sub, scale, scores, weighted_sum};
+use foehn_kernels::Compute;
 use half::f16;
 use half::slice::HalfFloatSliceExt;
 
@@ -69,12 +70,14 @@ pub(crate) struct ChunkPos {
 }
 
 /// Attention of `n` queries (positions `start..start + n`, whose keys and
-/// values are already in the cache) over the cached keys.
+/// values are already in the cache) over the cached keys, on `ctx`'s
+/// threads.
 ///
 /// # Shapes
 /// - `q`: `n × heads × head_dim` (RoPE applied).
 /// - `out`: `n × heads × head_dim`.
 pub(crate) fn attention(
+    ctx: &Compute,
     kv: &LayerKv,
     shape: AttnShape,
     at: ChunkPos,
@@ -119,7 +122,7 @@ pub(crate) fn attention(
             }
         }
     };
-    parallel_for(shape.kv_heads * q_blocks, &task);
+    ctx.parallel_for(shape.kv_heads * q_blocks, &task);
 }
 
 /// A pointer to the output that attention tasks write disjoint parts of.

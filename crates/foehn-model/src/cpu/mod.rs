@@ -11,7 +11,7 @@ mod scratch;
 use std::sync::Arc;
 
 use foehn_core::ModelConfig;
-use foehn_kernels::{ActPrecision, MatScratch, QMatrix};
+use foehn_kernels::{ActPrecision, Compute, MatScratch, QMatrix};
 use foehn_loader::{GgufFile, SafetensorsModel};
 
 use self::attention::{attention, ChunkPos};
@@ -23,9 +23,26 @@ use crate::backend::{Act, Backend, Head};
 use crate::cache::{KvCache, KvGeometry};
 use crate::{LogitsMode, Model, ModelError, Result, Rope, WeightOptions};
 
-/// foehn's own CPU kernels.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Cpu;
+/// foehn's own CPU kernels, in the model's [`Compute`] context: the
+/// instruction set its matrices are packed for and the threads every
+/// session's passes run on (shared: sessions of one model do not multiply
+/// threads).
+#[derive(Debug, Clone, Default)]
+pub struct Cpu {
+    compute: Arc<Compute>,
+}
+
+impl Cpu {
+    /// The CPU backend in `compute`'s context.
+    pub fn new(compute: Arc<Compute>) -> Self {
+        Self { compute }
+    }
+
+    /// The context the backend packs and computes in.
+    pub fn compute(&self) -> &Arc<Compute> {
+        &self.compute
+    }
+}
 
 /// The Mistral/Llama decoder on the CPU backend.
 pub type Transformer = Model<Cpu>;
@@ -42,12 +59,12 @@ pub enum CpuStack {
 }
 
 impl CpuStack {
-    /// The (unpacked) `parts`, packed stacked or one by one.
-    fn new(parts: Vec<QMatrix>) -> Self {
+    /// The (unpacked) `parts`, packed stacked or one by one for `ctx`.
+    fn new(parts: Vec<QMatrix>, ctx: &Compute) -> Self {
         let rows = parts.iter().map(QMatrix::rows).collect();
-        match QMatrix::pack_stacked(&parts) {
+        match QMatrix::pack_stacked(&parts, ctx) {
             Some(m) => CpuStack::Stacked(m, rows),
-            None => CpuStack::Apart(parts.into_iter().map(QMatrix::packed).collect()),
+            None => CpuStack::Apart(parts.into_iter().map(|m| m.packed(ctx)).collect()),
         }
     }
 
@@ -63,6 +80,7 @@ impl CpuStack {
     /// space of at least `n × Σ rows` floats.
     fn matmul(
         &self,
+        ctx: &Compute,
         xs: &[f32],
         n: usize,
         outs: &mut [Vec<f32>],
@@ -72,13 +90,13 @@ impl CpuStack {
         match self {
             CpuStack::Apart(parts) => {
                 for (m, out) in parts.iter().zip(outs.iter_mut()) {
-                    m.matmul(xs, &mut out[..n * m.rows()], mat)?;
+                    m.matmul(ctx, xs, &mut out[..n * m.rows()], mat)?;
                 }
             }
             CpuStack::Stacked(m, rows) => {
                 let total = m.rows();
                 let wide = &mut wide[..n * total];
-                m.matmul(xs, wide, mat)?;
+                m.matmul(ctx, xs, wide, mat)?;
                 for (t, row) in wide.chunks_exact(total).enumerate() {
                     let mut at = 0;
                     for (&r, out) in rows.iter().zip(outs.iter_mut()) {
@@ -107,11 +125,11 @@ impl Backend for Cpu {
     }
 
     fn linear(&self, _name: &str, m: QMatrix) -> Result<QMatrix> {
-        Ok(m.packed())
+        Ok(m.packed(&self.compute))
     }
 
     fn stack(&self, _names: &[String], parts: Vec<QMatrix>) -> Result<CpuStack> {
-        Ok(CpuStack::new(parts))
+        Ok(CpuStack::new(parts, &self.compute))
     }
 
     fn vector(&self, v: Vec<f32>) -> Result<Vec<f32>> {
@@ -119,7 +137,7 @@ impl Backend for Cpu {
     }
 
     fn embedding(&self, _name: &str, m: QMatrix, tied: bool) -> Result<QMatrix> {
-        Ok(if tied { m.packed() } else { m })
+        Ok(if tied { m.packed(&self.compute) } else { m })
     }
 
     /// Matrices whose packing waits for a long prefill are packed meanwhile,
@@ -137,7 +155,7 @@ impl Backend for Cpu {
     }
 
     fn new_work(&self, cfg: &ModelConfig, chunk: usize) -> Scratch {
-        Scratch::new(cfg, chunk)
+        Scratch::new(cfg, chunk, self.compute.threads())
     }
 
     fn set_precision(&self, work: &mut Scratch, precision: ActPrecision) -> Result<()> {
@@ -206,7 +224,14 @@ impl Backend for Cpu {
         }
         let xs = s.take(x);
         let n = s.n;
-        let r = m.matmul(&xs[..n * s.dims.width(x)], n, bufs, &mut s.wide, &mut s.mat);
+        let r = m.matmul(
+            &self.compute,
+            &xs[..n * s.dims.width(x)],
+            n,
+            bufs,
+            &mut s.wide,
+            &mut s.mat,
+        );
         s.put(x, xs);
         for (b, &a) in bufs.iter_mut().zip(outs) {
             s.put(a, std::mem::take(b));
@@ -218,7 +243,12 @@ impl Backend for Cpu {
         let mut o = s.take(out);
         let xs = s.take(x);
         let n = s.n;
-        let r = m.matmul(&xs[..n * m.cols()], &mut o[..n * m.rows()], &mut s.mat);
+        let r = m.matmul(
+            &self.compute,
+            &xs[..n * m.cols()],
+            &mut o[..n * m.rows()],
+            &mut s.mat,
+        );
         s.put(x, xs);
         s.put(out, o);
         Ok(r?)
@@ -263,7 +293,15 @@ impl Backend for Cpu {
         };
         let shape = s.dims.attn_shape(cache.window());
         let mut o = s.take(out);
-        attention(cache.layer(layer), shape, at, s.act(q), &mut o, &s.attn);
+        attention(
+            &self.compute,
+            cache.layer(layer),
+            shape,
+            at,
+            s.act(q),
+            &mut o,
+            &s.attn,
+        );
         s.put(out, o);
         Ok(())
     }
@@ -303,7 +341,8 @@ impl Backend for Cpu {
             LogitsMode::Last => {
                 let last = &xs[(n - 1) * hidden..n * hidden];
                 rmsnorm(last, norm, eps, &mut s.xn[..hidden]);
-                head.matvec(&s.xn[..hidden], &mut s.logits[..vocab], &mut s.mat)
+                let (xn, logits) = (&s.xn[..hidden], &mut s.logits[..vocab]);
+                head.matvec(&self.compute, xn, logits, &mut s.mat)
                     .map(|()| vocab)
             }
             LogitsMode::All => {
@@ -311,7 +350,8 @@ impl Backend for Cpu {
                 if s.logits.len() < n * vocab {
                     s.logits.resize(n * vocab, 0.0);
                 }
-                head.matmul(&s.xn[..n * hidden], &mut s.logits[..n * vocab], &mut s.mat)
+                let (xn, logits) = (&s.xn[..n * hidden], &mut s.logits[..n * vocab]);
+                head.matmul(&self.compute, xn, logits, &mut s.mat)
                     .map(|()| n * vocab)
             }
         };
@@ -321,31 +361,35 @@ impl Backend for Cpu {
 }
 
 impl Model<Cpu> {
-    /// [`Model::load_gguf`] on the CPU backend.
+    /// [`Model::load_gguf`] on the CPU backend in its default context (a thread
+    /// per core, the best instruction set: [`Cpu::default`]).
     ///
     /// # Errors
     /// As [`Model::load_gguf`].
     pub fn from_gguf(file: Arc<GgufFile>) -> Result<Self> {
-        Self::load_gguf(Cpu, file)
+        Self::load_gguf(Cpu::default(), file)
     }
 
-    /// [`Model::load_gguf_with_config`] on the CPU backend.
+    /// [`Model::load_gguf_with_config`] on the CPU backend in its default context (a thread
+    /// per core, the best instruction set: [`Cpu::default`]).
     ///
     /// # Errors
     /// As [`Model::load_gguf`].
     pub fn from_gguf_with_config(file: Arc<GgufFile>, cfg: ModelConfig) -> Result<Self> {
-        Self::load_gguf_with_config(Cpu, file, cfg)
+        Self::load_gguf_with_config(Cpu::default(), file, cfg)
     }
 
-    /// [`Model::load_safetensors`] on the CPU backend, weights as stored.
+    /// [`Model::load_safetensors`] on the CPU backend in its default context
+    /// (a thread per core, the best instruction set), weights as stored.
     ///
     /// # Errors
     /// As [`Model::load_safetensors`].
     pub fn from_safetensors(model: Arc<SafetensorsModel>, cfg: ModelConfig) -> Result<Self> {
-        Self::load_safetensors(Cpu, model, cfg, &WeightOptions::default())
+        Self::load_safetensors(Cpu::default(), model, cfg, &WeightOptions::default())
     }
 
-    /// [`Model::load_safetensors`] on the CPU backend.
+    /// [`Model::load_safetensors`] on the CPU backend in its default context (a thread
+    /// per core, the best instruction set: [`Cpu::default`]).
     ///
     /// # Errors
     /// As [`Model::load_safetensors`].
@@ -354,7 +398,7 @@ impl Model<Cpu> {
         cfg: ModelConfig,
         opts: &WeightOptions,
     ) -> Result<Self> {
-        Self::load_safetensors(Cpu, model, cfg, opts)
+        Self::load_safetensors(Cpu::default(), model, cfg, opts)
     }
 
     /// The output projection (`vocab × hidden`).

@@ -51,10 +51,11 @@ pub struct Scratch {
 }
 
 impl Scratch {
-    /// Buffers for chunks of up to `chunk` tokens (at least 1). Attention
-    /// needs no buffer that grows with the context (it works on blocks of
-    /// keys).
-    pub fn new(cfg: &ModelConfig, chunk: usize) -> Self {
+    /// Buffers for chunks of up to `chunk` tokens (at least 1), for passes
+    /// on `threads` threads (the model's [`Compute`](foehn_kernels::Compute)).
+    /// Attention needs no buffer that grows with the context (it works on
+    /// blocks of keys).
+    pub fn new(cfg: &ModelConfig, chunk: usize, threads: usize) -> Self {
         let chunk = chunk.max(1);
         let q_dim = cfg.num_attention_heads * cfg.head_dim;
         let kv_dim = cfg.num_key_value_heads * cfg.head_dim;
@@ -76,23 +77,19 @@ impl Scratch {
             cos: vec![0.0; chunk * cfg.head_dim / 2],
             sin: vec![0.0; chunk * cfg.head_dim / 2],
             logits: vec![0.0; cfg.vocab_size],
-            mat: MatScratch::new(widest),
-            // A slot per thread of the pool the passes will run in (the
-            // current rayon pool, or at most one per CPU).
-            attn: AttnWork::new(
-                Dims::of(cfg).attn_shape(cfg.sliding_window),
-                rayon::current_num_threads()
-                    .max(std::thread::available_parallelism().map_or(1, |n| n.get())),
-            ),
+            mat: MatScratch::new(widest, threads),
+            // A slot per thread of the pool the passes will run in.
+            attn: AttnWork::new(Dims::of(cfg).attn_shape(cfg.sliding_window), threads),
         }
     }
 
-    /// Buffers matching a cache: chunks as large as it takes.
-    pub fn for_cache<S>(cfg: &ModelConfig, cache: &KvCache<S>) -> Self
+    /// Buffers matching a cache: chunks as large as it takes, for passes
+    /// on `threads` threads.
+    pub fn for_cache<S>(cfg: &ModelConfig, cache: &KvCache<S>, threads: usize) -> Self
     where
         S: crate::cache::KvStorage,
     {
-        Self::new(cfg, cache.max_chunk())
+        Self::new(cfg, cache.max_chunk(), threads)
     }
 
     /// Most tokens per forward pass.

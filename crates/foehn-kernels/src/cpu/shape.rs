@@ -1,0 +1,83 @@
+//! `KernelShape`: the named layouts of packed weights that the tile kernels
+//! are monomorphized for. A quant type's row of the table names its shape
+//! (and the shape of its split variant, if any); each instruction set maps
+//! every shape to a kernel in one exhaustive `match` (`select` in its
+//! module), so a new shape does not compile until every instruction set says
+//! what computes it.
+
+/// How a packed format stores its levels and scales (see [`super::format`]).
+/// The name says: legacy (one scale per group) or superblock (k-quant)
+/// scales; level width (`Nib`: 4 bits or fewer, two per byte; `Byte`: up to
+/// 127, one per byte; `Wide`: up to 255, one per byte; `Split`: nibbles and a
+/// plane of high bits); the group size; and `Min` when groups have a min.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum KernelShape {
+    /// Q4_0: nibbles, groups of 32, a scale each.
+    Nib32,
+    /// Q4_1: nibbles, groups of 32, a scale and a min each.
+    Nib32Min,
+    /// Q5_0: levels up to 31, groups of 32, a scale each.
+    Byte32,
+    /// Q5_1: levels up to 31, groups of 32, a scale and a min each.
+    Byte32Min,
+    /// Q8_0, IQ4_NL: levels up to 255, groups of 32, a scale each.
+    Wide32,
+    /// Q4_K: superblocks of groups of 32 nibbles with scales and mins.
+    SuperNib32Min,
+    /// Q5_K: superblocks of groups of 32 levels up to 31, scales and mins.
+    SuperByte32Min,
+    /// IQ4_XS: superblocks of groups of 32 levels up to 255, scales.
+    SuperWide32,
+    /// Q6_K: superblocks of groups of 16 levels up to 63, scales.
+    SuperByte16,
+    /// Q6_K split: as [`SuperByte16`](Self::SuperByte16) with each level's
+    /// low nibble and high two bits stored apart (the file's size).
+    SuperSplit16,
+    /// Q3_K: superblocks of groups of 16 nibbles, scales.
+    SuperNib16,
+    /// Q2_K: superblocks of groups of 16 nibbles, scales and mins.
+    SuperNib16Min,
+}
+
+impl KernelShape {
+    /// Levels are stored two per byte (the split shape's low nibbles too).
+    pub const fn nibbles(self) -> bool {
+        use KernelShape::*;
+        matches!(
+            self,
+            Nib32 | Nib32Min | SuperNib32Min | SuperSplit16 | SuperNib16 | SuperNib16Min
+        )
+    }
+
+    /// Weights per group (16 or 32).
+    pub const fn group(self) -> usize {
+        use KernelShape::*;
+        match self {
+            SuperByte16 | SuperSplit16 | SuperNib16 | SuperNib16Min => 16,
+            _ => 32,
+        }
+    }
+
+    /// Scales are a superblock's `d` times a group's small integer.
+    pub const fn superblocks(self) -> bool {
+        use KernelShape::*;
+        !matches!(self, Nib32 | Nib32Min | Byte32 | Byte32Min | Wide32)
+    }
+
+    /// Groups have a min.
+    pub const fn min(self) -> bool {
+        use KernelShape::*;
+        matches!(
+            self,
+            Nib32Min | Byte32Min | SuperNib32Min | SuperByte32Min | SuperNib16Min
+        )
+    }
+
+    /// Bits of each level stored in the split plane (0: none).
+    pub const fn high_bits(self) -> u32 {
+        match self {
+            KernelShape::SuperSplit16 => 2,
+            _ => 0,
+        }
+    }
+}
