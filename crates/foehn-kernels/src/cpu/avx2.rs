@@ -146,7 +146,7 @@ unsafe fn kernel<
     out: &mut [f32],
 ) {
     let unit = if SUP { SUPER } else { G };
-    let gpu = unit / G;
+    let groups_per_unit = unit / G;
     let nibbles = MODE == NIB || MODE == SPLIT;
     // 4-byte words (of nibbles) per row and group; a chain closes after
     // `per_chain`. The split layout's plane word follows the nibble words.
@@ -154,8 +154,13 @@ unsafe fn kernel<
     let grb = if MODE == SPLIT { 4 * nd + 4 } else { 4 * nd };
     let per_chain = nd / CH;
     let sets = 1 + usize::from(MIN);
-    let header = 2 * TILE * sets + if SUP { gpu * TILE * sets } else { 0 };
-    let unit_bytes = header + gpu * TILE * grb;
+    let header = 2 * TILE * sets
+        + if SUP {
+            groups_per_unit * TILE * sets
+        } else {
+            0
+        };
+    let unit_bytes = header + groups_per_unit * TILE * grb;
     let units = cols / unit;
     let nib_mask = _mm256_set1_epi8(0x0f);
     let high_mask = _mm256_set1_epi8(0x30);
@@ -221,12 +226,12 @@ unsafe fn kernel<
             }
         });
         let scp = ub.add(2 * TILE * sets);
-        let mp = scp.add(gpu * TILE);
+        let mp = scp.add(groups_per_unit * TILE);
         let mut wp = ub.add(header);
         // Superblocks: Σ_g sc_g · (group sum << shift), per row.
         let mut isb = [[_mm256_setzero_si256(); 2]; NA];
-        for gi in 0..gpu {
-            let gg = u * gpu + gi;
+        for gi in 0..groups_per_unit {
+            let gg = u * groups_per_unit + gi;
             let at = gg * G;
             let mult: [__m256i; 2] = std::array::from_fn(|hh| {
                 if SUP {
@@ -337,14 +342,14 @@ unsafe fn kernel<
             // Σ_g m_g · (shifted level sum of g), two groups per `vpmaddwd`.
             let mut imin = [[_mm256_setzero_si256(); 2]; NA];
             if MIN {
-                for j in 0..gpu / 2 {
+                for j in 0..groups_per_unit / 2 {
                     for hh in 0..2 {
                         let lo = _mm_loadl_epi64(mp.add(2 * j * TILE + 8 * hh).cast());
                         let hi = _mm_loadl_epi64(mp.add((2 * j + 1) * TILE + 8 * hh).cast());
                         let mw = _mm256_cvtepi8_epi16(_mm_unpacklo_epi8(lo, hi));
                         for r in 0..NA {
                             let sa = _mm256_set1_epi32(std::ptr::read_unaligned(
-                                wsum[r].add(u * gpu + 2 * j).cast::<i32>(),
+                                wsum[r].add(u * groups_per_unit + 2 * j).cast::<i32>(),
                             ));
                             imin[r][hh] = _mm256_add_epi32(imin[r][hh], _mm256_madd_epi16(mw, sa));
                         }

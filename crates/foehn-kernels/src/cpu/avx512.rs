@@ -173,14 +173,14 @@ unsafe fn superblock_kernel<const NIB: bool, const G: usize, const MIN: bool, co
     r0: usize,
     out: &mut [f32],
 ) {
-    let gpu = SUPER / G;
+    let groups_per_unit = SUPER / G;
     let grb = if NIB { G / 2 } else { G };
     let nd = grb / 4;
     let nops = if NIB { 2 * nd } else { nd };
     let chains = chains(NA);
     let sets = 1 + usize::from(MIN);
-    let header = 2 * TILE * sets + gpu * TILE * sets;
-    let unit_bytes = header + gpu * TILE * grb;
+    let header = 2 * TILE * sets + groups_per_unit * TILE * sets;
+    let unit_bytes = header + groups_per_unit * TILE * grb;
     let units = cols / SUPER;
     let nib_mask = _mm512_set1_epi8(0x0f);
 
@@ -195,16 +195,16 @@ unsafe fn superblock_kernel<const NIB: bool, const G: usize, const MIN: bool, co
     for u in 0..units {
         let ub = base.add(u * unit_bytes);
         let scp = ub.add(2 * TILE * sets);
-        let mp = scp.add(gpu * TILE);
+        let mp = scp.add(groups_per_unit * TILE);
         let mut wp = ub.add(header);
         // Σ_g sc_g · (Σ (u − off)·a << shift) over the superblock, per row.
         let mut fsum = [_mm512_setzero_ps(); NA];
-        for gi in 0..gpu {
+        for gi in 0..groups_per_unit {
             let sc = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(
                 scp.add(gi * TILE).cast(),
             )));
             let w = load_group::<NIB>(wp, nd, nib_mask);
-            let gg = u * gpu + gi;
+            let gg = u * groups_per_unit + gi;
             let at = gg * G;
             for r in 0..NA {
                 let isum = dot_group(aq[r].add(at), &w, nops, chains, *bias[r].add(gg));
@@ -217,7 +217,7 @@ unsafe fn superblock_kernel<const NIB: bool, const G: usize, const MIN: bool, co
         // Σ_g m_g·sa_g (for the mins).
         let mut imin = [_mm512_setzero_si512(); NA];
         if MIN {
-            for j in 0..gpu / 2 {
+            for j in 0..groups_per_unit / 2 {
                 let (lo, hi) = (
                     _mm_loadu_si128(mp.add(2 * j * TILE).cast()),
                     _mm_loadu_si128(mp.add((2 * j + 1) * TILE).cast()),
@@ -228,7 +228,7 @@ unsafe fn superblock_kernel<const NIB: bool, const G: usize, const MIN: bool, co
                 ));
                 for r in 0..NA {
                     let sa = _mm512_set1_epi32(std::ptr::read_unaligned(
-                        asum[r].add(u * gpu + 2 * j).cast::<i32>(),
+                        asum[r].add(u * groups_per_unit + 2 * j).cast::<i32>(),
                     ));
                     imin[r] = _mm512_dpwssd_epi32(imin[r], mw, sa);
                 }

@@ -260,12 +260,12 @@ unsafe fn superblock_kernel<const NIB: bool, const G: usize, const MIN: bool, co
     r0: usize,
     out: &mut [f32],
 ) {
-    let gpu = SUPER / G;
+    let groups_per_unit = SUPER / G;
     let grb = if NIB { G / 2 } else { G };
     let nd = grb / 4;
     let sets = 1 + usize::from(MIN);
-    let header = 2 * TILE * sets + gpu * TILE * sets;
-    let unit_bytes = header + gpu * TILE * grb;
+    let header = 2 * TILE * sets + groups_per_unit * TILE * sets;
+    let unit_bytes = header + groups_per_unit * TILE * grb;
     let corr = if NIB { off } else { off - 128 };
     let nib_mask = vdupq_n_u8(0x0f);
     let flip = vdupq_n_u8(0x80);
@@ -283,12 +283,12 @@ unsafe fn superblock_kernel<const NIB: bool, const G: usize, const MIN: bool, co
     for u in 0..cols / SUPER {
         let ub = base.add(u * unit_bytes);
         let scp = ub.add(2 * TILE * sets);
-        let mp = scp.add(gpu * TILE);
+        let mp = scp.add(groups_per_unit * TILE);
         let mut wp = ub.add(header);
         let mut fsum = [[zero_f; 4]; NA];
         let mut imin = [[zero_i; 4]; NA];
-        for gi in 0..gpu {
-            let gg = u * gpu + gi;
+        for gi in 0..groups_per_unit {
+            let gg = u * groups_per_unit + gi;
             let sc = i8x16_to_f32(vld1q_s8(scp.add(gi * TILE).cast()));
             let m = if MIN {
                 i8x16_to_i32(vld1q_s8(mp.add(gi * TILE).cast()))

@@ -262,7 +262,7 @@ pub(crate) mod split {
 /// one tile of `fmt`; missing rows are zeros.
 fn write_tile(fmt: &Format, cols: usize, parts: &[RowParts], tile: &mut [u8]) {
     let unit = fmt.unit();
-    let gpu = fmt.groups_per_unit();
+    let groups_per_unit = fmt.groups_per_unit();
     let grb = fmt.group_row_bytes();
     let g = fmt.group;
     debug_assert_eq!(tile.len(), fmt.tile_bytes(cols));
@@ -285,16 +285,16 @@ fn write_tile(fmt: &Format, cols: usize, parts: &[RowParts], tile: &mut [u8]) {
         };
         let rest = if fmt.superblocks {
             let sets = 1 + usize::from(fmt.min);
-            let (scales, rest) = rest.split_at_mut(sets * gpu * TILE);
+            let (scales, rest) = rest.split_at_mut(sets * groups_per_unit * TILE);
             for (i, p) in parts.iter().enumerate() {
-                let sc = &p.sc[ui * gpu..(ui + 1) * gpu];
+                let sc = &p.sc[ui * groups_per_unit..(ui + 1) * groups_per_unit];
                 for (gi, &v) in sc.iter().enumerate() {
                     scales[gi * TILE + i] = v as u8;
                 }
                 if fmt.min {
-                    let m = &p.m[ui * gpu..(ui + 1) * gpu];
+                    let m = &p.m[ui * groups_per_unit..(ui + 1) * groups_per_unit];
                     for (gi, &v) in m.iter().enumerate() {
-                        scales[(gpu + gi) * TILE + i] = v as u8;
+                        scales[(groups_per_unit + gi) * TILE + i] = v as u8;
                     }
                 }
             }
@@ -401,7 +401,7 @@ fn h(bits: u16) -> f32 {
 /// `S · (u − off) + M`.
 pub(crate) fn dequantize_tile_row(fmt: &Format, tile: &[u8], i: usize, dst: &mut [f32]) {
     let unit = fmt.unit();
-    let gpu = fmt.groups_per_unit();
+    let groups_per_unit = fmt.groups_per_unit();
     let grb = fmt.group_row_bytes();
     let g = fmt.group;
     let rd16 = |b: &[u8], at: usize| u16::from_le_bytes([b[at + 2 * i], b[at + 2 * i + 1]]);
@@ -413,7 +413,7 @@ pub(crate) fn dequantize_tile_row(fmt: &Format, tile: &[u8], i: usize, dst: &mut
         let dm = if fmt.min { h(rd16(ub, 2 * TILE)) } else { 0.0 };
         let mut at = fmt.header_bytes();
         let sc_at = 2 * TILE * (1 + usize::from(fmt.min));
-        let m_at = sc_at + gpu * TILE;
+        let m_at = sc_at + groups_per_unit * TILE;
         for (gi, y) in y.chunks_exact_mut(g).enumerate() {
             let (s, m) = if fmt.superblocks {
                 let sc = f32::from(ub[sc_at + gi * TILE + i] as i8);

@@ -20,9 +20,9 @@ pub(crate) fn tile(
     out: &mut [f32],
 ) {
     let (unit, g, grb) = (fmt.unit(), fmt.group, fmt.group_row_bytes());
-    let gpu = fmt.groups_per_unit();
+    let groups_per_unit = fmt.groups_per_unit();
     let sc_at = 2 * TILE * (1 + usize::from(fmt.min));
-    let m_at = sc_at + gpu * TILE;
+    let m_at = sc_at + groups_per_unit * TILE;
     let f16 = |b: &[u8], at: usize, i: usize| {
         half::f16::from_bits(u16::from_le_bytes([b[at + 2 * i], b[at + 2 * i + 1]])).to_f32()
     };
@@ -38,7 +38,7 @@ pub(crate) fn tile(
                 let d = f16(ub, 0, i);
                 let dm = if fmt.min { f16(ub, 2 * TILE, i) } else { 0.0 };
                 let mut at = fmt.header_bytes();
-                for gi in 0..gpu {
+                for gi in 0..groups_per_unit {
                     let (s, m) = if fmt.superblocks {
                         let sc = f32::from(ub[sc_at + gi * TILE + i] as i8);
                         let m = if fmt.min {
@@ -50,7 +50,7 @@ pub(crate) fn tile(
                     } else {
                         (d, dm)
                     };
-                    let gg = ui * gpu + gi;
+                    let gg = ui * groups_per_unit + gi;
                     let a = &a[gg * g..(gg + 1) * g];
                     let w = &ub[at..at + TILE * grb];
                     let mut isum = 0i32;
