@@ -6,7 +6,6 @@ use std::arch::x86_64::*;
 
 use super::act::QuantizedActs;
 use super::format::{Format, SUPER, TILE};
-use super::shape::KernelShape;
 
 /// Whether this CPU has everything the kernel uses.
 pub(crate) fn available() -> bool {
@@ -18,29 +17,7 @@ pub(crate) fn available() -> bool {
         && is_x86_feature_detected!("f16c")
 }
 
-/// The kernel of `shape` (every shape but the AVX2-only split layout).
-pub(crate) fn select(shape: KernelShape) -> Option<super::RawTileFn> {
-    select_by_layout!(tile, shape)
-}
-
-/// As [`super::scalar::tile`], for one layout.
-///
-/// # Safety
-/// The CPU must support the features [`available`] checks.
-unsafe fn tile<const NIB: bool, const G: usize, const SUP: bool, const MIN: bool>(
-    fmt: &Format,
-    cols: usize,
-    tile: &[u8],
-    acts: &QuantizedActs,
-    r0: usize,
-    nr: usize,
-    out: &mut [f32],
-) {
-    super::check_tile_call(fmt, cols, tile, acts, r0, nr, out);
-    call_with_rows!(kernel::<NIB, G, SUP, MIN>(
-        fmt, cols, tile, acts, r0, nr, out
-    ))
-}
+layout_kernels!(kernel);
 
 /// Rows of activations per call: `NA` (1..=4). The legacy types (one scale
 /// per group) are computed here, the k-quants by [`superblock_kernel`].

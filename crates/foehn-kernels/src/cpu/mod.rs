@@ -3,39 +3,55 @@
 //! [`KernelShape`] and instruction set, chosen when a matrix is packed
 //! ([`TileKernel`]) for an instruction set this CPU runs ([`SupportedIsa`]).
 
-/// The `(nibbles, group, superblocks, min)` monomorph of `$tile` for each
-/// shape, for the instruction sets whose kernels are generic over exactly
-/// those (AVX-512 VNNI, NEON): their `select`.
-macro_rules! select_by_layout {
-    ($tile:ident, $shape:expr) => {{
-        use $crate::cpu::shape::KernelShape::*;
-        let f: $crate::cpu::RawTileFn = match $shape {
-            Nib32 => $tile::<true, 32, false, false>,
-            Nib32Min => $tile::<true, 32, false, true>,
-            Byte32 | Wide32 => $tile::<false, 32, false, false>,
-            Byte32Min => $tile::<false, 32, false, true>,
-            SuperNib32Min => $tile::<true, 32, true, true>,
-            SuperByte32Min => $tile::<false, 32, true, true>,
-            SuperWide32 => $tile::<false, 32, true, false>,
-            SuperByte16 => $tile::<false, 16, true, false>,
-            SuperNib16 => $tile::<true, 16, true, false>,
-            SuperNib16Min => $tile::<true, 16, true, true>,
-            // The split layout is packed for AVX2 only.
-            SuperSplit16 => return None,
-        };
-        Some(f)
-    }};
-}
+/// Defines, in an instruction set's module whose kernel is generic over
+/// exactly `(nibbles, group, superblocks, min)` and the activation rows
+/// (AVX-512 VNNI, NEON): `select`, the monomorph of each shape (the split
+/// layout is AVX2's), and `tile`, one monomorph's entry point.
+macro_rules! layout_kernels {
+    ($kernel:ident) => {
+        /// The kernel of `shape` (every shape but the AVX2-only split layout).
+        pub(crate) fn select(
+            shape: $crate::cpu::shape::KernelShape,
+        ) -> Option<$crate::cpu::RawTileFn> {
+            use $crate::cpu::shape::KernelShape::*;
+            let f: $crate::cpu::RawTileFn = match shape {
+                Nib32 => tile::<true, 32, false, false>,
+                Nib32Min => tile::<true, 32, false, true>,
+                Byte32 | Wide32 => tile::<false, 32, false, false>,
+                Byte32Min => tile::<false, 32, false, true>,
+                SuperNib32Min => tile::<true, 32, true, true>,
+                SuperByte32Min => tile::<false, 32, true, true>,
+                SuperWide32 => tile::<false, 32, true, false>,
+                SuperByte16 => tile::<false, 16, true, false>,
+                SuperNib16 => tile::<true, 16, true, false>,
+                SuperNib16Min => tile::<true, 16, true, true>,
+                SuperSplit16 => return None,
+            };
+            Some(f)
+        }
 
-/// Calls `$kernel::<NIB, G, SUP, MIN, NA>(off, cols, tile, acts, r0, out)`
-/// with `NA = nr` (4 from 4 up): the body of a layout-generic `tile`.
-macro_rules! call_with_rows {
-    ($kernel:ident::<$nib:ident, $g:ident, $sup:ident, $min:ident>($fmt:ident, $cols:ident, $tile:ident, $acts:ident, $r0:ident, $nr:ident, $out:ident)) => {
-        match $nr {
-            1 => $kernel::<$nib, $g, $sup, $min, 1>($fmt.off, $cols, $tile, $acts, $r0, $out),
-            2 => $kernel::<$nib, $g, $sup, $min, 2>($fmt.off, $cols, $tile, $acts, $r0, $out),
-            3 => $kernel::<$nib, $g, $sup, $min, 3>($fmt.off, $cols, $tile, $acts, $r0, $out),
-            _ => $kernel::<$nib, $g, $sup, $min, 4>($fmt.off, $cols, $tile, $acts, $r0, $out),
+        /// As [`super::scalar::tile`], for one layout: `NA` = `nr` (4 from
+        /// 4 up).
+        ///
+        /// # Safety
+        /// The CPU must support the features [`available`] checks.
+        unsafe fn tile<const NIB: bool, const G: usize, const SUP: bool, const MIN: bool>(
+            fmt: &Format,
+            cols: usize,
+            tile: &[u8],
+            acts: &QuantizedActs,
+            r0: usize,
+            nr: usize,
+            out: &mut [f32],
+        ) {
+            super::check_tile_call(fmt, cols, tile, acts, r0, nr, out);
+            let off = fmt.off;
+            match nr {
+                1 => $kernel::<NIB, G, SUP, MIN, 1>(off, cols, tile, acts, r0, out),
+                2 => $kernel::<NIB, G, SUP, MIN, 2>(off, cols, tile, acts, r0, out),
+                3 => $kernel::<NIB, G, SUP, MIN, 3>(off, cols, tile, acts, r0, out),
+                _ => $kernel::<NIB, G, SUP, MIN, 4>(off, cols, tile, acts, r0, out),
+            }
         }
     };
 }

@@ -14,7 +14,6 @@ use std::arch::asm;
 
 use super::act::QuantizedActs;
 use super::format::{Format, SUPER, TILE};
-use super::shape::KernelShape;
 
 /// Whether this CPU has everything the kernel uses.
 pub(crate) fn available() -> bool {
@@ -22,29 +21,7 @@ pub(crate) fn available() -> bool {
         && std::arch::is_aarch64_feature_detected!("dotprod")
 }
 
-/// The kernel of `shape` (every shape but the AVX2-only split layout).
-pub(crate) fn select(shape: KernelShape) -> Option<super::RawTileFn> {
-    select_by_layout!(tile, shape)
-}
-
-/// As [`super::scalar::tile`], for one layout.
-///
-/// # Safety
-/// The CPU must support the features [`available`] checks.
-unsafe fn tile<const NIB: bool, const G: usize, const SUP: bool, const MIN: bool>(
-    fmt: &Format,
-    cols: usize,
-    tile: &[u8],
-    acts: &QuantizedActs,
-    r0: usize,
-    nr: usize,
-    out: &mut [f32],
-) {
-    super::check_tile_call(fmt, cols, tile, acts, r0, nr, out);
-    call_with_rows!(kernel::<NIB, G, SUP, MIN>(
-        fmt, cols, tile, acts, r0, nr, out
-    ))
-}
+layout_kernels!(kernel);
 
 /// `acc[j] += Σ_{b<4} w[4j + b] · a[4·lane + b]` (SDOT by element: the
 /// activation word `lane` of `a` feeds all four rows of `w`). `lane` is a
