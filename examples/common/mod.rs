@@ -9,7 +9,7 @@ use std::sync::OnceLock;
 use anyhow::{anyhow, bail, Context, Result};
 use clap::parser::ValueSource;
 use clap::{Args, ValueEnum};
-use foehn::engine::{Backend, CandleDevice, Isq};
+use foehn::engine::{Backend, CandleDevice, Isq, Speculation};
 use foehn::model::{ActPrecision, Isa, KvCacheType};
 use foehn::remote::OpenAiClient;
 use foehn::{
@@ -38,6 +38,9 @@ pub struct ModelFlags {
     /// Instruction set of the CPU kernels: scalar, avx2, avx512vnni or neon-dotprod (default: the best this CPU runs; cpu backend).
     #[arg(long, value_parser = parse_isa)]
     pub isa: Option<Isa>,
+    /// Speculative decoding of greedy (--temp 0) generations: ngram (prompt lookup: drafts what followed the text's last tokens earlier on, verified in one pass; same output) or off.
+    #[arg(long, default_value = "off")]
+    pub spec: Speculation,
 }
 
 /// An `--isa` name.
@@ -74,6 +77,7 @@ impl ModelFlags {
             backend: self.backend(),
             isq: self.isq,
             isa: self.isa,
+            speculation: self.spec,
             act_precision: if self.precise {
                 ActPrecision::Q8x2
             } else {

@@ -8,9 +8,11 @@ mod error;
 mod isq;
 mod local;
 mod session;
+mod spec;
 
 pub use error::{EngineError, Result};
 pub use foehn_model::CandleDevice;
 pub use isq::Isq;
 pub use local::{Backend, LoadOptions, LocalModel};
 pub use session::{top_k, Generation, Session};
+pub use spec::Speculation;

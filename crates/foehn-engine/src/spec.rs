@@ -1,0 +1,153 @@
+//! Speculative decoding by prompt lookup: draft the tokens that followed the
+//! latest earlier occurrence of the text's last few tokens (in the prompt or
+//! the answer so far), run them through the model in one batched forward
+//! pass, and keep the longest prefix the model itself would have chosen.
+//!
+//! Decode reads every weight once per forward pass whatever the number of
+//! tokens in it, so checking `k` drafted tokens costs little more than
+//! decoding one: every accepted draft is a token for free. Greedy output is
+//! token for token what plain decoding gives (each verified position's
+//! logits are those of a one-token pass), so speculation is only used at
+//! temperature 0. The draft length adapts: it grows while drafts are
+//! accepted whole and shrinks to what was accepted when they are not, and
+//! without an earlier occurrence nothing is drafted at all, so text without
+//! repetition decodes as before.
+
+/// How a local model decodes (a [`crate::LoadOptions`] field).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Speculation {
+    /// One token per forward pass.
+    #[default]
+    Off,
+    /// Prompt lookup (n-gram matches in the prompt and the text so far) at
+    /// temperature 0; plain decoding otherwise.
+    Ngram,
+}
+
+impl std::str::FromStr for Speculation {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim() {
+            "off" => Ok(Self::Off),
+            "ngram" => Ok(Self::Ngram),
+            other => Err(format!(
+                "unknown speculation {other:?} (one of: ngram, off)"
+            )),
+        }
+    }
+}
+
+/// Longest n-gram looked up; longer matches are likelier to continue alike.
+const MAX_NGRAM: usize = 3;
+/// Shortest n-gram looked up (single tokens match too often by chance).
+const MIN_NGRAM: usize = 2;
+/// Most tokens drafted at once.
+pub(crate) const MAX_DRAFT: usize = 16;
+/// Tokens drafted after a fresh start.
+const START_DRAFT: usize = 8;
+
+/// Drafts tokens by prompt lookup, with an adaptive draft length.
+#[derive(Debug, Clone)]
+pub(crate) struct NgramDrafter {
+    /// Tokens to draft next time (1..=MAX_DRAFT).
+    len: usize,
+}
+
+impl Default for NgramDrafter {
+    fn default() -> Self {
+        Self { len: START_DRAFT }
+    }
+}
+
+impl NgramDrafter {
+    /// Writes into `out` (cleared first) up to `max` tokens (and at most the
+    /// current draft length) that followed the latest earlier occurrence of
+    /// `history`'s last `n` tokens, for the longest `n` in
+    /// `MAX_NGRAM..=MIN_NGRAM` that occurs.
+    pub(crate) fn draft(&self, history: &[u32], max: usize, out: &mut Vec<u32>) {
+        out.clear();
+        let want = self.len.min(max);
+        if want == 0 {
+            return;
+        }
+        for n in (MIN_NGRAM..=MAX_NGRAM).rev() {
+            if history.len() <= n {
+                continue;
+            }
+            let tail = &history[history.len() - n..];
+            // Latest start `s` of an earlier occurrence, followed by at least
+            // one token.
+            let found = (0..history.len() - n)
+                .rev()
+                .find(|&s| &history[s..s + n] == tail);
+            if let Some(s) = found {
+                let from = s + n;
+                let to = (from + want).min(history.len());
+                out.extend_from_slice(&history[from..to]);
+                return;
+            }
+        }
+    }
+
+    /// Adapts the draft length to the last verification: `accepted` of
+    /// `drafted` tokens were the model's own choices.
+    pub(crate) fn update(&mut self, drafted: usize, accepted: usize) {
+        self.len = if accepted >= drafted {
+            (self.len * 2).min(MAX_DRAFT)
+        } else {
+            (accepted + 1).clamp(1, MAX_DRAFT)
+        };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drafts_what_followed_the_latest_match_of_the_longest_ngram() {
+        let d = NgramDrafter::default();
+        let mut out = Vec::new();
+        // "1 2 3" occurs at 0 (followed by 4 5) and its tail "2 3" also at
+        // 6 (followed by 9): the 3-gram wins.
+        let h = [1, 2, 3, 4, 5, 7, 2, 3, 9, 1, 2, 3];
+        d.draft(&h, 16, &mut out);
+        assert_eq!(out, [4, 5, 7, 2, 3, 9, 1, 2]);
+        // Capped by `max`.
+        d.draft(&h, 2, &mut out);
+        assert_eq!(out, [4, 5]);
+        // Only a 2-gram matches: the latest occurrence.
+        let h = [5, 6, 1, 5, 6, 2, 8, 5, 6];
+        d.draft(&h, 16, &mut out);
+        assert_eq!(out, [2, 8, 5, 6]);
+        // No repetition: nothing.
+        d.draft(&[1, 2, 3, 4, 5], 16, &mut out);
+        assert!(out.is_empty());
+        // Too short.
+        d.draft(&[1, 1], 16, &mut out);
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn the_draft_length_grows_on_success_and_shrinks_on_rejection() {
+        let mut d = NgramDrafter::default();
+        d.update(8, 8);
+        assert_eq!(d.len, 16);
+        d.update(16, 16);
+        assert_eq!(d.len, MAX_DRAFT);
+        d.update(16, 3);
+        assert_eq!(d.len, 4);
+        d.update(4, 0);
+        assert_eq!(d.len, 1);
+        d.update(1, 1);
+        assert_eq!(d.len, 2);
+    }
+
+    #[test]
+    fn speculation_parses() {
+        assert_eq!("ngram".parse::<Speculation>(), Ok(Speculation::Ngram));
+        assert_eq!("off".parse::<Speculation>(), Ok(Speculation::Off));
+        assert!("draft".parse::<Speculation>().is_err());
+    }
+}
