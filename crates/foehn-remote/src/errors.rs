@@ -2,11 +2,9 @@
 //! one of the common shapes, a `Retry-After` header, an error object inside a
 //! 200 event stream — into a [`GenerateError`].
 //!
-//! Shapes understood:
-//! - OpenAI: `{"error": {"message": "…", "type": "…", "code": …}}`
-//! - TGI: `{"error": "…", "error_type": "…"}`
-//! - vLLM / FastChat: `{"object": "error", "message": "…", "type": "…", "code": 400}`
-//! - `{"detail": …}` (FastAPI), `{"message": "…"}`, and plain text or HTML bodies.
+//! The shapes of error bodies are read by [`foehn_openai::error`] (OpenAI's,
+//! TGI's, vLLM's, FastAPI's, plain text and HTML); [`ErrorBody`],
+//! [`error_in_json`] and [`parse_error_body`] are re-exported from there.
 //!
 //! Status mapping: 400/413/422 and other 4xx → [`GenerateError::InvalidRequest`];
 //! 401/403 → [`GenerateError::Unauthorized`]; 402 (out of credit) and 404
@@ -18,113 +16,7 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use foehn_core::GenerateError;
-use serde_json::Value;
-
-/// The most characters of a server's message kept in an error.
-const MAX_MESSAGE_CHARS: usize = 1000;
-
-/// An error as a server described it, whatever the shape.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ErrorBody {
-    /// The human-readable message.
-    pub message: String,
-    /// The error type or class (`invalid_request_error`, `overloaded`, …), when given.
-    pub kind: Option<String>,
-    /// A numeric code (often the HTTP status), when given.
-    pub code: Option<u16>,
-}
-
-/// Finds an error object in a JSON value, in any of the shapes the module
-/// docs list; `None` when the value does not look like an error.
-pub fn error_in_json(value: &Value) -> Option<ErrorBody> {
-    let obj = value.as_object()?;
-    match obj.get("error") {
-        Some(Value::Object(inner)) => {
-            let message = inner
-                .get("message")
-                .map(text_of)
-                .unwrap_or_else(|| Value::Object(inner.clone()).to_string());
-            let kind = inner
-                .get("type")
-                .and_then(Value::as_str)
-                .map(str::to_string);
-            let code = inner
-                .get("code")
-                .and_then(code_of)
-                .or_else(|| inner.get("status").and_then(code_of));
-            // OpenAI puts a string code (`rate_limit_exceeded`) where others put a number.
-            let kind = kind.or_else(|| {
-                inner
-                    .get("code")
-                    .and_then(Value::as_str)
-                    .map(str::to_string)
-            });
-            return Some(ErrorBody {
-                message: clip(&message),
-                kind,
-                code,
-            });
-        }
-        Some(Value::String(message)) => {
-            let kind = obj
-                .get("error_type")
-                .and_then(Value::as_str)
-                .map(str::to_string);
-            let code = obj
-                .get("code")
-                .and_then(code_of)
-                .or_else(|| obj.get("status").and_then(code_of));
-            return Some(ErrorBody {
-                message: clip(message),
-                kind,
-                code,
-            });
-        }
-        Some(Value::Null) | None => {}
-        Some(other) => {
-            return Some(ErrorBody {
-                message: clip(&other.to_string()),
-                kind: None,
-                code: None,
-            })
-        }
-    }
-    if obj.get("object").and_then(Value::as_str) == Some("error") {
-        let message = obj.get("message").map(text_of).unwrap_or_default();
-        let kind = obj.get("type").and_then(Value::as_str).map(str::to_string);
-        let code = obj.get("code").and_then(code_of);
-        return Some(ErrorBody {
-            message: clip(&message),
-            kind,
-            code,
-        });
-    }
-    None
-}
-
-/// Reads an error body of any shape (JSON or not) into an [`ErrorBody`].
-pub fn parse_error_body(body: &str) -> ErrorBody {
-    let trimmed = body.trim();
-    if let Ok(value) = serde_json::from_str::<Value>(trimmed) {
-        if let Some(e) = error_in_json(&value) {
-            return e;
-        }
-        if let Some(obj) = value.as_object() {
-            for key in ["detail", "message", "msg"] {
-                if let Some(v) = obj.get(key) {
-                    return ErrorBody {
-                        message: clip(&text_of(v)),
-                        ..ErrorBody::default()
-                    };
-                }
-            }
-        }
-    }
-    ErrorBody {
-        message: clip(&plain_text(trimmed)),
-        ..ErrorBody::default()
-    }
-}
+pub use foehn_openai::error::{error_in_json, parse_error_body, ErrorBody};
 
 /// The error for a non-2xx HTTP answer.
 pub fn error_for_status(status: u16, body: &str, retry_after: Option<&str>) -> GenerateError {
@@ -276,46 +168,6 @@ fn days_from_civil(y: u64, m: u64, d: u64) -> Option<u64> {
     (era * 146_097 + doe).checked_sub(719_468)
 }
 
-fn text_of(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    }
-}
-
-fn code_of(v: &Value) -> Option<u16> {
-    match v {
-        Value::Number(n) => n.as_u64().and_then(|n| u16::try_from(n).ok()),
-        Value::String(s) => s.parse().ok(),
-        _ => None,
-    }
-}
-
-/// Plain text from a body that may be HTML: tags dropped, whitespace folded.
-fn plain_text(body: &str) -> String {
-    let mut out = String::new();
-    let mut in_tag = false;
-    for c in body.chars() {
-        match c {
-            '<' => in_tag = true,
-            '>' if in_tag => {
-                in_tag = false;
-                out.push(' ');
-            }
-            _ if !in_tag => out.push(c),
-            _ => {}
-        }
-    }
-    out.split_whitespace().collect::<Vec<_>>().join(" ")
-}
-
-fn clip(s: &str) -> String {
-    match s.char_indices().nth(MAX_MESSAGE_CHARS) {
-        Some((i, _)) => format!("{}…", &s[..i]),
-        None => s.to_string(),
-    }
-}
-
 fn reason_phrase(status: u16) -> &'static str {
     match status {
         400 => "bad request",
@@ -338,64 +190,6 @@ fn reason_phrase(status: u16) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn openai_shape() {
-        let e = parse_error_body(
-            r#"{"error":{"message":"Invalid model","type":"invalid_request_error","code":"model_not_found","param":null}}"#,
-        );
-        assert_eq!(e.message, "Invalid model");
-        assert_eq!(e.kind.as_deref(), Some("invalid_request_error"));
-        assert_eq!(e.code, None);
-        let e = parse_error_body(
-            r#"{"error":{"message":"slow down","type":null,"code":"rate_limit_exceeded"}}"#,
-        );
-        assert_eq!(e.kind.as_deref(), Some("rate_limit_exceeded"));
-    }
-
-    #[test]
-    fn tgi_shape() {
-        let e = parse_error_body(
-            r#"{"error":"Input validation error: `inputs` must have less than 4096 tokens","error_type":"validation"}"#,
-        );
-        assert!(e.message.starts_with("Input validation error"));
-        assert_eq!(e.kind.as_deref(), Some("validation"));
-    }
-
-    #[test]
-    fn vllm_shape() {
-        let e = parse_error_body(
-            r#"{"object":"error","message":"The model `x` does not exist.","type":"NotFoundError","param":null,"code":404}"#,
-        );
-        assert_eq!(e.message, "The model `x` does not exist.");
-        assert_eq!(e.code, Some(404));
-        // Newer vLLM nests it OpenAI-style with a numeric code.
-        let e = parse_error_body(
-            r#"{"error":{"message":"bad","type":"BadRequestError","param":null,"code":400}}"#,
-        );
-        assert_eq!(e.code, Some(400));
-    }
-
-    #[test]
-    fn fastapi_plain_and_html_bodies() {
-        assert_eq!(
-            parse_error_body(r#"{"detail":"Not Found"}"#).message,
-            "Not Found"
-        );
-        assert_eq!(
-            parse_error_body("upstream connect error\n").message,
-            "upstream connect error"
-        );
-        let html = "<html><head><title>502 Bad Gateway</title></head><body><h1>502 Bad Gateway</h1></body></html>";
-        assert_eq!(
-            parse_error_body(html).message,
-            "502 Bad Gateway 502 Bad Gateway"
-        );
-        assert_eq!(parse_error_body("").message, "");
-        assert!(
-            parse_error_body(&"x".repeat(5000)).message.chars().count() <= MAX_MESSAGE_CHARS + 1
-        );
-    }
 
     #[test]
     fn statuses_map_to_variants() {

@@ -16,7 +16,12 @@ use foehn_core::{
     CancelToken, Capabilities, Completion, Event, EventStream, FinishReason, GenerateError,
     GenerateRequest, Generator, Prompt, Timings, TokenEvent, Usage,
 };
-use serde_json::{json, Map, Value};
+use foehn_openai::{
+    finish_reason_from_name, ChatResponse, ClientOptions, Endpoint, LogprobEntry, Logprobs,
+    ModelList, RequestBody, Response, TextResponse,
+};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
 
 use crate::errors::{error_for_status, error_in_json, error_in_stream, parse_error_body};
 use crate::sse::{SseEvent, SseItem, SseParser};
@@ -254,38 +259,27 @@ impl OpenAiClient {
         if !(200..300).contains(&status) {
             return Err(error_for_status(status, &body, retry_after.as_deref()));
         }
-        let value: Value = serde_json::from_str(&body).map_err(|e| GenerateError::Remote {
+        let list: ModelList = serde_json::from_str(&body).map_err(|e| GenerateError::Remote {
             status: Some(status),
             message: format!("invalid JSON from GET /models: {e}"),
         })?;
-        let list = value
-            .get("data")
-            .or_else(|| value.get("models"))
-            .and_then(Value::as_array)
-            .ok_or_else(|| GenerateError::Remote {
-                status: Some(status),
-                message: "GET /models: no `data` list in the answer".into(),
-            })?;
-        Ok(list
+        let entries = list.entries().ok_or_else(|| GenerateError::Remote {
+            status: Some(status),
+            message: "GET /models: no `data` list in the answer".into(),
+        })?;
+        Ok(entries
             .iter()
             .filter_map(|m| {
-                let id = m
-                    .get("id")
-                    .or_else(|| m.get("name"))
-                    .and_then(Value::as_str)?;
                 Some(RemoteModel {
-                    id: id.to_string(),
-                    owned_by: m
-                        .get("owned_by")
-                        .and_then(Value::as_str)
-                        .map(str::to_string),
+                    id: m.model_id()?.to_string(),
+                    owned_by: m.owned_by.clone(),
                 })
             })
             .collect())
     }
 
-    /// The JSON body for a request, and whether it is a chat.
-    fn request_body(&self, request: &GenerateRequest) -> Result<(Value, Endpoint), GenerateError> {
+    /// The body for a request (its endpoint: [`RequestBody::endpoint`]).
+    fn request_body(&self, request: &GenerateRequest) -> Result<RequestBody, GenerateError> {
         let model = request
             .model
             .as_ref()
@@ -296,89 +290,17 @@ impl OpenAiClient {
                     self.name
                 ))
             })?;
-        let mut body = Map::new();
-        body.insert("model".into(), json!(model));
-        let endpoint = match &request.prompt {
-            Prompt::Chat(messages) => {
-                let messages: Vec<Value> = messages
-                    .iter()
-                    .map(|m| json!({"role": m.role.as_str(), "content": m.content}))
-                    .collect();
-                body.insert("messages".into(), Value::Array(messages));
-                Endpoint::Chat
-            }
-            Prompt::Text(text) => {
-                body.insert("prompt".into(), json!(text));
-                Endpoint::Completions
-            }
-            Prompt::Tokens(_) => {
-                return Err(GenerateError::InvalidRequest(format!(
+        if let Prompt::Tokens(_) = request.prompt {
+            return Err(GenerateError::InvalidRequest(format!(
                 "{}: token-id prompts are not supported by remote providers; send text or a chat",
                 self.name
-            )))
-            }
+            )));
+        }
+        let options = ClientOptions {
+            include_usage: self.include_usage,
+            extended_sampling: self.extended_sampling,
         };
-        body.insert("stream".into(), json!(true));
-        if self.include_usage {
-            body.insert("stream_options".into(), json!({"include_usage": true}));
-        }
-        let mut put = |k: &str, v: Option<Value>| {
-            if let Some(v) = v {
-                body.insert(k.into(), v);
-            }
-        };
-        put("max_tokens", request.max_tokens.map(|v| json!(v)));
-        put("temperature", request.temperature.map(|v| json!(v)));
-        put("top_p", request.top_p.map(|v| json!(v)));
-        put(
-            "frequency_penalty",
-            request.frequency_penalty.map(|v| json!(v)),
-        );
-        put(
-            "presence_penalty",
-            request.presence_penalty.map(|v| json!(v)),
-        );
-        put("seed", request.seed.map(|v| json!(v)));
-        put(
-            "stop",
-            (!request.stop.is_empty()).then(|| json!(request.stop)),
-        );
-        match (endpoint, request.logprobs) {
-            (Endpoint::Chat, Some(n)) => {
-                put("logprobs", Some(json!(true)));
-                put("top_logprobs", Some(json!(n)));
-            }
-            (Endpoint::Completions, Some(n)) => put("logprobs", Some(json!(n))),
-            _ => {}
-        }
-        put("response_format", request.response_format.clone());
-        put("tools", request.tools.clone());
-        if self.extended_sampling {
-            put("top_k", request.top_k.map(|v| json!(v)));
-            put("min_p", request.min_p.map(|v| json!(v)));
-            put(
-                "repetition_penalty",
-                request.repeat_penalty.map(|v| json!(v)),
-            );
-            put("repeat_penalty", request.repeat_penalty.map(|v| json!(v)));
-        }
-        Ok((Value::Object(body), endpoint))
-    }
-}
-
-/// Which OpenAI endpoint a request goes to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Endpoint {
-    Chat,
-    Completions,
-}
-
-impl Endpoint {
-    fn path(self) -> &'static str {
-        match self {
-            Endpoint::Chat => "chat/completions",
-            Endpoint::Completions => "completions",
-        }
+        Ok(RequestBody::streaming(request, model, options))
     }
 }
 
@@ -562,7 +484,8 @@ impl Generator for OpenAiClient {
         cancel: CancelToken,
     ) -> Result<EventStream, GenerateError> {
         let started = Instant::now();
-        let (body, endpoint) = self.request_body(&request)?;
+        let body = self.request_body(&request)?;
+        let endpoint = body.endpoint();
         let url = format!("{}/{}", self.base_url, endpoint.path());
         let mut req = self
             .agent
@@ -578,8 +501,10 @@ impl Generator for OpenAiClient {
         for (k, v) in &self.headers {
             req = req.header(k.as_str(), v.as_str());
         }
+        let body = serde_json::to_string(&body).map_err(|e| {
+            GenerateError::InvalidRequest(format!("{}: cannot write the request: {e}", self.name))
+        })?;
         let (tx, rx) = mpsc::channel();
-        let body = body.to_string();
         let thread_url = url.clone();
         std::thread::Builder::new()
             .name("foehn-remote-sse".into())
@@ -726,25 +651,21 @@ impl ChunkStream {
         if let Some(err) = error_in_json(&value) {
             return Err(error_in_stream(err));
         }
-        let choice = value
-            .get("choices")
-            .and_then(Value::as_array)
-            .and_then(|c| c.first());
-        let text = choice
-            .and_then(|c| {
-                c.get("message")
-                    .and_then(|m| m.get("content"))
-                    .or_else(|| c.get("text"))
-            })
-            .and_then(Value::as_str)
-            .unwrap_or_default();
-        if let Some(reason) = choice
-            .and_then(|c| c.get("finish_reason"))
-            .and_then(Value::as_str)
-        {
-            self.finish_reason = Some(finish_reason(reason));
+        match self.endpoint {
+            Endpoint::Chat => self.whole(reply::<ChatResponse>(&value).unwrap_or_default()),
+            Endpoint::Completions => self.whole(reply::<TextResponse>(&value).unwrap_or_default()),
         }
-        self.usage = value.get("usage").and_then(usage_of);
+        Ok(())
+    }
+
+    /// Takes a whole answer's first choice as the stream.
+    fn whole<L>(&mut self, answer: Response<L>) {
+        let choice = answer.choices.first();
+        let text = choice.and_then(|c| c.content()).unwrap_or_default();
+        if let Some(reason) = choice.and_then(|c| c.finish_reason.as_deref()) {
+            self.finish_reason = Some(finish_reason_from_name(reason));
+        }
+        self.usage = answer.usage.flatten().and_then(|u| u.to_core());
         if !text.is_empty() {
             self.first_token = Some(Instant::now());
             self.pieces = 1;
@@ -752,7 +673,6 @@ impl ChunkStream {
                 .push_back(token(text.to_string(), None, Vec::new()));
         }
         self.finish();
-        Ok(())
     }
 
     /// Handles one SSE event; `Err` ends the stream.
@@ -782,46 +702,48 @@ impl ChunkStream {
                 message: format!("a stream chunk is not a JSON object: {}", clip(data, 200)),
             });
         }
-        if let Some(usage) = value.get("usage").and_then(usage_of) {
-            self.usage = Some(usage);
-        }
-        // `choices` may be missing, `null` (some providers' usage chunks) or empty.
-        let Some(choice) = value
-            .get("choices")
-            .and_then(Value::as_array)
-            .and_then(|c| {
-                c.iter()
-                    .find(|ch| ch.get("index").and_then(Value::as_u64).unwrap_or(0) == 0)
-            })
-        else {
-            return Ok(());
+        let not_a_chunk = |e: String| GenerateError::Remote {
+            status: None,
+            message: format!("an unreadable stream chunk ({e}): {}", clip(data, 200)),
         };
-        let text = match self.endpoint {
-            Endpoint::Chat => choice
-                .get("delta")
-                .and_then(|d| d.get("content"))
-                .and_then(Value::as_str),
-            Endpoint::Completions => choice.get("text").and_then(Value::as_str),
-        }
-        .unwrap_or_default();
-        if !text.is_empty() {
-            self.push_text(text, choice.get("logprobs"));
-        }
-        if let Some(reason) = choice.get("finish_reason").and_then(Value::as_str) {
-            self.finish_reason = Some(finish_reason(reason));
+        match self.endpoint {
+            Endpoint::Chat => self.chunk(reply::<ChatResponse>(&value).map_err(not_a_chunk)?),
+            Endpoint::Completions => {
+                self.chunk(reply::<TextResponse>(&value).map_err(not_a_chunk)?)
+            }
         }
         Ok(())
     }
 
+    /// Takes one chunk's usage, choice 0's text and its finish reason.
+    fn chunk<L: Logprobs>(&mut self, chunk: Response<L>) {
+        if let Some(usage) = chunk.usage.flatten().and_then(|u| u.to_core()) {
+            self.usage = Some(usage);
+        }
+        // `choices` may be missing, `null` (some providers' usage chunks) or empty.
+        let Some(choice) = chunk.choices.iter().find(|c| c.index == 0) else {
+            return;
+        };
+        let text = choice.content().unwrap_or_default();
+        if !text.is_empty() {
+            let entries = choice
+                .logprobs
+                .as_ref()
+                .map(Logprobs::entries)
+                .unwrap_or_default();
+            self.push_text(text, entries);
+        }
+        if let Some(reason) = &choice.finish_reason {
+            self.finish_reason = Some(finish_reason_from_name(reason));
+        }
+    }
+
     /// Emits a text piece, split per token when the logprobs spell it out exactly.
-    fn push_text(&mut self, text: &str, logprobs: Option<&Value>) {
+    fn push_text(&mut self, text: &str, entries: Vec<LogprobEntry>) {
         if self.first_token.is_none() {
             self.first_token = Some(Instant::now());
         }
         self.pieces += 1;
-        let entries = logprobs
-            .map(|lp| logprob_entries(lp, self.endpoint))
-            .unwrap_or_default();
         let joined: String = entries.iter().map(|e| e.0.as_str()).collect();
         if entries.len() > 1 && joined == text {
             for (tok, lp, top) in entries {
@@ -835,6 +757,12 @@ impl ChunkStream {
                 .push_back(token(text.to_string(), None, Vec::new()));
         }
     }
+}
+
+/// A reply body as `T`; an error names what is wrong (a reply that is not
+/// a JSON object, mostly: fields of the wrong type read as absent).
+fn reply<T: DeserializeOwned>(value: &Value) -> Result<T, String> {
+    T::deserialize(value).map_err(|e| e.to_string())
 }
 
 impl Iterator for ChunkStream {
@@ -934,101 +862,6 @@ fn token(text: String, logprob: Option<f32>, top_logprobs: Vec<(String, f32)>) -
     })
 }
 
-/// One token of a chunk's `logprobs`: its text, log-probability and alternatives.
-type LogprobEntry = (String, f32, Vec<(String, f32)>);
-
-/// The entries of a chunk's `logprobs` object, one per token.
-fn logprob_entries(lp: &Value, endpoint: Endpoint) -> Vec<LogprobEntry> {
-    let num = |v: Option<&Value>| v.and_then(Value::as_f64).map(|f| f as f32);
-    match endpoint {
-        // {"content": [{"token", "logprob", "top_logprobs": [{"token", "logprob"}]}]}
-        Endpoint::Chat => lp
-            .get("content")
-            .and_then(Value::as_array)
-            .map(|entries| {
-                entries
-                    .iter()
-                    .filter_map(|e| {
-                        let tok = e.get("token")?.as_str()?.to_string();
-                        let top = e
-                            .get("top_logprobs")
-                            .and_then(Value::as_array)
-                            .map(|alts| {
-                                alts.iter()
-                                    .filter_map(|a| {
-                                        Some((
-                                            a.get("token")?.as_str()?.to_string(),
-                                            num(a.get("logprob"))?,
-                                        ))
-                                    })
-                                    .collect()
-                            })
-                            .unwrap_or_default();
-                        Some((tok, num(e.get("logprob"))?, top))
-                    })
-                    .collect()
-            })
-            .unwrap_or_default(),
-        // {"tokens": [...], "token_logprobs": [...], "top_logprobs": [{tok: lp}]}
-        Endpoint::Completions => {
-            let tokens = lp
-                .get("tokens")
-                .and_then(Value::as_array)
-                .cloned()
-                .unwrap_or_default();
-            let lps = lp
-                .get("token_logprobs")
-                .and_then(Value::as_array)
-                .cloned()
-                .unwrap_or_default();
-            let tops = lp
-                .get("top_logprobs")
-                .and_then(Value::as_array)
-                .cloned()
-                .unwrap_or_default();
-            tokens
-                .iter()
-                .zip(lps.iter())
-                .enumerate()
-                .filter_map(|(i, (t, l))| {
-                    let top = tops
-                        .get(i)
-                        .and_then(Value::as_object)
-                        .map(|m| {
-                            m.iter()
-                                .filter_map(|(k, v)| Some((k.clone(), v.as_f64()? as f32)))
-                                .collect()
-                        })
-                        .unwrap_or_default();
-                    Some((t.as_str()?.to_string(), l.as_f64()? as f32, top))
-                })
-                .collect()
-        }
-    }
-}
-
-fn usage_of(v: &Value) -> Option<Usage> {
-    let n = |k: &str| {
-        v.get(k)
-            .and_then(Value::as_u64)
-            .and_then(|n| u32::try_from(n).ok())
-    };
-    let (p, c) = (n("prompt_tokens"), n("completion_tokens"));
-    (p.is_some() || c.is_some()).then(|| Usage {
-        prompt_tokens: p.unwrap_or(0),
-        completion_tokens: c.unwrap_or(0),
-    })
-}
-
-fn finish_reason(s: &str) -> FinishReason {
-    match s {
-        "length" | "max_tokens" | "model_length" => FinishReason::Length,
-        "tool_calls" | "function_call" | "tool_use" => FinishReason::ToolCalls,
-        "content_filter" => FinishReason::ContentFilter,
-        _ => FinishReason::Stop, // stop, eos, eos_token, stop_sequence, end_turn, …
-    }
-}
-
 fn clip(s: &str, n: usize) -> String {
     match s.char_indices().nth(n) {
         Some((i, _)) => format!("{}…", &s[..i]),
@@ -1040,6 +873,16 @@ fn clip(s: &str, n: usize) -> String {
 mod tests {
     use super::*;
     use foehn_core::Message;
+    use serde_json::json;
+
+    /// The body as JSON, and its endpoint.
+    fn body_of(
+        client: &OpenAiClient,
+        req: &GenerateRequest,
+    ) -> Result<(Value, Endpoint), GenerateError> {
+        let body = client.request_body(req)?;
+        Ok((serde_json::to_value(&body).unwrap(), body.endpoint()))
+    }
 
     fn stream(endpoint: Endpoint) -> ChunkStream {
         let now = Instant::now();
@@ -1091,7 +934,7 @@ mod tests {
         req.logprobs = Some(2);
         req.top_k = Some(3);
         req.tools = Some(json!([{"type": "function"}]));
-        let (body, ep) = client.request_body(&req).unwrap();
+        let (body, ep) = body_of(&client, &req).unwrap();
         assert_eq!(ep, Endpoint::Chat);
         assert_eq!(body["model"], "m:fastest");
         assert_eq!(body["messages"][1], json!({"role": "user", "content": "u"}));
@@ -1103,16 +946,17 @@ mod tests {
         assert_eq!(body["top_logprobs"], 2);
         assert_eq!(body["tools"], json!([{"type": "function"}]));
         assert!(body.get("top_k").is_none() && body.get("temperature").is_none());
-        let (body, _) = client
-            .clone()
-            .with_extended_sampling(true)
-            .request_body(&req)
-            .unwrap();
+        req.repeat_penalty = Some(1.5);
+        let (body, _) = body_of(&client.clone().with_extended_sampling(true), &req).unwrap();
         assert_eq!(body["top_k"], 3);
+        assert_eq!(
+            (&body["repeat_penalty"], &body["repetition_penalty"]),
+            (&json!(1.5), &json!(1.5))
+        );
 
         req.prompt = Prompt::Text("once".into());
         req.model = Some("other".into());
-        let (body, ep) = client.request_body(&req).unwrap();
+        let (body, ep) = body_of(&client, &req).unwrap();
         assert_eq!(
             (ep, &body["prompt"], &body["model"], &body["logprobs"]),
             (

@@ -6,7 +6,9 @@ use std::time::Duration;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use foehn_core::GenerateError;
-use serde_json::json;
+use foehn_openai::ErrorResponse;
+
+use crate::response::to_json;
 
 /// An error answered to an HTTP client as an OpenAI error object.
 #[derive(Debug, Clone, PartialEq)]
@@ -103,14 +105,12 @@ impl ApiError {
 
     /// The body: `{"error": {"message", "type", "param", "code"}}`.
     pub fn body(&self) -> serde_json::Value {
-        json!({
-            "error": {
-                "message": self.message,
-                "type": self.kind,
-                "param": self.param,
-                "code": self.code,
-            }
-        })
+        to_json(&ErrorResponse::new(
+            self.message.clone(),
+            self.kind,
+            self.param.clone(),
+            self.code,
+        ))
     }
 }
 

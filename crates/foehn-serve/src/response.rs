@@ -1,21 +1,17 @@
-//! OpenAI response bodies: chat and text completions, whole and as stream
-//! chunks, built from the generator's events.
+//! OpenAI response bodies ([`foehn_openai`]'s types): chat and text
+//! completions, whole and as stream chunks, built from the generator's events.
 
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use foehn_core::{Completion, FinishReason, TokenEvent, Usage};
-use serde_json::{json, Value};
-
-/// Which endpoint a response belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Endpoint {
-    /// `/v1/chat/completions`.
-    Chat,
-    /// `/v1/completions`.
-    Text,
-}
+use foehn_core::{Completion, TokenEvent};
+use foehn_openai::{
+    finish_reason_name, ChatLogprobs, Choice, CompletionUsage, Delta, Endpoint, Logprobs, Response,
+    ResponseMessage, TextLogprobs,
+};
+use serde::Serialize;
+use serde_json::Value;
 
 /// Seconds since the Unix epoch.
 pub(crate) fn unix_now() -> u64 {
@@ -33,52 +29,10 @@ fn response_id(prefix: &str) -> String {
     format!("{prefix}-{:016x}{n:x}", h.finish())
 }
 
-/// OpenAI's name for a finish reason (a cancelled generation never reaches a
-/// client, whose disconnect caused it; `stop` keeps the field valid if one does).
-pub(crate) fn finish_reason(r: FinishReason) -> &'static str {
-    match r {
-        FinishReason::Stop | FinishReason::Cancelled => "stop",
-        FinishReason::Length => "length",
-        FinishReason::ToolCalls => "tool_calls",
-        FinishReason::ContentFilter => "content_filter",
-    }
-}
-
-/// `usage` with its total.
-pub(crate) fn usage(u: &Usage) -> Value {
-    json!({
-        "prompt_tokens": u.prompt_tokens,
-        "completion_tokens": u.completion_tokens,
-        "total_tokens": u.prompt_tokens.saturating_add(u.completion_tokens),
-    })
-}
-
-/// One chat `logprobs.content` entry.
-fn chat_logprob(t: &TokenEvent) -> Value {
-    let top: Vec<Value> = t
-        .top_logprobs
-        .iter()
-        .map(|(text, lp)| json!({"token": text, "logprob": lp, "bytes": text.as_bytes()}))
-        .collect();
-    json!({"token": t.text, "logprob": t.logprob, "bytes": t.text.as_bytes(), "top_logprobs": top})
-}
-
-/// Text-completion `logprobs` for a run of tokens, `offset` = the text length before them.
-fn text_logprobs(tokens: &[TokenEvent], mut offset: usize) -> Value {
-    let (mut texts, mut lps, mut tops, mut offsets) = (vec![], vec![], vec![], vec![]);
-    for t in tokens {
-        texts.push(t.text.clone());
-        lps.push(t.logprob);
-        let top: serde_json::Map<String, Value> = t
-            .top_logprobs
-            .iter()
-            .map(|(s, lp)| (s.clone(), json!(lp)))
-            .collect();
-        tops.push(Value::Object(top));
-        offsets.push(offset);
-        offset += t.text.len();
-    }
-    json!({"tokens": texts, "token_logprobs": lps, "top_logprobs": tops, "text_offset": offsets})
+/// A body as JSON. The wire types have string keys only, so this does not
+/// fail; if it did, the body would be `null`.
+pub(crate) fn to_json(body: &impl Serialize) -> Value {
+    serde_json::to_value(body).unwrap_or(Value::Null)
 }
 
 /// Builds the bodies of one response: all share its id, creation time and model.
@@ -96,13 +50,9 @@ pub(crate) struct ResponseBuilder {
 impl ResponseBuilder {
     /// A builder for one response of `endpoint`.
     pub(crate) fn new(endpoint: Endpoint, model: &str, logprobs: bool) -> Self {
-        let prefix = match endpoint {
-            Endpoint::Chat => "chatcmpl",
-            Endpoint::Text => "cmpl",
-        };
         Self {
             endpoint,
-            id: response_id(prefix),
+            id: response_id(endpoint.id_prefix()),
             created: unix_now(),
             model: model.to_string(),
             logprobs,
@@ -115,127 +65,138 @@ impl ResponseBuilder {
         self.endpoint
     }
 
-    fn envelope(&self, object: &str, choices: Value) -> Value {
-        json!({
-            "id": self.id,
-            "object": object,
-            "created": self.created,
-            "model": self.model,
-            "system_fingerprint": null,
-            "choices": choices,
+    /// The envelope around `choices`; `usage` as [`Response::usage`].
+    fn envelope<L: Serialize>(
+        &self,
+        object: &str,
+        choices: Vec<Choice<L>>,
+        usage: Option<Option<CompletionUsage>>,
+    ) -> Value {
+        to_json(&Response {
+            id: self.id.clone(),
+            object: object.to_string(),
+            created: self.created,
+            model: self.model.clone(),
+            system_fingerprint: None,
+            choices,
+            usage,
         })
+    }
+
+    /// The logprobs of `tokens` when they were asked for.
+    fn logprobs<L: Logprobs>(&self, tokens: &[TokenEvent], offset: usize) -> Option<L> {
+        self.logprobs.then(|| L::from_tokens(tokens, offset))
     }
 
     /// The whole response of a non-streaming request.
     pub(crate) fn full(&self, tokens: &[TokenEvent], done: &Completion) -> Value {
         let text: String = tokens.iter().map(|t| t.text.as_str()).collect();
-        let reason = finish_reason(done.finish_reason);
-        let mut body = match self.endpoint {
+        let finish_reason = Some(finish_reason_name(done.finish_reason).to_string());
+        let usage = Some(Some(CompletionUsage::from(&done.usage)));
+        let object = self.endpoint.object();
+        match self.endpoint {
             Endpoint::Chat => {
-                let logprobs = if self.logprobs {
-                    json!({"content": tokens.iter().map(chat_logprob).collect::<Vec<_>>(), "refusal": null})
-                } else {
-                    Value::Null
+                let choice = Choice::<ChatLogprobs> {
+                    message: Some(ResponseMessage {
+                        role: "assistant".into(),
+                        content: Some(text),
+                        refusal: None,
+                    }),
+                    logprobs: self.logprobs(tokens, 0),
+                    finish_reason,
+                    ..Choice::default()
                 };
-                self.envelope(
-                    "chat.completion",
-                    json!([{
-                        "index": 0,
-                        "message": {"role": "assistant", "content": text, "refusal": null},
-                        "logprobs": logprobs,
-                        "finish_reason": reason,
-                    }]),
-                )
+                self.envelope(object, vec![choice], usage)
             }
-            Endpoint::Text => {
-                let logprobs = if self.logprobs {
-                    text_logprobs(tokens, 0)
-                } else {
-                    Value::Null
+            Endpoint::Completions => {
+                let choice = Choice::<TextLogprobs> {
+                    text: Some(text),
+                    logprobs: self.logprobs(tokens, 0),
+                    finish_reason,
+                    ..Choice::default()
                 };
-                self.envelope(
-                    "text_completion",
-                    json!([{"index": 0, "text": text, "logprobs": logprobs, "finish_reason": reason}]),
-                )
+                self.envelope(object, vec![choice], usage)
             }
-        };
-        body["usage"] = usage(&done.usage);
-        body
+        }
     }
 
-    fn chunk(&self, choice: Value, with_usage: bool) -> Value {
-        let object = match self.endpoint {
-            Endpoint::Chat => "chat.completion.chunk",
-            Endpoint::Text => "text_completion",
-        };
-        let mut chunk = self.envelope(object, json!([choice]));
-        if with_usage {
-            // OpenAI sends `"usage": null` in every chunk but the last when usage is asked for.
-            chunk["usage"] = Value::Null;
+    /// A chunk of one choice; with `with_usage`, its `"usage": null`
+    /// (OpenAI sends it in every chunk but the last when usage is asked for).
+    fn chunk<L: Serialize>(&self, choice: Choice<L>, with_usage: bool) -> Value {
+        let usage = with_usage.then_some(None);
+        self.envelope(self.endpoint.chunk_object(), vec![choice], usage)
+    }
+
+    /// A chat chunk with `delta`, or a text chunk with `text`.
+    fn piece(
+        &self,
+        delta: Delta,
+        tokens: &[TokenEvent],
+        finish_reason: Option<String>,
+        with_usage: bool,
+    ) -> Value {
+        // Chunks without a token (the role, the finish) have `"logprobs": null`.
+        let logprobs = !tokens.is_empty();
+        match self.endpoint {
+            Endpoint::Chat => self.chunk(
+                Choice::<ChatLogprobs> {
+                    delta: Some(delta),
+                    logprobs: self.logprobs(tokens, self.offset).filter(|_| logprobs),
+                    finish_reason,
+                    ..Choice::default()
+                },
+                with_usage,
+            ),
+            Endpoint::Completions => self.chunk(
+                Choice::<TextLogprobs> {
+                    text: Some(delta.content.unwrap_or_default()),
+                    logprobs: self.logprobs(tokens, self.offset).filter(|_| logprobs),
+                    finish_reason,
+                    ..Choice::default()
+                },
+                with_usage,
+            ),
         }
-        chunk
     }
 
     /// The first chat chunk: the assistant role, no text yet.
     pub(crate) fn role_chunk(&self, with_usage: bool) -> Value {
-        let choice = json!({"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null});
-        self.chunk(choice, with_usage)
+        let delta = Delta {
+            role: Some("assistant".into()),
+            content: Some(String::new()),
+        };
+        self.piece(delta, &[], None, with_usage)
     }
 
-    /// A chunk carrying tokens' text (and their logprobs when asked for).
+    /// A chunk carrying a token's text (and its logprobs when asked for).
     pub(crate) fn token_chunk(&mut self, t: &TokenEvent, with_usage: bool) -> Value {
-        let choice = match self.endpoint {
-            Endpoint::Chat => {
-                let logprobs = if self.logprobs {
-                    json!({"content": [chat_logprob(t)], "refusal": null})
-                } else {
-                    Value::Null
-                };
-                json!({"index": 0, "delta": {"content": t.text}, "logprobs": logprobs, "finish_reason": null})
-            }
-            Endpoint::Text => {
-                let logprobs = if self.logprobs {
-                    text_logprobs(std::slice::from_ref(t), self.offset)
-                } else {
-                    Value::Null
-                };
-                json!({"index": 0, "text": t.text, "logprobs": logprobs, "finish_reason": null})
-            }
+        let delta = Delta {
+            role: None,
+            content: Some(t.text.clone()),
         };
+        let chunk = self.piece(delta, std::slice::from_ref(t), None, with_usage);
         self.offset += t.text.len();
-        self.chunk(choice, with_usage)
+        chunk
     }
 
     /// The chunk with the finish reason.
     pub(crate) fn finish_chunk(&self, done: &Completion, with_usage: bool) -> Value {
-        let reason = finish_reason(done.finish_reason);
-        let choice = match self.endpoint {
-            Endpoint::Chat => {
-                json!({"index": 0, "delta": {}, "logprobs": null, "finish_reason": reason})
-            }
-            Endpoint::Text => {
-                json!({"index": 0, "text": "", "logprobs": null, "finish_reason": reason})
-            }
-        };
-        self.chunk(choice, with_usage)
+        let reason = Some(finish_reason_name(done.finish_reason).to_string());
+        self.piece(Delta::default(), &[], reason, with_usage)
     }
 
     /// The last chunk when `stream_options.include_usage` is set: no choices, the usage.
     pub(crate) fn usage_chunk(&self, done: &Completion) -> Value {
-        let object = match self.endpoint {
-            Endpoint::Chat => "chat.completion.chunk",
-            Endpoint::Text => "text_completion",
-        };
-        let mut chunk = self.envelope(object, json!([]));
-        chunk["usage"] = usage(&done.usage);
-        chunk
+        let usage = Some(Some(CompletionUsage::from(&done.usage)));
+        self.envelope::<ChatLogprobs>(self.endpoint.chunk_object(), Vec::new(), usage)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use foehn_core::Timings;
+    use foehn_core::{FinishReason, Timings, Usage};
+    use serde_json::json;
 
     fn token(text: &str, lp: Option<f32>) -> TokenEvent {
         TokenEvent {
@@ -279,7 +240,7 @@ mod tests {
 
     #[test]
     fn text_chunks_count_offsets() {
-        let mut b = ResponseBuilder::new(Endpoint::Text, "m", true);
+        let mut b = ResponseBuilder::new(Endpoint::Completions, "m", true);
         let first = b.token_chunk(&token("ab", Some(-0.5)), true);
         let second = b.token_chunk(&token("c", Some(-0.25)), true);
         assert_eq!(first["object"], "text_completion");
@@ -294,7 +255,7 @@ mod tests {
         assert_eq!(usage["choices"], json!([]));
         assert_eq!(usage["usage"]["completion_tokens"], 2);
         assert_ne!(
-            ResponseBuilder::new(Endpoint::Text, "m", false).id,
+            ResponseBuilder::new(Endpoint::Completions, "m", false).id,
             b.id,
             "ids are unique"
         );

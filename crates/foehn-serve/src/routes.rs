@@ -13,14 +13,15 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use foehn_core::{Event, GenerateError, GenerateRequest, Generator, TokenEvent};
+use foehn_openai::{ChatRequest, CompletionRequest, Endpoint, ModelList, ModelObject};
 use futures_util::stream::{self, Stream};
 use serde_json::{json, Value};
 
 use crate::bridge::{self, Running};
 use crate::error::ApiError;
 use crate::queue::Scheduler;
-use crate::request::{parse_body, ChatRequest, CompletionRequest};
-use crate::response::{unix_now, Endpoint, ResponseBuilder};
+use crate::request::parse_body;
+use crate::response::{to_json, unix_now, ResponseBuilder};
 use crate::ServeOptions;
 
 /// What every handler shares.
@@ -78,7 +79,7 @@ pub(crate) async fn completions(
         job(&app, request, stream, include_usage)
     });
     match job {
-        Ok(job) => run(app, Endpoint::Text, job).await,
+        Ok(job) => run(app, Endpoint::Completions, job).await,
         Err(e) => e.into_response(),
     }
 }
@@ -272,18 +273,18 @@ fn sse_events(
 
 /// `GET /v1/models`.
 pub(crate) async fn models(State(app): Shared) -> Json<Value> {
-    let data: Vec<Value> = model_ids(&app)
+    let data = model_ids(&app)
         .iter()
         .map(|id| model_object(&app, id))
         .collect();
-    Json(json!({"object": "list", "data": data}))
+    Json(to_json(&ModelList::new(data)))
 }
 
 /// `GET /v1/models/{id}`.
 pub(crate) async fn model(State(app): Shared, Path(id): Path<String>) -> Response {
     let ids = model_ids(&app);
     if ids.contains(&id) || app.opts.models.is_empty() {
-        Json(model_object(&app, &id)).into_response()
+        Json(to_json(&model_object(&app, &id))).into_response()
     } else {
         ApiError::unknown_model(&id, &ids).into_response()
     }
@@ -297,8 +298,8 @@ fn model_ids(app: &AppState) -> Vec<String> {
     }
 }
 
-fn model_object(app: &AppState, id: &str) -> Value {
-    json!({"id": id, "object": "model", "created": app.started, "owned_by": "foehn"})
+fn model_object(app: &AppState, id: &str) -> ModelObject {
+    ModelObject::new(id, app.started, "foehn")
 }
 
 /// `GET /health`: liveness, the models, and the queue's counters.
