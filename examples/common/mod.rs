@@ -39,7 +39,7 @@ pub struct ModelFlags {
     #[arg(long, value_parser = parse_isa)]
     pub isa: Option<Isa>,
     /// Speculative decoding of greedy (--temp 0) generations: ngram (prompt lookup: drafts what followed the text's last tokens earlier on, verified in one pass; same output) or off.
-    #[arg(long, default_value = "off")]
+    #[arg(long, default_value = "ngram")]
     pub spec: Speculation,
 }
 

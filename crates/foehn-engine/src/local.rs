@@ -37,7 +37,7 @@ pub struct LoadOptions {
     /// runs); one the CPU does not run is an error. CPU backend only.
     pub isa: Option<Isa>,
     /// Speculative decoding of greedy generations (default
-    /// [`Speculation::Off`]): the output is the same either way.
+    /// [`Speculation::Ngram`]): the output is the same either way.
     pub speculation: Speculation,
     /// How to fetch a model named by catalog id or `hf://` (default: Hub, then the PyPI mirror).
     pub fetch: FetchOptions,
@@ -72,7 +72,7 @@ impl Default for LoadOptions {
             kv_type: KvCacheType::F16,
             threads: None,
             isa: None,
-            speculation: Speculation::Off,
+            speculation: Speculation::Ngram,
             fetch: FetchOptions::default(),
             backend: Backend::Cpu,
             isq: None,

@@ -17,10 +17,11 @@
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Speculation {
     /// One token per forward pass.
-    #[default]
     Off,
     /// Prompt lookup (n-gram matches in the prompt and the text so far) at
-    /// temperature 0; plain decoding otherwise.
+    /// temperature 0; plain decoding otherwise. The default: the tokens are
+    /// the same, and without repetition to draft from nothing is drafted.
+    #[default]
     Ngram,
 }
 
