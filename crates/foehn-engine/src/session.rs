@@ -22,7 +22,7 @@ pub struct Session {
     state: State,
     /// The tokens whose keys and values are in the cache, in order.
     cached: Vec<u32>,
-    /// How its greedy generations decode (the model's choice unless set).
+    /// How its generations decode (the model's choice unless set).
     speculation: Speculation,
 }
 
@@ -44,8 +44,7 @@ impl Session {
         })
     }
 
-    /// This session with its greedy generations decoded as `speculation`
-    /// says (default: the model's [`LoadOptions::speculation`](crate::LoadOptions::speculation)).
+    /// This session with its generations decoded as `speculation` says (default: the model's [`LoadOptions::speculation`](crate::LoadOptions::speculation)).
     pub fn with_speculation(mut self, speculation: Speculation) -> Self {
         self.speculation = speculation;
         self
@@ -189,7 +188,7 @@ pub struct Generation {
     record_k: usize,
     /// The `record_k` largest raw logits before each sampled token.
     recorded: Vec<Vec<(u32, f32)>>,
-    /// Speculation, when it is on and the sampler greedy.
+    /// Speculation, when it is on.
     spec: Option<Speculative>,
 }
 
@@ -251,8 +250,12 @@ impl Generation {
             sampler.accept(t);
         }
         let decoder = model.inner.tokenizer.stream_decoder(true);
-        let greedy = sampler.config().temperature <= 0.0;
-        let spec = (session.speculation == Speculation::Ngram && greedy).then(|| Speculative {
+        // Sampled generations speculate too: the drafter is deterministic,
+        // so drawing from a verified row and keeping the draft when the draw
+        // equals it is exactly speculative sampling's acceptance (probability
+        // p(draft), else a draw from p without it), and each row is the one
+        // plain decoding would draw from, with the same random numbers.
+        let spec = (session.speculation == Speculation::Ngram).then(|| Speculative {
             drafter: NgramDrafter::default(),
             history: Vec::new(),
             batch: Vec::with_capacity(MAX_DRAFT + 1),

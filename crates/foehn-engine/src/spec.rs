@@ -1,26 +1,29 @@
 //! Speculative decoding by prompt lookup: draft the tokens that followed the
 //! latest earlier occurrence of the text's last few tokens (in the prompt or
 //! the answer so far), run them through the model in one batched forward
-//! pass, and keep the longest prefix the model itself would have chosen.
+//! pass, and keep the longest prefix the sampler itself would have chosen.
 //!
 //! Decode reads every weight once per forward pass whatever the number of
 //! tokens in it, so checking `k` drafted tokens costs little more than
-//! decoding one: every accepted draft is a token for free. Greedy output is
-//! token for token what plain decoding gives (each verified position's
-//! logits are those of a one-token pass), so speculation is only used at
-//! temperature 0. The draft length adapts: it grows while drafts are
-//! accepted whole and shrinks to what was accepted when they are not, and
-//! without an earlier occurrence nothing is drafted at all, so text without
-//! repetition decodes as before.
+//! decoding one: every accepted draft is a token for free. The output is
+//! token for token that of plain decoding, greedy or sampled: each verified
+//! position's logits are those of a one-token pass, the sampler draws from
+//! them in the same order with the same random numbers, and a draft is kept
+//! only when the draw equals it — which, the drafter being deterministic, is
+//! speculative sampling's rule (accept with probability `p(draft)`, else draw
+//! from `p` without the draft). The draft length adapts: it grows while
+//! drafts are accepted whole and shrinks to what was accepted when they are
+//! not, and without an earlier occurrence nothing is drafted at all, so text
+//! without repetition decodes as before.
 
 /// How a local model decodes (a [`crate::LoadOptions`] field).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Speculation {
     /// One token per forward pass.
     Off,
-    /// Prompt lookup (n-gram matches in the prompt and the text so far) at
-    /// temperature 0; plain decoding otherwise. The default: the tokens are
-    /// the same, and without repetition to draft from nothing is drafted.
+    /// Prompt lookup (n-gram matches in the prompt and the text so far).
+    /// The default: the tokens are the same, and without repetition to
+    /// draft from nothing is drafted.
     #[default]
     Ngram,
 }
