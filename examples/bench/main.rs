@@ -78,7 +78,7 @@ struct Args {
     /// Skip the warm-up run.
     #[arg(long)]
     no_warmup: bool,
-    /// Instead of pp/tg: greedy decode of the first -n length on built-in text prompts (repeat, edit, fill a JSON record, free writing), speculative decoding off and ngram alternated -r times, same tokens checked.
+    /// Instead of pp/tg: greedy decode of the first -n length on built-in text prompts (repeat, edit, fill a JSON record, free writing), speculative decoding off and on (as --spec says) alternated -r times, same tokens checked.
     #[arg(long)]
     texts: bool,
     /// Output format: a markdown table or a JSON array (llama-bench's field names).

@@ -38,7 +38,7 @@ pub struct ModelFlags {
     /// Instruction set of the CPU kernels: scalar, avx2, avx512vnni or neon-dotprod (default: the best this CPU runs; cpu backend).
     #[arg(long, value_parser = parse_isa)]
     pub isa: Option<Isa>,
-    /// Speculative decoding: ngram (prompt lookup: drafts what followed the text's last tokens earlier on, verified in one pass; the same output, greedy or seeded) or off.
+    /// Speculative decoding: ngram (prompt lookup: drafts what followed the text's last tokens earlier on), draft:MODEL (a smaller model with the same tokenizer drafts) or off; drafts are verified in one pass, so the output is the same, greedy or seeded.
     #[arg(long, default_value = "ngram")]
     pub spec: Speculation,
 }
@@ -77,7 +77,7 @@ impl ModelFlags {
             backend: self.backend(),
             isq: self.isq,
             isa: self.isa,
-            speculation: self.spec,
+            speculation: self.spec.clone(),
             act_precision: if self.precise {
                 ActPrecision::Q8x2
             } else {

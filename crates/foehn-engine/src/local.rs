@@ -21,7 +21,7 @@ use foehn_tokenizer::{EncodeOptions, Tokenizer};
 
 use crate::isq::Isq;
 use crate::session::Session;
-use crate::spec::Speculation;
+use crate::spec::{Drafting, Speculation};
 use crate::{EngineError, Result};
 
 /// How to load a model and size its sessions.
@@ -96,8 +96,8 @@ pub(crate) struct Inner {
     template: Option<ChatTemplate>,
     mistral: Option<MistralVersion>,
     pub(crate) session_opts: SessionOptions,
-    /// How greedy generations decode.
-    pub(crate) speculation: Speculation,
+    /// What generations draft with (`None`: no speculation).
+    pub(crate) drafting: Option<Drafting>,
     pub(crate) pool: rayon::ThreadPool,
     name: String,
     load_time: Duration,
@@ -198,6 +198,28 @@ impl LocalModel {
                 net.config().vocab_size
             )));
         }
+        let drafting = match &opts.speculation {
+            Speculation::Off => None,
+            Speculation::Ngram => Some(Drafting::Ngram),
+            Speculation::Draft(spec) => {
+                let draft = LocalModel::load(
+                    Some(spec),
+                    LoadOptions {
+                        speculation: Speculation::Off,
+                        ..opts.clone()
+                    },
+                )
+                .map_err(|e| EngineError::Other(format!("the draft model {spec}: {e}")))?;
+                let (ours, theirs) = (net.config().vocab_size, draft.config().vocab_size);
+                if ours != theirs || draft.inner.tokenizer.vocab_size() != tokenizer.vocab_size() {
+                    return Err(EngineError::Other(format!(
+                        "the draft model {spec} has a vocabulary of {theirs} tokens, the model \
+                         {ours}: a draft model must share the model's tokenizer"
+                    )));
+                }
+                Some(Drafting::Model(draft))
+            }
+        };
         let template = ChatTemplate::for_tokenizer(&tokenizer).ok();
         let mistral = mistral_version(&tokenizer, tokenizer.chat_template());
         let pool = rayon::ThreadPoolBuilder::new()
@@ -222,7 +244,7 @@ impl LocalModel {
             template,
             mistral,
             session_opts,
-            speculation: opts.speculation,
+            drafting,
             pool,
             name,
             load_time: start.elapsed(),

