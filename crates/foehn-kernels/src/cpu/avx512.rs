@@ -83,7 +83,7 @@ unsafe fn kernel<
 
 /// Independent `vpdpbusd` chains per activation row (5 cycles of latency
 /// each): with several rows the rows' chains interleave, alone a row needs four.
-const fn chains(na: usize) -> usize {
+pub(super) const fn chains(na: usize) -> usize {
     if na == 1 {
         4
     } else {
@@ -111,7 +111,7 @@ unsafe fn load_group<const NIB: bool>(wp: *const u8, nd: usize, nib_mask: __m512
 /// `init + Σ_p w[p] · a[4p..4p+4]` per row (lane) over the first `nops`
 /// operands, in `chains` independent accumulators.
 #[inline(always)]
-unsafe fn dot_group(
+pub(super) unsafe fn dot_group(
     a: *const i8,
     w: &[__m512i; 8],
     nops: usize,

@@ -7,7 +7,7 @@
 //! nothing, or **packed** ([`QMatrix::packed`]): repacked once into the
 //! 16-row tiles of [`crate::cpu::format`] that the SIMD kernels read, after
 //! which the file's pages are released — for the types whose row of the
-//! quant-type table lets packing wait (Q8_0, Q4_K and Q6_K, on AVX2) only
+//! quant-type table lets packing wait (Q8_0, Q4_K and Q6_K, on AVX2 and AVX-512 VNNI) only
 //! once a product (or [`QMatrix::pack_in_background`]) needs the tiles:
 //! until then a direct kernel reads the file's bytes in place, see
 //! [`QMatrix::packed`].

@@ -166,7 +166,7 @@ impl QMatrix {
     ///
     /// **Deferred packing**: a matrix borrowed from a shared owner whose type
     /// has a direct kernel on the context's instruction set and whose row of
-    /// the quant-type table lets packing wait (Q8_0, Q4_K and Q6_K on AVX2) is not
+    /// the quant-type table lets packing wait (Q8_0, Q4_K and Q6_K on AVX2 and AVX-512 VNNI) is not
     /// packed yet: products with up to 32 activation rows (decode, short
     /// prompts) read the owner's bytes in place, with the tile kernel's
     /// results bit for bit, and the first product with more rows packs it

@@ -331,7 +331,8 @@ impl ByteSource for Counting {
     }
 }
 
-/// Shared Q8_0, Q4_K and Q6_K matrices on AVX2 are deferred: products
+/// Shared Q8_0, Q4_K and Q6_K matrices on AVX2 and AVX-512 VNNI are
+/// deferred: products
 /// with up to 32 activation rows read the file's bytes and equal the
 /// packed matrix's bit for bit, rows dequantize the same, and the first
 /// product with more rows packs the matrix and releases the source's
