@@ -198,7 +198,7 @@ mod tests {
         // 6 (followed by 9): the 3-gram wins.
         let h = [1, 2, 3, 4, 5, 7, 2, 3, 9, 1, 2, 3];
         d.draft(&h, 16, &mut out).unwrap();
-        assert_eq!(out, [4, 5, 7, 2, 3, 9, 1, 2]);
+        assert_eq!(out, [4, 5, 7, 2, 3, 9, 1, 2, 3]);
         // Capped by `max`.
         d.draft(&h, 2, &mut out).unwrap();
         assert_eq!(out, [4, 5]);
