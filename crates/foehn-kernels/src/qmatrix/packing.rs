@@ -111,26 +111,29 @@ impl Deferred {
 }
 
 impl QMatrix {
-    /// Packs the deferred matrices among `matrices` ([`packed`](Self::packed))
-    /// of the types where that pays (their row of the quant-type table says
-    /// `Defer::Background`: the k-quants, not Q8_0) one after the
-    /// other on a thread of their own (one core: the products
-    /// keep the others), so that decode moves to the tile kernels soon after
-    /// a model starts, while its first tokens run on the direct kernels. A
-    /// matrix a product has packed meanwhile is skipped, and so are the
-    /// matrices of a model dropped before the thread reaches them. Returns
-    /// the thread, or `None` when there is nothing to pack (or no thread
-    /// could be started: products then pack as they need to).
+    /// Packs deferred matrices ([`packed`](Self::packed)) one after the
+    /// other on a thread of their own (one core: the products keep the
+    /// others), so that decode moves to the tile kernels soon after a model
+    /// starts, while its first tokens run on the direct kernels: first those
+    /// of `always`, whatever their type (matrices whose products never have
+    /// many activation rows, such as the output projection, which no
+    /// prefill would pack), then those of `matrices` whose row of the
+    /// quant-type table says it pays (`Defer::Background`: the k-quants, not
+    /// Q8_0). A matrix a product has packed meanwhile is skipped, and so are
+    /// the matrices of a model dropped before the thread reaches them.
+    /// Returns the thread, or `None` when there is nothing to pack (or no
+    /// thread could be started: products then pack as they need to).
     pub fn pack_in_background<'a>(
+        always: &[&'a QMatrix],
         matrices: impl IntoIterator<Item = &'a QMatrix>,
     ) -> Option<std::thread::JoinHandle<()>> {
-        let todo: Vec<std::sync::Weak<Deferred>> = matrices
-            .into_iter()
-            .filter_map(|m| match &m.storage {
-                Storage::Deferred(d)
-                    if d.tiles.get().is_none()
-                        && m.ty.packing().is_some_and(|p| p.defer == Defer::Background) =>
-                {
+        let background = |m: &QMatrix| m.ty.packing().is_some_and(|p| p.defer == Defer::Background);
+        let todo: Vec<std::sync::Weak<Deferred>> = always
+            .iter()
+            .map(|m| (*m, true))
+            .chain(matrices.into_iter().map(|m| (m, false)))
+            .filter_map(|(m, always)| match &m.storage {
+                Storage::Deferred(d) if d.tiles.get().is_none() && (always || background(m)) => {
                     Some(Arc::downgrade(d))
                 }
                 _ => None,

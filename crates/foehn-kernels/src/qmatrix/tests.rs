@@ -442,7 +442,7 @@ fn deferred_matrices_are_packed_in_the_background() {
         before.push(out);
         matrices.push((m, source, len));
     }
-    let packer = QMatrix::pack_in_background(matrices.iter().map(|m| &m.0));
+    let packer = QMatrix::pack_in_background(&[], matrices.iter().map(|m| &m.0));
     if !matrices[0].0.is_deferred() {
         assert!(packer.is_none(), "nothing deferred, nothing to pack");
         return;
@@ -457,7 +457,20 @@ fn deferred_matrices_are_packed_in_the_background() {
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
         assert_eq!(bits(before), bits(&after), "{m:?}");
     }
-    assert!(QMatrix::pack_in_background(matrices.iter().map(|m| &m.0)).is_none());
+    assert!(QMatrix::pack_in_background(&[], matrices.iter().map(|m| &m.0)).is_none());
+    // Named in `always`, the Q8_0 matrix is packed too.
+    let q8 = &matrices[1];
+    QMatrix::pack_in_background(&[&q8.0], [])
+        .expect("the Q8_0 matrix to pack")
+        .join()
+        .unwrap();
+    assert!(q8.0.is_packed());
+    assert_eq!(q8.1.released(), q8.2);
+    let mut after = vec![f32::NAN; rows];
+    q8.0.matvec(ctx(), &xs, &mut after, &mut scratch).unwrap();
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(&before[1]), bits(&after));
+    assert!(QMatrix::pack_in_background(&[&q8.0], []).is_none());
 }
 
 /// A matrix of several packing runs reads back its rows across the
