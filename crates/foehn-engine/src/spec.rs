@@ -65,18 +65,24 @@ pub(crate) enum Drafting {
 
 /// Longest n-gram looked up; longer matches are likelier to continue alike.
 const MAX_NGRAM: usize = 3;
-/// Shortest n-gram looked up (single tokens match too often by chance).
+/// Shortest n-gram looked up while drafts are being accepted (single
+/// tokens match too often by chance); after a draft rejected whole, only
+/// `MAX_NGRAM` matches draft until one is accepted again: in text that does
+/// not repeat, two-token matches are mostly chance, and every rejected draft
+/// costs a wider pass (its rows of logits included).
 const MIN_NGRAM: usize = 2;
 /// Most tokens drafted at once.
 pub(crate) const MAX_DRAFT: usize = 16;
 /// Tokens drafted after a fresh start.
-const START_DRAFT: usize = 8;
+const START_DRAFT: usize = 4;
 
 /// Drafts tokens, with an adaptive draft length.
 pub(crate) struct Drafter {
     source: Source,
     /// Tokens to draft next time (1..=MAX_DRAFT).
     len: usize,
+    /// Shortest n-gram that drafts next time (MIN_NGRAM..=MAX_NGRAM).
+    min_ngram: usize,
 }
 
 /// Where drafts come from.
@@ -96,6 +102,7 @@ impl Drafter {
         Self {
             source: Source::Ngram,
             len: START_DRAFT,
+            min_ngram: MIN_NGRAM,
         }
     }
 
@@ -107,6 +114,7 @@ impl Drafter {
                 logits: Vec::new(),
             },
             len: START_DRAFT,
+            min_ngram: MIN_NGRAM,
         }
     }
 
@@ -130,7 +138,7 @@ impl Drafter {
             return Ok(());
         }
         match &mut self.source {
-            Source::Ngram => ngram_draft(history, want, out),
+            Source::Ngram => ngram_draft(history, self.min_ngram, want, out),
             Source::Model { session, logits } => {
                 if history.len() + want > session.context_length() {
                     return Ok(());
@@ -154,6 +162,7 @@ impl Drafter {
     /// Adapts the draft length to the last verification: `accepted` of
     /// `drafted` tokens were the sampler's own choices.
     pub(crate) fn update(&mut self, drafted: usize, accepted: usize) {
+        self.min_ngram = if accepted == 0 { MAX_NGRAM } else { MIN_NGRAM };
         self.len = if accepted >= drafted {
             (self.len * 2).min(MAX_DRAFT)
         } else {
@@ -164,9 +173,9 @@ impl Drafter {
 
 /// Writes into `out` up to `want` tokens that followed the latest earlier
 /// occurrence of `history`'s last `n` tokens, for the longest `n` in
-/// `MAX_NGRAM..=MIN_NGRAM` that occurs.
-fn ngram_draft(history: &[u32], want: usize, out: &mut Vec<u32>) {
-    for n in (MIN_NGRAM..=MAX_NGRAM).rev() {
+/// `MAX_NGRAM..=min_ngram` that occurs.
+fn ngram_draft(history: &[u32], min_ngram: usize, want: usize, out: &mut Vec<u32>) {
+    for n in (min_ngram..=MAX_NGRAM).rev() {
         if history.len() <= n {
             continue;
         }
@@ -217,6 +226,8 @@ mod tests {
     #[test]
     fn the_draft_length_grows_on_success_and_shrinks_on_rejection() {
         let mut d = Drafter::ngram();
+        d.update(4, 4);
+        assert_eq!(d.len, 8);
         d.update(8, 8);
         assert_eq!(d.len, 16);
         d.update(16, 16);
@@ -225,8 +236,15 @@ mod tests {
         assert_eq!(d.len, 4);
         d.update(4, 0);
         assert_eq!(d.len, 1);
+        // After a draft rejected whole, two-token matches no longer draft.
+        let mut out = Vec::new();
+        let h = [5, 6, 1, 5, 6];
+        d.draft(&h, 16, &mut out).unwrap();
+        assert!(out.is_empty());
         d.update(1, 1);
         assert_eq!(d.len, 2);
+        d.draft(&h, 16, &mut out).unwrap();
+        assert_eq!(out, [1, 5]);
     }
 
     #[test]
