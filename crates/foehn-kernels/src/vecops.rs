@@ -282,9 +282,93 @@ dispatch! {
     pub fn exp_sub(x: &mut [f32], m: f32) -> f32 => exp_sub_body
 }
 
+/// `dst[i] = src[i]` as f32 (`dst` at least as long as `src`): 16 values per
+/// instruction with AVX-512, 8 with F16C, else `half`'s conversion. Exact
+/// (every f16 is an f32). A key/value row of the f16 KV cache is converted
+/// per block of keys: `half`'s slice conversion calls a function per 8
+/// values, 7.5 % of SmolLM2's decode here.
+pub fn f16_to_f32(src: &[half::f16], dst: &mut [f32]) {
+    let dst = &mut dst[..src.len()];
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512 F.
+            return unsafe { f16_to_f32_x86::avx512(src, dst) };
+        }
+        if std::arch::is_x86_feature_detected!("avx") && std::arch::is_x86_feature_detected!("f16c")
+        {
+            // SAFETY: the CPU has AVX and F16C.
+            return unsafe { f16_to_f32_x86::f16c(src, dst) };
+        }
+    }
+    use half::slice::HalfFloatSliceExt;
+    src.convert_to_f32_slice(dst);
+}
+
+#[cfg(target_arch = "x86_64")]
+mod f16_to_f32_x86 {
+    use std::arch::x86_64::*;
+
+    /// As [`super::f16_to_f32`] (`dst.len() == src.len()`), 16 at a time.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn avx512(src: &[half::f16], dst: &mut [f32]) {
+        let n = src.len().min(dst.len());
+        let mut i = 0;
+        while i + 16 <= n {
+            // SAFETY: elements i..i + 16 lie in both slices.
+            unsafe {
+                let h = _mm256_loadu_si256(src.as_ptr().add(i).cast());
+                _mm512_storeu_ps(dst.as_mut_ptr().add(i), _mm512_cvtph_ps(h));
+            }
+            i += 16;
+        }
+        for j in i..n {
+            dst[j] = src[j].to_f32();
+        }
+    }
+
+    /// As [`super::f16_to_f32`] (`dst.len() == src.len()`), 8 at a time.
+    #[target_feature(enable = "avx,f16c")]
+    pub(super) unsafe fn f16c(src: &[half::f16], dst: &mut [f32]) {
+        let n = src.len().min(dst.len());
+        let mut i = 0;
+        while i + 8 <= n {
+            // SAFETY: elements i..i + 8 lie in both slices.
+            unsafe {
+                let h = _mm_loadu_si128(src.as_ptr().add(i).cast());
+                _mm256_storeu_ps(dst.as_mut_ptr().add(i), _mm256_cvtph_ps(h));
+            }
+            i += 8;
+        }
+        for j in i..n {
+            dst[j] = src[j].to_f32();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every f16 bit pattern converts exactly (NaN to a NaN), at odd lengths.
+    #[test]
+    fn f16_rows_convert_exactly() {
+        let all: Vec<half::f16> = (0..=u16::MAX).map(half::f16::from_bits).collect();
+        for n in [0, 1, 7, 8, 15, 16, 17, 63, 64, 65, all.len()] {
+            let src = &all[all.len() - n..];
+            let mut dst = vec![0.0f32; n + 3];
+            f16_to_f32(src, &mut dst);
+            for (h, f) in src.iter().zip(&dst) {
+                let want = h.to_f32();
+                assert!(
+                    f.to_bits() == want.to_bits() || (f.is_nan() && want.is_nan()),
+                    "{:#06x}: {f} vs {want}",
+                    h.to_bits()
+                );
+            }
+            assert!(dst[n..].iter().all(|&x| x == 0.0));
+        }
+    }
 
     #[test]
     fn ops_match_plain_loops_on_odd_lengths() {

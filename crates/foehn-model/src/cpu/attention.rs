@@ -11,10 +11,9 @@
 use std::sync::Mutex;
 
 use foehn_kernels::pool::current_slot;
-use foehn_kernels::vecops::{exp_sub, scale, scores, weighted_sum};
+use foehn_kernels::vecops::{exp_sub, f16_to_f32, scale, scores, weighted_sum};
 use foehn_kernels::Compute;
 use half::f16;
-use half::slice::HalfFloatSliceExt;
 
 use super::kv::{KvStore, LayerKv};
 
@@ -54,7 +53,7 @@ impl KvElem for f32 {
 
 impl KvElem for f16 {
     fn to_f32(src: &[f16], dst: &mut [f32]) {
-        src.convert_to_f32_slice(dst);
+        f16_to_f32(src, dst);
     }
 }
 
