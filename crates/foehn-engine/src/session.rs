@@ -210,12 +210,8 @@ pub struct Generation {
 /// it, run as one pass, with a row of logits per token).
 struct Speculative {
     drafter: Drafter,
-    /// The prompt, the tokens run and the last sampled one: what is looked up.
-    history: Vec<u32>,
     /// The batch's tokens: the sampled token, then the drafts.
     batch: Vec<u32>,
-    /// Drafts (scratch of the drafter).
-    draft: Vec<u32>,
     /// The batch's logits, `batch.len() × vocab`.
     rows: Vec<f32>,
     /// Rows handed to the sampler so far (0: no batch).
@@ -284,9 +280,7 @@ impl Generation {
         };
         let spec = drafter.map(|drafter| Speculative {
             drafter,
-            history: Vec::new(),
             batch: Vec::with_capacity(MAX_DRAFT + 1),
-            draft: Vec::with_capacity(MAX_DRAFT),
             rows: Vec::new(),
             consumed: 0,
             base: 0,
@@ -399,17 +393,17 @@ impl Generation {
         let left = self
             .max_tokens
             .map_or(usize::MAX, |m| m.saturating_sub(self.generated) as usize);
-        sp.history.clear();
-        sp.history.extend_from_slice(&s.cached);
-        sp.history.push(token);
-        sp.drafter
-            .draft(&sp.history, room.min(left), &mut sp.draft)?;
-        if sp.draft.is_empty() {
-            return self.run(&[token], Run::Last);
-        }
+        // What is looked up: the tokens run, then `token` (pushed onto the
+        // cached tokens for the look-up only, not copied).
+        s.cached.push(token);
         sp.batch.clear();
         sp.batch.push(token);
-        sp.batch.extend_from_slice(&sp.draft);
+        let drafted = sp.drafter.draft(&s.cached, room.min(left), &mut sp.batch);
+        s.cached.pop();
+        drafted?;
+        if sp.batch.len() == 1 {
+            return self.run(&[token], Run::Last);
+        }
         s.state
             .run(&s.model.inner, &sp.batch, Run::All, &mut sp.rows)?;
         s.cached.extend_from_slice(&sp.batch);

@@ -126,13 +126,12 @@ impl Drafter {
         }
     }
 
-    /// Writes into `out` (cleared first) up to `max` tokens (and at most the
-    /// current draft length) to follow `history`.
+    /// Appends to `out` up to `max` tokens (and at most the current draft
+    /// length) to follow `history`.
     ///
     /// # Errors
     /// A draft model's forward pass failing.
     pub(crate) fn draft(&mut self, history: &[u32], max: usize, out: &mut Vec<u32>) -> Result<()> {
-        out.clear();
         let want = self.len.min(max);
         if want == 0 || history.is_empty() {
             return Ok(());
@@ -171,7 +170,7 @@ impl Drafter {
     }
 }
 
-/// Writes into `out` up to `want` tokens that followed the latest earlier
+/// Appends to `out` up to `want` tokens that followed the latest earlier
 /// occurrence of `history`'s last `n` tokens, for the longest `n` in
 /// `MAX_NGRAM..=min_ngram` that occurs.
 fn ngram_draft(history: &[u32], min_ngram: usize, want: usize, out: &mut Vec<u32>) {
@@ -206,19 +205,24 @@ mod tests {
         // "1 2 3" occurs at 0 (followed by 4 5) and its tail "2 3" also at
         // 6 (followed by 9): the 3-gram wins.
         let h = [1, 2, 3, 4, 5, 7, 2, 3, 9, 1, 2, 3];
+        out.clear();
         d.draft(&h, 16, &mut out).unwrap();
         assert_eq!(out, [4, 5, 7, 2, 3, 9, 1, 2, 3]);
         // Capped by `max`.
+        out.clear();
         d.draft(&h, 2, &mut out).unwrap();
         assert_eq!(out, [4, 5]);
         // Only a 2-gram matches: the latest occurrence.
         let h = [5, 6, 1, 5, 6, 2, 8, 5, 6];
+        out.clear();
         d.draft(&h, 16, &mut out).unwrap();
         assert_eq!(out, [2, 8, 5, 6]);
         // No repetition: nothing.
+        out.clear();
         d.draft(&[1, 2, 3, 4, 5], 16, &mut out).unwrap();
         assert!(out.is_empty());
         // Too short.
+        out.clear();
         d.draft(&[1, 1], 16, &mut out).unwrap();
         assert!(out.is_empty());
     }
@@ -239,10 +243,12 @@ mod tests {
         // After a draft rejected whole, two-token matches no longer draft.
         let mut out = Vec::new();
         let h = [5, 6, 1, 5, 6];
+        out.clear();
         d.draft(&h, 16, &mut out).unwrap();
         assert!(out.is_empty());
         d.update(1, 1);
         assert_eq!(d.len, 2);
+        out.clear();
         d.draft(&h, 16, &mut out).unwrap();
         assert_eq!(out, [1, 5]);
     }

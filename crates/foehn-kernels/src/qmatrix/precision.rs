@@ -72,11 +72,6 @@ impl MatScratch {
         self.precision
     }
 
-    /// Number of row chunks a product is split into.
-    pub fn chunks(&self) -> usize {
-        self.bufs.len().max(1)
-    }
-
     /// Makes sure there are `chunks` buffers of at least `cols` floats; only
     /// allocates when they are too few or too short.
     pub(super) fn reserve(&mut self, chunks: usize, cols: usize) {

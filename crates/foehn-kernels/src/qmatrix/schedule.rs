@@ -80,7 +80,7 @@ impl QMatrix {
         out: &mut [f32],
         scratch: &mut MatScratch,
     ) -> Result<(), KernelError> {
-        let (per, chunks) = self.split(scratch.chunks().max(ctx.threads()), n);
+        let (per, chunks) = self.split(ctx.threads() * CHUNKS_PER_THREAD, n);
         scratch.reserve(chunks, self.cols);
         let data = self.bytes().unwrap_or(&[]);
         let (ty, rows, cols, rb) = (self.ty, self.rows, self.cols, self.row_bytes);
