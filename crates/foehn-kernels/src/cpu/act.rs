@@ -97,6 +97,12 @@ impl QuantizedActs {
         grow(&mut self.scaled_sums, nb, 0.0);
     }
 
+    /// Whether these activations were quantized for products with weights
+    /// of format `fmt` (what every SIMD kernel checks before reading them).
+    pub(crate) fn quantized_for(&self, fmt: &Format) -> bool {
+        self.mode == fmt.act_mode() && self.group == fmt.group && self.off == fmt.off
+    }
+
     /// Quantizes `xs` (`n × cols`, row-major; `cols` a multiple of the
     /// format's unit) for products with weights of format `fmt`.
     pub(crate) fn quantize(&mut self, xs: &[f32], cols: usize, fmt: &Format) {

@@ -68,9 +68,8 @@ fn kernel_of(ty: GgmlType, isa: Isa) -> Option<RawDirectFn> {
 /// when a matrix's packing is deferred.
 #[derive(Clone, Copy)]
 pub(crate) struct DirectKernel {
-    ty: GgmlType,
-    /// The packed format of `ty` on the kernel's instruction set, whose
-    /// activations the kernel reads.
+    /// The packed format of the weights' type on the kernel's instruction
+    /// set, whose activations the kernel reads.
     fmt: Format,
     f: RawDirectFn,
 }
@@ -84,7 +83,7 @@ impl DirectKernel {
             return None;
         }
         let fmt = Format::for_isa(ty, isa.isa())?;
-        kernel_of(ty, isa.isa()).map(|f| Self { ty, fmt, f })
+        kernel_of(ty, isa.isa()).map(|f| Self { fmt, f })
     }
 
     /// `out[j · stride + r] = W[r] · a[a0 + j]` for the `rows` rows of `w`
@@ -110,13 +109,11 @@ impl DirectKernel {
         out: *mut f32,
         stride: usize,
     ) {
-        let row_bytes = self.ty.row_bytes(cols).unwrap_or(usize::MAX);
+        let row_bytes = self.fmt.ty.row_bytes(cols).unwrap_or(usize::MAX);
         assert!(
             rows.checked_mul(row_bytes).is_some_and(|b| b <= w.len())
                 && acts.cols == cols
-                && acts.mode == self.fmt.act_mode()
-                && acts.group == self.fmt.group
-                && acts.off == self.fmt.off
+                && acts.quantized_for(&self.fmt)
                 && (1..=MAX_ROWS).contains(&na)
                 && a0 + na <= acts.n,
             "direct product: wrong weights, activations or rows"

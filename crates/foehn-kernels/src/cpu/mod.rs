@@ -180,7 +180,7 @@ pub(crate) fn check_tile_call(
         "tile call: wrong tile or columns"
     );
     assert!(
-        acts.mode == fmt.act_mode() && acts.group == fmt.group && acts.off == fmt.off,
+        acts.quantized_for(fmt),
         "tile call: activations quantized for another format"
     );
     assert!(
