@@ -23,6 +23,54 @@ pub enum RopeScaling {
         /// Divisor applied to positions.
         factor: f32,
     },
+    /// YaRN (Peng et al. 2023) as ggml's `rope_yarn` computes it: each pair's
+    /// frequency is blended between the interpolated (`/ factor`) and the
+    /// original one by a linear ramp over the correction dimensions that
+    /// `beta_fast` and `beta_slow` give, and cos/sin are multiplied by
+    /// `magnitude`.
+    Yarn {
+        /// Context extension factor (interpolated frequencies are divided by it).
+        factor: f32,
+        /// Context length the model was pre-trained with.
+        original_max_position_embeddings: usize,
+        /// Rotations per original context above which a pair is extrapolated (default 32).
+        beta_fast: f32,
+        /// Rotations per original context below which a pair is interpolated (default 1).
+        beta_slow: f32,
+        /// Factor on cos and sin (so on queries and keys alike): HF's
+        /// `attention_factor`, llama.cpp's final YaRN `mscale` (1.0 for Ministral 3).
+        magnitude: f32,
+    },
+}
+
+/// Llama-4-style attention temperature (Mistral 3): after RoPE, the query of
+/// position `p` is multiplied by `1 + beta · ln(1 + floor(p / length))`, so
+/// nothing changes below position `length`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct AttnTemperature {
+    /// Strength (`llama_4_scaling_beta`, GGUF `attention.temperature_scale`).
+    pub beta: f32,
+    /// Positions per step of the temperature (the original context length).
+    pub length: usize,
+}
+
+impl AttnTemperature {
+    /// The query factor at position `pos`.
+    pub fn scale(&self, pos: usize) -> f32 {
+        let steps = (pos / self.length.max(1)) as f64;
+        (1.0 + f64::from(self.beta) * (1.0 + steps).ln()) as f32
+    }
+}
+
+/// A mixture-of-experts feed-forward block (Mixtral): a router picks
+/// `experts_per_token` of `num_experts` SwiGLU experts per token and mixes
+/// their outputs by the renormalised softmax of the router's logits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MoeConfig {
+    /// Experts per layer.
+    pub num_experts: usize,
+    /// Experts run per token (top-k).
+    pub experts_per_token: usize,
 }
 
 /// Hyperparameters of a Mistral/Llama decoder-only transformer.
@@ -57,4 +105,10 @@ pub struct ModelConfig {
     pub max_position_embeddings: usize,
     /// Whether the output projection reuses the token embedding matrix.
     pub tie_word_embeddings: bool,
+    /// Attention temperature by position (Mistral 3); `None` = none.
+    #[serde(default)]
+    pub attn_temperature: Option<AttnTemperature>,
+    /// Mixture-of-experts feed-forward (Mixtral); `None` = one dense SwiGLU.
+    #[serde(default)]
+    pub moe: Option<MoeConfig>,
 }

@@ -7,7 +7,7 @@
 mod config;
 mod generate;
 
-pub use config::{ModelConfig, RopeScaling};
+pub use config::{AttnTemperature, ModelConfig, MoeConfig, RopeScaling};
 pub use generate::{
     CancelToken, Capabilities, Completion, Event, EventStream, FinishReason, GenerateError,
     GenerateRequest, Generator, Message, Prompt, Role, Timings, TokenEvent, Usage,

@@ -162,6 +162,8 @@ fn parse_hf(path: &Path, json: &[u8]) -> Result<ModelConfig> {
         sliding_window: hf.sliding_window.filter(|&w| w > 0),
         max_position_embeddings: required(hf.max_position_embeddings, "max_position_embeddings")?,
         tie_word_embeddings: hf.tie_word_embeddings.unwrap_or(false),
+        attn_temperature: None,
+        moe: None,
     };
     validate(&cfg)?;
     Ok(cfg)
@@ -299,6 +301,8 @@ pub fn config_from_gguf(gguf: &GgufFile) -> Result<ModelConfig> {
             .filter(|&w| w > 0),
         max_position_embeddings: md.get_usize(&key("context_length"))?,
         tie_word_embeddings: !gguf.tensors().is_empty() && !has_tensor("output.weight"),
+        attn_temperature: None,
+        moe: None,
     };
     validate(&cfg)?;
     Ok(cfg)
@@ -423,6 +427,31 @@ fn validate(cfg: &ModelConfig) -> Result<()> {
                 return Err(config_err(
                     "llama3 rope scaling: original_max_position_embeddings is 0",
                 ));
+            }
+        }
+        Some(RopeScaling::Yarn {
+            factor,
+            original_max_position_embeddings,
+            beta_fast,
+            beta_slow,
+            magnitude,
+        }) => {
+            check_factor(factor)?;
+            if original_max_position_embeddings == 0 {
+                return Err(config_err(
+                    "yarn rope scaling: original_max_position_embeddings is 0",
+                ));
+            }
+            for (name, value) in [
+                ("beta_fast", beta_fast),
+                ("beta_slow", beta_slow),
+                ("magnitude", magnitude),
+            ] {
+                if !(value.is_finite() && value > 0.0) {
+                    return Err(config_err(format!(
+                        "yarn rope scaling: {name} must be a positive number, got {value}"
+                    )));
+                }
             }
         }
     }

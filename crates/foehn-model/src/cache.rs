@@ -366,6 +366,8 @@ mod tests {
             sliding_window: window,
             max_position_embeddings: 1000,
             tie_word_embeddings: false,
+            attn_temperature: None,
+            moe: None,
         }
     }
 

@@ -70,6 +70,7 @@ impl Rope {
                     }
                 }
             }
+            Some(RopeScaling::Yarn { .. }) => unimplemented!(),
         }
         Self { inv_freq, style }
     }
@@ -151,6 +152,8 @@ mod tests {
             sliding_window: None,
             max_position_embeddings: 131_072,
             tie_word_embeddings: false,
+            attn_temperature: None,
+            moe: None,
         }
     }
 
