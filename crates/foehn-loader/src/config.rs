@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use foehn_core::{ModelConfig, RopeScaling};
+use foehn_core::{AttnTemperature, ModelConfig, RopeScaling};
 use serde::Deserialize;
 
 use crate::gguf::{GgufFile, Metadata};
@@ -24,11 +24,17 @@ pub const DEFAULT_LOW_FREQ_FACTOR: f64 = 1.0;
 /// Llama-3 `high_freq_factor` when absent (the value of every Llama 3.x release).
 pub const DEFAULT_HIGH_FREQ_FACTOR: f64 = 4.0;
 
+/// YaRN `beta_fast` when absent (llama.cpp's and HF's default).
+pub const DEFAULT_YARN_BETA_FAST: f64 = 32.0;
+
+/// YaRN `beta_slow` when absent (llama.cpp's and HF's default).
+pub const DEFAULT_YARN_BETA_SLOW: f64 = 1.0;
+
 /// GGUF architectures whose hyperparameters this module reads.
 pub const GGUF_ARCHITECTURES: &[&str] = &["llama", "mistral", "mistral3"];
 
 /// HF `model_type` values accepted for the decoder (absent is accepted too).
-const HF_MODEL_TYPES: &[&str] = &["llama", "mistral"];
+const HF_MODEL_TYPES: &[&str] = &["llama", "mistral", "ministral3"];
 
 /// Reads a Hugging Face `config.json` (or the `config.json` inside a folder).
 ///
@@ -38,10 +44,15 @@ const HF_MODEL_TYPES: &[&str] = &["llama", "mistral"];
 /// (absent or null) to `hidden_size / num_attention_heads`, `rope_theta` to
 /// 10000, `rms_norm_eps` to 1e-6, `tie_word_embeddings` to false, and a null,
 /// absent or 0 `sliding_window` means full causal attention. `rope_scaling`
-/// (keyed `type` or `rope_type`) may be null, `default`, `linear` or `llama3`;
-/// anything else is an error. The newer `rope_parameters` object (transformers
-/// 5) is read when `rope_theta` / `rope_scaling` are absent. A multimodal
-/// `mistral3` config is read from its `text_config`. Attention or MLP biases
+/// (keyed `type` or `rope_type`) may be null, `default`, `linear`, `llama3` or
+/// `yarn` (`factor`, `original_max_position_embeddings` — default
+/// `max_position_embeddings` —, `beta_fast` 32, `beta_slow` 1, and the cos/sin
+/// magnitude from `attention_factor`, else `mscale` / `mscale_all_dim` as
+/// transformers' `_compute_yarn_parameters`); anything else is an error. The
+/// newer `rope_parameters` object (transformers 5) is read when `rope_theta` /
+/// `rope_scaling` are absent; its `llama_4_scaling_beta` (Ministral 3) is the
+/// attention temperature, stepping every `original_max_position_embeddings`
+/// positions. A multimodal `mistral3` config is read from its `text_config`. Attention or MLP biases
 /// (`attention_bias` / `mlp_bias` true) are refused: the decoder has none.
 pub fn config_from_hf(path: impl AsRef<Path>) -> Result<ModelConfig> {
     let path = path.as_ref();
@@ -96,6 +107,12 @@ struct HfRopeScaling {
     high_freq_factor: Option<f64>,
     original_max_position_embeddings: Option<usize>,
     rope_theta: Option<f64>,
+    beta_fast: Option<f64>,
+    beta_slow: Option<f64>,
+    mscale: Option<f64>,
+    mscale_all_dim: Option<f64>,
+    attention_factor: Option<f64>,
+    llama_4_scaling_beta: Option<f64>,
 }
 
 fn parse_hf(path: &Path, json: &[u8]) -> Result<ModelConfig> {
@@ -138,11 +155,24 @@ fn parse_hf(path: &Path, json: &[u8]) -> Result<ModelConfig> {
         Some(d) => d,
         None => default_head_dim(hidden_size, num_attention_heads)?,
     };
+    let max_position_embeddings = required(hf.max_position_embeddings, "max_position_embeddings")?;
     let rope_params = hf.rope_parameters.as_ref();
     let rope_theta = hf.rope_theta.or(rope_params.and_then(|p| p.rope_theta));
-    let rope_scaling = match hf.rope_scaling.as_ref().or(rope_params) {
-        Some(s) => hf_rope_scaling(s)?,
+    let scaling_params = hf.rope_scaling.as_ref().or(rope_params);
+    let rope_scaling = match scaling_params {
+        Some(s) => hf_rope_scaling(s, max_position_embeddings)?,
         None => None,
+    };
+    let attn_temperature = match scaling_params.and_then(|s| s.llama_4_scaling_beta) {
+        None => None,
+        Some(beta) => Some(AttnTemperature {
+            beta: to_f32(beta, "llama_4_scaling_beta")?,
+            length: scaling_params
+                .and_then(|s| s.original_max_position_embeddings)
+                .ok_or_else(|| {
+                    config_err("llama_4_scaling_beta without original_max_position_embeddings")
+                })?,
+        }),
     };
 
     let cfg = ModelConfig {
@@ -160,9 +190,9 @@ fn parse_hf(path: &Path, json: &[u8]) -> Result<ModelConfig> {
             "rms_norm_eps",
         )?,
         sliding_window: hf.sliding_window.filter(|&w| w > 0),
-        max_position_embeddings: required(hf.max_position_embeddings, "max_position_embeddings")?,
+        max_position_embeddings,
         tie_word_embeddings: hf.tie_word_embeddings.unwrap_or(false),
-        attn_temperature: None,
+        attn_temperature,
         moe: None,
     };
     validate(&cfg)?;
@@ -170,7 +200,7 @@ fn parse_hf(path: &Path, json: &[u8]) -> Result<ModelConfig> {
 }
 
 /// Interprets an HF `rope_scaling` / `rope_parameters` object.
-fn hf_rope_scaling(s: &HfRopeScaling) -> Result<Option<RopeScaling>> {
+fn hf_rope_scaling(s: &HfRopeScaling, max_positions: usize) -> Result<Option<RopeScaling>> {
     let Some(kind) = s.rope_type.as_deref().or(s.kind.as_deref()) else {
         // `rope_parameters` holding only `rope_theta` is the plain (unscaled) RoPE.
         if s.factor.is_none() {
@@ -203,6 +233,32 @@ fn hf_rope_scaling(s: &HfRopeScaling) -> Result<Option<RopeScaling>> {
                 || config_err("rope_scaling 'llama3' has no 'original_max_position_embeddings'"),
             )?,
         },
+        "yarn" => {
+            let factor = factor(s)?;
+            // transformers' `get_mscale`; `mscale` and `mscale_all_dim` count only when both are nonzero.
+            let magnitude = match (s.attention_factor, s.mscale, s.mscale_all_dim) {
+                (Some(a), _, _) => a,
+                (None, Some(m), Some(all)) if m != 0.0 && all != 0.0 => {
+                    yarn_mscale(factor, m) / yarn_mscale(factor, all)
+                }
+                _ => yarn_mscale(factor, 1.0),
+            };
+            RopeScaling::Yarn {
+                factor: to_f32(factor, "rope_scaling.factor")?,
+                original_max_position_embeddings: s
+                    .original_max_position_embeddings
+                    .unwrap_or(max_positions),
+                beta_fast: to_f32(
+                    s.beta_fast.unwrap_or(DEFAULT_YARN_BETA_FAST),
+                    "rope_scaling.beta_fast",
+                )?,
+                beta_slow: to_f32(
+                    s.beta_slow.unwrap_or(DEFAULT_YARN_BETA_SLOW),
+                    "rope_scaling.beta_slow",
+                )?,
+                magnitude: to_f32(magnitude, "rope_scaling.attention_factor")?,
+            }
+        }
         other => return Err(unsupported_scaling(other)),
     };
     Ok(Some(scaling))
@@ -221,10 +277,16 @@ fn hf_rope_scaling(s: &HfRopeScaling) -> Result<Option<RopeScaling>> {
 /// `token_embd.weight`'s `shape[1]`.
 ///
 /// RoPE scaling: `rope.scaling.type` `none`/absent, `linear` (with
-/// `rope.scaling.factor`, or the older `rope.scale_linear`), or `llama3` (with
+/// `rope.scaling.factor`, or the older `rope.scale_linear`), `llama3` (with
 /// `rope.scaling.factor` and `rope.scaling.original_context_length`; GGUF has
-/// no keys for the low/high frequency factors, so they take Llama 3's 1 and 4).
-/// `yarn`, `longrope` and the llama.cpp-converted Llama 3.1 form (a
+/// no keys for the low/high frequency factors, so they take Llama 3's 1 and 4),
+/// or `yarn` (`rope.scaling.factor`, `original_context_length` — default
+/// `context_length` —, `yarn_beta_fast` 32, `yarn_beta_slow` 1,
+/// `yarn_log_multiplier`, `attn_factor`; the cos/sin magnitude as llama.cpp
+/// computes it). `attention.temperature_scale` (Mistral 3) is the attention
+/// temperature, stepping every `attention.temperature_length` positions, else
+/// every original context length.
+/// `longrope` and the llama.cpp-converted Llama 3.1 form (a
 /// `rope_freqs.weight` tensor of per-frequency factors instead of metadata) are
 /// refused with an error rather than run with the wrong positions, as are a
 /// `rope.dimension_count` or `attention.value_length` other than head_dim.
@@ -265,11 +327,6 @@ pub fn config_from_gguf(gguf: &GgufFile) -> Result<ModelConfig> {
              conversion), which foehn does not support yet",
         ));
     }
-    if md.contains(&key("attention.temperature_scale")) {
-        return Err(config_err(format!(
-            "{arch}.attention.temperature_scale (Llama-4-style attention scaling) is not supported"
-        )));
-    }
 
     let vocab_size = match md.opt_usize(&key("vocab_size"))? {
         Some(n) => n,
@@ -301,7 +358,7 @@ pub fn config_from_gguf(gguf: &GgufFile) -> Result<ModelConfig> {
             .filter(|&w| w > 0),
         max_position_embeddings: md.get_usize(&key("context_length"))?,
         tie_word_embeddings: !gguf.tensors().is_empty() && !has_tensor("output.weight"),
-        attn_temperature: None,
+        attn_temperature: gguf_attn_temperature(md, arch)?,
         moe: None,
     };
     validate(&cfg)?;
@@ -349,7 +406,73 @@ fn gguf_rope_scaling(md: &Metadata, arch: &str) -> Result<Option<RopeScaling>> {
             original_max_position_embeddings: md
                 .get_usize(&key("rope.scaling.original_context_length"))?,
         })),
+        Some("yarn") => {
+            let factor = md.get_f64(&key("rope.scaling.factor"))?;
+            let original = original_context(md, arch)?;
+            // llama.cpp's cos/sin magnitude: `yarn_attn_factor` (get_mscale(factor, 1), or
+            // its ratio to get_mscale(factor, yarn_log_multiplier)) divided by and then
+            // multiplied again by ggml's 1 + 0.1·ln(factor), times `rope.scaling.attn_factor`.
+            let log_mul = md
+                .opt_f64(&key("rope.scaling.yarn_log_multiplier"))?
+                .unwrap_or(0.0);
+            let base = if log_mul != 0.0 {
+                yarn_mscale(factor, 1.0) / yarn_mscale(factor, log_mul)
+            } else {
+                yarn_mscale(factor, 1.0)
+            };
+            let attn_factor = md.opt_f64(&key("rope.scaling.attn_factor"))?.unwrap_or(1.0);
+            Ok(Some(RopeScaling::Yarn {
+                factor: to_f32(factor, "rope.scaling.factor")?,
+                original_max_position_embeddings: original,
+                beta_fast: to_f32(
+                    md.opt_f64(&key("rope.scaling.yarn_beta_fast"))?
+                        .unwrap_or(DEFAULT_YARN_BETA_FAST),
+                    "rope.scaling.yarn_beta_fast",
+                )?,
+                beta_slow: to_f32(
+                    md.opt_f64(&key("rope.scaling.yarn_beta_slow"))?
+                        .unwrap_or(DEFAULT_YARN_BETA_SLOW),
+                    "rope.scaling.yarn_beta_slow",
+                )?,
+                magnitude: to_f32(base * attn_factor, "rope.scaling.attn_factor")?,
+            }))
+        }
         Some(other) => Err(unsupported_scaling(other)),
+    }
+}
+
+/// `rope.scaling.original_context_length`, else `context_length` (llama.cpp's
+/// `n_ctx_orig_yarn`).
+fn original_context(md: &Metadata, arch: &str) -> Result<usize> {
+    match md.opt_usize(&format!("{arch}.rope.scaling.original_context_length"))? {
+        Some(n) => Ok(n),
+        None => md.get_usize(&format!("{arch}.context_length")),
+    }
+}
+
+/// The attention temperature of `{arch}.attention.temperature_scale`, stepping
+/// every `attention.temperature_length` positions, else every original context
+/// length (what llama.cpp's `mistral3` uses). A scale of 0 means none.
+fn gguf_attn_temperature(md: &Metadata, arch: &str) -> Result<Option<AttnTemperature>> {
+    let key = |k: &str| format!("{arch}.{k}");
+    let beta = match md.opt_f64(&key("attention.temperature_scale"))? {
+        None | Some(0.0) => return Ok(None),
+        Some(b) => to_f32(b, "attention.temperature_scale")?,
+    };
+    let length = match md.opt_usize(&key("attention.temperature_length"))? {
+        Some(n) => n,
+        None => original_context(md, arch)?,
+    };
+    Ok(Some(AttnTemperature { beta, length }))
+}
+
+/// YaRN's magnitude correction `0.1 · mscale · ln(scale) + 1` (1 for scale ≤ 1),
+/// as transformers' and llama.cpp's `get_mscale`.
+fn yarn_mscale(scale: f64, mscale: f64) -> f64 {
+    if scale <= 1.0 {
+        1.0
+    } else {
+        0.1 * mscale * scale.ln() + 1.0
     }
 }
 
@@ -404,6 +527,14 @@ fn validate(cfg: &ModelConfig) -> Result<()> {
         if !(value.is_finite() && value > 0.0) {
             return Err(config_err(format!(
                 "{name} must be a positive number, got {value}"
+            )));
+        }
+    }
+    if let Some(t) = cfg.attn_temperature {
+        if !t.beta.is_finite() || t.length == 0 {
+            return Err(config_err(format!(
+                "attention temperature needs a finite scale and a nonzero length, got {} and {}",
+                t.beta, t.length
             )));
         }
     }
@@ -479,7 +610,7 @@ fn to_f32(value: f64, name: &str) -> Result<f32> {
 
 fn unsupported_scaling(kind: &str) -> LoadError {
     config_err(format!(
-        "unsupported rope scaling type '{kind}' (foehn supports 'linear' and 'llama3')"
+        "unsupported rope scaling type '{kind}' (foehn supports 'linear', 'llama3' and 'yarn')"
     ))
 }
 
@@ -605,7 +736,41 @@ mod tests {
             None
         );
         assert_eq!(with("null").unwrap().rope_scaling, None);
-        expect_config_err(with(r#"{"type": "yarn", "factor": 4.0}"#), "'yarn'");
+        // YaRN with transformers' defaults: original context = max positions, betas 32 / 1,
+        // magnitude get_mscale(4) = 1 + 0.1 ln 4.
+        assert_eq!(
+            with(r#"{"type": "yarn", "factor": 4.0}"#)
+                .unwrap()
+                .rope_scaling,
+            Some(RopeScaling::Yarn {
+                factor: 4.0,
+                original_max_position_embeddings: 32768,
+                beta_fast: 32.0,
+                beta_slow: 1.0,
+                magnitude: (1.0 + 0.1 * 4f64.ln()) as f32,
+            })
+        );
+        let explicit = with(
+            r#"{"rope_type": "yarn", "factor": 8.0, "original_max_position_embeddings": 4096,
+                "beta_fast": 16, "beta_slow": 2, "attention_factor": 0.5}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            explicit.rope_scaling,
+            Some(RopeScaling::Yarn {
+                factor: 8.0,
+                original_max_position_embeddings: 4096,
+                beta_fast: 16.0,
+                beta_slow: 2.0,
+                magnitude: 0.5,
+            })
+        );
+        assert_eq!(explicit.attn_temperature, None);
+        expect_config_err(with(r#"{"type": "yarn"}"#), "no 'factor'");
+        expect_config_err(
+            with(r#"{"type": "yarn", "factor": 4.0, "beta_fast": -1}"#),
+            "beta_fast",
+        );
         expect_config_err(
             with(r#"{"rope_type": "dynamic", "factor": 4.0}"#),
             "'dynamic'",
@@ -633,6 +798,58 @@ mod tests {
         );
         assert_eq!(hf(&json).unwrap(), hf(MISTRAL_7B).unwrap());
         expect_config_err(hf(r#"{"model_type": "mistral3"}"#), "text_config");
+    }
+
+    /// Ministral-3-3B-Instruct-2512's `text_config` as published (YaRN factor 16
+    /// over 16,384 positions, magnitude 1, Llama-4 attention temperature 0.1).
+    const MINISTRAL_3_3B: &str = r#"{
+        "model_type": "ministral3", "vocab_size": 131072, "hidden_size": 3072,
+        "intermediate_size": 9216, "num_hidden_layers": 26, "num_attention_heads": 32,
+        "num_key_value_heads": 8, "head_dim": 128, "max_position_embeddings": 262144,
+        "rms_norm_eps": 1e-05, "sliding_window": null, "tie_word_embeddings": true,
+        "hidden_act": "silu", "attention_dropout": 0.0,
+        "rope_parameters": {"beta_fast": 32.0, "beta_slow": 1.0, "factor": 16.0,
+            "llama_4_scaling_beta": 0.1, "mscale": 1.0, "mscale_all_dim": 1.0,
+            "original_max_position_embeddings": 16384, "rope_theta": 1000000.0,
+            "rope_type": "yarn", "type": "yarn"}
+    }"#;
+
+    #[test]
+    fn ministral3_yarn_and_temperature() {
+        let json = format!(
+            r#"{{"model_type": "mistral3", "architectures": ["Mistral3ForConditionalGeneration"],
+                "vision_config": {{"hidden_size": 1024}}, "text_config": {MINISTRAL_3_3B}}}"#
+        );
+        let cfg = hf(&json).unwrap();
+        assert_eq!(cfg, hf(MINISTRAL_3_3B).unwrap());
+        assert_eq!((cfg.rope_theta, cfg.head_dim), (1e6, 128));
+        assert_eq!(
+            cfg.rope_scaling,
+            Some(RopeScaling::Yarn {
+                factor: 16.0,
+                original_max_position_embeddings: 16384,
+                beta_fast: 32.0,
+                beta_slow: 1.0,
+                magnitude: 1.0,
+            })
+        );
+        assert_eq!(
+            cfg.attn_temperature,
+            Some(AttnTemperature {
+                beta: 0.1,
+                length: 16384
+            })
+        );
+        // mscale / mscale_all_dim of 0 count as absent (transformers tests their truth).
+        let zero = MINISTRAL_3_3B.replace("\"mscale\": 1.0", "\"mscale\": 0.0");
+        match hf(&zero).unwrap().rope_scaling {
+            Some(RopeScaling::Yarn { magnitude, .. }) => {
+                assert_eq!(magnitude, (1.0 + 0.1 * 16f64.ln()) as f32)
+            }
+            other => panic!("{other:?}"),
+        }
+        let no_orig = MINISTRAL_3_3B.replace("\"original_max_position_embeddings\": 16384,", "");
+        expect_config_err(hf(&no_orig), "llama_4_scaling_beta");
     }
 
     #[test]
@@ -806,12 +1023,26 @@ mod tests {
                 .rope_scaling,
             None
         );
-        expect_config_err(
+        // YaRN without the optional keys: llama.cpp's defaults, the original context is
+        // the context length, and the magnitude is get_mscale(4).
+        assert_eq!(
             with(vec![
                 ("{arch}.rope.scaling.type", s("yarn")),
                 ("{arch}.rope.scaling.factor", Value::F32(4.0)),
-            ]),
-            "'yarn'",
+            ])
+            .unwrap()
+            .rope_scaling,
+            Some(RopeScaling::Yarn {
+                factor: 4.0,
+                original_max_position_embeddings: 4096,
+                beta_fast: 32.0,
+                beta_slow: 1.0,
+                magnitude: (1.0 + 0.1 * 4f64.ln()) as f32,
+            })
+        );
+        expect_config_err(
+            with(vec![("{arch}.rope.scaling.type", s("longrope"))]),
+            "'longrope'",
         );
         assert!(matches!(
             with(vec![("{arch}.rope.scaling.type", s("linear"))]),
@@ -833,5 +1064,73 @@ mod tests {
             with(vec![("{arch}.rope.freq_base", s("big"))]),
             Err(LoadError::WrongType { .. })
         ));
+    }
+
+    /// The keys of a Ministral 3 GGUF as llama.cpp's converter writes them.
+    fn ministral3_kv() -> Vec<(&'static str, Value)> {
+        let mut kv = base_kv();
+        kv.retain(|(k, _)| *k != "{arch}.context_length");
+        kv.extend([
+            ("{arch}.context_length", Value::U32(262_144)),
+            ("{arch}.rope.scaling.type", Value::String("yarn".into())),
+            ("{arch}.rope.scaling.factor", Value::F32(16.0)),
+            (
+                "{arch}.rope.scaling.original_context_length",
+                Value::U32(16384),
+            ),
+            ("{arch}.rope.scaling.yarn_beta_fast", Value::F32(32.0)),
+            ("{arch}.rope.scaling.yarn_beta_slow", Value::F32(1.0)),
+            ("{arch}.rope.scaling.yarn_log_multiplier", Value::F32(1.0)),
+            ("{arch}.attention.temperature_scale", Value::F32(0.1)),
+        ]);
+        kv
+    }
+
+    #[test]
+    fn gguf_mistral3_yarn_and_temperature() {
+        let cfg = config_from_gguf(&gguf("mistral3", &ministral3_kv())).unwrap();
+        assert_eq!(
+            cfg.rope_scaling,
+            Some(RopeScaling::Yarn {
+                factor: 16.0,
+                original_max_position_embeddings: 16384,
+                beta_fast: 32.0,
+                beta_slow: 1.0,
+                magnitude: 1.0,
+            })
+        );
+        assert_eq!(
+            cfg.attn_temperature,
+            Some(AttnTemperature {
+                beta: 0.1,
+                length: 16384
+            })
+        );
+        // Without the log multiplier the magnitude is ggml's 1 + 0.1 ln 16, times attn_factor.
+        let mut kv = ministral3_kv();
+        kv.retain(|(k, _)| !k.ends_with("yarn_log_multiplier"));
+        kv.push(("{arch}.rope.scaling.attn_factor", Value::F32(2.0)));
+        kv.push(("{arch}.attention.temperature_length", Value::U32(100)));
+        let cfg = config_from_gguf(&gguf("mistral3", &kv)).unwrap();
+        match cfg.rope_scaling {
+            Some(RopeScaling::Yarn { magnitude, .. }) => {
+                assert_eq!(magnitude, (2.0 * (1.0 + 0.1 * 16f64.ln())) as f32)
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(cfg.attn_temperature.map(|t| t.length), Some(100));
+        // A temperature scale of 0 is none.
+        let mut kv = ministral3_kv();
+        kv.retain(|(k, _)| !k.ends_with("temperature_scale"));
+        kv.push(("{arch}.attention.temperature_scale", Value::F32(0.0)));
+        assert_eq!(
+            config_from_gguf(&gguf("mistral3", &kv))
+                .unwrap()
+                .attn_temperature,
+            None
+        );
+        let mut kv = ministral3_kv();
+        kv.push(("{arch}.attention.temperature_length", Value::U32(0)));
+        expect_config_err(config_from_gguf(&gguf("mistral3", &kv)), "temperature");
     }
 }

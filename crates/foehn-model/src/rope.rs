@@ -1,8 +1,8 @@
-//! Rotary position embeddings: the frequencies (with Llama-3 or linear
-//! scaling), the per-position cos/sin tables and the rotation in either
-//! pairing convention.
+//! Rotary position embeddings: the frequencies (with Llama-3, linear or YaRN
+//! scaling), the per-position cos/sin tables, the rotation in either pairing
+//! convention, and the attention temperature that scales queries after it.
 
-use foehn_core::{ModelConfig, RopeScaling};
+use foehn_core::{AttnTemperature, ModelConfig, RopeScaling};
 
 /// Which dimensions of a head RoPE rotates together.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,6 +20,9 @@ pub enum RopeStyle {
 pub struct Rope {
     inv_freq: Vec<f64>,
     style: RopeStyle,
+    /// Factor on cos and sin (YaRN's magnitude; 1 otherwise).
+    magnitude: f64,
+    temperature: Option<AttnTemperature>,
 }
 
 impl Rope {
@@ -30,13 +33,18 @@ impl Rope {
     /// `_compute_llama3_parameters`: wavelengths shorter than
     /// `original_max / high_freq_factor` are kept, longer than
     /// `original_max / low_freq_factor` divided by `factor`, and in between
-    /// interpolated smoothly.
+    /// interpolated smoothly. YaRN is ggml's `rope_yarn`: pair `i` keeps the
+    /// fraction `ramp(i)` of its original frequency and takes the rest from the
+    /// interpolated one (`/ factor`), where the ramp falls linearly from 1 to 0
+    /// between the correction dimensions of `beta_fast` and `beta_slow`; cos
+    /// and sin are multiplied by the magnitude.
     pub fn new(cfg: &ModelConfig, style: RopeStyle) -> Self {
         let d = cfg.head_dim;
         let base = f64::from(cfg.rope_theta);
         let mut inv_freq: Vec<f64> = (0..d / 2)
             .map(|i| 1.0 / base.powf((2 * i) as f64 / d as f64))
             .collect();
+        let mut magnitude = 1.0;
         match cfg.rope_scaling {
             None => {}
             Some(RopeScaling::Linear { factor }) => {
@@ -70,9 +78,35 @@ impl Rope {
                     }
                 }
             }
-            Some(RopeScaling::Yarn { .. }) => unimplemented!(),
+            Some(RopeScaling::Yarn {
+                factor,
+                original_max_position_embeddings,
+                beta_fast,
+                beta_slow,
+                magnitude: m,
+            }) => {
+                let (low, high) = yarn_correction_dims(
+                    d,
+                    original_max_position_embeddings,
+                    base,
+                    f64::from(beta_fast),
+                    f64::from(beta_slow),
+                );
+                let factor = f64::from(factor);
+                for (i, f) in inv_freq.iter_mut().enumerate() {
+                    let y = (i as f64 - low) / (high - low).max(0.001);
+                    let ramp = 1.0 - y.clamp(0.0, 1.0);
+                    *f = *f / factor * (1.0 - ramp) + *f * ramp;
+                }
+                magnitude = f64::from(m);
+            }
         }
-        Self { inv_freq, style }
+        Self {
+            inv_freq,
+            style,
+            magnitude,
+            temperature: cfg.attn_temperature,
+        }
     }
 
     /// The pairing convention.
@@ -95,10 +129,19 @@ impl Rope {
             let pos = (start + t) as f64;
             for ((c, s), &f) in c.iter_mut().zip(s.iter_mut()).zip(&self.inv_freq) {
                 let (sn, cs) = (pos * f).sin_cos();
-                *c = cs as f32;
-                *s = sn as f32;
+                *c = (cs * self.magnitude) as f32;
+                *s = (sn * self.magnitude) as f32;
             }
         }
+    }
+
+    /// The factor on the queries of position `pos` (the attention
+    /// temperature), or `None` where it is 1: below the temperature's length,
+    /// or for a model without one.
+    pub fn query_scale(&self, pos: usize) -> Option<f32> {
+        self.temperature
+            .filter(|t| pos >= t.length)
+            .map(|t| t.scale(pos))
     }
 
     /// Rotates each head of one token by that token's table.
@@ -131,6 +174,26 @@ impl Rope {
             }
         }
     }
+}
+
+/// ggml's `ggml_rope_yarn_corr_dims`: the first and last pair index of the
+/// ramp, the pairs that turn `beta_fast` and `beta_slow` times over the
+/// original context (floored and ceiled, clamped to the head).
+fn yarn_correction_dims(
+    head_dim: usize,
+    original_context: usize,
+    base: f64,
+    beta_fast: f64,
+    beta_slow: f64,
+) -> (f64, f64) {
+    let d = head_dim as f64;
+    let dim = |rotations: f64| {
+        d * (original_context as f64 / (rotations * 2.0 * std::f64::consts::PI)).ln()
+            / (2.0 * base.ln())
+    };
+    let low = dim(beta_fast).floor().max(0.0);
+    let high = dim(beta_slow).ceil().min(d - 1.0);
+    (low, high)
 }
 
 #[cfg(test)]
@@ -194,6 +257,64 @@ mod tests {
             RopeStyle::Halves,
         );
         assert!(lin.inv_freq().iter().zip(p).all(|(&l, &p)| l == p / 2.0));
+    }
+
+    #[test]
+    fn yarn_ramps_between_the_correction_dims_and_scales_the_tables() {
+        // Ministral 3: head_dim 128, theta 1e6, original context 16,384 → dims [20, 37].
+        assert_eq!(
+            yarn_correction_dims(128, 16384, 1e6, 32.0, 1.0),
+            (20.0, 37.0)
+        );
+        let mut c = cfg(128, None);
+        c.rope_theta = 1e6;
+        let plain = Rope::new(&c, RopeStyle::AdjacentPairs);
+        c.rope_scaling = Some(RopeScaling::Yarn {
+            factor: 16.0,
+            original_max_position_embeddings: 16384,
+            beta_fast: 32.0,
+            beta_slow: 1.0,
+            magnitude: 1.5,
+        });
+        let yarn = Rope::new(&c, RopeStyle::AdjacentPairs);
+        for (i, (&p, &y)) in plain.inv_freq().iter().zip(yarn.inv_freq()).enumerate() {
+            if i <= 20 {
+                assert_eq!(y, p, "pair {i} is extrapolated");
+            } else if i >= 37 {
+                assert!(
+                    (y - p / 16.0).abs() <= 1e-15 * p,
+                    "pair {i} is interpolated"
+                );
+            } else {
+                let ramp = 1.0 - (i as f64 - 20.0) / 17.0;
+                let want = p / 16.0 * (1.0 - ramp) + p * ramp;
+                assert!((y - want).abs() <= 1e-15 * p, "pair {i}: {y} vs {want}");
+            }
+        }
+        let (mut cos, mut sin) = (vec![0.0; 64], vec![0.0; 64]);
+        yarn.tables(1000, &mut cos, &mut sin);
+        for i in 0..64 {
+            let (s, c) = (1000.0 * yarn.inv_freq()[i]).sin_cos();
+            assert!((cos[i] as f64 - 1.5 * c).abs() < 1e-6);
+            assert!((sin[i] as f64 - 1.5 * s).abs() < 1e-6);
+        }
+    }
+
+    #[test]
+    fn query_scale_steps_every_length_positions() {
+        let mut c = cfg(8, None);
+        assert_eq!(Rope::new(&c, RopeStyle::Halves).query_scale(1 << 40), None);
+        c.attn_temperature = Some(AttnTemperature {
+            beta: 0.1,
+            length: 16384,
+        });
+        let rope = Rope::new(&c, RopeStyle::Halves);
+        assert_eq!(rope.query_scale(0), None);
+        assert_eq!(rope.query_scale(16383), None);
+        let at = |pos| rope.query_scale(pos).unwrap() as f64;
+        assert!((at(16384) - (1.0 + 0.1 * 2f64.ln())).abs() < 1e-7);
+        assert_eq!(at(16384), at(32767));
+        assert!((at(5 * 16384 + 7) - (1.0 + 0.1 * 6f64.ln())).abs() < 1e-7);
     }
 
     /// ggml's adjacent pairs on rows permuted like llama.cpp's converter give

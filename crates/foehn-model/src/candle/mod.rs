@@ -333,7 +333,15 @@ impl Backend for Candle {
                 RopeStyle::Halves => candle_nn::rotary_emb::rope(&t, cos, sin)?,
             })
         };
-        let (rq, rk) = (rotate(w.get(q)?, heads)?, rotate(w.get(k)?, kv_heads)?);
+        let (mut rq, rk) = (rotate(w.get(q)?, heads)?, rotate(w.get(k)?, kv_heads)?);
+        let scales: Vec<Option<f32>> = (w.start..w.start + w.n)
+            .map(|p| rope.query_scale(p))
+            .collect();
+        if scales.iter().any(Option::is_some) {
+            let scales: Vec<f32> = scales.into_iter().map(|s| s.unwrap_or(1.0)).collect();
+            let scales = Tensor::from_vec(scales, (1, 1, w.n, 1), rq.device())?;
+            rq = rq.broadcast_mul(&scales.to_dtype(rq.dtype())?)?;
+        }
         w.set(q, rq);
         w.set(k, rk);
         Ok(())

@@ -268,6 +268,11 @@ impl Backend for Cpu {
                     &s.sin[t * half..(t + 1) * half],
                 );
                 rope.apply(row, c, sn);
+                if a == q {
+                    if let Some(scale) = rope.query_scale(s.start + t) {
+                        row.iter_mut().for_each(|x| *x *= scale);
+                    }
+                }
             }
             s.put(a, buf);
         }
