@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
-"""float64 numpy reference for `mistral3` (and llama) GGUF models with YaRN RoPE and the
-Llama-4 attention temperature, over long prompts: the logits of chosen positions of a
-teacher-forced token sequence.
+"""float64 numpy reference for `mistral3` (and llama) GGUF models with YaRN RoPE, the
+Llama-4 attention temperature and per-layer sliding windows, over long prompts: the logits
+of chosen positions of a teacher-forced token sequence.
 
 An extension of the fixtures' ref_llama.py (same dequantization with gguf-py, same
 adjacent-pairs RoPE of llama.cpp's `llama`/`mistral3` files), written from the formulas:
@@ -14,6 +14,9 @@ adjacent-pairs RoPE of llama.cpp's `llama`/`mistral3` files), written from the f
     without the multiplier), get_mscale(s, k) = 1 + 0.1·k·ln(s).
   * Temperature: queries times 1 + beta·ln(1 + floor(pos / L)) after RoPE, L the
     temperature length or the original context length.
+  * Sliding window W (`attention.sliding_window`): query i sees key j iff 0 <= i - j < W, in
+    the layers `attention.sliding_window_pattern` marks (a bool per layer, or a period n:
+    layer l slides iff l % n < n - 1), every layer without a pattern.
 
 usage: ref_mistral3.py MODEL.gguf --tokens-json FILE --positions 0,5,... --out logits.npy
        [--no-temperature]
@@ -68,6 +71,15 @@ class Model:
         self.freq = freq
         beta = g("attention.temperature_scale", 0.0) if temperature else 0.0
         self.temp = (beta, g("attention.temperature_length", orig)) if beta else None
+        self.window = g("attention.sliding_window") or None
+        pf = r.fields.get(f"{arch}.attention.sliding_window_pattern")
+        if pf is None:
+            self.sliding = [True] * self.n_layer
+        elif len(pf.data) > 1 or pf.types[0].name == "ARRAY":
+            self.sliding = [bool(x) for x in pf.contents()]
+        else:
+            n = int(pf.contents())
+            self.sliding = [n == 0 or l % n < n - 1 for l in range(self.n_layer)]
         self.t = {}
         for t in r.tensors:
             a = dequantize(t.data, t.tensor_type).astype(np.float64)
@@ -109,6 +121,9 @@ class Model:
                 b = min(T, a + chunk)
                 s = (q[a:b].transpose(1, 0, 2) @ kh[:, :, :b]) / math.sqrt(hd)  # heads, c, b
                 s += np.triu(np.full((b - a, b), -np.inf), a + 1)[None]
+                if self.window and self.sliding[l]:
+                    i, j = np.arange(a, b)[:, None], np.arange(b)[None, :]
+                    s[:, i - j >= self.window] = -np.inf
                 s = np.exp(s - s.max(-1, keepdims=True))
                 s /= s.sum(-1, keepdims=True)
                 o[a:b] = (s @ vh[:, :b]).transpose(1, 0, 2)

@@ -105,10 +105,25 @@ pub struct ModelConfig {
     pub max_position_embeddings: usize,
     /// Whether the output projection reuses the token embedding matrix.
     pub tie_word_embeddings: bool,
+    /// Which layers use `sliding_window` (Ministral-8B-2410's interleaving, HF
+    /// `layer_types`); the others attend to the whole context. `None` = every
+    /// layer uses it.
+    #[serde(default)]
+    pub sliding_layers: Option<Vec<bool>>,
     /// Attention temperature by position (Mistral 3); `None` = none.
     #[serde(default)]
     pub attn_temperature: Option<AttnTemperature>,
     /// Mixture-of-experts feed-forward (Mixtral); `None` = one dense SwiGLU.
     #[serde(default)]
     pub moe: Option<MoeConfig>,
+}
+
+impl ModelConfig {
+    /// The sliding window of layer `layer` (`None`: full causal attention).
+    pub fn layer_window(&self, layer: usize) -> Option<usize> {
+        match &self.sliding_layers {
+            Some(sliding) if !sliding.get(layer).copied().unwrap_or(false) => None,
+            _ => self.sliding_window,
+        }
+    }
 }

@@ -34,7 +34,7 @@ pub const DEFAULT_YARN_BETA_SLOW: f64 = 1.0;
 pub const GGUF_ARCHITECTURES: &[&str] = &["llama", "mistral", "mistral3"];
 
 /// HF `model_type` values accepted for the decoder (absent is accepted too).
-const HF_MODEL_TYPES: &[&str] = &["llama", "mistral", "ministral3"];
+const HF_MODEL_TYPES: &[&str] = &["llama", "mistral", "ministral", "ministral3"];
 
 /// Reads a Hugging Face `config.json` (or the `config.json` inside a folder).
 ///
@@ -89,6 +89,7 @@ struct HfConfig {
     rope_parameters: Option<HfRopeScaling>,
     rms_norm_eps: Option<f64>,
     sliding_window: Option<usize>,
+    layer_types: Option<Vec<String>>,
     max_position_embeddings: Option<usize>,
     tie_word_embeddings: Option<bool>,
     attention_bias: Option<bool>,
@@ -163,6 +164,23 @@ fn parse_hf(path: &Path, json: &[u8]) -> Result<ModelConfig> {
         Some(s) => hf_rope_scaling(s, max_position_embeddings)?,
         None => None,
     };
+    let sliding_window = hf.sliding_window.filter(|&w| w > 0);
+    let sliding_layers = match (&hf.layer_types, sliding_window) {
+        (Some(types), Some(_)) => types
+            .iter()
+            .map(|t| match t.as_str() {
+                "sliding_attention" => Ok(true),
+                "full_attention" => Ok(false),
+                other => Err(config_err(format!(
+                    "layer_types: unsupported attention type '{other}' (foehn reads \
+                     sliding_attention and full_attention)"
+                ))),
+            })
+            .collect::<Result<Vec<bool>>>()
+            .map(uniform_windows)?,
+        // Without a window every layer attends to the whole context.
+        _ => None,
+    };
     let attn_temperature = match scaling_params.and_then(|s| s.llama_4_scaling_beta) {
         None => None,
         Some(beta) => Some(AttnTemperature {
@@ -189,7 +207,8 @@ fn parse_hf(path: &Path, json: &[u8]) -> Result<ModelConfig> {
             hf.rms_norm_eps.unwrap_or(DEFAULT_RMS_NORM_EPS),
             "rms_norm_eps",
         )?,
-        sliding_window: hf.sliding_window.filter(|&w| w > 0),
+        sliding_window,
+        sliding_layers,
         max_position_embeddings,
         tie_word_embeddings: hf.tie_word_embeddings.unwrap_or(false),
         attn_temperature,
@@ -356,6 +375,7 @@ pub fn config_from_gguf(gguf: &GgufFile) -> Result<ModelConfig> {
         sliding_window: md
             .opt_usize(&key("attention.sliding_window"))?
             .filter(|&w| w > 0),
+        sliding_layers: gguf_sliding_layers(md, arch, md.get_usize(&key("block_count"))?)?,
         max_position_embeddings: md.get_usize(&key("context_length"))?,
         tie_word_embeddings: !gguf.tensors().is_empty() && !has_tensor("output.weight"),
         attn_temperature: gguf_attn_temperature(md, arch)?,
@@ -438,6 +458,43 @@ fn gguf_rope_scaling(md: &Metadata, arch: &str) -> Result<Option<RopeScaling>> {
             }))
         }
         Some(other) => Err(unsupported_scaling(other)),
+    }
+}
+
+/// Which layers slide, from `attention.sliding_window_pattern` as llama.cpp
+/// reads it: a boolean per layer, or a period `n` (layer `l` slides iff
+/// `l % n < n − 1`, so every `n`-th layer is full; 0 = every layer slides).
+fn gguf_sliding_layers(md: &Metadata, arch: &str, layers: usize) -> Result<Option<Vec<bool>>> {
+    let key = format!("{arch}.attention.sliding_window_pattern");
+    let Some(value) = md.get(&key) else {
+        return Ok(None);
+    };
+    let sliding = match value.as_array() {
+        Some(items) => items
+            .iter()
+            .map(|v| match v {
+                crate::gguf::Value::Bool(b) => Ok(*b),
+                other => Err(LoadError::WrongType {
+                    key: key.clone(),
+                    expected: "array of bool",
+                    found: other.type_name().to_string(),
+                }),
+            })
+            .collect::<Result<Vec<bool>>>()?,
+        None => {
+            let n = md.get_usize(&key)?;
+            (0..layers).map(|l| n == 0 || l % n < n - 1).collect()
+        }
+    };
+    Ok(uniform_windows(sliding))
+}
+
+/// `None` when every layer slides (the plain sliding-window model).
+fn uniform_windows(sliding: Vec<bool>) -> Option<Vec<bool>> {
+    if sliding.iter().all(|&s| s) {
+        None
+    } else {
+        Some(sliding)
     }
 }
 
@@ -527,6 +584,15 @@ fn validate(cfg: &ModelConfig) -> Result<()> {
         if !(value.is_finite() && value > 0.0) {
             return Err(config_err(format!(
                 "{name} must be a positive number, got {value}"
+            )));
+        }
+    }
+    if let Some(sliding) = &cfg.sliding_layers {
+        if sliding.len() != cfg.num_hidden_layers {
+            return Err(config_err(format!(
+                "{} per-layer attention types for {} layers",
+                sliding.len(),
+                cfg.num_hidden_layers
             )));
         }
     }
@@ -1064,6 +1130,65 @@ mod tests {
             with(vec![("{arch}.rope.freq_base", s("big"))]),
             Err(LoadError::WrongType { .. })
         ));
+    }
+
+    #[test]
+    fn per_layer_sliding_windows() {
+        let with = |pattern: Value| {
+            let mut kv = base_kv();
+            kv.push(("{arch}.attention.sliding_window", Value::U32(64)));
+            kv.push(("{arch}.attention.sliding_window_pattern", pattern));
+            config_from_gguf(&gguf("llama", &kv))
+        };
+        let bools = |b: &[bool]| {
+            Value::Array(
+                crate::gguf::ValueType::Bool,
+                b.iter().map(|&b| Value::Bool(b)).collect(),
+            )
+        };
+        let cfg = with(bools(&[true, false])).unwrap();
+        assert_eq!(cfg.sliding_layers, Some(vec![true, false]));
+        assert_eq!((cfg.layer_window(0), cfg.layer_window(1)), (Some(64), None));
+        // A period of 2: every second layer is full; 0 or all-sliding is the plain model.
+        assert_eq!(
+            with(Value::U32(2)).unwrap().sliding_layers,
+            Some(vec![true, false])
+        );
+        assert_eq!(with(Value::U32(0)).unwrap().sliding_layers, None);
+        assert_eq!(with(bools(&[true, true])).unwrap().sliding_layers, None);
+        expect_config_err(with(bools(&[true, false, true])), "3 per-layer");
+        assert!(matches!(
+            with(Value::Array(
+                crate::gguf::ValueType::U32,
+                vec![Value::U32(1), Value::U32(0)]
+            )),
+            Err(LoadError::WrongType { .. })
+        ));
+
+        let hf_types = |types: &str| {
+            hf(&MISTRAL_7B
+                .replace("\"sliding_window\": null", "\"sliding_window\": 4096")
+                .replace("\"mistral\"", "\"ministral\"")
+                .replace("\"num_hidden_layers\": 32", "\"num_hidden_layers\": 3")
+                .replace(
+                    "\"rms_norm_eps\"",
+                    &format!("\"layer_types\": {types}, \"rms_norm_eps\""),
+                ))
+        };
+        let cfg =
+            hf_types(r#"["sliding_attention", "full_attention", "sliding_attention"]"#).unwrap();
+        assert_eq!(cfg.sliding_layers, Some(vec![true, false, true]));
+        expect_config_err(
+            hf_types(r#"["chunked_attention", "full_attention", "full_attention"]"#),
+            "chunked_attention",
+        );
+        expect_config_err(hf_types(r#"["full_attention"]"#), "1 per-layer");
+        // Without a window the layer types change nothing.
+        let no_window = MISTRAL_7B.replace(
+            "\"rms_norm_eps\"",
+            "\"layer_types\": [\"full_attention\"], \"rms_norm_eps\"",
+        );
+        assert_eq!(hf(&no_window).unwrap().sliding_layers, None);
     }
 
     /// The keys of a Ministral 3 GGUF as llama.cpp's converter writes them.

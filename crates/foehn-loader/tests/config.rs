@@ -22,6 +22,7 @@ fn tiny_mistral() -> ModelConfig {
         sliding_window: Some(16),
         max_position_embeddings: 512,
         tie_word_embeddings: false,
+        sliding_layers: None,
         attn_temperature: None,
         moe: None,
     }
@@ -74,6 +75,7 @@ fn vocab_only_mistral_v3_gguf() {
             max_position_embeddings: 32768,
             // No tensors at all: documented as untied.
             tie_word_embeddings: false,
+            sliding_layers: None,
             attn_temperature: None,
             moe: None,
         }

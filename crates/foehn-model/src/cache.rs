@@ -1,5 +1,5 @@
 //! `KvCache`: the keys and values of one session, every layer, preallocated
-//! for the context length — or, with a sliding window, a ring of
+//! for the context length — or, in a layer with a sliding window, a ring of
 //! `window + chunk − 1` slots, which is all a chunk of queries can see.
 
 use foehn_core::ModelConfig;
@@ -68,9 +68,9 @@ impl Default for KvCacheOptions {
 }
 
 /// The shape of a session's KV cache, whatever the backend stores it in:
-/// layers, KV heads, slots per layer (`ctx_len`, or the ring of a sliding
-/// window), the largest chunk and the element type.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// layers, KV heads, slots of each layer (`ctx_len`, or the ring of its
+/// sliding window), the largest chunk and the element type.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KvGeometry {
     /// Decoder blocks, each with its keys and values.
     pub layers: usize,
@@ -78,13 +78,13 @@ pub struct KvGeometry {
     pub kv_heads: usize,
     /// Elements per head.
     pub head_dim: usize,
-    /// Positions held per layer: `ctx_len`, or `window + max_chunk − 1`
-    /// (at most `ctx_len`) with a sliding window.
-    pub slots: usize,
+    /// Positions held by each layer: `ctx_len`, or `window + max_chunk − 1`
+    /// (at most `ctx_len`) in a layer with a sliding window.
+    pub layer_slots: Vec<usize>,
     /// Most tokens a session may hold.
     pub ctx_len: usize,
-    /// The model's sliding window.
-    pub window: Option<usize>,
+    /// Each layer's sliding window (`None`: full causal attention).
+    pub layer_windows: Vec<Option<usize>>,
     /// Most tokens per forward pass.
     pub max_chunk: usize,
     /// Element type of the keys and values.
@@ -108,27 +108,44 @@ impl KvGeometry {
             )));
         }
         let max_chunk = opts.max_chunk.min(ctx_len);
-        let slots = match cfg.sliding_window {
-            Some(w) => (w + max_chunk - 1).min(ctx_len),
-            None => ctx_len,
-        };
+        let layer_windows: Vec<Option<usize>> = (0..cfg.num_hidden_layers)
+            .map(|l| cfg.layer_window(l))
+            .collect();
+        let layer_slots = layer_windows
+            .iter()
+            .map(|w| match w {
+                Some(w) => w.saturating_add(max_chunk - 1).min(ctx_len),
+                None => ctx_len,
+            })
+            .collect();
         let geom = Self {
             layers: cfg.num_hidden_layers,
             kv_heads: cfg.num_key_value_heads,
             head_dim: cfg.head_dim,
-            slots,
+            layer_slots,
             ctx_len,
-            window: cfg.sliding_window,
+            layer_windows,
             max_chunk,
             dtype: opts.dtype,
         };
-        geom.layer_elements().ok_or_else(|| {
+        geom.total_elements().ok_or_else(|| {
             ModelError::Config(format!(
-                "KV cache of {slots} slots × {} overflows",
+                "KV cache of {:?} slots × {} overflows",
+                geom.layer_slots.iter().max(),
                 geom.kv_heads * geom.head_dim
             ))
         })?;
         Ok(geom)
+    }
+
+    /// Slots of layer `layer`.
+    pub fn slots(&self, layer: usize) -> usize {
+        self.layer_slots[layer]
+    }
+
+    /// The sliding window of layer `layer`.
+    pub fn window(&self, layer: usize) -> Option<usize> {
+        self.layer_windows[layer]
     }
 
     /// Key (or value) elements per position: `kv_heads × head_dim`.
@@ -136,30 +153,41 @@ impl KvGeometry {
         self.kv_heads * self.head_dim
     }
 
-    /// Key (or value) elements per layer, `None` on overflow.
-    pub fn layer_elements(&self) -> Option<usize> {
+    /// Key (or value) elements of layer `layer`, `None` on overflow.
+    pub fn layer_elements(&self, layer: usize) -> Option<usize> {
         self.kv_heads
             .checked_mul(self.head_dim)?
-            .checked_mul(self.slots)
+            .checked_mul(self.layer_slots[layer])
+    }
+
+    /// Key (or value) elements of every layer together, `None` on overflow.
+    pub fn total_elements(&self) -> Option<usize> {
+        (0..self.layers).try_fold(0usize, |sum, l| sum.checked_add(self.layer_elements(l)?))
     }
 
     /// Checks that a cache of this geometry fits a model of `cfg`'s shape.
     fn check(&self, cfg: &ModelConfig) -> Result<()> {
+        // Called on every forward pass: compares without allocating.
+        let same_windows = self.layer_windows.len() == cfg.num_hidden_layers
+            && (0..cfg.num_hidden_layers).all(|l| self.layer_windows[l] == cfg.layer_window(l));
         if self.layers != cfg.num_hidden_layers
             || self.kv_heads != cfg.num_key_value_heads
             || self.head_dim != cfg.head_dim
-            || self.window != cfg.sliding_window
+            || !same_windows
         {
+            let windows: Vec<Option<usize>> = (0..cfg.num_hidden_layers)
+                .map(|l| cfg.layer_window(l))
+                .collect();
             return Err(ModelError::Mismatch(format!(
-                "the KV cache was built for {} layers × {} KV heads × {} (window {:?}), the model has {} × {} × {} (window {:?})",
+                "the KV cache was built for {} layers × {} KV heads × {} (windows {:?}), the model has {} × {} × {} (windows {:?})",
                 self.layers,
                 self.kv_heads,
                 self.head_dim,
-                self.window,
+                self.layer_windows,
                 cfg.num_hidden_layers,
                 cfg.num_key_value_heads,
                 cfg.head_dim,
-                cfg.sliding_window
+                windows
             )));
         }
         Ok(())
@@ -176,11 +204,12 @@ pub trait KvStorage: Send + std::fmt::Debug {
 /// model): its [`KvGeometry`], its position, and the keys and values in the
 /// backend's storage `S` (the CPU backend's by default).
 ///
-/// Position `p` lives in slot `p % slots`. Without a sliding window there is a
-/// slot per position of the context; with a window `W` and chunks of at most
-/// `C` tokens, `W + C − 1` slots hold every key a chunk of queries can see
-/// (the first query needs `W − 1` earlier keys, the chunk adds `C`), so the
-/// ring is exact however long the session runs.
+/// Position `p` lives in slot `p % slots` of each layer. A layer without a
+/// sliding window has a slot per position of the context; with a window `W`
+/// and chunks of at most `C` tokens, `W + C − 1` slots hold every key a chunk
+/// of queries can see (the first query needs `W − 1` earlier keys, the chunk
+/// adds `C`), so the ring is exact however long the session runs. Layers may
+/// differ (interleaved sliding and full layers): each is sized for its own.
 #[derive(Debug, Clone)]
 pub struct KvCache<S = crate::cpu::CpuKv> {
     geom: KvGeometry,
@@ -218,14 +247,14 @@ impl<S: KvStorage> KvCache<S> {
         self.geom.max_chunk
     }
 
-    /// Slots per layer (`ctx_len`, or the ring size with a sliding window).
-    pub fn slots(&self) -> usize {
-        self.geom.slots
+    /// Slots of layer `layer` (`ctx_len`, or the ring size with a sliding window).
+    pub fn slots(&self, layer: usize) -> usize {
+        self.geom.slots(layer)
     }
 
-    /// The sliding window the cache was sized for.
-    pub fn window(&self) -> Option<usize> {
-        self.geom.window
+    /// The sliding window layer `layer` was sized for.
+    pub fn window(&self, layer: usize) -> Option<usize> {
+        self.geom.window(layer)
     }
 
     /// Element type.
@@ -260,9 +289,10 @@ impl<S: KvStorage> KvCache<S> {
         if to > self.position {
             return Err(err("that is past the cached tokens".into()));
         }
-        if let Some(w) = self.geom.window {
+        for (&window, &slots) in self.geom.layer_windows.iter().zip(&self.geom.layer_slots) {
+            let Some(w) = window else { continue };
             let needed = to.saturating_sub(w.saturating_sub(1));
-            let oldest = self.position.saturating_sub(self.geom.slots);
+            let oldest = self.position.saturating_sub(slots);
             if needed < oldest {
                 return Err(err(format!(
                     "the sliding-window ring no longer holds position {needed} (oldest kept: {oldest})"
@@ -278,9 +308,9 @@ impl<S: KvStorage> KvCache<S> {
         self.geom.check(cfg)
     }
 
-    /// The slot holding position `pos`.
-    pub(crate) fn slot(&self, pos: usize) -> usize {
-        pos % self.geom.slots
+    /// The slot of layer `layer` holding position `pos`.
+    pub(crate) fn slot(&self, layer: usize, pos: usize) -> usize {
+        pos % self.geom.layer_slots[layer]
     }
 
     /// The backend's keys and values.
@@ -366,6 +396,7 @@ mod tests {
             sliding_window: window,
             max_position_embeddings: 1000,
             tie_word_embeddings: false,
+            sliding_layers: None,
             attn_temperature: None,
             moe: None,
         }
@@ -374,7 +405,7 @@ mod tests {
     #[test]
     fn sizes_follow_context_and_window() {
         let c = KvCache::new(&cfg(None), KvCacheOptions::default()).unwrap();
-        assert_eq!((c.ctx_len(), c.slots()), (1000, 1000));
+        assert_eq!((c.ctx_len(), c.slots(0), c.slots(1)), (1000, 1000, 1000));
         assert_eq!(c.memory_bytes(), 2 * 2 * 1000 * 4 * 2);
         let opts = KvCacheOptions {
             ctx_len: Some(300),
@@ -382,8 +413,18 @@ mod tests {
             max_chunk: 7,
         };
         let c = KvCache::new(&cfg(Some(16)), opts).unwrap();
-        assert_eq!((c.ctx_len(), c.slots()), (300, 22));
+        assert_eq!((c.ctx_len(), c.slots(0), c.slots(1)), (300, 22, 22));
         assert_eq!(c.memory_bytes(), 2 * 2 * 22 * 4 * 4);
+        // Layer 0 full, layer 1 sliding: each sized for its own window.
+        let mut mixed = cfg(Some(16));
+        mixed.sliding_layers = Some(vec![false, true]);
+        let c = KvCache::new(&mixed, opts).unwrap();
+        assert_eq!((c.window(0), c.window(1)), (None, Some(16)));
+        assert_eq!((c.slots(0), c.slots(1)), (300, 22));
+        assert_eq!(c.memory_bytes(), 2 * (300 + 22) * 4 * 4);
+        // A cache of another pattern does not fit the model.
+        assert!(c.check(&cfg(Some(16))).is_err());
+        assert!(c.check(&mixed).is_ok());
     }
 
     #[test]
@@ -408,5 +449,13 @@ mod tests {
         full.advance(500);
         full.truncate(3).unwrap();
         assert_eq!(full.position(), 3);
+        // With one sliding layer among full ones, that layer's ring decides.
+        let mut mixed = cfg(Some(16));
+        mixed.sliding_layers = Some(vec![false, true]);
+        let mut c = KvCache::new(&mixed, opts).unwrap();
+        c.advance(100);
+        c.truncate(97).unwrap();
+        c.advance(3);
+        assert!(c.truncate(95).is_err());
     }
 }

@@ -234,7 +234,8 @@ impl<B: Backend> Model<B> {
     /// device errors.
     pub fn new_cache(&self, opts: KvCacheOptions) -> Result<KvCache<B::Kv>> {
         let geom = KvGeometry::new(&self.cfg, &opts)?;
-        Ok(KvCache::with_store(geom, self.backend.new_kv(&geom)?))
+        let store = self.backend.new_kv(&geom)?;
+        Ok(KvCache::with_store(geom, store))
     }
 
     /// Work buffers that fit `cache` (chunks as large as it takes).

@@ -215,6 +215,7 @@ mod tests {
             sliding_window: None,
             max_position_embeddings: 131_072,
             tie_word_embeddings: false,
+            sliding_layers: None,
             attn_temperature: None,
             moe: None,
         }

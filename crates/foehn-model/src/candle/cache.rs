@@ -28,16 +28,16 @@ impl CandleKv {
             KvCacheType::F16 => DType::F16,
             KvCacheType::F32 => DType::F32,
         };
-        let shape = (geom.kv_heads, geom.slots, geom.head_dim);
         let layers = (0..geom.layers)
-            .map(|_| {
+            .map(|l| {
+                let shape = (geom.kv_heads, geom.slots(l), geom.head_dim);
                 Ok((
                     Tensor::zeros(shape, dt, device)?,
                     Tensor::zeros(shape, dt, device)?,
                 ))
             })
             .collect::<Result<Vec<_>>>()?;
-        let bytes = 2 * geom.layers * geom.layer_elements().unwrap_or(0) * dt.size_in_bytes();
+        let bytes = 2 * geom.total_elements().unwrap_or(0) * dt.size_in_bytes();
         Ok(Self { layers, bytes })
     }
 }
@@ -56,7 +56,8 @@ impl KvCache<CandleKv> {
     /// `max_chunk` is 0; a candle error when the device cannot hold it.
     pub fn new_on(cfg: &ModelConfig, opts: KvCacheOptions, device: &Device) -> Result<Self> {
         let geom = KvGeometry::new(cfg, &opts)?;
-        Ok(Self::with_store(geom, CandleKv::new(&geom, device)?))
+        let store = CandleKv::new(&geom, device)?;
+        Ok(Self::with_store(geom, store))
     }
 
     /// Stores the keys and values of positions `start..start + n` of layer
@@ -76,7 +77,7 @@ impl KvCache<CandleKv> {
     ) -> Result<(Tensor, Tensor)> {
         let (ck, cv) = &self.store().layers[layer];
         let n = k.dim(1)?;
-        let slots = self.slots();
+        let slots = self.slots(layer);
         let dt = ck.dtype();
         let (k, v) = (k.to_dtype(dt)?, v.to_dtype(dt)?);
         // Write, in up to two pieces where the ring wraps.

@@ -115,12 +115,11 @@ pub struct CandleWork {
     /// RoPE tables of positions `0..len` on the device (`len × head_dim/2`
     /// each), grown as sessions get longer.
     rope_tables: Option<(Tensor, Tensor)>,
-    /// The additive mask of the chunk over the keys it sees (`None`: every
-    /// query sees every key) and the first position of those keys.
-    mask: Option<Tensor>,
-    first: usize,
+    /// The chunk as each distinct window of the model's layers sees it.
+    views: Vec<ChunkView>,
     heads: (usize, usize, usize),
-    window: Option<usize>,
+    /// Each layer's sliding window.
+    windows: Vec<Option<usize>>,
     logits: Vec<f32>,
 }
 
@@ -213,14 +212,13 @@ impl Backend for Candle {
             cos: None,
             sin: None,
             rope_tables: None,
-            mask: None,
-            first: 0,
+            views: Vec::new(),
             heads: (
                 cfg.num_attention_heads,
                 cfg.num_key_value_heads,
                 cfg.head_dim,
             ),
-            window: cfg.sliding_window,
+            windows: layer_windows(cfg),
             logits: Vec::new(),
         }
     }
@@ -247,7 +245,7 @@ impl Backend for Candle {
         );
         if work.shape != (cfg.hidden_size, cfg.vocab_size, cfg.num_hidden_layers)
             || work.heads != heads
-            || work.window != cfg.sliding_window
+            || work.windows != layer_windows(cfg)
         {
             return Err(ModelError::Mismatch(
                 "the work buffers were built for another model".into(),
@@ -280,9 +278,21 @@ impl Backend for Candle {
         let (cos, sin) = self.rope_tables(w, rope, start + n)?;
         w.cos = Some(cos.narrow(0, start, n)?);
         w.sin = Some(sin.narrow(0, start, n)?);
-        // Keys of positions first..start + n are visible to some query of the chunk.
-        w.first = w.window.map_or(0, |win| start.saturating_sub(win - 1));
-        w.mask = mask(start, n, w.first, w.window, dev)?;
+        let mut windows = w.windows.clone();
+        windows.sort_unstable();
+        windows.dedup();
+        w.views = windows
+            .into_iter()
+            .map(|window| {
+                // Keys of positions first..start + n are visible to some query of the chunk.
+                let first = window.map_or(0, |win| start.saturating_sub(win - 1));
+                Ok(ChunkView {
+                    window,
+                    first,
+                    mask: mask(start, n, first, window, dev)?,
+                })
+            })
+            .collect::<Result<_>>()?;
         (w.n, w.start) = (n, start);
         Ok(())
     }
@@ -358,7 +368,13 @@ impl Backend for Candle {
         out: Act,
     ) -> Result<()> {
         let (heads, kv_heads, hd) = w.heads;
-        let (n, start, first) = (w.n, w.start, w.first);
+        let window = cache.window(layer);
+        let view = w
+            .views
+            .iter()
+            .find(|v| v.window == window)
+            .ok_or_else(|| ModelError::Mismatch("attention before the chunk's masks".into()))?;
+        let (n, start, first) = (w.n, w.start, view.first);
         let group = heads / kv_heads;
         let nk = start + n - first;
         let v_heads = w
@@ -374,7 +390,7 @@ impl Backend for Candle {
         let qh = w.get(q)?.reshape((kv_heads, group * n, hd))?;
         let scale = 1.0 / (hd as f64).sqrt();
         let scores = (qh.matmul(&keys.t()?)? * scale)?;
-        let scores = match &w.mask {
+        let scores = match &view.mask {
             Some(m) => scores
                 .reshape((kv_heads, group, n, nk))?
                 .broadcast_add(m)?
@@ -430,6 +446,24 @@ impl Backend for Candle {
         w.logits = head.forward(&xn)?.flatten_all()?.to_vec1::<f32>()?;
         Ok(&w.logits)
     }
+}
+
+/// A chunk as the layers with one sliding window see it.
+#[derive(Debug)]
+struct ChunkView {
+    window: Option<usize>,
+    /// The first position of the keys the chunk sees.
+    first: usize,
+    /// The additive mask of the chunk over those keys (`None`: every query
+    /// sees every key).
+    mask: Option<Tensor>,
+}
+
+/// Each layer's sliding window.
+fn layer_windows(cfg: &ModelConfig) -> Vec<Option<usize>> {
+    (0..cfg.num_hidden_layers)
+        .map(|l| cfg.layer_window(l))
+        .collect()
 }
 
 /// Positions of the first RoPE tables of a session (they double as it grows).

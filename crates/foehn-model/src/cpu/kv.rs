@@ -1,5 +1,5 @@
 //! The CPU backend's keys and values: per layer, `slots × kv_dim` f16 or f32
-//! values in one vector each.
+//! values in one vector each (each layer with its own number of slots).
 
 use foehn_core::ModelConfig;
 use half::f16;
@@ -57,19 +57,21 @@ pub struct CpuKv {
 impl CpuKv {
     /// Zeroed keys and values for `geom`.
     pub(crate) fn new(geom: &KvGeometry) -> Result<Self> {
-        let len = geom.layer_elements().ok_or_else(|| {
-            ModelError::Config(format!(
-                "KV cache of {} slots × {} overflows",
-                geom.slots,
-                geom.kv_dim()
-            ))
-        })?;
         let layers = (0..geom.layers)
-            .map(|_| LayerKv {
-                k: KvStore::new(geom.dtype, len),
-                v: KvStore::new(geom.dtype, len),
+            .map(|l| {
+                let len = geom.layer_elements(l).ok_or_else(|| {
+                    ModelError::Config(format!(
+                        "KV cache of {} slots × {} overflows",
+                        geom.slots(l),
+                        geom.kv_dim()
+                    ))
+                })?;
+                Ok(LayerKv {
+                    k: KvStore::new(geom.dtype, len),
+                    v: KvStore::new(geom.dtype, len),
+                })
             })
-            .collect();
+            .collect::<Result<Vec<_>>>()?;
         Ok(Self { layers })
     }
 }
@@ -87,7 +89,8 @@ impl KvCache<CpuKv> {
     /// [`ModelError::Config`] when `ctx_len` or `max_chunk` is 0.
     pub fn new(cfg: &ModelConfig, opts: KvCacheOptions) -> Result<Self> {
         let geom = KvGeometry::new(cfg, &opts)?;
-        Ok(Self::with_store(geom, CpuKv::new(&geom)?))
+        let store = CpuKv::new(&geom)?;
+        Ok(Self::with_store(geom, store))
     }
 
     /// Stores the keys and values of position `pos` in layer `layer`.
@@ -95,7 +98,7 @@ impl KvCache<CpuKv> {
     /// # Shapes
     /// - `k`, `v`: `kv_dim`.
     pub(crate) fn write(&mut self, layer: usize, pos: usize, k: &[f32], v: &[f32]) {
-        let at = self.slot(pos) * self.geometry().kv_dim();
+        let at = self.slot(layer, pos) * self.geometry().kv_dim();
         let l = &mut self.store_mut().layers[layer];
         l.k.write(at, k);
         l.v.write(at, v);

@@ -297,9 +297,9 @@ impl Backend for Cpu {
         let at = ChunkPos {
             start,
             n,
-            slots: cache.slots(),
+            slots: cache.slots(layer),
         };
-        let shape = s.dims.attn_shape(cache.window());
+        let shape = s.dims.attn_shape(cache.window(layer));
         let mut o = s.take(out);
         attention(
             &self.compute,
