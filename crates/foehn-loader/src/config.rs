@@ -328,13 +328,13 @@ fn gguf_moe(md: &Metadata, arch: &str) -> Result<Option<MoeConfig>> {
     let used = md.opt_usize(&format!("{arch}.expert_used_count"))?;
     match (count, used) {
         (None | Some(0), None) => Ok(None),
+        (None | Some(0), Some(k)) => Err(config_err(format!(
+            "{arch}.expert_used_count = {k} without {arch}.expert_count"
+        ))),
         (Some(num_experts), Some(experts_per_token)) => Ok(Some(MoeConfig {
             num_experts,
             experts_per_token,
         })),
-        (None | Some(0), Some(k)) => Err(config_err(format!(
-            "{arch}.expert_used_count = {k} without {arch}.expert_count"
-        ))),
         (Some(n), None) => Err(config_err(format!(
             "{arch}.expert_count = {n} without {arch}.expert_used_count"
         ))),
