@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use foehn_core::{AttnTemperature, ModelConfig, RopeScaling};
+use foehn_core::{AttnTemperature, ModelConfig, MoeConfig, RopeScaling};
 use serde::Deserialize;
 
 use crate::gguf::{GgufFile, Metadata};
@@ -34,7 +34,7 @@ pub const DEFAULT_YARN_BETA_SLOW: f64 = 1.0;
 pub const GGUF_ARCHITECTURES: &[&str] = &["llama", "mistral", "mistral3"];
 
 /// HF `model_type` values accepted for the decoder (absent is accepted too).
-const HF_MODEL_TYPES: &[&str] = &["llama", "mistral", "ministral", "ministral3"];
+const HF_MODEL_TYPES: &[&str] = &["llama", "mistral", "ministral", "ministral3", "mixtral"];
 
 /// Reads a Hugging Face `config.json` (or the `config.json` inside a folder).
 ///
@@ -52,7 +52,10 @@ const HF_MODEL_TYPES: &[&str] = &["llama", "mistral", "ministral", "ministral3"]
 /// newer `rope_parameters` object (transformers 5) is read when `rope_theta` /
 /// `rope_scaling` are absent; its `llama_4_scaling_beta` (Ministral 3) is the
 /// attention temperature, stepping every `original_max_position_embeddings`
-/// positions. A multimodal `mistral3` config is read from its `text_config`. Attention or MLP biases
+/// positions. A multimodal `mistral3` config is read from its `text_config`. A `mixtral`
+/// config is a mixture of experts: `num_local_experts` and
+/// `num_experts_per_tok` are required (`intermediate_size` is then each
+/// expert's). Attention or MLP biases
 /// (`attention_bias` / `mlp_bias` true) are refused: the decoder has none.
 pub fn config_from_hf(path: impl AsRef<Path>) -> Result<ModelConfig> {
     let path = path.as_ref();
@@ -94,6 +97,8 @@ struct HfConfig {
     tie_word_embeddings: Option<bool>,
     attention_bias: Option<bool>,
     mlp_bias: Option<bool>,
+    num_local_experts: Option<usize>,
+    num_experts_per_tok: Option<usize>,
     text_config: Option<Box<HfConfig>>,
 }
 
@@ -157,6 +162,14 @@ fn parse_hf(path: &Path, json: &[u8]) -> Result<ModelConfig> {
         None => default_head_dim(hidden_size, num_attention_heads)?,
     };
     let max_position_embeddings = required(hf.max_position_embeddings, "max_position_embeddings")?;
+    let moe = if hf.model_type.as_deref() == Some("mixtral") {
+        Some(MoeConfig {
+            num_experts: required(hf.num_local_experts, "num_local_experts")?,
+            experts_per_token: required(hf.num_experts_per_tok, "num_experts_per_tok")?,
+        })
+    } else {
+        None
+    };
     let rope_params = hf.rope_parameters.as_ref();
     let rope_theta = hf.rope_theta.or(rope_params.and_then(|p| p.rope_theta));
     let scaling_params = hf.rope_scaling.as_ref().or(rope_params);
@@ -212,7 +225,7 @@ fn parse_hf(path: &Path, json: &[u8]) -> Result<ModelConfig> {
         max_position_embeddings,
         tie_word_embeddings: hf.tie_word_embeddings.unwrap_or(false),
         attn_temperature,
-        moe: None,
+        moe,
     };
     validate(&cfg)?;
     Ok(cfg)
@@ -291,7 +304,9 @@ fn hf_rope_scaling(s: &HfRopeScaling, max_positions: usize) -> Result<Option<Rop
 /// `attention.head_count`, `attention.layer_norm_rms_epsilon` (required),
 /// `attention.head_count_kv` (default: the head count), `attention.key_length`
 /// (head_dim; default embedding / heads), `rope.freq_base` (default 10000),
-/// `attention.sliding_window` (absent or 0 = none). The vocabulary size is
+/// `attention.sliding_window` (absent or 0 = none), `expert_count` and
+/// `expert_used_count` (a mixture of experts, Mixtral: both or neither, an
+/// `expert_count` of 0 meaning a dense model). The vocabulary size is
 /// `{arch}.vocab_size`, else the length of `tokenizer.ggml.tokens`, else
 /// `token_embd.weight`'s `shape[1]`.
 ///
@@ -379,10 +394,29 @@ pub fn config_from_gguf(gguf: &GgufFile) -> Result<ModelConfig> {
         max_position_embeddings: md.get_usize(&key("context_length"))?,
         tie_word_embeddings: !gguf.tensors().is_empty() && !has_tensor("output.weight"),
         attn_temperature: gguf_attn_temperature(md, arch)?,
-        moe: None,
+        moe: gguf_moe(md, arch)?,
     };
     validate(&cfg)?;
     Ok(cfg)
+}
+
+/// The mixture of experts of `{arch}.expert_count` / `{arch}.expert_used_count`.
+fn gguf_moe(md: &Metadata, arch: &str) -> Result<Option<MoeConfig>> {
+    let count = md.opt_usize(&format!("{arch}.expert_count"))?;
+    let used = md.opt_usize(&format!("{arch}.expert_used_count"))?;
+    match (count, used) {
+        (None | Some(0), None) => Ok(None),
+        (None | Some(0), Some(k)) => Err(config_err(format!(
+            "{arch}.expert_used_count = {k} without {arch}.expert_count"
+        ))),
+        (Some(num_experts), Some(experts_per_token)) => Ok(Some(MoeConfig {
+            num_experts,
+            experts_per_token,
+        })),
+        (Some(n), None) => Err(config_err(format!(
+            "{arch}.expert_count = {n} without {arch}.expert_used_count"
+        ))),
+    }
 }
 
 /// Vocabulary size from the token list, else from the embedding's shape.
@@ -576,6 +610,14 @@ fn validate(cfg: &ModelConfig) -> Result<()> {
             "head_dim {} is odd; RoPE needs pairs",
             cfg.head_dim
         )));
+    }
+    if let Some(moe) = cfg.moe {
+        if moe.num_experts == 0 || !(1..=moe.num_experts).contains(&moe.experts_per_token) {
+            return Err(config_err(format!(
+                "a mixture of experts needs 1 ≤ experts per token ≤ experts, got {} of {}",
+                moe.experts_per_token, moe.num_experts
+            )));
+        }
     }
     for (name, value) in [
         ("rope_theta", cfg.rope_theta),
@@ -1257,5 +1299,68 @@ mod tests {
         let mut kv = ministral3_kv();
         kv.push(("{arch}.attention.temperature_length", Value::U32(0)));
         expect_config_err(config_from_gguf(&gguf("mistral3", &kv)), "temperature");
+    }
+
+    #[test]
+    fn mixtral_experts_from_hf() {
+        let mixtral = MISTRAL_7B.replace("\"mistral\"", "\"mixtral\"").replace(
+            "\"sliding_window\": null",
+            "\"num_local_experts\": 8, \"num_experts_per_tok\": 2",
+        );
+        let cfg = hf(&mixtral).unwrap();
+        assert_eq!(
+            cfg.moe,
+            Some(MoeConfig {
+                num_experts: 8,
+                experts_per_token: 2
+            })
+        );
+        assert_eq!(hf(MISTRAL_7B).unwrap().moe, None);
+        expect_config_err(
+            hf(&mixtral.replace("\"num_local_experts\": 8,", "")),
+            "num_local_experts",
+        );
+        expect_config_err(
+            hf(&mixtral.replace("\"num_experts_per_tok\": 2", "\"num_experts_per_tok\": 9")),
+            "1 ≤ experts per token ≤ experts, got 9 of 8",
+        );
+        expect_config_err(
+            hf(&mixtral.replace("\"num_experts_per_tok\": 2", "\"num_experts_per_tok\": 0")),
+            "got 0 of 8",
+        );
+    }
+
+    #[test]
+    fn mixtral_experts_from_gguf() {
+        let with = |arch: &str, extra: &[(&'static str, Value)]| {
+            let mut kv = base_kv();
+            kv.extend(extra.iter().cloned());
+            config_from_gguf(&gguf(arch, &kv))
+        };
+        let (count, used) = ("{arch}.expert_count", "{arch}.expert_used_count");
+        for arch in ["llama", "mistral3"] {
+            let cfg = with(arch, &[(count, Value::U32(8)), (used, Value::U32(2))]).unwrap();
+            assert_eq!(
+                cfg.moe,
+                Some(MoeConfig {
+                    num_experts: 8,
+                    experts_per_token: 2
+                }),
+                "{arch}"
+            );
+        }
+        assert_eq!(with("llama", &[(count, Value::U32(0))]).unwrap().moe, None);
+        expect_config_err(
+            with("llama", &[(count, Value::U32(8)), (used, Value::U32(9))]),
+            "got 9 of 8",
+        );
+        expect_config_err(
+            with("llama", &[(count, Value::U32(8))]),
+            "llama.expert_count = 8 without llama.expert_used_count",
+        );
+        expect_config_err(
+            with("llama", &[(used, Value::U32(2))]),
+            "without llama.expert_count",
+        );
     }
 }

@@ -11,6 +11,7 @@ use foehn_core::ModelConfig;
 use foehn_kernels::{ActPrecision, QMatrix};
 
 use crate::cache::{KvCache, KvGeometry, KvStorage};
+use crate::moe::Moe;
 use crate::{LogitsMode, Model, Result, Rope};
 
 /// An activation of a forward pass, as the ops name their inputs and outputs.
@@ -208,6 +209,14 @@ pub trait Backend: Sized + Send + Sync + std::fmt::Debug + 'static {
     /// # Errors
     /// Device errors.
     fn silu_mul(&self, w: &mut Self::Work, gate: Act, up: Act) -> Result<()>;
+
+    /// A mixture of experts: each row of `x` goes to the experts
+    /// [`route`](crate::moe::route) picks from the router's logits, and `out`
+    /// gets the sum of their outputs by their weights. `out` may be `x`.
+    ///
+    /// # Errors
+    /// Kernel or device errors.
+    fn moe(&self, w: &mut Self::Work, moe: &Moe<Self>, x: Act, out: Act) -> Result<()>;
 
     /// The logits `mode` asks for: the final norm of `x` (its last row, or
     /// every row) times the output projection, on the host.

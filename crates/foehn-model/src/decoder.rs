@@ -1,5 +1,6 @@
 //! `Model<B>`: the Mistral/Llama decoder — embedding, blocks of RMSNorm →
-//! grouped-query attention with RoPE → RMSNorm → SwiGLU, final norm, output
+//! grouped-query attention with RoPE → RMSNorm → SwiGLU (or a mixture of
+//! SwiGLU experts, Mixtral), final norm, output
 //! projection — built from a model file and run on any [`Backend`]: the
 //! forward pass is written once, here.
 
@@ -10,6 +11,7 @@ use foehn_loader::{config_from_gguf, GgufFile, SafetensorsModel};
 
 use crate::backend::{Act, Backend, Head};
 use crate::cache::{check_chunk_tokens, check_room, KvCache, KvCacheOptions, KvGeometry};
+use crate::moe::Moe;
 use crate::naming::{Naming, Part};
 use crate::weights::{GgufSource, StSource, TensorSource};
 use crate::{ModelError, Result, Rope, RopeStyle, WeightOptions};
@@ -34,9 +36,17 @@ pub(crate) struct Block<B: Backend> {
     pub(crate) qkv: B::Stack,
     pub(crate) wo: B::Linear,
     pub(crate) ffn_norm: B::Vector,
-    /// Gate and up projections.
-    pub(crate) gate_up: B::Stack,
-    pub(crate) w_down: B::Linear,
+    pub(crate) ffn: Ffn<B>,
+}
+
+/// The feed-forward part of a block.
+#[derive(Debug)]
+pub(crate) enum Ffn<B: Backend> {
+    /// One SwiGLU block: the gate and up projections (stacked) and the down
+    /// projection.
+    Dense { gate_up: B::Stack, down: B::Linear },
+    /// A mixture of SwiGLU experts (Mixtral).
+    Moe(Moe<B>),
 }
 
 /// A Mistral/Llama decoder-only transformer on backend `B`, read-only once
@@ -164,6 +174,13 @@ impl<B: Backend> Model<B> {
                         .collect::<Result<Vec<_>>>()?;
                     backend.stack(&names, mats)
                 };
+                let feed_forward = match cfg.moe {
+                    Some(moe) => Ffn::Moe(Moe::load(&backend, src, names, &cfg, moe, i)?),
+                    None => Ffn::Dense {
+                        gate_up: stack(&[(Part::Gate, ffn, hidden), (Part::Up, ffn, hidden)])?,
+                        down: linear(Part::Down, hidden, ffn)?,
+                    },
+                };
                 Ok(Block {
                     attn_norm: vector(Part::AttnNorm)?,
                     qkv: stack(&[
@@ -173,8 +190,7 @@ impl<B: Backend> Model<B> {
                     ])?,
                     wo: linear(Part::O, hidden, q_dim)?,
                     ffn_norm: vector(Part::FfnNorm)?,
-                    gate_up: stack(&[(Part::Gate, ffn, hidden), (Part::Up, ffn, hidden)])?,
-                    w_down: linear(Part::Down, hidden, ffn)?,
+                    ffn: feed_forward,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -278,9 +294,14 @@ impl<B: Backend> Model<B> {
             b.add(work, X, Xn)?;
             // Feed-forward.
             b.rms_norm(work, X, &blk.ffn_norm, eps, Xn)?;
-            b.project(work, &blk.gate_up, Xn, &[Gate, Up])?;
-            b.silu_mul(work, Gate, Up)?;
-            b.linear_into(work, &blk.w_down, Gate, Xn)?;
+            match &blk.ffn {
+                Ffn::Dense { gate_up, down } => {
+                    b.project(work, gate_up, Xn, &[Gate, Up])?;
+                    b.silu_mul(work, Gate, Up)?;
+                    b.linear_into(work, down, Gate, Xn)?;
+                }
+                Ffn::Moe(moe) => b.moe(work, moe, Xn, Xn)?,
+            }
             b.add(work, X, Xn)?;
         }
         cache.advance(tokens.len());
@@ -355,6 +376,14 @@ pub(crate) fn check_config(cfg: &ModelConfig) -> Result<()> {
             "head_dim {} is odd; RoPE needs pairs",
             cfg.head_dim
         ));
+    }
+    if let Some(moe) = cfg.moe {
+        if moe.num_experts == 0 || !(1..=moe.num_experts).contains(&moe.experts_per_token) {
+            return bad(format!(
+                "a mixture of experts needs 1 ≤ experts per token ≤ experts, got {} of {}",
+                moe.experts_per_token, moe.num_experts
+            ));
+        }
     }
     if cfg.sliding_window == Some(0) {
         return bad("sliding_window 0 (use None for full attention)".into());

@@ -121,7 +121,32 @@ impl TensorSource for IsqSource<'_> {
     }
 
     fn matrix(&self, name: &str, rows: usize, cols: usize) -> Result<QMatrix> {
-        let dense = self.inner.matrix(name, rows, cols)?;
+        self.quantize(name, &self.inner.matrix(name, rows, cols)?)
+    }
+
+    fn vector(&self, name: &str, len: usize) -> Result<Vec<f32>> {
+        self.inner.vector(name, len)
+    }
+
+    fn expert_matrix(
+        &self,
+        name: &str,
+        expert: usize,
+        experts: usize,
+        rows: usize,
+        cols: usize,
+    ) -> Result<QMatrix> {
+        let dense = self
+            .inner
+            .expert_matrix(name, expert, experts, rows, cols)?;
+        self.quantize(&format!("{name}[{expert}]"), &dense)
+    }
+}
+
+impl IsqSource<'_> {
+    /// The dense matrix `name` quantized to the type its role gets.
+    fn quantize(&self, name: &str, dense: &QMatrix) -> Result<QMatrix> {
+        let cols = dense.cols();
         let role = if name == self.output {
             Role::Output
         } else {
@@ -135,11 +160,7 @@ impl TensorSource for IsqSource<'_> {
                 self.ty
             );
         }
-        requantize(name, &dense, ty)
-    }
-
-    fn vector(&self, name: &str, len: usize) -> Result<Vec<f32>> {
-        self.inner.vector(name, len)
+        requantize(name, dense, ty)
     }
 }
 

@@ -29,6 +29,7 @@ mod decoder;
 mod device;
 mod error;
 mod isq;
+pub mod moe;
 mod naming;
 mod rope;
 mod session;

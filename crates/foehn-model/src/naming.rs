@@ -21,6 +21,16 @@ pub(crate) enum Part {
     Gate,
     Up,
     Down,
+    /// The router of a mixture of experts.
+    Router,
+}
+
+/// The matrices of one expert of a mixture.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum ExpertPart {
+    Gate,
+    Up,
+    Down,
 }
 
 impl Naming {
@@ -62,6 +72,7 @@ impl Naming {
                     Part::Gate => "ffn_gate",
                     Part::Up => "ffn_up",
                     Part::Down => "ffn_down",
+                    Part::Router => "ffn_gate_inp",
                 };
                 format!("blk.{i}.{p}.weight")
             }
@@ -76,9 +87,49 @@ impl Naming {
                     Part::Gate => "mlp.gate_proj",
                     Part::Up => "mlp.up_proj",
                     Part::Down => "mlp.down_proj",
+                    Part::Router => "block_sparse_moe.gate",
                 };
                 format!("model.layers.{i}.{p}.weight")
             }
+        }
+    }
+
+    /// Expert `e`'s own matrix `part` in block `i` (GGUF's older per-expert
+    /// tensors; HF `mixtral`: w1 = gate, w3 = up, w2 = down).
+    pub(crate) fn expert(self, i: usize, e: usize, part: ExpertPart) -> String {
+        match self {
+            Naming::Gguf => {
+                let p = match part {
+                    ExpertPart::Gate => "ffn_gate",
+                    ExpertPart::Up => "ffn_up",
+                    ExpertPart::Down => "ffn_down",
+                };
+                format!("blk.{i}.{p}.{e}.weight")
+            }
+            Naming::Hf => {
+                let w = match part {
+                    ExpertPart::Gate => "w1",
+                    ExpertPart::Up => "w3",
+                    ExpertPart::Down => "w2",
+                };
+                format!("model.layers.{i}.block_sparse_moe.experts.{e}.{w}.weight")
+            }
+        }
+    }
+
+    /// The 3-D tensor of every expert's matrix `part` in block `i` (one
+    /// matrix per expert along the outer dimension), where the format has one.
+    pub(crate) fn merged_experts(self, i: usize, part: ExpertPart) -> Option<String> {
+        match self {
+            Naming::Gguf => {
+                let p = match part {
+                    ExpertPart::Gate => "ffn_gate_exps",
+                    ExpertPart::Up => "ffn_up_exps",
+                    ExpertPart::Down => "ffn_down_exps",
+                };
+                Some(format!("blk.{i}.{p}.weight"))
+            }
+            Naming::Hf => None,
         }
     }
 }

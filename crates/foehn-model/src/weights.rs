@@ -20,6 +20,42 @@ pub(crate) trait TensorSource {
     fn matrix(&self, name: &str, rows: usize, cols: usize) -> Result<QMatrix>;
     /// The vector `name` of `len` elements, converted to f32.
     fn vector(&self, name: &str, len: usize) -> Result<Vec<f32>>;
+    /// Matrix `expert` (`rows × cols`) of the 3-D tensor `name`, which holds
+    /// one such matrix for each of `experts` experts (borrowed from the file).
+    fn expert_matrix(
+        &self,
+        name: &str,
+        expert: usize,
+        experts: usize,
+        rows: usize,
+        cols: usize,
+    ) -> Result<QMatrix>;
+}
+
+/// The byte range of expert `expert`'s matrix in a 3-D tensor of `len`
+/// bytes holding `experts` matrices of `rows × cols` elements of type `ty`.
+fn expert_range(
+    name: &str,
+    ty: GgmlType,
+    len: usize,
+    (expert, experts): (usize, usize),
+    (rows, cols): (usize, usize),
+) -> Result<std::ops::Range<usize>> {
+    let per = ty
+        .row_bytes(cols)
+        .and_then(|b| b.checked_mul(rows))
+        .filter(|&per| per.checked_mul(experts) == Some(len))
+        .ok_or_else(|| {
+            ModelError::Config(format!(
+                "tensor '{name}' holds {len} bytes, not {experts} {ty} matrices of {rows} × {cols}"
+            ))
+        })?;
+    if expert >= experts {
+        return Err(ModelError::Config(format!(
+            "expert {expert} of tensor '{name}', which holds {experts}"
+        )));
+    }
+    Ok(expert * per..(expert + 1) * per)
 }
 
 fn unsupported(tensor: &str, ty: GgmlType) -> ModelError {
@@ -125,6 +161,40 @@ impl TensorSource for GgufSource {
         dequantize_row(view.ty, view.data, &mut out)?;
         Ok(out)
     }
+
+    fn expert_matrix(
+        &self,
+        name: &str,
+        expert: usize,
+        experts: usize,
+        rows: usize,
+        cols: usize,
+    ) -> Result<QMatrix> {
+        let view = self.file.tensor(name).map_err(load_err)?;
+        if !view.ty.can_dequantize() {
+            return Err(unsupported(name, view.ty));
+        }
+        let found = Self::shape(name, view.shape)?;
+        if found != [cols, rows, experts] {
+            return Err(shape_err(name, vec![cols, rows, experts], found));
+        }
+        let range = expert_range(
+            name,
+            view.ty,
+            view.data.len(),
+            (expert, experts),
+            (rows, cols),
+        )?;
+        let source: Arc<dyn ByteSource> = self.bytes.clone();
+        let at = view.file_offset;
+        Ok(QMatrix::from_shared(
+            view.ty,
+            rows,
+            cols,
+            source,
+            at + range.start..at + range.end,
+        )?)
+    }
 }
 
 /// One tensor of a shared safetensors model, as the byte owner of a [`QMatrix`].
@@ -183,5 +253,26 @@ impl TensorSource for StSource {
         let mut out = vec![0.0; len];
         dequantize_row(st_type(t.dtype), t.data, &mut out)?;
         Ok(out)
+    }
+
+    fn expert_matrix(
+        &self,
+        name: &str,
+        expert: usize,
+        experts: usize,
+        rows: usize,
+        cols: usize,
+    ) -> Result<QMatrix> {
+        let t = self.0.tensor(name).map_err(load_err)?;
+        if t.shape != [experts, rows, cols] {
+            return Err(shape_err(name, vec![experts, rows, cols], t.shape.to_vec()));
+        }
+        let ty = st_type(t.dtype);
+        let range = expert_range(name, ty, t.data.len(), (expert, experts), (rows, cols))?;
+        let source = Arc::new(StTensorBytes {
+            model: Arc::clone(&self.0),
+            name: name.to_string(),
+        });
+        Ok(QMatrix::from_shared(ty, rows, cols, source, range)?)
     }
 }

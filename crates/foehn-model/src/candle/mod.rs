@@ -38,6 +38,7 @@ use foehn_loader::{GgufFile, SafetensorsModel};
 pub use self::cache::{CandleCache, CandleKv};
 use crate::backend::{Act, Backend, Head};
 use crate::cache::{KvCache, KvGeometry};
+use crate::moe::{route, Moe};
 use crate::{CandleDevice, LogitsMode, Model, ModelError, Result, Rope, RopeStyle, WeightOptions};
 pub use candle_core::Device;
 
@@ -416,6 +417,49 @@ impl Backend for Candle {
     fn silu_mul(&self, w: &mut CandleWork, gate: Act, up: Act) -> Result<()> {
         let t = (candle_nn::ops::silu(w.get(gate)?)? * w.get(up)?)?;
         w.set(gate, t);
+        Ok(())
+    }
+
+    /// The chunk's router logits come to the host to be routed; then each
+    /// chosen expert runs once on its tokens' rows (`index_select`), and
+    /// its weighted output is added to theirs (`index_add`).
+    fn moe(&self, w: &mut CandleWork, moe: &Moe<Self>, x: Act, out: Act) -> Result<()> {
+        let xs = w.get(x)?.clone();
+        let logits = moe
+            .router()
+            .forward(&xs)?
+            .to_dtype(candle_core::DType::F32)?
+            .to_vec2::<f32>()?;
+        let mut by_expert: Vec<(Vec<u32>, Vec<f32>)> =
+            vec![Default::default(); moe.experts().len()];
+        let mut chosen = vec![(0usize, 0.0f32); moe.experts_per_token()];
+        for (t, row) in logits.iter().enumerate() {
+            route(row, &mut chosen);
+            for &(e, weight) in &chosen {
+                by_expert[e].0.push(t as u32);
+                by_expert[e].1.push(weight);
+            }
+        }
+        let mut acc = xs.zeros_like()?;
+        for (e, (expert, (tokens, weights))) in moe.experts().iter().zip(&by_expert).enumerate() {
+            if tokens.is_empty() {
+                continue;
+            }
+            let [gate, up] = &expert.gate_up()[..] else {
+                return Err(ModelError::Mismatch(format!(
+                    "expert {e} has {} gate/up projections, not 2",
+                    expert.gate_up().len()
+                )));
+            };
+            let idx = Tensor::new(tokens.as_slice(), &self.device)?;
+            let rows = xs.index_select(&idx, 0)?;
+            let h = (candle_nn::ops::silu(&gate.forward(&rows)?)? * up.forward(&rows)?)?;
+            let y = expert.down().forward(&h)?;
+            let wt = Tensor::from_slice(weights, (weights.len(), 1), &self.device)?
+                .to_dtype(y.dtype())?;
+            acc = acc.index_add(&idx, &y.broadcast_mul(&wt)?, 0)?;
+        }
+        w.set(out, acc);
         Ok(())
     }
 

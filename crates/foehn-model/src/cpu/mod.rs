@@ -5,6 +5,7 @@
 
 pub(crate) mod attention;
 mod kv;
+mod moe;
 pub mod ops;
 mod scratch;
 
@@ -21,6 +22,8 @@ use self::scratch::Dims;
 pub use self::scratch::Scratch;
 use crate::backend::{Act, Backend, Head};
 use crate::cache::{KvCache, KvGeometry};
+use crate::decoder::Ffn;
+use crate::moe::Moe;
 use crate::{LogitsMode, Model, ModelError, Result, Rope, WeightOptions};
 
 /// foehn's own CPU kernels, in the model's [`Compute`] context: the
@@ -330,6 +333,10 @@ impl Backend for Cpu {
         Ok(())
     }
 
+    fn moe(&self, s: &mut Scratch, moe: &Moe<Self>, x: Act, out: Act) -> Result<()> {
+        self::moe::moe_ffn(&self.compute, s, moe, x, out)
+    }
+
     fn logits<'w>(
         &self,
         s: &'w mut Scratch,
@@ -419,20 +426,28 @@ impl Model<Cpu> {
         &self.embed
     }
 
-    /// Each block's linear layers, in the order a forward pass reads them.
+    /// Each block's linear layers, in the order a forward pass reads them
+    /// (a mixture's router, then its experts in order).
     fn block_matrices(&self) -> impl Iterator<Item = &QMatrix> + '_ {
         self.blocks.iter().flat_map(|b| {
-            b.qkv
-                .parts()
-                .chain([&b.wo])
-                .chain(b.gate_up.parts())
-                .chain([&b.w_down])
+            let ffn: Box<dyn Iterator<Item = &QMatrix>> = match &b.ffn {
+                Ffn::Dense { gate_up, down } => Box::new(gate_up.parts().chain([down])),
+                Ffn::Moe(moe) => Box::new(
+                    std::iter::once(moe.router()).chain(
+                        moe.experts()
+                            .iter()
+                            .flat_map(|e| e.gate_up().parts().chain([e.down()])),
+                    ),
+                ),
+            };
+            b.qkv.parts().chain([&b.wo]).chain(ffn)
         })
     }
 
     /// Every weight matrix once: the embedding, each block's linear layers
     /// (query, key and value, and gate and up, may be stacked into one
-    /// matrix each), and the output projection unless tied (for sizes and
+    /// matrix each; a mixture's router and every expert's), and the output
+    /// projection unless tied (for sizes and
     /// parameter counts; the norms are `hidden` f32 values each, two per
     /// block and a final one).
     pub fn matrices(&self) -> impl Iterator<Item = &QMatrix> + '_ {

@@ -1,10 +1,11 @@
 //! `Scratch`: every activation buffer of a forward pass, allocated once for a
 //! chunk size and a model, so that a decode step allocates nothing.
 
-use foehn_core::ModelConfig;
+use foehn_core::{ModelConfig, MoeConfig};
 use foehn_kernels::{ActPrecision, MatScratch};
 
 use super::attention::{AttnShape, AttnWork};
+use super::moe::MoeWork;
 use crate::backend::Act;
 use crate::cache::KvCache;
 
@@ -48,6 +49,8 @@ pub struct Scratch {
     pub(crate) mat: MatScratch,
     /// Work space of the attention tasks.
     pub(crate) attn: AttnWork,
+    /// Work space of the mixture-of-experts blocks.
+    pub(crate) moe: MoeWork,
 }
 
 impl Scratch {
@@ -80,6 +83,7 @@ impl Scratch {
             mat: MatScratch::new(widest, threads),
             // A slot per thread of the pool the passes will run in.
             attn: AttnWork::new(Dims::of(cfg).attn_shape(cfg.sliding_window), threads),
+            moe: MoeWork::new(cfg, chunk),
         }
     }
 
@@ -117,6 +121,15 @@ impl Scratch {
     pub fn act_precision(&self) -> ActPrecision {
         self.mat.precision()
     }
+
+    /// Expert feed-forward blocks run by the passes that used these buffers
+    /// (0 for a dense model). Each run reads its expert's three matrices
+    /// once: a decode step runs `experts_per_token` experts per layer, a
+    /// prefill chunk at most every expert once per layer, however many
+    /// tokens it holds.
+    pub fn experts_run(&self) -> u64 {
+        self.moe.runs
+    }
 }
 
 /// The model dimensions a [`Scratch`] is sized for.
@@ -129,6 +142,7 @@ pub(crate) struct Dims {
     pub(crate) intermediate: usize,
     pub(crate) vocab: usize,
     pub(crate) layers: usize,
+    pub(crate) moe: Option<MoeConfig>,
 }
 
 impl Dims {
@@ -142,6 +156,7 @@ impl Dims {
             intermediate: cfg.intermediate_size,
             vocab: cfg.vocab_size,
             layers: cfg.num_hidden_layers,
+            moe: cfg.moe,
         }
     }
 
