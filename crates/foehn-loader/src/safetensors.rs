@@ -43,6 +43,9 @@ pub enum StDtype {
     F16,
     /// bfloat16 (the upper half of an `f32`).
     BF16,
+    /// 8-bit float E4M3 ("fn": no infinities, 0x7F/0xFF are NaN), the
+    /// weights of FP8 checkpoints, scaled by a `weight_scale_inv` tensor.
+    F8E4M3,
 }
 
 impl StDtype {
@@ -51,6 +54,7 @@ impl StDtype {
         match self {
             StDtype::F32 => 4,
             StDtype::F16 | StDtype::BF16 => 2,
+            StDtype::F8E4M3 => 1,
         }
     }
 
@@ -59,6 +63,7 @@ impl StDtype {
             Dtype::F32 => Some(StDtype::F32),
             Dtype::F16 => Some(StDtype::F16),
             Dtype::BF16 => Some(StDtype::BF16),
+            Dtype::F8_E4M3 => Some(StDtype::F8E4M3),
             _ => None,
         }
     }

@@ -90,6 +90,7 @@ fn to_dtype(d: StDtype) -> Dtype {
         StDtype::F32 => Dtype::F32,
         StDtype::F16 => Dtype::F16,
         StDtype::BF16 => Dtype::BF16,
+        StDtype::F8E4M3 => Dtype::F8_E4M3,
     }
 }
 
@@ -349,7 +350,7 @@ fn short_file_on_disk_is_malformed() {
 }
 
 #[test]
-fn dtypes_other_than_float_are_listed_but_refused() {
+fn dtypes_other_than_float_and_fp8_are_listed_but_refused() {
     let header = r#"{"__metadata__":{"format":"pt"},
         "f32":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},
         "f16":{"dtype":"F16","shape":[2,1],"data_offsets":[8,12]},
@@ -373,7 +374,9 @@ fn dtypes_other_than_float_are_listed_but_refused() {
         (StDtype::F16, &[2usize, 1][..], 4)
     );
 
-    for (name, ty) in [("ids", "I64"), ("f8", "F8_E4M3")] {
+    let f8 = model.tensor("f8").unwrap();
+    assert_eq!((f8.dtype, f8.data.len()), (StDtype::F8E4M3, 4));
+    for (name, ty) in [("ids", "I64")] {
         match model.tensor(name) {
             Err(LoadError::UnsupportedTensorType { name: n, ty: t }) => {
                 assert_eq!((n.as_str(), t.as_str()), (name, ty))

@@ -119,7 +119,7 @@ impl<B: Backend> Model<B> {
         cfg: ModelConfig,
         opts: &WeightOptions,
     ) -> Result<Self> {
-        let dense = StSource(model);
+        let dense = StSource::new(model);
         let tied = cfg.tie_word_embeddings || !dense.contains(Naming::Hf.output());
         let Some(ty) = opts.isq else {
             return Self::build(backend, &dense, cfg, Naming::Hf, RopeStyle::Halves, tied);

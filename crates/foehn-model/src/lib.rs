@@ -28,6 +28,7 @@ pub mod cpu;
 mod decoder;
 mod device;
 mod error;
+mod fp8;
 mod isq;
 pub mod moe;
 mod naming;

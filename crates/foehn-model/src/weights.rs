@@ -211,33 +211,107 @@ impl ByteSource for StTensorBytes {
 }
 
 /// A Hugging Face safetensors model as a source of weights (row-major shapes).
-pub(crate) struct StSource(pub(crate) Arc<SafetensorsModel>);
+/// Where a checkpoint keeps its text decoder: at the top (`model.…`,
+/// `lm_head.weight`), or inside a multimodal `Mistral3ForConditionalGeneration`
+/// (`language_model.model.…` / `language_model.lm_head.weight` of the first
+/// releases, `model.language_model.…` / `lm_head.weight` of transformers ≥ 4.52).
+/// The vision tower and projector are never read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TextPrefix {
+    None,
+    LanguageModel,
+    ModelLanguageModel,
+}
 
-fn st_type(dtype: StDtype) -> GgmlType {
+pub(crate) struct StSource {
+    model: Arc<SafetensorsModel>,
+    prefix: TextPrefix,
+}
+
+impl StSource {
+    /// The text decoder of `model`, wherever the checkpoint keeps it.
+    pub(crate) fn new(model: Arc<SafetensorsModel>) -> Self {
+        let prefix = if model.contains("model.embed_tokens.weight") {
+            TextPrefix::None
+        } else if model.contains("language_model.model.embed_tokens.weight") {
+            TextPrefix::LanguageModel
+        } else if model.contains("model.language_model.embed_tokens.weight") {
+            TextPrefix::ModelLanguageModel
+        } else {
+            TextPrefix::None
+        };
+        Self { model, prefix }
+    }
+
+    /// The file's name of the decoder tensor HF calls `name`.
+    fn resolve(&self, name: &str) -> String {
+        match self.prefix {
+            TextPrefix::None => name.to_string(),
+            TextPrefix::LanguageModel => format!("language_model.{name}"),
+            TextPrefix::ModelLanguageModel => match name.strip_prefix("model.") {
+                Some(rest) => format!("model.language_model.{rest}"),
+                None => name.to_string(),
+            },
+        }
+    }
+
+    /// An FP8 weight dequantized with its `weight_scale_inv` (as bf16).
+    fn fp8_matrix(&self, name: &str, data: &[u8], rows: usize, cols: usize) -> Result<QMatrix> {
+        let scale_name = format!("{name}_scale_inv");
+        let scale = self.model.tensor(&scale_name).map_err(|e| match e {
+            LoadError::MissingTensor(_) => ModelError::Config(format!(
+                "FP8 weight '{name}' has no '{scale_name}' (per-tensor or block scales)"
+            )),
+            e => load_err(e),
+        })?;
+        if scale.dtype == StDtype::F8E4M3 {
+            return Err(ModelError::Config(format!(
+                "'{scale_name}' is itself FP8; scales are F32, F16 or BF16"
+            )));
+        }
+        let layout = crate::fp8::ScaleLayout::of(&scale_name, scale.shape, rows, cols)?;
+        let mut scales = vec![0.0; scale.shape.iter().product::<usize>().max(1)];
+        dequantize_row(st_type(scale.dtype)?, scale.data, &mut scales)?;
+        let bytes = crate::fp8::dequantize_bf16(name, data, &scales, layout, rows, cols)?;
+        Ok(QMatrix::from_owned(GgmlType::BF16, rows, cols, bytes)?)
+    }
+}
+
+/// The kernels' type of a safetensors dtype that is computed as stored.
+fn st_type(dtype: StDtype) -> Result<GgmlType> {
     match dtype {
-        StDtype::F32 => GgmlType::F32,
-        StDtype::F16 => GgmlType::F16,
-        StDtype::BF16 => GgmlType::BF16,
+        StDtype::F32 => Ok(GgmlType::F32),
+        StDtype::F16 => Ok(GgmlType::F16),
+        StDtype::BF16 => Ok(GgmlType::BF16),
+        StDtype::F8E4M3 => Err(ModelError::Config(
+            "an FP8 tensor outside a linear layer (FP8 checkpoints keep norms and embeddings in \
+             16 bits)"
+                .into(),
+        )),
     }
 }
 
 impl TensorSource for StSource {
     fn contains(&self, name: &str) -> bool {
-        self.0.contains(name)
+        self.model.contains(&self.resolve(name))
     }
 
     fn matrix(&self, name: &str, rows: usize, cols: usize) -> Result<QMatrix> {
-        let t = self.0.tensor(name).map_err(load_err)?;
+        let name = self.resolve(name);
+        let t = self.model.tensor(&name).map_err(load_err)?;
         if t.shape != [rows, cols] {
-            return Err(shape_err(name, vec![rows, cols], t.shape.to_vec()));
+            return Err(shape_err(&name, vec![rows, cols], t.shape.to_vec()));
+        }
+        if t.dtype == StDtype::F8E4M3 {
+            return self.fp8_matrix(&name, t.data, rows, cols);
         }
         let len = t.data.len();
         let source = Arc::new(StTensorBytes {
-            model: Arc::clone(&self.0),
-            name: name.to_string(),
+            model: Arc::clone(&self.model),
+            name: name.clone(),
         });
         Ok(QMatrix::from_shared(
-            st_type(t.dtype),
+            st_type(t.dtype)?,
             rows,
             cols,
             source,
@@ -246,12 +320,13 @@ impl TensorSource for StSource {
     }
 
     fn vector(&self, name: &str, len: usize) -> Result<Vec<f32>> {
-        let t = self.0.tensor(name).map_err(load_err)?;
+        let name = self.resolve(name);
+        let t = self.model.tensor(&name).map_err(load_err)?;
         if t.shape != [len] {
-            return Err(shape_err(name, vec![len], t.shape.to_vec()));
+            return Err(shape_err(&name, vec![len], t.shape.to_vec()));
         }
         let mut out = vec![0.0; len];
-        dequantize_row(st_type(t.dtype), t.data, &mut out)?;
+        dequantize_row(st_type(t.dtype)?, t.data, &mut out)?;
         Ok(out)
     }
 
@@ -263,15 +338,20 @@ impl TensorSource for StSource {
         rows: usize,
         cols: usize,
     ) -> Result<QMatrix> {
-        let t = self.0.tensor(name).map_err(load_err)?;
+        let name = self.resolve(name);
+        let t = self.model.tensor(&name).map_err(load_err)?;
         if t.shape != [experts, rows, cols] {
-            return Err(shape_err(name, vec![experts, rows, cols], t.shape.to_vec()));
+            return Err(shape_err(
+                &name,
+                vec![experts, rows, cols],
+                t.shape.to_vec(),
+            ));
         }
-        let ty = st_type(t.dtype);
-        let range = expert_range(name, ty, t.data.len(), (expert, experts), (rows, cols))?;
+        let ty = st_type(t.dtype)?;
+        let range = expert_range(&name, ty, t.data.len(), (expert, experts), (rows, cols))?;
         let source = Arc::new(StTensorBytes {
-            model: Arc::clone(&self.0),
-            name: name.to_string(),
+            model: Arc::clone(&self.model),
+            name,
         });
         Ok(QMatrix::from_shared(ty, rows, cols, source, range)?)
     }
