@@ -5,6 +5,7 @@ llama.cpp's `yarn_log_multiplier` 1, so magnitude 1) and Llama-4 attention tempe
 (beta 0.1), no sliding window. Written with gguf-py, independently of foehn's writer.
 
 usage: make_tiny_mistral3.py tiny-mistral-F32.gguf OUT.gguf [--ctx 32768] [--no-temperature]
+(references: ref_llama.py --tokens-json ... --positions ...)
 """
 import argparse
 

@@ -3,7 +3,7 @@
 //! an original context of 16,384, magnitude 1, temperature beta 0.1, no
 //! window), teacher-forced over 16,512 tokens, so positions on both sides of
 //! the temperature's first step are checked against the float64 reference
-//! (`tests/tools/ref_mistral3.py`) and llama.cpp's `mistral3` on the same
+//! (`tests/tools/ref_llama.py`) and llama.cpp's `mistral3` on the same
 //! model (`tests/fixtures/tiny-mistral3`).
 
 mod common;
