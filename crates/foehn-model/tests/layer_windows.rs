@@ -9,7 +9,7 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{max_abs_diff, read_json, read_npy, tiny};
+use common::{max_abs_diff, read_json, read_npy, tiny, TinyHfDir};
 use foehn_loader::gguf::{GgufWriter, Value, ValueType};
 use foehn_loader::{config_from_gguf, config_from_hf, GgufFile, SafetensorsModel};
 use foehn_model::{Backend, KvCacheOptions, KvCacheType, LogitsMode, Model, Transformer};
@@ -18,7 +18,7 @@ use foehn_testkit::fixture;
 const TOL: f32 = 1e-3;
 
 /// tiny-mistral-F32.gguf with `llama.attention.sliding_window_pattern =
-/// [false, true]`, as `tests/tools/make_tiny_mixed_window.py` writes it.
+/// [false, true]`, as `tests/tools/derive_tiny.py mixed-window` writes it.
 fn mixed_gguf() -> Arc<GgufFile> {
     let src = GgufFile::open(tiny().join("gguf/tiny-mistral-F32.gguf")).unwrap();
     let mut w = GgufWriter::new();
@@ -110,19 +110,11 @@ fn hf_layer_types_give_the_same_model() {
     let mut config: serde_json::Value = read_json(&tiny().join("hf/config.json"));
     config["model_type"] = "ministral".into();
     config["layer_types"] = serde_json::json!(["full_attention", "sliding_attention"]);
-    let dir = std::env::temp_dir().join(format!("foehn-layer-types-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
-    std::fs::copy(
-        tiny().join("hf/model.safetensors"),
-        dir.join("model.safetensors"),
-    )
-    .unwrap();
-    let cfg = config_from_hf(&dir).unwrap();
+    let dir = TinyHfDir::new("layer-types", &config);
+    let cfg = config_from_hf(&dir.0).unwrap();
     assert_eq!(cfg.sliding_layers, Some(vec![false, true]));
-    let st = Arc::new(SafetensorsModel::open(&dir).unwrap());
+    let st = Arc::new(SafetensorsModel::open(&dir.0).unwrap());
     let model = Transformer::from_safetensors(st, cfg).unwrap();
-    std::fs::remove_dir_all(&dir).ok();
     check_against_reference(&model, 5, "HF");
 }
 

@@ -10,7 +10,7 @@ mod common;
 
 use std::sync::{Arc, OnceLock};
 
-use common::{max_abs_diff, read_json, read_npy, tiny};
+use common::{max_abs_diff, read_json, read_npy, tiny, TinyHfDir};
 use foehn_core::{AttnTemperature, ModelConfig, RopeScaling};
 use foehn_loader::gguf::{GgufWriter, Value};
 use foehn_loader::{config_from_gguf, config_from_hf, GgufFile, SafetensorsModel};
@@ -46,7 +46,7 @@ fn prompt() -> &'static (Vec<u32>, Vec<usize>) {
 }
 
 /// tiny-mistral-F32.gguf rewritten as a Ministral 3 file, as
-/// `tests/tools/make_tiny_mistral3.py` writes it with gguf-py.
+/// `tests/tools/derive_tiny.py mistral3` writes it with gguf-py.
 fn mistral3_gguf() -> Arc<GgufFile> {
     static FILE: OnceLock<Arc<GgufFile>> = OnceLock::new();
     FILE.get_or_init(|| {
@@ -257,24 +257,16 @@ fn hf_ministral3_config_gives_the_same_logits() {
         "architectures": ["Mistral3ForConditionalGeneration"], "model_type": "mistral3",
         "text_config": text, "vision_config": {"hidden_size": 1024}
     });
-    let dir = std::env::temp_dir().join(format!("foehn-ministral3-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("config.json"), top.to_string()).unwrap();
-    std::fs::copy(
-        tiny().join("hf/model.safetensors"),
-        dir.join("model.safetensors"),
-    )
-    .unwrap();
-    let cfg = config_from_hf(&dir).unwrap();
+    let dir = TinyHfDir::new("ministral3", &top);
+    let cfg = config_from_hf(&dir.0).unwrap();
     let gguf_cfg = config(true);
     assert_eq!(
         (&cfg.rope_scaling, cfg.attn_temperature),
         (&gguf_cfg.rope_scaling, gguf_cfg.attn_temperature)
     );
-    let st = Arc::new(SafetensorsModel::open(&dir).unwrap());
+    let st = Arc::new(SafetensorsModel::open(&dir.0).unwrap());
     let model = Transformer::from_safetensors(st, cfg).unwrap();
     let d = distances(&logits_at(&model, KvCacheType::F32), "ref.npy");
-    std::fs::remove_dir_all(&dir).ok();
     assert!(d.iter().all(|&x| x < TOL), "HF vs reference: {d:?}");
 }
 

@@ -77,3 +77,28 @@ pub fn tiny_gguf_with_retyped(tensor: &str, ty: foehn_kernels::GgmlType) -> foeh
     w.write_to(&mut bytes).unwrap();
     foehn_loader::GgufFile::from_bytes(bytes).unwrap()
 }
+
+/// A temporary HF model folder: tiny-mistral's safetensors beside `config`
+/// (removed when dropped).
+pub struct TinyHfDir(pub PathBuf);
+
+impl TinyHfDir {
+    /// Writes `config` as `config.json` next to a copy of tiny-mistral's weights.
+    pub fn new(tag: &str, config: &serde_json::Value) -> Self {
+        let dir = std::env::temp_dir().join(format!("foehn-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+        std::fs::copy(
+            tiny().join("hf/model.safetensors"),
+            dir.join("model.safetensors"),
+        )
+        .unwrap();
+        Self(dir)
+    }
+}
+
+impl Drop for TinyHfDir {
+    fn drop(&mut self) {
+        std::fs::remove_dir_all(&self.0).ok();
+    }
+}
