@@ -32,6 +32,7 @@
 #![forbid(unsafe_code)]
 
 mod config;
+mod constraint;
 mod error;
 mod penalties;
 mod sampler;
@@ -39,6 +40,7 @@ mod select;
 mod stop;
 
 pub use config::SamplerConfig;
+pub use constraint::{toktrie, ConstraintCompiler, TokenConstraint};
 pub use error::{Result, SamplerError};
 pub use sampler::Sampler;
 pub use stop::{StopCheck, StopStrings};
