@@ -1,10 +1,13 @@
-//! Token sampling and stop conditions.
+//! Token sampling, stop conditions and output constraints.
 //!
 //! [`Sampler`] turns one step's logits into a token id with llama.cpp's default
 //! chain — logit bias → repetition/frequency/presence penalties → top-k → top-p
 //! → min-p → temperature → draw — using partial selection rather than sorting
 //! the vocabulary, and without allocating per token. [`StopStrings`] watches the
 //! streamed text for stop strings, holding back text that might start one.
+//! [`TokenConstraint`] (llguidance) masks the logits to the tokens a JSON
+//! schema, regex or Lark grammar allows, built by a [`ConstraintCompiler`]
+//! per vocabulary.
 //!
 //! ```
 //! use foehn_sampler::{Sampler, SamplerConfig, StopStrings};
