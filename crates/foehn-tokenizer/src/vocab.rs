@@ -139,7 +139,11 @@ mod tests {
         let dir =
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/vocab");
         let text = "Hello, wörld! {\"a\": [1, 22]}\n\ttabs 🙂";
-        for file in ["smollm2-bpe.gguf", "mistral-v3-spm.gguf"] {
+        for file in [
+            "smollm2-bpe.gguf",
+            "mistral-v3-spm.gguf",
+            "../tiny-mistral/hf/tokenizer.json",
+        ] {
             let tok = Tokenizer::from_file(dir.join(file)).unwrap();
             let table = tok.token_bytes_table();
             assert_eq!(table.len(), tok.vocab_size());
