@@ -276,10 +276,11 @@ impl Generation {
         // equals it is exactly speculative sampling's acceptance (probability
         // p(draft), else a draw from p without it), and each row is the one
         // plain decoding would draw from, with the same random numbers.
-        // A constrained generation does not speculate: drafts would need the
-        // constraint's mask row by row; the tokens it forces are run as one
-        // chunk instead.
-        let drafter = if !session.speculate || constraint.is_some() {
+        // Constrained generations speculate as well: the constraint follows
+        // only the tokens sampled (each from its row, under the mask of the
+        // tokens before it), so a draft is kept exactly when plain decoding
+        // would have picked it.
+        let drafter = if !session.speculate {
             None
         } else {
             Some(match &model.inner.drafting {
@@ -596,7 +597,8 @@ impl Generation {
         let ran = match pending[..] {
             [] => Ok(()),
             [token] => self.advance(token),
-            _ => self.run(&pending, Run::Last),
+            // A sampled token and those forced after it: past any drafts.
+            _ => self.settle().and_then(|()| self.run(&pending, Run::Last)),
         };
         pending.clear();
         self.pending = pending;
