@@ -6,6 +6,9 @@
 //! cargo run --release --example generate -- --model model.gguf --raw --prompt "Once upon a time" -n 64
 //! cargo run --release --example generate -- --prompt-ids 1,415,2936 --force-ids 9,10 --top-logits 5 --json
 //! cargo run --release --example generate -- --model ./safetensors-dir --isq q4k --prompt "Hello"
+//! # structured output: JSON that a schema validates, text in a Lark grammar's language, or a regex match
+//! cargo run --release --example generate -- --json-schema person.schema.json --prompt "Describe a person"
+//! cargo run --release --example generate -- --grammar answer.lark --prompt "Is the sky blue?"
 //! # remote: any OpenAI-compatible server, or `hf` = the Hugging Face router (token from --api-key or HF_TOKEN)
 //! cargo run --release --example generate -- --remote hf --model-id mistralai/Mistral-7B-Instruct-v0.3:fastest --prompt "Hi"
 //! # routed: the local model (--model or the default one) and --remote, under a policy
@@ -17,6 +20,7 @@ mod common;
 use common::{check_remote_only, flag_list, given_flags, remote_client, LazyLocal};
 
 use std::io::{Read, Write};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -25,7 +29,8 @@ use clap::{CommandFactory, FromArgMatches, Parser};
 use foehn::engine::top_k;
 use foehn::remote::{Policy, Route, Router, RouterConfig};
 use foehn::{
-    CancelToken, Event, GenerateRequest, Generator, LoadOptions, LocalModel, Message, Prompt, Role,
+    CancelToken, Constraint, Event, GenerateRequest, Generator, LoadOptions, LocalModel, Message,
+    Prompt, Role,
 };
 
 /// Generate text with a local model, a remote OpenAI-compatible server, or a router between the two.
@@ -71,6 +76,15 @@ struct Args {
     /// Stop string (repeatable).
     #[arg(long)]
     stop: Vec<String>,
+    /// Structured output: the text is JSON that this JSON schema file validates.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["grammar", "regex", "force_ids"])]
+    json_schema: Option<PathBuf>,
+    /// Structured output: the text is in the language of this Lark grammar file (llguidance's dialect).
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["regex", "force_ids"])]
+    grammar: Option<PathBuf>,
+    /// Structured output: the text matches this regular expression.
+    #[arg(long, conflicts_with = "force_ids")]
+    regex: Option<String>,
     /// Worker threads (default: available cores).
     #[arg(long, short = 't')]
     threads: Option<usize>,
@@ -140,7 +154,7 @@ fn run(args: Args) -> Result<()> {
     if let Some(forced) = &args.force_ids {
         return teacher_force(&model, &prompt, forced, &args, load_ms);
     }
-    let request = build_request(&args, prompt);
+    let request = build_request(&args, prompt)?;
 
     let session = model.session()?;
     let mut generation = session
@@ -224,7 +238,7 @@ fn run_remote(args: Args, given_local_flags: &[&str]) -> Result<()> {
             )
         }
     };
-    let request = build_request(&args, read_prompt(&args)?);
+    let request = build_request(&args, read_prompt(&args)?)?;
     let started = Instant::now();
     let (mut ids, mut text) = (Vec::new(), String::new());
     let mut out = std::io::stdout().lock();
@@ -317,7 +331,23 @@ fn read_prompt(args: &Args) -> Result<Prompt> {
     })
 }
 
-fn build_request(args: &Args, prompt: Prompt) -> GenerateRequest {
+/// The constraint the structured-output flags ask for, read from its file.
+fn constraint(args: &Args) -> Result<Option<Constraint>> {
+    let read = |path: &PathBuf| {
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
+    };
+    Ok(if let Some(path) = &args.json_schema {
+        let schema = serde_json::from_str(&read(path)?)
+            .with_context(|| format!("{} is not JSON", path.display()))?;
+        Some(Constraint::JsonSchema(schema))
+    } else if let Some(path) = &args.grammar {
+        Some(Constraint::Lark(read(path)?))
+    } else {
+        args.regex.clone().map(Constraint::Regex)
+    })
+}
+
+fn build_request(args: &Args, prompt: Prompt) -> Result<GenerateRequest> {
     let mut request = GenerateRequest::new(prompt);
     request.max_tokens = Some(args.max_tokens);
     request.temperature = args.temp;
@@ -327,7 +357,8 @@ fn build_request(args: &Args, prompt: Prompt) -> GenerateRequest {
     request.repeat_penalty = args.repeat_penalty;
     request.seed = args.seed;
     request.stop = args.stop.clone();
-    request
+    request.constraint = constraint(args)?;
+    Ok(request)
 }
 
 /// `--force-ids`: feed the prompt, then each forced id, recording the logits

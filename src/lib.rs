@@ -72,8 +72,9 @@ pub use foehn_sampler as sampler;
 pub use foehn_tokenizer as tokenizer;
 
 pub use foehn_core::{
-    CancelToken, Capabilities, Completion, Event, EventStream, FinishReason, GenerateError,
-    GenerateRequest, Generator, Message, ModelConfig, Prompt, Role, TokenEvent, Usage,
+    CancelToken, Capabilities, Completion, Constraint, Event, EventStream, FinishReason,
+    GenerateError, GenerateRequest, Generator, Message, ModelConfig, Prompt, Role, TokenEvent,
+    Usage,
 };
 pub use foehn_engine::{Isq, LoadOptions, LocalModel, Session};
 pub use foehn_tokenizer::{EncodeOptions, Tokenizer};

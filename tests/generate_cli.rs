@@ -178,3 +178,66 @@ fn bad_requests_are_one_line_errors() {
         );
     }
 }
+
+/// `--json-schema` and `--grammar` on the default model: the text is JSON
+/// that the schema validates, or a sentence of the grammar; a schema that
+/// does not compile fails before any text.
+#[test]
+fn structured_output_flags_constrain_the_text() {
+    let dir = std::env::temp_dir().join(format!("foehn-generate-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let schema = dir.join("color.schema.json");
+    std::fs::write(
+        &schema,
+        r#"{"type": "object", "properties": {"name": {"type": "string", "maxLength": 16},
+            "rgb": {"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": 255},
+                    "minItems": 3, "maxItems": 3}},
+            "required": ["name", "rgb"], "additionalProperties": false}"#,
+    )
+    .unwrap();
+    let grammar = dir.join("answer.lark");
+    std::fs::write(&grammar, "start: \"yes\" | \"no\"\n").unwrap();
+    let bad = dir.join("bad.schema.json");
+    std::fs::write(&bad, r#"{"type": "no-such-type"}"#).unwrap();
+    let path = |p: &std::path::Path| p.to_str().unwrap().to_string();
+
+    let out = json(&generate(&[
+        "--prompt",
+        "Name a color and its RGB value as JSON.",
+        "--temp",
+        "0",
+        "-n",
+        "80",
+        "--json-schema",
+        &path(&schema),
+        "--json",
+    ]));
+    assert_eq!(out["finish_reason"], "stop", "{out}");
+    let value: serde_json::Value = serde_json::from_str(out["text"].as_str().unwrap()).unwrap();
+    let rgb = value["rgb"].as_array().expect("rgb");
+    assert!(value["name"].is_string() && rgb.len() == 3, "{value}");
+    assert!(
+        rgb.iter().all(|c| c.as_u64().is_some_and(|c| c <= 255)),
+        "{value}"
+    );
+
+    let out = json(&generate(&[
+        "--prompt",
+        "Is the sky blue?",
+        "--temp",
+        "0",
+        "-n",
+        "8",
+        "--grammar",
+        &path(&grammar),
+        "--json",
+    ]));
+    assert!(out["text"] == "yes" || out["text"] == "no", "{out}");
+
+    let failed = generate(&["--prompt", "x", "--json-schema", &path(&bad)]);
+    assert!(!failed.status.success());
+    assert!(failed.stdout.is_empty(), "no text before the error");
+    let err = String::from_utf8_lossy(&failed.stderr);
+    assert!(err.contains("does not compile"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

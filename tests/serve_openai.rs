@@ -115,7 +115,7 @@ fn the_official_openai_client_talks_to_serve() {
     eprintln!("{summary}");
     assert_eq!(
         summary["errors"],
-        json!({"unknown_model": 404, "n=2": 400, "context": 400, "bad_key": 401})
+        json!({"unknown_model": 404, "n=2": 400, "context": 400, "bad_key": 401, "bad_schema": 400})
     );
     // The server answers what the engine answers: the `generate` example's greedy text.
     let out = Command::new(common::example_bin("generate"))

@@ -137,7 +137,7 @@ impl Generator for LazyLocal {
             _ => Capabilities {
                 context_length: None,
                 tools: false,
-                json_schema: false,
+                json_schema: true,
                 token_prompts: true,
             },
         }

@@ -2,13 +2,15 @@
 
 Run by tests/serve_openai.rs: python openai_client.py BASE_URL MODEL API_KEY
 Checks models, chat and text completions (whole and streamed, greedy, so the
-two must agree), and the client's view of error answers. Prints one JSON
+two must agree), structured output (response_format), and the client's view
+of error answers. Prints one JSON
 summary line; any failed check raises (non-zero exit).
 """
 
 import json
 import sys
 
+import jsonschema
 import openai
 
 
@@ -88,6 +90,58 @@ def main() -> None:
         assert all(x <= 0 for x in top) and top[0] >= t.logprob, t
         assert len(top) == 2 or t.logprob == 0, t
 
+    # Structured output: response_format with a JSON schema (whole and
+    # streamed, the same greedy text) and json_object; the text is JSON that
+    # the schema validates, ending with finish_reason "stop".
+    schema = {
+        "type": "object",
+        "properties": {
+            "city": {"type": "string", "maxLength": 20},
+            "country": {"type": "string", "maxLength": 20},
+            "population": {"type": "integer", "minimum": 0},
+            "size": {"enum": ["small", "medium", "large"]},
+            "landmarks": {"type": "array", "items": {"type": "string", "maxLength": 20}, "maxItems": 2},
+        },
+        "required": ["city", "country", "population", "size", "landmarks"],
+        "additionalProperties": False,
+    }
+    response_format = {"type": "json_schema", "json_schema": {"name": "city", "schema": schema, "strict": True}}
+    city = [{"role": "user", "content": "Describe Paris as JSON."}]
+    structured = client.chat.completions.create(
+        model=model, messages=city, temperature=0, max_tokens=120, response_format=response_format
+    )
+    assert structured.choices[0].finish_reason == "stop", structured
+    record = json.loads(structured.choices[0].message.content)
+    jsonschema.validate(record, schema)
+    streamed = ""
+    for chunk in client.chat.completions.create(
+        model=model, messages=city, temperature=0, max_tokens=120, response_format=response_format, stream=True
+    ):
+        for c in chunk.choices:
+            streamed += c.delta.content or ""
+    assert streamed == structured.choices[0].message.content, (streamed, structured)
+    sampled = [
+        client.chat.completions.create(
+            model=model, messages=city, temperature=0.8, seed=seed, max_tokens=120, response_format=response_format
+        ).choices[0]
+        for seed in range(5)
+    ]
+    for choice in sampled:
+        assert choice.finish_reason == "stop", choice
+        jsonschema.validate(json.loads(choice.message.content), schema)
+    obj = client.chat.completions.create(
+        model=model,
+        messages=[{"role": "user", "content": "A short JSON object with a cat's name."}],
+        temperature=0,
+        max_tokens=60,
+        response_format={"type": "json_object"},
+    )
+    if obj.choices[0].finish_reason == "stop":
+        assert isinstance(json.loads(obj.choices[0].message.content), dict), obj
+    else:
+        assert obj.choices[0].finish_reason == "length", obj
+    summary["structured"] = record
+
     # Errors, as the client classifies them.
     errors = {}
     try:
@@ -115,6 +169,16 @@ def main() -> None:
     except openai.AuthenticationError as e:
         assert e.status_code == 401, e
         errors["bad_key"] = e.status_code
+    try:
+        client.chat.completions.create(
+            model=model,
+            messages=messages,
+            response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "no-such-type"}}},
+        )
+        raise AssertionError("a schema that does not compile was accepted")
+    except openai.BadRequestError as e:
+        assert e.status_code == 400, e
+        errors["bad_schema"] = e.status_code
     summary["errors"] = errors
 
     print(json.dumps(summary))

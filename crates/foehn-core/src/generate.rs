@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::Constraint;
+
 /// Who wrote a chat message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -126,6 +128,10 @@ pub struct GenerateRequest {
     pub response_format: Option<serde_json::Value>,
     /// OpenAI `tools`, passed through to remotes that support them.
     pub tools: Option<serde_json::Value>,
+    /// What the output must match (`None`: what `response_format` asks for,
+    /// if anything); see [`GenerateRequest::output_constraint`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub constraint: Option<Constraint>,
 }
 
 impl GenerateRequest {
@@ -157,6 +163,18 @@ impl GenerateRequest {
             logprobs: None,
             response_format: None,
             tools: None,
+            constraint: None,
+        }
+    }
+
+    /// The constraint the output must match: [`GenerateRequest::constraint`]
+    /// when set, else the one `response_format` asks for; an error when
+    /// `response_format` is malformed.
+    pub fn output_constraint(&self) -> Result<Option<Constraint>, GenerateError> {
+        match (&self.constraint, &self.response_format) {
+            (Some(c), _) => Ok(Some(c.clone())),
+            (None, Some(format)) if !format.is_null() => Constraint::from_response_format(format),
+            (None, _) => Ok(None),
         }
     }
 }

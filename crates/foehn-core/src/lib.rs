@@ -5,9 +5,11 @@
 #![forbid(unsafe_code)]
 
 mod config;
+mod constraint;
 mod generate;
 
 pub use config::{AttnTemperature, ModelConfig, MoeConfig, RopeScaling};
+pub use constraint::Constraint;
 pub use generate::{
     CancelToken, Capabilities, Completion, Event, EventStream, FinishReason, GenerateError,
     GenerateRequest, Generator, Message, Prompt, Role, Timings, TokenEvent, Usage,

@@ -4,6 +4,7 @@
 
 #![forbid(unsafe_code)]
 
+mod constraint;
 mod error;
 mod isq;
 mod local;

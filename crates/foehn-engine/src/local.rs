@@ -1,14 +1,14 @@
 //! `LocalModel`: a model file loaded once, with its tokenizer and chat template.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use foehn_chat::{encode_mistral_chat, mistral_version, ChatTemplate, MistralVersion};
 use foehn_core::ModelConfig;
 use foehn_core::{
-    CancelToken, Capabilities, EventStream, GenerateError, GenerateRequest, Generator, Message,
-    Prompt,
+    CancelToken, Capabilities, Constraint, EventStream, GenerateError, GenerateRequest, Generator,
+    Message, Prompt,
 };
 use foehn_hub::FetchOptions;
 use foehn_loader::safetensors::SafetensorsModel;
@@ -17,6 +17,7 @@ use foehn_model::{
     ActPrecision, CandleDevice, Compute, Cpu, Decoder, Isa, KvCacheOptions, KvCacheType, Model,
     SessionOptions, Transformer, WeightOptions,
 };
+use foehn_sampler::{ConstraintCompiler, TokenConstraint};
 use foehn_tokenizer::{EncodeOptions, Tokenizer};
 
 use crate::isq::Isq;
@@ -92,7 +93,10 @@ pub struct LocalModel {
 pub(crate) struct Inner {
     /// The transformer, on the backend it was loaded for.
     pub(crate) net: Arc<dyn Decoder>,
-    pub(crate) tokenizer: Tokenizer,
+    pub(crate) tokenizer: Arc<Tokenizer>,
+    /// The compiler of output constraints, built on first use (it indexes
+    /// the vocabulary); an error message if the vocabulary does not fit.
+    constraints: OnceLock<std::result::Result<ConstraintCompiler, String>>,
     template: Option<ChatTemplate>,
     mistral: Option<MistralVersion>,
     pub(crate) session_opts: SessionOptions,
@@ -240,7 +244,8 @@ impl LocalModel {
             .unwrap_or_default();
         let inner = Inner {
             net,
-            tokenizer,
+            tokenizer: Arc::new(tokenizer),
+            constraints: OnceLock::new(),
             template,
             mistral,
             session_opts,
@@ -294,6 +299,24 @@ impl LocalModel {
             .cache
             .ctx_len
             .unwrap_or(foehn_model::DEFAULT_CTX_LEN.min(max))
+    }
+
+    /// Compiles an output constraint for this model's vocabulary: the state
+    /// a generation under it starts from. What does not compile (a
+    /// malformed schema, regex or grammar) is an invalid request.
+    pub fn compile_constraint(&self, constraint: &Constraint) -> Result<TokenConstraint> {
+        let inner = &self.inner;
+        let compiler = inner
+            .constraints
+            .get_or_init(|| {
+                crate::constraint::compiler(&inner.tokenizer, self.config().vocab_size)
+                    .map_err(|e| e.to_string())
+            })
+            .as_ref()
+            .map_err(|e| EngineError::Other(format!("structured output: {e}")))?;
+        compiler
+            .compile(constraint)
+            .map_err(|e| GenerateError::InvalidRequest(e.to_string()).into())
     }
 
     /// A new session (its own KV cache) over this model.
@@ -356,7 +379,7 @@ impl Generator for LocalModel {
         Capabilities {
             context_length: u32::try_from(self.context_length()).ok(),
             tools: false,
-            json_schema: false,
+            json_schema: true,
             token_prompts: true,
         }
     }

@@ -1,5 +1,6 @@
 //! Sessions (a KV cache over a shared model) and the token-by-token generation loop.
 
+use std::collections::VecDeque;
 use std::time::Instant;
 
 use foehn_core::{
@@ -7,12 +8,12 @@ use foehn_core::{
     TokenEvent, Usage,
 };
 use foehn_model::{DecoderSession, LogitsMode};
-use foehn_sampler::{Sampler, SamplerConfig, StopStrings};
+use foehn_sampler::{Sampler, SamplerConfig, StopStrings, TokenConstraint};
 use foehn_tokenizer::StreamDecoder;
 
 use crate::local::{Inner, LocalModel};
 use crate::spec::{Drafter, Drafting, MAX_DRAFT};
-use crate::Result;
+use crate::{EngineError, Result};
 
 /// One conversation with a [`LocalModel`]: its own KV cache, kept across
 /// requests so a follow-up only prefills the tokens it does not share with
@@ -189,8 +190,13 @@ pub struct Generation {
     max_tokens: Option<u32>,
     cancel: CancelToken,
     generated: u32,
-    /// A token sampled and emitted but not yet run through the model.
-    pending: Option<u32>,
+    /// Tokens emitted but not yet run through the model: the last sampled
+    /// one, and those a constraint forced after it.
+    pending: Vec<u32>,
+    /// Tokens a constraint forces next, emitted before the next sample.
+    forced: VecDeque<u32>,
+    /// What the output must match, when the request says.
+    constraint: Option<TokenConstraint>,
     prefilled: bool,
     finished: Option<FinishReason>,
     done: bool,
@@ -253,6 +259,12 @@ impl Generation {
         };
         let vocab = model.config().vocab_size;
         let mut sampler = Sampler::new(config, vocab)?;
+        // Compiled before any token, so a constraint that does not compile
+        // is an error of the request.
+        let constraint = match request.output_constraint()? {
+            Some(c) => Some(model.compile_constraint(&c)?),
+            None => None,
+        };
         let reused = session.reuse_prefix(&prompt);
         // Penalties look at the prompt too, as llama.cpp's do.
         for &t in &prompt {
@@ -264,6 +276,10 @@ impl Generation {
         // equals it is exactly speculative sampling's acceptance (probability
         // p(draft), else a draw from p without it), and each row is the one
         // plain decoding would draw from, with the same random numbers.
+        // Constrained generations speculate as well: the constraint follows
+        // only the tokens sampled (each from its row, under the mask of the
+        // tokens before it), so a draft is kept exactly when plain decoding
+        // would have picked it.
         let drafter = if !session.speculate {
             None
         } else {
@@ -299,7 +315,9 @@ impl Generation {
             max_tokens: request.max_tokens,
             cancel,
             generated: 0,
-            pending: None,
+            pending: Vec::with_capacity(MAX_DRAFT + 1),
+            forced: VecDeque::new(),
+            constraint,
             prefilled: false,
             finished: None,
             done: false,
@@ -502,18 +520,17 @@ impl Generation {
             self.settle()?;
             return Ok(Some(self.done_event(FinishReason::Cancelled)));
         }
-        if !self.prefilled {
-            let kept = self.session.cached.len();
-            let rest = self.prompt[kept..].to_vec();
-            let t = Instant::now();
-            self.run(&rest, Run::Prefill)?;
-            self.prefill_time = Some(t.elapsed());
-            self.prefilled = true;
-        } else if let Some(token) = self.pending.take() {
-            self.advance(token)?;
+        if let Some(token) = self.forced.pop_front() {
+            // Forced: the only token the constraint allows, probability 1.
+            let logprob = self.logprobs.map(|_| 0.0);
+            return self.emit(token, logprob, Vec::new()).map(Some);
         }
+        self.next_logits()?;
         if self.record_k > 0 {
             self.recorded.push(top_k(&self.logits, self.record_k));
+        }
+        if let Some(c) = &mut self.constraint {
+            c.apply_mask(&mut self.logits)?;
         }
         let (token, logprob) = if self.logprobs.is_some() {
             let (t, lp) = self.sampler.sample_with_logprob(&mut self.logits);
@@ -523,38 +540,101 @@ impl Generation {
         };
         self.sampler.accept(token);
         self.first_token.get_or_insert_with(Instant::now);
-        let model = self.session.model.clone();
-        let tok = &model.inner.tokenizer;
         if self.is_end_token(token) {
             self.finished = Some(FinishReason::Stop);
             return self.step();
         }
-        self.generated += 1;
-        let piece = self.decoder.push(tok, token)?;
-        let check = self.stop.push(&piece);
+        if let Some(c) = &mut self.constraint {
+            c.commit(token)?;
+            self.forced.extend(c.forced()?);
+        }
         let top_logprobs = match self.logprobs {
-            Some(k) if k > 0 => self
-                .sampler
-                .top_logprobs(k)
-                .into_iter()
-                .map(|(id, lp)| (tok.token_text(id).unwrap_or_default(), lp))
-                .collect(),
+            Some(k) if k > 0 => {
+                let tok = &self.session.model.inner.tokenizer;
+                self.sampler
+                    .top_logprobs(k)
+                    .into_iter()
+                    .map(|(id, lp)| (tok.token_text(id).unwrap_or_default(), lp))
+                    .collect()
+            }
             _ => Vec::new(),
         };
-        let ctx_full = self.next_position() + 1 >= self.session.state.ctx_len();
-        if check.stopped.is_some() {
+        self.emit(token, logprob, top_logprobs).map(Some)
+    }
+
+    /// Makes `self.logits` those after the tokens emitted so far: the
+    /// prompt's prefill first, then the pending tokens. A constraint's mask
+    /// for the same point is computed meanwhile on another thread (it
+    /// depends on the tokens, not on the logits).
+    fn next_logits(&mut self) -> Result<()> {
+        let Some(mut constraint) = self.constraint.take() else {
+            return self.run_pending();
+        };
+        let (ran, masked) = std::thread::scope(|scope| {
+            let mask = scope.spawn(|| constraint.compute_mask());
+            let ran = self.run_pending();
+            (ran, mask.join())
+        });
+        self.constraint = Some(constraint);
+        ran?;
+        masked.map_err(|_| EngineError::Other("the token-mask thread panicked".into()))??;
+        Ok(())
+    }
+
+    /// Prefills the prompt, or runs the pending tokens: one as speculation
+    /// allows, several (a sampled token and those forced after it) as one chunk.
+    fn run_pending(&mut self) -> Result<()> {
+        if !self.prefilled {
+            let kept = self.session.cached.len();
+            let rest = self.prompt[kept..].to_vec();
+            let t = Instant::now();
+            self.run(&rest, Run::Prefill)?;
+            self.prefill_time = Some(t.elapsed());
+            self.prefilled = true;
+            return Ok(());
+        }
+        let mut pending = std::mem::take(&mut self.pending);
+        let ran = match pending[..] {
+            [] => Ok(()),
+            [token] => self.advance(token),
+            // A sampled token and those forced after it: past any drafts.
+            _ => self.settle().and_then(|()| self.run(&pending, Run::Last)),
+        };
+        pending.clear();
+        self.pending = pending;
+        ran
+    }
+
+    /// Emits a generated token (sampled, or forced by the constraint) and
+    /// decides whether the generation ends after it.
+    fn emit(
+        &mut self,
+        token: u32,
+        logprob: Option<f32>,
+        top_logprobs: Vec<(String, f32)>,
+    ) -> Result<Event> {
+        let model = self.session.model.clone();
+        self.generated += 1;
+        let piece = self.decoder.push(&model.inner.tokenizer, token)?;
+        let check = self.stop.push(&piece);
+        self.pending.push(token);
+        let complete = self.forced.is_empty()
+            && self
+                .constraint
+                .as_ref()
+                .is_some_and(TokenConstraint::is_finished);
+        let ctx_full = self.next_position() + self.pending.len() >= self.session.state.ctx_len();
+        if check.stopped.is_some() || complete {
             self.finished = Some(FinishReason::Stop);
         } else if self.max_tokens.is_some_and(|m| self.generated >= m) || ctx_full {
             self.finished = Some(FinishReason::Length);
-        } else {
-            self.pending = Some(token);
         }
-        Ok(Some(Event::Token(TokenEvent {
+        Ok(Event::Token(TokenEvent {
             text: check.text,
             id: Some(token),
             logprob,
             top_logprobs,
-        })))
+        }))
     }
 
     /// End-of-generation tokens: EOS, and any control token other than BOS

@@ -6,7 +6,7 @@
 //! Unknown fields (`user`, `metadata`, …) are ignored; a known field of the
 //! wrong type is an error that names it (with `serde_path_to_error`).
 
-use foehn_core::{Capabilities, GenerateRequest, Message, Prompt, Role};
+use foehn_core::{Capabilities, Constraint, GenerateRequest, Message, Prompt, Role};
 use serde::de::{Deserializer, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -411,7 +411,10 @@ impl RequestBody {
                     stream_options,
                     logprobs: request.logprobs.map(|_| true),
                     top_logprobs: request.logprobs,
-                    response_format: request.response_format.clone(),
+                    response_format: match &request.constraint {
+                        Some(c) => c.to_response_format(),
+                        None => request.response_format.clone(),
+                    },
                     tools: request.tools.clone(),
                     ..ChatRequest::default()
                 };
@@ -559,6 +562,8 @@ impl ChatRequest {
                     "this model does not support structured output (only {\"type\": \"text\"})",
                 ));
             }
+            Constraint::from_response_format(&format)
+                .map_err(|e| RequestError::param("response_format", e.to_string()))?;
             req.response_format = Some(format);
         }
         Ok(req)

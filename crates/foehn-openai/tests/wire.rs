@@ -550,3 +550,41 @@ fn model_lists_are_openais_json_and_ollamas_reads() {
         .entries()
         .is_none());
 }
+
+#[test]
+fn response_formats_are_checked_and_constraints_go_out_as_response_formats() {
+    let caps = Capabilities {
+        json_schema: true,
+        ..Capabilities::default()
+    };
+    let chat = |format: Value| -> ChatRequest {
+        serde_json::from_value(json!({
+            "messages": [{"role": "user", "content": "hi"}],
+            "response_format": format,
+        }))
+        .unwrap()
+    };
+    let schema = json!({"type": "object", "properties": {"a": {"type": "integer"}}});
+    let format = json!({"type": "json_schema", "json_schema": {"name": "a", "schema": schema, "strict": true}});
+    let req = chat(format.clone()).into_generate(&caps).unwrap();
+    assert_eq!(req.response_format, Some(format));
+    assert_eq!(
+        req.output_constraint().unwrap(),
+        Some(foehn_core::Constraint::JsonSchema(schema.clone()))
+    );
+    for bad in [json!({"type": "yaml"}), json!({"type": "json_schema"})] {
+        let e = chat(bad.clone()).into_generate(&caps).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("response_format"), "{bad}: {e:?}");
+    }
+    // A Rust-API constraint is written as OpenAI's response_format.
+    let mut constrained = GenerateRequest::chat(vec![Message::user("hi")]);
+    constrained.constraint = Some(foehn_core::Constraint::JsonSchema(schema.clone()));
+    let RequestBody::Chat(body) =
+        RequestBody::streaming(&constrained, "m", ClientOptions::default())
+    else {
+        panic!("a chat goes to the chat endpoint")
+    };
+    let written = serde_json::to_value(&body).unwrap();
+    assert_eq!(written["response_format"]["type"], "json_schema");
+    assert_eq!(written["response_format"]["json_schema"]["schema"], schema);
+}

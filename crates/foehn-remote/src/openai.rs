@@ -296,6 +296,24 @@ impl OpenAiClient {
                 self.name
             )));
         }
+        // A constraint travels as `response_format`, which only chats carry
+        // and which says JSON only: anything else is refused, not dropped.
+        if let Some(constraint) = request.output_constraint()? {
+            if constraint.to_response_format().is_none() {
+                return Err(GenerateError::InvalidRequest(format!(
+                    "{}: a {} constraint is for the local engine; remote providers take JSON \
+                     schemas and JSON objects (response_format)",
+                    self.name,
+                    constraint.kind()
+                )));
+            }
+            if !matches!(request.prompt, Prompt::Chat(_)) {
+                return Err(GenerateError::InvalidRequest(format!(
+                    "{}: structured output (response_format) needs a chat prompt",
+                    self.name
+                )));
+            }
+        }
         let options = ClientOptions {
             include_usage: self.include_usage,
             extended_sampling: self.extended_sampling,
@@ -872,7 +890,7 @@ fn clip(s: &str, n: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use foehn_core::Message;
+    use foehn_core::{Constraint, Message};
     use serde_json::json;
 
     /// The body as JSON, and its endpoint.
@@ -969,6 +987,23 @@ mod tests {
         req.prompt = Prompt::Tokens(vec![1]);
         assert!(matches!(
             client.request_body(&req),
+            Err(GenerateError::InvalidRequest(_))
+        ));
+        // A constraint goes out as response_format on chats, and is refused
+        // where it cannot go.
+        let mut chat = GenerateRequest::chat(vec![Message::user("hi")]);
+        chat.constraint = Some(Constraint::JsonObject);
+        let (body, _) = body_of(&client, &chat).unwrap();
+        assert_eq!(body["response_format"], json!({"type": "json_object"}));
+        chat.constraint = Some(Constraint::Regex("a+".into()));
+        assert!(matches!(
+            client.request_body(&chat),
+            Err(GenerateError::InvalidRequest(_))
+        ));
+        let mut text = GenerateRequest::text("a");
+        text.constraint = Some(Constraint::JsonObject);
+        assert!(matches!(
+            client.request_body(&text),
             Err(GenerateError::InvalidRequest(_))
         ));
         assert!(matches!(

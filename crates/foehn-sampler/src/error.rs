@@ -32,6 +32,9 @@ pub enum SamplerError {
     /// The vocabulary size is 0 or does not fit token ids (`u32`).
     #[error("vocabulary size must be between 1 and 2^32, got {0}")]
     InvalidVocabSize(usize),
+    /// A constraint does not compile, or the text can no longer satisfy it.
+    #[error("constraint: {0}")]
+    Constraint(String),
 }
 
 /// `Result` with a [`SamplerError`].

@@ -1,10 +1,13 @@
-//! Token sampling and stop conditions.
+//! Token sampling, stop conditions and output constraints.
 //!
 //! [`Sampler`] turns one step's logits into a token id with llama.cpp's default
 //! chain — logit bias → repetition/frequency/presence penalties → top-k → top-p
 //! → min-p → temperature → draw — using partial selection rather than sorting
 //! the vocabulary, and without allocating per token. [`StopStrings`] watches the
 //! streamed text for stop strings, holding back text that might start one.
+//! [`TokenConstraint`] (llguidance) masks the logits to the tokens a JSON
+//! schema, regex or Lark grammar allows, built by a [`ConstraintCompiler`]
+//! per vocabulary.
 //!
 //! ```
 //! use foehn_sampler::{Sampler, SamplerConfig, StopStrings};
@@ -32,6 +35,7 @@
 #![forbid(unsafe_code)]
 
 mod config;
+mod constraint;
 mod error;
 mod penalties;
 mod sampler;
@@ -39,6 +43,7 @@ mod select;
 mod stop;
 
 pub use config::SamplerConfig;
+pub use constraint::{toktrie, ConstraintCompiler, TokenConstraint};
 pub use error::{Result, SamplerError};
 pub use sampler::Sampler;
 pub use stop::{StopCheck, StopStrings};

@@ -18,6 +18,7 @@ mod spm;
 mod stream;
 mod tekken;
 mod tokenizer;
+mod vocab;
 
 pub use error::{Result, TokenizerError};
 pub use stream::StreamDecoder;

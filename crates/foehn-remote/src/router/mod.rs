@@ -473,10 +473,11 @@ impl Inner {
     fn eligible(&self, request: &GenerateRequest) -> (Vec<usize>, Vec<String>) {
         let mut ok = Vec::new();
         let mut refused = Vec::new();
-        let needs_format = request
-            .response_format
-            .as_ref()
-            .is_some_and(|f| f.get("type").and_then(|t| t.as_str()) != Some("text"));
+        let needs_format = request.constraint.is_some()
+            || request
+                .response_format
+                .as_ref()
+                .is_some_and(|f| f.get("type").and_then(|t| t.as_str()) != Some("text"));
         let prompt_min = prompt_tokens_lower_bound(&request.prompt);
         for (i, route) in self.routes.iter().enumerate() {
             let caps = route.generator.capabilities();
