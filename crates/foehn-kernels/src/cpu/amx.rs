@@ -159,16 +159,17 @@ fn config(g: usize, tail: usize) -> Aligned<[u8; 64]> {
     Aligned(cfg)
 }
 
-/// `c = a · b` for one group, on the registers of `T`: 0 and 1 the two
-/// sets for 16 activation rows, 2 the last block's. `a`: the group's
+/// `a · b` for one group into the sums register of `T` (0 and 1: the two
+/// sets for 16 activation rows, 2: the last block's). `a`: the group's
 /// levels of the activation rows, `stride` bytes apart; `b`: the group's
-/// signed weight levels (rows of 64 bytes); `c`: 16 i32 a row.
+/// signed weight levels (rows of 64 bytes). The sums are stored apart
+/// ([`store_sums`]), later, so that loads meanwhile do not wait for them.
 ///
 /// # Safety
 /// The tiles must be configured ([`config`]) for the group; `a` readable
-/// for the configured rows, `b` for the group, `c` writable for the rows.
+/// for the configured rows, `b` for the group.
 #[inline(always)]
-unsafe fn group_product<const T: usize>(a: *const i8, stride: usize, b: *const u8, c: *mut i32) {
+unsafe fn group_product<const T: usize>(a: *const i8, stride: usize, b: *const u8) {
     macro_rules! product {
         ($a:literal, $b:literal, $c:literal) => {
             asm!(
@@ -176,21 +177,43 @@ unsafe fn group_product<const T: usize>(a: *const i8, stride: usize, b: *const u
                 concat!("tileloadd ", $b, ", [{b} + {line}*1]"),
                 concat!("tilezero ", $c),
                 concat!("tdpbssd ", $c, ", ", $a, ", ", $b),
-                concat!("tilestored [{c} + {line}*1], ", $c),
                 a = in(reg) a,
                 stride = in(reg) stride,
                 b = in(reg) b,
+                line = in(reg) 4 * TILE,
+                options(nostack, readonly),
+            )
+        };
+    }
+    // The registers of `A0`, `B0`, `C0`; `A1`, `B1`, `C1`; `A_TAIL`, `B0`, `C_TAIL`.
+    match T {
+        0 => product!("tmm2", "tmm4", "tmm0"),
+        1 => product!("tmm3", "tmm5", "tmm1"),
+        _ => product!("tmm7", "tmm4", "tmm6"),
+    }
+}
+
+/// Stores the sums register of `T` (see [`group_product`]) at `c`, 16 i32
+/// a row.
+///
+/// # Safety
+/// The tiles must be configured; `c` writable for the register's rows.
+#[inline(always)]
+unsafe fn store_sums<const T: usize>(c: *mut i32) {
+    macro_rules! store {
+        ($c:literal) => {
+            asm!(
+                concat!("tilestored [{c} + {line}*1], ", $c),
                 c = in(reg) c,
                 line = in(reg) 4 * TILE,
                 options(nostack),
             )
         };
     }
-    // The registers of `C0`, `A0`, `B0`; `C1`, `A1`, `B1`; `C_TAIL`, `A_TAIL`, `B0`.
     match T {
-        0 => product!("tmm2", "tmm4", "tmm0"),
-        1 => product!("tmm3", "tmm5", "tmm1"),
-        _ => product!("tmm7", "tmm4", "tmm6"),
+        0 => store!("tmm0"),
+        1 => store!("tmm1"),
+        _ => store!("tmm6"),
     }
 }
 
@@ -312,30 +335,24 @@ unsafe fn step<
             }
         }
     }
-    // Superblocks: each group's scale times each shift 0..=3 (exact), so
-    // that `cvt(sum) · (sc · 2^sh)` is the VNNI kernel's `cvt(sum << sh) · sc`.
-    let mut scaled = Aligned([zero; 4 * MAX_STEP]);
+    let mut sc = [zero; K];
     if SUP {
         let scp = ub.add(2 * TILE * sets);
-        for k in 0..K {
-            let sc = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(
+        for (k, sc) in sc.iter_mut().enumerate() {
+            *sc = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(
                 scp.add(k * TILE).cast(),
             )));
-            for sh in 0..4 {
-                scaled.0[4 * k + sh] = _mm512_mul_ps(sc, _mm512_set1_ps((1u32 << sh) as f32));
-            }
         }
     }
-    let scaled = &scaled.0;
-    // The scaling of group k's sums `x` of activation row `r` into `f`
-    // (superblocks: Σ_g; legacy groups: the row's output).
+    // Group k's sums `x` of activation row `r` scaled into `f` (superblocks:
+    // Σ_g sc_g · (Σ (u − off)·a << shift); legacy groups: the row's output).
     let scale = |f: __m512, x: __m512i, r: usize, k: usize| -> __m512 {
-        let x = _mm512_cvtepi32_ps(x);
         if SUP {
-            let sh = *p.shift.add(r * nb + (g0 + k) * G / ACT_BLOCK) as usize;
-            _mm512_fmadd_ps(x, scaled[4 * k + (sh & 3)], f)
+            let sh = *p.shift.add(r * nb + (g0 + k) * G / ACT_BLOCK) as i32;
+            let x = _mm512_sllv_epi32(x, _mm512_set1_epi32(sh));
+            _mm512_fmadd_ps(_mm512_cvtepi32_ps(x), sc[k], f)
         } else {
-            let mut v = _mm512_mul_ps(d[k], x);
+            let mut v = _mm512_mul_ps(d[k], _mm512_cvtepi32_ps(x));
             if MIN {
                 let sa = f32::from(*p.sums.add(r * ng + g0 + k));
                 v = _mm512_fmadd_ps(dm[k], _mm512_set1_ps(sa), v);
@@ -344,8 +361,8 @@ unsafe fn step<
             _mm512_fmadd_ps(v, _mm512_set1_ps(s), f)
         }
     };
-    // Superblocks: `f` (Σ_g) times d, plus the mins (Σ_g m_g·sa_g over
-    // pairs of groups) times dmin, times D, added to `acc`.
+    // Superblocks: Σ_g times d, plus the mins (Σ_g m_g·sa_g over pairs of
+    // groups) times dmin, times D, added to `acc`.
     let finish = |acc: &mut __m512, f: __m512, r: usize| {
         let mut v = _mm512_mul_ps(d[0], f);
         if MIN {
@@ -359,39 +376,36 @@ unsafe fn step<
         }
         *acc = _mm512_fmadd_ps(v, _mm512_set1_ps(*p.sd.add(r * ns + u)), *acc);
     };
-    let sum = |k: usize, m: usize| _mm512_load_si512(p.c.add((k * TILE + m) * TILE).cast());
+    let sum = |c: *const i32, m: usize| _mm512_load_si512(c.add(m * TILE).cast());
     for blk in 0..p.blocks {
         let first = p.r0 + blk * TILE;
         let a = p.qs.add(first * cols + g0 * G);
-        let product = |k: usize, full: bool| {
-            let (ak, bk, ck) = (
-                a.add(k * G),
-                p.b.add(k * G * TILE),
-                p.c.add(k * TILE * TILE),
-            );
-            if !full {
-                group_product::<2>(ak, cols, bk, ck);
-            } else if k.is_multiple_of(2) {
-                group_product::<0>(ak, cols, bk, ck);
-            } else {
-                group_product::<1>(ak, cols, bk, ck);
-            }
-        };
+        let ak = |k: usize| a.add(k * G);
+        let bk = |k: usize| p.b.add(k * G * TILE);
         let acc = &mut acc[blk * TILE..];
         if blk + 1 < p.blocks || p.tail == 0 {
-            // 16 rows: one accumulator register per row, and the next
-            // group's tile product runs while this one's sums are scaled.
+            // 16 rows, one register each: group k + 1's product runs on
+            // the tiles while group k's sums are scaled.
             let mut f = [zero; TILE];
             if !SUP {
                 f.copy_from_slice(&acc[..TILE]);
             }
-            product(0, true);
+            group_product::<0>(ak(0), cols, bk(0));
             for k in 0..K {
-                if k + 1 < K {
-                    product(k + 1, true);
+                let c = p.c.add(k % 2 * TILE * TILE);
+                if k.is_multiple_of(2) {
+                    if k + 1 < K {
+                        group_product::<1>(ak(k + 1), cols, bk(k + 1));
+                    }
+                    store_sums::<0>(c);
+                } else {
+                    if k + 1 < K {
+                        group_product::<0>(ak(k + 1), cols, bk(k + 1));
+                    }
+                    store_sums::<1>(c);
                 }
                 for (m, f) in f.iter_mut().enumerate() {
-                    *f = scale(*f, sum(k, m), first + m, k);
+                    *f = scale(*f, sum(c, m), first + m, k);
                 }
             }
             for (m, (acc, &f)) in acc.iter_mut().zip(&f).enumerate() {
@@ -403,12 +417,13 @@ unsafe fn step<
             }
         } else {
             for k in 0..K {
-                product(k, false);
+                group_product::<2>(ak(k), cols, bk(k));
+                store_sums::<2>(p.c.add(k * TILE * TILE));
             }
             for (m, acc) in acc.iter_mut().take(p.tail).enumerate() {
                 let mut f = if SUP { zero } else { *acc };
                 for k in 0..K {
-                    f = scale(f, sum(k, m), first + m, k);
+                    f = scale(f, sum(p.c.add(k * TILE * TILE), m), first + m, k);
                 }
                 if SUP {
                     finish(acc, f, first + m);

@@ -271,10 +271,10 @@ pub(crate) struct TileKernel {
 /// The most activation rows one [`TileKernel::run_rows`] call computes.
 pub(crate) const MAX_CALL_ROWS: usize = 64;
 
-/// The fewest activation rows [`TileKernel::run_rows`] computes on the
-/// kernel for many rows: below, one tile product per group costs more than
-/// the 4-row kernel's dot products.
-const MANY_MIN_ROWS: usize = 8;
+/// Activation rows [`TileKernel::run_rows`] computes on the kernel for
+/// many rows at a time (the rest on the 4-row kernel): its tile
+/// instructions compute 16 rows, so fewer cost as much.
+pub(crate) const MANY_ROWS: usize = 16;
 
 impl std::fmt::Debug for TileKernel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -311,6 +311,12 @@ impl TileKernel {
         &self.fmt
     }
 
+    /// Whether the kernel computes many activation rows at once
+    /// ([`run_rows`](Self::run_rows) in blocks of [`MANY_ROWS`]).
+    pub(crate) fn has_many(&self) -> bool {
+        self.many.is_some()
+    }
+
     /// The instruction set that runs the kernel.
     #[allow(dead_code)] // read by tests
     pub(crate) fn isa(&self) -> Isa {
@@ -339,8 +345,8 @@ impl TileKernel {
     }
 
     /// As [`run`](Self::run) for `nr` activation rows (up to
-    /// [`MAX_CALL_ROWS`]): on the kernel for many rows where there is one
-    /// and `nr` is large enough, else 4 rows per call.
+    /// [`MAX_CALL_ROWS`]): whole blocks of [`MANY_ROWS`] on the kernel for
+    /// many rows where there is one, the others 4 rows per call.
     ///
     /// # Panics
     /// When `tile`, `acts` or `out` are too short for the call, or `nr`
@@ -355,19 +361,19 @@ impl TileKernel {
         out: &mut [f32],
     ) {
         assert!(nr <= MAX_CALL_ROWS, "tile call: too many rows");
-        match self.many {
-            Some(many) if nr >= MANY_MIN_ROWS => {
+        let mut done = 0;
+        if let Some(many) = self.many {
+            done = nr / MANY_ROWS * MANY_ROWS;
+            if done > 0 {
                 // SAFETY: as in `run`: `many` was selected for an
                 // instruction set this CPU runs, and checks the lengths.
-                unsafe { many(&self.fmt, cols, tile, acts, r0, nr, out) }
+                unsafe { many(&self.fmt, cols, tile, acts, r0, done, out) }
             }
-            _ => {
-                for a in (0..nr).step_by(4) {
-                    let rows = 4.min(nr - a);
-                    let out = out.get_mut(a * TILE..).unwrap_or_default();
-                    self.run(cols, tile, acts, r0 + a, rows, out);
-                }
-            }
+        }
+        for a in (done..nr).step_by(4) {
+            let rows = 4.min(nr - a);
+            let out = out.get_mut(a * TILE..).unwrap_or_default();
+            self.run(cols, tile, acts, r0 + a, rows, out);
         }
     }
 }

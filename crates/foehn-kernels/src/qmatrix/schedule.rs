@@ -11,7 +11,7 @@ use super::storage::Storage;
 use super::QMatrix;
 use crate::cpu::direct::MAX_ROWS;
 use crate::cpu::format::TILE;
-use crate::cpu::{TileKernel, MAX_CALL_ROWS};
+use crate::cpu::{TileKernel, MANY_ROWS, MAX_CALL_ROWS};
 use crate::vecops::dot;
 use crate::{dequantize_row, Compute, KernelError};
 
@@ -200,7 +200,13 @@ impl QMatrix {
         let tb = fmt.tile_bytes(cols);
         let n_tiles = rows.div_ceil(TILE);
         let act_blocks = n.div_ceil(ACT_ROWS_PER_TASK);
+        // Whole blocks for the kernel for many rows where it computes them.
         let act_rows = n.div_ceil(act_blocks);
+        let act_rows = match act_rows.next_multiple_of(MANY_ROWS) {
+            whole if kernel.has_many() && whole <= ACT_ROWS_PER_TASK => whole,
+            _ => act_rows,
+        };
+        let act_blocks = n.div_ceil(act_rows);
         let threads = ctx.threads();
         let parallel = rows * cols * n >= MIN_PARALLEL_WEIGHTS && threads > 1;
         let tile_chunks = if parallel {
