@@ -482,9 +482,10 @@ unsafe fn kernel<const NIB: bool, const G: usize, const SUP: bool, const MIN: bo
     };
     let mut acc = [_mm512_setzero_ps(); MAX_ROWS];
     let cfg = config(G, call.tail);
-    // The configuration is palette 1 with the shapes `group_product`
-    // uses; activation rows r0..r0 + nr of `cols` levels exist (checked by
-    // `check_call`), and each tile load reads a group of them.
+    // SAFETY: the configuration is palette 1 with the shapes
+    // `group_product` uses; activation rows r0..r0 + nr of `cols` levels
+    // exist (checked by `check_call`), and each tile load reads one group
+    // of those rows.
     asm!("ldtilecfg [{}]", in(reg) cfg.0.as_ptr(), options(nostack, readonly));
     let row_groups = cols / G;
     if SUP && G == 16 {
