@@ -35,7 +35,7 @@ pub struct ModelFlags {
     /// Quantize activations in two 8-bit passes (the levels, then what they lost): the logits of f32 activations, at 2-2.3x the prefill time (cpu backend).
     #[arg(long)]
     pub precise: bool,
-    /// Instruction set of the CPU kernels: scalar, avx2, avx512vnni or neon-dotprod (default: the best this CPU runs; cpu backend).
+    /// Instruction set of the CPU kernels: scalar, avx2, avx512vnni, avx512amx or neon-dotprod (default: the best this CPU runs; cpu backend).
     #[arg(long, value_parser = parse_isa)]
     pub isa: Option<Isa>,
     /// Speculative decoding: ngram (prompt lookup: drafts what followed the text's last tokens earlier on), draft:MODEL (a smaller model with the same tokenizer drafts) or off; drafts are verified in one pass, so the output is the same, greedy or seeded.

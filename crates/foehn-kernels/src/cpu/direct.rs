@@ -51,7 +51,7 @@ fn kernel_of(ty: GgmlType, isa: Isa) -> Option<RawDirectFn> {
             _ => None,
         },
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512Vnni => match ty {
+        Isa::Avx512Vnni | Isa::Avx512Amx => match ty {
             GgmlType::Q8_0 => Some(avx512::q8_0),
             GgmlType::Q4_K => Some(avx512::q4_k),
             GgmlType::Q6_K => Some(avx512::q6_k),

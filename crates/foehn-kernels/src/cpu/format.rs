@@ -125,7 +125,7 @@ impl Format {
     /// common format; `None` for types without one.
     pub(crate) fn for_isa(ty: GgmlType, isa: Isa) -> Option<Format> {
         match ty.packing()?.split {
-            Some((_, isas)) if isas.contains(&isa) => Format::split(ty),
+            Some((_, isas)) if isas.contains(&isa.base()) => Format::split(ty),
             _ => Format::of(ty),
         }
     }

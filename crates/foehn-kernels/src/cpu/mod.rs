@@ -64,6 +64,8 @@ mod scalar;
 pub(crate) mod shape;
 
 #[cfg(target_arch = "x86_64")]
+mod amx;
+#[cfg(target_arch = "x86_64")]
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
@@ -74,7 +76,7 @@ mod neon;
 pub(crate) mod testutil;
 
 use act::QuantizedActs;
-use format::Format;
+use format::{Format, TILE};
 use shape::KernelShape;
 
 /// The instruction sets the tile kernels are written for.
@@ -86,6 +88,10 @@ pub enum Isa {
     Avx2,
     /// x86-64 AVX-512 F/BW/VL + VNNI.
     Avx512Vnni,
+    /// [`Avx512Vnni`](Self::Avx512Vnni) with AMX-INT8 tiles for products
+    /// of many activation rows (prefill), where the operating system grants
+    /// the tile state.
+    Avx512Amx,
     /// aarch64 NEON with the dot-product extension (SDOT).
     NeonDotprod,
 }
@@ -105,16 +111,33 @@ impl SupportedIsa {
 
 impl Isa {
     /// Every instruction set, for names and parsing.
-    pub const ALL: [Isa; 4] = [Isa::Scalar, Isa::Avx2, Isa::Avx512Vnni, Isa::NeonDotprod];
+    pub const ALL: [Isa; 5] = [
+        Isa::Scalar,
+        Isa::Avx2,
+        Isa::Avx512Vnni,
+        Isa::Avx512Amx,
+        Isa::NeonDotprod,
+    ];
 
     /// The instruction set's name (`scalar`, `avx2`, `avx512vnni`,
-    /// `neon-dotprod`).
+    /// `avx512amx`, `neon-dotprod`).
     pub fn name(self) -> &'static str {
         match self {
             Isa::Scalar => "scalar",
             Isa::Avx2 => "avx2",
             Isa::Avx512Vnni => "avx512vnni",
+            Isa::Avx512Amx => "avx512amx",
             Isa::NeonDotprod => "neon-dotprod",
+        }
+    }
+
+    /// The instruction set whose packed formats and kernels this one uses
+    /// (AVX-512 VNNI's for AMX, which adds a kernel for many activation
+    /// rows); itself for the others.
+    pub(crate) const fn base(self) -> Isa {
+        match self {
+            Isa::Avx512Amx => Isa::Avx512Vnni,
+            isa => isa,
         }
     }
 
@@ -129,6 +152,9 @@ impl Isa {
         let mut v = Vec::new();
         #[cfg(target_arch = "x86_64")]
         {
+            if amx::available() {
+                v.push(Isa::Avx512Amx);
+            }
             if avx512::available() {
                 v.push(Isa::Avx512Vnni);
             }
@@ -159,8 +185,9 @@ impl Isa {
     }
 }
 
-/// The shapes a SIMD tile kernel relies on (it reads and writes through raw
-/// pointers): checked once per tile call, in release builds too.
+/// The shapes a SIMD tile kernel of up to 4 activation rows relies on (it
+/// reads and writes through raw pointers): checked once per tile call, in
+/// release builds too.
 ///
 /// # Panics
 /// When `tile`, `acts` or `out` are too short for the call.
@@ -175,6 +202,24 @@ pub(crate) fn check_tile_call(
     out: &[f32],
 ) {
     let rows = if (1..=3).contains(&nr) { nr } else { 4 };
+    check_call(fmt, cols, tile, acts, r0, rows, out);
+}
+
+/// As [`check_tile_call`] for a kernel that computes exactly `rows`
+/// activation rows.
+///
+/// # Panics
+/// When `tile`, `acts` or `out` are too short for the call.
+#[allow(dead_code)] // unused on targets without a SIMD kernel
+pub(crate) fn check_call(
+    fmt: &Format,
+    cols: usize,
+    tile: &[u8],
+    acts: &QuantizedActs,
+    r0: usize,
+    rows: usize,
+    out: &[f32],
+) {
     assert!(
         tile.len() >= fmt.tile_bytes(cols) && acts.cols == cols,
         "tile call: wrong tile or columns"
@@ -197,7 +242,7 @@ pub(crate) type RawTileFn =
 /// The SIMD tile kernel of `isa` for `shape`, if that instruction set has
 /// one (compiled for this target; whether the CPU runs it is not checked).
 fn simd_kernel(isa: Isa, shape: KernelShape) -> Option<RawTileFn> {
-    match isa {
+    match isa.base() {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512Vnni => avx512::select(shape),
         #[cfg(target_arch = "x86_64")]
@@ -219,7 +264,17 @@ pub(crate) struct TileKernel {
     fmt: Format,
     isa: Isa,
     f: RawTileFn,
+    /// The kernel for many activation rows at once (AMX), if any.
+    many: Option<RawTileFn>,
 }
+
+/// The most activation rows one [`TileKernel::run_rows`] call computes.
+pub(crate) const MAX_CALL_ROWS: usize = 64;
+
+/// Activation rows [`TileKernel::run_rows`] computes on the kernel for
+/// many rows at a time (the rest on the 4-row kernel): its tile
+/// instructions compute 16 rows, so fewer cost as much.
+pub(crate) const MANY_ROWS: usize = 16;
 
 impl std::fmt::Debug for TileKernel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -236,11 +291,17 @@ impl TileKernel {
     /// tests).
     pub(crate) fn select(fmt: Format, isa: SupportedIsa) -> Self {
         match simd_kernel(isa.0, fmt.shape) {
-            Some(f) => Self { fmt, isa: isa.0, f },
+            Some(f) => Self {
+                fmt,
+                isa: isa.0,
+                f,
+                many: many_rows_kernel(isa.0, fmt.shape),
+            },
             None => Self {
                 fmt,
                 isa: Isa::Scalar,
                 f: scalar::tile,
+                many: None,
             },
         }
     }
@@ -248,6 +309,12 @@ impl TileKernel {
     /// The packed format the kernel reads.
     pub(crate) fn format(&self) -> &Format {
         &self.fmt
+    }
+
+    /// Whether the kernel computes many activation rows at once
+    /// ([`run_rows`](Self::run_rows) in blocks of [`MANY_ROWS`]).
+    pub(crate) fn has_many(&self) -> bool {
+        self.many.is_some()
     }
 
     /// The instruction set that runs the kernel.
@@ -275,6 +342,52 @@ impl TileKernel {
         // (`SupportedIsa` is only made by checking) and for `fmt`'s shape;
         // every kernel checks the lengths it relies on (`check_tile_call`).
         unsafe { (self.f)(&self.fmt, cols, tile, acts, r0, nr, out) }
+    }
+
+    /// As [`run`](Self::run) for `nr` activation rows (up to
+    /// [`MAX_CALL_ROWS`]): whole blocks of [`MANY_ROWS`] on the kernel for
+    /// many rows where there is one, the others 4 rows per call.
+    ///
+    /// # Panics
+    /// When `tile`, `acts` or `out` are too short for the call, or `nr`
+    /// exceeds [`MAX_CALL_ROWS`].
+    pub(crate) fn run_rows(
+        &self,
+        cols: usize,
+        tile: &[u8],
+        acts: &QuantizedActs,
+        r0: usize,
+        nr: usize,
+        out: &mut [f32],
+    ) {
+        assert!(nr <= MAX_CALL_ROWS, "tile call: too many rows");
+        let mut done = 0;
+        if let Some(many) = self.many {
+            done = nr / MANY_ROWS * MANY_ROWS;
+            if done > 0 {
+                // SAFETY: as in `run`: `many` was selected for an
+                // instruction set this CPU runs, and checks the lengths.
+                unsafe { many(&self.fmt, cols, tile, acts, r0, done, out) }
+            }
+        }
+        for a in (done..nr).step_by(4) {
+            let rows = 4.min(nr - a);
+            let out = out.get_mut(a * TILE..).unwrap_or_default();
+            self.run(cols, tile, acts, r0 + a, rows, out);
+        }
+    }
+}
+
+/// The kernel of `isa` for many activation rows at once, for `shape`: AMX's
+/// where the CPU runs it (only an instruction set this CPU runs is asked).
+fn many_rows_kernel(isa: Isa, shape: KernelShape) -> Option<RawTileFn> {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512Amx => amx::select(shape),
+        _ => {
+            let _ = shape;
+            None
+        }
     }
 }
 
@@ -311,7 +424,7 @@ mod tests {
             .filter(|&i| simd_kernel(i, KernelShape::Nib32).is_some())
             .collect();
         #[cfg(target_arch = "x86_64")]
-        assert_eq!(simd, [Isa::Avx2, Isa::Avx512Vnni]);
+        assert_eq!(simd, [Isa::Avx2, Isa::Avx512Vnni, Isa::Avx512Amx]);
         #[cfg(target_arch = "aarch64")]
         assert_eq!(simd, [Isa::NeonDotprod]);
         for ty in packed_types() {

@@ -15,8 +15,8 @@
 //! Products with a packed matrix quantize the activations once per product
 //! (int8, one scale per 32) and run the tile kernel of the CPU's instruction
 //! set ([`crate::cpu::Isa`]) over tiles of 16 weight rows × up to 4
-//! activation rows, split over the threads of the [`Compute`] context passed
-//! to every product. Unpacked matrices (floats, and rows that are not whole
+//! activation rows (up to 64 per call on AMX, for prefill), split over the
+//! threads of the [`Compute`] context passed to every product. Unpacked matrices (floats, and rows that are not whole
 //! 256-weight superblocks) dequantize one row at a time and dot it in f32.
 //!
 //! By job: `storage.rs` (where the bytes live), `packing.rs` (tiles, the

@@ -11,7 +11,7 @@ use super::storage::Storage;
 use super::QMatrix;
 use crate::cpu::direct::MAX_ROWS;
 use crate::cpu::format::TILE;
-use crate::cpu::TileKernel;
+use crate::cpu::{TileKernel, MANY_ROWS, MAX_CALL_ROWS};
 use crate::vecops::dot;
 use crate::{dequantize_row, Compute, KernelError};
 
@@ -39,11 +39,8 @@ unsafe impl Send for BufPtr {}
 unsafe impl Sync for BufPtr {}
 
 /// Activation rows per task of a prefill product: the activations a task
-/// streams past each tile stay in L2.
-pub(super) const ACT_ROWS_PER_TASK: usize = 64;
-
-/// Activation rows per kernel call.
-const ACT_ROWS_PER_CALL: usize = 4;
+/// streams past each tile stay in L2 (at most one kernel call's).
+pub(super) const ACT_ROWS_PER_TASK: usize = MAX_CALL_ROWS;
 
 /// The most activation rows a deferred matrix not packed yet computes on
 /// its direct kernel ([`MAX_ROWS`] at a time, re-reading the
@@ -203,7 +200,13 @@ impl QMatrix {
         let tb = fmt.tile_bytes(cols);
         let n_tiles = rows.div_ceil(TILE);
         let act_blocks = n.div_ceil(ACT_ROWS_PER_TASK);
+        // Whole blocks for the kernel for many rows where it computes them.
         let act_rows = n.div_ceil(act_blocks);
+        let act_rows = match act_rows.next_multiple_of(MANY_ROWS) {
+            whole if kernel.has_many() && whole <= ACT_ROWS_PER_TASK => whole,
+            _ => act_rows,
+        };
+        let act_blocks = n.div_ceil(act_rows);
         let threads = ctx.threads();
         let parallel = rows * cols * n >= MIN_PARALLEL_WEIGHTS && threads > 1;
         let tile_chunks = if parallel {
@@ -220,27 +223,22 @@ impl QMatrix {
             let dst = dst;
             let (tc, ab) = (k % tile_chunks, k / tile_chunks);
             let (a0, a1) = (ab * act_rows, ((ab + 1) * act_rows).min(n));
-            let mut buf = [0.0f32; ACT_ROWS_PER_CALL * TILE];
+            let mut buf = [0.0f32; MAX_CALL_ROWS * TILE];
             for t in tc * tiles_per_task..((tc + 1) * tiles_per_task).min(n_tiles) {
                 let tile = &tiles[t * tb..(t + 1) * tb];
                 let (r0, valid) = (t * TILE, TILE.min(rows - t * TILE));
-                let mut a = a0;
-                while a < a1 {
-                    let nr = ACT_ROWS_PER_CALL.min(a1 - a);
-                    kernel.run(cols, tile, acts, a, nr, &mut buf);
-                    for j in 0..nr {
-                        // SAFETY: row a + j < n and columns r0..r0 + valid < rows
-                        // lie inside `out` (n × rows), and no other task
-                        // writes them (tasks own disjoint tiles × act rows).
-                        unsafe {
-                            std::ptr::copy_nonoverlapping(
-                                buf.as_ptr().add(j * TILE),
-                                dst.0.add((a + j) * rows + r0),
-                                valid,
-                            );
-                        }
+                kernel.run_rows(cols, tile, acts, a0, a1 - a0, &mut buf);
+                for j in 0..a1 - a0 {
+                    // SAFETY: row a0 + j < n and columns r0..r0 + valid < rows
+                    // lie inside `out` (n × rows), and no other task
+                    // writes them (tasks own disjoint tiles × act rows).
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(
+                            buf.as_ptr().add(j * TILE),
+                            dst.0.add((a0 + j) * rows + r0),
+                            valid,
+                        );
                     }
-                    a += nr;
                 }
             }
         };
