@@ -46,6 +46,29 @@ pub struct Message {
     pub role: Role,
     /// What it says.
     pub content: String,
+    /// An assistant message's reasoning ("thinking") before its answer, kept
+    /// apart from `content` (Magistral's `[THINK]…[/THINK]`, OpenAI-style
+    /// `reasoning_content`); `None` when there is none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning: Option<String>,
+    /// The tool calls an assistant message made (empty for other messages).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCall>,
+    /// The call a tool message answers (`ToolCall::id`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+}
+
+/// A function call the assistant made.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ToolCall {
+    /// The call's id, which the tool's answer repeats (`Message::tool_call_id`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// The function's name.
+    pub name: String,
+    /// The arguments as the model wrote them (JSON text, as OpenAI carries them).
+    pub arguments: String,
 }
 
 impl Message {
@@ -54,6 +77,9 @@ impl Message {
         Self {
             role,
             content: content.into(),
+            reasoning: None,
+            tool_calls: Vec::new(),
+            tool_call_id: None,
         }
     }
 

@@ -10,5 +10,5 @@ mod generate;
 pub use config::{AttnTemperature, ModelConfig, MoeConfig, RopeScaling};
 pub use generate::{
     CancelToken, Capabilities, Completion, Event, EventStream, FinishReason, GenerateError,
-    GenerateRequest, Generator, Message, Prompt, Role, Timings, TokenEvent, Usage,
+    GenerateRequest, Generator, Message, Prompt, Role, Timings, TokenEvent, ToolCall, Usage,
 };
