@@ -234,6 +234,14 @@ pub struct TokenEvent {
     pub logprob: Option<f32>,
     /// The most likely alternatives `(token text, logprob)`, when asked for.
     pub top_logprobs: Vec<(String, f32)>,
+    /// Whether `text` is the model's reasoning rather than its answer: text
+    /// between the `[THINK]` and `[/THINK]` control tokens of Magistral and
+    /// Ministral 3 Reasoning, or a remote's `reasoning_content`. The two
+    /// tokens' own events carry no text of theirs, only text held back for
+    /// stop strings before them, marked as the side they end. Servers send
+    /// reasoning as `reasoning_content`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reasoning: bool,
 }
 
 /// The last event of a stream.
@@ -413,6 +421,7 @@ mod tests {
                         id: None,
                         logprob: None,
                         top_logprobs: vec![],
+                        reasoning: false,
                     }))),
                     rest => {
                         done = true;

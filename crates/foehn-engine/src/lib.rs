@@ -7,6 +7,7 @@
 mod error;
 mod isq;
 mod local;
+mod reasoning;
 mod session;
 mod spec;
 

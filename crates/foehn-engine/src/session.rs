@@ -7,10 +7,11 @@ use foehn_core::{
     TokenEvent, Usage,
 };
 use foehn_model::{DecoderSession, LogitsMode};
-use foehn_sampler::{Sampler, SamplerConfig, StopStrings};
+use foehn_sampler::{Sampler, SamplerConfig, StopCheck, StopStrings};
 use foehn_tokenizer::StreamDecoder;
 
 use crate::local::{Inner, LocalModel};
+use crate::reasoning::ThinkBlocks;
 use crate::spec::{Drafter, Drafting, MAX_DRAFT};
 use crate::Result;
 
@@ -184,6 +185,8 @@ pub struct Generation {
     sampler: Sampler,
     stop: StopStrings,
     decoder: StreamDecoder,
+    /// `[THINK]…[/THINK]` tracking, for models whose vocabulary has them.
+    think: Option<ThinkBlocks>,
     logits: Vec<f32>,
     logprobs: Option<usize>,
     max_tokens: Option<u32>,
@@ -294,6 +297,7 @@ impl Generation {
             sampler,
             stop: StopStrings::new(request.stop.iter()),
             decoder,
+            think: ThinkBlocks::for_tokenizer(&model.inner.tokenizer),
             logits: vec![0.0; vocab],
             logprobs: request.logprobs.map(|k| k as usize),
             max_tokens: request.max_tokens,
@@ -494,6 +498,7 @@ impl Generation {
                     id: None,
                     logprob: None,
                     top_logprobs: Vec::new(),
+                    reasoning: self.in_reasoning(),
                 })));
             }
             return Ok(Some(self.done_event(reason)));
@@ -525,13 +530,25 @@ impl Generation {
         self.first_token.get_or_insert_with(Instant::now);
         let model = self.session.model.clone();
         let tok = &model.inner.tokenizer;
-        if self.is_end_token(token) {
+        let was_reasoning = self.in_reasoning();
+        let switch = self.think.as_mut().and_then(|t| t.switch(token));
+        if switch.is_none() && self.is_end_token(token) {
             self.finished = Some(FinishReason::Stop);
             return self.step();
         }
         self.generated += 1;
-        let piece = self.decoder.push(tok, token)?;
-        let check = self.stop.push(&piece);
+        let check = match switch {
+            // A block's boundary has no text of its own; the text held back
+            // for stop strings before it belongs to the side it ends.
+            Some(_) => StopCheck {
+                text: self.stop.finish(),
+                stopped: None,
+            },
+            None => {
+                let piece = self.decoder.push(tok, token)?;
+                self.stop.push(&piece)
+            }
+        };
         let top_logprobs = match self.logprobs {
             Some(k) if k > 0 => self
                 .sampler
@@ -554,7 +571,13 @@ impl Generation {
             id: Some(token),
             logprob,
             top_logprobs,
+            reasoning: was_reasoning,
         })))
+    }
+
+    /// Whether the text generated now is inside a `[THINK]…[/THINK]` block.
+    fn in_reasoning(&self) -> bool {
+        self.think.as_ref().is_some_and(ThinkBlocks::inside)
     }
 
     /// End-of-generation tokens: EOS, and any control token other than BOS

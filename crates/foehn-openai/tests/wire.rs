@@ -32,6 +32,7 @@ fn token(text: &str, logprob: Option<f32>, top: &[(&str, f32)]) -> TokenEvent {
         id: None,
         logprob,
         top_logprobs: top.iter().map(|(t, l)| (t.to_string(), *l)).collect(),
+        reasoning: false,
     }
 }
 
@@ -218,6 +219,7 @@ fn a_whole_chat_answer_is_openais_json() {
             message: Some(ResponseMessage {
                 role: "assistant".into(),
                 content: Some("Hi!".into()),
+                reasoning_content: None,
                 refusal: None,
             }),
             logprobs: Some(ChatLogprobs::from_tokens(&tokens, 0)),
@@ -283,6 +285,7 @@ fn stream_chunks_are_openais_json_with_usage_absent_null_or_given() {
     let text = Delta {
         role: None,
         content: Some("Hel".into()),
+        reasoning_content: None,
     };
     let envelope = |choice: Value| {
         json!({
@@ -301,6 +304,7 @@ fn stream_chunks_are_openais_json_with_usage_absent_null_or_given() {
             Delta {
                 role: Some("assistant".into()),
                 content: Some(String::new()),
+                reasoning_content: None,
             },
             None,
             None,
@@ -549,4 +553,28 @@ fn model_lists_are_openais_json_and_ollamas_reads() {
         .unwrap()
         .entries()
         .is_none());
+}
+
+#[test]
+fn reasoning_content_is_written_only_when_there_is_some_and_reads_back() {
+    let message = ResponseMessage {
+        role: "assistant".into(),
+        content: Some("51".into()),
+        reasoning_content: Some("17*3 = 34 + 17".into()),
+        refusal: None,
+    };
+    round_trip(
+        &message,
+        json!({"role": "assistant", "content": "51", "reasoning_content": "17*3 = 34 + 17", "refusal": null}),
+    );
+    let delta = Delta {
+        role: None,
+        content: None,
+        reasoning_content: Some("17*3".into()),
+    };
+    round_trip(&delta, json!({"reasoning_content": "17*3"}));
+    // A server that sends `null` for it reads as none.
+    let read: Delta =
+        serde_json::from_value(json!({"content": "x", "reasoning_content": null})).unwrap();
+    assert_eq!(read.reasoning_content, None);
 }

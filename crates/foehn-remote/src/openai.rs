@@ -859,6 +859,7 @@ fn token(text: String, logprob: Option<f32>, top_logprobs: Vec<(String, f32)>) -
         id: None,
         logprob,
         top_logprobs,
+        reasoning: false,
     })
 }
 
