@@ -98,6 +98,19 @@ impl<L> Choice<L> {
             .or_else(|| self.message.as_ref().and_then(|m| m.content.as_deref()))
             .or(self.text.as_deref())
     }
+
+    /// The reasoning this choice carries: the delta's or the message's
+    /// `reasoning_content`.
+    pub fn reasoning(&self) -> Option<&str> {
+        self.delta
+            .as_ref()
+            .and_then(|d| d.reasoning_content.as_deref())
+            .or_else(|| {
+                self.message
+                    .as_ref()
+                    .and_then(|m| m.reasoning_content.as_deref())
+            })
+    }
 }
 
 /// A whole chat answer's message.

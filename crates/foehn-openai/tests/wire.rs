@@ -5,10 +5,10 @@
 
 use foehn_core::{Capabilities, FinishReason, GenerateRequest, Message, Prompt, TokenEvent, Usage};
 use foehn_openai::{
-    error_in_json, finish_reason_from_name, parse_error_body, ChatLogprobs, ChatRequest,
-    ChatResponse, Choice, ClientOptions, CompletionRequest, CompletionUsage, Delta, Endpoint,
-    ErrorBody, ErrorResponse, Logprobs, ModelList, ModelObject, RequestBody, ResponseMessage,
-    TextLogprobs, TextResponse,
+    error_in_json, finish_reason_from_name, parse_error_body, ChatLogprobs, ChatMessage,
+    ChatRequest, ChatResponse, Choice, ClientOptions, CompletionRequest, CompletionUsage, Delta,
+    Endpoint, ErrorBody, ErrorResponse, Logprobs, ModelList, ModelObject, RequestBody,
+    ResponseMessage, TextLogprobs, TextResponse,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -577,4 +577,34 @@ fn reasoning_content_is_written_only_when_there_is_some_and_reads_back() {
     let read: Delta =
         serde_json::from_value(json!({"content": "x", "reasoning_content": null})).unwrap();
     assert_eq!(read.reasoning_content, None);
+}
+
+#[test]
+fn chat_messages_carry_reasoning_and_tool_calls_both_ways() {
+    let body = json!({
+        "role": "assistant",
+        "content": "",
+        "reasoning_content": "I should call it.",
+        "tool_calls": [{"id": "abc123def", "type": "function",
+                        "function": {"name": "get_weather", "arguments": "{\"city\": \"Rome\"}"}}]
+    });
+    let chat: ChatMessage = serde_json::from_value(body.clone()).unwrap();
+    let message = chat.into_message(0).unwrap();
+    assert_eq!(message.reasoning.as_deref(), Some("I should call it."));
+    assert_eq!(message.tool_calls.len(), 1);
+    assert_eq!(message.tool_calls[0].id.as_deref(), Some("abc123def"));
+    assert_eq!(message.tool_calls[0].name, "get_weather");
+    assert_eq!(message.tool_calls[0].arguments, r#"{"city": "Rome"}"#);
+    assert_eq!(
+        serde_json::to_value(ChatMessage::from(&message)).unwrap(),
+        body
+    );
+    let tool: ChatMessage = serde_json::from_value(
+        json!({"role": "tool", "content": "sunny", "tool_call_id": "abc123def"}),
+    )
+    .unwrap();
+    assert_eq!(
+        tool.into_message(1).unwrap().tool_call_id.as_deref(),
+        Some("abc123def")
+    );
 }
