@@ -7,7 +7,9 @@
 //! * [`encode_mistral_chat`] produces the token ids Mistral's own
 //!   `mistral-common` produces (control tokens by id, each message tokenized on
 //!   its own), which rendering a Mistral template to text and tokenizing it does
-//!   not; [`mistral_version`] tells whether a model should take that path.
+//!   not, up to Mistral's v13 (tools, tool calls, `[THINK]` reasoning, see
+//!   [`encode_mistral_chat_with_tools`]); [`mistral_version`] tells whether a
+//!   model should take that path.
 //!
 //! ```no_run
 //! use foehn_chat::{encode_mistral_chat, mistral_version, ChatTemplate, Message};
@@ -35,7 +37,9 @@
 mod error;
 mod message;
 mod mistral;
+mod mistral_v11;
 mod named;
+mod pyjson;
 mod pyrepr;
 mod strftime;
 mod template;
@@ -43,6 +47,9 @@ mod tojson;
 
 pub use error::{ChatError, Result};
 pub use message::{Message, Role};
-pub use mistral::{encode_mistral_chat, is_mistral_tokenizer, mistral_version, MistralVersion};
+pub use mistral::{
+    encode_mistral_chat, encode_mistral_chat_with_tools, is_mistral_tokenizer, mistral_version,
+    MistralVersion,
+};
 pub use named::{named_template_source, NAMED_TEMPLATES};
 pub use template::{default_template_name, ChatTemplate, DEFAULT_TEMPLATE_NAME};

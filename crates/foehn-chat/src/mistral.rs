@@ -5,7 +5,8 @@
 //! Mistral's ids with SentencePiece vocabularies: the text after `[INST]` /
 //! `[/INST]` gets its own dummy prefix on top of the template's space
 //! (`▁▁Hello` instead of `▁Hello`). This module follows mistral-common 1.13's
-//! request normalizer and its v1/v2/v3/v7 instruct tokenizers instead.
+//! request normalizer and its v1/v2/v3/v7 instruct tokenizers instead, and
+//! hands v11/v13 (tools, reasoning) to `mistral_v11`.
 
 use foehn_tokenizer::{EncodeOptions, Tokenizer, TokenizerKind};
 
@@ -25,6 +26,13 @@ pub enum MistralVersion {
     /// v7 (Mistral Large 2411, Small 3, …): system prompts in place, between
     /// `[SYSTEM_PROMPT]` and `[/SYSTEM_PROMPT]`.
     V7,
+    /// v11 (Mistral Small 3.2, Tekken): as v7, plus tool definitions before the
+    /// last user message and tool calls as `[TOOL_CALLS]name[CALL_ID]id[ARGS]arguments`.
+    V11,
+    /// v13 (Magistral Small/Medium 1.1+, Devstral 2507, Ministral 3, Tekken): as
+    /// v11 with the tool definitions before the first user message, no call ids,
+    /// and an assistant's reasoning as `[THINK]…[/THINK]` before its answer.
+    V13,
 }
 
 impl MistralVersion {
@@ -40,7 +48,7 @@ impl MistralVersion {
 }
 
 /// The id of a vocabulary entry that is a control token (not plain text).
-fn control_id(tokenizer: &Tokenizer, token: &str) -> Option<u32> {
+pub(crate) fn control_id(tokenizer: &Tokenizer, token: &str) -> Option<u32> {
     tokenizer
         .token_to_id(token)
         .filter(|&id| tokenizer.is_control(id))
@@ -57,6 +65,13 @@ fn has_system_prompt_tokens(tokenizer: &Tokenizer) -> bool {
         && control_id(tokenizer, "[/SYSTEM_PROMPT]").is_some()
 }
 
+fn has_all_controls(tokenizer: &Tokenizer, tokens: &[&str]) -> bool {
+    tokens.iter().all(|t| control_id(tokenizer, t).is_some())
+}
+
+/// The control tokens v11 and v13 need besides v7's.
+const V11_TOKENS: [&str; 4] = ["[SYSTEM_PROMPT]", "[/SYSTEM_PROMPT]", "[ARGS]", "[CALL_ID]"];
+
 /// Whether a model should be prompted with [`encode_mistral_chat`], and with
 /// which version; `None` means "render the chat template and tokenize it".
 ///
@@ -67,13 +82,19 @@ fn has_system_prompt_tokens(tokenizer: &Tokenizer) -> bool {
 ///   they need); any other name gives `None`;
 /// * Jinja that never writes `[INST]` is not a Mistral format (a fine-tune
 ///   with its own format keeps it); Mistral's official v1 template gives v1;
+///   Jinja that writes `[SYSTEM_PROMPT]` and `[ARGS]` gives v11 when it also
+///   writes `[CALL_ID]` (Mistral Small 3.2's template) and v13 when it does not
+///   (Magistral's, Devstral 2507's, Ministral 3's: llama.cpp tells them apart
+///   the same way), provided the vocabulary has those control tokens;
 ///   otherwise Jinja that writes `[SYSTEM_PROMPT]` gives v7 and other Jinja v3,
 ///   provided `[INST]`/`[/INST]` are control tokens;
-/// * without a template, `[INST]`/`[/INST]` control tokens give v3, or v7 for a
-///   SentencePiece vocabulary that also has `[SYSTEM_PROMPT]`/`[/SYSTEM_PROMPT]`
-///   (v7 added them there). Tekken vocabularies always carry those tokens, v3
-///   ones included, so a Tekken model without a template gets v3: pass v7
-///   yourself when its `tekken.json` says `"version": "v7"`.
+/// * without a template, a `tekken.json`'s `"version"` decides (v3, v7, v11,
+///   v13; a newer one gives `None`); otherwise `[INST]`/`[/INST]` control
+///   tokens give v13 when `[THINK]`/`[/THINK]` and v11's tokens are control
+///   tokens too, v11 with `[ARGS]`/`[CALL_ID]`, v7 for a SentencePiece
+///   vocabulary that has `[SYSTEM_PROMPT]`/`[/SYSTEM_PROMPT]` (v7 added them
+///   there), and v3 otherwise (Tekken vocabularies carry `[SYSTEM_PROMPT]`
+///   whatever their version).
 pub fn mistral_version(tokenizer: &Tokenizer, template: Option<&str>) -> Option<MistralVersion> {
     let by_vocab = |v7: bool| {
         if !is_mistral_tokenizer(tokenizer) {
@@ -84,7 +105,25 @@ pub fn mistral_version(tokenizer: &Tokenizer, template: Option<&str>) -> Option<
             Some(MistralVersion::V3)
         }
     };
+    let v11_vocab = is_mistral_tokenizer(tokenizer) && has_all_controls(tokenizer, &V11_TOKENS);
     let Some(template) = template.map(str::trim).filter(|t| !t.is_empty()) else {
+        if let Some(version) = tokenizer.tekken_version() {
+            return match version {
+                0..=3 => by_vocab(false),
+                4..=7 => by_vocab(true),
+                8..=11 => v11_vocab.then_some(MistralVersion::V11),
+                12..=13 => v11_vocab.then_some(MistralVersion::V13),
+                _ => None,
+            };
+        }
+        if v11_vocab {
+            let think = has_all_controls(tokenizer, &["[THINK]", "[/THINK]"]);
+            return Some(if think {
+                MistralVersion::V13
+            } else {
+                MistralVersion::V11
+            });
+        }
         let sentencepiece = matches!(
             tokenizer.kind(),
             TokenizerKind::SentencePiece | TokenizerKind::GgufLlama
@@ -103,6 +142,13 @@ pub fn mistral_version(tokenizer: &Tokenizer, template: Option<&str>) -> Option<
     // llama.cpp's test for Mistral's official v1 template.
     if template.contains("' [INST] ' + system_message") {
         return Some(MistralVersion::V1);
+    }
+    if v11_vocab && template.contains("[SYSTEM_PROMPT]") && template.contains("[ARGS]") {
+        return Some(if template.contains("[CALL_ID]") {
+            MistralVersion::V11
+        } else {
+            MistralVersion::V13
+        });
     }
     by_vocab(template.contains("[SYSTEM_PROMPT]"))
 }
@@ -167,7 +213,7 @@ fn normalize(messages: &[Message], version: MistralVersion) -> (Option<String>, 
 
 /// Tokenizes message text as mistral-common does: no BOS, no EOS, special-token
 /// text as plain text, and nothing for an empty string.
-struct TextEncoder<'a> {
+pub(crate) struct TextEncoder<'a> {
     tokenizer: &'a Tokenizer,
     /// The EOS the tokenizer appends by itself (`add_eos_token`), to remove.
     appended_eos: Option<u32>,
@@ -179,7 +225,7 @@ impl<'a> TextEncoder<'a> {
         parse_special: false,
     };
 
-    fn new(tokenizer: &'a Tokenizer) -> Result<Self> {
+    pub(crate) fn new(tokenizer: &'a Tokenizer) -> Result<Self> {
         let probe = tokenizer.encode("a", Self::OPTIONS)?;
         let appended_eos = tokenizer
             .eos_id()
@@ -190,7 +236,7 @@ impl<'a> TextEncoder<'a> {
         })
     }
 
-    fn encode(&self, text: &str, out: &mut Vec<u32>) -> Result<()> {
+    pub(crate) fn encode(&self, text: &str, out: &mut Vec<u32>) -> Result<()> {
         if text.is_empty() {
             return Ok(());
         }
@@ -203,7 +249,7 @@ impl<'a> TextEncoder<'a> {
     }
 }
 
-fn required_id(tokenizer: &Tokenizer, token: &str) -> Result<u32> {
+pub(crate) fn required_id(tokenizer: &Tokenizer, token: &str) -> Result<u32> {
     tokenizer
         .token_to_id(token)
         .ok_or_else(|| ChatError::MissingToken(token.to_string()))
@@ -219,10 +265,76 @@ fn required_id(tokenizer: &Tokenizer, token: &str) -> Result<u32> {
 /// SentencePiece's dummy prefix for SentencePiece vocabularies and without
 /// for Tekken, exactly as the tokenizer encodes a plain string.
 ///
+/// v11 and v13 are described in [`encode_mistral_chat_with_tools`]; up to
+/// v7, tool messages, tool calls and reasoning are refused, and so are
+/// assistant messages without text.
+///
 /// A conversation ending with a user message is a prompt for the next answer.
-/// Tool messages are refused (mistral-common needs a tool call id for them),
-/// and so are assistant messages without text.
 pub fn encode_mistral_chat(
+    tokenizer: &Tokenizer,
+    messages: &[Message],
+    version: MistralVersion,
+) -> Result<Vec<u32>> {
+    encode_mistral_chat_with_tools(tokenizer, messages, None, version)
+}
+
+/// [`encode_mistral_chat`] with the tool definitions the model may call
+/// (OpenAI's `tools`: a list of `{"type": "function", "function": {"name",
+/// "description", "parameters"}}`), which only v11 and v13 take here.
+///
+/// v11 and v13 follow mistral-common's `InstructTokenizerV11` / `…V13` after
+/// its `InstructRequestNormalizerV13`: system messages in place between
+/// `[SYSTEM_PROMPT]` and `[/SYSTEM_PROMPT]`; the tools as Python's
+/// `json.dumps` writes them between `[AVAILABLE_TOOLS]` and
+/// `[/AVAILABLE_TOOLS]`, before the last (v11) or first (v13) user message;
+/// an assistant message as its reasoning (v13: `[THINK]…[/THINK]`; refused by
+/// v11), its text, its tool calls (`[TOOL_CALLS]name[CALL_ID]id[ARGS]arguments`
+/// in v11, `[TOOL_CALLS]name[ARGS]arguments` in v13, arguments re-written as
+/// Python's `json.dumps` does) and EOS; a tool message as
+/// `[TOOL_RESULTS]id[TOOL_CONTENT]text[/TOOL_RESULTS]` (v11) or
+/// `[TOOL_RESULTS]text[/TOOL_RESULTS]` (v13), each run of results in the
+/// order of the calls they answer.
+///
+/// Object keys inside `parameters` are written in the order `tools` holds
+/// them; serde_json's `Value` keeps them sorted, where mistral-common keeps the
+/// request's order, so the ids equal mistral-common's when the request's
+/// keys are sorted. Tool-call arguments keep their written order.
+pub fn encode_mistral_chat_with_tools(
+    tokenizer: &Tokenizer,
+    messages: &[Message],
+    tools: Option<&serde_json::Value>,
+    version: MistralVersion,
+) -> Result<Vec<u32>> {
+    match version {
+        MistralVersion::V11 => {
+            return crate::mistral_v11::encode_v11(tokenizer, messages, tools, false)
+        }
+        MistralVersion::V13 => {
+            return crate::mistral_v11::encode_v11(tokenizer, messages, tools, true)
+        }
+        _ => {}
+    }
+    if tools
+        .and_then(|t| t.as_array())
+        .is_some_and(|t| !t.is_empty())
+    {
+        return Err(ChatError::InvalidConversation(
+            "tool definitions need Mistral's v11 or v13 encoding here".into(),
+        ));
+    }
+    if messages
+        .iter()
+        .any(|m| m.reasoning.is_some() || !m.tool_calls.is_empty())
+    {
+        return Err(ChatError::InvalidConversation(
+            "tool calls and reasoning need Mistral's v11 or v13 encoding here".into(),
+        ));
+    }
+    encode_up_to_v7(tokenizer, messages, version)
+}
+
+/// v1, v2, v3 and v7, for conversations of plain text.
+fn encode_up_to_v7(
     tokenizer: &Tokenizer,
     messages: &[Message],
     version: MistralVersion,
@@ -252,7 +364,7 @@ pub fn encode_mistral_chat(
                 let system_here = match version {
                     MistralVersion::V1 => Some(i) == first_user,
                     MistralVersion::V2 | MistralVersion::V3 => Some(i) == last_user,
-                    MistralVersion::V7 => false,
+                    MistralVersion::V7 | MistralVersion::V11 | MistralVersion::V13 => false,
                 };
                 let content = match &system {
                     Some(system) if system_here => format!("{system}\n\n{}", turn.content),

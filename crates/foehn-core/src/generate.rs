@@ -48,6 +48,29 @@ pub struct Message {
     pub role: Role,
     /// What it says.
     pub content: String,
+    /// An assistant message's reasoning ("thinking") before its answer, kept
+    /// apart from `content` (Magistral's `[THINK]…[/THINK]`, OpenAI-style
+    /// `reasoning_content`); `None` when there is none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning: Option<String>,
+    /// The tool calls an assistant message made (empty for other messages).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCall>,
+    /// The call a tool message answers (`ToolCall::id`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+}
+
+/// A function call the assistant made.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ToolCall {
+    /// The call's id, which the tool's answer repeats (`Message::tool_call_id`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// The function's name.
+    pub name: String,
+    /// The arguments as the model wrote them (JSON text, as OpenAI carries them).
+    pub arguments: String,
 }
 
 impl Message {
@@ -56,6 +79,9 @@ impl Message {
         Self {
             role,
             content: content.into(),
+            reasoning: None,
+            tool_calls: Vec::new(),
+            tool_call_id: None,
         }
     }
 
@@ -226,6 +252,14 @@ pub struct TokenEvent {
     pub logprob: Option<f32>,
     /// The most likely alternatives `(token text, logprob)`, when asked for.
     pub top_logprobs: Vec<(String, f32)>,
+    /// Whether `text` is the model's reasoning rather than its answer: text
+    /// between the `[THINK]` and `[/THINK]` control tokens of Magistral and
+    /// Ministral 3 Reasoning, or a remote's `reasoning_content`. The two
+    /// tokens' own events carry no text of theirs, only text held back for
+    /// stop strings before them, marked as the side they end. Servers send
+    /// reasoning as `reasoning_content`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reasoning: bool,
 }
 
 /// The last event of a stream.
@@ -405,6 +439,7 @@ mod tests {
                         id: None,
                         logprob: None,
                         top_logprobs: vec![],
+                        reasoning: false,
                     }))),
                     rest => {
                         done = true;

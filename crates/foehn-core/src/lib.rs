@@ -12,5 +12,5 @@ pub use config::{AttnTemperature, ModelConfig, MoeConfig, RopeScaling};
 pub use constraint::Constraint;
 pub use generate::{
     CancelToken, Capabilities, Completion, Event, EventStream, FinishReason, GenerateError,
-    GenerateRequest, Generator, Message, Prompt, Role, Timings, TokenEvent, Usage,
+    GenerateRequest, Generator, Message, Prompt, Role, Timings, TokenEvent, ToolCall, Usage,
 };

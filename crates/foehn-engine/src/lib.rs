@@ -8,6 +8,7 @@ mod constraint;
 mod error;
 mod isq;
 mod local;
+mod reasoning;
 mod session;
 mod spec;
 

@@ -8,10 +8,11 @@ use foehn_core::{
     TokenEvent, Usage,
 };
 use foehn_model::{DecoderSession, LogitsMode};
-use foehn_sampler::{Sampler, SamplerConfig, StopStrings, TokenConstraint};
+use foehn_sampler::{Sampler, SamplerConfig, StopCheck, StopStrings, TokenConstraint};
 use foehn_tokenizer::StreamDecoder;
 
 use crate::local::{Inner, LocalModel};
+use crate::reasoning::ThinkBlocks;
 use crate::spec::{Drafter, Drafting, MAX_DRAFT};
 use crate::{EngineError, Result};
 
@@ -185,6 +186,8 @@ pub struct Generation {
     sampler: Sampler,
     stop: StopStrings,
     decoder: StreamDecoder,
+    /// `[THINK]…[/THINK]` tracking, for models whose vocabulary has them.
+    think: Option<ThinkBlocks>,
     logits: Vec<f32>,
     logprobs: Option<usize>,
     max_tokens: Option<u32>,
@@ -310,6 +313,7 @@ impl Generation {
             sampler,
             stop: StopStrings::new(request.stop.iter()),
             decoder,
+            think: ThinkBlocks::for_tokenizer(&model.inner.tokenizer),
             logits: vec![0.0; vocab],
             logprobs: request.logprobs.map(|k| k as usize),
             max_tokens: request.max_tokens,
@@ -512,6 +516,7 @@ impl Generation {
                     id: None,
                     logprob: None,
                     top_logprobs: Vec::new(),
+                    reasoning: self.in_reasoning(),
                 })));
             }
             return Ok(Some(self.done_event(reason)));
@@ -540,7 +545,9 @@ impl Generation {
         };
         self.sampler.accept(token);
         self.first_token.get_or_insert_with(Instant::now);
-        if self.is_end_token(token) {
+        // `[THINK]` / `[/THINK]` are control tokens that do not end a turn.
+        let marker = self.think.as_ref().is_some_and(|t| t.is_marker(token));
+        if !marker && self.is_end_token(token) {
             self.finished = Some(FinishReason::Stop);
             return self.step();
         }
@@ -615,8 +622,19 @@ impl Generation {
     ) -> Result<Event> {
         let model = self.session.model.clone();
         self.generated += 1;
-        let piece = self.decoder.push(&model.inner.tokenizer, token)?;
-        let check = self.stop.push(&piece);
+        let was_reasoning = self.in_reasoning();
+        let check = match self.think.as_mut().and_then(|t| t.switch(token)) {
+            // A block's boundary has no text of its own; the text held back
+            // for stop strings before it belongs to the side it ends.
+            Some(_) => StopCheck {
+                text: self.stop.finish(),
+                stopped: None,
+            },
+            None => {
+                let piece = self.decoder.push(&model.inner.tokenizer, token)?;
+                self.stop.push(&piece)
+            }
+        };
         self.pending.push(token);
         let complete = self.forced.is_empty()
             && self
@@ -634,7 +652,13 @@ impl Generation {
             id: Some(token),
             logprob,
             top_logprobs,
+            reasoning: was_reasoning,
         }))
+    }
+
+    /// Whether the text generated now is inside a `[THINK]…[/THINK]` block.
+    fn in_reasoning(&self) -> bool {
+        self.think.as_ref().is_some_and(ThinkBlocks::inside)
     }
 
     /// End-of-generation tokens: EOS, and any control token other than BOS

@@ -46,8 +46,8 @@ pub use error::{
 };
 pub use models::{ModelList, ModelObject};
 pub use request::{
-    ChatMessage, ChatRequest, ClientOptions, CompletionRequest, Content, ContentPart, PromptField,
-    RequestBody, RequestError, StopField, StreamOptions,
+    ChatMessage, ChatRequest, ChatToolCall, ClientOptions, CompletionRequest, Content, ContentPart,
+    FunctionCall, PromptField, RequestBody, RequestError, StopField, StreamOptions,
 };
 pub use response::{
     ChatLogprobs, ChatResponse, Choice, CompletionUsage, Delta, LogprobEntry, Logprobs, Response,

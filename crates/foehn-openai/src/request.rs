@@ -6,7 +6,7 @@
 //! Unknown fields (`user`, `metadata`, …) are ignored; a known field of the
 //! wrong type is an error that names it (with `serde_path_to_error`).
 
-use foehn_core::{Capabilities, Constraint, GenerateRequest, Message, Prompt, Role};
+use foehn_core::{Capabilities, Constraint, GenerateRequest, Message, Prompt, Role, ToolCall};
 use serde::de::{Deserializer, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -96,6 +96,42 @@ pub struct ChatMessage {
     /// The message's content (absent or `null` for some assistant turns).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub content: Option<Content>,
+    /// An assistant message's reasoning (as servers return it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning_content: Option<String>,
+    /// An assistant message's tool calls.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ChatToolCall>,
+    /// The call a tool message answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+}
+
+/// One of an assistant message's `tool_calls`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatToolCall {
+    /// The call's id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// `function`.
+    #[serde(rename = "type", default = "function_kind")]
+    pub kind: String,
+    /// The function called.
+    pub function: FunctionCall,
+}
+
+/// The function of a [`ChatToolCall`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FunctionCall {
+    /// Its name.
+    pub name: String,
+    /// Its arguments, JSON text.
+    #[serde(default)]
+    pub arguments: String,
+}
+
+fn function_kind() -> String {
+    "function".into()
 }
 
 impl From<&Message> for ChatMessage {
@@ -103,6 +139,20 @@ impl From<&Message> for ChatMessage {
         Self {
             role: m.role.as_str().to_string(),
             content: Some(Content::Text(m.content.clone())),
+            reasoning_content: m.reasoning.clone(),
+            tool_calls: m
+                .tool_calls
+                .iter()
+                .map(|c| ChatToolCall {
+                    id: c.id.clone(),
+                    kind: function_kind(),
+                    function: FunctionCall {
+                        name: c.name.clone(),
+                        arguments: c.arguments.clone(),
+                    },
+                })
+                .collect(),
+            tool_call_id: m.tool_call_id.clone(),
         }
     }
 }
@@ -138,7 +188,19 @@ impl ChatMessage {
                 text
             }
         };
-        Ok(Message::new(role, content))
+        let mut message = Message::new(role, content);
+        message.reasoning = self.reasoning_content;
+        message.tool_call_id = self.tool_call_id;
+        message.tool_calls = self
+            .tool_calls
+            .into_iter()
+            .map(|c| ToolCall {
+                id: c.id,
+                name: c.function.name,
+                arguments: c.function.arguments,
+            })
+            .collect();
+        Ok(message)
     }
 }
 

@@ -98,6 +98,19 @@ impl<L> Choice<L> {
             .or_else(|| self.message.as_ref().and_then(|m| m.content.as_deref()))
             .or(self.text.as_deref())
     }
+
+    /// The reasoning this choice carries: the delta's or the message's
+    /// `reasoning_content`.
+    pub fn reasoning(&self) -> Option<&str> {
+        self.delta
+            .as_ref()
+            .and_then(|d| d.reasoning_content.as_deref())
+            .or_else(|| {
+                self.message
+                    .as_ref()
+                    .and_then(|m| m.reasoning_content.as_deref())
+            })
+    }
 }
 
 /// A whole chat answer's message.
@@ -109,6 +122,14 @@ pub struct ResponseMessage {
     /// The text (`null` with tool calls).
     #[serde(default, deserialize_with = "lenient::or_none")]
     pub content: Option<String>,
+    /// The model's reasoning before its answer (`[THINK]` blocks), absent
+    /// when there is none (the field of vLLM, DeepSeek and llama-server).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient::or_none"
+    )]
+    pub reasoning_content: Option<String>,
     /// A refusal message (foehn sends `null`).
     #[serde(default, deserialize_with = "lenient::or_none")]
     pub refusal: Option<String>,
@@ -132,6 +153,14 @@ pub struct Delta {
         deserialize_with = "lenient::or_none"
     )]
     pub content: Option<String>,
+    /// The next piece of reasoning, in place of `content` while the model
+    /// reasons (as [`ResponseMessage::reasoning_content`]).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient::or_none"
+    )]
+    pub reasoning_content: Option<String>,
 }
 
 /// `usage`. Written with all three counts; read with whichever are there

@@ -5,10 +5,10 @@
 
 use foehn_core::{Capabilities, FinishReason, GenerateRequest, Message, Prompt, TokenEvent, Usage};
 use foehn_openai::{
-    error_in_json, finish_reason_from_name, parse_error_body, ChatLogprobs, ChatRequest,
-    ChatResponse, Choice, ClientOptions, CompletionRequest, CompletionUsage, Delta, Endpoint,
-    ErrorBody, ErrorResponse, Logprobs, ModelList, ModelObject, RequestBody, ResponseMessage,
-    TextLogprobs, TextResponse,
+    error_in_json, finish_reason_from_name, parse_error_body, ChatLogprobs, ChatMessage,
+    ChatRequest, ChatResponse, Choice, ClientOptions, CompletionRequest, CompletionUsage, Delta,
+    Endpoint, ErrorBody, ErrorResponse, Logprobs, ModelList, ModelObject, RequestBody,
+    ResponseMessage, TextLogprobs, TextResponse,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -32,6 +32,7 @@ fn token(text: &str, logprob: Option<f32>, top: &[(&str, f32)]) -> TokenEvent {
         id: None,
         logprob,
         top_logprobs: top.iter().map(|(t, l)| (t.to_string(), *l)).collect(),
+        reasoning: false,
     }
 }
 
@@ -218,6 +219,7 @@ fn a_whole_chat_answer_is_openais_json() {
             message: Some(ResponseMessage {
                 role: "assistant".into(),
                 content: Some("Hi!".into()),
+                reasoning_content: None,
                 refusal: None,
             }),
             logprobs: Some(ChatLogprobs::from_tokens(&tokens, 0)),
@@ -283,6 +285,7 @@ fn stream_chunks_are_openais_json_with_usage_absent_null_or_given() {
     let text = Delta {
         role: None,
         content: Some("Hel".into()),
+        reasoning_content: None,
     };
     let envelope = |choice: Value| {
         json!({
@@ -301,6 +304,7 @@ fn stream_chunks_are_openais_json_with_usage_absent_null_or_given() {
             Delta {
                 role: Some("assistant".into()),
                 content: Some(String::new()),
+                reasoning_content: None,
             },
             None,
             None,
@@ -587,4 +591,58 @@ fn response_formats_are_checked_and_constraints_go_out_as_response_formats() {
     let written = serde_json::to_value(&body).unwrap();
     assert_eq!(written["response_format"]["type"], "json_schema");
     assert_eq!(written["response_format"]["json_schema"]["schema"], schema);
+}
+
+#[test]
+fn reasoning_content_is_written_only_when_there_is_some_and_reads_back() {
+    let message = ResponseMessage {
+        role: "assistant".into(),
+        content: Some("51".into()),
+        reasoning_content: Some("17*3 = 34 + 17".into()),
+        refusal: None,
+    };
+    round_trip(
+        &message,
+        json!({"role": "assistant", "content": "51", "reasoning_content": "17*3 = 34 + 17", "refusal": null}),
+    );
+    let delta = Delta {
+        role: None,
+        content: None,
+        reasoning_content: Some("17*3".into()),
+    };
+    round_trip(&delta, json!({"reasoning_content": "17*3"}));
+    // A server that sends `null` for it reads as none.
+    let read: Delta =
+        serde_json::from_value(json!({"content": "x", "reasoning_content": null})).unwrap();
+    assert_eq!(read.reasoning_content, None);
+}
+
+#[test]
+fn chat_messages_carry_reasoning_and_tool_calls_both_ways() {
+    let body = json!({
+        "role": "assistant",
+        "content": "",
+        "reasoning_content": "I should call it.",
+        "tool_calls": [{"id": "abc123def", "type": "function",
+                        "function": {"name": "get_weather", "arguments": "{\"city\": \"Rome\"}"}}]
+    });
+    let chat: ChatMessage = serde_json::from_value(body.clone()).unwrap();
+    let message = chat.into_message(0).unwrap();
+    assert_eq!(message.reasoning.as_deref(), Some("I should call it."));
+    assert_eq!(message.tool_calls.len(), 1);
+    assert_eq!(message.tool_calls[0].id.as_deref(), Some("abc123def"));
+    assert_eq!(message.tool_calls[0].name, "get_weather");
+    assert_eq!(message.tool_calls[0].arguments, r#"{"city": "Rome"}"#);
+    assert_eq!(
+        serde_json::to_value(ChatMessage::from(&message)).unwrap(),
+        body
+    );
+    let tool: ChatMessage = serde_json::from_value(
+        json!({"role": "tool", "content": "sunny", "tool_call_id": "abc123def"}),
+    )
+    .unwrap();
+    assert_eq!(
+        tool.into_message(1).unwrap().tool_call_id.as_deref(),
+        Some("abc123def")
+    );
 }

@@ -679,14 +679,17 @@ impl ChunkStream {
     /// Takes a whole answer's first choice as the stream.
     fn whole<L>(&mut self, answer: Response<L>) {
         let choice = answer.choices.first();
+        if let Some(reasoning) = choice.and_then(|c| c.reasoning()) {
+            self.push_reasoning(reasoning);
+        }
         let text = choice.and_then(|c| c.content()).unwrap_or_default();
         if let Some(reason) = choice.and_then(|c| c.finish_reason.as_deref()) {
             self.finish_reason = Some(finish_reason_from_name(reason));
         }
         self.usage = answer.usage.flatten().and_then(|u| u.to_core());
         if !text.is_empty() {
-            self.first_token = Some(Instant::now());
-            self.pieces = 1;
+            self.first_token.get_or_insert_with(Instant::now);
+            self.pieces += 1;
             self.pending
                 .push_back(token(text.to_string(), None, Vec::new()));
         }
@@ -742,6 +745,9 @@ impl ChunkStream {
         let Some(choice) = chunk.choices.iter().find(|c| c.index == 0) else {
             return;
         };
+        if let Some(reasoning) = choice.reasoning() {
+            self.push_reasoning(reasoning);
+        }
         let text = choice.content().unwrap_or_default();
         if !text.is_empty() {
             let entries = choice
@@ -754,6 +760,22 @@ impl ChunkStream {
         if let Some(reason) = &choice.finish_reason {
             self.finish_reason = Some(finish_reason_from_name(reason));
         }
+    }
+
+    /// Emits a piece of the model's reasoning (`reasoning_content`).
+    fn push_reasoning(&mut self, text: &str) {
+        if text.is_empty() {
+            return;
+        }
+        self.first_token.get_or_insert_with(Instant::now);
+        self.pieces += 1;
+        self.pending.push_back(Event::Token(TokenEvent {
+            text: text.to_string(),
+            id: None,
+            logprob: None,
+            top_logprobs: Vec::new(),
+            reasoning: true,
+        }));
     }
 
     /// Emits a text piece, split per token when the logprobs spell it out exactly.
@@ -877,6 +899,7 @@ fn token(text: String, logprob: Option<f32>, top_logprobs: Vec<(String, f32)>) -
         id: None,
         logprob,
         top_logprobs,
+        reasoning: false,
     })
 }
 
@@ -1063,6 +1086,35 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn reasoning_content_becomes_reasoning_events() {
+        let reasoning = |s: &ChunkStream| -> Vec<bool> {
+            s.pending
+                .iter()
+                .filter_map(|e| match e {
+                    Event::Token(t) => Some(t.reasoning),
+                    _ => None,
+                })
+                .collect()
+        };
+        let mut s = stream(Endpoint::Chat);
+        s.on_event(data(
+            r#"{"choices":[{"index":0,"delta":{"reasoning_content":"hm"}}]}"#,
+        ))
+        .unwrap();
+        s.on_event(data(
+            r#"{"choices":[{"index":0,"delta":{"content":"x","reasoning_content":null}}]}"#,
+        ))
+        .unwrap();
+        assert_eq!(texts(&s), ["hm", "x"]);
+        assert_eq!(reasoning(&s), [true, false]);
+        let mut s = stream(Endpoint::Chat);
+        s.on_event(data(r#"{"choices":[{"index":0,"message":{"role":"assistant","content":"51","reasoning_content":"17*3"},"finish_reason":"stop"}]}"#))
+            .unwrap();
+        assert_eq!(texts(&s), ["17*3", "51"]);
+        assert_eq!(reasoning(&s), [true, false]);
     }
 
     #[test]

@@ -157,6 +157,7 @@ impl Generator for Fake {
                     id: None,
                     logprob: None,
                     top_logprobs: vec![],
+                    reasoning: false,
                 }))
             })
             .collect();

@@ -90,7 +90,14 @@ impl ResponseBuilder {
 
     /// The whole response of a non-streaming request.
     pub(crate) fn full(&self, tokens: &[TokenEvent], done: &Completion) -> Value {
-        let text: String = tokens.iter().map(|t| t.text.as_str()).collect();
+        // Chat answers keep reasoning apart; a text completion is all the text.
+        let text_of = |reasoning: Option<bool>| -> String {
+            tokens
+                .iter()
+                .filter(|t| reasoning.is_none_or(|r| t.reasoning == r))
+                .map(|t| t.text.as_str())
+                .collect()
+        };
         let finish_reason = Some(finish_reason_name(done.finish_reason).to_string());
         let usage = Some(Some(CompletionUsage::from(&done.usage)));
         let object = self.endpoint.object();
@@ -99,7 +106,8 @@ impl ResponseBuilder {
                 let choice = Choice::<ChatLogprobs> {
                     message: Some(ResponseMessage {
                         role: "assistant".into(),
-                        content: Some(text),
+                        content: Some(text_of(Some(false))),
+                        reasoning_content: Some(text_of(Some(true))).filter(|r| !r.is_empty()),
                         refusal: None,
                     }),
                     logprobs: self.logprobs(tokens, 0),
@@ -110,7 +118,7 @@ impl ResponseBuilder {
             }
             Endpoint::Completions => {
                 let choice = Choice::<TextLogprobs> {
-                    text: Some(text),
+                    text: Some(text_of(None)),
                     logprobs: self.logprobs(tokens, 0),
                     finish_reason,
                     ..Choice::default()
@@ -164,15 +172,27 @@ impl ResponseBuilder {
         let delta = Delta {
             role: Some("assistant".into()),
             content: Some(String::new()),
+            reasoning_content: None,
         };
         self.piece(delta, &[], None, with_usage)
     }
 
-    /// A chunk carrying a token's text (and its logprobs when asked for).
+    /// A chunk carrying a token's text (and its logprobs when asked for); in
+    /// a chat, reasoning goes in the delta's `reasoning_content`, not `content`.
     pub(crate) fn token_chunk(&mut self, t: &TokenEvent, with_usage: bool) -> Value {
-        let delta = Delta {
-            role: None,
-            content: Some(t.text.clone()),
+        let text = Some(t.text.clone());
+        let delta = if t.reasoning && self.endpoint == Endpoint::Chat {
+            Delta {
+                role: None,
+                content: None,
+                reasoning_content: text,
+            }
+        } else {
+            Delta {
+                role: None,
+                content: text,
+                reasoning_content: None,
+            }
         };
         let chunk = self.piece(delta, std::slice::from_ref(t), None, with_usage);
         self.offset += t.text.len();
@@ -204,6 +224,7 @@ mod tests {
             id: Some(1),
             logprob: lp,
             top_logprobs: vec![(text.into(), lp.unwrap_or(0.0))],
+            reasoning: false,
         }
     }
 
@@ -236,6 +257,33 @@ mod tests {
         assert_eq!(v["choices"][0]["finish_reason"], "length");
         assert_eq!(v["choices"][0]["logprobs"]["content"][1]["logprob"], -1.0);
         assert_eq!(v["usage"]["total_tokens"], 5);
+    }
+
+    #[test]
+    fn chat_reasoning_is_reasoning_content() {
+        let think = |text: &str| TokenEvent {
+            reasoning: true,
+            ..token(text, None)
+        };
+        let tokens = [think("Let me"), think(" see."), token("Yes", None)];
+        let b = ResponseBuilder::new(Endpoint::Chat, "m", false);
+        let message = &b.full(&tokens, &done())["choices"][0]["message"];
+        assert_eq!(message["content"], "Yes");
+        assert_eq!(message["reasoning_content"], "Let me see.");
+        // Without reasoning the field is absent.
+        let plain = &b.full(&tokens[2..], &done())["choices"][0]["message"];
+        assert!(plain.get("reasoning_content").is_none());
+        let mut b = ResponseBuilder::new(Endpoint::Chat, "m", false);
+        let delta = b.token_chunk(&tokens[0], false)["choices"][0]["delta"].clone();
+        assert_eq!(delta, json!({"reasoning_content": "Let me"}));
+        let delta = b.token_chunk(&tokens[2], false)["choices"][0]["delta"].clone();
+        assert_eq!(delta, json!({"content": "Yes"}));
+        // A text completion is the whole continuation.
+        let b = ResponseBuilder::new(Endpoint::Completions, "m", false);
+        assert_eq!(
+            b.full(&tokens, &done())["choices"][0]["text"],
+            "Let me see.Yes"
+        );
     }
 
     #[test]

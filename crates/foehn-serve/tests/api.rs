@@ -123,6 +123,7 @@ impl Generator for Scripted {
                 id: Some(i as u32),
                 logprob: logprobs.map(|_| -0.5),
                 top_logprobs: top,
+                reasoning: false,
             })))
         })))
     }

@@ -133,6 +133,8 @@ pub struct TekkenModel {
     offsets: Vec<u32>,
     /// Text of each special token, indexed by id.
     specials: Vec<Box<str>>,
+    /// `config.version`'s number (`"v13"` → 13), if the file says.
+    version: Option<u32>,
     bos_id: u32,
     eos_id: u32,
     unk_id: u32,
@@ -248,8 +250,13 @@ impl TekkenModel {
             return Err(size_error());
         }
 
-        let specials =
-            special_token_texts(file.special_tokens, cfg.version.as_deref(), num_special)?;
+        let version = parse_version(cfg.version.as_deref())?;
+        let specials = special_token_texts(
+            file.special_tokens,
+            cfg.version.as_deref(),
+            version,
+            num_special,
+        )?;
         let find = |text: &'static str| {
             specials
                 .iter()
@@ -311,6 +318,7 @@ impl TekkenModel {
             token_data,
             offsets,
             specials,
+            version,
             bos_id,
             eos_id,
             unk_id,
@@ -380,6 +388,12 @@ impl TekkenModel {
     /// Total number of ids: special tokens plus the normal tokens in use.
     pub fn vocab_size(&self) -> usize {
         self.specials.len() + self.offsets.len() - 1
+    }
+
+    /// The file's `config.version` as a number (`"v13"` → 13): which of
+    /// mistral_common's instruct tokenizers the model was trained with.
+    pub fn version(&self) -> Option<u32> {
+        self.version
     }
 
     /// Id of `<s>`.
@@ -515,19 +529,24 @@ impl TekkenModel {
     }
 }
 
-/// The special tokens, indexed by id, as mistral_common builds them.
-fn special_token_texts(
-    listed: Option<Vec<SpecialJson>>,
-    version: Option<&str>,
-    num_special: usize,
-) -> Result<Vec<Box<str>>, TekkenError> {
-    let version_num = version
+/// The number of a `config.version` (`"v13"` → 13).
+fn parse_version(version: Option<&str>) -> Result<Option<u32>, TekkenError> {
+    version
         .map(|v| {
             v.strip_prefix('v')
                 .and_then(|n| n.parse::<u32>().ok())
                 .ok_or_else(|| TekkenError::UnknownVersion(v.to_owned()))
         })
-        .transpose()?;
+        .transpose()
+}
+
+/// The special tokens, indexed by id, as mistral_common builds them.
+fn special_token_texts(
+    listed: Option<Vec<SpecialJson>>,
+    version: Option<&str>,
+    version_num: Option<u32>,
+    num_special: usize,
+) -> Result<Vec<Box<str>>, TekkenError> {
     let mut texts: Vec<Box<str>> = match listed {
         Some(list) => list
             .into_iter()

@@ -398,6 +398,15 @@ impl Tokenizer {
     pub fn kind(&self) -> TokenizerKind {
         self.kind
     }
+
+    /// The instruct version a `tekken.json` declares (`"version": "v13"` → 13);
+    /// `None` for other tokenizers and Tekken files without one.
+    pub fn tekken_version(&self) -> Option<u32> {
+        match &self.engine {
+            Engine::Tekken(m) => m.version(),
+            _ => None,
+        }
+    }
 }
 
 /// Special tokens of a SentencePiece vocabulary: control and unknown pieces
