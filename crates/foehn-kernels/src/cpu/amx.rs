@@ -26,8 +26,7 @@ use std::sync::OnceLock;
 
 use super::act::{QuantizedActs, ACT_BLOCK};
 use super::format::{Format, SUPER, TILE};
-use super::shape::KernelShape;
-use super::{RawTileFn, MAX_CALL_ROWS as MAX_ROWS};
+use super::MAX_CALL_ROWS as MAX_ROWS;
 
 /// Whether this CPU runs the kernel: the AVX-512 VNNI kernel's features,
 /// AMX-TILE and AMX-INT8 (cpuid), and the tile data state granted by the
@@ -78,25 +77,9 @@ fn tile_state_granted() -> bool {
     false
 }
 
-/// The kernel of `shape` (every shape but the AVX2-only split layout): as
-/// [`super::scalar::tile`] for `nr` activation rows up to [`MAX_ROWS`].
-pub(crate) fn select(shape: KernelShape) -> Option<RawTileFn> {
-    use KernelShape::*;
-    let f: RawTileFn = match shape {
-        Nib32 => tile::<true, 32, false, false>,
-        Nib32Min => tile::<true, 32, false, true>,
-        Byte32 | Wide32 => tile::<false, 32, false, false>,
-        Byte32Min => tile::<false, 32, false, true>,
-        SuperNib32Min => tile::<true, 32, true, true>,
-        SuperByte32Min => tile::<false, 32, true, true>,
-        SuperWide32 => tile::<false, 32, true, false>,
-        SuperByte16 => tile::<false, 16, true, false>,
-        SuperNib16 => tile::<true, 16, true, false>,
-        SuperNib16Min => tile::<true, 16, true, true>,
-        SuperSplit16 => return None,
-    };
-    Some(f)
-}
+// `select`: the kernel of each shape, as [`super::scalar::tile`] for `nr`
+// activation rows up to [`MAX_ROWS`].
+layout_select!(tile);
 
 /// As [`super::scalar::tile`] for one layout and `nr` (1..=[`MAX_ROWS`])
 /// activation rows.

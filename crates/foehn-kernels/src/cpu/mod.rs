@@ -3,32 +3,41 @@
 //! [`KernelShape`] and instruction set, chosen when a matrix is packed
 //! ([`TileKernel`]) for an instruction set this CPU runs ([`SupportedIsa`]).
 
-/// Defines, in an instruction set's module whose kernel is generic over
-/// exactly `(nibbles, group, superblocks, min)` and the activation rows
-/// (AVX-512 VNNI, NEON): `select`, the monomorph of each shape (the split
-/// layout is AVX2's), and `tile`, one monomorph's entry point.
-macro_rules! layout_kernels {
-    ($kernel:ident) => {
+/// `select` of an instruction set whose tile entry point `$tile` is generic
+/// over exactly `(nibbles, group, superblocks, min)`: the monomorph of each
+/// shape, `None` for the split layout (AVX2's own).
+macro_rules! layout_select {
+    ($tile:ident) => {
         /// The kernel of `shape` (every shape but the AVX2-only split layout).
         pub(crate) fn select(
             shape: $crate::cpu::shape::KernelShape,
         ) -> Option<$crate::cpu::RawTileFn> {
             use $crate::cpu::shape::KernelShape::*;
             let f: $crate::cpu::RawTileFn = match shape {
-                Nib32 => tile::<true, 32, false, false>,
-                Nib32Min => tile::<true, 32, false, true>,
-                Byte32 | Wide32 => tile::<false, 32, false, false>,
-                Byte32Min => tile::<false, 32, false, true>,
-                SuperNib32Min => tile::<true, 32, true, true>,
-                SuperByte32Min => tile::<false, 32, true, true>,
-                SuperWide32 => tile::<false, 32, true, false>,
-                SuperByte16 => tile::<false, 16, true, false>,
-                SuperNib16 => tile::<true, 16, true, false>,
-                SuperNib16Min => tile::<true, 16, true, true>,
+                Nib32 => $tile::<true, 32, false, false>,
+                Nib32Min => $tile::<true, 32, false, true>,
+                Byte32 | Wide32 => $tile::<false, 32, false, false>,
+                Byte32Min => $tile::<false, 32, false, true>,
+                SuperNib32Min => $tile::<true, 32, true, true>,
+                SuperByte32Min => $tile::<false, 32, true, true>,
+                SuperWide32 => $tile::<false, 32, true, false>,
+                SuperByte16 => $tile::<false, 16, true, false>,
+                SuperNib16 => $tile::<true, 16, true, false>,
+                SuperNib16Min => $tile::<true, 16, true, true>,
                 SuperSplit16 => return None,
             };
             Some(f)
         }
+    };
+}
+
+/// Defines, in an instruction set's module whose kernel is generic over
+/// exactly `(nibbles, group, superblocks, min)` and the activation rows
+/// (AVX-512 VNNI, NEON): `select` ([`layout_select!`]) and `tile`, one
+/// monomorph's entry point.
+macro_rules! layout_kernels {
+    ($kernel:ident) => {
+        layout_select!(tile);
 
         /// As [`super::scalar::tile`], for one layout: `NA` = `nr` (4 from
         /// 4 up).
