@@ -10,7 +10,9 @@
 
 use foehn_tokenizer::{EncodeOptions, Tokenizer, TokenizerKind};
 
+use crate::pyjson::PyJson;
 use crate::{ChatError, Message, Result, Role};
+use foehn_core::ToolCall;
 
 /// Which of mistral-common's instruct tokenizers to imitate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -157,13 +159,29 @@ pub fn mistral_version(tokenizer: &Tokenizer, template: Option<&str>) -> Option<
 struct Turn {
     role: Role,
     content: String,
+    /// An assistant turn's tool calls (v3, v7).
+    calls: Vec<ToolCall>,
+    /// The call a tool result answers.
+    call_id: Option<String>,
+}
+
+impl Turn {
+    fn new(role: Role, content: String) -> Self {
+        Self {
+            role,
+            content,
+            calls: Vec::new(),
+            call_id: None,
+        }
+    }
 }
 
 /// mistral-common's `InstructRequestNormalizer` (v1–v3) / `…V7`: consecutive
-/// messages of the same role merged (non-empty texts joined by a blank line),
-/// tool messages kept apart; before v7 the system messages are taken out and
-/// joined into one system prompt, and the conversation must start with a user
-/// message (an empty one is inserted if it does not).
+/// messages of the same role merged (non-empty texts joined by a blank line,
+/// tool calls gathered), tool messages kept apart; before v7 the system
+/// messages are taken out and joined into one system prompt, and the
+/// conversation must start with a user message (an empty one is inserted if
+/// it does not).
 fn normalize(messages: &[Message], version: MistralVersion) -> (Option<String>, Vec<Turn>) {
     let v7 = version == MistralVersion::V7;
     let mut system_parts = Vec::new();
@@ -171,10 +189,9 @@ fn normalize(messages: &[Message], version: MistralVersion) -> (Option<String>, 
     for group in messages.chunk_by(|a, b| a.role == b.role) {
         let role = group[0].role;
         match role {
-            Role::System if v7 => turns.extend(group.iter().map(|m| Turn {
-                role,
-                content: m.content.clone(),
-            })),
+            Role::System if v7 => {
+                turns.extend(group.iter().map(|m| Turn::new(role, m.content.clone())))
+            }
             Role::System => system_parts.extend(
                 group
                     .iter()
@@ -182,8 +199,8 @@ fn normalize(messages: &[Message], version: MistralVersion) -> (Option<String>, 
                     .map(|m| m.content.clone()),
             ),
             Role::Tool => turns.extend(group.iter().map(|m| Turn {
-                role,
-                content: m.content.clone(),
+                call_id: m.tool_call_id.clone(),
+                ..Turn::new(role, m.content.clone())
             })),
             Role::User | Role::Assistant => {
                 let texts: Vec<&str> = group
@@ -192,23 +209,52 @@ fn normalize(messages: &[Message], version: MistralVersion) -> (Option<String>, 
                     .filter(|c| !c.is_empty())
                     .collect();
                 turns.push(Turn {
-                    role,
-                    content: texts.join("\n\n"),
+                    calls: group.iter().flat_map(|m| m.tool_calls.clone()).collect(),
+                    ..Turn::new(role, texts.join("\n\n"))
                 });
             }
         }
     }
     if turns.is_empty() || (!v7 && turns[0].role != Role::User) {
-        turns.insert(
-            0,
-            Turn {
-                role: Role::User,
-                content: String::new(),
-            },
-        );
+        turns.insert(0, Turn::new(Role::User, String::new()));
     }
     let system = (!system_parts.is_empty()).then(|| system_parts.join("\n\n"));
     (system, turns)
+}
+
+/// A JSON text as mistral-common's normalizer and v3 tokenizer read it
+/// (`_normalize_json_content` then `_parse_json_content`): `{}` when empty,
+/// the parsed value when it is JSON, else the text as a string.
+fn json_or_text(text: &str) -> PyJson {
+    if text.is_empty() {
+        return PyJson::Object(Vec::new());
+    }
+    PyJson::parse(text).unwrap_or_else(|| PyJson::Str(text.to_owned()))
+}
+
+/// v3/v7 tool calls: `[TOOL_CALLS]` and the JSON list of `{"name",
+/// "arguments", "id"}` (the id only when there is one).
+fn encode_calls_json(
+    text: &TextEncoder<'_>,
+    tool_calls: u32,
+    calls: &[ToolCall],
+    ids: &mut Vec<u32>,
+) -> Result<()> {
+    let list = calls
+        .iter()
+        .map(|c| {
+            let mut fields = vec![
+                ("name".to_string(), PyJson::Str(c.name.clone())),
+                ("arguments".to_string(), json_or_text(&c.arguments)),
+            ];
+            if let Some(id) = c.id.as_deref().filter(|id| !id.is_empty() && *id != "null") {
+                fields.push(("id".to_string(), PyJson::Str(id.to_string())));
+            }
+            PyJson::Object(fields)
+        })
+        .collect();
+    ids.push(tool_calls);
+    text.encode(&PyJson::Array(list).dumps(), ids)
 }
 
 /// Tokenizes message text as mistral-common does: no BOS, no EOS, special-token
@@ -280,7 +326,15 @@ pub fn encode_mistral_chat(
 
 /// [`encode_mistral_chat`] with the tool definitions the model may call
 /// (OpenAI's `tools`: a list of `{"type": "function", "function": {"name",
-/// "description", "parameters"}}`), which only v11 and v13 take here.
+/// "description", "parameters"}}`), from v3 on.
+///
+/// v3 and v7 follow mistral-common's `InstructTokenizerV3` / `…V7`: the
+/// tools between `[AVAILABLE_TOOLS]` and `[/AVAILABLE_TOOLS]` before the
+/// last user message; an assistant's tool calls as `[TOOL_CALLS]` and the
+/// JSON list of `{"name", "arguments", "id"}` (v3: instead of text; v7:
+/// after it); a tool result as `[TOOL_RESULTS]{"content": …, "call_id":
+/// …}[/TOOL_RESULTS]` (v3, the content read as JSON where it is) or
+/// `[TOOL_RESULTS]id[TOOL_CONTENT]text[/TOOL_RESULTS]` (v7).
 ///
 /// v11 and v13 follow mistral-common's `InstructTokenizerV11` / `…V13` after
 /// its `InstructRequestNormalizerV13`: system messages in place between
@@ -295,10 +349,8 @@ pub fn encode_mistral_chat(
 /// `[TOOL_RESULTS]text[/TOOL_RESULTS]` (v13), each run of results in the
 /// order of the calls they answer.
 ///
-/// Object keys inside `parameters` are written in the order `tools` holds
-/// them; serde_json's `Value` keeps them sorted, where mistral-common keeps the
-/// request's order, so the ids equal mistral-common's when the request's
-/// keys are sorted. Tool-call arguments keep their written order.
+/// Object keys are written in the order `tools` holds them, as
+/// mistral-common does (foehn's `serde_json` keeps insertion order).
 pub fn encode_mistral_chat_with_tools(
     tokenizer: &Tokenizer,
     messages: &[Message],
@@ -314,29 +366,38 @@ pub fn encode_mistral_chat_with_tools(
         }
         _ => {}
     }
-    if tools
-        .and_then(|t| t.as_array())
-        .is_some_and(|t| !t.is_empty())
-    {
+    let tool_format = matches!(version, MistralVersion::V3 | MistralVersion::V7);
+    if !tool_format {
+        if tools
+            .and_then(|t| t.as_array())
+            .is_some_and(|t| !t.is_empty())
+        {
+            return Err(ChatError::InvalidConversation(
+                "tool definitions need Mistral's v3 encoding or later".into(),
+            ));
+        }
+        if messages
+            .iter()
+            .any(|m| !m.tool_calls.is_empty() || m.role == Role::Tool)
+        {
+            return Err(ChatError::InvalidConversation(
+                "tool calls and tool results need Mistral's v3 encoding or later".into(),
+            ));
+        }
+    }
+    if messages.iter().any(|m| m.reasoning.is_some()) {
         return Err(ChatError::InvalidConversation(
-            "tool definitions need Mistral's v11 or v13 encoding here".into(),
+            "reasoning needs Mistral's v13 encoding".into(),
         ));
     }
-    if messages
-        .iter()
-        .any(|m| m.reasoning.is_some() || !m.tool_calls.is_empty())
-    {
-        return Err(ChatError::InvalidConversation(
-            "tool calls and reasoning need Mistral's v11 or v13 encoding here".into(),
-        ));
-    }
-    encode_up_to_v7(tokenizer, messages, version)
+    encode_up_to_v7(tokenizer, messages, tools, version)
 }
 
-/// v1, v2, v3 and v7, for conversations of plain text.
+/// v1, v2, v3 and v7; tools, tool calls and tool results from v3 on.
 fn encode_up_to_v7(
     tokenizer: &Tokenizer,
     messages: &[Message],
+    tools: Option<&serde_json::Value>,
     version: MistralVersion,
 ) -> Result<Vec<u32>> {
     let text = TextEncoder::new(tokenizer)?;
@@ -353,6 +414,10 @@ fn encode_up_to_v7(
             required_id(tokenizer, "[/INST]")?,
         )),
     };
+    let tools = tools
+        .map(crate::mistral_v11::tools_json)
+        .transpose()?
+        .flatten();
     let (system, turns) = normalize(messages, version);
     let first_user = turns.iter().position(|t| t.role == Role::User);
     let last_user = turns.iter().rposition(|t| t.role == Role::User);
@@ -370,6 +435,11 @@ fn encode_up_to_v7(
                     Some(system) if system_here => format!("{system}\n\n{}", turn.content),
                     _ => turn.content.clone(),
                 };
+                if let Some(tools) = tools.as_deref().filter(|_| Some(i) == last_user) {
+                    ids.push(required_id(tokenizer, "[AVAILABLE_TOOLS]")?);
+                    text.encode(tools, &mut ids)?;
+                    ids.push(required_id(tokenizer, "[/AVAILABLE_TOOLS]")?);
+                }
                 match inst {
                     None => text.encode(&format!("[INST] {content} [/INST]"), &mut ids)?,
                     Some((begin, end)) => {
@@ -380,9 +450,19 @@ fn encode_up_to_v7(
                 }
             }
             Role::Assistant => {
-                if turn.content.is_empty() {
+                if turn.content.is_empty() && turn.calls.is_empty() {
                     return Err(ChatError::InvalidConversation(
-                        "an assistant message has no content".into(),
+                        "an assistant message has neither content nor tool calls".into(),
+                    ));
+                }
+                if !turn.content.is_empty()
+                    && !turn.calls.is_empty()
+                    && version != MistralVersion::V7
+                {
+                    return Err(ChatError::InvalidConversation(
+                        "Mistral's v3 encoding cannot have text and tool calls in one assistant \
+                         message"
+                            .into(),
                     ));
                 }
                 let content = match version {
@@ -390,6 +470,10 @@ fn encode_up_to_v7(
                     _ => turn.content.trim_end_matches(' '),
                 };
                 text.encode(content, &mut ids)?;
+                if !turn.calls.is_empty() {
+                    let marker = required_id(tokenizer, "[TOOL_CALLS]")?;
+                    encode_calls_json(&text, marker, &turn.calls, &mut ids)?;
+                }
                 ids.push(eos);
             }
             Role::System => {
@@ -398,10 +482,26 @@ fn encode_up_to_v7(
                 ids.push(required_id(tokenizer, "[/SYSTEM_PROMPT]")?);
             }
             Role::Tool => {
-                return Err(ChatError::InvalidConversation(
-                    "tool messages need a tool call id, which Mistral's chat encoding requires"
-                        .into(),
-                ))
+                let call_id = turn.call_id.as_deref().ok_or_else(|| {
+                    ChatError::InvalidConversation(
+                        "a tool message has no tool_call_id, which Mistral's encoding needs".into(),
+                    )
+                })?;
+                ids.push(required_id(tokenizer, "[TOOL_RESULTS]")?);
+                if version == MistralVersion::V7 {
+                    // `[TOOL_RESULTS]id[TOOL_CONTENT]text[/TOOL_RESULTS]`, the text as given.
+                    text.encode(call_id, &mut ids)?;
+                    ids.push(required_id(tokenizer, "[TOOL_CONTENT]")?);
+                    text.encode(&turn.content, &mut ids)?;
+                } else {
+                    // v3: `{"content": …, "call_id": …}`, the content read as JSON when it is.
+                    let result = PyJson::Object(vec![
+                        ("content".into(), json_or_text(&turn.content)),
+                        ("call_id".into(), PyJson::Str(call_id.to_string())),
+                    ]);
+                    text.encode(&result.dumps(), &mut ids)?;
+                }
+                ids.push(required_id(tokenizer, "[/TOOL_RESULTS]")?);
             }
         }
     }

@@ -212,7 +212,7 @@ fn normalize(messages: &[Message]) -> Result<Vec<Turn>> {
 
 /// The tool definitions as mistral-common writes them: a JSON list of
 /// `{"type": "function", "function": {"name", "description", "parameters"}}`.
-fn tools_json(tools: &serde_json::Value) -> Result<Option<String>> {
+pub(crate) fn tools_json(tools: &serde_json::Value) -> Result<Option<String>> {
     let invalid = |what: String| ChatError::InvalidConversation(format!("tools: {what}"));
     let list = tools
         .as_array()

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::Constraint;
+use crate::{Constraint, ToolCallDelta};
 
 /// Who wrote a chat message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -152,8 +152,13 @@ pub struct GenerateRequest {
     pub logprobs: Option<u32>,
     /// OpenAI `response_format`, passed through to remotes that support it.
     pub response_format: Option<serde_json::Value>,
-    /// OpenAI `tools`, passed through to remotes that support them.
+    /// OpenAI `tools`: the functions the model may call (see
+    /// [`crate::parse_tools`]); passed through to remotes.
     pub tools: Option<serde_json::Value>,
+    /// OpenAI `tool_choice` (see [`crate::ToolChoice`]; `None` = `auto`);
+    /// passed through to remotes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_choice: Option<serde_json::Value>,
     /// What the output must match (`None`: what `response_format` asks for,
     /// if anything); see [`GenerateRequest::output_constraint`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -189,6 +194,7 @@ impl GenerateRequest {
             logprobs: None,
             response_format: None,
             tools: None,
+            tool_choice: None,
             constraint: None,
         }
     }
@@ -215,7 +221,7 @@ pub enum FinishReason {
     Length,
     /// The caller cancelled.
     Cancelled,
-    /// The model asked for tool calls (remote providers).
+    /// The model called tools (its answer's [`TokenEvent::tool_calls`]).
     ToolCalls,
     /// The provider filtered the content.
     ContentFilter,
@@ -242,7 +248,7 @@ pub struct Timings {
 }
 
 /// One generated token.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct TokenEvent {
     /// The text it adds (may be empty while a character or a stop string is incomplete).
     pub text: String,
@@ -260,6 +266,11 @@ pub struct TokenEvent {
     /// reasoning as `reasoning_content`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub reasoning: bool,
+    /// Pieces of tool calls this token adds (then `text` is the answer's
+    /// text before them, if any): the model's call syntax parsed into
+    /// OpenAI's shape; [`crate::collect_tool_calls`] puts them together.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCallDelta>,
 }
 
 /// The last event of a stream.
@@ -385,6 +396,39 @@ pub trait Generator: Send + Sync {
         cancel: CancelToken,
     ) -> Result<EventStream, GenerateError>;
 
+    /// Runs a generation to the end and returns the assistant's message
+    /// (text, reasoning and tool calls, ready to append to the conversation)
+    /// and the final event.
+    fn generate_message(
+        &self,
+        request: GenerateRequest,
+    ) -> Result<(Message, Completion), GenerateError> {
+        let (mut text, mut reasoning) = (String::new(), String::new());
+        let mut deltas = Vec::new();
+        for event in self.generate(request, CancelToken::new())? {
+            match event? {
+                Event::Token(t) => {
+                    if t.reasoning {
+                        &mut reasoning
+                    } else {
+                        &mut text
+                    }
+                    .push_str(&t.text);
+                    deltas.extend(t.tool_calls);
+                }
+                Event::Done(c) => {
+                    let mut message = Message::assistant(text);
+                    message.reasoning = Some(reasoning).filter(|r| !r.is_empty());
+                    message.tool_calls = crate::collect_tool_calls(&deltas);
+                    return Ok((message, c));
+                }
+            }
+        }
+        Err(GenerateError::Backend(
+            "the event stream ended without a final event".into(),
+        ))
+    }
+
     /// Runs a generation to the end and returns its text and final event.
     fn generate_text(
         &self,
@@ -436,10 +480,7 @@ mod tests {
                 match iter.next() {
                     Some(w) if !cancel.is_cancelled() => Some(Ok(Event::Token(TokenEvent {
                         text: w,
-                        id: None,
-                        logprob: None,
-                        top_logprobs: vec![],
-                        reasoning: false,
+                        ..TokenEvent::default()
                     }))),
                     rest => {
                         done = true;

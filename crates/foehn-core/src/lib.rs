@@ -7,10 +7,15 @@
 mod config;
 mod constraint;
 mod generate;
+mod tools;
 
 pub use config::{AttnTemperature, ModelConfig, MoeConfig, RopeScaling};
 pub use constraint::Constraint;
 pub use generate::{
     CancelToken, Capabilities, Completion, Event, EventStream, FinishReason, GenerateError,
     GenerateRequest, Generator, Message, Prompt, Role, Timings, TokenEvent, ToolCall, Usage,
+};
+pub use tools::{
+    collect_tool_calls, is_mistral_call_id, parse_tools, tool_request, ToolCallDelta, ToolCallIds,
+    ToolChoice, ToolSpec,
 };

@@ -517,6 +517,7 @@ impl Generation {
                     logprob: None,
                     top_logprobs: Vec::new(),
                     reasoning: self.in_reasoning(),
+                    tool_calls: Vec::new(),
                 })));
             }
             return Ok(Some(self.done_event(reason)));
@@ -653,6 +654,7 @@ impl Generation {
             logprob,
             top_logprobs,
             reasoning: was_reasoning,
+            tool_calls: Vec::new(),
         }))
     }
 

@@ -33,6 +33,7 @@ fn token(text: &str, logprob: Option<f32>, top: &[(&str, f32)]) -> TokenEvent {
         logprob,
         top_logprobs: top.iter().map(|(t, l)| (t.to_string(), *l)).collect(),
         reasoning: false,
+        tool_calls: Vec::new(),
     }
 }
 

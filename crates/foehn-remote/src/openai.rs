@@ -775,6 +775,7 @@ impl ChunkStream {
             logprob: None,
             top_logprobs: Vec::new(),
             reasoning: true,
+            tool_calls: Vec::new(),
         }));
     }
 
@@ -900,6 +901,7 @@ fn token(text: String, logprob: Option<f32>, top_logprobs: Vec<(String, f32)>) -
         logprob,
         top_logprobs,
         reasoning: false,
+        tool_calls: Vec::new(),
     })
 }
 

@@ -158,6 +158,7 @@ impl Generator for Fake {
                     logprob: None,
                     top_logprobs: vec![],
                     reasoning: false,
+                    tool_calls: Vec::new(),
                 }))
             })
             .collect();

@@ -225,6 +225,7 @@ mod tests {
             logprob: lp,
             top_logprobs: vec![(text.into(), lp.unwrap_or(0.0))],
             reasoning: false,
+            tool_calls: Vec::new(),
         }
     }
 

@@ -124,6 +124,7 @@ impl Generator for Scripted {
                 logprob: logprobs.map(|_| -0.5),
                 top_logprobs: top,
                 reasoning: false,
+                tool_calls: Vec::new(),
             })))
         })))
     }
