@@ -10,6 +10,10 @@
 //!   not, up to Mistral's v13 (tools, tool calls, `[THINK]` reasoning, see
 //!   [`encode_mistral_chat_with_tools`]); [`mistral_version`] tells whether a
 //!   model should take that path.
+//! * [`ToolFormat`] is how a model calls tools (Mistral's tokens, Hermes'
+//!   `<tool_call>`): the prompt that offers them, the grammar that holds the
+//!   calls to their schemas, and [`ToolCallParser`], which turns the output
+//!   into OpenAI-shaped calls as it streams.
 //!
 //! ```no_run
 //! use foehn_chat::{encode_mistral_chat, mistral_version, ChatTemplate, Message};
@@ -44,6 +48,7 @@ mod pyrepr;
 mod strftime;
 mod template;
 mod tojson;
+mod tools;
 
 pub use error::{ChatError, Result};
 pub use message::{Message, Role};
@@ -53,3 +58,4 @@ pub use mistral::{
 };
 pub use named::{named_template_source, NAMED_TEMPLATES};
 pub use template::{default_template_name, ChatTemplate, DEFAULT_TEMPLATE_NAME};
+pub use tools::{Marker, Parsed, ToolCallParser, ToolFormat, ToolPrompt, ToolSyntax};

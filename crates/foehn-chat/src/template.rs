@@ -163,16 +163,31 @@ impl ChatTemplate {
     /// Renders a conversation; with `add_generation_prompt` the text ends with
     /// the opening of the assistant's turn (for templates that have one).
     pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
+        self.render_with_tools(messages, None, add_generation_prompt)
+    }
+
+    /// [`ChatTemplate::render`] with the tools the model may call (OpenAI's
+    /// `tools` list) as the template's `tools`. Messages reach the template
+    /// in Hugging Face's shape: an assistant's `tool_calls` as `{"id",
+    /// "type": "function", "function": {"name", "arguments"}}` with the
+    /// arguments parsed (templates write them with `tojson`).
+    pub fn render_with_tools(
+        &self,
+        messages: &[Message],
+        tools: Option<&serde_json::Value>,
+        add_generation_prompt: bool,
+    ) -> Result<String> {
         let template = self
             .env
             .get_template(TEMPLATE_NAME)
             .map_err(|e| ChatError::Render(describe(&e)))?;
+        let messages: Vec<serde_json::Value> = messages.iter().map(hf_message).collect();
         let ctx = context! {
-            messages => Value::from_serialize(messages),
+            messages => Value::from_serialize(&messages),
             bos_token => &self.bos_token,
             eos_token => &self.eos_token,
             add_generation_prompt => add_generation_prompt,
-            tools => Value::from(()),
+            tools => tools.map_or(Value::from(()), Value::from_serialize),
             documents => Value::from(()),
         };
         template.render(ctx).map_err(|e| render_error(&e))
@@ -197,6 +212,24 @@ impl ChatTemplate {
     pub fn eos_token(&self) -> &str {
         &self.eos_token
     }
+}
+
+/// A message as Hugging Face templates read it.
+fn hf_message(m: &Message) -> serde_json::Value {
+    let mut v = serde_json::to_value(m).unwrap_or_default();
+    if !m.tool_calls.is_empty() {
+        v["tool_calls"] = m
+            .tool_calls
+            .iter()
+            .map(|c| {
+                let arguments = serde_json::from_str(&c.arguments)
+                    .unwrap_or_else(|_| serde_json::Value::String(c.arguments.clone()));
+                serde_json::json!({"id": c.id, "type": "function",
+                    "function": {"name": c.name, "arguments": arguments}})
+            })
+            .collect();
+    }
+    v
 }
 
 /// The llama.cpp name of the Mistral format for a tokenizer without a template.

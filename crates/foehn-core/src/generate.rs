@@ -159,6 +159,10 @@ pub struct GenerateRequest {
     /// passed through to remotes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tool_choice: Option<serde_json::Value>,
+    /// OpenAI `parallel_tool_calls`: `Some(false)` allows one call per
+    /// answer (`None` = several, OpenAI's default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parallel_tool_calls: Option<bool>,
     /// What the output must match (`None`: what `response_format` asks for,
     /// if anything); see [`GenerateRequest::output_constraint`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -195,6 +199,7 @@ impl GenerateRequest {
             response_format: None,
             tools: None,
             tool_choice: None,
+            parallel_tool_calls: None,
             constraint: None,
         }
     }

@@ -42,10 +42,13 @@ impl TokenizerEnv for VocabEnv {
 }
 
 /// The constraint compiler for a model whose logits have `vocab_size` rows
-/// (the tokenizer's tokens, then padding that is never allowed).
+/// (the tokenizer's tokens, then padding that is never allowed). Control
+/// tokens end a generation, except the `markers` (`[THINK]`, tool-call
+/// syntax), which a grammar names like any other token.
 pub(crate) fn compiler(
     tokenizer: &Arc<Tokenizer>,
     vocab_size: usize,
+    markers: &dyn Fn(u32) -> bool,
 ) -> Result<ConstraintCompiler> {
     let table = tokenizer.token_bytes_table();
     let bos = tokenizer.bos_id();
@@ -57,7 +60,7 @@ pub(crate) fn compiler(
             // 0xFF then the name; each but BOS ends a generation, as in
             // the engine's own check.
             Some(_) => {
-                if Some(id) == tokenizer.eos_id() || Some(id) != bos {
+                if Some(id) == tokenizer.eos_id() || (Some(id) != bos && !markers(id)) {
                     ends.push(id);
                 }
                 let name = tokenizer

@@ -4,11 +4,13 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use foehn_chat::{encode_mistral_chat, mistral_version, ChatTemplate, MistralVersion};
+use foehn_chat::{
+    encode_mistral_chat_with_tools, mistral_version, ChatTemplate, MistralVersion, ToolFormat,
+};
 use foehn_core::ModelConfig;
 use foehn_core::{
     CancelToken, Capabilities, Constraint, EventStream, GenerateError, GenerateRequest, Generator,
-    Message, Prompt,
+    Message, Prompt, ToolSpec,
 };
 use foehn_hub::FetchOptions;
 use foehn_loader::safetensors::SafetensorsModel;
@@ -99,6 +101,8 @@ pub(crate) struct Inner {
     constraints: OnceLock<std::result::Result<ConstraintCompiler, String>>,
     template: Option<ChatTemplate>,
     mistral: Option<MistralVersion>,
+    /// How the model calls tools, when it can.
+    pub(crate) tools: Option<ToolFormat>,
     pub(crate) session_opts: SessionOptions,
     /// What generations draft with (`None`: no speculation).
     pub(crate) drafting: Option<Drafting>,
@@ -226,6 +230,7 @@ impl LocalModel {
         };
         let template = ChatTemplate::for_tokenizer(&tokenizer).ok();
         let mistral = mistral_version(&tokenizer, tokenizer.chat_template());
+        let tools = ToolFormat::detect(&tokenizer, template.as_ref(), mistral);
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .build()
@@ -248,6 +253,7 @@ impl LocalModel {
             constraints: OnceLock::new(),
             template,
             mistral,
+            tools,
             session_opts,
             drafting,
             pool,
@@ -309,7 +315,12 @@ impl LocalModel {
         let compiler = inner
             .constraints
             .get_or_init(|| {
-                crate::constraint::compiler(&inner.tokenizer, self.config().vocab_size)
+                let think = crate::reasoning::ThinkBlocks::for_tokenizer(&inner.tokenizer);
+                let markers = |id: u32| {
+                    think.as_ref().is_some_and(|t| t.is_marker(id))
+                        || inner.tools.as_ref().is_some_and(|f| f.is_marker(id))
+                };
+                crate::constraint::compiler(&inner.tokenizer, self.config().vocab_size, &markers)
                     .map_err(|e| e.to_string())
             })
             .as_ref()
@@ -324,16 +335,34 @@ impl LocalModel {
         Session::new(self.clone())
     }
 
+    /// How the model calls tools (`None`: it has no tool-call format here).
+    pub fn tool_format(&self) -> Option<&ToolFormat> {
+        self.inner.tools.as_ref()
+    }
+
     /// The prompt's token ids: chats through the Mistral encoder or the chat
     /// template, text through the tokenizer (BOS as the model asks), ids as given.
     pub fn prompt_ids(&self, prompt: &Prompt) -> Result<Vec<u32>> {
+        self.prompt_ids_with_tools(prompt, &[])
+    }
+
+    /// [`LocalModel::prompt_ids`] with the tools a chat offers the model, in
+    /// its own tool format (an error for a model without one, or a prompt
+    /// that is not a chat).
+    pub fn prompt_ids_with_tools(&self, prompt: &Prompt, tools: &[ToolSpec]) -> Result<Vec<u32>> {
+        if !tools.is_empty() && !matches!(prompt, Prompt::Chat(_)) {
+            return Err(GenerateError::InvalidRequest(
+                "tools are offered in a chat: this prompt is raw text or token ids".into(),
+            )
+            .into());
+        }
         let ids = match prompt {
             Prompt::Tokens(ids) => ids.clone(),
             Prompt::Text(text) => self
                 .inner
                 .tokenizer
                 .encode(text, EncodeOptions::default())?,
-            Prompt::Chat(messages) => self.chat_ids(messages)?,
+            Prompt::Chat(messages) => self.chat_ids(messages, tools)?,
         };
         let vocab = self.config().vocab_size;
         if let Some(&bad) = ids.iter().find(|&&id| id as usize >= vocab) {
@@ -348,15 +377,35 @@ impl LocalModel {
         Ok(ids)
     }
 
-    fn chat_ids(&self, messages: &[Message]) -> Result<Vec<u32>> {
+    fn chat_ids(&self, messages: &[Message], tools: &[ToolSpec]) -> Result<Vec<u32>> {
         let inner = &self.inner;
+        let (messages, tools) = match (tools.is_empty(), &inner.tools) {
+            (true, _) => (std::borrow::Cow::Borrowed(messages), None),
+            (false, Some(format)) => {
+                let (m, t) = format.prompt_messages(messages, tools);
+                (std::borrow::Cow::Owned(m), t)
+            }
+            (false, None) => {
+                return Err(GenerateError::InvalidRequest(
+                    "this model has no tool-call format (Mistral v3+, a template with \
+                     <tool_call>, or ChatML): it cannot take tools"
+                        .into(),
+                )
+                .into())
+            }
+        };
         if let Some(version) = inner.mistral {
-            return Ok(encode_mistral_chat(&inner.tokenizer, messages, version)?);
+            return Ok(encode_mistral_chat_with_tools(
+                &inner.tokenizer,
+                &messages,
+                tools.as_ref(),
+                version,
+            )?);
         }
         let template = inner.template.as_ref().ok_or_else(|| {
             GenerateError::InvalidRequest("this model has no usable chat template".into())
         })?;
-        let text = template.render(messages, true)?;
+        let text = template.render_with_tools(&messages, tools.as_ref(), true)?;
         // Templates usually write the BOS text themselves; add it only if not.
         let bos = template.bos_token();
         let add_bos = inner.tokenizer.add_bos() && (bos.is_empty() || !text.starts_with(bos));
@@ -378,7 +427,7 @@ impl Generator for LocalModel {
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             context_length: u32::try_from(self.context_length()).ok(),
-            tools: false,
+            tools: self.inner.tools.is_some(),
             json_schema: true,
             token_prompts: true,
         }

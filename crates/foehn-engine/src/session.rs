@@ -3,9 +3,10 @@
 use std::collections::VecDeque;
 use std::time::Instant;
 
+use foehn_chat::ToolCallParser;
 use foehn_core::{
-    CancelToken, Completion, Event, FinishReason, GenerateError, GenerateRequest, Timings,
-    TokenEvent, Usage,
+    CancelToken, Completion, Constraint, Event, FinishReason, GenerateError, GenerateRequest,
+    Timings, TokenEvent, ToolCallDelta, ToolCallIds, ToolChoice, Usage,
 };
 use foehn_model::{DecoderSession, LogitsMode};
 use foehn_sampler::{Sampler, SamplerConfig, StopCheck, StopStrings, TokenConstraint};
@@ -200,6 +201,13 @@ pub struct Generation {
     forced: VecDeque<u32>,
     /// What the output must match, when the request says.
     constraint: Option<TokenConstraint>,
+    /// Tool calls: the parser of the model's call syntax, when the request
+    /// offers tools.
+    tools: Option<ToolCallParser>,
+    /// The grammar of the calls under `tool_choice: auto`, compiled up
+    /// front and made the constraint when the model writes the token that
+    /// opens a call.
+    lazy_calls: Option<TokenConstraint>,
     prefilled: bool,
     finished: Option<FinishReason>,
     done: bool,
@@ -235,7 +243,11 @@ struct Speculative {
 impl Generation {
     fn new(mut session: Session, request: GenerateRequest, cancel: CancelToken) -> Result<Self> {
         let model = session.model.clone();
-        let prompt = model.prompt_ids(&request.prompt)?;
+        let (specs, choice) =
+            foehn_core::tool_request(request.tools.as_ref(), request.tool_choice.as_ref())?
+                .unwrap_or((Vec::new(), ToolChoice::None));
+        let prompt = model.prompt_ids_with_tools(&request.prompt, &specs)?;
+        let format = model.inner.tools.clone().filter(|_| !specs.is_empty());
         let ctx = session.state.ctx_len();
         if prompt.len() >= ctx {
             return Err(GenerateError::ContextOverflow {
@@ -264,10 +276,39 @@ impl Generation {
         let mut sampler = Sampler::new(config, vocab)?;
         // Compiled before any token, so a constraint that does not compile
         // is an error of the request.
-        let constraint = match request.output_constraint()? {
+        let mut output = request.output_constraint()?;
+        let mut lazy_calls = None;
+        if let Some(format) = &format {
+            let parallel = request.parallel_tool_calls != Some(false);
+            let calls = format
+                .grammar(&specs, &choice, parallel)
+                .map(Constraint::Lark);
+            match choice {
+                ToolChoice::Required | ToolChoice::Function(_) if output.is_some() => {
+                    return Err(GenerateError::InvalidRequest(
+                        "response_format and a required tool call both constrain the output: \
+                         ask for one of them"
+                            .into(),
+                    )
+                    .into())
+                }
+                ToolChoice::Required | ToolChoice::Function(_) => output = calls,
+                ToolChoice::Auto if output.is_none() && format.trigger_token().is_some() => {
+                    lazy_calls = calls.map(|c| model.compile_constraint(&c)).transpose()?;
+                }
+                ToolChoice::Auto | ToolChoice::None => {}
+            }
+        }
+        let constraint = match output {
             Some(c) => Some(model.compile_constraint(&c)?),
             None => None,
         };
+        let tools = format.map(|f| {
+            let ids = request
+                .seed
+                .map_or_else(ToolCallIds::from_clock, ToolCallIds::new);
+            ToolCallParser::new(f, ids)
+        });
         let reused = session.reuse_prefix(&prompt);
         // Penalties look at the prompt too, as llama.cpp's do.
         for &t in &prompt {
@@ -322,6 +363,8 @@ impl Generation {
             pending: Vec::with_capacity(MAX_DRAFT + 1),
             forced: VecDeque::new(),
             constraint,
+            tools,
+            lazy_calls,
             prefilled: false,
             finished: None,
             done: false,
@@ -471,6 +514,11 @@ impl Generation {
 
     fn done_event(&mut self, reason: FinishReason) -> Event {
         self.done = true;
+        let called = self.tools.as_ref().is_some_and(|t| t.calls() > 0);
+        let reason = match reason {
+            FinishReason::Stop if called => FinishReason::ToolCalls,
+            other => other,
+        };
         let now = Instant::now();
         Event::Done(Completion {
             finish_reason: reason,
@@ -489,9 +537,20 @@ impl Generation {
         })
     }
 
-    /// Text still held back (an incomplete character, a possible stop string).
-    fn flush(&mut self) -> Result<String> {
+    /// Text still held back (an incomplete character, a possible stop
+    /// string, a possible call marker) and the call still open.
+    fn flush(&mut self) -> Result<(String, Vec<ToolCallDelta>)> {
         let tail = self.decoder.finish(&self.session.model.inner.tokenizer)?;
+        let (tail, calls) = match &mut self.tools {
+            Some(parser) => {
+                let mut parsed = parser.push(u32::MAX, &tail);
+                let end = parser.finish();
+                parsed.text.push_str(&end.text);
+                parsed.calls.extend(end.calls);
+                (parsed.text, parsed.calls)
+            }
+            None => (tail, Vec::new()),
+        };
         let mut text = if self.stop.stopped().is_some() {
             String::new()
         } else {
@@ -500,7 +559,7 @@ impl Generation {
         if self.stop.stopped().is_none() {
             text.push_str(&self.stop.finish());
         }
-        Ok(text)
+        Ok((text, calls))
     }
 
     fn step(&mut self) -> Result<Option<Event>> {
@@ -509,15 +568,13 @@ impl Generation {
         }
         if let Some(reason) = self.finished {
             self.settle()?;
-            let text = self.flush()?;
-            if !text.is_empty() {
+            let (text, tool_calls) = self.flush()?;
+            if !text.is_empty() || !tool_calls.is_empty() {
                 return Ok(Some(Event::Token(TokenEvent {
                     text,
-                    id: None,
-                    logprob: None,
-                    top_logprobs: Vec::new(),
                     reasoning: self.in_reasoning(),
-                    tool_calls: Vec::new(),
+                    tool_calls,
+                    ..TokenEvent::default()
                 })));
             }
             return Ok(Some(self.done_event(reason)));
@@ -546,11 +603,23 @@ impl Generation {
         };
         self.sampler.accept(token);
         self.first_token.get_or_insert_with(Instant::now);
-        // `[THINK]` / `[/THINK]` are control tokens that do not end a turn.
-        let marker = self.think.as_ref().is_some_and(|t| t.is_marker(token));
+        // `[THINK]` / `[/THINK]` and the tool-call markers are control
+        // tokens that do not end a turn.
+        let marker = self.think.as_ref().is_some_and(|t| t.is_marker(token))
+            || self
+                .tools
+                .as_ref()
+                .is_some_and(|t| t.format().is_marker(token));
         if !marker && self.is_end_token(token) {
             self.finished = Some(FinishReason::Stop);
             return self.step();
+        }
+        if self.constraint.is_none()
+            && self.lazy_calls.is_some()
+            && self.tools.as_ref().and_then(|t| t.format().trigger_token()) == Some(token)
+        {
+            // The model starts a call: from here on it must be valid.
+            self.constraint = self.lazy_calls.take();
         }
         if let Some(c) = &mut self.constraint {
             c.commit(token)?;
@@ -624,6 +693,7 @@ impl Generation {
         let model = self.session.model.clone();
         self.generated += 1;
         let was_reasoning = self.in_reasoning();
+        let mut tool_calls = Vec::new();
         let check = match self.think.as_mut().and_then(|t| t.switch(token)) {
             // A block's boundary has no text of its own; the text held back
             // for stop strings before it belongs to the side it ends.
@@ -633,7 +703,14 @@ impl Generation {
             },
             None => {
                 let piece = self.decoder.push(&model.inner.tokenizer, token)?;
-                self.stop.push(&piece)
+                match &mut self.tools {
+                    Some(parser) => {
+                        let parsed = parser.push(token, &piece);
+                        tool_calls = parsed.calls;
+                        self.stop.push(&parsed.text)
+                    }
+                    None => self.stop.push(&piece),
+                }
             }
         };
         self.pending.push(token);
@@ -654,7 +731,7 @@ impl Generation {
             logprob,
             top_logprobs,
             reasoning: was_reasoning,
-            tool_calls: Vec::new(),
+            tool_calls,
         }))
     }
 

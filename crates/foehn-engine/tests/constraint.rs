@@ -8,6 +8,7 @@ use foehn_core::{
     Generator, Message,
 };
 use foehn_engine::{LoadOptions, LocalModel, Speculation};
+use foehn_testkit::validate_json;
 use serde_json::{json, Value};
 
 fn smollm2(speculation: Speculation) -> LocalModel {
@@ -46,80 +47,6 @@ fn person_schema() -> Value {
         "required": ["name", "age", "role", "address", "tags"],
         "additionalProperties": false
     })
-}
-
-/// Checks `value` against the subset of JSON schema that the tests' schemas
-/// use; the error says where it fails.
-fn validate(value: &Value, schema: &Value, at: &str) -> Result<(), String> {
-    let fail = |why: &str| Err(format!("{at}: {why} ({value})"));
-    if let Some(options) = schema.get("enum").and_then(Value::as_array) {
-        if !options.contains(value) {
-            return fail("not one of the enum's values");
-        }
-    }
-    match schema.get("type").and_then(Value::as_str) {
-        Some("object") => {
-            let Some(map) = value.as_object() else {
-                return fail("not an object");
-            };
-            let props = schema["properties"]
-                .as_object()
-                .cloned()
-                .unwrap_or_default();
-            for key in schema["required"].as_array().into_iter().flatten() {
-                if !map.contains_key(key.as_str().unwrap()) {
-                    return fail(&format!("missing {key}"));
-                }
-            }
-            for (key, v) in map {
-                match props.get(key) {
-                    Some(s) => validate(v, s, &format!("{at}.{key}"))?,
-                    None if schema["additionalProperties"] == json!(false) => {
-                        return fail(&format!("unexpected key {key}"))
-                    }
-                    None => {}
-                }
-            }
-        }
-        Some("array") => {
-            let Some(items) = value.as_array() else {
-                return fail("not an array");
-            };
-            if schema["maxItems"]
-                .as_u64()
-                .is_some_and(|m| items.len() as u64 > m)
-            {
-                return fail("too many items");
-            }
-            for (i, item) in items.iter().enumerate() {
-                validate(item, &schema["items"], &format!("{at}[{i}]"))?;
-            }
-        }
-        Some("string") => {
-            let Some(s) = value.as_str() else {
-                return fail("not a string");
-            };
-            let n = s.chars().count() as u64;
-            if schema["maxLength"].as_u64().is_some_and(|m| n > m)
-                || schema["minLength"].as_u64().is_some_and(|m| n < m)
-            {
-                return fail("length out of bounds");
-            }
-        }
-        Some("integer") => {
-            let Some(i) = value.as_i64() else {
-                return fail("not an integer");
-            };
-            if schema["minimum"].as_i64().is_some_and(|m| i < m)
-                || schema["maximum"].as_i64().is_some_and(|m| i > m)
-            {
-                return fail("out of range");
-            }
-        }
-        Some(other) => panic!("the test's validator does not know type {other}"),
-        None => {}
-    }
-    Ok(())
 }
 
 fn request(prompt: &str, constraint: Option<Constraint>) -> GenerateRequest {
@@ -166,7 +93,7 @@ fn json_schema_output_parses_and_validates_greedy_and_sampled() {
         assert_eq!(done.usage.completion_tokens as usize, ids.len(), "{name}");
         let value: Value =
             serde_json::from_str(&text).unwrap_or_else(|e| panic!("{name}: {e} in {text:?}"));
-        validate(&value, &schema, "$").unwrap_or_else(|e| panic!("{name}: {e}"));
+        validate_json(&value, &schema, "$").unwrap_or_else(|e| panic!("{name}: {e}"));
         tokens += ids.len();
         decode += done.timings.decode.unwrap_or_default();
     }

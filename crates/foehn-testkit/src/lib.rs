@@ -1,9 +1,11 @@
-//! Test support shared by foehn's crates: where the fixtures are, and a reader
-//! for the float32 `.npy` files among them. Test code only: it panics on bad input.
+//! Test support shared by foehn's crates: where the fixtures are, a reader
+//! for the float32 `.npy` files among them, and a JSON-schema check. Test code only: it panics on bad input.
 
 #![forbid(unsafe_code)]
 
 use std::path::{Path, PathBuf};
+
+use serde_json::{json, Value};
 
 /// The repository's `tests/fixtures` folder.
 pub fn fixtures() -> PathBuf {
@@ -79,4 +81,96 @@ pub fn read_npy(path: &Path) -> Npy {
         .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
         .collect();
     Npy { shape, data }
+}
+
+/// Checks `value` against the subset of JSON schema that foehn's tests use
+/// (`type` object / array / string / integer / number / boolean, `enum`,
+/// `const`, `required`, `properties`, `additionalProperties: false`,
+/// `maxItems`, length and range bounds); the error says where, `at` being
+/// the path so far (`$` at the top).
+pub fn validate_json(value: &Value, schema: &Value, at: &str) -> Result<(), String> {
+    let fail = |why: &str| Err(format!("{at}: {why} ({value})"));
+    if schema.get("const").is_some_and(|c| c != value) {
+        return fail("not the const value");
+    }
+    if let Some(options) = schema.get("enum").and_then(Value::as_array) {
+        if !options.contains(value) {
+            return fail("not one of the enum's values");
+        }
+    }
+    match schema.get("type").and_then(Value::as_str) {
+        Some("object") => {
+            let Some(map) = value.as_object() else {
+                return fail("not an object");
+            };
+            let props = schema["properties"]
+                .as_object()
+                .cloned()
+                .unwrap_or_default();
+            for key in schema["required"].as_array().into_iter().flatten() {
+                if !map.contains_key(key.as_str().unwrap()) {
+                    return fail(&format!("missing {key}"));
+                }
+            }
+            for (key, v) in map {
+                match props.get(key) {
+                    Some(s) => validate_json(v, s, &format!("{at}.{key}"))?,
+                    None if schema["additionalProperties"] == json!(false) => {
+                        return fail(&format!("unexpected key {key}"))
+                    }
+                    None => {}
+                }
+            }
+        }
+        Some("array") => {
+            let Some(items) = value.as_array() else {
+                return fail("not an array");
+            };
+            if schema["maxItems"]
+                .as_u64()
+                .is_some_and(|m| items.len() as u64 > m)
+            {
+                return fail("too many items");
+            }
+            for (i, item) in items.iter().enumerate() {
+                validate_json(item, &schema["items"], &format!("{at}[{i}]"))?;
+            }
+        }
+        Some("string") => {
+            let Some(s) = value.as_str() else {
+                return fail("not a string");
+            };
+            let n = s.chars().count() as u64;
+            if schema["maxLength"].as_u64().is_some_and(|m| n > m)
+                || schema["minLength"].as_u64().is_some_and(|m| n < m)
+            {
+                return fail("length out of bounds");
+            }
+        }
+        Some("integer") => {
+            let Some(i) = value.as_i64() else {
+                return fail("not an integer");
+            };
+            if schema["minimum"].as_i64().is_some_and(|m| i < m)
+                || schema["maximum"].as_i64().is_some_and(|m| i > m)
+            {
+                return fail("out of range");
+            }
+        }
+        Some("number") => {
+            let Some(x) = value.as_f64() else {
+                return fail("not a number");
+            };
+            if schema["minimum"].as_f64().is_some_and(|m| x < m)
+                || schema["maximum"].as_f64().is_some_and(|m| x > m)
+            {
+                return fail("out of range");
+            }
+        }
+        Some("boolean") if !value.is_boolean() => return fail("not a boolean"),
+        Some("boolean") => {}
+        Some(other) => panic!("the test's validator does not know type {other}"),
+        None => {}
+    }
+    Ok(())
 }
