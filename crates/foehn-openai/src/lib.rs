@@ -50,8 +50,9 @@ pub use request::{
     FunctionCall, PromptField, RequestBody, RequestError, StopField, StreamOptions,
 };
 pub use response::{
-    ChatLogprobs, ChatResponse, Choice, CompletionUsage, Delta, LogprobEntry, Logprobs, Response,
-    ResponseMessage, TextLogprobs, TextResponse, TokenLogprob, TopLogprob, TopLogprobs,
+    ChatLogprobs, ChatResponse, Choice, CompletionUsage, Delta, FunctionChunk, LogprobEntry,
+    Logprobs, Response, ResponseMessage, TextLogprobs, TextResponse, TokenLogprob, ToolCallChunk,
+    TopLogprob, TopLogprobs,
 };
 
 /// Which OpenAI endpoint a request goes to and a response comes from.

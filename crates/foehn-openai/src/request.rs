@@ -367,9 +367,16 @@ with_sampling! {
         /// Structured output (`{"type": "json_schema", …}`), passed through.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         response_format: Option<Value>,
-        /// Tool definitions, passed through.
+        /// Tool definitions.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         tools: Option<Value>,
+        /// Which tools the model may or must call (`auto`, `none`,
+        /// `required`, or a named function).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        tool_choice: Option<Value>,
+        /// Whether an answer may call several tools (default true).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        parallel_tool_calls: Option<bool>,
     }
 }
 
@@ -478,6 +485,8 @@ impl RequestBody {
                         None => request.response_format.clone(),
                     },
                     tools: request.tools.clone(),
+                    tool_choice: request.tool_choice.clone(),
+                    parallel_tool_calls: request.parallel_tool_calls,
                     ..ChatRequest::default()
                 };
                 body.set_sampling(sampling);
@@ -608,15 +617,31 @@ impl ChatRequest {
                 "`top_logprobs` needs `logprobs: true`",
             ));
         }
-        if let Some(tools) = self.tools.filter(|t| !t.is_null()) {
-            if !caps.tools {
-                return Err(RequestError::param(
-                    "tools",
-                    "this model does not support tool calls",
-                ));
-            }
-            req.tools = Some(tools);
+        let tools = self.tools.filter(|t| !t.is_null());
+        let choice = self.tool_choice.filter(|c| !c.is_null());
+        // Checked here so that a bad list or choice is a 400 naming its field.
+        foehn_core::tool_request(tools.as_ref(), choice.as_ref()).map_err(|e| {
+            let param =
+                if choice.is_some() && foehn_core::tool_request(tools.as_ref(), None).is_ok() {
+                    "tool_choice"
+                } else {
+                    "tools"
+                };
+            RequestError::param(param, e.to_string())
+        })?;
+        if tools
+            .as_ref()
+            .is_some_and(|t| t.as_array().is_some_and(|l| !l.is_empty()))
+            && !caps.tools
+        {
+            return Err(RequestError::param(
+                "tools",
+                "this model does not support tool calls",
+            ));
         }
+        req.tools = tools;
+        req.tool_choice = choice;
+        req.parallel_tool_calls = self.parallel_tool_calls;
         if let Some(format) = self.response_format.filter(|f| !f.is_null()) {
             if wants_structured_output(&format) && !caps.json_schema {
                 return Err(RequestError::param(

@@ -6,7 +6,7 @@
 //! Written as OpenAI writes them; read leniently (see the crate docs):
 //! `choices` may be missing, `null` or hold junk, any field may be `null`.
 
-use foehn_core::TokenEvent;
+use foehn_core::{TokenEvent, ToolCallDelta};
 use serde::de::DeserializeOwned;
 use serde::ser::SerializeMap;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -113,6 +113,110 @@ impl<L> Choice<L> {
     }
 }
 
+impl<L> Choice<L> {
+    /// The tool-call pieces this choice carries: the delta's, or the
+    /// message's whole calls (index = place in the list).
+    pub fn tool_calls(&self) -> Vec<ToolCallDelta> {
+        let (list, whole) = match (&self.delta, &self.message) {
+            (Some(d), _) if !d.tool_calls.is_empty() => (&d.tool_calls, false),
+            (_, Some(m)) => (&m.tool_calls, true),
+            _ => return Vec::new(),
+        };
+        list.iter()
+            .enumerate()
+            .map(|(i, c)| ToolCallDelta {
+                index: if whole {
+                    i as u32
+                } else {
+                    c.index.unwrap_or(i as u32)
+                },
+                id: c.id.clone(),
+                name: c.function.name.clone(),
+                arguments: c.function.arguments.clone().unwrap_or_default(),
+            })
+            .collect()
+    }
+}
+
+/// A tool call in an answer (`message.tool_calls[i]`) or a piece of one in
+/// a chunk (`delta.tool_calls[i]`, with its `index`; the id, type and name
+/// only in a call's first piece).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ToolCallChunk {
+    /// Which call a piece belongs to (chunks only).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient::or_none"
+    )]
+    pub index: Option<u32>,
+    /// The call's id.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient::or_none"
+    )]
+    pub id: Option<String>,
+    /// `function`.
+    #[serde(
+        rename = "type",
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient::or_none"
+    )]
+    pub kind: Option<String>,
+    /// The function and (more of) its arguments.
+    #[serde(default, deserialize_with = "lenient::or_default")]
+    pub function: FunctionChunk,
+}
+
+/// The function of a [`ToolCallChunk`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FunctionChunk {
+    /// Its name.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient::or_none"
+    )]
+    pub name: Option<String>,
+    /// Its arguments' JSON text (a chunk's piece of it).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient::or_none"
+    )]
+    pub arguments: Option<String>,
+}
+
+impl ToolCallChunk {
+    /// A whole call of an answer.
+    pub fn whole(call: &foehn_core::ToolCall) -> Self {
+        Self {
+            index: None,
+            id: call.id.clone(),
+            kind: Some("function".into()),
+            function: FunctionChunk {
+                name: Some(call.name.clone()),
+                arguments: Some(call.arguments.clone()),
+            },
+        }
+    }
+
+    /// A piece of a call in a chunk.
+    pub fn piece(delta: &ToolCallDelta) -> Self {
+        Self {
+            index: Some(delta.index),
+            id: delta.id.clone(),
+            kind: delta.id.as_ref().map(|_| "function".into()),
+            function: FunctionChunk {
+                name: delta.name.clone(),
+                arguments: Some(delta.arguments.clone()),
+            },
+        }
+    }
+}
+
 /// A whole chat answer's message.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ResponseMessage {
@@ -133,6 +237,13 @@ pub struct ResponseMessage {
     /// A refusal message (foehn sends `null`).
     #[serde(default, deserialize_with = "lenient::or_none")]
     pub refusal: Option<String>,
+    /// The tools the model called.
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "lenient::items"
+    )]
+    pub tool_calls: Vec<ToolCallChunk>,
 }
 
 /// A chat chunk's increment: the role in the first, text in the others,
@@ -161,6 +272,13 @@ pub struct Delta {
         deserialize_with = "lenient::or_none"
     )]
     pub reasoning_content: Option<String>,
+    /// Pieces of tool calls.
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "lenient::items"
+    )]
+    pub tool_calls: Vec<ToolCallChunk>,
 }
 
 /// `usage`. Written with all three counts; read with whichever are there

@@ -53,6 +53,8 @@ fn full_request() -> GenerateRequest {
     req.logprobs = Some(2);
     req.response_format = Some(json!({"type": "json_object"}));
     req.tools = Some(json!([{"type": "function", "function": {"name": "f"}}]));
+    req.tool_choice = Some(json!({"type": "function", "function": {"name": "f"}}));
+    req.parallel_tool_calls = Some(false);
     req
 }
 
@@ -92,7 +94,9 @@ fn a_chat_request_is_openais_json_and_reads_back_as_the_same_request() {
             "logprobs": true,
             "top_logprobs": 2,
             "response_format": {"type": "json_object"},
-            "tools": [{"type": "function", "function": {"name": "f"}}]
+            "tools": [{"type": "function", "function": {"name": "f"}}],
+            "tool_choice": {"type": "function", "function": {"name": "f"}},
+            "parallel_tool_calls": false
         }),
     );
     assert_eq!(
@@ -222,6 +226,7 @@ fn a_whole_chat_answer_is_openais_json() {
                 content: Some("Hi!".into()),
                 reasoning_content: None,
                 refusal: None,
+                tool_calls: Vec::new(),
             }),
             logprobs: Some(ChatLogprobs::from_tokens(&tokens, 0)),
             finish_reason: Some("length".into()),
@@ -287,6 +292,7 @@ fn stream_chunks_are_openais_json_with_usage_absent_null_or_given() {
         role: None,
         content: Some("Hel".into()),
         reasoning_content: None,
+        tool_calls: Vec::new(),
     };
     let envelope = |choice: Value| {
         json!({
@@ -306,6 +312,7 @@ fn stream_chunks_are_openais_json_with_usage_absent_null_or_given() {
                 role: Some("assistant".into()),
                 content: Some(String::new()),
                 reasoning_content: None,
+                tool_calls: Vec::new(),
             },
             None,
             None,
@@ -601,6 +608,7 @@ fn reasoning_content_is_written_only_when_there_is_some_and_reads_back() {
         content: Some("51".into()),
         reasoning_content: Some("17*3 = 34 + 17".into()),
         refusal: None,
+        tool_calls: Vec::new(),
     };
     round_trip(
         &message,
@@ -610,6 +618,7 @@ fn reasoning_content_is_written_only_when_there_is_some_and_reads_back() {
         role: None,
         content: None,
         reasoning_content: Some("17*3".into()),
+        tool_calls: Vec::new(),
     };
     round_trip(&delta, json!({"reasoning_content": "17*3"}));
     // A server that sends `null` for it reads as none.

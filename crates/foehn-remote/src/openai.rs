@@ -693,6 +693,9 @@ impl ChunkStream {
             self.pending
                 .push_back(token(text.to_string(), None, Vec::new()));
         }
+        if let Some(choice) = choice {
+            self.push_tool_calls(choice.tool_calls());
+        }
         self.finish();
     }
 
@@ -757,9 +760,23 @@ impl ChunkStream {
                 .unwrap_or_default();
             self.push_text(text, entries);
         }
+        self.push_tool_calls(choice.tool_calls());
         if let Some(reason) = &choice.finish_reason {
             self.finish_reason = Some(finish_reason_from_name(reason));
         }
+    }
+
+    /// Emits pieces of tool calls (`delta.tool_calls`, `message.tool_calls`).
+    fn push_tool_calls(&mut self, tool_calls: Vec<foehn_core::ToolCallDelta>) {
+        if tool_calls.is_empty() {
+            return;
+        }
+        self.first_token.get_or_insert_with(Instant::now);
+        self.pieces += 1;
+        self.pending.push_back(Event::Token(TokenEvent {
+            tool_calls,
+            ..TokenEvent::default()
+        }));
     }
 
     /// Emits a piece of the model's reasoning (`reasoning_content`).
@@ -1088,6 +1105,36 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn tool_call_deltas_become_tool_call_events() {
+        let calls = |s: &ChunkStream| -> Vec<foehn_core::ToolCall> {
+            foehn_core::collect_tool_calls(s.pending.iter().flat_map(|e| match e {
+                Event::Token(t) => t.tool_calls.as_slice(),
+                _ => &[],
+            }))
+        };
+        let mut s = stream(Endpoint::Chat);
+        for chunk in [
+            r#"{"choices":[{"index":0,"delta":{"role":"assistant","content":null,"tool_calls":[{"index":0,"id":"call_1","type":"function","function":{"name":"get_weather","arguments":""}}]}}]}"#,
+            r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"{\"city\":"}}]}}]}"#,
+            r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":" \"Paris\"}"}},{"index":1,"id":"call_2","function":{"name":"now","arguments":"{}"}}]}}]}"#,
+            r#"{"choices":[{"index":0,"delta":{},"finish_reason":"tool_calls"}]}"#,
+        ] {
+            s.on_event(data(chunk)).unwrap();
+        }
+        let got = calls(&s);
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0].id.as_deref(), Some("call_1"));
+        assert_eq!(got[0].arguments, "{\"city\": \"Paris\"}");
+        assert_eq!(got[1].name, "now");
+        assert_eq!(s.finish_reason, Some(FinishReason::ToolCalls));
+        // A whole answer (a server that ignored `stream`).
+        let mut s = stream(Endpoint::Chat);
+        s.on_event(data(r#"{"choices":[{"index":0,"message":{"role":"assistant","content":null,"tool_calls":[{"id":"abcDEF123","type":"function","function":{"name":"now","arguments":"{}"}}]},"finish_reason":"tool_calls"}]}"#))
+            .unwrap();
+        assert_eq!(calls(&s)[0].id.as_deref(), Some("abcDEF123"));
     }
 
     #[test]

@@ -5,10 +5,10 @@ use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use foehn_core::{Completion, TokenEvent};
+use foehn_core::{collect_tool_calls, Completion, TokenEvent};
 use foehn_openai::{
     finish_reason_name, ChatLogprobs, Choice, CompletionUsage, Delta, Endpoint, Logprobs, Response,
-    ResponseMessage, TextLogprobs,
+    ResponseMessage, TextLogprobs, ToolCallChunk,
 };
 use serde::Serialize;
 use serde_json::Value;
@@ -103,12 +103,16 @@ impl ResponseBuilder {
         let object = self.endpoint.object();
         match self.endpoint {
             Endpoint::Chat => {
+                let calls = collect_tool_calls(tokens.iter().flat_map(|t| &t.tool_calls));
+                let content = text_of(Some(false));
                 let choice = Choice::<ChatLogprobs> {
                     message: Some(ResponseMessage {
                         role: "assistant".into(),
-                        content: Some(text_of(Some(false))),
+                        // OpenAI: `null` content beside tool calls.
+                        content: Some(content).filter(|c| !c.is_empty() || calls.is_empty()),
                         reasoning_content: Some(text_of(Some(true))).filter(|r| !r.is_empty()),
                         refusal: None,
+                        tool_calls: calls.iter().map(ToolCallChunk::whole).collect(),
                     }),
                     logprobs: self.logprobs(tokens, 0),
                     finish_reason,
@@ -172,7 +176,7 @@ impl ResponseBuilder {
         let delta = Delta {
             role: Some("assistant".into()),
             content: Some(String::new()),
-            reasoning_content: None,
+            ..Delta::default()
         };
         self.piece(delta, &[], None, with_usage)
     }
@@ -180,20 +184,24 @@ impl ResponseBuilder {
     /// A chunk carrying a token's text (and its logprobs when asked for); in
     /// a chat, reasoning goes in the delta's `reasoning_content`, not `content`.
     pub(crate) fn token_chunk(&mut self, t: &TokenEvent, with_usage: bool) -> Value {
-        let text = Some(t.text.clone());
-        let delta = if t.reasoning && self.endpoint == Endpoint::Chat {
+        let chat = self.endpoint == Endpoint::Chat;
+        // A token that only adds to tool calls has no `content`.
+        let text =
+            Some(t.text.clone()).filter(|x| !x.is_empty() || t.tool_calls.is_empty() || !chat);
+        let mut delta = if t.reasoning && chat {
             Delta {
-                role: None,
-                content: None,
                 reasoning_content: text,
+                ..Delta::default()
             }
         } else {
             Delta {
-                role: None,
                 content: text,
-                reasoning_content: None,
+                ..Delta::default()
             }
         };
+        if chat {
+            delta.tool_calls = t.tool_calls.iter().map(ToolCallChunk::piece).collect();
+        }
         let chunk = self.piece(delta, std::slice::from_ref(t), None, with_usage);
         self.offset += t.text.len();
         chunk

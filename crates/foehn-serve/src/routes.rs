@@ -203,7 +203,7 @@ impl SseState {
         match item {
             Some(Ok(Event::Token(t))) => {
                 // Text held back (a split character, a possible stop string) needs no chunk.
-                if !t.text.is_empty() || self.logprobs {
+                if !t.text.is_empty() || !t.tool_calls.is_empty() || self.logprobs {
                     let chunk = self.builder.token_chunk(&t, self.include_usage);
                     self.pending.push_back(data(&chunk));
                 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use foehn_core::{
     CancelToken, Capabilities, Completion, Event, EventStream, FinishReason, GenerateError,
-    GenerateRequest, Generator, Prompt, Timings, TokenEvent, Usage,
+    GenerateRequest, Generator, Prompt, Timings, TokenEvent, ToolCallDelta, Usage,
 };
 use foehn_serve::{ServeOptions, Server};
 use serde_json::{json, Value};
@@ -41,6 +41,7 @@ impl Generator for Scripted {
         Capabilities {
             context_length: Some(64),
             token_prompts: true,
+            tools: true,
             ..Capabilities::default()
         }
     }
@@ -70,6 +71,7 @@ impl Generator for Scripted {
             "error:unavailable" => return Err(GenerateError::Unavailable("no route".into())),
             "error:backend" => return Err(GenerateError::Backend("boom".into())),
             "error:panic" => panic!("a generator bug"),
+            "call:weather" => return Ok(Box::new(tool_call_events().into_iter().map(Ok))),
             _ => {}
         }
         let midstream_error = text == "error:midstream";
@@ -128,6 +130,37 @@ impl Generator for Scripted {
             })))
         })))
     }
+}
+
+/// Text, then a call streamed in three pieces, then the end.
+fn tool_call_events() -> Vec<Event> {
+    let piece = |text: &str, delta: Option<ToolCallDelta>| {
+        Event::Token(TokenEvent {
+            text: text.into(),
+            tool_calls: delta.into_iter().collect(),
+            ..TokenEvent::default()
+        })
+    };
+    let args = |a: &str| ToolCallDelta {
+        index: 0,
+        arguments: a.into(),
+        ..ToolCallDelta::default()
+    };
+    vec![
+        piece("Checking.", None),
+        piece(
+            "",
+            Some(ToolCallDelta {
+                index: 0,
+                id: Some("abcDEF123".into()),
+                name: Some("get_weather".into()),
+                arguments: String::new(),
+            }),
+        ),
+        piece("", Some(args("{\"city\": "))),
+        piece("", Some(args("\"Paris\"}"))),
+        done_event(FinishReason::ToolCalls, 5, 4),
+    ]
 }
 
 fn done_event(finish_reason: FinishReason, prompt_tokens: u32, completion_tokens: u32) -> Event {
@@ -725,4 +758,85 @@ fn concurrent_requests_each_get_their_own_answer() {
         health(&s)["queue"]["running"] == 0
     });
     assert_eq!(health(&s)["queue"]["completed"], 12);
+}
+
+fn weather_tools() -> Value {
+    json!([{"type": "function", "function": {"name": "get_weather",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}])
+}
+
+#[test]
+fn tool_calls_have_openais_shape_whole_and_streamed() {
+    let s = default_server();
+    let body = json!({"messages": [{"role": "user", "content": "call:weather"}],
+        "tools": weather_tools(), "tool_choice": "required"});
+    let (status, v) = post_json(&s, "/v1/chat/completions", &body);
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["choices"][0]["finish_reason"], "tool_calls");
+    assert_eq!(
+        v["choices"][0]["message"],
+        json!({"role": "assistant", "content": "Checking.", "refusal": null, "tool_calls": [
+            {"id": "abcDEF123", "type": "function",
+             "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}}]})
+    );
+    let mut streamed = body.clone();
+    streamed["stream"] = json!(true);
+    let (status, _, text) = call(
+        &s,
+        "POST",
+        "/v1/chat/completions",
+        Some(streamed.to_string().as_bytes()),
+        None,
+    );
+    assert_eq!(status, 200);
+    let chunks: Vec<Value> = sse_data(&text)
+        .iter()
+        .filter(|d| *d != "[DONE]")
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    let deltas: Vec<&Value> = chunks.iter().map(|c| &c["choices"][0]["delta"]).collect();
+    assert_eq!(deltas[1], &json!({"content": "Checking."}));
+    assert_eq!(
+        deltas[2],
+        &json!({"tool_calls": [{"index": 0, "id": "abcDEF123", "type": "function",
+            "function": {"name": "get_weather", "arguments": ""}}]})
+    );
+    assert_eq!(
+        deltas[3],
+        &json!({"tool_calls": [{"index": 0, "function": {"arguments": "{\"city\": "}}]})
+    );
+    assert_eq!(
+        chunks.last().unwrap()["choices"][0]["finish_reason"],
+        "tool_calls"
+    );
+}
+
+#[test]
+fn bad_tools_and_tool_choices_are_400s_naming_the_field() {
+    let s = default_server();
+    let user = json!([{"role": "user", "content": "hi"}]);
+    for (extra, param) in [
+        (json!({"tools": {"name": "x"}}), "tools"),
+        (
+            json!({"tools": [{"type": "function", "function": {"name": "bad name"}}]}),
+            "tools",
+        ),
+        (
+            json!({"tools": weather_tools(), "tool_choice": "sometimes"}),
+            "tool_choice",
+        ),
+        (
+            json!({"tools": weather_tools(), "tool_choice": {"type": "function", "function": {"name": "nope"}}}),
+            "tool_choice",
+        ),
+        (json!({"tool_choice": "required"}), "tool_choice"),
+    ] {
+        let mut body = json!({"messages": user});
+        for (k, v) in extra.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        let (status, v) = post_json(&s, "/v1/chat/completions", &body);
+        assert_error(status, &v, 400, None);
+        assert_eq!(v["error"]["param"], param, "{body}: {v}");
+    }
 }
