@@ -92,7 +92,8 @@ fn openai_venv() -> PathBuf {
 }
 
 /// The official client: models, chat and completions, streamed and not,
-/// logprobs, and its exceptions for 404, 400, context overflow and a bad key.
+/// logprobs, structured output, tool calls, and its exceptions for 404, 400,
+/// context overflow and a bad key.
 #[test]
 fn the_official_openai_client_talks_to_serve() {
     let python = openai_venv();
@@ -115,7 +116,8 @@ fn the_official_openai_client_talks_to_serve() {
     eprintln!("{summary}");
     assert_eq!(
         summary["errors"],
-        json!({"unknown_model": 404, "n=2": 400, "context": 400, "bad_key": 401, "bad_schema": 400})
+        json!({"unknown_model": 404, "n=2": 400, "context": 400, "bad_key": 401, "bad_schema": 400,
+               "unknown_tool": 400})
     );
     // The server answers what the engine answers: the `generate` example's greedy text.
     let out = Command::new(common::example_bin("generate"))

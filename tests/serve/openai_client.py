@@ -2,12 +2,15 @@
 
 Run by tests/serve_openai.rs: python openai_client.py BASE_URL MODEL API_KEY
 Checks models, chat and text completions (whole and streamed, greedy, so the
-two must agree), structured output (response_format), and the client's view
-of error answers. Prints one JSON
+two must agree), structured output (response_format: 20 seeded runs whole
+and 20 streamed validate), tool calls (tool_choice required and named, whole
+and streamed, arguments validated against the tool's schema, a second turn
+with the results), and the client's view of error answers. Prints one JSON
 summary line; any failed check raises (non-zero exit).
 """
 
 import json
+import re
 import sys
 
 import jsonschema
@@ -124,11 +127,24 @@ def main() -> None:
         client.chat.completions.create(
             model=model, messages=city, temperature=0.8, seed=seed, max_tokens=120, response_format=response_format
         ).choices[0]
-        for seed in range(5)
+        for seed in range(20)
     ]
     for choice in sampled:
         assert choice.finish_reason == "stop", choice
         jsonschema.validate(json.loads(choice.message.content), schema)
+    for seed in range(20):
+        text, finish = "", None
+        for chunk in client.chat.completions.create(
+            model=model, messages=city, temperature=0.8, seed=seed, max_tokens=120,
+            response_format=response_format, stream=True,
+        ):
+            for c in chunk.choices:
+                text += c.delta.content or ""
+                finish = c.finish_reason or finish
+        assert finish == "stop", (seed, text)
+        jsonschema.validate(json.loads(text), schema)
+        assert text == sampled[seed].message.content, (seed, text)
+    summary["structured_runs"] = {"whole": len(sampled), "streamed": 20}
     obj = client.chat.completions.create(
         model=model,
         messages=[{"role": "user", "content": "A short JSON object with a cat's name."}],
@@ -141,6 +157,80 @@ def main() -> None:
     else:
         assert obj.choices[0].finish_reason == "length", obj
     summary["structured"] = record
+
+    # Tool calls: required, named, streamed; a second turn with the results.
+    params = {
+        "type": "object",
+        "properties": {
+            "city": {"type": "string", "maxLength": 30},
+            "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
+        },
+        "required": ["city", "unit"],
+        "additionalProperties": False,
+    }
+    tools = [
+        {"type": "function", "function": {"name": "get_weather", "description": "Get the current weather in a city", "parameters": params}},
+        {"type": "function", "function": {"name": "get_time", "description": "The time now", "parameters": {"type": "object", "properties": {}}}},
+    ]
+    ask = [{"role": "user", "content": "What is the weather like in Paris today?"}]
+
+    def check_calls(calls, names=("get_weather", "get_time")):
+        assert calls, "no tool calls"
+        for c in calls:
+            assert c.type == "function", c
+            assert re.fullmatch(r"[a-zA-Z0-9]{9}", c.id), c.id
+            assert c.function.name in names, c
+            args = json.loads(c.function.arguments)
+            if c.function.name == "get_weather":
+                jsonschema.validate(args, params)
+
+    called = client.chat.completions.create(
+        model=model, messages=ask, tools=tools, tool_choice="required", temperature=0, max_tokens=200
+    )
+    choice = called.choices[0]
+    assert choice.finish_reason == "tool_calls", choice
+    check_calls(choice.message.tool_calls)
+    # Streamed: the pieces make the same calls (ids are new per answer).
+    pieces = {}
+    finish = None
+    for chunk in client.chat.completions.create(
+        model=model, messages=ask, tools=tools, tool_choice="required", temperature=0, max_tokens=200, stream=True
+    ):
+        for c in chunk.choices:
+            finish = c.finish_reason or finish
+            for d in c.delta.tool_calls or []:
+                p = pieces.setdefault(d.index, {"name": "", "arguments": ""})
+                p["name"] += (d.function.name or "") if d.function else ""
+                p["arguments"] += (d.function.arguments or "") if d.function else ""
+    assert finish == "tool_calls", finish
+    whole = [{"name": c.function.name, "arguments": c.function.arguments} for c in choice.message.tool_calls]
+    assert [pieces[i] for i in sorted(pieces)] == whole, (pieces, whole)
+    for seed in range(10):
+        sampled_call = client.chat.completions.create(
+            model=model, messages=ask, tools=tools, tool_choice="required", temperature=0.8, seed=seed, max_tokens=200
+        ).choices[0]
+        assert sampled_call.finish_reason == "tool_calls", (seed, sampled_call)
+        check_calls(sampled_call.message.tool_calls)
+    named = client.chat.completions.create(
+        model=model, messages=ask, tools=tools, temperature=0, max_tokens=120,
+        tool_choice={"type": "function", "function": {"name": "get_weather"}},
+    ).choices[0]
+    assert named.finish_reason == "tool_calls", named
+    assert len(named.message.tool_calls) == 1, named
+    check_calls(named.message.tool_calls, names=("get_weather",))
+    # The second turn: the calls and their results go back; the model answers.
+    follow = ask + [choice.message.model_dump(exclude_none=True)]
+    for c in choice.message.tool_calls:
+        follow.append({"role": "tool", "tool_call_id": c.id, "content": json.dumps({"temperature": 18, "sky": "clear"})})
+    answer = client.chat.completions.create(
+        model=model, messages=follow, tools=tools, tool_choice="none", temperature=0, max_tokens=60
+    ).choices[0]
+    assert answer.finish_reason in ("stop", "length"), answer
+    assert answer.message.content and not answer.message.tool_calls, answer
+    summary["tools"] = {
+        "calls": [{"name": c.function.name, "arguments": c.function.arguments} for c in choice.message.tool_calls],
+        "second_turn": answer.message.content,
+    }
 
     # Errors, as the client classifies them.
     errors = {}
@@ -179,6 +269,15 @@ def main() -> None:
     except openai.BadRequestError as e:
         assert e.status_code == 400, e
         errors["bad_schema"] = e.status_code
+    try:
+        client.chat.completions.create(
+            model=model, messages=messages, tools=tools,
+            tool_choice={"type": "function", "function": {"name": "no_such_tool"}},
+        )
+        raise AssertionError("an unknown tool_choice name was accepted")
+    except openai.BadRequestError as e:
+        assert e.status_code == 400 and e.param == "tool_choice", e
+        errors["unknown_tool"] = e.status_code
     summary["errors"] = errors
 
     print(json.dumps(summary))

@@ -211,7 +211,7 @@ impl ToolFormat {
                 g.push_str(&alts.join(" | "));
                 g.push('\n');
                 for (i, t) in tools.iter().enumerate() {
-                    let args = python_spacing(t.parameters.clone());
+                    let args = python_spacing(strict_parameters(t));
                     g.push_str(&format!("args{i}: %json {args}\n"));
                 }
             }
@@ -285,11 +285,25 @@ fn python_spacing(mut schema: Value) -> Value {
     schema
 }
 
+/// A tool's parameter schema as its calls are held to it: an object schema
+/// that does not say whether other keys may appear gets
+/// `"additionalProperties": false` (what OpenAI's strict mode requires), so
+/// a call writes the tool's own arguments and nothing else.
+fn strict_parameters(tool: &ToolSpec) -> Value {
+    let mut p = tool.parameters.clone();
+    if let Value::Object(o) = &mut p {
+        if !o.contains_key("additionalProperties") {
+            o.insert("additionalProperties".into(), Value::Bool(false));
+        }
+    }
+    p
+}
+
 /// The schema of one call `{"name": <the tool's>, "arguments": {…}}`.
 fn call_object_schema(tool: &ToolSpec) -> Value {
     json!({
         "type": "object",
-        "properties": {"name": {"const": tool.name}, "arguments": tool.parameters},
+        "properties": {"name": {"const": tool.name}, "arguments": strict_parameters(tool)},
         "required": ["name", "arguments"],
         "additionalProperties": false,
     })
@@ -324,8 +338,8 @@ fn hermes_system_prompt(tools: &[ToolSpec]) -> String {
 }
 
 /// A message as the injected Hermes format shows it: an assistant's calls
-/// appended to its text as `<tool_call>` blocks, a tool result wrapped in
-/// `<tool_response>` tags.
+/// appended to its text as `<tool_call>` blocks, a tool result as a user
+/// message wrapped in `<tool_response>` tags.
 fn hermes_message(m: &Message) -> Message {
     let mut out = m.clone();
     match m.role {
@@ -345,7 +359,11 @@ fn hermes_message(m: &Message) -> Message {
             out.content = text;
             out.tool_calls.clear();
         }
-        Role::Tool => out.content = format!("<tool_response>\n{}\n</tool_response>", m.content),
+        // As Qwen's template does: results come back in a user turn.
+        Role::Tool => {
+            out.role = Role::User;
+            out.content = format!("<tool_response>\n{}\n</tool_response>", m.content);
+        }
         _ => {}
     }
     out
@@ -908,5 +926,6 @@ mod tests {
             "<tool_call>\n{\"name\":\"now\",\"arguments\":{}}\n</tool_call>"
         );
         assert_eq!(msgs[3].content, "<tool_response>\n12:00\n</tool_response>");
+        assert_eq!(msgs[3].role, Role::User);
     }
 }
