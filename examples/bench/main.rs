@@ -8,6 +8,7 @@
 //! cargo run --release --example bench -- -m ./safetensors-dir --isq q4k
 //! cargo run --release --example bench -- --backend candle --device cuda:0
 //! cargo run --release --example bench -- --texts -n 128 -r 3   # speculative decoding
+//! cargo run --release --example bench -- --constrained -n 160 -r 3   # structured output
 //! ```
 //!
 //! Each test runs once as a warm-up (pp: the whole prompt; tg: one token, as
@@ -31,6 +32,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 #[allow(dead_code)] // the routed-run helpers are not used here
 #[path = "../common/mod.rs"]
 mod common;
+mod constrained;
 mod texts;
 
 use anyhow::{bail, Context, Result};
@@ -81,6 +83,9 @@ struct Args {
     /// Instead of pp/tg: greedy decode of the first -n length on built-in text prompts (repeat, edit, fill a JSON record, free writing), speculative decoding off and on (as --spec says) alternated -r times, same tokens checked.
     #[arg(long)]
     texts: bool,
+    /// Instead of pp/tg: what structured output costs — greedy decode of the first -n length on the document prompt of --texts, unconstrained, under a JSON schema, and under it with forced tokens run one pass each, alternated -r times (speculation off).
+    #[arg(long, conflicts_with = "texts")]
+    constrained: bool,
     /// Output format: a markdown table or a JSON array (llama-bench's field names).
     #[arg(short = 'o', long, value_enum, default_value_t = Output::Md)]
     output: Output,
@@ -195,7 +200,11 @@ fn run(args: Args) -> Result<()> {
         .unwrap_or(0)
         .max(1);
     // Text prompts are a few hundred tokens long.
-    let longest = if args.texts { longest + 1024 } else { longest };
+    let longest = if args.texts || args.constrained {
+        longest + 1024
+    } else {
+        longest
+    };
     let opts = args.model_flags.apply(LoadOptions {
         ctx_len: Some(args.ctx.unwrap_or(longest)),
         threads: Some(threads),
@@ -204,9 +213,12 @@ fn run(args: Args) -> Result<()> {
     let path_str = path.to_str().context("the model path is not valid UTF-8")?;
     let model = LocalModel::load(Some(path_str), opts).context("loading the model")?;
     let load = model.load_time();
+    let n = args.n_gen.first().copied().unwrap_or(128).max(1) as u32;
     if args.texts {
-        let n = args.n_gen.first().copied().unwrap_or(128).max(1) as u32;
         return texts::run(&model, n, args.reps);
+    }
+    if args.constrained {
+        return constrained::run(&model, n, args.reps);
     }
     let info = model_info(&model, &path)?;
     let backend_name = match backend {

@@ -23,6 +23,15 @@ chemistry in Vienna and worked for twenty years as a research chemist at a paint
 Linz before she became a teacher. She speaks German, English and Italian, plays the cello in \
 an amateur orchestra, and lives in Salzburg with her husband Peter and two cats.";
 
+/// The "json" prompt: fill a record from the document.
+pub fn json_prompt() -> String {
+    format!(
+        "Document: {DOCUMENT}\n\nFill in this JSON record with the facts of the \
+         document and answer with the JSON only: {{\"name\": \"\", \"born\": \"\", \
+         \"birthplace\": \"\", \"occupations\": [], \"languages\": [], \"city\": \"\"}}"
+    )
+}
+
 /// The prompts: (name, user message).
 fn prompts() -> Vec<(&'static str, String)> {
     vec![
@@ -37,14 +46,7 @@ fn prompts() -> Vec<(&'static str, String)> {
                  and changing nothing else:\n\n{PASSAGE}"
             ),
         ),
-        (
-            "json",
-            format!(
-                "Document: {DOCUMENT}\n\nFill in this JSON record with the facts of the \
-                 document and answer with the JSON only: {{\"name\": \"\", \"born\": \"\", \
-                 \"birthplace\": \"\", \"occupations\": [], \"languages\": [], \"city\": \"\"}}"
-            ),
-        ),
+        ("json", json_prompt()),
         (
             "free",
             "Write a short story about a lighthouse keeper who finds a message in a bottle."

@@ -98,6 +98,7 @@ pub struct LazyLocal {
 }
 
 impl LazyLocal {
+    #[allow(dead_code)] // the examples that route use it, `tools` does not
     pub fn new(spec: Option<String>, opts: LoadOptions) -> Self {
         Self {
             spec,

@@ -31,6 +31,8 @@ pub struct Session {
     /// The draft model's session, between generations, when the model
     /// drafts with one.
     draft_session: Option<Box<Session>>,
+    /// Whether the tokens a constraint forces run as one chunk.
+    fast_forward: bool,
 }
 
 impl Session {
@@ -49,6 +51,7 @@ impl Session {
             cached: Vec::new(),
             speculate,
             draft_session: None,
+            fast_forward: true,
         })
     }
 
@@ -58,6 +61,14 @@ impl Session {
     /// lookup.
     pub fn with_speculation(mut self, on: bool) -> Self {
         self.speculate = on;
+        self
+    }
+
+    /// This session with the tokens a constraint forces run as one chunk
+    /// (the default) or one forward pass each, as plain decoding would: the
+    /// output is the same; `bench --constrained` measures what the chunk saves.
+    pub fn with_fast_forward(mut self, on: bool) -> Self {
+        self.fast_forward = on;
         self
     }
 
@@ -199,6 +210,8 @@ pub struct Generation {
     pending: Vec<u32>,
     /// Tokens a constraint forces next, emitted before the next sample.
     forced: VecDeque<u32>,
+    /// Tokens the constraint forced so far.
+    forced_count: usize,
     /// What the output must match, when the request says.
     constraint: Option<TokenConstraint>,
     /// Tool calls: the parser of the model's call syntax, when the request
@@ -362,6 +375,7 @@ impl Generation {
             generated: 0,
             pending: Vec::with_capacity(MAX_DRAFT + 1),
             forced: VecDeque::new(),
+            forced_count: 0,
             constraint,
             tools,
             lazy_calls,
@@ -410,6 +424,13 @@ impl Generation {
         self.spec
             .as_ref()
             .map_or((0, 0), |s| (s.drafted, s.accepted))
+    }
+
+    /// How many of the generated tokens a constraint forced (they skip
+    /// sampling, and run through the model as one chunk with the token
+    /// sampled before them).
+    pub fn forced_tokens(&self) -> usize {
+        self.forced_count
     }
 
     /// How many prompt tokens were already in the session's cache (a chat
@@ -584,6 +605,7 @@ impl Generation {
             return Ok(Some(self.done_event(FinishReason::Cancelled)));
         }
         if let Some(token) = self.forced.pop_front() {
+            self.forced_count += 1;
             // Forced: the only token the constraint allows, probability 1.
             let logprob = self.logprobs.map(|_| 0.0);
             return self.emit(token, logprob, Vec::new()).map(Some);
@@ -675,7 +697,13 @@ impl Generation {
             [] => Ok(()),
             [token] => self.advance(token),
             // A sampled token and those forced after it: past any drafts.
-            _ => self.settle().and_then(|()| self.run(&pending, Run::Last)),
+            _ if self.session.fast_forward => {
+                self.settle().and_then(|()| self.run(&pending, Run::Last))
+            }
+            // One pass each, as plain decoding would run them.
+            _ => self
+                .settle()
+                .and_then(|()| pending.iter().try_for_each(|&t| self.run(&[t], Run::Last))),
         };
         pending.clear();
         self.pending = pending;
