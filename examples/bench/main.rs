@@ -287,7 +287,7 @@ fn run(args: Args) -> Result<()> {
         }
         Output::Json => {
             let cpu_info = cpu_info();
-            let type_kv = args.model_flags.kv.name();
+            let kv = args.model_flags.kv_types();
             let objects: Vec<JsonTest> = results
                 .iter()
                 .map(|r| {
@@ -304,8 +304,8 @@ fn run(args: Args) -> Result<()> {
                         n_batch: DEFAULT_CHUNK,
                         n_ubatch: DEFAULT_CHUNK,
                         n_threads: threads,
-                        type_k: type_kv,
-                        type_v: type_kv,
+                        type_k: kv.k.name(),
+                        type_v: kv.v.name(),
                         isq: args.model_flags.isq.map(|i| i.name()),
                         n_prompt: r.n_prompt,
                         n_gen: r.n_gen,

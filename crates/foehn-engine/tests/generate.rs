@@ -14,7 +14,7 @@ fn tiny(file: &str) -> LocalModel {
 
 fn tiny_on(file: &str, backend: Backend) -> LocalModel {
     let opts = LoadOptions {
-        kv_type: KvCacheType::F32,
+        kv_types: KvCacheType::F32.into(),
         threads: Some(2),
         backend,
         ..LoadOptions::default()
