@@ -282,6 +282,37 @@ dispatch! {
     pub fn exp_sub(x: &mut [f32], m: f32) -> f32 => exp_sub_body
 }
 
+#[inline(always)]
+fn hadamard_body<const FMA: bool>(x: &mut [f32], n: usize) {
+    let norm = 1.0 / (n as f32).sqrt();
+    for c in x.chunks_exact_mut(n) {
+        let mut h = 1;
+        while h < n {
+            for pair in c.chunks_exact_mut(2 * h) {
+                let (a, b) = pair.split_at_mut(h);
+                for (a, b) in a.iter_mut().zip(b.iter_mut()) {
+                    (*a, *b) = (*a + *b, *a - *b);
+                }
+            }
+            h *= 2;
+        }
+        for v in c.iter_mut() {
+            *v *= norm;
+        }
+    }
+}
+
+dispatch! {
+    /// Each whole block of `n` values of `x` (`n` a power of two) times the
+    /// normalized `n × n` Sylvester–Hadamard matrix (ggml's
+    /// `ggml_gen_hadamard`): orthonormal and its own inverse, so rotating
+    /// queries and keys alike keeps every score, and rotating the values
+    /// and then the output keeps the output. The quantized KV cache rotates
+    /// keys and values before quantizing (as llama.cpp's `attn_rot`): an
+    /// outlier spreads over the block, so the block's scale fits the rest.
+    pub fn hadamard(x: &mut [f32], n: usize) => hadamard_body
+}
+
 /// The f16 scale at the head of a block (little-endian), as f32.
 #[inline(always)]
 fn block_scale(b: &[u8]) -> f32 {
@@ -405,6 +436,44 @@ mod f16_to_f32_x86 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The transform is the Sylvester matrix product, in blocks, and its
+    /// own inverse.
+    #[test]
+    fn hadamard_is_the_normalized_sylvester_product() {
+        for n in [1, 2, 32, 64, 128] {
+            // H[i][j] = (−1)^popcount(i & j) / √n.
+            let h = |i: usize, j: usize| {
+                let s = if (i & j).count_ones() % 2 == 0 {
+                    1.0
+                } else {
+                    -1.0
+                };
+                s / (n as f64).sqrt()
+            };
+            let x = values(3 * n, 9.0);
+            let mut y = x.clone();
+            hadamard(&mut y, n);
+            for b in 0..3 {
+                for i in 0..n {
+                    let want: f64 = (0..n).map(|j| h(i, j) * f64::from(x[b * n + j])).sum();
+                    assert!(
+                        (f64::from(y[b * n + i]) - want).abs() <= 1e-5,
+                        "{n} [{b} {i}]"
+                    );
+                }
+            }
+            hadamard(&mut y, n);
+            assert!(max_diff(&x, &y) <= 1e-5, "{n}: not its own inverse");
+        }
+    }
+
+    fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max)
+    }
 
     /// The vectorized block conversions give the scalar dequantizer's
     /// bits, on rows of 1 to 5 blocks with every scale sign and quant.

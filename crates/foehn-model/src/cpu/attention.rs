@@ -3,8 +3,9 @@
 //!
 //! Blocked as flash attention is: tasks of (KV head, block of queries) run in
 //! parallel; each converts blocks of keys and values to f32 (from f16, f32,
-//! Q8_0 or Q4_0, keys and values each their own type) once for all its
-//! queries, computes the block's scores for all its query heads at once
+//! Q8_0 or Q4_0, keys and values each their own type; quantized ones are
+//! stored rotated, and the queries and the output are rotated to match)
+//! once for all its queries, computes the block's scores for all its query heads at once
 //! ([`scores`]), and keeps a running max, sum and weighted sum per query head
 //! (online softmax), so the work space is a few key blocks, whatever the
 //! context length.
@@ -12,10 +13,10 @@
 use std::sync::Mutex;
 
 use foehn_kernels::pool::current_slot;
-use foehn_kernels::vecops::{exp_sub, scale, scores, weighted_sum};
+use foehn_kernels::vecops::{exp_sub, hadamard, scale, scores, weighted_sum};
 use foehn_kernels::Compute;
 
-use super::kv::{KvStore, LayerKv};
+use super::kv::LayerKv;
 
 /// Queries per task.
 const QUERY_BLOCK: usize = 16;
@@ -84,7 +85,7 @@ pub(crate) fn attention(
                 w.resize(need, 0.0);
             }
             let (acc, rest) = w.split_at_mut((t1 - t0) * gd);
-            attend(&kv.k, &kv.v, shape, at, h, t0..t1, q, acc, rest);
+            attend(kv, shape, at, h, t0..t1, q, acc, rest);
             for (t, row) in (t0..t1).zip(acc.chunks_exact(gd)) {
                 // SAFETY: query t's heads of KV head h, inside `out`
                 // (n × heads × head_dim); tasks own disjoint (h, t) pairs.
@@ -150,8 +151,7 @@ impl Clone for AttnWork {
 /// query rows, key and value blocks, scores and the running max/sum.
 #[allow(clippy::too_many_arguments)]
 fn attend(
-    k: &KvStore,
-    v: &KvStore,
+    kv: &LayerKv,
     shape: AttnShape,
     at: ChunkPos,
     h: usize,
@@ -160,6 +160,7 @@ fn attend(
     acc: &mut [f32],
     work: &mut [f32],
 ) {
+    let (k, v) = (&kv.k, &kv.v);
     let (d, group) = (shape.head_dim, shape.group());
     let (kv_dim, q_dim) = (shape.kv_heads * d, shape.heads * d);
     let sm_scale = 1.0 / (d as f32).sqrt();
@@ -177,6 +178,10 @@ fn attend(
         for (dst, &x) in rows.iter_mut().zip(src) {
             *dst = x * sm_scale;
         }
+    }
+    // Rotated keys: the queries turn the same way, so scores are kept.
+    if kv.k_rot > 0 {
+        hadamard(qs, kv.k_rot);
     }
     maxes.fill(f32::NEG_INFINITY);
     sums.fill(0.0);
@@ -225,5 +230,9 @@ fn attend(
         if sums[r] > 0.0 {
             scale(o, 1.0 / sums[r]);
         }
+    }
+    // Rotated values: the output is rotated too; the rotation is its own inverse.
+    if kv.v_rot > 0 {
+        hadamard(&mut acc[..nq * d], kv.v_rot);
     }
 }

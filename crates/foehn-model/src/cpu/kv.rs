@@ -2,9 +2,16 @@
 //! one vector each (each layer with its own number of slots), as f16, f32,
 //! or ggml's Q8_0 / Q4_0 blocks of 32 values — keys and values each in
 //! their own type.
+//!
+//! Quantized rows are stored rotated, as llama.cpp's `attn_rot` does: each
+//! block of [`LayerKv::k_rot`] / [`LayerKv::v_rot`] values of a head is
+//! multiplied by a normalized Hadamard matrix before it is quantized, which
+//! spreads an outlier over the block instead of letting it set the scale
+//! of its 32 values. Attention rotates the queries the same way (scores are
+//! unchanged: the matrix is orthonormal) and rotates its output back.
 
 use foehn_core::ModelConfig;
-use foehn_kernels::vecops::{f16_to_f32, q4_0_to_f32, q8_0_to_f32};
+use foehn_kernels::vecops::{f16_to_f32, hadamard, q4_0_to_f32, q8_0_to_f32};
 use foehn_kernels::{quantize_row, GgmlType};
 use half::f16;
 
@@ -13,6 +20,12 @@ use crate::{ModelError, Result};
 
 /// Values per block of the quantized types.
 const QK: usize = 32;
+/// Largest rotation block of quantized keys (llama.cpp rotates keys by the
+/// largest power of two that divides `head_dim`, from 64 up).
+const MAX_K_ROT: usize = 256;
+/// Rotation block of quantized values (llama.cpp's: 64, which it measured
+/// better for values than larger blocks).
+const V_ROT: usize = 64;
 /// Bytes of a Q8_0 block.
 const Q8_BYTES: usize = GgmlType::Q8_0.type_size();
 /// Bytes of a Q4_0 block.
@@ -46,13 +59,14 @@ impl KvStore {
         })
     }
 
-    /// Stores `src` as values `at..at + src.len()` (quantized: `at` and the
-    /// length whole blocks, rounded as llama.cpp's `quantize_row_*_ref`).
+    /// Stores `src` as values `at..at + src.len()`; quantized types rotate
+    /// each block of `rot` values first (`at` and the length whole rotation
+    /// blocks) and round as llama.cpp's `quantize_row_*_ref`.
     ///
     /// # Errors
     /// [`ModelError::Kernel`] when a quantized type cannot represent a value
-    /// (NaN, infinite, beyond f16); nothing is written then.
-    fn write(&mut self, at: usize, src: &[f32]) -> Result<()> {
+    /// (NaN, infinite, beyond f16); the row may be partly written then.
+    fn write(&mut self, at: usize, src: &[f32], rot: usize) -> Result<()> {
         match self {
             KvStore::F16(v) => {
                 for (d, &s) in v[at..at + src.len()].iter_mut().zip(src) {
@@ -60,8 +74,8 @@ impl KvStore {
                 }
             }
             KvStore::F32(v) => v[at..at + src.len()].copy_from_slice(src),
-            KvStore::Q8_0(b) => quantize_blocks(GgmlType::Q8_0, at, src, b)?,
-            KvStore::Q4_0(b) => quantize_blocks(GgmlType::Q4_0, at, src, b)?,
+            KvStore::Q8_0(b) => quantize_blocks(GgmlType::Q8_0, at, src, rot, b)?,
+            KvStore::Q4_0(b) => quantize_blocks(GgmlType::Q4_0, at, src, rot, b)?,
         }
         Ok(())
     }
@@ -87,13 +101,39 @@ impl KvStore {
     }
 }
 
-/// Quantizes `src` into the `ty` blocks of values `at..at + src.len()` of
-/// `blocks` (`at` and the length whole blocks).
-fn quantize_blocks(ty: GgmlType, at: usize, src: &[f32], blocks: &mut [u8]) -> Result<()> {
-    let bb = ty.type_size();
-    let (b0, nb) = (at / QK * bb, src.len() / QK * bb);
-    quantize_row(ty, src, &mut blocks[b0..b0 + nb])?;
+/// Rotates each block of `rot` values of `src` and quantizes it into the
+/// `ty` blocks of values `at..at + src.len()` of `blocks` (`at` and the
+/// length whole rotation blocks, `rot` a multiple of 32 up to [`MAX_K_ROT`]).
+fn quantize_blocks(
+    ty: GgmlType,
+    at: usize,
+    src: &[f32],
+    rot: usize,
+    blocks: &mut [u8],
+) -> Result<()> {
+    let (bb, rot) = (ty.type_size(), rot.clamp(QK, MAX_K_ROT));
+    let mut buf = [0.0f32; MAX_K_ROT];
+    for (i, chunk) in src.chunks(rot).enumerate() {
+        let buf = &mut buf[..chunk.len()];
+        buf.copy_from_slice(chunk);
+        hadamard(buf, rot);
+        let b0 = (at + i * rot) / QK * bb;
+        quantize_row(ty, buf, &mut blocks[b0..b0 + chunk.len() / QK * bb])?;
+    }
     Ok(())
+}
+
+/// The rotation block of a quantized side (0: stored as is): the largest
+/// power of two dividing `head_dim`, from 32 up to `max`.
+fn rotation(ty: KvCacheType, head_dim: usize, max: usize) -> usize {
+    if !ty.is_quantized() {
+        return 0;
+    }
+    let mut n = QK;
+    while n * 2 <= max && head_dim % (n * 2) == 0 {
+        n *= 2;
+    }
+    n
 }
 
 /// Keys and values of one layer.
@@ -101,6 +141,10 @@ fn quantize_blocks(ty: GgmlType, at: usize, src: &[f32], blocks: &mut [u8]) -> R
 pub(crate) struct LayerKv {
     pub(crate) k: KvStore,
     pub(crate) v: KvStore,
+    /// Values per Hadamard rotation block of the stored keys (0: none).
+    pub(crate) k_rot: usize,
+    /// Values per Hadamard rotation block of the stored values (0: none).
+    pub(crate) v_rot: usize,
 }
 
 /// Every layer's keys and values (the storage of the CPU backend's [`KvCache`]).
@@ -124,6 +168,8 @@ impl CpuKv {
                 Ok(LayerKv {
                     k: KvStore::new(geom.types.k, len)?,
                     v: KvStore::new(geom.types.v, len)?,
+                    k_rot: rotation(geom.types.k, geom.head_dim, MAX_K_ROT),
+                    v_rot: rotation(geom.types.v, geom.head_dim, V_ROT),
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -160,8 +206,8 @@ impl KvCache<CpuKv> {
     pub(crate) fn write(&mut self, layer: usize, pos: usize, k: &[f32], v: &[f32]) -> Result<()> {
         let at = self.slot(layer, pos) * self.geometry().kv_dim();
         let l = &mut self.store_mut().layers[layer];
-        l.k.write(at, k)?;
-        l.v.write(at, v)
+        l.k.write(at, k, l.k_rot)?;
+        l.v.write(at, v, l.v_rot)
     }
 
     /// One layer's keys and values.
@@ -236,14 +282,21 @@ mod tests {
                         .write(1, pos, &row(pos, kv_dim, 0.5), &row(pos, kv_dim, 1.5))
                         .unwrap();
                 }
+                let l = cache.layer(1);
+                // The largest power of two dividing head_dim (96: 32), values
+                // at most 64.
+                let low = head_dim & head_dim.wrapping_neg();
+                assert_eq!((l.k_rot, l.v_rot), (low, low.min(64)));
                 for pos in 23 - slots..23 {
-                    for (store, ty, seed) in [
-                        (&cache.layer(1).k, GgmlType::Q8_0, 0.5),
-                        (&cache.layer(1).v, GgmlType::Q4_0, 1.5),
+                    for (store, ty, seed, rot) in [
+                        (&l.k, GgmlType::Q8_0, 0.5, l.k_rot),
+                        (&l.v, GgmlType::Q4_0, 1.5, l.v_rot),
                     ] {
                         let src = row(pos, kv_dim, seed);
+                        let mut rotated = src.clone();
+                        hadamard(&mut rotated, rot);
                         let mut q = vec![0u8; ty.row_bytes(kv_dim).unwrap()];
-                        quantize_row(ty, &src, &mut q).unwrap();
+                        quantize_row(ty, &rotated, &mut q).unwrap();
                         let mut want = vec![0.0; kv_dim];
                         dequantize_row(ty, &q, &mut want).unwrap();
                         for h in 0..kv_heads {
@@ -254,16 +307,22 @@ mod tests {
                                 want[h * head_dim..(h + 1) * head_dim],
                                 "{ty:?} {kv_heads}×{head_dim} {window:?} pos {pos} head {h}"
                             );
-                            // And close to what was written (a quant step).
-                            let amax = src.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+                            // Rotated back: what was written, within the
+                            // quant steps (‖error‖₂ of a block ≤ √n · step).
+                            hadamard(&mut got, rot);
+                            let part = &src[h * head_dim..(h + 1) * head_dim];
+                            let amax = rotated.iter().fold(0.0f32, |m, v| m.max(v.abs()));
                             let step = if ty == GgmlType::Q8_0 {
                                 amax / 127.0
                             } else {
                                 amax / 8.0
                             };
-                            for (g, s) in got.iter().zip(&src[h * head_dim..]) {
-                                assert!((g - s).abs() <= step, "{g} vs {s}");
-                            }
+                            let err2: f32 =
+                                got.iter().zip(part).map(|(g, s)| (g - s) * (g - s)).sum();
+                            assert!(
+                                err2.sqrt() <= (head_dim as f32).sqrt() * step,
+                                "{ty:?} {err2}"
+                            );
                         }
                     }
                 }
@@ -293,6 +352,7 @@ mod tests {
         assert!(cache.write(0, 0, &good, &[f32::INFINITY; 32]).is_err());
         let mut got = vec![0.0; 32];
         cache.layer(0).k.read(0, &mut got);
+        hadamard(&mut got, cache.layer(0).k_rot);
         assert!((got[7] - good[7]).abs() < 0.1);
     }
 }
