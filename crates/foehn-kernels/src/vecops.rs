@@ -444,7 +444,7 @@ mod tests {
         for n in [1, 2, 32, 64, 128] {
             // H[i][j] = (−1)^popcount(i & j) / √n.
             let h = |i: usize, j: usize| {
-                let s = if (i & j).count_ones() % 2 == 0 {
+                let s = if (i & j).count_ones().is_multiple_of(2) {
                     1.0
                 } else {
                     -1.0

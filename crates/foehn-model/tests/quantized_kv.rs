@@ -87,60 +87,58 @@ fn log_softmax(x: &[f32]) -> Vec<f64> {
 }
 
 /// Every prompt's greedy continuation, teacher-forced with each cache type
-/// (chunks of 512: the ring of 527 slots never wraps in 56 positions; the
+/// (chunks of 512: the ring of 512 slots never wraps in 56 positions; the
 /// chunked runs are in [`quantized_rings_match_one_chunk`]), on the F32
 /// file: exact weights and f32 products, so the distance is the cache's
 /// (with int8 activations a small change of the attention output can move
 /// an activation's rounding and add its own).
 #[test]
 fn quantized_cache_logits_stay_close() {
-    {
-        let variant = "F32";
-        let model = gguf_model(variant);
-        let reference = reference(variant);
-        for (types, tol_cache, tol_ref) in TYPES {
-            let (mut vs_cache, mut vs_ref, mut dlogp) = (0.0f32, 0.0f32, 0.0f64);
-            let mut flips = 0;
-            for (name, prompt) in prompts() {
-                let r = &reference["prompts"][name.as_str()];
-                let greedy = ids(&r["greedy_swa"]);
-                let exact = teacher_force(&model, KvTypes::both(F32), &prompt, &greedy, 512);
-                let got = teacher_force(&model, types, &prompt, &greedy, 512);
-                for (k, (g, e)) in got.iter().zip(&exact).enumerate() {
-                    vs_cache = vs_cache.max(max_abs_diff(g, e));
-                    let (lg, le) = (log_softmax(g), log_softmax(e));
-                    for (a, b) in lg.iter().zip(&le) {
-                        dlogp = dlogp.max((a - b).abs());
-                    }
-                    let step = &r["greedy_swa_steps"][k];
-                    for key in ["top1", "top2"] {
-                        let id = step[key].as_u64().unwrap() as usize;
-                        let want = step[format!("{key}_logit")].as_f64().unwrap() as f32;
-                        vs_ref = vs_ref.max((g[id] - want).abs());
-                    }
-                    // A step whose margin is well above the cache's error
-                    // keeps its argmax.
-                    let margin = step["margin"].as_f64().unwrap() as f32;
-                    if argmax(g) != greedy[k] {
-                        flips += 1;
-                        assert!(
-                            margin < 2.0 * tol_cache,
-                            "{variant} {types} {name} step {k}: argmax moved at margin {margin}"
-                        );
-                    }
+    let variant = "F32";
+    let model = gguf_model(variant);
+    let reference = reference(variant);
+    for (types, tol_cache, tol_ref) in TYPES {
+        let (mut vs_cache, mut vs_ref, mut dlogp) = (0.0f32, 0.0f32, 0.0f64);
+        let mut flips = 0;
+        for (name, prompt) in prompts() {
+            let r = &reference["prompts"][name.as_str()];
+            let greedy = ids(&r["greedy_swa"]);
+            let exact = teacher_force(&model, KvTypes::both(F32), &prompt, &greedy, 512);
+            let got = teacher_force(&model, types, &prompt, &greedy, 512);
+            for (k, (g, e)) in got.iter().zip(&exact).enumerate() {
+                vs_cache = vs_cache.max(max_abs_diff(g, e));
+                let (lg, le) = (log_softmax(g), log_softmax(e));
+                for (a, b) in lg.iter().zip(&le) {
+                    dlogp = dlogp.max((a - b).abs());
+                }
+                let step = &r["greedy_swa_steps"][k];
+                for key in ["top1", "top2"] {
+                    let id = step[key].as_u64().unwrap() as usize;
+                    let want = step[format!("{key}_logit")].as_f64().unwrap() as f32;
+                    vs_ref = vs_ref.max((g[id] - want).abs());
+                }
+                // A step whose margin is well above the cache's error
+                // keeps its argmax.
+                let margin = step["margin"].as_f64().unwrap() as f32;
+                if argmax(g) != greedy[k] {
+                    flips += 1;
+                    assert!(
+                        margin < 2.0 * tol_cache,
+                        "{variant} {types} {name} step {k}: argmax moved at margin {margin}"
+                    );
                 }
             }
-            eprintln!(
+        }
+        eprintln!(
                 "{variant:>5} kv {:<14}: vs f32 cache max |Δlogit| {vs_cache:.2e}, \
                  max |Δlogprob| {dlogp:.2e}; vs reference top1/top2 {vs_ref:.2e}; {flips} argmax flips",
                 types.to_string()
             );
-            assert!(
-                vs_cache <= tol_cache,
-                "{variant} {types}: {vs_cache} > {tol_cache}"
-            );
-            assert!(vs_ref <= tol_ref, "{variant} {types}: {vs_ref} > {tol_ref}");
-        }
+        assert!(
+            vs_cache <= tol_cache,
+            "{variant} {types}: {vs_cache} > {tol_cache}"
+        );
+        assert!(vs_ref <= tol_ref, "{variant} {types}: {vs_ref} > {tol_ref}");
     }
 }
 

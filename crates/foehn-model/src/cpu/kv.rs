@@ -130,7 +130,7 @@ fn rotation(ty: KvCacheType, head_dim: usize, max: usize) -> usize {
         return 0;
     }
     let mut n = QK;
-    while n * 2 <= max && head_dim % (n * 2) == 0 {
+    while n * 2 <= max && head_dim.is_multiple_of(n * 2) {
         n *= 2;
     }
     n
@@ -248,7 +248,7 @@ mod tests {
     fn row(pos: usize, n: usize, seed: f32) -> Vec<f32> {
         (0..n)
             .map(|i| {
-                if i / 32 == 1 && pos % 3 == 0 {
+                if i / 32 == 1 && pos.is_multiple_of(3) {
                     0.0
                 } else {
                     ((i * 7 + pos * 13) as f32 * 0.31 + seed).sin() * (1.0 + (i % 5) as f32 * 3.0)
