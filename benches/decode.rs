@@ -57,7 +57,7 @@ fn decode_step(c: &mut Criterion) {
         let model = Transformer::from_gguf(Arc::new(file)).expect("model");
         let opts = KvCacheOptions {
             ctx_len: Some(CTX),
-            dtype: KvCacheType::F16,
+            types: KvCacheType::F16.into(),
             max_chunk: PROMPT,
         };
         let mut cache = model.new_cache(opts).expect("cache");

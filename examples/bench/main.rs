@@ -66,6 +66,9 @@ struct Args {
         default_value = "128"
     )]
     n_gen: Vec<usize>,
+    /// Tokens in the KV cache before each test (llama-bench's -d), prefilled untimed: `-n 128 -d 4096` times decode at a 4k context.
+    #[arg(short = 'd', long = "n-depth", default_value_t = 0)]
+    depth: usize,
     /// Repetitions of each test.
     #[arg(short = 'r', long = "repetitions", default_value_t = 3)]
     reps: usize,
@@ -149,16 +152,22 @@ struct JsonTest {
 struct TestResult {
     n_prompt: usize,
     n_gen: usize,
+    n_depth: usize,
     samples_ns: Vec<u64>,
     test_time: String,
 }
 
 impl TestResult {
     fn name(&self) -> String {
-        if self.n_prompt > 0 {
+        let test = if self.n_prompt > 0 {
             format!("pp{}", self.n_prompt)
         } else {
             format!("tg{}", self.n_gen)
+        };
+        if self.n_depth > 0 {
+            format!("{test} @ d{}", self.n_depth)
+        } else {
+            test
         }
     }
 
@@ -198,7 +207,8 @@ fn run(args: Args) -> Result<()> {
         .copied()
         .max()
         .unwrap_or(0)
-        .max(1);
+        .max(1)
+        + args.depth;
     // Text prompts are a few hundred tokens long.
     let longest = if args.texts || args.constrained {
         longest + 1024
@@ -252,6 +262,10 @@ fn run(args: Args) -> Result<()> {
         let test_time = utc_now();
         let mut once = |n_prompt: usize, n_gen: usize| -> Result<Duration> {
             session.reset();
+            let context: Vec<u32> = (0..args.depth).map(|_| rng.below(vocab)).collect();
+            if !context.is_empty() {
+                session.feed_into(&context, &mut logits)?;
+            }
             let t = Instant::now();
             if n_prompt > 0 {
                 let tokens: Vec<u32> = (0..n_prompt)
@@ -282,6 +296,7 @@ fn run(args: Args) -> Result<()> {
         let result = TestResult {
             n_prompt,
             n_gen,
+            n_depth: args.depth,
             samples_ns,
             test_time,
         };
@@ -299,7 +314,7 @@ fn run(args: Args) -> Result<()> {
         }
         Output::Json => {
             let cpu_info = cpu_info();
-            let type_kv = args.model_flags.kv.name();
+            let kv = args.model_flags.kv_types();
             let objects: Vec<JsonTest> = results
                 .iter()
                 .map(|r| {
@@ -316,12 +331,12 @@ fn run(args: Args) -> Result<()> {
                         n_batch: DEFAULT_CHUNK,
                         n_ubatch: DEFAULT_CHUNK,
                         n_threads: threads,
-                        type_k: type_kv,
-                        type_v: type_kv,
+                        type_k: kv.k.name(),
+                        type_v: kv.v.name(),
                         isq: args.model_flags.isq.map(|i| i.name()),
                         n_prompt: r.n_prompt,
                         n_gen: r.n_gen,
-                        n_depth: 0,
+                        n_depth: r.n_depth,
                         test_time: r.test_time.clone(),
                         load_ms: load.as_secs_f64() * 1e3,
                         avg_ns: mean(&ns).round() as u64,

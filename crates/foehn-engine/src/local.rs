@@ -16,7 +16,7 @@ use foehn_hub::FetchOptions;
 use foehn_loader::safetensors::SafetensorsModel;
 use foehn_loader::{config_from_hf, GgufFile};
 use foehn_model::{
-    ActPrecision, CandleDevice, Compute, Cpu, Decoder, Isa, KvCacheOptions, KvCacheType, Model,
+    ActPrecision, CandleDevice, Compute, Cpu, Decoder, Isa, KvCacheOptions, KvTypes, Model,
     SessionOptions, Transformer, WeightOptions,
 };
 use foehn_sampler::{ConstraintCompiler, TokenConstraint};
@@ -32,8 +32,9 @@ use crate::{EngineError, Result};
 pub struct LoadOptions {
     /// Context length of each session (default 4096, or the model's maximum if smaller).
     pub ctx_len: Option<usize>,
-    /// KV cache element type (default f16, as llama.cpp).
-    pub kv_type: KvCacheType,
+    /// Element types of the cached keys and values (default f16 both, as
+    /// llama.cpp); quantized types (q8_0, q4_0) are for the CPU backend.
+    pub kv_types: KvTypes,
     /// Worker threads (default: the cores available to the process).
     pub threads: Option<usize>,
     /// Instruction set of the CPU kernels (default: the best this CPU
@@ -72,7 +73,7 @@ impl Default for LoadOptions {
     fn default() -> Self {
         Self {
             ctx_len: None,
-            kv_type: KvCacheType::F16,
+            kv_types: KvTypes::default(),
             threads: None,
             isa: None,
             speculation: Speculation::Ngram,
@@ -206,6 +207,26 @@ impl LocalModel {
                 net.config().vocab_size
             )));
         }
+        let session_opts = SessionOptions {
+            cache: KvCacheOptions {
+                ctx_len: opts.ctx_len,
+                types: opts.kv_types,
+                ..KvCacheOptions::default()
+            },
+            act_precision: opts.act_precision,
+        };
+        // A one-slot session: cache types the backend refuses (quantized on
+        // candle, quantized blocks over a head_dim that is not a multiple of
+        // 32) fail the load, not the first request.
+        let probe = KvCacheOptions {
+            ctx_len: Some(1),
+            max_chunk: 1,
+            ..session_opts.cache
+        };
+        Arc::clone(&net).session(&SessionOptions {
+            cache: probe,
+            ..session_opts
+        })?;
         let drafting = match &opts.speculation {
             Speculation::Off => None,
             Speculation::Ngram => Some(Drafting::Ngram),
@@ -235,14 +256,6 @@ impl LocalModel {
             .num_threads(threads)
             .build()
             .map_err(|e| EngineError::Other(format!("thread pool: {e}")))?;
-        let session_opts = SessionOptions {
-            cache: KvCacheOptions {
-                ctx_len: opts.ctx_len,
-                dtype: opts.kv_type,
-                ..KvCacheOptions::default()
-            },
-            act_precision: opts.act_precision,
-        };
         let name = path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())

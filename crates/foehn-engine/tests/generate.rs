@@ -14,7 +14,7 @@ fn tiny(file: &str) -> LocalModel {
 
 fn tiny_on(file: &str, backend: Backend) -> LocalModel {
     let opts = LoadOptions {
-        kv_type: KvCacheType::F32,
+        kv_types: KvCacheType::F32.into(),
         threads: Some(2),
         backend,
         ..LoadOptions::default()
@@ -255,6 +255,27 @@ fn smollm2_with_two_pass_activations_answers_as_its_reference() {
     )
     .unwrap_err();
     assert!(err.to_string().contains("cpu backend"), "{err}");
+}
+
+/// A q8_0 KV cache keeps the greedy runs of the exact weights (the model
+/// crate measured no argmax change on them); candle refuses it at load.
+#[test]
+fn quantized_kv_cache_runs_on_cpu_and_is_refused_by_candle() {
+    let file = fixture("tiny-mistral/gguf/tiny-mistral-F32.gguf");
+    let opts = |backend| LoadOptions {
+        kv_types: KvCacheType::Q8_0.into(),
+        threads: Some(2),
+        backend,
+        ..LoadOptions::default()
+    };
+    let model = LocalModel::load(Some(file.to_str().unwrap()), opts(Backend::Cpu)).unwrap();
+    for (prompt, want) in references("F32") {
+        let (ids, _, _) = run(&model, greedy(Prompt::Tokens(prompt), want.len() as u32));
+        assert_eq!(ids, want);
+    }
+    let candle = opts(Backend::Candle(CandleDevice::Cpu));
+    let err = LocalModel::load(Some(file.to_str().unwrap()), candle).unwrap_err();
+    assert!(err.to_string().contains("cpu-only"), "{err}");
 }
 
 #[test]

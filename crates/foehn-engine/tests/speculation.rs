@@ -9,7 +9,7 @@ use foehn_testkit::fixture;
 
 fn load(path: &str, speculation: Speculation) -> LocalModel {
     let opts = LoadOptions {
-        kv_type: KvCacheType::F32,
+        kv_types: KvCacheType::F32.into(),
         threads: Some(2),
         speculation,
         ..LoadOptions::default()

@@ -282,6 +282,93 @@ dispatch! {
     pub fn exp_sub(x: &mut [f32], m: f32) -> f32 => exp_sub_body
 }
 
+#[inline(always)]
+fn hadamard_body<const FMA: bool>(x: &mut [f32], n: usize) {
+    let norm = 1.0 / (n as f32).sqrt();
+    for c in x.chunks_exact_mut(n) {
+        let mut h = 1;
+        while h < n {
+            for pair in c.chunks_exact_mut(2 * h) {
+                let (a, b) = pair.split_at_mut(h);
+                for (a, b) in a.iter_mut().zip(b.iter_mut()) {
+                    (*a, *b) = (*a + *b, *a - *b);
+                }
+            }
+            h *= 2;
+        }
+        for v in c.iter_mut() {
+            *v *= norm;
+        }
+    }
+}
+
+dispatch! {
+    /// Each whole block of `n` values of `x` (`n` a power of two) times the
+    /// normalized `n × n` Sylvester–Hadamard matrix (ggml's
+    /// `ggml_gen_hadamard`): orthonormal and its own inverse, so rotating
+    /// queries and keys alike keeps every score, and rotating the values
+    /// and then the output keeps the output. The quantized KV cache rotates
+    /// keys and values before quantizing (as llama.cpp's `attn_rot`): an
+    /// outlier spreads over the block, so the block's scale fits the rest.
+    pub fn hadamard(x: &mut [f32], n: usize) => hadamard_body
+}
+
+/// The f16 scale at the head of a block (little-endian), as f32.
+#[inline(always)]
+fn block_scale(b: &[u8]) -> f32 {
+    half::f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32()
+}
+
+#[inline(always)]
+fn q8_0_to_f32_body<const FMA: bool>(src: &[u8], dst: &mut [f32]) {
+    for (b, y) in src.chunks_exact(34).zip(dst.chunks_exact_mut(32)) {
+        // Fixed-size views let the compiler drop the bound checks and
+        // convert 16 (AVX-512) or 8 (AVX2) bytes per instruction.
+        let (Ok(qs), Ok(y)) = (
+            <&[u8; 32]>::try_from(&b[2..]),
+            <&mut [f32; 32]>::try_from(y),
+        ) else {
+            continue;
+        };
+        let d = block_scale(b);
+        for (y, &q) in y.iter_mut().zip(qs) {
+            *y = f32::from(q as i8) * d;
+        }
+    }
+}
+
+#[inline(always)]
+fn q4_0_to_f32_body<const FMA: bool>(src: &[u8], dst: &mut [f32]) {
+    for (b, y) in src.chunks_exact(18).zip(dst.chunks_exact_mut(32)) {
+        let (Ok(qs), Ok(y)) = (
+            <&[u8; 16]>::try_from(&b[2..]),
+            <&mut [f32; 32]>::try_from(y),
+        ) else {
+            continue;
+        };
+        let d = block_scale(b);
+        let (lo, hi) = y.split_at_mut(16);
+        for ((l, h), &q) in lo.iter_mut().zip(hi.iter_mut()).zip(qs) {
+            *l = (i32::from(q & 0x0f) - 8) as f32 * d;
+            *h = (i32::from(q >> 4) - 8) as f32 * d;
+        }
+    }
+}
+
+dispatch! {
+    /// Q8_0 blocks (34 bytes: f16 scale, 32 × i8) to f32, 32 values per
+    /// block, over the blocks both `src` and `dst` hold: the same values
+    /// as [`dequantize_row`](crate::dequantize_row), vectorized (a row of
+    /// the q8_0 KV cache is converted per block of keys).
+    pub fn q8_0_to_f32(src: &[u8], dst: &mut [f32]) => q8_0_to_f32_body
+}
+
+dispatch! {
+    /// Q4_0 blocks (18 bytes: f16 scale, 16 bytes of nibbles) to f32, as
+    /// [`q8_0_to_f32`] (the values of [`dequantize_row`](crate::dequantize_row)).
+    pub fn q4_0_to_f32(src: &[u8], dst: &mut [f32]) => q4_0_to_f32_body
+}
+
 /// `dst[i] = src[i]` as f32 (`dst` at least as long as `src`): 16 values per
 /// instruction with AVX-512, 8 with F16C, else `half`'s conversion. Exact
 /// (every f16 is an f32). A key/value row of the f16 KV cache is converted
@@ -349,6 +436,81 @@ mod f16_to_f32_x86 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The transform is the Sylvester matrix product, in blocks, and its
+    /// own inverse.
+    #[test]
+    fn hadamard_is_the_normalized_sylvester_product() {
+        for n in [1, 2, 32, 64, 128] {
+            // H[i][j] = (−1)^popcount(i & j) / √n.
+            let h = |i: usize, j: usize| {
+                let s = if (i & j).count_ones().is_multiple_of(2) {
+                    1.0
+                } else {
+                    -1.0
+                };
+                s / (n as f64).sqrt()
+            };
+            let x = values(3 * n, 9.0);
+            let mut y = x.clone();
+            hadamard(&mut y, n);
+            for b in 0..3 {
+                for i in 0..n {
+                    let want: f64 = (0..n).map(|j| h(i, j) * f64::from(x[b * n + j])).sum();
+                    assert!(
+                        (f64::from(y[b * n + i]) - want).abs() <= 1e-5,
+                        "{n} [{b} {i}]"
+                    );
+                }
+            }
+            hadamard(&mut y, n);
+            assert!(max_diff(&x, &y) <= 1e-5, "{n}: not its own inverse");
+        }
+    }
+
+    fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max)
+    }
+
+    /// The vectorized block conversions give the scalar dequantizer's
+    /// bits, on rows of 1 to 5 blocks with every scale sign and quant.
+    #[test]
+    fn quant_blocks_convert_as_the_scalar_dequantizer() {
+        use crate::quant::{dequantize_row, quantize_row, GgmlType};
+        type Convert = fn(&[u8], &mut [f32]);
+        let cases: [(GgmlType, Convert); 2] =
+            [(GgmlType::Q8_0, q8_0_to_f32), (GgmlType::Q4_0, q4_0_to_f32)];
+        for (ty, convert) in cases {
+            for blocks in 1..=5 {
+                let n = 32 * blocks;
+                let x: Vec<f32> = (0..n)
+                    .map(|i| {
+                        ((i as f32) * 0.37).sin() * (1.0 + i as f32 / 7.0) * [1.0, -3.0][i % 2]
+                    })
+                    .collect();
+                let mut q = vec![0u8; ty.row_bytes(n).unwrap()];
+                quantize_row(ty, &x, &mut q).unwrap();
+                // Raw bytes too: every i8 / nibble value and a negative scale.
+                let raw: Vec<u8> = (0..q.len()).map(|i| (i * 37 + 11) as u8).collect();
+                for src in [&q, &raw] {
+                    let mut want = vec![0.0f32; n];
+                    dequantize_row(ty, src, &mut want).unwrap();
+                    let mut got = vec![f32::NAN; n + 5];
+                    convert(src, &mut got);
+                    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                        assert!(
+                            g.to_bits() == w.to_bits() || (g.is_nan() && w.is_nan()),
+                            "{ty:?} {n} [{i}]: {g} vs {w}"
+                        );
+                    }
+                    assert!(got[n..].iter().all(|v| v.is_nan()), "wrote past the blocks");
+                }
+            }
+        }
+    }
 
     /// Every f16 bit pattern converts exactly (NaN to a NaN), at odd lengths.
     #[test]

@@ -3,6 +3,7 @@
 //! `window + chunk − 1` slots, which is all a chunk of queries can see.
 
 use foehn_core::ModelConfig;
+use foehn_kernels::GgmlType;
 
 use crate::{ModelError, Result};
 
@@ -12,7 +13,7 @@ pub const DEFAULT_CTX_LEN: usize = 4096;
 /// Default largest chunk of tokens per forward pass (prompt prefill chunk).
 pub const DEFAULT_CHUNK: usize = 512;
 
-/// Element type of the cached keys and values.
+/// Element type of the cached keys or values.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum KvCacheType {
     /// Half precision (llama.cpp's default): half the memory, ~1e-2 on logits.
@@ -20,15 +21,58 @@ pub enum KvCacheType {
     F16,
     /// Single precision: exact up to f32 arithmetic.
     F32,
+    /// ggml's Q8_0 blocks (32 values: f16 scale, 32 × i8): 34 bytes per 32
+    /// values, 0.53× f16. CPU backend; `head_dim` a multiple of 32.
+    Q8_0,
+    /// ggml's Q4_0 blocks (32 values: f16 scale, 32 nibbles): 18 bytes per
+    /// 32 values, 0.28× f16. CPU backend; `head_dim` a multiple of 32.
+    Q4_0,
 }
 
 impl KvCacheType {
-    /// `f16` or `f32`, as llama.cpp's `--cache-type-k` names them.
+    /// Every type, in the order [`name`](Self::name)s are listed in messages.
+    pub const ALL: [KvCacheType; 4] = [
+        KvCacheType::F16,
+        KvCacheType::F32,
+        KvCacheType::Q8_0,
+        KvCacheType::Q4_0,
+    ];
+
+    /// `f16`, `f32`, `q8_0` or `q4_0`, as llama.cpp's `--cache-type-k` names them.
     pub fn name(self) -> &'static str {
         match self {
             KvCacheType::F16 => "f16",
             KvCacheType::F32 => "f32",
+            KvCacheType::Q8_0 => "q8_0",
+            KvCacheType::Q4_0 => "q4_0",
         }
+    }
+
+    /// The kernels' type of the stored elements.
+    pub fn ggml_type(self) -> GgmlType {
+        match self {
+            KvCacheType::F16 => GgmlType::F16,
+            KvCacheType::F32 => GgmlType::F32,
+            KvCacheType::Q8_0 => GgmlType::Q8_0,
+            KvCacheType::Q4_0 => GgmlType::Q4_0,
+        }
+    }
+
+    /// Whether the type stores blocks of 32 quantized values.
+    pub fn is_quantized(self) -> bool {
+        self.ggml_type().is_quantized()
+    }
+
+    /// Bytes of `n` values, `None` when `n` is not a whole number of blocks
+    /// or overflows.
+    pub fn bytes(self, n: usize) -> Option<usize> {
+        self.ggml_type().row_bytes(n)
+    }
+}
+
+impl std::fmt::Display for KvCacheType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
     }
 }
 
@@ -36,10 +80,75 @@ impl std::str::FromStr for KvCacheType {
     type Err = String;
 
     fn from_str(s: &str) -> std::result::Result<Self, String> {
-        match s.to_ascii_lowercase().as_str() {
-            "f16" => Ok(KvCacheType::F16),
-            "f32" => Ok(KvCacheType::F32),
-            _ => Err(format!("bad KV cache type {s:?}: expected f16 or f32")),
+        let lower = s.to_ascii_lowercase();
+        Self::ALL
+            .into_iter()
+            .find(|t| t.name() == lower)
+            .ok_or_else(|| format!("bad KV cache type {s:?}: expected f16, f32, q8_0 or q4_0"))
+    }
+}
+
+/// Element types of the keys and of the values, chosen separately (as
+/// llama.cpp's `--cache-type-k` / `--cache-type-v`): attention is more
+/// sensitive to key errors, so `k = f16, v = q8_0` or `k = q8_0, v = q4_0`
+/// are useful mixes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KvTypes {
+    /// Element type of the keys. Default: f16.
+    pub k: KvCacheType,
+    /// Element type of the values. Default: f16.
+    pub v: KvCacheType,
+}
+
+impl KvTypes {
+    /// Keys and values of type `ty`.
+    pub const fn both(ty: KvCacheType) -> Self {
+        Self { k: ty, v: ty }
+    }
+
+    /// Whether keys or values are quantized.
+    pub fn any_quantized(self) -> bool {
+        self.k.is_quantized() || self.v.is_quantized()
+    }
+}
+
+impl From<KvCacheType> for KvTypes {
+    fn from(ty: KvCacheType) -> Self {
+        Self::both(ty)
+    }
+}
+
+impl std::str::FromStr for KvTypes {
+    type Err = String;
+
+    /// `q8_0` (both sides), or `k=q8_0,v=f16` (either part may be left out:
+    /// that side is f16), as [`Display`](std::fmt::Display) writes them.
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        if !s.contains('=') {
+            return s.parse().map(Self::both);
+        }
+        let mut types = Self::default();
+        for part in s.split(',') {
+            let (side, ty) = part
+                .split_once('=')
+                .ok_or_else(|| format!("bad KV cache types {s:?}: expected k=TYPE,v=TYPE"))?;
+            match side.trim() {
+                "k" => types.k = ty.trim().parse()?,
+                "v" => types.v = ty.trim().parse()?,
+                _ => return Err(format!("bad KV cache types {s:?}: sides are k and v")),
+            }
+        }
+        Ok(types)
+    }
+}
+
+impl std::fmt::Display for KvTypes {
+    /// `q8_0` when both sides agree, else `k=q8_0,v=f16`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.k == self.v {
+            write!(f, "{}", self.k)
+        } else {
+            write!(f, "k={},v={}", self.k, self.v)
         }
     }
 }
@@ -50,8 +159,8 @@ pub struct KvCacheOptions {
     /// Most tokens the session may hold. Default: [`DEFAULT_CTX_LEN`], or the
     /// model's `max_position_embeddings` if smaller.
     pub ctx_len: Option<usize>,
-    /// Element type. Default: f16.
-    pub dtype: KvCacheType,
+    /// Element types of the keys and the values. Default: f16 both.
+    pub types: KvTypes,
     /// Most tokens per forward pass. Default: [`DEFAULT_CHUNK`]. With a
     /// sliding window it sets the ring size (`window + max_chunk − 1`).
     pub max_chunk: usize,
@@ -61,7 +170,7 @@ impl Default for KvCacheOptions {
     fn default() -> Self {
         Self {
             ctx_len: None,
-            dtype: KvCacheType::F16,
+            types: KvTypes::default(),
             max_chunk: DEFAULT_CHUNK,
         }
     }
@@ -87,16 +196,17 @@ pub struct KvGeometry {
     pub layer_windows: Vec<Option<usize>>,
     /// Most tokens per forward pass.
     pub max_chunk: usize,
-    /// Element type of the keys and values.
-    pub dtype: KvCacheType,
+    /// Element types of the keys and the values.
+    pub types: KvTypes,
 }
 
 impl KvGeometry {
     /// The geometry of a cache for `cfg` sized by `opts`.
     ///
     /// # Errors
-    /// [`ModelError::Config`] when `ctx_len` or `max_chunk` is 0, or the
-    /// cache's size overflows.
+    /// [`ModelError::Config`] when `ctx_len` or `max_chunk` is 0, when a
+    /// quantized type is asked for a `head_dim` that is not a multiple of its
+    /// 32-value blocks, or when the cache's size overflows.
     pub fn new(cfg: &ModelConfig, opts: &KvCacheOptions) -> Result<Self> {
         let ctx_len = opts
             .ctx_len
@@ -106,6 +216,16 @@ impl KvGeometry {
                 "KV cache with ctx_len {ctx_len} and max_chunk {}: both must be at least 1",
                 opts.max_chunk
             )));
+        }
+        for (side, ty) in [("key", opts.types.k), ("value", opts.types.v)] {
+            if ty.bytes(cfg.head_dim).is_none() {
+                return Err(ModelError::Config(format!(
+                    "a {ty} {side} cache stores blocks of {} values per head, but the model's \
+                     head_dim is {}: use f16 or f32 for the {side}s",
+                    ty.ggml_type().block_size(),
+                    cfg.head_dim
+                )));
+            }
         }
         let max_chunk = opts.max_chunk.min(ctx_len);
         let layer_windows: Vec<Option<usize>> = (0..cfg.num_hidden_layers)
@@ -126,7 +246,7 @@ impl KvGeometry {
             ctx_len,
             layer_windows,
             max_chunk,
-            dtype: opts.dtype,
+            types: opts.types,
         };
         geom.total_elements().ok_or_else(|| {
             ModelError::Config(format!(
@@ -257,9 +377,9 @@ impl<S: KvStorage> KvCache<S> {
         self.geom.window(layer)
     }
 
-    /// Element type.
-    pub fn dtype(&self) -> KvCacheType {
-        self.geom.dtype
+    /// Element types of the keys and the values.
+    pub fn types(&self) -> KvTypes {
+        self.geom.types
     }
 
     /// Bytes held by the keys and values.
@@ -377,8 +497,30 @@ mod tests {
     fn kv_types_parse() {
         assert_eq!("f16".parse::<KvCacheType>(), Ok(KvCacheType::F16));
         assert_eq!("F32".parse::<KvCacheType>(), Ok(KvCacheType::F32));
-        assert!("q8_0".parse::<KvCacheType>().is_err());
+        assert_eq!("Q8_0".parse::<KvCacheType>(), Ok(KvCacheType::Q8_0));
+        assert_eq!("q4_0".parse::<KvCacheType>(), Ok(KvCacheType::Q4_0));
+        assert!("q4_1".parse::<KvCacheType>().is_err());
         assert_eq!(KvCacheType::F32.name(), "f32");
+        for ty in KvCacheType::ALL {
+            assert_eq!(ty.name().parse::<KvCacheType>(), Ok(ty));
+        }
+        let mixed = KvTypes {
+            k: KvCacheType::Q8_0,
+            v: KvCacheType::F16,
+        };
+        assert_eq!(mixed.to_string(), "k=q8_0,v=f16");
+        assert_eq!(KvTypes::from(KvCacheType::Q4_0).to_string(), "q4_0");
+        assert!(mixed.any_quantized() && !KvTypes::default().any_quantized());
+        for t in [mixed, KvTypes::both(KvCacheType::Q4_0)] {
+            assert_eq!(t.to_string().parse::<KvTypes>(), Ok(t));
+        }
+        assert_eq!(
+            "v=q4_0".parse::<KvTypes>().map(|t| t.k),
+            Ok(KvCacheType::F16)
+        );
+        for bad in ["k=q8_0,x=f16", "k:q8_0", "k=q9", ""] {
+            assert!(bad.parse::<KvTypes>().is_err(), "{bad}");
+        }
     }
 
     fn cfg(window: Option<usize>) -> ModelConfig {
@@ -409,7 +551,7 @@ mod tests {
         assert_eq!(c.memory_bytes(), 2 * 2 * 1000 * 4 * 2);
         let opts = KvCacheOptions {
             ctx_len: Some(300),
-            dtype: KvCacheType::F32,
+            types: KvCacheType::F32.into(),
             max_chunk: 7,
         };
         let c = KvCache::new(&cfg(Some(16)), opts).unwrap();
@@ -427,11 +569,49 @@ mod tests {
         assert!(c.check(&mixed).is_ok());
     }
 
+    /// Quantized types count their blocks' bytes (34 or 18 per 32 values),
+    /// each side its own, and need a head size of whole blocks.
+    #[test]
+    fn quantized_sizes_and_head_dims() {
+        let mut c32 = cfg(None);
+        (c32.head_dim, c32.num_key_value_heads) = (64, 2);
+        let opts = |k, v| KvCacheOptions {
+            ctx_len: Some(100),
+            types: KvTypes { k, v },
+            max_chunk: 8,
+        };
+        let bytes = |k, v| KvCache::new(&c32, opts(k, v)).unwrap().memory_bytes();
+        let per_side = 2 * 100 * 2 * 64; // layers × slots × kv_dim values
+        assert_eq!(bytes(KvCacheType::F16, KvCacheType::F16), 2 * per_side * 2);
+        assert_eq!(
+            bytes(KvCacheType::Q8_0, KvCacheType::Q8_0),
+            2 * per_side / 32 * 34
+        );
+        assert_eq!(
+            bytes(KvCacheType::Q8_0, KvCacheType::Q4_0),
+            per_side / 32 * (34 + 18)
+        );
+        assert_eq!(
+            bytes(KvCacheType::F32, KvCacheType::Q4_0),
+            per_side * 4 + per_side / 32 * 18
+        );
+        // head_dim 4: f16 and f32 fit, quantized sides are refused by name.
+        for (k, v, side) in [
+            (KvCacheType::Q8_0, KvCacheType::F16, "key"),
+            (KvCacheType::F16, KvCacheType::Q4_0, "value"),
+        ] {
+            let err = KvCache::new(&cfg(None), opts(k, v))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("head_dim is 4") && err.contains(side), "{err}");
+        }
+    }
+
     #[test]
     fn truncation_keeps_what_the_ring_still_holds() {
         let opts = KvCacheOptions {
             ctx_len: Some(300),
-            dtype: KvCacheType::F32,
+            types: KvCacheType::F32.into(),
             max_chunk: 4,
         };
         let mut c = KvCache::new(&cfg(Some(16)), opts).unwrap(); // 19 slots

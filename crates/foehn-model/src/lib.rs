@@ -38,7 +38,8 @@ mod weights;
 
 pub use backend::{Act, Backend, Head};
 pub use cache::{
-    KvCache, KvCacheOptions, KvCacheType, KvGeometry, KvStorage, DEFAULT_CHUNK, DEFAULT_CTX_LEN,
+    KvCache, KvCacheOptions, KvCacheType, KvGeometry, KvStorage, KvTypes, DEFAULT_CHUNK,
+    DEFAULT_CTX_LEN,
 };
 pub use cpu::{ops, Cpu, Scratch, Transformer};
 pub use decoder::{LogitsMode, Model};

@@ -22,7 +22,8 @@ use foehn_kernels::GgmlType;
 use foehn_loader::{config_from_hf, GgufFile, SafetensorsModel};
 use foehn_model::candle::{Candle, CandleCache, CandleTransformer, CandleWork, Device};
 use foehn_model::{
-    argmax, CandleDevice, KvCacheOptions, KvCacheType, LogitsMode, Model, ModelError, RopeStyle,
+    argmax, CandleDevice, KvCacheOptions, KvCacheType, KvTypes, LogitsMode, Model, ModelError,
+    RopeStyle,
 };
 
 /// The quantized GGUF variants.
@@ -109,7 +110,7 @@ fn cache(model: &CandleTransformer, dtype: KvCacheType, chunk: usize) -> Session
         model,
         KvCacheOptions {
             ctx_len: None,
-            dtype,
+            types: dtype.into(),
             max_chunk: chunk,
         },
     )
@@ -271,11 +272,43 @@ fn quantized_variants_stay_within_llama_cpp_distance() {
 fn misuse_is_an_error() {
     let model = gguf_model("Q8_0");
     let p40 = prompts()[2].1.clone();
+    // The quantized KV cache is the CPU backend's: a clear error, on either
+    // side; f16 keys with f32 values work.
+    for (k, v) in [
+        (KvCacheType::Q8_0, KvCacheType::Q8_0),
+        (KvCacheType::F16, KvCacheType::Q4_0),
+    ] {
+        let opts = KvCacheOptions {
+            types: KvTypes { k, v },
+            ..KvCacheOptions::default()
+        };
+        let err = model.new_cache(opts).unwrap_err();
+        assert!(
+            matches!(&err, ModelError::Config(m) if m.contains("cpu-only")),
+            "{err}"
+        );
+    }
+    let mixed = KvCacheOptions {
+        ctx_len: Some(64),
+        types: KvTypes {
+            k: KvCacheType::F16,
+            v: KvCacheType::F32,
+        },
+        max_chunk: 64,
+    };
+    let exact = gguf_model("F32");
+    let mut c = session_with(&exact, mixed);
+    // 2 layers × 64 slots × kv_dim 128, 2 + 4 bytes.
+    assert_eq!(c.cache.memory_bytes(), 2 * 64 * 128 * (2 + 4));
+    let want = cache(&exact, KvCacheType::F32, 64).prefill(&p40).unwrap();
+    let got = c.prefill(&p40).unwrap();
+    let d = max_abs_diff(&got, &want);
+    assert!(d <= 0.01, "f16 keys, f32 values: {d}");
     let mut c = session_with(
         &model,
         KvCacheOptions {
             ctx_len: Some(32),
-            dtype: KvCacheType::F32,
+            types: KvCacheType::F32.into(),
             max_chunk: 8,
         },
     );

@@ -15,7 +15,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use foehn_loader::GgufFile;
-use foehn_model::{argmax, ActPrecision, KvCacheOptions, LogitsMode, Transformer};
+use foehn_model::{
+    argmax, ActPrecision, KvCacheOptions, KvCacheType, KvTypes, LogitsMode, Transformer,
+};
 
 struct Counting;
 
@@ -61,13 +63,22 @@ fn decode_step_does_not_allocate() {
 fn decode_steps_do_not_allocate(path: &str, prompt: &[u32]) {
     let model = Transformer::from_gguf(Arc::new(GgufFile::open(path).unwrap())).unwrap();
     wait_for_background_packing(&model);
-    for (max_chunk, precision) in [
-        (512, ActPrecision::Q8),
-        (4, ActPrecision::Q8),
-        (4, ActPrecision::Q8x2),
+    // Quantized keys and values (and a mix) go through the same steps.
+    let q8 = KvTypes::both(KvCacheType::Q8_0);
+    let mixed = KvTypes {
+        k: KvCacheType::Q8_0,
+        v: KvCacheType::Q4_0,
+    };
+    for (max_chunk, precision, types) in [
+        (512, ActPrecision::Q8, KvTypes::default()),
+        (4, ActPrecision::Q8, KvTypes::default()),
+        (4, ActPrecision::Q8x2, KvTypes::default()),
+        (512, ActPrecision::Q8, q8),
+        (4, ActPrecision::Q8, mixed),
     ] {
         let opts = KvCacheOptions {
             max_chunk,
+            types,
             ..KvCacheOptions::default()
         };
         let mut cache = model.new_cache(opts).unwrap();
@@ -109,7 +120,7 @@ fn decode_steps_do_not_allocate(path: &str, prompt: &[u32]) {
         assert_eq!(
             rounds.last(),
             Some(&0),
-            "{path}: rounds of 200 decode steps (max_chunk {max_chunk}, {precision:?}) allocated {rounds:?} times"
+            "{path}: rounds of 200 decode steps (max_chunk {max_chunk}, {precision:?}, kv {types}) allocated {rounds:?} times"
         );
     }
 }

@@ -174,7 +174,7 @@ fn logits(model: &Transformer) -> Vec<Vec<f32>> {
             let mut cache = model
                 .new_cache(KvCacheOptions {
                     ctx_len: Some(ids.len()),
-                    dtype: KvCacheType::F32,
+                    types: KvCacheType::F32.into(),
                     max_chunk: ids.len(),
                 })
                 .unwrap();

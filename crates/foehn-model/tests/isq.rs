@@ -53,7 +53,7 @@ fn last_logits(model: &Transformer) -> Vec<Vec<f32>> {
             let mut cache = model
                 .new_cache(KvCacheOptions {
                     ctx_len: None,
-                    dtype: KvCacheType::F32,
+                    types: KvCacheType::F32.into(),
                     max_chunk: 64,
                 })
                 .unwrap();

@@ -60,7 +60,7 @@ fn check_against_reference<B: Backend>(model: &Model<B>, chunk: usize, what: &st
     let mut cache = model
         .new_cache(KvCacheOptions {
             ctx_len: Some(128),
-            dtype: KvCacheType::F32,
+            types: KvCacheType::F32.into(),
             max_chunk: chunk,
         })
         .unwrap();

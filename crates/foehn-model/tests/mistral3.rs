@@ -103,7 +103,7 @@ fn logits_at<B: Backend>(model: &Model<B>, dtype: KvCacheType) -> Vec<Vec<f32>> 
     let mut cache = model
         .new_cache(KvCacheOptions {
             ctx_len: Some(tokens.len()),
-            dtype,
+            types: dtype.into(),
             max_chunk: 512,
         })
         .unwrap();

@@ -58,7 +58,7 @@ fn teacher_force(precision: ActPrecision, min_margin: f64) -> Forced {
         let mut cache = model
             .new_cache(KvCacheOptions {
                 ctx_len: Some(256),
-                dtype: KvCacheType::F32,
+                types: KvCacheType::F32.into(),
                 max_chunk: 16,
             })
             .unwrap();

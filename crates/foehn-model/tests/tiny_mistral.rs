@@ -101,7 +101,7 @@ fn session(model: &Transformer, dtype: KvCacheType, chunk: usize) -> (KvCache, S
     let cache = model
         .new_cache(KvCacheOptions {
             ctx_len: None,
-            dtype,
+            types: dtype.into(),
             max_chunk: chunk,
         })
         .unwrap();
@@ -351,7 +351,7 @@ fn prompt_longer_than_context_is_an_error() {
     let mut cache = model
         .new_cache(KvCacheOptions {
             ctx_len: Some(32),
-            dtype: KvCacheType::F32,
+            types: KvCacheType::F32.into(),
             max_chunk: 8,
         })
         .unwrap();

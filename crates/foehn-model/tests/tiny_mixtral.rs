@@ -173,7 +173,7 @@ fn run_cpu(model: &Transformer) -> Run {
     let prompt = prompt();
     let opts = KvCacheOptions {
         ctx_len: None,
-        dtype: KvCacheType::F32,
+        types: KvCacheType::F32.into(),
         max_chunk: 64,
     };
     let mut cache = model.new_cache(opts).unwrap();
@@ -533,7 +533,7 @@ mod candle_backend {
         let prompt = prompt();
         let opts = KvCacheOptions {
             ctx_len: None,
-            dtype: KvCacheType::F32,
+            types: KvCacheType::F32.into(),
             max_chunk: 64,
         };
         let mut cache = model.new_cache(opts).unwrap();

@@ -7,7 +7,7 @@ use candle_core::{DType, Device, Tensor};
 use foehn_core::ModelConfig;
 
 use crate::cache::{KvCache, KvCacheOptions, KvCacheType, KvGeometry, KvStorage};
-use crate::Result;
+use crate::{ModelError, Result};
 
 /// Every layer's keys and values on a candle device (the storage of a
 /// [`CandleCache`]).
@@ -24,20 +24,26 @@ pub type CandleCache = KvCache<CandleKv>;
 impl CandleKv {
     /// Zeroed keys and values for `geom` on `device`.
     pub(crate) fn new(geom: &KvGeometry, device: &Device) -> Result<Self> {
-        let dt = match geom.dtype {
-            KvCacheType::F16 => DType::F16,
-            KvCacheType::F32 => DType::F32,
+        let dtype = |ty: KvCacheType| match ty {
+            KvCacheType::F16 => Ok(DType::F16),
+            KvCacheType::F32 => Ok(DType::F32),
+            KvCacheType::Q8_0 | KvCacheType::Q4_0 => Err(ModelError::Config(format!(
+                "the quantized KV cache ({}) is cpu-only: use f16 or f32 keys and values with \
+                 the candle backend",
+                geom.types
+            ))),
         };
+        let (dk, dv) = (dtype(geom.types.k)?, dtype(geom.types.v)?);
         let layers = (0..geom.layers)
             .map(|l| {
                 let shape = (geom.kv_heads, geom.slots(l), geom.head_dim);
                 Ok((
-                    Tensor::zeros(shape, dt, device)?,
-                    Tensor::zeros(shape, dt, device)?,
+                    Tensor::zeros(shape, dk, device)?,
+                    Tensor::zeros(shape, dv, device)?,
                 ))
             })
             .collect::<Result<Vec<_>>>()?;
-        let bytes = 2 * geom.total_elements().unwrap_or(0) * dt.size_in_bytes();
+        let bytes = geom.total_elements().unwrap_or(0) * (dk.size_in_bytes() + dv.size_in_bytes());
         Ok(Self { layers, bytes })
     }
 }
@@ -52,8 +58,9 @@ impl KvCache<CandleKv> {
     /// An empty cache for a model with configuration `cfg` on `device`.
     ///
     /// # Errors
-    /// [`ModelError::Config`](crate::ModelError::Config) when `ctx_len` or
-    /// `max_chunk` is 0; a candle error when the device cannot hold it.
+    /// [`ModelError::Config`] when `ctx_len` or `max_chunk` is 0, or the
+    /// keys or values are quantized (a CPU-only cache); a candle error when
+    /// the device cannot hold it.
     pub fn new_on(cfg: &ModelConfig, opts: KvCacheOptions, device: &Device) -> Result<Self> {
         let geom = KvGeometry::new(cfg, &opts)?;
         let store = CandleKv::new(&geom, device)?;
@@ -78,8 +85,7 @@ impl KvCache<CandleKv> {
         let (ck, cv) = &self.store().layers[layer];
         let n = k.dim(1)?;
         let slots = self.slots(layer);
-        let dt = ck.dtype();
-        let (k, v) = (k.to_dtype(dt)?, v.to_dtype(dt)?);
+        let (k, v) = (k.to_dtype(ck.dtype())?, v.to_dtype(cv.dtype())?);
         // Write, in up to two pieces where the ring wraps.
         let s0 = start % slots;
         let head = n.min(slots - s0);

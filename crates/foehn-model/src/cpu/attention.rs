@@ -2,8 +2,10 @@
 //! optional sliding window (query `i` sees key `j` iff `0 ≤ i − j < W`).
 //!
 //! Blocked as flash attention is: tasks of (KV head, block of queries) run in
-//! parallel; each converts blocks of keys and values to f32 once for all its
-//! queries, computes the block's scores for all its query heads at once
+//! parallel; each converts blocks of keys and values to f32 (from f16, f32,
+//! Q8_0 or Q4_0, keys and values each their own type; quantized ones are
+//! stored rotated, and the queries and the output are rotated to match)
+//! once for all its queries, computes the block's scores for all its query heads at once
 //! ([`scores`]), and keeps a running max, sum and weighted sum per query head
 //! (online softmax), so the work space is a few key blocks, whatever the
 //! context length.
@@ -11,11 +13,10 @@
 use std::sync::Mutex;
 
 use foehn_kernels::pool::current_slot;
-use foehn_kernels::vecops::{exp_sub, f16_to_f32, scale, scores, weighted_sum};
+use foehn_kernels::vecops::{exp_sub, hadamard, scale, scores, weighted_sum};
 use foehn_kernels::Compute;
-use half::f16;
 
-use super::kv::{KvStore, LayerKv};
+use super::kv::LayerKv;
 
 /// Queries per task.
 const QUERY_BLOCK: usize = 16;
@@ -36,24 +37,6 @@ impl AttnShape {
     /// Query heads per KV head.
     pub(crate) fn group(&self) -> usize {
         self.heads / self.kv_heads.max(1)
-    }
-}
-
-/// A cached element type, read as f32.
-trait KvElem: Copy + Send + Sync {
-    /// Writes `src` as f32 into `dst` (same length).
-    fn to_f32(src: &[Self], dst: &mut [f32]);
-}
-
-impl KvElem for f32 {
-    fn to_f32(src: &[f32], dst: &mut [f32]) {
-        dst.copy_from_slice(src);
-    }
-}
-
-impl KvElem for f16 {
-    fn to_f32(src: &[f16], dst: &mut [f32]) {
-        f16_to_f32(src, dst);
     }
 }
 
@@ -102,16 +85,7 @@ pub(crate) fn attention(
                 w.resize(need, 0.0);
             }
             let (acc, rest) = w.split_at_mut((t1 - t0) * gd);
-            match (&kv.k, &kv.v) {
-                (KvStore::F32(k), KvStore::F32(v)) => {
-                    attend(k, v, shape, at, h, t0..t1, q, acc, rest)
-                }
-                (KvStore::F16(k), KvStore::F16(v)) => {
-                    attend(k, v, shape, at, h, t0..t1, q, acc, rest)
-                }
-                // Keys and values are always created with the same type.
-                _ => acc.fill(0.0),
-            }
+            attend(kv, shape, at, h, t0..t1, q, acc, rest);
             for (t, row) in (t0..t1).zip(acc.chunks_exact(gd)) {
                 // SAFETY: query t's heads of KV head h, inside `out`
                 // (n × heads × head_dim); tasks own disjoint (h, t) pairs.
@@ -176,9 +150,8 @@ impl Clone for AttnWork {
 /// (`ts.len() × group × head_dim`, token-major), with `work` for the scaled
 /// query rows, key and value blocks, scores and the running max/sum.
 #[allow(clippy::too_many_arguments)]
-fn attend<T: KvElem>(
-    k: &[T],
-    v: &[T],
+fn attend(
+    kv: &LayerKv,
     shape: AttnShape,
     at: ChunkPos,
     h: usize,
@@ -187,6 +160,7 @@ fn attend<T: KvElem>(
     acc: &mut [f32],
     work: &mut [f32],
 ) {
+    let (k, v) = (&kv.k, &kv.v);
     let (d, group) = (shape.head_dim, shape.group());
     let (kv_dim, q_dim) = (shape.kv_heads * d, shape.heads * d);
     let sm_scale = 1.0 / (d as f32).sqrt();
@@ -205,6 +179,10 @@ fn attend<T: KvElem>(
             *dst = x * sm_scale;
         }
     }
+    // Rotated keys: the queries turn the same way, so scores are kept.
+    if kv.k_rot > 0 {
+        hadamard(qs, kv.k_rot);
+    }
     maxes.fill(f32::NEG_INFINITY);
     sums.fill(0.0);
     acc.fill(0.0);
@@ -217,8 +195,8 @@ fn attend<T: KvElem>(
         let nk = j1 - j0;
         for (jj, j) in (j0..j1).enumerate() {
             let s = (j % at.slots) * kv_dim + h * d;
-            T::to_f32(&k[s..s + d], &mut kb[jj * d..(jj + 1) * d]);
-            T::to_f32(&v[s..s + d], &mut vb[jj * d..(jj + 1) * d]);
+            k.read(s, &mut kb[jj * d..(jj + 1) * d]);
+            v.read(s, &mut vb[jj * d..(jj + 1) * d]);
         }
         // Every row against every key of the block; each row then uses the
         // keys its token sees.
@@ -252,5 +230,9 @@ fn attend<T: KvElem>(
         if sums[r] > 0.0 {
             scale(o, 1.0 / sums[r]);
         }
+    }
+    // Rotated values: the output is rotated too; the rotation is its own inverse.
+    if kv.v_rot > 0 {
+        hadamard(&mut acc[..nq * d], kv.v_rot);
     }
 }

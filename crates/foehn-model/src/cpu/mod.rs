@@ -295,7 +295,7 @@ impl Backend for Cpu {
         let (n, start, kv_dim) = (s.n, s.start, s.dims.kv_dim());
         for t in 0..n {
             let kv = t * kv_dim..(t + 1) * kv_dim;
-            cache.write(layer, start + t, &s.act(k)[kv.clone()], &s.act(v)[kv]);
+            cache.write(layer, start + t, &s.act(k)[kv.clone()], &s.act(v)[kv])?;
         }
         let at = ChunkPos {
             start,
