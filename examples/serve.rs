@@ -57,6 +57,12 @@ struct Args {
     /// Context length of each session (default 4096 or the model's maximum if smaller).
     #[arg(long)]
     ctx: Option<usize>,
+    /// MiB of KV caches kept after requests end, so a request whose prompt
+    /// starts with tokens an earlier one computed (a shared system prompt,
+    /// the earlier turns of a conversation) does not prefill them again;
+    /// least recently used first out; 0 turns it off.
+    #[arg(long, default_value_t = foehn::engine::DEFAULT_PREFIX_CACHE_BYTES >> 20)]
+    cache_mb: usize,
     #[command(flatten)]
     model_flags: common::ModelFlags,
 }
@@ -92,6 +98,7 @@ fn run(args: Args) -> Result<()> {
     let opts = args.model_flags.apply(LoadOptions {
         ctx_len: args.ctx,
         threads: args.threads,
+        prefix_cache_bytes: args.cache_mb.saturating_mul(1 << 20),
         ..LoadOptions::default()
     });
     let model = LocalModel::load(args.model.as_deref(), opts).context("loading the model")?;

@@ -1,5 +1,6 @@
 //! The `serve` example on the tiny-mistral fixture: 32 concurrent streaming
-//! clients, a burst over a small queue, and error answers through the binary.
+//! clients, a burst over a small queue, error answers through the binary, and
+//! the prefix cache.
 
 mod common;
 #[path = "serve/server.rs"]
@@ -220,4 +221,35 @@ fn errors_and_the_api_key_through_the_binary() {
     // Still serving after all that.
     assert_eq!(post(&chat, &ok_body, Some(key)).0, 200);
     assert!(!server.stderr().contains("panicked"), "{}", server.stderr());
+}
+
+#[test]
+fn a_shared_prompt_prefix_comes_from_the_prefix_cache() {
+    let server = ServeProcess::start(&["--model", &model_path(), "--cache-mb", "64"], &[]);
+    let system = "You answer questions about the notes. ".repeat(12);
+    let ask = |q: &str| {
+        let body = json!({"messages": [
+            {"role": "system", "content": system}, {"role": "user", "content": q}],
+            "max_tokens": 4, "temperature": 0});
+        let (status, _, text) = post(&server.url("/v1/chat/completions"), &body.to_string(), None);
+        assert_eq!(status, 200, "{text}");
+        serde_json::from_str::<Value>(&text).unwrap()
+    };
+    let first = ask("first question");
+    assert!(
+        first["usage"].get("prompt_tokens_details").is_none(),
+        "{first}"
+    );
+    let second = ask("second question");
+    let cached = second["usage"]["prompt_tokens_details"]["cached_tokens"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no cached tokens: {second}"));
+    let prompt = second["usage"]["prompt_tokens"].as_u64().unwrap();
+    assert!(
+        cached > prompt / 2 && cached < prompt,
+        "{cached} of {prompt}"
+    );
+    let health = server.health();
+    assert_eq!(health["engine"]["prefix_cache"]["hits"], 1, "{health}");
+    assert_eq!(health["engine"]["prefix_cache"]["budget_bytes"], 64 << 20);
 }

@@ -239,6 +239,14 @@ pub struct Usage {
     pub prompt_tokens: u32,
     /// Tokens generated.
     pub completion_tokens: u32,
+    /// Prompt tokens whose keys and values came from a cache (a session's
+    /// own, or the model's prefix cache) instead of a prefill.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cached_tokens: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// Where the time went (what the generator could measure).
@@ -393,6 +401,12 @@ pub trait Generator: Send + Sync {
     /// What this generator can honour.
     fn capabilities(&self) -> Capabilities;
 
+    /// What the generator reports of its state (caches, counters) for a
+    /// server's `/health`; `None` by default.
+    fn status(&self) -> Option<serde_json::Value> {
+        None
+    }
+
     /// Starts a generation. Events arrive as the iterator is driven; `cancel`
     /// stops it between tokens.
     fn generate(
@@ -499,6 +513,7 @@ mod tests {
                             usage: Usage {
                                 prompt_tokens: n,
                                 completion_tokens: n,
+                                cached_tokens: 0,
                             },
                             timings: Timings::default(),
                             served_by: Some("echo".into()),

@@ -23,7 +23,9 @@ use foehn_sampler::{ConstraintCompiler, TokenConstraint};
 use foehn_tokenizer::{EncodeOptions, Tokenizer};
 
 use crate::isq::Isq;
+use crate::prefix::{PrefixCache, PrefixCacheStats};
 use crate::session::Session;
+use crate::session::{Generation, Prepared};
 use crate::spec::{Drafting, Speculation};
 use crate::{EngineError, Result};
 
@@ -51,6 +53,11 @@ pub struct LoadOptions {
     /// them as stored). CPU backend only; refused for GGUF files, whose
     /// weights are quantized already.
     pub isq: Option<Isq>,
+    /// Bytes of KV caches the prefix cache keeps for later prompts (default
+    /// 1 GiB; 0 turns it off): a generation through [`Generator::generate`]
+    /// whose prompt starts with tokens a finished one computed continues
+    /// from its session instead of prefilling them.
+    pub prefix_cache_bytes: usize,
     /// How finely the CPU kernels quantize activations (default
     /// [`ActPrecision::Q8`], as llama.cpp; [`ActPrecision::Q8x2`] gives
     /// the logits of f32 activations at up to twice the prefill compute).
@@ -80,10 +87,14 @@ impl Default for LoadOptions {
             fetch: FetchOptions::default(),
             backend: Backend::Cpu,
             isq: None,
+            prefix_cache_bytes: DEFAULT_PREFIX_CACHE_BYTES,
             act_precision: ActPrecision::Q8,
         }
     }
 }
+
+/// The default [`LoadOptions::prefix_cache_bytes`]: 1 GiB.
+pub const DEFAULT_PREFIX_CACHE_BYTES: usize = 1 << 30;
 
 /// A loaded model: weights, tokenizer and chat template. Cloning is cheap (the
 /// model is shared); open one [`Session`] per conversation.
@@ -107,6 +118,8 @@ pub(crate) struct Inner {
     pub(crate) session_opts: SessionOptions,
     /// What generations draft with (`None`: no speculation).
     pub(crate) drafting: Option<Drafting>,
+    /// Sessions kept for the prefixes of later prompts.
+    prefix: Arc<PrefixCache>,
     pub(crate) pool: rayon::ThreadPool,
     name: String,
     load_time: Duration,
@@ -269,6 +282,7 @@ impl LocalModel {
             tools,
             session_opts,
             drafting,
+            prefix: Arc::new(PrefixCache::new(opts.prefix_cache_bytes)),
             pool,
             name,
             load_time: start.elapsed(),
@@ -341,6 +355,11 @@ impl LocalModel {
         compiler
             .compile(constraint)
             .map_err(|e| GenerateError::InvalidRequest(e.to_string()).into())
+    }
+
+    /// The prefix cache's sizes and counters.
+    pub fn prefix_cache_stats(&self) -> PrefixCacheStats {
+        self.inner.prefix.stats()
     }
 
     /// A new session (its own KV cache) over this model.
@@ -451,8 +470,44 @@ impl Generator for LocalModel {
         request: GenerateRequest,
         cancel: CancelToken,
     ) -> Result<EventStream, GenerateError> {
-        let session = self.session()?;
-        Ok(Box::new(session.into_generation(request, cancel)?))
+        let prepared = Prepared::new(self, &request)?;
+        let cache = &self.inner.prefix;
+        let session = match cache.take(&prepared.prompt) {
+            Some(s) => s,
+            None => self.session()?,
+        };
+        let generation = Generation::start(session, request, prepared, cancel)?;
+        cache.record_reuse(generation.reused_tokens());
+        Ok(Box::new(Kept {
+            generation: Some(generation),
+            cache: cache.clone(),
+        }))
+    }
+
+    fn status(&self) -> Option<serde_json::Value> {
+        Some(serde_json::json!({ "prefix_cache": self.prefix_cache_stats() }))
+    }
+}
+
+/// A generation whose session goes to the prefix cache when it is dropped.
+struct Kept {
+    generation: Option<Generation>,
+    cache: Arc<PrefixCache>,
+}
+
+impl Iterator for Kept {
+    type Item = Result<foehn_core::Event, GenerateError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.generation.as_mut()?.next()
+    }
+}
+
+impl Drop for Kept {
+    fn drop(&mut self) {
+        if let Some(g) = self.generation.take() {
+            self.cache.put(g.into_session());
+        }
     }
 }
 

@@ -72,6 +72,11 @@ impl Session {
         self
     }
 
+    /// Bytes of the session's KV cache.
+    pub fn memory_bytes(&self) -> usize {
+        self.state.0.memory_bytes()
+    }
+
     /// Most tokens the session's cache holds.
     pub(crate) fn context_length(&self) -> usize {
         self.state.ctx_len()
@@ -188,6 +193,28 @@ impl State {
     }
 }
 
+/// A request read against a model: its prompt's token ids and its tools.
+pub(crate) struct Prepared {
+    pub(crate) prompt: Vec<u32>,
+    specs: Vec<foehn_core::ToolSpec>,
+    choice: ToolChoice,
+}
+
+impl Prepared {
+    /// The prompt's ids (chat template, tools offered) and the tool choice.
+    pub(crate) fn new(model: &LocalModel, request: &GenerateRequest) -> Result<Self> {
+        let (specs, choice) =
+            foehn_core::tool_request(request.tools.as_ref(), request.tool_choice.as_ref())?
+                .unwrap_or((Vec::new(), ToolChoice::None));
+        let prompt = model.prompt_ids_with_tools(&request.prompt, &specs)?;
+        Ok(Self {
+            prompt,
+            specs,
+            choice,
+        })
+    }
+}
+
 /// A running generation: an iterator of [`Event`]s, one per generated token,
 /// then [`Event::Done`].
 pub struct Generation {
@@ -254,12 +281,24 @@ struct Speculative {
 }
 
 impl Generation {
-    fn new(mut session: Session, request: GenerateRequest, cancel: CancelToken) -> Result<Self> {
+    fn new(session: Session, request: GenerateRequest, cancel: CancelToken) -> Result<Self> {
+        let prepared = Prepared::new(&session.model, &request)?;
+        Self::start(session, request, prepared, cancel)
+    }
+
+    /// Starts a generation of a prepared request.
+    pub(crate) fn start(
+        mut session: Session,
+        request: GenerateRequest,
+        prepared: Prepared,
+        cancel: CancelToken,
+    ) -> Result<Self> {
         let model = session.model.clone();
-        let (specs, choice) =
-            foehn_core::tool_request(request.tools.as_ref(), request.tool_choice.as_ref())?
-                .unwrap_or((Vec::new(), ToolChoice::None));
-        let prompt = model.prompt_ids_with_tools(&request.prompt, &specs)?;
+        let Prepared {
+            prompt,
+            specs,
+            choice,
+        } = prepared;
         let format = model.inner.tools.clone().filter(|_| !specs.is_empty());
         let ctx = session.state.ctx_len();
         if prompt.len() >= ctx {
@@ -546,6 +585,7 @@ impl Generation {
             usage: Usage {
                 prompt_tokens: self.prompt.len() as u32,
                 completion_tokens: self.generated,
+                cached_tokens: self.reused as u32,
             },
             timings: Timings {
                 time_to_first_token: self.first_token.map(|t| t - self.started),

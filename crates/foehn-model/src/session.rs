@@ -46,6 +46,8 @@ pub trait DecoderSession: Send {
     /// # Errors
     /// As [`Model::prefill`].
     fn prefill(&mut self, tokens: &[u32]) -> Result<&[f32]>;
+    /// Bytes of the session's KV cache.
+    fn memory_bytes(&self) -> usize;
 }
 
 /// A loaded decoder on any backend.
@@ -96,6 +98,10 @@ impl<B: Backend> DecoderSession for Bound<B> {
 
     fn prefill(&mut self, tokens: &[u32]) -> Result<&[f32]> {
         self.model.prefill(tokens, &mut self.cache, &mut self.work)
+    }
+
+    fn memory_bytes(&self) -> usize {
+        self.cache.memory_bytes()
     }
 }
 

@@ -51,8 +51,8 @@ pub use request::{
 };
 pub use response::{
     ChatLogprobs, ChatResponse, Choice, CompletionUsage, Delta, FunctionChunk, LogprobEntry,
-    Logprobs, Response, ResponseMessage, TextLogprobs, TextResponse, TokenLogprob, ToolCallChunk,
-    TopLogprob, TopLogprobs,
+    Logprobs, PromptTokensDetails, Response, ResponseMessage, TextLogprobs, TextResponse,
+    TokenLogprob, ToolCallChunk, TopLogprob, TopLogprobs,
 };
 
 /// Which OpenAI endpoint a request goes to and a response comes from.

@@ -294,6 +294,21 @@ pub struct CompletionUsage {
     /// Their sum.
     #[serde(default, deserialize_with = "lenient::or_none")]
     pub total_tokens: Option<u32>,
+    /// Where the prompt's tokens came from (sent when some came from a cache).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient::or_none"
+    )]
+    pub prompt_tokens_details: Option<PromptTokensDetails>,
+}
+
+/// `usage.prompt_tokens_details`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PromptTokensDetails {
+    /// Prompt tokens taken from a cache instead of computed.
+    #[serde(default, deserialize_with = "lenient::or_none")]
+    pub cached_tokens: Option<u32>,
 }
 
 impl From<&foehn_core::Usage> for CompletionUsage {
@@ -302,6 +317,9 @@ impl From<&foehn_core::Usage> for CompletionUsage {
             prompt_tokens: Some(u.prompt_tokens),
             completion_tokens: Some(u.completion_tokens),
             total_tokens: Some(u.prompt_tokens.saturating_add(u.completion_tokens)),
+            prompt_tokens_details: (u.cached_tokens > 0).then_some(PromptTokensDetails {
+                cached_tokens: Some(u.cached_tokens),
+            }),
         }
     }
 }
@@ -313,6 +331,10 @@ impl CompletionUsage {
         (p.is_some() || c.is_some()).then(|| foehn_core::Usage {
             prompt_tokens: p.unwrap_or(0),
             completion_tokens: c.unwrap_or(0),
+            cached_tokens: self
+                .prompt_tokens_details
+                .and_then(|d| d.cached_tokens)
+                .unwrap_or(0),
         })
     }
 }

@@ -204,6 +204,7 @@ fn usage() -> Usage {
     Usage {
         prompt_tokens: 5,
         completion_tokens: 2,
+        cached_tokens: 0,
     }
 }
 
@@ -330,6 +331,7 @@ fn stream_chunks_are_openais_json_with_usage_absent_null_or_given() {
         usage: Some(Some(CompletionUsage::from(&Usage {
             prompt_tokens: 4,
             completion_tokens: 2,
+            cached_tokens: 0,
         }))),
         ..chunk(Delta::default(), None, None)
     };
@@ -419,7 +421,8 @@ fn openai_replies_read() {
         answer.usage.flatten().and_then(|u| u.to_core()),
         Some(Usage {
             prompt_tokens: 19,
-            completion_tokens: 10
+            completion_tokens: 10,
+            cached_tokens: 0,
         })
     );
 
@@ -448,7 +451,8 @@ fn other_servers_replies_read_with_their_extra_fields() {
         vllm.usage.flatten().and_then(|u| u.to_core()),
         Some(Usage {
             prompt_tokens: 7,
-            completion_tokens: 2
+            completion_tokens: 2,
+            cached_tokens: 0,
         })
     );
     // TGI: a version string as fingerprint, `eos_token` as finish reason.
@@ -465,7 +469,8 @@ fn other_servers_replies_read_with_their_extra_fields() {
         llama.usage.flatten().and_then(|u| u.to_core()),
         Some(Usage {
             prompt_tokens: 9,
-            completion_tokens: 3
+            completion_tokens: 3,
+            cached_tokens: 0,
         })
     );
     // Ollama's OpenAI endpoint: no usage, `finish_reason` null until the end.

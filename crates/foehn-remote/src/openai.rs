@@ -628,6 +628,7 @@ impl ChunkStream {
         let usage = self.usage.unwrap_or(Usage {
             prompt_tokens: 0,
             completion_tokens: self.pieces,
+            cached_tokens: 0,
         });
         Event::Done(Completion {
             finish_reason: reason,
@@ -1079,7 +1080,8 @@ mod tests {
                     c.usage,
                     Usage {
                         prompt_tokens: 4,
-                        completion_tokens: 2
+                        completion_tokens: 2,
+                        cached_tokens: 0,
                     }
                 );
                 assert_eq!(c.served_by.as_deref(), Some("t"));

@@ -143,7 +143,8 @@ fn normal_stream_close_delimited() {
         done.usage,
         Usage {
             prompt_tokens: 5,
-            completion_tokens: 4
+            completion_tokens: 4,
+            cached_tokens: 0,
         }
     );
     assert_eq!(done.served_by.as_deref(), Some("remote"));
@@ -193,7 +194,8 @@ fn normal_stream_chunked_crlf_and_split_anywhere() {
         done.usage,
         Usage {
             prompt_tokens: 0,
-            completion_tokens: 2
+            completion_tokens: 2,
+            cached_tokens: 0,
         }
     );
 }
@@ -217,7 +219,8 @@ fn text_completions_endpoint() {
         out.done.unwrap().usage,
         Usage {
             prompt_tokens: 2,
-            completion_tokens: 2
+            completion_tokens: 2,
+            cached_tokens: 0,
         }
     );
     let req = &server.requests()[0];
@@ -584,7 +587,8 @@ fn non_streamed_json_answer_is_accepted() {
         out.done.unwrap().usage,
         Usage {
             prompt_tokens: 3,
-            completion_tokens: 2
+            completion_tokens: 2,
+            cached_tokens: 0,
         }
     );
 }

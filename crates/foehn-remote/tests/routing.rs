@@ -169,6 +169,7 @@ impl Generator for Fake {
                 usage: Usage {
                     prompt_tokens: 1,
                     completion_tokens: n,
+                    cached_tokens: 0,
                 },
                 timings: Timings::default(),
                 served_by: Some(name),

@@ -243,6 +243,7 @@ mod tests {
             usage: Usage {
                 prompt_tokens: 3,
                 completion_tokens: 2,
+                cached_tokens: 0,
             },
             timings: Timings::default(),
             served_by: Some("local".into()),

@@ -302,18 +302,23 @@ fn model_object(app: &AppState, id: &str) -> ModelObject {
     ModelObject::new(id, app.started, "foehn")
 }
 
-/// `GET /health`: liveness, the models, and the queue's counters.
+/// `GET /health`: liveness, the models, the queue's counters, and what the
+/// generator reports of itself (the local engine: its prefix cache).
 pub(crate) async fn health(State(app): Shared) -> Json<Value> {
     let stats = app.scheduler.stats();
     let caps = app.generator.capabilities();
-    Json(json!({
+    let mut body = json!({
         "status": "ok",
         "generator": app.generator.name(),
         "models": model_ids(&app),
         "context_length": caps.context_length,
         "uptime_s": unix_now().saturating_sub(app.started),
         "queue": stats,
-    }))
+    });
+    if let Some(status) = app.generator.status() {
+        body["engine"] = status;
+    }
+    Json(body)
 }
 
 /// Any other route: a 404 error object.

@@ -169,6 +169,7 @@ fn done_event(finish_reason: FinishReason, prompt_tokens: u32, completion_tokens
         usage: Usage {
             prompt_tokens,
             completion_tokens,
+            cached_tokens: 0,
         },
         timings: Timings::default(),
         served_by: Some("scripted".into()),

@@ -994,6 +994,7 @@ impl RoutedStream {
                     usage: Usage {
                         prompt_tokens: 0,
                         completion_tokens: self.earlier_tokens + self.attempt_tokens,
+                        cached_tokens: 0,
                     },
                     timings: Timings {
                         time_to_first_token: self.first_token_at.map(|t| t - self.started),
