@@ -5,8 +5,8 @@
 //! gain nothing from them (it reads as many bytes either way) need not be
 //! packed before its first product with many activation rows: until then
 //! the model runs straight on the memory-mapped file, with no copy to fault
-//! in (see `QMatrix::packed`): that is Q8_0, Q4_K and Q6_K on AVX2 and
-//! AVX-512 VNNI here. A model packs the k-quants on a background thread
+//! in (see `QMatrix::packed`): that is Q8_0, Q4_K and Q6_K on AVX2,
+//! AVX-512 VNNI and NEON (dotprod) here. A model packs the k-quants on a background thread
 //! meanwhile (`QMatrix::pack_in_background`): their tiles decode faster
 //! (7B-shaped Q4_K_M, 2 threads, AVX2: 5.9–6.1 t/s against 4.0–4.3 on the
 //! direct kernels, which decode the scales per row and sum across lanes).
@@ -55,6 +55,13 @@ fn kernel_of(ty: GgmlType, isa: Isa) -> Option<RawDirectFn> {
             GgmlType::Q8_0 => Some(avx512::q8_0),
             GgmlType::Q4_K => Some(avx512::q4_k),
             GgmlType::Q6_K => Some(avx512::q6_k),
+            _ => None,
+        },
+        #[cfg(target_arch = "aarch64")]
+        Isa::NeonDotprod => match ty {
+            GgmlType::Q8_0 => Some(neon::q8_0),
+            GgmlType::Q4_K => Some(neon::q4_k),
+            GgmlType::Q6_K => Some(neon::q6_k),
             _ => None,
         },
         _ => {
@@ -920,7 +927,241 @@ mod avx512 {
     }
 }
 
-#[cfg(all(test, target_arch = "x86_64"))]
+/// The NEON (dotprod) direct kernels: per weight row and activation row,
+/// each group's exact integer dot product by SDOT (the signed levels of the
+/// file's blocks against the activation bytes, lanes summed), then the NEON
+/// tile kernel's float operations for one lane in its order, as scalar
+/// `mul_add` (the same fused multiply-add as its `vfmaq`).
+#[cfg(target_arch = "aarch64")]
+mod neon {
+    use std::arch::aarch64::*;
+    use std::arch::asm;
+
+    use half::f16;
+
+    use crate::cpu::act::{QuantizedActs, ACT_BLOCK};
+    use crate::cpu::format::SUPER;
+    use crate::quant::dequant::scale_min_k4;
+    use crate::GgmlType;
+
+    /// Bytes of a Q8_0 block: an f16 scale, then 32 signed levels.
+    const Q8_0_BLOCK: usize = GgmlType::Q8_0.type_size();
+    /// Bytes of a Q4_K block: `d`, `dmin` (f16), 12 bytes of 6-bit scales
+    /// and mins, 128 bytes of nibbles.
+    const Q4_K_BLOCK: usize = GgmlType::Q4_K.type_size();
+    /// Bytes of a Q6_K block: 128 bytes of low nibbles, 64 of high bit
+    /// pairs, 16 signed scales, `d` (f16).
+    const Q6_K_BLOCK: usize = GgmlType::Q6_K.type_size();
+
+    /// `acc + Σ w·a` over 16 byte pairs, four per lane (SDOT, vector form).
+    #[inline(always)]
+    unsafe fn sdot(acc: int32x4_t, w: int8x16_t, a: int8x16_t) -> int32x4_t {
+        let mut acc = acc;
+        asm!(
+            "sdot {acc:v}.4s, {w:v}.16b, {a:v}.16b",
+            acc = inout(vreg) acc,
+            w = in(vreg) w,
+            a = in(vreg) a,
+            options(pure, nomem, nostack, preserves_flags),
+        );
+        acc
+    }
+
+    /// The exact `Σ w·a` of `16 · n` signed byte pairs.
+    #[inline(always)]
+    unsafe fn dot(w: *const i8, a: *const i8, n: usize) -> i32 {
+        let mut acc = vdupq_n_s32(0);
+        for i in 0..n {
+            acc = sdot(acc, vld1q_s8(w.add(16 * i)), vld1q_s8(a.add(16 * i)));
+        }
+        vaddvq_s32(acc)
+    }
+
+    /// The f16 at `p`, as f32.
+    #[inline(always)]
+    unsafe fn half(p: *const u8) -> f32 {
+        f16::from_bits(std::ptr::read_unaligned(p.cast::<u16>())).to_f32()
+    }
+
+    /// Defines the entry point `$name` over `$row`, which computes one
+    /// weight row against activation rows `a0..a0 + na` (at most four).
+    macro_rules! entry {
+        ($name:ident, $row:ident) => {
+            #[allow(clippy::too_many_arguments)]
+            #[target_feature(enable = "neon,dotprod")]
+            pub(super) unsafe fn $name(
+                w: &[u8],
+                row_bytes: usize,
+                rows: usize,
+                cols: usize,
+                acts: &QuantizedActs,
+                a0: usize,
+                na: usize,
+                out: *mut f32,
+                stride: usize,
+            ) {
+                for r in 0..rows {
+                    let acc = $row(w.as_ptr().add(r * row_bytes), cols, acts, a0, na);
+                    for (j, v) in acc.iter().enumerate().take(na) {
+                        *out.add(j * stride + r) = *v;
+                    }
+                }
+            }
+        };
+    }
+    entry!(q8_0, q8_0_row);
+    entry!(q4_k, q4_k_row);
+    entry!(q6_k, q6_k_row);
+
+    /// Q8_0 (the tile kernel's `Wide32`, one scale per block of 32): per
+    /// block `v = d_w · Σ q·a`, `acc = fma(v, d_a, acc)`.
+    #[inline(always)]
+    unsafe fn q8_0_row(
+        row: *const u8,
+        cols: usize,
+        acts: &QuantizedActs,
+        a0: usize,
+        na: usize,
+    ) -> [f32; 4] {
+        let mut acc = [0.0f32; 4];
+        for b in 0..cols / ACT_BLOCK {
+            let blk = row.add(Q8_0_BLOCK * b);
+            let d = half(blk);
+            for (j, acc) in acc.iter_mut().enumerate().take(na) {
+                let a = acts.row(a0 + j).as_ptr().add(ACT_BLOCK * b);
+                let isum = dot(blk.add(2).cast(), a, 2);
+                let v = d * isum as f32;
+                *acc = v.mul_add(acts.scales(a0 + j)[b], *acc);
+            }
+        }
+        acc
+    }
+
+    /// The float tail of a superblock, as the tile kernel: `v = d · fsum`,
+    /// `v = fma(−dmin, imin, v)` with a min, `acc = fma(v, D/8, acc)`.
+    #[inline(always)]
+    fn superblock_tail(acc: f32, d: f32, fsum: f32, min: Option<(f32, i32)>, scale: f32) -> f32 {
+        let mut v = d * fsum;
+        if let Some((dm, imin)) = min {
+            v = dm.mul_add(imin as f32, v);
+        }
+        v.mul_add(scale, acc)
+    }
+
+    /// Q4_K (`SuperNib32Min`): per group of 32 the exact `Σ u·a` (nibble
+    /// levels), `fsum = fma(Σ << shift, sc, fsum)` and `imin += m · (shifted
+    /// level sum)`, then the superblock's tail.
+    #[inline(always)]
+    unsafe fn q4_k_row(
+        row: *const u8,
+        cols: usize,
+        acts: &QuantizedActs,
+        a0: usize,
+        na: usize,
+    ) -> [f32; 4] {
+        let mut acc = [0.0f32; 4];
+        let mask = vdupq_n_u8(0x0f);
+        for u in 0..cols / SUPER {
+            let blk = row.add(Q4_K_BLOCK * u);
+            let d = half(blk);
+            let dm = -half(blk.add(2));
+            let scales: [u8; 12] = std::ptr::read_unaligned(blk.add(4).cast());
+            let qs = blk.add(16);
+            // Levels of the superblock in value order: per 64 values, the
+            // low nibbles of 32 bytes, then their high nibbles.
+            let mut levels = [0i8; SUPER];
+            for c in 0..4 {
+                for h in 0..2 {
+                    let v = vld1q_u8(qs.add(32 * c + 16 * h));
+                    let lo = vandq_u8(v, mask);
+                    let hi = vshrq_n_u8::<4>(v);
+                    let at = levels.as_mut_ptr().add(64 * c + 16 * h);
+                    vst1q_s8(at, vreinterpretq_s8_u8(lo));
+                    vst1q_s8(at.add(32), vreinterpretq_s8_u8(hi));
+                }
+            }
+            for (j, acc) in acc.iter_mut().enumerate().take(na) {
+                let a = acts.row(a0 + j).as_ptr().add(SUPER * u);
+                let shifts = acts.shifts(a0 + j);
+                let wsum = acts.shifted_sums(a0 + j, 32);
+                let (mut fsum, mut imin) = (0.0f32, 0i32);
+                for g in 0..SUPER / 32 {
+                    let (sc, m) = scale_min_k4(g, &scales);
+                    let isum = dot(levels.as_ptr().add(32 * g), a.add(32 * g), 2);
+                    let t = isum.wrapping_shl(shifts[8 * u + g]) as f32;
+                    fsum = t.mul_add(f32::from(sc), fsum);
+                    imin = imin.wrapping_add(i32::from(m).wrapping_mul(i32::from(wsum[8 * u + g])));
+                }
+                let scale = acts.superblock_scales(a0 + j)[u];
+                *acc = superblock_tail(*acc, d, fsum, Some((dm, imin)), scale);
+            }
+        }
+        acc
+    }
+
+    /// Q6_K (`SuperByte16`): per group of 16 the exact `Σ (u − 32)·a`,
+    /// `fsum = fma(Σ << shift, sc, fsum)`, then the superblock's tail.
+    #[inline(always)]
+    unsafe fn q6_k_row(
+        row: *const u8,
+        cols: usize,
+        acts: &QuantizedActs,
+        a0: usize,
+        na: usize,
+    ) -> [f32; 4] {
+        let mut acc = [0.0f32; 4];
+        let (mask, two, thirty_two) = (vdupq_n_u8(0x0f), vdupq_n_u8(0x03), vdupq_n_s8(32));
+        for u in 0..cols / SUPER {
+            let blk = row.add(Q6_K_BLOCK * u);
+            let d = half(blk.add(208));
+            let sc: [i8; 16] = std::ptr::read_unaligned(blk.add(192).cast());
+            // Signed levels in value order (ggml's `dequantize_row_q6_K`).
+            let mut levels = [0i8; SUPER];
+            for n in 0..2 {
+                let ql = blk.add(64 * n);
+                let qh = blk.add(128 + 32 * n);
+                for l in [0, 16] {
+                    let (q0, q1, h) = (
+                        vld1q_u8(ql.add(l)),
+                        vld1q_u8(ql.add(l + 32)),
+                        vld1q_u8(qh.add(l)),
+                    );
+                    let parts = [
+                        vorrq_u8(vandq_u8(q0, mask), vshlq_n_u8::<4>(vandq_u8(h, two))),
+                        vorrq_u8(
+                            vandq_u8(q1, mask),
+                            vshlq_n_u8::<4>(vandq_u8(vshrq_n_u8::<2>(h), two)),
+                        ),
+                        vorrq_u8(
+                            vshrq_n_u8::<4>(q0),
+                            vshlq_n_u8::<4>(vandq_u8(vshrq_n_u8::<4>(h), two)),
+                        ),
+                        vorrq_u8(vshrq_n_u8::<4>(q1), vshlq_n_u8::<4>(vshrq_n_u8::<6>(h))),
+                    ];
+                    for (k, p) in parts.into_iter().enumerate() {
+                        let signed = vsubq_s8(vreinterpretq_s8_u8(p), thirty_two);
+                        vst1q_s8(levels.as_mut_ptr().add(128 * n + 32 * k + l), signed);
+                    }
+                }
+            }
+            for (j, acc) in acc.iter_mut().enumerate().take(na) {
+                let a = acts.row(a0 + j).as_ptr().add(SUPER * u);
+                let shifts = acts.shifts(a0 + j);
+                let mut fsum = 0.0f32;
+                for (g, &sc) in sc.iter().enumerate() {
+                    let isum = dot(levels.as_ptr().add(16 * g), a.add(16 * g), 1);
+                    let t = isum.wrapping_shl(shifts[8 * u + g / 2]) as f32;
+                    fsum = t.mul_add(f32::from(sc), fsum);
+                }
+                let scale = acts.superblock_scales(a0 + j)[u];
+                *acc = superblock_tail(*acc, d, fsum, None, scale);
+            }
+        }
+        acc
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::cpu::format::TILE;
@@ -1045,7 +1286,6 @@ mod tests {
                     "{ty}: direct kernels on {isas:?} never used"
                 );
             } else {
-                #[cfg(target_arch = "x86_64")]
                 assert!(!isas.is_empty(), "{ty}: deferred, but no direct kernel");
             }
             for isa in Isa::supported() {
