@@ -12,7 +12,7 @@
 
 mod common;
 
-use common::{check_remote_only, given_flags, remote_client, LazyLocal};
+use common::{check_remote_only, given_flags, LazyLocal};
 
 use std::io::{BufRead, Write};
 use std::sync::Arc;
@@ -49,16 +49,8 @@ struct Args {
     ctx: Option<usize>,
     #[command(flatten)]
     model_flags: common::ModelFlags,
-    /// Send the turns to an OpenAI-compatible server: its base URL (`http://127.0.0.1:8080/v1`),
-    /// or `hf` for the Hugging Face router (https://router.huggingface.co/v1).
-    #[arg(long, value_name = "BASE_URL", requires = "model_id")]
-    remote: Option<String>,
-    /// Bearer token for --remote (default: the HF_TOKEN environment variable).
-    #[arg(long, requires = "remote")]
-    api_key: Option<String>,
-    /// The remote model id, e.g. `mistralai/Mistral-7B-Instruct-v0.3:fastest` on the HF router.
-    #[arg(long, requires = "remote")]
-    model_id: Option<String>,
+    #[command(flatten)]
+    remote: common::RemoteFlags,
     /// Route between the local model (--model, or the default model) and --remote:
     /// local-first, remote-first, fastest or cheapest.
     #[arg(long, requires = "remote")]
@@ -72,7 +64,7 @@ fn main() {
     let matches = Args::command().get_matches();
     let args = Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let given = given_flags(&matches, LOCAL_ONLY);
-    let result = if args.remote.is_some() {
+    let result = if args.remote.remote.is_some() {
         run_remote(args, &given)
     } else {
         run(args)
@@ -170,11 +162,10 @@ fn run(args: Args) -> Result<()> {
 /// the whole conversation through the [`Generator`] trait (no KV cache is
 /// kept between turns, even when the local route serves).
 fn run_remote(args: Args, given_local_flags: &[&str]) -> Result<()> {
-    let base = args.remote.as_deref().context("--remote")?;
+    let remote = args.remote.client()?.context("--remote")?;
     if args.route.is_none() {
         check_remote_only(given_local_flags, args.model.is_some())?;
     }
-    let remote = remote_client(base, args.api_key.as_deref(), args.model_id.as_deref())?;
     let generator: Box<dyn Generator> = match args.route {
         None => Box::new(remote),
         Some(policy) => {

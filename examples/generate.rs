@@ -17,7 +17,7 @@
 
 mod common;
 
-use common::{check_remote_only, flag_list, given_flags, remote_client, LazyLocal};
+use common::{check_remote_only, flag_list, given_flags, LazyLocal};
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
@@ -99,16 +99,8 @@ struct Args {
     /// With --json: the K largest logits at the last prompt position and before each generated or forced token.
     #[arg(long, default_value_t = 0)]
     top_logits: usize,
-    /// Send the request to an OpenAI-compatible server: its base URL (`http://127.0.0.1:8080/v1`),
-    /// or `hf` for the Hugging Face router (https://router.huggingface.co/v1).
-    #[arg(long, value_name = "BASE_URL", requires = "model_id")]
-    remote: Option<String>,
-    /// Bearer token for --remote (default: the HF_TOKEN environment variable).
-    #[arg(long, requires = "remote")]
-    api_key: Option<String>,
-    /// The remote model id, e.g. `mistralai/Mistral-7B-Instruct-v0.3:fastest` on the HF router.
-    #[arg(long, requires = "remote")]
-    model_id: Option<String>,
+    #[command(flatten)]
+    remote: common::RemoteFlags,
     /// Route between the local model (--model, or the default model) and --remote:
     /// local-first, remote-first, fastest or cheapest.
     #[arg(long, requires = "remote")]
@@ -135,7 +127,7 @@ fn main() {
     let args = Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     // The local-only flags given on the command line.
     let given = given_flags(&matches, LOCAL_ONLY);
-    let result = if args.remote.is_some() {
+    let result = if args.remote.remote.is_some() {
         run_remote(args, &given)
     } else {
         run(args)
@@ -209,7 +201,7 @@ fn run(args: Args) -> Result<()> {
 /// `--remote` (alone, or with `--route` and the local model): the same
 /// request through the [`Generator`] trait, streamed the same way.
 fn run_remote(args: Args, given_local_flags: &[&str]) -> Result<()> {
-    let base = args.remote.as_deref().context("--remote")?;
+    let remote = args.remote.client()?.context("--remote")?;
     match args.route {
         None => check_remote_only(given_local_flags, args.model.is_some())?,
         Some(_) => {
@@ -226,7 +218,6 @@ fn run_remote(args: Args, given_local_flags: &[&str]) -> Result<()> {
             }
         }
     }
-    let remote = remote_client(base, args.api_key.as_deref(), args.model_id.as_deref())?;
     let (generator, local): (Box<dyn Generator>, Option<Arc<LazyLocal>>) = match args.route {
         None => (Box::new(remote), None),
         Some(policy) => {

@@ -18,7 +18,7 @@ use std::io::Write;
 
 use anyhow::{bail, Context, Result};
 use clap::{CommandFactory, FromArgMatches, Parser};
-use common::{check_remote_only, given_flags, remote_client};
+use common::{check_remote_only, given_flags};
 use foehn::core::{collect_tool_calls, ToolCall};
 use foehn::{
     CancelToken, Event, FinishReason, GenerateRequest, Generator, LoadOptions, LocalModel, Message,
@@ -58,15 +58,8 @@ struct Args {
     ctx: Option<usize>,
     #[command(flatten)]
     model_flags: common::ModelFlags,
-    /// Run the loop against an OpenAI-compatible server: its base URL, or `hf` for the Hugging Face router.
-    #[arg(long, value_name = "BASE_URL", requires = "model_id")]
-    remote: Option<String>,
-    /// Bearer token for --remote (default: the HF_TOKEN environment variable).
-    #[arg(long, requires = "remote")]
-    api_key: Option<String>,
-    /// The remote model id.
-    #[arg(long, requires = "remote")]
-    model_id: Option<String>,
+    #[command(flatten)]
+    remote: common::RemoteFlags,
 }
 
 /// Flags that only make sense for a local model.
@@ -86,14 +79,10 @@ fn main() {
 }
 
 fn run(args: Args, given_local_flags: &[&str]) -> Result<()> {
-    let generator: Box<dyn Generator> = match &args.remote {
-        Some(base) => {
+    let generator: Box<dyn Generator> = match args.remote.client()? {
+        Some(client) => {
             check_remote_only(given_local_flags, args.model.is_some())?;
-            Box::new(remote_client(
-                base,
-                args.api_key.as_deref(),
-                args.model_id.as_deref(),
-            )?)
+            Box::new(client)
         }
         None => {
             let opts = args.model_flags.apply(LoadOptions {

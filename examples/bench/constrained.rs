@@ -9,9 +9,10 @@
 use std::time::Duration;
 
 use anyhow::{bail, Result};
-use foehn::core::{CancelToken, Constraint, Event, GenerateRequest, Message, Prompt};
 use foehn::LocalModel;
 use serde_json::{json, Value};
+
+use super::texts::{generate, rate, How};
 
 /// The record `--texts`' "json" prompt asks for, with `keys` as its field names.
 fn record_schema(keys: [&str; 6]) -> Value {
@@ -25,48 +26,6 @@ fn record_schema(keys: [&str; 6]) -> Value {
         "required": [name, born, place, jobs, languages, city],
         "additionalProperties": false
     })
-}
-
-/// One generation: tokens, those forced, time after the first token.
-struct Run {
-    ids: Vec<u32>,
-    forced: usize,
-    decode: Duration,
-}
-
-fn generate(
-    model: &LocalModel,
-    text: &str,
-    n: u32,
-    schema: Option<&Value>,
-    fast_forward: bool,
-) -> Result<Run> {
-    let mut req = GenerateRequest::new(Prompt::Chat(vec![Message::user(text)]));
-    req.temperature = Some(0.0);
-    req.max_tokens = Some(n);
-    req.constraint = schema.map(|s| Constraint::JsonSchema(s.clone()));
-    let mut g = model
-        .session()?
-        .with_speculation(false)
-        .with_fast_forward(fast_forward)
-        .into_generation(req, CancelToken::new())?;
-    let (mut ids, mut decode) = (Vec::new(), None);
-    for ev in &mut g {
-        match ev? {
-            Event::Token(t) => ids.extend(t.id),
-            Event::Done(c) => decode = c.timings.decode,
-        }
-    }
-    Ok(Run {
-        ids,
-        forced: g.forced_tokens(),
-        decode: decode.unwrap_or_default(),
-    })
-}
-
-/// Decode tokens per second after the first token.
-fn rate(r: &Run) -> f64 {
-    r.ids.len().saturating_sub(1) as f64 / r.decode.as_secs_f64().max(1e-9)
 }
 
 /// Runs both schemas `reps` times, the three ways alternated, and prints a
@@ -117,9 +76,14 @@ pub fn run(model: &LocalModel, n: u32, reps: usize) -> Result<()> {
         let (mut tokens, mut forced) = (0, 0);
         let (mut t_chunked, mut t_single) = (Duration::ZERO, Duration::ZERO);
         for _ in 0..reps {
-            let p = generate(model, &prompt, n, None, true)?;
-            let c = generate(model, &prompt, n, Some(schema), true)?;
-            let s = generate(model, &prompt, n, Some(schema), false)?;
+            let with = |one_by_one| How {
+                schema: Some(schema),
+                one_by_one,
+                ..How::default()
+            };
+            let p = generate(model, &prompt, n, How::default())?;
+            let c = generate(model, &prompt, n, with(false))?;
+            let s = generate(model, &prompt, n, with(true))?;
             if c.ids != s.ids {
                 bail!("{name}: fast-forwarding changed the output");
             }

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use anyhow::{bail, Result};
-use foehn::core::{CancelToken, Event, GenerateRequest, Message, Prompt};
+use foehn::core::{CancelToken, Constraint, Event, GenerateRequest, Message, Prompt};
 use foehn::LocalModel;
 
 /// A passage to repeat and edit.
@@ -56,20 +56,33 @@ fn prompts() -> Vec<(&'static str, String)> {
 }
 
 /// One greedy generation: the ids, the decode time after the first token,
-/// and (drafted, accepted).
-struct Run {
-    ids: Vec<u32>,
-    decode: Duration,
-    stats: (usize, usize),
+/// (drafted, accepted), and the tokens a constraint forced.
+pub struct Run {
+    pub ids: Vec<u32>,
+    pub decode: Duration,
+    pub stats: (usize, usize),
+    pub forced: usize,
 }
 
-fn generate(model: &LocalModel, text: &str, n: u32, speculate: bool) -> Result<Run> {
+/// How [`generate`] runs: speculation, the constraint, fast-forwarding.
+#[derive(Default)]
+pub struct How<'a> {
+    pub speculate: bool,
+    pub schema: Option<&'a serde_json::Value>,
+    /// Forced tokens one pass each instead of one chunk.
+    pub one_by_one: bool,
+}
+
+/// Greedy decode of `n` tokens after the chat prompt `text`, as `how` says.
+pub fn generate(model: &LocalModel, text: &str, n: u32, how: How<'_>) -> Result<Run> {
     let mut req = GenerateRequest::new(Prompt::Chat(vec![Message::user(text)]));
     req.temperature = Some(0.0);
     req.max_tokens = Some(n);
+    req.constraint = how.schema.map(|s| Constraint::JsonSchema(s.clone()));
     let mut g = model
         .session()?
-        .with_speculation(speculate)
+        .with_speculation(how.speculate)
+        .with_fast_forward(!how.one_by_one)
         .into_generation(req, CancelToken::new())?;
     let (mut ids, mut decode) = (Vec::new(), None);
     for ev in &mut g {
@@ -82,7 +95,13 @@ fn generate(model: &LocalModel, text: &str, n: u32, speculate: bool) -> Result<R
         ids,
         decode: decode.unwrap_or_default(),
         stats: g.speculation_stats(),
+        forced: g.forced_tokens(),
     })
+}
+
+/// Decode tokens per second after the first token.
+pub fn rate(r: &Run) -> f64 {
+    r.ids.len().saturating_sub(1) as f64 / r.decode.as_secs_f64().max(1e-9)
 }
 
 /// Runs every prompt `reps` times with speculation off and ngram alternated
@@ -99,14 +118,20 @@ pub fn run(model: &LocalModel, n: u32, reps: usize) -> Result<()> {
         let (mut off, mut on) = (Vec::new(), Vec::new());
         let (mut drafted, mut accepted, mut tokens) = (0, 0, 0);
         for _ in 0..reps {
-            let a = generate(model, &text, n, false)?;
-            let b = generate(model, &text, n, true)?;
+            let a = generate(model, &text, n, How::default())?;
+            let b = generate(
+                model,
+                &text,
+                n,
+                How {
+                    speculate: true,
+                    ..How::default()
+                },
+            )?;
             if a.ids != b.ids {
                 let at = a.ids.iter().zip(&b.ids).take_while(|(x, y)| x == y).count();
                 bail!("{name}: speculative decoding parted from plain decoding at token {at}");
             }
-            let rate =
-                |r: &Run| (r.ids.len().saturating_sub(1)) as f64 / r.decode.as_secs_f64().max(1e-9);
             off.push(rate(&a));
             on.push(rate(&b));
             drafted += b.stats.0;

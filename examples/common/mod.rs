@@ -202,9 +202,34 @@ pub fn check_remote_only(given_local_flags: &[&str], model_given: bool) -> Resul
     Ok(())
 }
 
+/// The flags of a remote run: the server, its token and the model there.
+#[derive(Args, Debug, Clone)]
+pub struct RemoteFlags {
+    /// Send the request to an OpenAI-compatible server: its base URL (`http://127.0.0.1:8080/v1`),
+    /// or `hf` for the Hugging Face router (https://router.huggingface.co/v1).
+    #[arg(long, value_name = "BASE_URL", requires = "model_id")]
+    pub remote: Option<String>,
+    /// Bearer token for --remote (default: the HF_TOKEN environment variable).
+    #[arg(long, requires = "remote")]
+    pub api_key: Option<String>,
+    /// The remote model id, e.g. `mistralai/Mistral-7B-Instruct-v0.3:fastest` on the HF router.
+    #[arg(long, requires = "remote")]
+    pub model_id: Option<String>,
+}
+
+impl RemoteFlags {
+    /// The client the flags name (`None` without `--remote`).
+    pub fn client(&self) -> Result<Option<OpenAiClient>> {
+        self.remote
+            .as_deref()
+            .map(|base| remote_client(base, self.api_key.as_deref(), self.model_id.as_deref()))
+            .transpose()
+    }
+}
+
 /// The client for `--remote`: `hf` is the Hugging Face router; the token comes
 /// from `--api-key`, else `HF_TOKEN`.
-pub fn remote_client(
+fn remote_client(
     base: &str,
     api_key: Option<&str>,
     model_id: Option<&str>,
