@@ -13,6 +13,7 @@ use foehn_core::{
     Message, Prompt, ToolSpec,
 };
 use foehn_hub::FetchOptions;
+use foehn_kernels::{SupportedIsa, ISA_ENV};
 use foehn_loader::safetensors::SafetensorsModel;
 use foehn_loader::{config_from_hf, GgufFile};
 use foehn_model::{
@@ -39,8 +40,9 @@ pub struct LoadOptions {
     pub kv_types: KvTypes,
     /// Worker threads (default: the cores available to the process).
     pub threads: Option<usize>,
-    /// Instruction set of the CPU kernels (default: the best this CPU
-    /// runs); one the CPU does not run is an error. CPU backend only.
+    /// Instruction set of the CPU kernels, matrix products and vector
+    /// operations alike (default: the one `$FOEHN_ISA` names, else the best
+    /// this CPU runs); one the CPU does not run is an error. CPU backend only.
     pub isa: Option<Isa>,
     /// Speculative decoding (default [`Speculation::Ngram`]): the output is
     /// the same either way, greedy or seeded.
@@ -96,6 +98,30 @@ impl Default for LoadOptions {
 /// The default [`LoadOptions::prefix_cache_bytes`]: 1 GiB.
 pub const DEFAULT_PREFIX_CACHE_BYTES: usize = 1 << 30;
 
+/// The CPU kernels' instruction set: `requested` (`--isa`), else the one
+/// [`ISA_ENV`] names, else the best this CPU runs.
+///
+/// # Errors
+/// When the variable names no instruction set, or the CPU does not run the
+/// one asked for.
+fn cpu_isa(requested: Option<Isa>) -> Result<SupportedIsa> {
+    let (isa, from) = match requested {
+        Some(isa) => (isa, String::new()),
+        None => match Isa::from_env().map_err(EngineError::Other)? {
+            Some(isa) => (isa, format!(" (from {ISA_ENV})")),
+            None => return Ok(Isa::best()),
+        },
+    };
+    isa.check().ok_or_else(|| {
+        let runs: Vec<&str> = Isa::supported().into_iter().map(Isa::name).collect();
+        EngineError::Other(format!(
+            "this CPU does not run the {} kernels{from} (it runs: {})",
+            isa.name(),
+            runs.join(", ")
+        ))
+    })
+}
+
 /// A loaded model: weights, tokenizer and chat template. Cloning is cheap (the
 /// model is shared); open one [`Session`] per conversation.
 #[derive(Clone)]
@@ -122,6 +148,8 @@ pub(crate) struct Inner {
     prefix: Arc<PrefixCache>,
     pub(crate) pool: rayon::ThreadPool,
     name: String,
+    /// The CPU kernels' instruction set (`None` on candle).
+    isa: Option<Isa>,
     load_time: Duration,
 }
 
@@ -180,18 +208,12 @@ impl LocalModel {
             .max(1);
         // The CPU backend's context: every session's passes run on its
         // threads, so sessions do not multiply them.
+        let isa = match opts.backend {
+            Backend::Cpu => Some(cpu_isa(opts.isa)?),
+            Backend::Candle(_) => None,
+        };
         let cpu = || -> Result<Cpu> {
-            let isa = match opts.isa {
-                None => Isa::best(),
-                Some(isa) => isa.check().ok_or_else(|| {
-                    let runs: Vec<&str> = Isa::supported().into_iter().map(Isa::name).collect();
-                    EngineError::Other(format!(
-                        "this CPU does not run the {} kernels (it runs: {})",
-                        isa.name(),
-                        runs.join(", ")
-                    ))
-                })?,
-            };
+            let isa = isa.ok_or_else(|| EngineError::Other("no CPU backend".into()))?;
             Ok(Cpu::new(Arc::new(Compute::with_isa(threads, isa))))
         };
         let (net, tokenizer) = if path.is_dir() {
@@ -285,6 +307,7 @@ impl LocalModel {
             prefix: Arc::new(PrefixCache::new(opts.prefix_cache_bytes)),
             pool,
             name,
+            isa: isa.map(SupportedIsa::isa),
             load_time: start.elapsed(),
         };
         Ok(Self {
@@ -317,6 +340,12 @@ impl LocalModel {
     /// How this model's sessions are opened (cache size and type, precision).
     pub fn session_options(&self) -> &SessionOptions {
         &self.inner.session_opts
+    }
+
+    /// The instruction set the CPU backend's kernels run (matrix products
+    /// and vector operations alike); `None` on the candle backend.
+    pub fn isa(&self) -> Option<Isa> {
+        self.inner.isa
     }
 
     /// How long [`LocalModel::load`] took (file open to ready).

@@ -6,10 +6,12 @@
 
 use crate::cpu::{Isa, SupportedIsa};
 use crate::pool::ThreadPool;
+use crate::vecops::VecOps;
 
 /// The instruction set and the thread pool of the kernels.
 pub struct Compute {
     isa: SupportedIsa,
+    vecops: VecOps,
     pool: ThreadPool,
 }
 
@@ -24,6 +26,7 @@ impl Compute {
     pub fn with_isa(threads: usize, isa: SupportedIsa) -> Self {
         Self {
             isa,
+            vecops: VecOps::new(isa),
             pool: ThreadPool::new(threads),
         }
     }
@@ -31,6 +34,12 @@ impl Compute {
     /// The instruction set kernels are chosen for.
     pub fn isa(&self) -> SupportedIsa {
         self.isa
+    }
+
+    /// The f32 vector operations (attention, KV conversions) compiled for
+    /// [`isa`](Self::isa).
+    pub fn vecops(&self) -> VecOps {
+        self.vecops
     }
 
     /// Threads a product runs on, the caller's included.
@@ -76,6 +85,7 @@ mod tests {
         let ctx = Compute::with_isa(3, Isa::Scalar.check().unwrap());
         assert_eq!(ctx.threads(), 3);
         assert_eq!(ctx.isa().isa(), Isa::Scalar);
+        assert_eq!(ctx.vecops().path(), "portable");
         let hits: Vec<AtomicUsize> = (0..50).map(|_| AtomicUsize::new(0)).collect();
         ctx.parallel_for(50, &|i| {
             hits[i].fetch_add(1, Ordering::Relaxed);

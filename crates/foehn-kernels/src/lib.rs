@@ -11,8 +11,8 @@ pub mod quant;
 pub mod vecops;
 
 pub use compute::Compute;
-pub use cpu::{Isa, SupportedIsa};
+pub use cpu::{Isa, SupportedIsa, ISA_ENV};
 pub use qmatrix::{ActPrecision, ByteSource, MatScratch, QMatrix};
 pub use quant::{dequantize_row, GgmlType, KernelError};
 pub use quant::{quantize_matrix, quantize_row};
-pub use vecops::dot;
+pub use vecops::VecOps;

@@ -5,6 +5,8 @@
 //! vectorizes it at whatever width the target allows, with fused
 //! multiply-adds where the target has them.
 
+use crate::cpu::{Isa, SupportedIsa};
+
 /// e^x for x ≤ 0, within 2 ulp of `f32::exp`; exactly 0 below -87 and for
 /// NaN (a NaN logit then weighs nothing). Branch-free, so that loops over it
 /// vectorize (`f32::exp` is a libm call per element).
@@ -55,7 +57,7 @@ fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
 /// Whether the portable variants can use fused multiply-adds.
 const BASE_FMA: bool = cfg!(any(target_arch = "aarch64", target_feature = "fma"));
 
-/// Independent accumulators of [`dot`]: enough to hide the FMA latency at
+/// Independent accumulators of [`VecOps::dot`]: enough to hide the FMA latency at
 /// 16 lanes.
 const ACC: usize = 32;
 
@@ -92,35 +94,89 @@ fn scale_body<const FMA: bool>(y: &mut [f32], a: f32) {
     }
 }
 
+/// Which compiled variant of the vector operations runs: made from the
+/// instruction set of the model's [`Compute`](crate::Compute) (so
+/// `--isa scalar` / `FOEHN_ISA=scalar` runs the portable code here too),
+/// never from a detection of its own. A copyable token, decided once: a call
+/// costs a match on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VecOps(Path);
+
+/// The compiled variants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Path {
+    /// The baseline target's code (what the compiler vectorizes for it).
+    Portable,
+    /// AVX2 + FMA + F16C ([`Isa::Avx2`]'s features).
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+    /// AVX-512 F/BW/VL + FMA + F16C ([`Isa::Avx512Vnni`]'s features).
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
+}
+
+impl VecOps {
+    /// The variant for `isa`: AVX-512 for the AVX-512 instruction sets,
+    /// AVX2 for AVX2, the portable code for the others (scalar, and NEON,
+    /// which the aarch64 baseline already has).
+    pub fn new(isa: SupportedIsa) -> Self {
+        match isa.isa() {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512Vnni | Isa::Avx512Amx => Self(Path::Avx512),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => Self(Path::Avx2),
+            _ => Self(Path::Portable),
+        }
+    }
+
+    /// The variant, for kernels of the crate compiled per variant.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    pub(crate) fn variant(self) -> Path {
+        self.0
+    }
+
+    /// The name of the variant that runs: `portable`, `avx2` or `avx512`.
+    pub fn path(self) -> &'static str {
+        match self.0 {
+            Path::Portable => "portable",
+            #[cfg(target_arch = "x86_64")]
+            Path::Avx2 => "avx2",
+            #[cfg(target_arch = "x86_64")]
+            Path::Avx512 => "avx512",
+        }
+    }
+}
+
+/// A method of [`VecOps`] running `$body` compiled for the token's variant.
 macro_rules! dispatch {
     ($(#[$m:meta])* pub fn $name:ident($($arg:ident: $ty:ty),*) $(-> $ret:ty)? => $body:ident) => {
+        impl VecOps {
         $(#[$m])*
-        pub fn $name($($arg: $ty),*) $(-> $ret)? {
-            #[cfg(target_arch = "x86_64")]
-            {
-                #[target_feature(enable = "avx512f,avx512vl,fma")]
-                unsafe fn avx512($($arg: $ty),*) $(-> $ret)? { $body::<true>($($arg),*) }
-                #[target_feature(enable = "avx2,fma")]
-                unsafe fn avx2($($arg: $ty),*) $(-> $ret)? { $body::<true>($($arg),*) }
-                if std::arch::is_x86_feature_detected!("avx512f")
-                    && std::arch::is_x86_feature_detected!("avx512vl")
-                    && std::arch::is_x86_feature_detected!("fma")
-                {
-                    // SAFETY: the CPU has the features the function is compiled for.
-                    return unsafe { avx512($($arg),*) };
+        #[inline]
+        pub fn $name(self, $($arg: $ty),*) $(-> $ret)? {
+            match self.0 {
+                #[cfg(target_arch = "x86_64")]
+                Path::Avx512 => {
+                    #[target_feature(enable = "avx512f,avx512vl,fma")]
+                    unsafe fn avx512($($arg: $ty),*) $(-> $ret)? { $body::<true>($($arg),*) }
+                    // SAFETY: the token was made from a checked AVX-512
+                    // instruction set, which has these features.
+                    unsafe { avx512($($arg),*) }
                 }
-                if std::arch::is_x86_feature_detected!("avx2")
-                    && std::arch::is_x86_feature_detected!("fma")
-                {
-                    // SAFETY: as above.
-                    return unsafe { avx2($($arg),*) };
+                #[cfg(target_arch = "x86_64")]
+                Path::Avx2 => {
+                    #[target_feature(enable = "avx2,fma")]
+                    unsafe fn avx2($($arg: $ty),*) $(-> $ret)? { $body::<true>($($arg),*) }
+                    // SAFETY: the token was made from a checked AVX2
+                    // instruction set, which has these features.
+                    unsafe { avx2($($arg),*) }
                 }
+                Path::Portable => $body::<BASE_FMA>($($arg),*),
             }
-            $body::<BASE_FMA>($($arg),*)
+        }
         }
     };
 }
-
 dispatch! {
     /// Dot product of two f32 slices (over the shorter length).
     pub fn dot(a: &[f32], b: &[f32]) -> f32 => dot_body
@@ -131,7 +187,7 @@ dispatch! {
     pub fn scale(y: &mut [f32], a: f32) => scale_body
 }
 
-/// Accumulators of [`LANES`] per query row in [`scores`].
+/// Accumulators of [`LANES`] per query row in [`VecOps::scores`].
 const SCORE_ACCS: usize = 2;
 
 /// f32 lanes of the widest vector the variants use.
@@ -211,7 +267,7 @@ fn sum_lanes(mut v: [f32; LANES]) -> f32 {
     v[0]
 }
 
-/// Values of the output row kept in registers by [`weighted_sum`] while it
+/// Values of the output row kept in registers by [`VecOps::weighted_sum`] while it
 /// runs over the value rows.
 const SUM_CHUNK: usize = 64;
 
@@ -365,38 +421,42 @@ dispatch! {
 
 dispatch! {
     /// Q4_0 blocks (18 bytes: f16 scale, 16 bytes of nibbles) to f32, as
-    /// [`q8_0_to_f32`] (the values of [`dequantize_row`](crate::dequantize_row)).
+    /// [`VecOps::q8_0_to_f32`] (the values of [`dequantize_row`](crate::dequantize_row)).
     pub fn q4_0_to_f32(src: &[u8], dst: &mut [f32]) => q4_0_to_f32_body
 }
 
-/// `dst[i] = src[i]` as f32 (`dst` at least as long as `src`): 16 values per
-/// instruction with AVX-512, 8 with F16C, else `half`'s conversion. Exact
-/// (every f16 is an f32). A key/value row of the f16 KV cache is converted
-/// per block of keys: `half`'s slice conversion calls a function per 8
-/// values, 7.5 % of SmolLM2's decode here.
-pub fn f16_to_f32(src: &[half::f16], dst: &mut [f32]) {
-    let dst = &mut dst[..src.len()];
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU has AVX-512 F.
-            return unsafe { f16_to_f32_x86::avx512(src, dst) };
-        }
-        if std::arch::is_x86_feature_detected!("avx") && std::arch::is_x86_feature_detected!("f16c")
-        {
-            // SAFETY: the CPU has AVX and F16C.
-            return unsafe { f16_to_f32_x86::f16c(src, dst) };
+impl VecOps {
+    /// `dst[i] = src[i]` as f32 (`dst` at least as long as `src`): 16 values
+    /// per instruction with AVX-512, 8 with F16C (the AVX2 variant), else
+    /// `half`'s conversion. Exact (every f16 is an f32). A key/value row of
+    /// the f16 KV cache is converted per block of keys: `half`'s slice
+    /// conversion calls a function per 8 values, 7.5 % of SmolLM2's decode
+    /// here.
+    #[inline]
+    pub fn f16_to_f32(self, src: &[half::f16], dst: &mut [f32]) {
+        let dst = &mut dst[..src.len()];
+        match self.0 {
+            // SAFETY: the token was made from a checked AVX-512 instruction
+            // set, which has AVX-512 F.
+            #[cfg(target_arch = "x86_64")]
+            Path::Avx512 => unsafe { f16_to_f32_x86::avx512(src, dst) },
+            // SAFETY: the token was made from a checked AVX2 instruction
+            // set, which has AVX and F16C.
+            #[cfg(target_arch = "x86_64")]
+            Path::Avx2 => unsafe { f16_to_f32_x86::f16c(src, dst) },
+            Path::Portable => {
+                use half::slice::HalfFloatSliceExt;
+                src.convert_to_f32_slice(dst);
+            }
         }
     }
-    use half::slice::HalfFloatSliceExt;
-    src.convert_to_f32_slice(dst);
 }
 
 #[cfg(target_arch = "x86_64")]
 mod f16_to_f32_x86 {
     use std::arch::x86_64::*;
 
-    /// As [`super::f16_to_f32`] (`dst.len() == src.len()`), 16 at a time.
+    /// As [`super::VecOps::f16_to_f32`] (`dst.len() == src.len()`), 16 at a time.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn avx512(src: &[half::f16], dst: &mut [f32]) {
         let n = src.len().min(dst.len());
@@ -414,7 +474,7 @@ mod f16_to_f32_x86 {
         }
     }
 
-    /// As [`super::f16_to_f32`] (`dst.len() == src.len()`), 8 at a time.
+    /// As [`super::VecOps::f16_to_f32`] (`dst.len() == src.len()`), 8 at a time.
     #[target_feature(enable = "avx,f16c")]
     pub(super) unsafe fn f16c(src: &[half::f16], dst: &mut [f32]) {
         let n = src.len().min(dst.len());
@@ -437,34 +497,47 @@ mod f16_to_f32_x86 {
 mod tests {
     use super::*;
 
+    /// A token for every variant this CPU runs.
+    fn variants() -> Vec<VecOps> {
+        let mut v: Vec<VecOps> = Isa::supported()
+            .into_iter()
+            .filter_map(Isa::check)
+            .map(VecOps::new)
+            .collect();
+        v.dedup();
+        v
+    }
+
     /// The transform is the Sylvester matrix product, in blocks, and its
     /// own inverse.
     #[test]
     fn hadamard_is_the_normalized_sylvester_product() {
-        for n in [1, 2, 32, 64, 128] {
-            // H[i][j] = (−1)^popcount(i & j) / √n.
-            let h = |i: usize, j: usize| {
-                let s = if (i & j).count_ones().is_multiple_of(2) {
-                    1.0
-                } else {
-                    -1.0
+        for ops in variants() {
+            for n in [1, 2, 32, 64, 128] {
+                // H[i][j] = (−1)^popcount(i & j) / √n.
+                let h = |i: usize, j: usize| {
+                    let s = if (i & j).count_ones().is_multiple_of(2) {
+                        1.0
+                    } else {
+                        -1.0
+                    };
+                    s / (n as f64).sqrt()
                 };
-                s / (n as f64).sqrt()
-            };
-            let x = values(3 * n, 9.0);
-            let mut y = x.clone();
-            hadamard(&mut y, n);
-            for b in 0..3 {
-                for i in 0..n {
-                    let want: f64 = (0..n).map(|j| h(i, j) * f64::from(x[b * n + j])).sum();
-                    assert!(
-                        (f64::from(y[b * n + i]) - want).abs() <= 1e-5,
-                        "{n} [{b} {i}]"
-                    );
+                let x = values(3 * n, 9.0);
+                let mut y = x.clone();
+                ops.hadamard(&mut y, n);
+                for b in 0..3 {
+                    for i in 0..n {
+                        let want: f64 = (0..n).map(|j| h(i, j) * f64::from(x[b * n + j])).sum();
+                        assert!(
+                            (f64::from(y[b * n + i]) - want).abs() <= 1e-5,
+                            "{n} [{b} {i}]"
+                        );
+                    }
                 }
+                ops.hadamard(&mut y, n);
+                assert!(max_diff(&x, &y) <= 1e-5, "{n}: not its own inverse");
             }
-            hadamard(&mut y, n);
-            assert!(max_diff(&x, &y) <= 1e-5, "{n}: not its own inverse");
         }
     }
 
@@ -480,10 +553,15 @@ mod tests {
     #[test]
     fn quant_blocks_convert_as_the_scalar_dequantizer() {
         use crate::quant::{dequantize_row, quantize_row, GgmlType};
-        type Convert = fn(&[u8], &mut [f32]);
-        let cases: [(GgmlType, Convert); 2] =
-            [(GgmlType::Q8_0, q8_0_to_f32), (GgmlType::Q4_0, q4_0_to_f32)];
-        for (ty, convert) in cases {
+        type Convert = fn(VecOps, &[u8], &mut [f32]);
+        let cases: [(GgmlType, Convert); 2] = [
+            (GgmlType::Q8_0, VecOps::q8_0_to_f32),
+            (GgmlType::Q4_0, VecOps::q4_0_to_f32),
+        ];
+        for ((ty, convert), ops) in cases
+            .into_iter()
+            .flat_map(|c| variants().into_iter().map(move |ops| (c, ops)))
+        {
             for blocks in 1..=5 {
                 let n = 32 * blocks;
                 let x: Vec<f32> = (0..n)
@@ -499,7 +577,7 @@ mod tests {
                     let mut want = vec![0.0f32; n];
                     dequantize_row(ty, src, &mut want).unwrap();
                     let mut got = vec![f32::NAN; n + 5];
-                    convert(src, &mut got);
+                    convert(ops, src, &mut got);
                     for (i, (g, w)) in got.iter().zip(&want).enumerate() {
                         assert!(
                             g.to_bits() == w.to_bits() || (g.is_nan() && w.is_nan()),
@@ -515,41 +593,45 @@ mod tests {
     /// Every f16 bit pattern converts exactly (NaN to a NaN), at odd lengths.
     #[test]
     fn f16_rows_convert_exactly() {
-        let all: Vec<half::f16> = (0..=u16::MAX).map(half::f16::from_bits).collect();
-        for n in [0, 1, 7, 8, 15, 16, 17, 63, 64, 65, all.len()] {
-            let src = &all[all.len() - n..];
-            let mut dst = vec![0.0f32; n + 3];
-            f16_to_f32(src, &mut dst);
-            for (h, f) in src.iter().zip(&dst) {
-                let want = h.to_f32();
-                assert!(
-                    f.to_bits() == want.to_bits() || (f.is_nan() && want.is_nan()),
-                    "{:#06x}: {f} vs {want}",
-                    h.to_bits()
-                );
+        for ops in variants() {
+            let all: Vec<half::f16> = (0..=u16::MAX).map(half::f16::from_bits).collect();
+            for n in [0, 1, 7, 8, 15, 16, 17, 63, 64, 65, all.len()] {
+                let src = &all[all.len() - n..];
+                let mut dst = vec![0.0f32; n + 3];
+                ops.f16_to_f32(src, &mut dst);
+                for (h, f) in src.iter().zip(&dst) {
+                    let want = h.to_f32();
+                    assert!(
+                        f.to_bits() == want.to_bits() || (f.is_nan() && want.is_nan()),
+                        "{:#06x}: {f} vs {want}",
+                        h.to_bits()
+                    );
+                }
+                assert!(dst[n..].iter().all(|&x| x == 0.0));
             }
-            assert!(dst[n..].iter().all(|&x| x == 0.0));
         }
     }
 
     #[test]
     fn ops_match_plain_loops_on_odd_lengths() {
-        for n in [0, 1, 7, 31, 32, 33, 64, 100, 129] {
-            let a: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37).sin()).collect();
-            let b: Vec<f32> = (0..n).map(|i| (i as f32 * 0.11).cos()).collect();
-            let want: f64 = a
-                .iter()
-                .zip(&b)
-                .map(|(x, y)| f64::from(*x) * f64::from(*y))
-                .sum();
-            assert!(
-                (f64::from(dot(&a, &b)) - want).abs() <= 1e-5 * (1.0 + want.abs()),
-                "{n}"
-            );
-            let mut y = b.clone();
-            scale(&mut y, 2.0);
-            for i in 0..n {
-                assert_eq!(y[i], 2.0 * b[i]);
+        for ops in variants() {
+            for n in [0, 1, 7, 31, 32, 33, 64, 100, 129] {
+                let a: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37).sin()).collect();
+                let b: Vec<f32> = (0..n).map(|i| (i as f32 * 0.11).cos()).collect();
+                let want: f64 = a
+                    .iter()
+                    .zip(&b)
+                    .map(|(x, y)| f64::from(*x) * f64::from(*y))
+                    .sum();
+                assert!(
+                    (f64::from(ops.dot(&a, &b)) - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                    "{n}"
+                );
+                let mut y = b.clone();
+                ops.scale(&mut y, 2.0);
+                for i in 0..n {
+                    assert_eq!(y[i], 2.0 * b[i]);
+                }
             }
         }
     }
@@ -577,22 +659,24 @@ mod tests {
     /// and without tails, no keys; outputs poisoned first.
     #[test]
     fn scores_match_f64_dot_products() {
-        for d in [1, 7, 8, 64, 80, 128, 130] {
-            for rows in [1, 2, 3, 4, 5, 8, 11, 16, 19] {
-                for keys in [0, 1, 5] {
-                    let (q, k) = (values(rows * d, 1.0), values(keys * d, 2.0));
-                    let mut out = vec![f32::NAN; rows * keys];
-                    scores(&q, &k, d, &mut out);
-                    for r in 0..rows {
-                        for j in 0..keys {
-                            let want: f64 = (0..d)
-                                .map(|c| f64::from(q[r * d + c]) * f64::from(k[j * d + c]))
-                                .sum();
-                            let got = f64::from(out[r * keys + j]);
-                            assert!(
-                                (got - want).abs() <= 1e-5 * (1.0 + want.abs()),
-                                "{d} {rows} {keys} [{r} {j}]"
-                            );
+        for ops in variants() {
+            for d in [1, 7, 8, 64, 80, 128, 130] {
+                for rows in [1, 2, 3, 4, 5, 8, 11, 16, 19] {
+                    for keys in [0, 1, 5] {
+                        let (q, k) = (values(rows * d, 1.0), values(keys * d, 2.0));
+                        let mut out = vec![f32::NAN; rows * keys];
+                        ops.scores(&q, &k, d, &mut out);
+                        for r in 0..rows {
+                            for j in 0..keys {
+                                let want: f64 = (0..d)
+                                    .map(|c| f64::from(q[r * d + c]) * f64::from(k[j * d + c]))
+                                    .sum();
+                                let got = f64::from(out[r * keys + j]);
+                                assert!(
+                                    (got - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                                    "{d} {rows} {keys} [{r} {j}]"
+                                );
+                            }
                         }
                     }
                 }
@@ -604,52 +688,97 @@ mod tests {
     /// a batch of rows (so logits do not depend on how a prompt is chunked).
     #[test]
     fn scores_do_not_depend_on_the_batch() {
-        let (d, rows, keys) = (80, 7, 3);
-        let (q, k) = (values(rows * d, 7.0), values(keys * d, 8.0));
-        let mut all = vec![0.0; rows * keys];
-        scores(&q, &k, d, &mut all);
-        for r in 0..rows {
-            let mut one = vec![0.0; keys];
-            scores(&q[r * d..(r + 1) * d], &k, d, &mut one);
-            assert_eq!(one, all[r * keys..(r + 1) * keys], "row {r}");
+        for ops in variants() {
+            let (d, rows, keys) = (80, 7, 3);
+            let (q, k) = (values(rows * d, 7.0), values(keys * d, 8.0));
+            let mut all = vec![0.0; rows * keys];
+            ops.scores(&q, &k, d, &mut all);
+            for r in 0..rows {
+                let mut one = vec![0.0; keys];
+                ops.scores(&q[r * d..(r + 1) * d], &k, d, &mut one);
+                assert_eq!(one, all[r * keys..(r + 1) * keys], "row {r}");
+            }
         }
     }
 
     #[test]
     fn weighted_sums_and_exp_sums_match_plain_loops() {
-        for d in [1, 7, 64, 100, 128, 200] {
-            for n in [0, 1, 3, 9] {
-                let (p, v) = (values(n, 3.0), values(n * d, 4.0));
-                let mut o = values(d, 5.0);
-                let want: Vec<f64> = (0..d)
-                    .map(|c| {
-                        f64::from(o[c])
-                            + (0..n)
-                                .map(|j| f64::from(p[j]) * f64::from(v[j * d + c]))
-                                .sum::<f64>()
-                    })
-                    .collect();
-                weighted_sum(&mut o, &p, &v);
-                for (c, (g, w)) in o.iter().zip(&want).enumerate() {
-                    assert!(
-                        (f64::from(*g) - w).abs() <= 1e-5 * (1.0 + w.abs()),
-                        "{d} {n} [{c}]"
-                    );
+        for ops in variants() {
+            for d in [1, 7, 64, 100, 128, 200] {
+                for n in [0, 1, 3, 9] {
+                    let (p, v) = (values(n, 3.0), values(n * d, 4.0));
+                    let mut o = values(d, 5.0);
+                    let want: Vec<f64> = (0..d)
+                        .map(|c| {
+                            f64::from(o[c])
+                                + (0..n)
+                                    .map(|j| f64::from(p[j]) * f64::from(v[j * d + c]))
+                                    .sum::<f64>()
+                        })
+                        .collect();
+                    ops.weighted_sum(&mut o, &p, &v);
+                    for (c, (g, w)) in o.iter().zip(&want).enumerate() {
+                        assert!(
+                            (f64::from(*g) - w).abs() <= 1e-5 * (1.0 + w.abs()),
+                            "{d} {n} [{c}]"
+                        );
+                    }
                 }
             }
-        }
-        for n in [0, 1, 7, 8, 9, 64, 67] {
-            let mut x = values(n, 6.0);
-            let m = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-            let want: Vec<f32> = x.iter().map(|v| (v - m).exp()).collect();
-            let sum = exp_sub(&mut x, m);
-            for (g, w) in x.iter().zip(&want) {
-                assert!((g - w).abs() <= 1e-6, "{n}");
+            for n in [0, 1, 7, 8, 9, 64, 67] {
+                let mut x = values(n, 6.0);
+                let m = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+                let want: Vec<f32> = x.iter().map(|v| (v - m).exp()).collect();
+                let sum = ops.exp_sub(&mut x, m);
+                for (g, w) in x.iter().zip(&want) {
+                    assert!((g - w).abs() <= 1e-6, "{n}");
+                }
+                assert!(
+                    (sum - want.iter().sum::<f32>()).abs() <= 1e-5 * n as f32,
+                    "{n}"
+                );
             }
-            assert!(
-                (sum - want.iter().sum::<f32>()).abs() <= 1e-5 * n as f32,
-                "{n}"
-            );
+        }
+    }
+
+    /// The scalar instruction set runs the portable code: every operation
+    /// gives the bits of its portable body (on x86-64 without FMA), which
+    /// the fused variants do not (checked where this CPU has one, so the
+    /// comparison can tell them apart).
+    #[test]
+    fn the_scalar_instruction_set_runs_the_portable_code() {
+        let scalar = VecOps::new(Isa::Scalar.check().unwrap());
+        assert_eq!(scalar.path(), "portable");
+        let (a, b) = (values(1000, 1.0), values(1000, 2.0));
+        let (d, rows, keys) = (64, 3, 5);
+        let (q, k) = (values(rows * d, 3.0), values(keys * d, 4.0));
+        let p = values(keys, 5.0);
+        // Everything the attention of a forward pass calls, as bits.
+        let run = |ops: VecOps| -> Vec<u32> {
+            let mut out = vec![ops.dot(&a, &b)];
+            let mut sc = vec![0.0; rows * keys];
+            ops.scores(&q, &k, d, &mut sc);
+            out.extend(&sc);
+            let mut o = values(d, 6.0);
+            ops.weighted_sum(&mut o, &p, &k);
+            out.extend(&o);
+            out.iter().map(|v| v.to_bits()).collect()
+        };
+        let portable = || -> Vec<u32> {
+            let mut out = vec![dot_body::<BASE_FMA>(&a, &b)];
+            let mut sc = vec![0.0; rows * keys];
+            scores_body::<BASE_FMA>(&q, &k, d, &mut sc);
+            out.extend(&sc);
+            let mut o = values(d, 6.0);
+            weighted_sum_body::<BASE_FMA>(&mut o, &p, &k);
+            out.extend(&o);
+            out.iter().map(|v| v.to_bits()).collect()
+        };
+        assert_eq!(run(scalar), portable());
+        for ops in variants().into_iter().filter(|&o| o != scalar) {
+            if !BASE_FMA {
+                assert_ne!(run(ops), portable(), "{}", ops.path());
+            }
         }
     }
 }

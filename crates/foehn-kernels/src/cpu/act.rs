@@ -13,6 +13,9 @@
 //! per-32 scales need not know the difference.
 
 use super::format::Format;
+#[cfg(target_arch = "x86_64")]
+use crate::vecops::Path;
+use crate::vecops::VecOps;
 
 /// Values per activation scale.
 pub const ACT_BLOCK: usize = 32;
@@ -105,7 +108,8 @@ impl QuantizedActs {
 
     /// Quantizes `xs` (`n × cols`, row-major; `cols` a multiple of the
     /// format's unit) for products with weights of format `fmt`.
-    pub(crate) fn quantize(&mut self, xs: &[f32], cols: usize, fmt: &Format) {
+    /// `ops` picks the compiled variant (the model's instruction set).
+    pub(crate) fn quantize(&mut self, ops: VecOps, xs: &[f32], cols: usize, fmt: &Format) {
         let mode = fmt.act_mode();
         debug_assert!(cols.is_multiple_of(fmt.unit()) && xs.len().is_multiple_of(cols.max(1)));
         let n = xs.len().checked_div(cols).unwrap_or(0);
@@ -127,6 +131,7 @@ impl QuantizedActs {
             block_scales(&xs[..n * cols], &mut self.d[..nb]);
         }
         quantize_blocks(
+            ops,
             &xs[..n * cols],
             &self.d[..nb],
             &mut self.qs[..n * cols],
@@ -331,8 +336,15 @@ fn pair_biases(qs: &[i8], group: usize, off: i32, out: &mut [i32]) {
 
 /// Every 32-block: `q = round(x / d)` (ties to even) and the level sums.
 /// Written so that the compiler vectorizes it; compiled for AVX-512 and AVX2
-/// too and chosen at run time.
-fn quantize_blocks(xs: &[f32], d: &[f32], qs: &mut [i8], s16: &mut [i16], s32: &mut [i16]) {
+/// too, the variant chosen by `ops` (the model's instruction set).
+fn quantize_blocks(
+    ops: VecOps,
+    xs: &[f32],
+    d: &[f32],
+    qs: &mut [i8],
+    s16: &mut [i16],
+    s32: &mut [i16],
+) {
     #[cfg(target_arch = "x86_64")]
     {
         #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
@@ -343,18 +355,18 @@ fn quantize_blocks(xs: &[f32], d: &[f32], qs: &mut [i8], s16: &mut [i16], s32: &
         unsafe fn avx2(xs: &[f32], d: &[f32], qs: &mut [i8], s16: &mut [i16], s32: &mut [i16]) {
             quantize_body(xs, d, qs, s16, s32);
         }
-        if std::arch::is_x86_feature_detected!("avx512bw")
-            && std::arch::is_x86_feature_detected!("avx512vl")
-        {
-            // SAFETY: the CPU has the features the function is compiled for.
-            return unsafe { avx512(xs, d, qs, s16, s32) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            // SAFETY: as above.
-            return unsafe { avx2(xs, d, qs, s16, s32) };
+        match ops.variant() {
+            // SAFETY: the token was made from a checked AVX-512 instruction
+            // set (AVX-512 F/BW/VL).
+            Path::Avx512 => return unsafe { avx512(xs, d, qs, s16, s32) },
+            // SAFETY: the token was made from a checked AVX2 instruction
+            // set (AVX2, FMA).
+            Path::Avx2 => return unsafe { avx2(xs, d, qs, s16, s32) },
+            Path::Portable => {}
         }
     }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = ops;
     quantize_body(xs, d, qs, s16, s32);
 }
 
@@ -386,7 +398,11 @@ fn quantize_body(xs: &[f32], d: &[f32], qs: &mut [i8], s16: &mut [i16], s32: &mu
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::GgmlType;
+    use crate::{GgmlType, Isa};
+
+    fn ops() -> VecOps {
+        VecOps::new(Isa::best())
+    }
 
     #[test]
     fn quantized_rows_round_trip_within_half_a_step() {
@@ -401,7 +417,7 @@ mod tests {
         for ty in [GgmlType::Q4_0, GgmlType::Q6_K] {
             let fmt = Format::of(ty).unwrap();
             let mode = fmt.act_mode();
-            a.quantize(&xs, cols, &fmt);
+            a.quantize(ops(), &xs, cols, &fmt);
             for r in 0..2 {
                 let row = &xs[r * cols..(r + 1) * cols];
                 for (b, x) in row.chunks_exact(32).enumerate() {
@@ -458,7 +474,7 @@ mod tests {
             }
         }
         // Block mode with a min: level sum × scale per 32-block.
-        a.quantize(&xs, cols, &Format::of(GgmlType::Q4_1).unwrap());
+        a.quantize(ops(), &xs, cols, &Format::of(GgmlType::Q4_1).unwrap());
         for r in 0..2 {
             for b in 0..cols / 32 {
                 let want = f32::from(a.sums(r, 32)[b]) * a.scales(r)[b];
@@ -466,10 +482,10 @@ mod tests {
             }
         }
         // Superblock mode uses the finer scales somewhere in this input.
-        a.quantize(&xs, cols, &Format::of(GgmlType::Q4_K).unwrap());
+        a.quantize(ops(), &xs, cols, &Format::of(GgmlType::Q4_K).unwrap());
         assert!(a.shifts(1).iter().any(|&s| s < MAX_EXP));
         // All zeros: scale 0, levels 0.
-        a.quantize(&[0.0; 32], 32, &Format::of(GgmlType::Q8_0).unwrap());
+        a.quantize(ops(), &[0.0; 32], 32, &Format::of(GgmlType::Q8_0).unwrap());
         assert_eq!(a.scales(0), &[0.0]);
         assert!(a.row(0).iter().all(|&q| q == 0));
     }

@@ -534,7 +534,7 @@ mod tests {
                     .map(|i| rng.gen_range(-2.0f32..2.0) / (1 << (i / 32 % 5)) as f32)
                     .collect();
                 let mut acts = QuantizedActs::default();
-                acts.quantize(&xs, cols, &fmt);
+                acts.quantize(crate::VecOps::new(crate::Isa::best()), &xs, cols, &fmt);
                 let a: Vec<f64> = (0..n * cols)
                     .map(|k| f64::from(acts.qs[k]) * f64::from(acts.d[k / 32]))
                     .collect();
@@ -592,7 +592,12 @@ mod tests {
         let cols = 64;
         let tile = vec![0u8; fmt.tile_bytes(cols)];
         let mut acts = QuantizedActs::default();
-        acts.quantize(&vec![0.5; 70 * cols], cols, &fmt);
+        acts.quantize(
+            crate::VecOps::new(crate::Isa::best()),
+            &vec![0.5; 70 * cols],
+            cols,
+            &fmt,
+        );
         let many = select(fmt.shape).unwrap();
         for (r0, nr, out) in [(0, 65, 65 * TILE), (60, 16, 16 * TILE), (0, 16, 15 * TILE)] {
             let res = std::panic::catch_unwind(|| {

@@ -1224,7 +1224,7 @@ mod tests {
                     .map(|i| rng.gen_range(-3.0f32..3.0) / (1 << (i / 32 % 4)) as f32)
                     .collect();
                 let mut acts = QuantizedActs::default();
-                acts.quantize(&xs, cols, &fmt);
+                acts.quantize(crate::VecOps::new(crate::Isa::best()), &xs, cols, &fmt);
                 let tiles = pack::pack(&fmt, rows, cols, rb, &bytes);
                 let tb = fmt.tile_bytes(cols);
                 let mut want = vec![0.0f32; n * rows];

@@ -105,6 +105,11 @@ pub enum Isa {
     NeonDotprod,
 }
 
+/// The environment variable that names the default instruction set of a
+/// model's kernels ([`Isa::from_env`]), read where a model is loaded:
+/// `FOEHN_ISA=scalar` runs the portable code of every SIMD path.
+pub const ISA_ENV: &str = "FOEHN_ISA";
+
 /// An instruction set this CPU runs: made only by checking the CPU
 /// ([`Isa::check`], [`Isa::best`]), so kernels selected for it are safe to
 /// call.
@@ -153,6 +158,27 @@ impl Isa {
     /// The instruction set called `name` (see [`name`](Self::name)).
     pub fn from_name(name: &str) -> Option<Isa> {
         Isa::ALL.into_iter().find(|i| i.name() == name.trim())
+    }
+
+    /// The instruction set [`ISA_ENV`] names; `None` when it is unset or
+    /// empty.
+    ///
+    /// # Errors
+    /// A message naming the variable and the known names when its value is
+    /// not one of them.
+    pub fn from_env() -> Result<Option<Isa>, String> {
+        match std::env::var(ISA_ENV) {
+            Err(std::env::VarError::NotPresent) => Ok(None),
+            Err(std::env::VarError::NotUnicode(_)) => Err(format!("{ISA_ENV} is not UTF-8")),
+            Ok(v) if v.trim().is_empty() => Ok(None),
+            Ok(v) => Isa::from_name(&v).map(Some).ok_or_else(|| {
+                let names: Vec<&str> = Isa::ALL.into_iter().map(Isa::name).collect();
+                format!(
+                    "{ISA_ENV}={v:?} is not an instruction set (one of {})",
+                    names.join(", ")
+                )
+            }),
+        }
     }
 
     /// Every instruction set this CPU can run, best first (always ends with
@@ -474,7 +500,7 @@ mod tests {
                     fill_levels(&fmt, &mut tile, level);
                     let xs = vec![sign; 2 * cols];
                     let mut acts = QuantizedActs::default();
-                    acts.quantize(&xs, cols, &fmt);
+                    acts.quantize(crate::VecOps::new(crate::Isa::best()), &xs, cols, &fmt);
                     for nr in 1..=2 {
                         let mut want = vec![f32::NAN; nr * TILE];
                         scalar::tile(&fmt, cols, &tile, &acts, 0, nr, &mut want);
@@ -538,7 +564,7 @@ mod tests {
                         .map(|i| rng.gen_range(-2.0f32..2.0) / (1 << (i / 32 % 5)) as f32)
                         .collect();
                     let mut acts = QuantizedActs::default();
-                    acts.quantize(&xs, cols, &fmt);
+                    acts.quantize(crate::VecOps::new(crate::Isa::best()), &xs, cols, &fmt);
                     let tb = fmt.tile_bytes(cols);
                     let a: Vec<f64> = (0..n * cols)
                         .map(|k| f64::from(acts.qs[k]) * f64::from(acts.d[k / 32]))

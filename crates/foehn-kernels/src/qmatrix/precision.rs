@@ -128,7 +128,7 @@ impl QMatrix {
             grow(&mut wide_out, 2 * m * rows, 0.0);
             let (lead, rest) = wide_xs[..2 * m * cols].split_at_mut(m * cols);
             lead.copy_from_slice(xs);
-            scratch.acts.quantize(xs, cols, fmt);
+            scratch.acts.quantize(ctx.vecops(), xs, cols, fmt);
             scratch.acts.remainder(xs, rest);
             let both = &mut wide_out[..2 * m * rows];
             self.q8_product(ctx, &wide_xs[..2 * m * cols], 2 * m, n, both, scratch);

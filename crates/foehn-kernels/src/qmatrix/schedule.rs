@@ -12,7 +12,6 @@ use super::QMatrix;
 use crate::cpu::direct::MAX_ROWS;
 use crate::cpu::format::TILE;
 use crate::cpu::{TileKernel, MANY_ROWS, MAX_CALL_ROWS};
-use crate::vecops::dot;
 use crate::{dequantize_row, Compute, KernelError};
 
 /// Chunks of rows per thread: more than one so that uneven progress
@@ -84,6 +83,7 @@ impl QMatrix {
         let bufs = BufPtr(scratch.bufs.as_mut_ptr());
         let dst = OutPtr(out.as_mut_ptr());
         let failed = OnceLock::new();
+        let ops = ctx.vecops();
         let task = |c: usize| {
             let (bufs, dst) = (bufs, dst);
             // SAFETY: `c < chunks ≤ bufs.len()` (reserved above), and task
@@ -99,7 +99,7 @@ impl QMatrix {
                 for (t, x) in xs.chunks_exact(cols).take(n).enumerate() {
                     // SAFETY: `t < n` and `r < rows`: inside `out`
                     // (n × rows); rows of this chunk belong to this task.
-                    unsafe { *dst.0.add(t * rows + r) = dot(buf, x) };
+                    unsafe { *dst.0.add(t * rows + r) = ops.dot(buf, x) };
                 }
             }
         };
@@ -143,7 +143,9 @@ impl QMatrix {
         scratch: &mut MatScratch,
     ) {
         let (rows, cols, rb) = (self.rows, self.cols, self.row_bytes);
-        scratch.acts.quantize(xs, cols, d.kernel.format());
+        scratch
+            .acts
+            .quantize(ctx.vecops(), xs, cols, d.kernel.format());
         let acts = &scratch.acts;
         let threads = ctx.threads();
         let tasks = if rows * cols * n >= MIN_PARALLEL_WEIGHTS && threads > 1 {
@@ -195,7 +197,7 @@ impl QMatrix {
         scratch: &mut MatScratch,
     ) {
         let (rows, cols, fmt) = (self.rows, self.cols, kernel.format());
-        scratch.acts.quantize(xs, cols, fmt);
+        scratch.acts.quantize(ctx.vecops(), xs, cols, fmt);
         let acts = &scratch.acts;
         let tb = fmt.tile_bytes(cols);
         let n_tiles = rows.div_ceil(TILE);

@@ -7,7 +7,6 @@ use super::schedule::DIRECT_ACT_ROWS;
 use super::*;
 use crate::cpu::act::ACT_BLOCK;
 use crate::cpu::direct::{DirectKernel, MAX_ROWS};
-use crate::vecops::dot;
 
 /// One context for every test: all the threads the machine has, the best
 /// instruction set.
@@ -561,7 +560,7 @@ fn dot_handles_tails() {
         let b: Vec<f32> = (0..n).map(|i| 1.0 - i as f32 * 0.5).collect();
         let want: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
         assert!(
-            (dot(&a, &b) - want).abs() <= 1e-3 * (1.0 + want.abs()),
+            (ctx().vecops().dot(&a, &b) - want).abs() <= 1e-3 * (1.0 + want.abs()),
             "n={n}"
         );
     }

@@ -6,15 +6,14 @@
 //! Q8_0 or Q4_0, keys and values each their own type; quantized ones are
 //! stored rotated, and the queries and the output are rotated to match)
 //! once for all its queries, computes the block's scores for all its query heads at once
-//! ([`scores`]), and keeps a running max, sum and weighted sum per query head
+//! ([`VecOps::scores`]), and keeps a running max, sum and weighted sum per query head
 //! (online softmax), so the work space is a few key blocks, whatever the
 //! context length.
 
 use std::sync::Mutex;
 
 use foehn_kernels::pool::current_slot;
-use foehn_kernels::vecops::{exp_sub, hadamard, scale, scores, weighted_sum};
-use foehn_kernels::Compute;
+use foehn_kernels::{Compute, VecOps};
 
 use super::kv::LayerKv;
 
@@ -70,6 +69,7 @@ pub(crate) fn attention(
     let q_blocks = at.n.div_ceil(QUERY_BLOCK);
     let dst = OutPtr(out.as_mut_ptr());
     let q_dim = shape.heads * shape.head_dim;
+    let ops = ctx.vecops();
     debug_assert!(q.len() >= at.n * q_dim && out.len() >= at.n * q_dim);
     let task = move |k: usize| {
         let dst = dst;
@@ -85,7 +85,7 @@ pub(crate) fn attention(
                 w.resize(need, 0.0);
             }
             let (acc, rest) = w.split_at_mut((t1 - t0) * gd);
-            attend(kv, shape, at, h, t0..t1, q, acc, rest);
+            attend(ops, kv, shape, at, h, t0..t1, q, acc, rest);
             for (t, row) in (t0..t1).zip(acc.chunks_exact(gd)) {
                 // SAFETY: query t's heads of KV head h, inside `out`
                 // (n × heads × head_dim); tasks own disjoint (h, t) pairs.
@@ -151,6 +151,7 @@ impl Clone for AttnWork {
 /// query rows, key and value blocks, scores and the running max/sum.
 #[allow(clippy::too_many_arguments)]
 fn attend(
+    ops: VecOps,
     kv: &LayerKv,
     shape: AttnShape,
     at: ChunkPos,
@@ -181,7 +182,7 @@ fn attend(
     }
     // Rotated keys: the queries turn the same way, so scores are kept.
     if kv.k_rot > 0 {
-        hadamard(qs, kv.k_rot);
+        ops.hadamard(qs, kv.k_rot);
     }
     maxes.fill(f32::NEG_INFINITY);
     sums.fill(0.0);
@@ -195,13 +196,13 @@ fn attend(
         let nk = j1 - j0;
         for (jj, j) in (j0..j1).enumerate() {
             let s = (j % at.slots) * kv_dim + h * d;
-            k.read(s, &mut kb[jj * d..(jj + 1) * d]);
-            v.read(s, &mut vb[jj * d..(jj + 1) * d]);
+            k.read(ops, s, &mut kb[jj * d..(jj + 1) * d]);
+            v.read(ops, s, &mut vb[jj * d..(jj + 1) * d]);
         }
         // Every row against every key of the block; each row then uses the
         // keys its token sees.
         let sc = &mut sc[..nq * nk];
-        scores(qs, &kb[..nk * d], d, sc);
+        ops.scores(qs, &kb[..nk * d], d, sc);
         for (ti, t) in ts.clone().enumerate() {
             let i = at.start + t;
             let (a, b) = (j0.max(lo_of(i)), j1.min(i + 1));
@@ -217,22 +218,22 @@ fn attend(
                 if maxes[r] > f32::NEG_INFINITY && maxes[r] < m {
                     let c = (maxes[r] - m).exp();
                     sums[r] *= c;
-                    scale(o, c);
+                    ops.scale(o, c);
                 }
                 maxes[r] = m;
-                sums[r] += exp_sub(row, m);
-                weighted_sum(o, row, &vb[a * d..b * d]);
+                sums[r] += ops.exp_sub(row, m);
+                ops.weighted_sum(o, row, &vb[a * d..b * d]);
             }
         }
         j0 = j1;
     }
     for (r, o) in acc.chunks_exact_mut(d).enumerate().take(nq) {
         if sums[r] > 0.0 {
-            scale(o, 1.0 / sums[r]);
+            ops.scale(o, 1.0 / sums[r]);
         }
     }
     // Rotated values: the output is rotated too; the rotation is its own inverse.
     if kv.v_rot > 0 {
-        hadamard(&mut acc[..nq * d], kv.v_rot);
+        ops.hadamard(&mut acc[..nq * d], kv.v_rot);
     }
 }

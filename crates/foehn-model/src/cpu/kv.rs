@@ -11,8 +11,7 @@
 //! unchanged: the matrix is orthonormal) and rotates its output back.
 
 use foehn_core::ModelConfig;
-use foehn_kernels::vecops::{f16_to_f32, hadamard, q4_0_to_f32, q8_0_to_f32};
-use foehn_kernels::{quantize_row, GgmlType};
+use foehn_kernels::{quantize_row, GgmlType, VecOps};
 use half::f16;
 
 use crate::cache::{KvCache, KvCacheOptions, KvCacheType, KvGeometry, KvStorage};
@@ -66,7 +65,7 @@ impl KvStore {
     /// # Errors
     /// [`ModelError::Kernel`] when a quantized type cannot represent a value
     /// (NaN, infinite, beyond f16); the row may be partly written then.
-    fn write(&mut self, at: usize, src: &[f32], rot: usize) -> Result<()> {
+    fn write(&mut self, ops: VecOps, at: usize, src: &[f32], rot: usize) -> Result<()> {
         match self {
             KvStore::F16(v) => {
                 for (d, &s) in v[at..at + src.len()].iter_mut().zip(src) {
@@ -74,21 +73,25 @@ impl KvStore {
                 }
             }
             KvStore::F32(v) => v[at..at + src.len()].copy_from_slice(src),
-            KvStore::Q8_0(b) => quantize_blocks(GgmlType::Q8_0, at, src, rot, b)?,
-            KvStore::Q4_0(b) => quantize_blocks(GgmlType::Q4_0, at, src, rot, b)?,
+            KvStore::Q8_0(b) => quantize_blocks(ops, GgmlType::Q8_0, at, src, rot, b)?,
+            KvStore::Q4_0(b) => quantize_blocks(ops, GgmlType::Q4_0, at, src, rot, b)?,
         }
         Ok(())
     }
 
     /// Values `at..at + dst.len()` as f32 into `dst` (quantized: `at` and the
-    /// length whole blocks).
-    pub(crate) fn read(&self, at: usize, dst: &mut [f32]) {
+    /// length whole blocks), converted by `ops`.
+    pub(crate) fn read(&self, ops: VecOps, at: usize, dst: &mut [f32]) {
         let n = dst.len();
         match self {
-            KvStore::F16(v) => f16_to_f32(&v[at..at + n], dst),
+            KvStore::F16(v) => ops.f16_to_f32(&v[at..at + n], dst),
             KvStore::F32(v) => dst.copy_from_slice(&v[at..at + n]),
-            KvStore::Q8_0(b) => q8_0_to_f32(&b[at / QK * Q8_BYTES..(at + n) / QK * Q8_BYTES], dst),
-            KvStore::Q4_0(b) => q4_0_to_f32(&b[at / QK * Q4_BYTES..(at + n) / QK * Q4_BYTES], dst),
+            KvStore::Q8_0(b) => {
+                ops.q8_0_to_f32(&b[at / QK * Q8_BYTES..(at + n) / QK * Q8_BYTES], dst)
+            }
+            KvStore::Q4_0(b) => {
+                ops.q4_0_to_f32(&b[at / QK * Q4_BYTES..(at + n) / QK * Q4_BYTES], dst)
+            }
         }
     }
 
@@ -105,6 +108,7 @@ impl KvStore {
 /// `ty` blocks of values `at..at + src.len()` of `blocks` (`at` and the
 /// length whole rotation blocks, `rot` a multiple of 32 up to [`MAX_K_ROT`]).
 fn quantize_blocks(
+    ops: VecOps,
     ty: GgmlType,
     at: usize,
     src: &[f32],
@@ -116,7 +120,7 @@ fn quantize_blocks(
     for (i, chunk) in src.chunks(rot).enumerate() {
         let buf = &mut buf[..chunk.len()];
         buf.copy_from_slice(chunk);
-        hadamard(buf, rot);
+        ops.hadamard(buf, rot);
         let b0 = (at + i * rot) / QK * bb;
         quantize_row(ty, buf, &mut blocks[b0..b0 + chunk.len() / QK * bb])?;
     }
@@ -195,7 +199,8 @@ impl KvCache<CpuKv> {
         Ok(Self::with_store(geom, store))
     }
 
-    /// Stores the keys and values of position `pos` in layer `layer`.
+    /// Stores the keys and values of position `pos` in layer `layer`
+    /// (quantized sides rotated by `ops`).
     ///
     /// # Shapes
     /// - `k`, `v`: `kv_dim`.
@@ -203,11 +208,18 @@ impl KvCache<CpuKv> {
     /// # Errors
     /// [`ModelError::Kernel`] when a quantized side cannot represent a value
     /// (NaN, infinite, beyond f16).
-    pub(crate) fn write(&mut self, layer: usize, pos: usize, k: &[f32], v: &[f32]) -> Result<()> {
+    pub(crate) fn write(
+        &mut self,
+        ops: VecOps,
+        layer: usize,
+        pos: usize,
+        k: &[f32],
+        v: &[f32],
+    ) -> Result<()> {
         let at = self.slot(layer, pos) * self.geometry().kv_dim();
         let l = &mut self.store_mut().layers[layer];
-        l.k.write(at, k, l.k_rot)?;
-        l.v.write(at, v, l.v_rot)
+        l.k.write(ops, at, k, l.k_rot)?;
+        l.v.write(ops, at, v, l.v_rot)
     }
 
     /// One layer's keys and values.
@@ -218,10 +230,14 @@ impl KvCache<CpuKv> {
 
 #[cfg(test)]
 mod tests {
-    use foehn_kernels::{dequantize_row, GgmlType};
+    use foehn_kernels::{dequantize_row, GgmlType, Isa};
 
     use super::*;
     use crate::cache::KvTypes;
+
+    fn ops() -> VecOps {
+        VecOps::new(Isa::best())
+    }
 
     fn cfg(kv_heads: usize, head_dim: usize, window: Option<usize>) -> ModelConfig {
         ModelConfig {
@@ -279,7 +295,13 @@ mod tests {
                 // Past the ring's end when windowed: later rows overwrite slots.
                 for pos in 0..23 {
                     cache
-                        .write(1, pos, &row(pos, kv_dim, 0.5), &row(pos, kv_dim, 1.5))
+                        .write(
+                            ops(),
+                            1,
+                            pos,
+                            &row(pos, kv_dim, 0.5),
+                            &row(pos, kv_dim, 1.5),
+                        )
                         .unwrap();
                 }
                 let l = cache.layer(1);
@@ -294,14 +316,14 @@ mod tests {
                     ] {
                         let src = row(pos, kv_dim, seed);
                         let mut rotated = src.clone();
-                        hadamard(&mut rotated, rot);
+                        ops().hadamard(&mut rotated, rot);
                         let mut q = vec![0u8; ty.row_bytes(kv_dim).unwrap()];
                         quantize_row(ty, &rotated, &mut q).unwrap();
                         let mut want = vec![0.0; kv_dim];
                         dequantize_row(ty, &q, &mut want).unwrap();
                         for h in 0..kv_heads {
                             let mut got = vec![f32::NAN; head_dim];
-                            store.read((pos % slots) * kv_dim + h * head_dim, &mut got);
+                            store.read(ops(), (pos % slots) * kv_dim + h * head_dim, &mut got);
                             assert_eq!(
                                 got,
                                 want[h * head_dim..(h + 1) * head_dim],
@@ -309,7 +331,7 @@ mod tests {
                             );
                             // Rotated back: what was written, within the
                             // quant steps (‖error‖₂ of a block ≤ √n · step).
-                            hadamard(&mut got, rot);
+                            ops().hadamard(&mut got, rot);
                             let part = &src[h * head_dim..(h + 1) * head_dim];
                             let amax = rotated.iter().fold(0.0f32, |m, v| m.max(v.abs()));
                             let step = if ty == GgmlType::Q8_0 {
@@ -345,14 +367,16 @@ mod tests {
         };
         let mut cache = KvCache::new(&c, opts).unwrap();
         let good = row(0, 32, 0.0);
-        cache.write(0, 0, &good, &good).unwrap();
+        cache.write(ops(), 0, 0, &good, &good).unwrap();
         let mut bad = good.clone();
         bad[7] = f32::NAN;
-        assert!(cache.write(0, 0, &bad, &good).is_err());
-        assert!(cache.write(0, 0, &good, &[f32::INFINITY; 32]).is_err());
+        assert!(cache.write(ops(), 0, 0, &bad, &good).is_err());
+        assert!(cache
+            .write(ops(), 0, 0, &good, &[f32::INFINITY; 32])
+            .is_err());
         let mut got = vec![0.0; 32];
-        cache.layer(0).k.read(0, &mut got);
-        hadamard(&mut got, cache.layer(0).k_rot);
+        cache.layer(0).k.read(ops(), 0, &mut got);
+        ops().hadamard(&mut got, cache.layer(0).k_rot);
         assert!((got[7] - good[7]).abs() < 0.1);
     }
 }

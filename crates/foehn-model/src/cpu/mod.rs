@@ -293,9 +293,10 @@ impl Backend for Cpu {
         out: Act,
     ) -> Result<()> {
         let (n, start, kv_dim) = (s.n, s.start, s.dims.kv_dim());
+        let ops = self.compute.vecops();
         for t in 0..n {
             let kv = t * kv_dim..(t + 1) * kv_dim;
-            cache.write(layer, start + t, &s.act(k)[kv.clone()], &s.act(v)[kv])?;
+            cache.write(ops, layer, start + t, &s.act(k)[kv.clone()], &s.act(v)[kv])?;
         }
         let at = ChunkPos {
             start,
