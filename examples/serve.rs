@@ -43,9 +43,10 @@ struct Args {
     #[arg(long)]
     api_key: Option<String>,
     /// Generations that run at once, each with its own KV cache over the
-    /// shared model and all of them on the same cores (batching them is a
-    /// later step): more is fairer to short requests queued behind long ones,
-    /// and costs a KV cache each.
+    /// shared model: their decode steps run batched (one forward pass
+    /// decodes a token of every running generation, reading the weights
+    /// once for all), so more raises the aggregate throughput as well as
+    /// fairness to short requests; each costs a KV cache.
     #[arg(long, default_value_t = ServeOptions::default().parallel)]
     parallel: usize,
     /// Requests that may wait for a turn; beyond that the server answers 429.
@@ -101,7 +102,10 @@ fn run(args: Args) -> Result<()> {
         prefix_cache_bytes: args.cache_mb.saturating_mul(1 << 20),
         ..LoadOptions::default()
     });
-    let model = LocalModel::load(args.model.as_deref(), opts).context("loading the model")?;
+    let model = LocalModel::load(args.model.as_deref(), opts)
+        .context("loading the model")?
+        .with_batching(args.parallel.max(1))
+        .context("starting the batcher")?;
     let id = model_id(&args);
     eprintln!(
         "loaded {id} in {:.0} ms (context {} tokens, {} parallel, queue {})",

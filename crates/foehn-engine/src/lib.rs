@@ -4,6 +4,7 @@
 
 #![forbid(unsafe_code)]
 
+mod batch;
 mod constraint;
 mod error;
 mod isq;
@@ -13,6 +14,7 @@ mod reasoning;
 mod session;
 mod spec;
 
+pub use batch::{BatchStats, Batcher};
 pub use error::{EngineError, Result};
 pub use foehn_model::CandleDevice;
 pub use isq::Isq;

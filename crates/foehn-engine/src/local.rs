@@ -23,6 +23,7 @@ use foehn_model::{
 use foehn_sampler::{ConstraintCompiler, TokenConstraint};
 use foehn_tokenizer::{EncodeOptions, Tokenizer};
 
+use crate::batch::Batcher;
 use crate::isq::Isq;
 use crate::prefix::{PrefixCache, PrefixCacheStats};
 use crate::session::Session;
@@ -127,6 +128,9 @@ fn cpu_isa(requested: Option<Isa>) -> Result<SupportedIsa> {
 #[derive(Clone)]
 pub struct LocalModel {
     pub(crate) inner: Arc<Inner>,
+    /// Runs [`Generator::generate`]'s generations in batched steps, when
+    /// [`LocalModel::with_batching`] made it.
+    batcher: Option<Arc<Batcher>>,
 }
 
 /// What a [`LocalModel`] shares between its clones and sessions.
@@ -145,7 +149,7 @@ pub(crate) struct Inner {
     /// What generations draft with (`None`: no speculation).
     pub(crate) drafting: Option<Drafting>,
     /// Sessions kept for the prefixes of later prompts.
-    prefix: Arc<PrefixCache>,
+    pub(crate) prefix: Arc<PrefixCache>,
     pub(crate) pool: rayon::ThreadPool,
     name: String,
     /// The CPU kernels' instruction set (`None` on candle).
@@ -312,7 +316,36 @@ impl LocalModel {
         };
         Ok(Self {
             inner: Arc::new(inner),
+            batcher: None,
         })
+    }
+
+    /// This model (shared, not copied) with its [`Generator::generate`]
+    /// generations run by a new [`Batcher`] of up to `max_sessions` at once:
+    /// one forward pass per step decodes a token of every running
+    /// generation (continuous batching, for a server with many clients).
+    /// Its sessions decode without speculation. Other clones are unchanged.
+    ///
+    /// # Errors
+    /// As [`Batcher::new`].
+    pub fn with_batching(&self, max_sessions: usize) -> Result<Self> {
+        Ok(Self {
+            inner: Arc::clone(&self.inner),
+            batcher: Some(Arc::new(Batcher::new(self, max_sessions)?)),
+        })
+    }
+
+    /// The batcher [`with_batching`](Self::with_batching) made, if any.
+    pub fn batcher(&self) -> Option<&Batcher> {
+        self.batcher.as_deref()
+    }
+
+    /// This model without a batcher (what a batcher's own thread holds).
+    pub(crate) fn without_batcher(&self) -> Self {
+        Self {
+            inner: Arc::clone(&self.inner),
+            batcher: None,
+        }
     }
 
     /// The model's tokenizer.
@@ -499,6 +532,9 @@ impl Generator for LocalModel {
         request: GenerateRequest,
         cancel: CancelToken,
     ) -> Result<EventStream, GenerateError> {
+        if let Some(batcher) = &self.batcher {
+            return batcher.generate(request, cancel);
+        }
         let prepared = Prepared::new(self, &request)?;
         let cache = &self.inner.prefix;
         let session = match cache.take(&prepared.prompt) {

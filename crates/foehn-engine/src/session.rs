@@ -163,6 +163,17 @@ enum Run {
     Last,
     /// As one pass; every position's logits, one row each.
     All,
+    /// As one pass; no logits (a prefill chunk before the last).
+    Skip,
+}
+
+/// What a generation needs for its next event ([`Generation::begin`]).
+pub(crate) enum Next {
+    /// The event (`None`: the generation is over), without a forward pass.
+    Event(Option<Event>),
+    /// The logits after the tokens emitted so far, then
+    /// [`Generation::sample`].
+    Logits,
 }
 
 impl State {
@@ -179,16 +190,19 @@ impl State {
     }
 
     /// Runs `tokens` at the cache's position as `how` says and writes the
-    /// logits it keeps into `out`.
+    /// logits it keeps into `out` (left as it was by [`Run::Skip`]).
     fn run(&mut self, model: &Inner, tokens: &[u32], how: Run, out: &mut Vec<f32>) -> Result<()> {
         let session = &mut self.0;
         let logits = model.pool.install(|| match how {
             Run::Prefill => session.prefill(tokens),
             Run::Last => session.forward(tokens, LogitsMode::Last),
             Run::All => session.forward(tokens, LogitsMode::All),
+            Run::Skip => session.forward(tokens, LogitsMode::Skip),
         })?;
-        out.clear();
-        out.extend_from_slice(logits);
+        if how != Run::Skip {
+            out.clear();
+            out.extend_from_slice(logits);
+        }
         Ok(())
     }
 }
@@ -624,33 +638,54 @@ impl Generation {
     }
 
     fn step(&mut self) -> Result<Option<Event>> {
+        match self.begin()? {
+            Next::Event(ev) => Ok(ev),
+            Next::Logits => {
+                self.next_logits()?;
+                self.sample()
+            }
+        }
+    }
+
+    /// The first half of a step: the next event when it needs no forward
+    /// pass (the end, a cancellation, a forced token, the text held back),
+    /// else [`Next::Logits`]: the logits after the tokens emitted so far
+    /// must be computed, then [`sample`](Self::sample) gives the event.
+    pub(crate) fn begin(&mut self) -> Result<Next> {
         if self.done {
-            return Ok(None);
+            return Ok(Next::Event(None));
         }
         if let Some(reason) = self.finished {
             self.settle()?;
             let (text, tool_calls) = self.flush()?;
             if !text.is_empty() || !tool_calls.is_empty() {
-                return Ok(Some(Event::Token(TokenEvent {
+                return Ok(Next::Event(Some(Event::Token(TokenEvent {
                     text,
                     reasoning: self.in_reasoning(),
                     tool_calls,
                     ..TokenEvent::default()
-                })));
+                }))));
             }
-            return Ok(Some(self.done_event(reason)));
+            return Ok(Next::Event(Some(self.done_event(reason))));
         }
         if self.cancel.is_cancelled() {
             self.settle()?;
-            return Ok(Some(self.done_event(FinishReason::Cancelled)));
+            return Ok(Next::Event(Some(self.done_event(FinishReason::Cancelled))));
         }
         if let Some(token) = self.forced.pop_front() {
             self.forced_count += 1;
             // Forced: the only token the constraint allows, probability 1.
             let logprob = self.logprobs.map(|_| 0.0);
-            return self.emit(token, logprob, Vec::new()).map(Some);
+            return self
+                .emit(token, logprob, Vec::new())
+                .map(|e| Next::Event(Some(e)));
         }
-        self.next_logits()?;
+        Ok(Next::Logits)
+    }
+
+    /// The second half of a step, once `self.logits` are those after the
+    /// tokens emitted so far: samples the next token and emits it.
+    pub(crate) fn sample(&mut self) -> Result<Option<Event>> {
         if self.record_k > 0 {
             self.recorded.push(top_k(&self.logits, self.record_k));
         }
@@ -701,11 +736,64 @@ impl Generation {
         self.emit(token, logprob, top_logprobs).map(Some)
     }
 
+    /// The one token a batched step runs for this generation, when that is
+    /// all it needs (prefilled, one token pending, no speculation); `None`
+    /// when its next pass is its own (the prompt, a forced chunk).
+    pub(crate) fn batch_token(&self) -> Option<u32> {
+        match self.pending[..] {
+            [token] if self.prefilled && self.spec.is_none() => Some(token),
+            _ => None,
+        }
+    }
+
+    /// The session's cache and work buffers, for a batched step.
+    pub(crate) fn decoder_session(&mut self) -> &mut dyn DecoderSession {
+        self.session.state.0.as_mut()
+    }
+
+    /// Takes the logits a batched step computed for
+    /// [`batch_token`](Self::batch_token) (which the step appended to the
+    /// session's cache).
+    pub(crate) fn batched(&mut self, row: &[f32]) {
+        self.logits.copy_from_slice(row);
+        self.session.cached.append(&mut self.pending);
+    }
+
+    /// Whether the prompt still needs prefilling.
+    pub(crate) fn prefilling(&self) -> bool {
+        !self.prefilled
+    }
+
+    /// Runs the next chunk of the prompt's prefill (the chunks
+    /// [`DecoderSession::prefill`] would run, so the logits are the same)
+    /// and returns whether it was the last (then `self.logits` are its
+    /// logits): a scheduler runs decode steps of other sessions between
+    /// the chunks of a long prompt.
+    pub(crate) fn prefill_chunk(&mut self) -> Result<bool> {
+        let t = Instant::now();
+        let s = &mut self.session;
+        let kept = s.cached.len();
+        let chunk = s.state.0.max_chunk();
+        let end = self.prompt.len().min(kept + chunk);
+        let last = end == self.prompt.len();
+        let how = if last { Run::Last } else { Run::Skip };
+        s.state.run(
+            &s.model.inner,
+            &self.prompt[kept..end],
+            how,
+            &mut self.logits,
+        )?;
+        s.cached.extend_from_slice(&self.prompt[kept..end]);
+        *self.prefill_time.get_or_insert_with(Default::default) += t.elapsed();
+        self.prefilled = last;
+        Ok(last)
+    }
+
     /// Makes `self.logits` those after the tokens emitted so far: the
     /// prompt's prefill first, then the pending tokens. A constraint's mask
     /// for the same point is computed meanwhile on another thread (it
     /// depends on the tokens, not on the logits).
-    fn next_logits(&mut self) -> Result<()> {
+    pub(crate) fn next_logits(&mut self) -> Result<()> {
         let Some(mut constraint) = self.constraint.take() else {
             return self.run_pending();
         };

@@ -218,6 +218,54 @@ pub trait Backend: Sized + Send + Sync + std::fmt::Debug + 'static {
     /// Kernel or device errors.
     fn moe(&self, w: &mut Self::Work, moe: &Moe<Self>, x: Act, out: Act) -> Result<()>;
 
+    // ---- batched decoding: one token of each of several sessions --------
+
+    /// Whether the backend runs [`Model::forward_batch`](crate::Model::forward_batch)
+    /// as one pass (default: no; the ops below then stay unused and
+    /// batches run session by session).
+    fn batches(&self) -> bool {
+        false
+    }
+
+    /// Starts a batch: row `t` is `tokens[t]` at position `positions[t]`
+    /// (of its own session), as [`embed`](Self::embed) for a chunk.
+    ///
+    /// # Errors
+    /// Kernel or device errors; [`ModelError::Config`](crate::ModelError::Config)
+    /// where the backend does not batch.
+    fn embed_batch(
+        &self,
+        w: &mut Self::Work,
+        embedding: &Self::Embedding,
+        rope: &Rope,
+        tokens: &[u32],
+        positions: &[usize],
+    ) -> Result<()> {
+        let _ = (w, embedding, rope, tokens, positions);
+        Err(no_batches(self))
+    }
+
+    /// As [`attend`](Self::attend) for a batch: row `t`'s key and value go
+    /// to `caches[t]` (at its position) and its query attends over that
+    /// cache only.
+    ///
+    /// # Errors
+    /// As [`embed_batch`](Self::embed_batch).
+    #[allow(clippy::too_many_arguments)]
+    fn attend_batch(
+        &self,
+        w: &mut Self::Work,
+        caches: &mut [&mut KvCache<Self::Kv>],
+        layer: usize,
+        q: Act,
+        k: Act,
+        v: Act,
+        out: Act,
+    ) -> Result<()> {
+        let _ = (w, caches, layer, q, k, v, out);
+        Err(no_batches(self))
+    }
+
     /// The logits `mode` asks for: the final norm of `x` (its last row, or
     /// every row) times the output projection, on the host.
     ///
@@ -232,4 +280,12 @@ pub trait Backend: Sized + Send + Sync + std::fmt::Debug + 'static {
         head: Head<'_, Self>,
         mode: LogitsMode,
     ) -> Result<&'w [f32]>;
+}
+
+/// The error of a batched op on a backend that does not batch.
+fn no_batches<B: Backend>(b: &B) -> crate::ModelError {
+    crate::ModelError::Config(format!(
+        "the {} backend runs batches session by session",
+        b.name()
+    ))
 }

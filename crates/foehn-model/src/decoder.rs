@@ -280,16 +280,80 @@ impl<B: Backend> Model<B> {
         work: &'w mut B::Work,
         mode: LogitsMode,
     ) -> Result<&'w [f32]> {
-        use Act::*;
         self.check_chunk(tokens, cache, work)?;
         let (b, eps) = (&self.backend, self.cfg.rms_norm_eps);
         b.embed(work, &self.embed, &self.rope, tokens, cache.position())?;
+        self.blocks(work, |w, l| {
+            b.attend(w, cache, l, Act::Q, Act::K, Act::V, Act::Att)
+        })?;
+        cache.advance(tokens.len());
+        b.logits(work, Act::X, &self.norm, eps, self.head(), mode)
+    }
+
+    /// Runs one token of each of several sessions as one pass: row `t` is
+    /// `tokens[t]` at the position of `caches[t]`, whose keys and values it
+    /// appends to and attends over; the linear layers run once over all rows
+    /// (each weight read once for the batch). Returns one row of logits per
+    /// session. A backend that does not batch ([`Backend::batches`]) is
+    /// refused: run its sessions one by one.
+    ///
+    /// # Shapes
+    /// - `tokens`: `n`, with `1 ≤ n ≤` the chunk size of `work`; `caches`: `n`.
+    /// - returns: `n × vocab`.
+    ///
+    /// # Errors
+    /// As [`forward`](Self::forward) for any row, [`ModelError::Mismatch`]
+    /// when `caches` and `tokens` differ in length, and
+    /// [`ModelError::Config`] on a backend that does not batch. On error
+    /// no cache's position changes.
+    pub fn forward_batch<'w>(
+        &self,
+        caches: &mut [&mut KvCache<B::Kv>],
+        tokens: &[u32],
+        work: &'w mut B::Work,
+    ) -> Result<&'w [f32]> {
+        if caches.len() != tokens.len() {
+            return Err(ModelError::Mismatch(format!(
+                "a batch of {} tokens for {} sessions",
+                tokens.len(),
+                caches.len()
+            )));
+        }
+        if tokens.is_empty() {
+            return Err(ModelError::EmptyInput);
+        }
+        for (cache, &token) in caches.iter().zip(tokens) {
+            self.check_chunk(&[token], cache, work)?;
+        }
+        self.backend.check_work(work, &self.cfg, tokens.len())?;
+        let (b, eps) = (&self.backend, self.cfg.rms_norm_eps);
+        let positions = caches.iter().map(|c| c.position()).collect::<Vec<_>>();
+        b.embed_batch(work, &self.embed, &self.rope, tokens, &positions)?;
+        self.blocks(work, |w, l| {
+            b.attend_batch(w, caches, l, Act::Q, Act::K, Act::V, Act::Att)
+        })?;
+        for cache in caches.iter_mut() {
+            cache.advance(1);
+        }
+        b.logits(work, Act::X, &self.norm, eps, self.head(), LogitsMode::All)
+    }
+
+    /// Every block over the rows [`Backend::embed`] (or
+    /// [`Backend::embed_batch`]) started, with `attend` storing each layer's
+    /// keys and values and attending over them.
+    fn blocks(
+        &self,
+        work: &mut B::Work,
+        mut attend: impl FnMut(&mut B::Work, usize) -> Result<()>,
+    ) -> Result<()> {
+        use Act::*;
+        let (b, eps) = (&self.backend, self.cfg.rms_norm_eps);
         for (l, blk) in self.blocks.iter().enumerate() {
             // Attention.
             b.rms_norm(work, X, &blk.attn_norm, eps, Xn)?;
             b.project(work, &blk.qkv, Xn, &[Q, K, V])?;
             b.rope(work, &self.rope, Q, K)?;
-            b.attend(work, cache, l, Q, K, V, Att)?;
+            attend(work, l)?;
             b.linear_into(work, &blk.wo, Att, Xn)?;
             b.add(work, X, Xn)?;
             // Feed-forward.
@@ -304,8 +368,7 @@ impl<B: Backend> Model<B> {
             }
             b.add(work, X, Xn)?;
         }
-        cache.advance(tokens.len());
-        b.logits(work, X, &self.norm, eps, self.head(), mode)
+        Ok(())
     }
 
     /// Runs a prompt of any length in chunks of up to the cache's (and the

@@ -48,7 +48,7 @@ pub use error::{ModelError, Result};
 pub use foehn_kernels::{ActPrecision, Compute, Isa, QMatrix};
 pub use isq::WeightOptions;
 pub use rope::{Rope, RopeStyle};
-pub use session::{Decoder, DecoderSession, SessionOptions};
+pub use session::{Decoder, DecoderBatch, DecoderSession, SessionOptions};
 
 /// Index of the largest value (the first one on ties; 0 for an empty slice).
 pub fn argmax(logits: &[f32]) -> u32 {

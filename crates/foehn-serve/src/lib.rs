@@ -58,9 +58,12 @@ pub struct ServeOptions {
     pub api_key: Option<String>,
     /// Most generations that run at once, each on its own blocking thread and
     /// session (default 4). A local model spreads each generation over all
-    /// cores, so without batching several at once share them: they progress
-    /// side by side (a short request is not stuck behind a long one) at no
-    /// gain in total tokens/s, and each holds its own KV cache.
+    /// cores: without batching several at once share them, progressing side
+    /// by side (a short request is not stuck behind a long one) at no gain
+    /// in total tokens/s; a model made with
+    /// `LocalModel::with_batching(parallel)` (as the `serve` example does)
+    /// decodes them in one pass per step, which raises the total. Each holds
+    /// its own KV cache.
     pub parallel: usize,
     /// Most requests that wait for a turn; more get 429 (default 64).
     pub queue: usize,

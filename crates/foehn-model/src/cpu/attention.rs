@@ -66,16 +66,72 @@ pub(crate) fn attention(
     out: &mut [f32],
     work: &AttnWork,
 ) {
-    let q_blocks = at.n.div_ceil(QUERY_BLOCK);
+    let job = AttnJob {
+        kv,
+        window: shape.window,
+        at,
+        row: 0,
+    };
+    attention_jobs(ctx, 1, &|_| job, shape, q, out, work);
+}
+
+/// One chunk of queries of [`attention_jobs`]: its rows of the queries and
+/// the output, and the cache they attend over.
+#[derive(Clone, Copy)]
+pub(crate) struct AttnJob<'a> {
+    /// The layer's keys and values in the chunk's cache.
+    pub(crate) kv: &'a LayerKv,
+    /// The layer's sliding window in that cache.
+    pub(crate) window: Option<usize>,
+    /// Where the chunk sits in that cache.
+    pub(crate) at: ChunkPos,
+    /// The chunk's first row in the queries and the output.
+    pub(crate) row: usize,
+}
+
+/// [`attention`] of several chunks, each over its own cache (one per session
+/// of a batch), as one set of parallel tasks: job `i` of `n_jobs` is
+/// `job(i)`, and their rows are disjoint. `shape.window` is ignored (each
+/// job has its own).
+///
+/// # Shapes
+/// - `q`, `out`: `rows × heads × head_dim`, every job's rows inside.
+pub(crate) fn attention_jobs<'a>(
+    ctx: &Compute,
+    n_jobs: usize,
+    job: &(dyn Fn(usize) -> AttnJob<'a> + Sync),
+    shape: AttnShape,
+    q: &[f32],
+    out: &mut [f32],
+    work: &AttnWork,
+) {
+    let tasks_of = |j: &AttnJob| shape.kv_heads * j.at.n.div_ceil(QUERY_BLOCK);
+    let total: usize = (0..n_jobs).map(|i| tasks_of(&job(i))).sum();
     let dst = OutPtr(out.as_mut_ptr());
     let q_dim = shape.heads * shape.head_dim;
     let ops = ctx.vecops();
-    debug_assert!(q.len() >= at.n * q_dim && out.len() >= at.n * q_dim);
-    let task = move |k: usize| {
+    debug_assert!((0..n_jobs).all(|i| {
+        let j = job(i);
+        let end = (j.row + j.at.n) * q_dim;
+        q.len() >= end && out.len() >= end
+    }));
+    let task = move |mut k: usize| {
         let dst = dst;
+        let mut i = 0;
+        let mut j = job(0);
+        while k >= tasks_of(&j) {
+            k -= tasks_of(&j);
+            i += 1;
+            j = job(i);
+        }
         let (h, qb) = (k % shape.kv_heads, k / shape.kv_heads);
+        let shape = AttnShape {
+            window: j.window,
+            ..shape
+        };
         let t0 = qb * QUERY_BLOCK;
-        let t1 = (t0 + QUERY_BLOCK).min(at.n);
+        let t1 = (t0 + QUERY_BLOCK).min(j.at.n);
+        let q = &q[j.row * q_dim..];
         {
             let slot = &work.slots[current_slot() % work.slots.len()];
             let mut w = slot.lock().unwrap_or_else(|e| e.into_inner());
@@ -85,17 +141,22 @@ pub(crate) fn attention(
                 w.resize(need, 0.0);
             }
             let (acc, rest) = w.split_at_mut((t1 - t0) * gd);
-            attend(ops, kv, shape, at, h, t0..t1, q, acc, rest);
+            attend(ops, j.kv, shape, j.at, h, t0..t1, q, acc, rest);
             for (t, row) in (t0..t1).zip(acc.chunks_exact(gd)) {
-                // SAFETY: query t's heads of KV head h, inside `out`
-                // (n × heads × head_dim); tasks own disjoint (h, t) pairs.
+                // SAFETY: query t's heads of KV head h in job i's rows,
+                // inside `out` (rows × heads × head_dim); tasks own disjoint
+                // (job, h, t) triples and jobs disjoint rows.
                 unsafe {
-                    std::ptr::copy_nonoverlapping(row.as_ptr(), dst.0.add(t * q_dim + h * gd), gd);
+                    std::ptr::copy_nonoverlapping(
+                        row.as_ptr(),
+                        dst.0.add((j.row + t) * q_dim + h * gd),
+                        gd,
+                    );
                 }
             }
         }
     };
-    ctx.parallel_for(shape.kv_heads * q_blocks, &task);
+    ctx.parallel_for(total, &task);
 }
 
 /// A pointer to the output that attention tasks write disjoint parts of.

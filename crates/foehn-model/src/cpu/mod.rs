@@ -15,7 +15,7 @@ use foehn_core::ModelConfig;
 use foehn_kernels::{ActPrecision, Compute, MatScratch, QMatrix};
 use foehn_loader::{GgufFile, SafetensorsModel};
 
-use self::attention::{attention, ChunkPos};
+use self::attention::{attention, attention_jobs, AttnJob, ChunkPos};
 pub use self::kv::CpuKv;
 use self::ops::{add_assign, rmsnorm, rmsnorm_rows, silu_mul};
 use self::scratch::Dims;
@@ -204,6 +204,80 @@ impl Backend for Cpu {
             embedding.dequantize_row_into(tok as usize, row)?;
         }
         rope.tables(start, &mut s.cos[..n * half], &mut s.sin[..n * half]);
+        for (t, p) in s.pos[..n].iter_mut().enumerate() {
+            *p = start + t;
+        }
+        Ok(())
+    }
+
+    fn batches(&self) -> bool {
+        true
+    }
+
+    fn embed_batch(
+        &self,
+        s: &mut Scratch,
+        embedding: &QMatrix,
+        rope: &Rope,
+        tokens: &[u32],
+        positions: &[usize],
+    ) -> Result<()> {
+        let n = tokens.len();
+        let (hidden, half) = (s.dims.hidden, s.dims.head_dim / 2);
+        (s.n, s.start) = (n, 0);
+        for (&tok, row) in tokens.iter().zip(s.x.chunks_exact_mut(hidden)) {
+            embedding.dequantize_row_into(tok as usize, row)?;
+        }
+        let tables = s
+            .cos
+            .chunks_exact_mut(half)
+            .zip(s.sin.chunks_exact_mut(half));
+        for ((&p, (c, sn)), slot) in positions.iter().zip(tables).zip(&mut s.pos[..n]) {
+            rope.tables(p, c, sn);
+            *slot = p;
+        }
+        Ok(())
+    }
+
+    fn attend_batch(
+        &self,
+        s: &mut Scratch,
+        caches: &mut [&mut KvCache<CpuKv>],
+        layer: usize,
+        q: Act,
+        k: Act,
+        v: Act,
+        out: Act,
+    ) -> Result<()> {
+        let kv_dim = s.dims.kv_dim();
+        let ops = self.compute.vecops();
+        for (t, cache) in caches.iter_mut().enumerate() {
+            let kv = t * kv_dim..(t + 1) * kv_dim;
+            cache.write(ops, layer, s.pos[t], &s.act(k)[kv.clone()], &s.act(v)[kv])?;
+        }
+        let mut o = s.take(out);
+        let caches: &[&mut KvCache<CpuKv>] = caches;
+        let pos = &s.pos;
+        let job = |i: usize| AttnJob {
+            kv: caches[i].layer(layer),
+            window: caches[i].window(layer),
+            at: ChunkPos {
+                start: pos[i],
+                n: 1,
+                slots: caches[i].slots(layer),
+            },
+            row: i,
+        };
+        attention_jobs(
+            &self.compute,
+            caches.len(),
+            &job,
+            s.dims.attn_shape(None),
+            s.act(q),
+            &mut o,
+            &s.attn,
+        );
+        s.put(out, o);
         Ok(())
     }
 
@@ -272,7 +346,7 @@ impl Backend for Cpu {
                 );
                 rope.apply(row, c, sn);
                 if a == q {
-                    if let Some(scale) = rope.query_scale(s.start + t) {
+                    if let Some(scale) = rope.query_scale(s.pos[t]) {
                         row.iter_mut().for_each(|x| *x *= scale);
                     }
                 }

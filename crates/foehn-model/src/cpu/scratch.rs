@@ -22,6 +22,8 @@ pub struct Scratch {
     /// Tokens of the chunk in flight and the position of its first one.
     pub(crate) n: usize,
     pub(crate) start: usize,
+    /// Each row's position (in its own session's cache, for a batch), `chunk`.
+    pub(crate) pos: Vec<usize>,
     /// Residual stream, `chunk × hidden`.
     pub(crate) x: Vec<f32>,
     /// Normed input of a block / output of a projection, `chunk × hidden`.
@@ -68,6 +70,7 @@ impl Scratch {
             chunk,
             n: 0,
             start: 0,
+            pos: vec![0; chunk],
             x: vec![0.0; chunk * cfg.hidden_size],
             xn: vec![0.0; chunk * cfg.hidden_size],
             q: vec![0.0; chunk * q_dim],
