@@ -1,4 +1,4 @@
-//! Batched decode steps ([`DecoderBatch`]) on the tiny fixtures: every row of
+//! Batched decode steps ([`foehn_model::DecoderBatch`]) on the tiny fixtures: every row of
 //! a batch of sessions at different positions (through tiny-mistral's
 //! sliding-window ring, quantized weights and KV caches, tiny-mixtral's
 //! experts, SmolLM2) gives the logits its session's own single-token pass gives,
@@ -12,8 +12,8 @@ use std::sync::Arc;
 use common::{max_abs_diff, prompts, tiny};
 use foehn_loader::GgufFile;
 use foehn_model::{
-    argmax, Decoder, DecoderBatch, DecoderSession, KvCacheOptions, KvCacheType, KvTypes,
-    LogitsMode, ModelError, SessionOptions, Transformer,
+    argmax, Decoder, DecoderSession, KvCacheOptions, KvCacheType, KvTypes, LogitsMode, ModelError,
+    SessionOptions, Transformer,
 };
 
 fn model(path: std::path::PathBuf) -> Arc<dyn Decoder> {
@@ -64,10 +64,10 @@ fn compare(m: &Arc<dyn Decoder>, o: &SessionOptions) -> (f32, bool) {
     let mut batched = Vec::new();
     let mut alone = Vec::new();
     let mut next = Vec::new();
-    let mut join = |batched: &mut Vec<Box<dyn DecoderSession>>,
-                    alone: &mut Vec<Box<dyn DecoderSession>>,
-                    next: &mut Vec<u32>,
-                    prompt: &[u32]| {
+    let join = |batched: &mut Vec<Box<dyn DecoderSession>>,
+                alone: &mut Vec<Box<dyn DecoderSession>>,
+                next: &mut Vec<u32>,
+                prompt: &[u32]| {
         let (a, t) = opened(m, o, prompt);
         let (b, u) = opened(m, o, prompt);
         assert_eq!(t, u);
