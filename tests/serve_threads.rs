@@ -30,11 +30,12 @@ fn four_streams_use_the_configured_threads() {
     let pid = server.pid();
     // The model's pools: the kernels' (THREADS - 1 workers, the caller is
     // the last) and the sessions' (THREADS). The fixed part, measured with
-    // --threads 1 and 3 on a 2-core machine (5 threads both times): the
-    // main thread, two helpers and the runtime's workers, one per core.
+    // --threads 1 and 3 on a 2-core machine (5 threads both times before
+    // batching): the main thread, two helpers and the runtime's workers,
+    // one per core; and the batcher's thread, which steps every generation.
     let pools = 2 * THREADS - 1;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let fixed = 3 + cores;
+    let fixed = 3 + cores + 1;
     // Threads of the start (the runtime's blocking threads linger 10 s)
     // may still be there: wait for the idle count to come within the bound.
     let mut idle = threads(pid);
