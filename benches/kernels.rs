@@ -11,6 +11,11 @@
 //! Throughput as criterion reports it:
 //! - decode (`matvec/<type>`, 4096 × 4096): bytes of weights read per second
 //!   (GB/s), to set against the machine's read bandwidth;
+//! - streamed decode (`matvec_stream/<type>`): the same products over
+//!   matrices holding 1 GB of weights in all, one after the other as a
+//!   decode step reads them (no cache holds them), beside `read/bytes`, a
+//!   plain read of 1 GB on the same threads: their ratio is the share of
+//!   the machine's read bandwidth the kernels reach;
 //! - prefill (`matmul/<type>`, 2048 × 2048 × 64 rows): "elements" are
 //!   operations, 2·rows·cols·n multiply-adds counted as two, so Gelem/s =
 //!   GOP/s = 2·rows·cols·n / time.
@@ -103,6 +108,111 @@ fn decode(c: &mut Criterion) {
     g.finish();
 }
 
+/// Weights a streamed decode pass reads (and the plain read's buffer size).
+const STREAM_BYTES: usize = 1_000_000_000;
+
+/// Types of the streamed decode: those of the 7B files we measure.
+const STREAM_TYPES: [GgmlType; 4] = [
+    GgmlType::Q4_0,
+    GgmlType::Q4_K,
+    GgmlType::Q6_K,
+    GgmlType::Q8_0,
+];
+
+fn stream(c: &mut Criterion) {
+    let (rows, cols) = DECODE;
+    let mut g = c.benchmark_group("matvec_stream");
+    g.sample_size(10)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(4));
+    // The plain read: 64-byte words summed over the context's threads, each
+    // a contiguous share, as the products split their matrices.
+    let words = vec![1u64; STREAM_BYTES / 8];
+    g.throughput(Throughput::BytesDecimal((words.len() * 8) as u64));
+    g.bench_function("read/bytes", |b| {
+        b.iter(|| {
+            let threads = ctx().threads();
+            let per = words.len().div_ceil(threads);
+            let sums: Vec<std::sync::atomic::AtomicU64> =
+                (0..threads).map(|_| Default::default()).collect();
+            ctx().parallel_for(threads, &|t| {
+                let part = &words[(t * per).min(words.len())..((t + 1) * per).min(words.len())];
+                let s = part
+                    .chunks_exact(8)
+                    .fold([0u64; 8], |mut acc, w| {
+                        for (a, x) in acc.iter_mut().zip(w) {
+                            *a = a.wrapping_add(*x);
+                        }
+                        acc
+                    })
+                    .iter()
+                    .fold(0u64, |a, x| a.wrapping_add(*x));
+                sums[t].store(s, std::sync::atomic::Ordering::Relaxed);
+            });
+            std::hint::black_box(&sums);
+        })
+    });
+    drop(words);
+    let x = values(cols, 7);
+    let mut out = vec![0.0; rows];
+    let mut scratch = MatScratch::new(cols, ctx().threads());
+    for ty in STREAM_TYPES {
+        let one = matrix(ty, rows, cols);
+        let bytes = rows * ty.row_bytes(cols).unwrap();
+        let ms: Vec<QMatrix> = (0..STREAM_BYTES.div_ceil(bytes))
+            .map(|_| one.clone())
+            .collect();
+        g.throughput(Throughput::BytesDecimal((ms.len() * bytes) as u64));
+        g.bench_function(
+            BenchmarkId::new(
+                ty.name().to_lowercase(),
+                format!("{}x{rows}x{cols}", ms.len()),
+            ),
+            |b| {
+                b.iter(|| {
+                    for m in &ms {
+                        m.matvec(ctx(), &x, &mut out, &mut scratch).unwrap();
+                    }
+                })
+            },
+        );
+    }
+    // The products of Mistral 7B's layers, each 32 times.
+    for ty in [GgmlType::Q4_K] {
+        let shapes = [
+            (4096, 4096),
+            (1024, 4096),
+            (1024, 4096),
+            (4096, 4096),
+            (14336, 4096),
+            (14336, 4096),
+            (4096, 14336),
+        ];
+        let mut ms = Vec::new();
+        let mut bytes = 0;
+        for _ in 0..32 {
+            for &(r, c) in &shapes {
+                ms.push(matrix(ty, r, c));
+                bytes += r * ty.row_bytes(c).unwrap();
+            }
+        }
+        let xs: Vec<Vec<f32>> = shapes.iter().map(|&(_, c)| values(c, 9)).collect();
+        let mut out = vec![0.0; 14336];
+        let mut scratch = MatScratch::new(14336, ctx().threads());
+        g.throughput(Throughput::BytesDecimal(bytes as u64));
+        g.bench_function(BenchmarkId::new(ty.name().to_lowercase(), "layers"), |b| {
+            b.iter(|| {
+                for (i, m) in ms.iter().enumerate() {
+                    let x = &xs[i % shapes.len()];
+                    m.matvec(ctx(), x, &mut out[..m.rows()], &mut scratch)
+                        .unwrap();
+                }
+            })
+        });
+    }
+    g.finish();
+}
+
 fn prefill(c: &mut Criterion) {
     let (rows, cols, n) = PREFILL;
     let mut g = c.benchmark_group("matmul");
@@ -124,5 +234,5 @@ fn prefill(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, decode, prefill);
+criterion_group!(benches, decode, stream, prefill);
 criterion_main!(benches);

@@ -79,7 +79,7 @@ fn tile_state_granted() -> bool {
 
 // `select`: the kernel of each shape, as [`super::scalar::tile`] for `nr`
 // activation rows up to [`MAX_ROWS`].
-layout_select!(tile);
+layout_select!(tile, tile_split);
 
 /// As [`super::scalar::tile`] for one layout and `nr` (1..=[`MAX_ROWS`])
 /// activation rows.
@@ -100,7 +100,28 @@ unsafe fn tile<const NIB: bool, const G: usize, const SUP: bool, const MIN: bool
         (1..=MAX_ROWS).contains(&nr),
         "tile call: 1 to {MAX_ROWS} rows"
     );
-    kernel::<NIB, G, SUP, MIN>(fmt.off, cols, tile, acts, r0, nr, out);
+    kernel::<NIB, G, SUP, MIN, false>(fmt.off, cols, tile, acts, r0, nr, out);
+}
+
+/// As [`tile`] for the split 6-bit layout (Q6_K at the file's size).
+///
+/// # Safety
+/// The CPU must run the kernel ([`available`]).
+unsafe fn tile_split(
+    fmt: &Format,
+    cols: usize,
+    tile: &[u8],
+    acts: &QuantizedActs,
+    r0: usize,
+    nr: usize,
+    out: &mut [f32],
+) {
+    super::check_call(fmt, cols, tile, acts, r0, nr, out);
+    assert!(
+        (1..=MAX_ROWS).contains(&nr),
+        "tile call: 1 to {MAX_ROWS} rows"
+    );
+    kernel::<true, 16, true, false, true>(fmt.off, cols, tile, acts, r0, nr, out);
 }
 
 /// A 64-byte aligned buffer (tile loads and stores of whole cache lines).
@@ -202,9 +223,14 @@ unsafe fn store_sums<const T: usize>(c: *mut i32) {
 
 /// Rewrites one group of levels at `wp` (packed layout) as signed levels
 /// `u − off` in the second operand's layout at `b`: word `p` (levels `4p..4p
-/// + 4` of each row) at `b[p · 64..]`.
+/// + 4` of each row) at `b[p · 64..]`. `SPLIT`: the nibbles' high two bits
+/// come from the plane word that follows them.
 #[inline(always)]
-unsafe fn signed_group<const NIB: bool, const G: usize>(wp: *const u8, off: i32, b: *mut u8) {
+unsafe fn signed_group<const NIB: bool, const G: usize, const SPLIT: bool>(
+    wp: *const u8,
+    off: i32,
+    b: *mut u8,
+) {
     // Wrapping: u − off lies within ±128 for every format.
     let off = _mm512_set1_epi8(off as i8);
     if NIB {
@@ -212,10 +238,26 @@ unsafe fn signed_group<const NIB: bool, const G: usize>(wp: *const u8, off: i32,
         // high nibbles (levels G/2..G).
         let mask = _mm512_set1_epi8(0x0f);
         let nd = G / 8;
+        // Operand o's high bits sit at bits 2o of the plane's bytes (split
+        // layout, where nd = 2): moved to bits 4..6.
+        let high = |o: usize| {
+            let plane = _mm512_loadu_si512(wp.add(nd * 64).cast());
+            let x = match o {
+                0 => _mm512_slli_epi16::<4>(plane),
+                1 => _mm512_slli_epi16::<2>(plane),
+                2 => plane,
+                _ => _mm512_srli_epi16::<2>(plane),
+            };
+            _mm512_and_si512(x, _mm512_set1_epi8(0x30))
+        };
         for p in 0..nd {
             let v = _mm512_loadu_si512(wp.add(p * 64).cast());
-            let lo = _mm512_and_si512(v, mask);
-            let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(v), mask);
+            let mut lo = _mm512_and_si512(v, mask);
+            let mut hi = _mm512_and_si512(_mm512_srli_epi16::<4>(v), mask);
+            if SPLIT {
+                lo = _mm512_or_si512(lo, high(p));
+                hi = _mm512_or_si512(hi, high(nd + p));
+            }
             _mm512_store_si512(b.add(p * 64).cast(), _mm512_sub_epi8(lo, off));
             _mm512_store_si512(b.add((nd + p) * 64).cast(), _mm512_sub_epi8(hi, off));
         }
@@ -225,6 +267,12 @@ unsafe fn signed_group<const NIB: bool, const G: usize>(wp: *const u8, off: i32,
             _mm512_store_si512(b.add(p * 64).cast(), _mm512_sub_epi8(v, off));
         }
     }
+}
+
+/// Bytes of a weight row per group: nibbles or bytes, and the split
+/// layout's plane of two high bits per level.
+const fn group_row_bytes<const NIB: bool, const G: usize, const SPLIT: bool>() -> usize {
+    (if NIB { G / 2 } else { G }) + if SPLIT { G / 4 } else { 0 }
 }
 
 /// What every step of one call reads and writes.
@@ -268,12 +316,13 @@ unsafe fn step<
     const SUP: bool,
     const MIN: bool,
     const K: usize,
+    const SPLIT: bool,
 >(
     p: &Call,
     g0: usize,
     acc: &mut [__m512; MAX_ROWS],
 ) {
-    let grb = if NIB { G / 2 } else { G };
+    let grb = group_row_bytes::<NIB, G, SPLIT>();
     let sets = 1 + usize::from(MIN);
     let cols = p.cols;
     let (nb, ng, ns) = (cols / ACT_BLOCK, cols / G, cols / SUPER);
@@ -285,7 +334,7 @@ unsafe fn step<
         } else {
             p.tile.add((g0 + k) * p.unit_bytes + p.header)
         };
-        signed_group::<NIB, G>(wp, p.off, p.b.add(k * G * TILE));
+        signed_group::<NIB, G, SPLIT>(wp, p.off, p.b.add(k * G * TILE));
     }
     // Superblocks: d, dmin, the groups' scales and (min, min) pairs;
     // legacy groups: each group's scale and min.
@@ -421,7 +470,13 @@ unsafe fn step<
 /// The kernel: steps of a superblock, or of 8 legacy groups (then single
 /// groups for the rest of a row), over the activation rows in blocks of 16.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vl,fma,f16c")]
-unsafe fn kernel<const NIB: bool, const G: usize, const SUP: bool, const MIN: bool>(
+unsafe fn kernel<
+    const NIB: bool,
+    const G: usize,
+    const SUP: bool,
+    const MIN: bool,
+    const SPLIT: bool,
+>(
     off: i32,
     cols: usize,
     tile: &[u8],
@@ -432,7 +487,7 @@ unsafe fn kernel<const NIB: bool, const G: usize, const SUP: bool, const MIN: bo
 ) {
     let unit = if SUP { SUPER } else { G };
     let groups = unit / G;
-    let grb = if NIB { G / 2 } else { G };
+    let grb = group_row_bytes::<NIB, G, SPLIT>();
     let sets = 1 + usize::from(MIN);
     let header = 2 * TILE * sets + if SUP { groups * TILE * sets } else { 0 };
     let mut b = Aligned([0u8; SUPER * TILE]);
@@ -473,19 +528,19 @@ unsafe fn kernel<const NIB: bool, const G: usize, const SUP: bool, const MIN: bo
     let row_groups = cols / G;
     if SUP && G == 16 {
         for g0 in (0..row_groups).step_by(SUPER / 16) {
-            step::<NIB, G, SUP, MIN, { SUPER / 16 }>(&call, g0, &mut acc);
+            step::<NIB, G, SUP, MIN, { SUPER / 16 }, SPLIT>(&call, g0, &mut acc);
         }
     } else if SUP {
         for g0 in (0..row_groups).step_by(SUPER / 32) {
-            step::<NIB, G, SUP, MIN, { SUPER / 32 }>(&call, g0, &mut acc);
+            step::<NIB, G, SUP, MIN, { SUPER / 32 }, SPLIT>(&call, g0, &mut acc);
         }
     } else {
         let whole = row_groups / 8 * 8;
         for g0 in (0..whole).step_by(8) {
-            step::<NIB, G, SUP, MIN, 8>(&call, g0, &mut acc);
+            step::<NIB, G, SUP, MIN, 8, SPLIT>(&call, g0, &mut acc);
         }
         for g0 in whole..row_groups {
-            step::<NIB, G, SUP, MIN, 1>(&call, g0, &mut acc);
+            step::<NIB, G, SUP, MIN, 1, SPLIT>(&call, g0, &mut acc);
         }
     }
     asm!("tilerelease", options(nostack, nomem));
@@ -504,7 +559,7 @@ mod tests {
 
     /// The AMX kernel against the scalar one (float rounding only: within
     /// 1e-5 of Σ |w·a|) and the AVX-512 VNNI one (bit for bit), for every
-    /// packed type: odd weight row counts (zero-padded tiles) and group
+    /// packed type in each of its layouts: odd weight row counts (zero-padded tiles) and group
     /// counts, activation
     /// rows from 1 to 64 at odd starts (partial blocks of 16), blocks of
     /// activations of different magnitudes (different superblock shifts),
@@ -519,8 +574,12 @@ mod tests {
         let mut rng = rand::rngs::StdRng::seed_from_u64(16);
         let calls = [(0, 64), (3, 16), (1, 17), (5, 9), (0, 33), (7, 63), (2, 1)];
         let n = 70;
-        for ty in GgmlType::ALL.into_iter().filter(|t| t.packing().is_some()) {
-            let fmt = Format::of(ty).unwrap();
+        let formats = GgmlType::ALL
+            .into_iter()
+            .filter_map(|t| Some([Format::of(t)?].into_iter().chain(Format::split(t))))
+            .flatten();
+        for fmt in formats {
+            let ty = fmt.ty;
             let many = select(fmt.shape).unwrap();
             let vnni = avx512::select(fmt.shape).unwrap();
             // 288: 9 legacy groups, one step of 8 and one of 1.

@@ -5,10 +5,17 @@
 
 /// `select` of an instruction set whose tile entry point `$tile` is generic
 /// over exactly `(nibbles, group, superblocks, min)`: the monomorph of each
-/// shape, `None` for the split layout (AVX2's own).
+/// shape, and for the split layout `$split` (an entry point of its own), or
+/// `None` where the instruction set has no kernel for it.
 macro_rules! layout_select {
     ($tile:ident) => {
-        /// The kernel of `shape` (every shape but the AVX2-only split layout).
+        layout_select!(@ $tile, return None);
+    };
+    ($tile:ident, $split:ident) => {
+        layout_select!(@ $tile, $split);
+    };
+    (@ $tile:ident, $split:expr) => {
+        /// The kernel of `shape`.
         pub(crate) fn select(
             shape: $crate::cpu::shape::KernelShape,
         ) -> Option<$crate::cpu::RawTileFn> {
@@ -24,7 +31,7 @@ macro_rules! layout_select {
                 SuperByte16 => $tile::<false, 16, true, false>,
                 SuperNib16 => $tile::<true, 16, true, false>,
                 SuperNib16Min => $tile::<true, 16, true, true>,
-                SuperSplit16 => return None,
+                SuperSplit16 => $split,
             };
             Some(f)
         }
@@ -34,11 +41,42 @@ macro_rules! layout_select {
 /// Defines, in an instruction set's module whose kernel is generic over
 /// exactly `(nibbles, group, superblocks, min)` and the activation rows
 /// (AVX-512 VNNI, NEON): `select` ([`layout_select!`]) and `tile`, one
-/// monomorph's entry point.
+/// monomorph's entry point; with `$split` (generic over the activation rows
+/// alone), `tile_split`, the split layout's.
 macro_rules! layout_kernels {
     ($kernel:ident) => {
         layout_select!(tile);
+        layout_kernels!(@tile $kernel);
+    };
+    ($kernel:ident, $split:ident) => {
+        layout_select!(tile, tile_split);
+        layout_kernels!(@tile $kernel);
 
+        /// As [`super::scalar::tile`], for the split layout: `NA` = `nr`
+        /// (4 from 4 up).
+        ///
+        /// # Safety
+        /// The CPU must support the features [`available`] checks.
+        unsafe fn tile_split(
+            fmt: &Format,
+            cols: usize,
+            tile: &[u8],
+            acts: &QuantizedActs,
+            r0: usize,
+            nr: usize,
+            out: &mut [f32],
+        ) {
+            super::check_tile_call(fmt, cols, tile, acts, r0, nr, out);
+            let off = fmt.off;
+            match nr {
+                1 => $split::<1>(off, cols, tile, acts, r0, out),
+                2 => $split::<2>(off, cols, tile, acts, r0, out),
+                3 => $split::<3>(off, cols, tile, acts, r0, out),
+                _ => $split::<4>(off, cols, tile, acts, r0, out),
+            }
+        }
+    };
+    (@tile $kernel:ident) => {
         /// As [`super::scalar::tile`], for one layout: `NA` = `nr` (4 from
         /// 4 up).
         ///
@@ -540,6 +578,64 @@ mod tests {
         }
     }
 
+    /// Where an instruction set computes the split layout, it computes what
+    /// its byte layout's kernel computes, bit for bit (the same integer sums,
+    /// the same float operations), one activation row (decode: with its
+    /// prefetch) or many (AMX's kernel on 16 and more), so a type may move
+    /// between the two layouts without changing a logit.
+    #[test]
+    fn split_layout_kernels_equal_the_byte_layout_kernels() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(61);
+        for ty in packed_types() {
+            let (Some(split), Some(bytes_fmt)) = (Format::split(ty), Format::of(ty)) else {
+                continue;
+            };
+            for isa in simd_isas() {
+                if simd_kernel(isa.isa(), split.shape).is_none() {
+                    continue;
+                }
+                let (ks, kb) = (
+                    TileKernel::select(split, isa),
+                    TileKernel::select(bytes_fmt, isa),
+                );
+                assert_eq!(
+                    (ks.isa(), ks.has_many()),
+                    (kb.isa(), kb.has_many()),
+                    "{isa:?}"
+                );
+                for (rows, cols) in [(5, 256), (33, 768)] {
+                    let raw = random_bytes(&mut rng, ty, rows, cols);
+                    let rb = ty.row_bytes(cols).unwrap();
+                    let ps = pack::pack(&split, rows, cols, rb, &raw);
+                    let pb = pack::pack(&bytes_fmt, rows, cols, rb, &raw);
+                    assert!(ps.len() < pb.len());
+                    let n = 37;
+                    let xs: Vec<f32> = (0..n * cols)
+                        .map(|i| rng.gen_range(-2.0f32..2.0) / (1 << (i / 32 % 5)) as f32)
+                        .collect();
+                    let mut acts = QuantizedActs::default();
+                    acts.quantize(crate::VecOps::new(isa), &xs, cols, &split);
+                    let (ts, tb) = (split.tile_bytes(cols), bytes_fmt.tile_bytes(cols));
+                    for (t, (a, b)) in ps.chunks_exact(ts).zip(pb.chunks_exact(tb)).enumerate() {
+                        for (r0, nr) in [(0, 1), (3, 2), (1, 4), (0, n), (5, 32)] {
+                            let mut got = vec![f32::NAN; nr * TILE];
+                            let mut want = vec![f32::NAN; nr * TILE];
+                            ks.run_rows(cols, a, &acts, r0, nr, &mut got);
+                            kb.run_rows(cols, b, &acts, r0, nr, &mut want);
+                            for (k, (g, w)) in got.iter().zip(&want).enumerate() {
+                                assert_eq!(
+                                    g.to_bits(),
+                                    w.to_bits(),
+                                    "{isa:?} {ty} {rows}x{cols} tile {t} rows {r0}+{nr} [{k}]: {g} vs {w}"
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     /// Every supported SIMD kernel against the scalar one on the same packed
     /// weights and quantized activations: same integer sums, float rounding
     /// only (within 1e-5 of Σ |w·a|). Odd row counts (zero-padded tiles) and
@@ -551,8 +647,9 @@ mod tests {
         let names: Vec<Isa> = isas.iter().map(|i| i.isa()).collect();
         eprintln!("testing {names:?}");
         for ty in packed_types() {
-            // Both layouts of the split types (other kernels than AVX2's
-            // fall back to the scalar one on the split layout).
+            // Both layouts of the split types (the kernels of instruction
+            // sets without one fall back to the scalar one on the split
+            // layout).
             for fmt in [Format::of(ty), Format::split(ty)].into_iter().flatten() {
                 for (rows, cols) in [(5, 256), (16, 768), (33, 512)] {
                     let bytes = random_bytes(&mut rng, ty, rows, cols);

@@ -227,7 +227,7 @@ impl GgmlType {
         use Defer::*;
         use GgmlType::*;
         use KernelShape::*;
-        const AVX2: &[Isa] = &[Isa::Avx2];
+        const SPLIT_ISAS: &[Isa] = &[Isa::Avx2, Isa::Avx512Vnni];
         let row = TypeTraits::new;
         match self {
             F32 => row("F32", 1, 4, Some(dq::f32), Some(qz::f32)),
@@ -275,11 +275,12 @@ impl GgmlType {
                 31,
                 sp::q5_k,
             ),
-            // The split layout on AVX2: the file's size, so decode reads no
-            // more than the file.
+            // The split layout on AVX2 and AVX-512: the file's size, so
+            // decode reads no more than the file (the byte layout reads
+            // 1.31× as much).
             Q6_K => row("Q6_K", QK_K, 210, Some(dq::q6_k), Some(qz::q6_k))
                 .packed(SuperByte16, 32, 63, sp::q6_k)
-                .split_on(SuperSplit16, AVX2)
+                .split_on(SuperSplit16, SPLIT_ISAS)
                 .defer(Background),
             Q8_K => row("Q8_K", QK_K, 292, Some(dq::q8_k), Some(qz::q8_k)),
             IQ2_XXS => row("IQ2_XXS", QK_K, 66, None, None),
