@@ -222,9 +222,9 @@ unsafe fn store_sums<const T: usize>(c: *mut i32) {
 }
 
 /// Rewrites one group of levels at `wp` (packed layout) as signed levels
-/// `u − off` in the second operand's layout at `b`: word `p` (levels `4p..4p
-/// + 4` of each row) at `b[p · 64..]`. `SPLIT`: the nibbles' high two bits
-/// come from the plane word that follows them.
+/// `u − off` in the second operand's layout at `b`: word `p` (levels
+/// `4p..4p + 4` of each row) at `b[p · 64..]`. `SPLIT`: the nibbles' high
+/// two bits come from the plane word that follows them.
 #[inline(always)]
 unsafe fn signed_group<const NIB: bool, const G: usize, const SPLIT: bool>(
     wp: *const u8,
