@@ -6,6 +6,7 @@
 //! cargo bench --bench kernels                  # all types
 //! cargo bench --bench kernels -- --quick q4_k  # one type, quick
 //! RAYON_NUM_THREADS=2 cargo bench --bench kernels
+//! FOEHN_ISA=avx2 cargo bench --bench kernels -- matvec_stream
 //! ```
 //!
 //! Throughput as criterion reports it:
@@ -28,7 +29,7 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use std::sync::OnceLock;
 
-use foehn::kernels::{quantize_matrix, Compute, GgmlType, MatScratch, QMatrix};
+use foehn::kernels::{quantize_matrix, Compute, GgmlType, Isa, MatScratch, QMatrix};
 
 /// Every weight type a GGUF model commonly stores.
 const TYPES: [GgmlType; 11] = {
@@ -64,10 +65,21 @@ fn values(n: usize, seed: u64) -> Vec<f32> {
         .collect()
 }
 
-/// The context of every product: a thread per core, the best instruction set.
+/// The context of every product: a thread per core, on the instruction set
+/// `FOEHN_ISA` names (`FOEHN_ISA=avx2 cargo bench …` measures AVX2's kernels
+/// on an AVX-512 machine), else the best.
 fn ctx() -> &'static Compute {
     static CTX: OnceLock<Compute> = OnceLock::new();
-    CTX.get_or_init(Compute::default)
+    CTX.get_or_init(|| {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let isa = match Isa::from_env().expect("FOEHN_ISA") {
+            Some(isa) => isa
+                .check()
+                .expect("FOEHN_ISA names an instruction set this CPU runs"),
+            None => Isa::best(),
+        };
+        Compute::with_isa(threads, isa)
+    })
 }
 
 /// A `rows × cols` matrix of type `ty`, repacked as the model does.

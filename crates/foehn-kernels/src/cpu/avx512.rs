@@ -6,6 +6,7 @@ use std::arch::x86_64::*;
 
 use super::act::QuantizedActs;
 use super::format::{Format, SUPER, TILE};
+use super::{prefetch, PREFETCH_AHEAD};
 
 /// Whether this CPU has everything the kernel uses.
 pub(crate) fn available() -> bool {
@@ -81,24 +82,6 @@ unsafe fn kernel<
     }
     for (r, a) in acc.iter().enumerate() {
         _mm512_storeu_ps(out.as_mut_ptr().add(r * TILE), *a);
-    }
-}
-
-/// How far ahead of the unit it computes a kernel for one activation row
-/// (decode) asks for the tile's bytes: the hardware prefetchers stop at
-/// 4 KB pages, and a decode step reads gigabytes that no cache holds.
-/// 2 KB: the best of 1–4 KB on `benches/kernels.rs`'s streamed decode
-/// (Intel Xeon, 2 threads: Q4_0 16.5 → 22.4 GB/s, Q4_K 15.6 → 19.8).
-const PREFETCH_AHEAD: usize = 4096;
-
-/// Asks for the cache lines of `bytes` bytes from `p` (hints only: an
-/// address past the tile does not fault).
-#[inline(always)]
-unsafe fn prefetch(p: *const u8, bytes: usize) {
-    let mut o = 0;
-    while o < bytes {
-        _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(o).cast());
-        o += 64;
     }
 }
 
