@@ -261,15 +261,13 @@ impl ToolFormat {
 
 /// OpenAI's `tools` list for `tools`.
 fn tools_value(tools: &[ToolSpec]) -> Value {
-    Value::Array(
-        tools
-            .iter()
-            .map(|t| {
-                json!({"type": "function", "function": {
-                    "name": t.name, "description": t.description, "parameters": t.parameters}})
-            })
-            .collect(),
-    )
+    Value::Array(tools.iter().map(tool_json).collect())
+}
+
+/// One tool as OpenAI's `tools` list (and the Hermes prompt) writes it.
+fn tool_json(t: &ToolSpec) -> Value {
+    json!({"type": "function", "function": {
+        "name": t.name, "description": t.description, "parameters": t.parameters}})
 }
 
 /// `schema` with llguidance's options for the JSON models were trained on
@@ -323,11 +321,7 @@ fn hermes_system_prompt(tools: &[ToolSpec]) -> String {
     );
     for t in tools {
         s.push('\n');
-        s.push_str(
-            &json!({"type": "function", "function": {
-                "name": t.name, "description": t.description, "parameters": t.parameters}})
-            .to_string(),
-        );
+        s.push_str(&tool_json(t).to_string());
     }
     s.push_str(
         "\n</tools>\n\nFor each function call, return a json object with function name and \
@@ -399,7 +393,8 @@ enum State {
 /// Mistral ids, else made by [`ToolCallIds`].
 #[derive(Debug, Clone)]
 pub struct ToolCallParser {
-    format: ToolFormat,
+    /// Shared with each step, which reads it while it changes the state.
+    format: std::sync::Arc<ToolFormat>,
     ids: ToolCallIds,
     state: State,
     /// Text held back: a possible start of a text marker, or whitespace
@@ -413,7 +408,7 @@ impl ToolCallParser {
     /// A parser for `format`, making ids with `ids`.
     pub fn new(format: ToolFormat, ids: ToolCallIds) -> Self {
         Self {
-            format,
+            format: std::sync::Arc::new(format),
             ids,
             state: State::Text,
             held: String::new(),
@@ -433,10 +428,21 @@ impl ToolCallParser {
 
     /// Reads one generated token and the text it decodes to.
     pub fn push(&mut self, token: u32, piece: &str) -> Parsed {
+        self.read(Some(token), piece)
+    }
+
+    /// Reads text that no token of its own brought (such as the
+    /// detokenizer's tail at the end of the output): it is no marker token.
+    pub fn push_text(&mut self, piece: &str) -> Parsed {
+        self.read(None, piece)
+    }
+
+    fn read(&mut self, token: Option<u32>, piece: &str) -> Parsed {
         let mut out = Parsed::default();
-        match self.format.syntax.clone() {
-            ToolSyntax::MistralJson { calls } => {
-                if token == calls {
+        let format = std::sync::Arc::clone(&self.format);
+        match &format.syntax {
+            &ToolSyntax::MistralJson { calls } => {
+                if token == Some(calls) {
                     self.take_held(&mut out);
                     self.state = match std::mem::replace(&mut self.state, State::Text) {
                         State::Json(buf) => State::Json(buf),
@@ -449,13 +455,13 @@ impl ToolCallParser {
                     _ => self.text(piece, &mut out),
                 }
             }
-            ToolSyntax::MistralArgs {
+            &ToolSyntax::MistralArgs {
                 calls,
                 args,
                 call_id,
             } => self.push_args(token, piece, calls, args, call_id, &mut out),
             ToolSyntax::Hermes { open, close } => {
-                self.push_hermes(token, piece, &open, &close, &mut out)
+                self.push_hermes(token, piece, open, close, &mut out)
             }
         }
         out
@@ -548,14 +554,14 @@ impl ToolCallParser {
 
     fn push_args(
         &mut self,
-        token: u32,
+        token: Option<u32>,
         piece: &str,
         calls: u32,
         args: u32,
         call_id: Option<u32>,
         out: &mut Parsed,
     ) {
-        if token == calls {
+        if token == Some(calls) {
             match std::mem::replace(&mut self.state, State::Text) {
                 // A call with no `[ARGS]`: it takes no arguments.
                 State::Name { name, id } => self.start_call(name.trim(), id, out),
@@ -571,11 +577,11 @@ impl ToolCallParser {
         }
         let state = std::mem::replace(&mut self.state, State::Text);
         self.state = match state {
-            State::Name { name, id } if token == args => {
+            State::Name { name, id } if token == Some(args) => {
                 self.start_call(name.trim(), id, out);
                 State::Args
             }
-            State::Name { name, .. } if Some(token) == call_id => State::CallId {
+            State::Name { name, .. } if token.is_some() && token == call_id => State::CallId {
                 name,
                 id: String::new(),
             },
@@ -583,7 +589,7 @@ impl ToolCallParser {
                 name.push_str(piece);
                 State::Name { name, id }
             }
-            State::CallId { name, id } if token == args => {
+            State::CallId { name, id } if token == Some(args) => {
                 self.start_call(name.trim(), Some(id), out);
                 State::Args
             }
@@ -611,7 +617,7 @@ impl ToolCallParser {
 
     fn push_hermes(
         &mut self,
-        token: u32,
+        token: Option<u32>,
         piece: &str,
         open: &Marker,
         close: &Marker,
@@ -619,7 +625,7 @@ impl ToolCallParser {
     ) {
         if let State::Json(buf) = &mut self.state {
             let closed = match close {
-                Marker::Token(id) => (token == *id).then(|| (buf.clone(), String::new())),
+                Marker::Token(id) => (token == Some(*id)).then(|| (buf.clone(), String::new())),
                 Marker::Text(m) => {
                     buf.push_str(piece);
                     buf.find(m.as_str())
@@ -639,12 +645,12 @@ impl ToolCallParser {
             };
             self.json_calls(&body, &opener, out);
             if !rest.is_empty() {
-                self.push_hermes(u32::MAX, &rest, open, close, out);
+                self.push_hermes(None, &rest, open, close, out);
             }
             return;
         }
         match open {
-            Marker::Token(id) if token == *id => {
+            Marker::Token(id) if token == Some(*id) => {
                 self.take_held(out);
                 self.state = State::Json(String::new());
             }
@@ -657,7 +663,7 @@ impl ToolCallParser {
                     self.take_held(out);
                     self.state = State::Json(String::new());
                     if !rest.is_empty() {
-                        self.push_hermes(u32::MAX, &rest, open, close, out);
+                        self.push_hermes(None, &rest, open, close, out);
                     }
                 } else {
                     let held = std::mem::take(&mut self.held);

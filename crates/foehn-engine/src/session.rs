@@ -618,7 +618,7 @@ impl Generation {
         let tail = self.decoder.finish(&self.session.model.inner.tokenizer)?;
         let (tail, calls) = match &mut self.tools {
             Some(parser) => {
-                let mut parsed = parser.push(u32::MAX, &tail);
+                let mut parsed = parser.push_text(&tail);
                 let end = parser.finish();
                 parsed.text.push_str(&end.text);
                 parsed.calls.extend(end.calls);

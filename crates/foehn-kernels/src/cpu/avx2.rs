@@ -216,11 +216,9 @@ unsafe fn kernel<
     let base = tile.as_ptr();
     for u in 0..units {
         let ub = base.add(u * unit_bytes);
-        if NA == 1 {
-            // A superblock's groups ask for their own bytes below.
-            let bytes = if SUP { header } else { unit_bytes };
-            super::prefetch(ub.wrapping_add(super::PREFETCH_AHEAD), bytes);
-        }
+        // A superblock's groups ask for their own bytes below.
+        let bytes = if SUP { header } else { unit_bytes };
+        super::prefetch(ub.wrapping_add(super::PREFETCH_AHEAD), bytes);
         let d: [__m256; 2] =
             std::array::from_fn(|hh| _mm256_cvtph_ps(_mm_loadu_si128(ub.add(16 * hh).cast())));
         let dm: [__m256; 2] = std::array::from_fn(|hh| {
@@ -236,7 +234,7 @@ unsafe fn kernel<
         // Superblocks: Σ_g sc_g · (group sum << shift), per row.
         let mut isb = [[_mm256_setzero_si256(); 2]; NA];
         for gi in 0..groups_per_unit {
-            if NA == 1 && SUP {
+            if SUP {
                 super::prefetch(wp.wrapping_add(super::PREFETCH_AHEAD), TILE * grb);
             }
             let gg = u * groups_per_unit + gi;

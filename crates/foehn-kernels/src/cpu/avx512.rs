@@ -58,9 +58,7 @@ unsafe fn kernel<
 
     for g in 0..cols / G {
         let ub = base.add(g * unit_bytes);
-        if NA == 1 {
-            prefetch(ub.wrapping_add(PREFETCH_AHEAD), unit_bytes);
-        }
+        prefetch(ub.wrapping_add(PREFETCH_AHEAD), unit_bytes);
         let s = _mm512_cvtph_ps(_mm256_loadu_si256(ub.cast()));
         let m = if MIN {
             _mm512_cvtph_ps(_mm256_loadu_si256(ub.add(2 * TILE).cast()))
@@ -217,9 +215,7 @@ unsafe fn superblock_kernel<
 
     for u in 0..units {
         let ub = base.add(u * unit_bytes);
-        if NA == 1 {
-            prefetch(ub.wrapping_add(PREFETCH_AHEAD), header);
-        }
+        prefetch(ub.wrapping_add(PREFETCH_AHEAD), header);
         let scp = ub.add(2 * TILE * sets);
         let mp = scp.add(groups_per_unit * TILE);
         let mut wp = ub.add(header);
@@ -229,9 +225,7 @@ unsafe fn superblock_kernel<
             let sc = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(
                 scp.add(gi * TILE).cast(),
             )));
-            if NA == 1 {
-                prefetch(wp.wrapping_add(PREFETCH_AHEAD), TILE * grb);
-            }
+            prefetch(wp.wrapping_add(PREFETCH_AHEAD), TILE * grb);
             let w = load_group::<NIB, SPLIT>(wp, nd, nib_mask);
             let gg = u * groups_per_unit + gi;
             let at = gg * G;

@@ -103,10 +103,10 @@ macro_rules! layout_kernels {
     };
 }
 
-/// How far ahead of the unit it computes a SIMD kernel for one activation
-/// row (decode) asks for the tile's bytes, into L2: the hardware
-/// prefetchers stop at 4 KB pages, and a decode step reads gigabytes that
-/// no cache holds. 4 KB into L2 was the best of 1–8 KB into L1 or L2 on
+/// How far ahead of the unit it computes a SIMD tile kernel asks for the
+/// tile's bytes, into L2: the hardware prefetchers stop at 4 KB pages, and
+/// a decode step (one activation row, or a few in a batch) reads gigabytes
+/// that no cache holds. 4 KB into L2 was the best of 1–8 KB into L1 or L2 on
 /// `benches/kernels.rs`'s streamed decode (Intel Xeon, 2 threads, AVX-512,
 /// GB/s before → after: Q4_0 16.5 → 23.7, Q4_K 15.6 → 21.9, Q8_0 22.5 →
 /// 25.5).
