@@ -238,17 +238,9 @@ unsafe fn signed_group<const NIB: bool, const G: usize, const SPLIT: bool>(
         // high nibbles (levels G/2..G).
         let mask = _mm512_set1_epi8(0x0f);
         let nd = G / 8;
-        // Operand o's high bits sit at bits 2o of the plane's bytes (split
-        // layout, where nd = 2): moved to bits 4..6.
+        // The split layout's high bits (nd = 2 there) follow the nibbles.
         let high = |o: usize| {
-            let plane = _mm512_loadu_si512(wp.add(nd * 64).cast());
-            let x = match o {
-                0 => _mm512_slli_epi16::<4>(plane),
-                1 => _mm512_slli_epi16::<2>(plane),
-                2 => plane,
-                _ => _mm512_srli_epi16::<2>(plane),
-            };
-            _mm512_and_si512(x, _mm512_set1_epi8(0x30))
+            super::avx512::split_high_bits(_mm512_loadu_si512(wp.add(nd * 64).cast()), o)
         };
         for p in 0..nd {
             let v = _mm512_loadu_si512(wp.add(p * 64).cast());

@@ -114,21 +114,27 @@ unsafe fn load_group<const NIB: bool, const SPLIT: bool>(
         }
     }
     if SPLIT {
-        // Operand o's high bits sit at bits 2o of the plane's bytes: moved
-        // to bits 4..6 (16-bit shifts by at most 4 keep them in their byte).
         let plane = _mm512_loadu_si512(wp.add(nd * 64).cast());
-        let high_mask = _mm512_set1_epi8(0x30);
         for (o, w) in w.iter_mut().enumerate().take(2 * nd) {
-            let x = match o {
-                0 => _mm512_slli_epi16::<4>(plane),
-                1 => _mm512_slli_epi16::<2>(plane),
-                2 => plane,
-                _ => _mm512_srli_epi16::<2>(plane),
-            };
-            *w = _mm512_or_si512(*w, _mm512_and_si512(x, high_mask));
+            *w = _mm512_or_si512(*w, split_high_bits(plane, o));
         }
     }
     w
+}
+
+/// The split layout's two high bits of operand `o` (0..4) of a group, from
+/// its plane word, in place (bits 4..6 of each byte): they sit at bits 2o
+/// of the plane's bytes (16-bit shifts by at most 4 keep them in their
+/// byte).
+#[inline(always)]
+pub(super) unsafe fn split_high_bits(plane: __m512i, o: usize) -> __m512i {
+    let x = match o {
+        0 => _mm512_slli_epi16::<4>(plane),
+        1 => _mm512_slli_epi16::<2>(plane),
+        2 => plane,
+        _ => _mm512_srli_epi16::<2>(plane),
+    };
+    _mm512_and_si512(x, _mm512_set1_epi8(0x30))
 }
 
 /// The split 6-bit layout (Q6_K at the file's size): as the byte layout's
