@@ -1,7 +1,8 @@
 //! Speculative decoding by prompt lookup: draft the tokens that followed the
-//! latest earlier occurrence of the text's last few tokens (in the prompt or
-//! the answer so far), run them through the model in one batched forward
-//! pass, and keep the longest prefix the sampler itself would have chosen.
+//! earlier occurrence of the text's last tokens that matches them longest
+//! (in the prompt or the answer so far; a copy with an edit in it matches
+//! past the edit), run them through the model in one batched forward pass,
+//! and keep the longest prefix the sampler itself would have chosen.
 //!
 //! Decode reads every weight once per forward pass whatever the number of
 //! tokens in it, so checking `k` drafted tokens costs little more than
@@ -63,14 +64,17 @@ pub(crate) enum Drafting {
     Model(LocalModel),
 }
 
-/// Longest n-gram looked up; longer matches are likelier to continue alike.
-const MAX_NGRAM: usize = 3;
-/// Shortest n-gram looked up while drafts are being accepted (single
+/// Shortest match that drafts after a draft rejected whole.
+const WARY_MATCH: usize = 3;
+/// Longest match compared: the earlier occurrence matching the text's end
+/// longest is drafted from.
+const MAX_MATCH: usize = 32;
+/// Shortest match that drafts while drafts are being accepted (single
 /// tokens match too often by chance); after a draft rejected whole, only
-/// `MAX_NGRAM` matches draft until one is accepted again: in text that does
+/// `WARY_MATCH` matches draft until one is accepted again: in text that does
 /// not repeat, two-token matches are mostly chance, and every rejected draft
 /// costs a wider pass (its rows of logits included).
-const MIN_NGRAM: usize = 2;
+const MIN_MATCH: usize = 2;
 /// Most tokens drafted at once.
 pub(crate) const MAX_DRAFT: usize = 16;
 /// Tokens drafted after a fresh start.
@@ -81,8 +85,8 @@ pub(crate) struct Drafter {
     source: Source,
     /// Tokens to draft next time (1..=MAX_DRAFT).
     len: usize,
-    /// Shortest n-gram that drafts next time (MIN_NGRAM..=MAX_NGRAM).
-    min_ngram: usize,
+    /// Shortest match that drafts next time (MIN_MATCH or WARY_MATCH).
+    min_match: usize,
 }
 
 /// Where drafts come from.
@@ -102,7 +106,7 @@ impl Drafter {
         Self {
             source: Source::Ngram,
             len: START_DRAFT,
-            min_ngram: MIN_NGRAM,
+            min_match: MIN_MATCH,
         }
     }
 
@@ -114,7 +118,7 @@ impl Drafter {
                 logits: Vec::new(),
             },
             len: START_DRAFT,
-            min_ngram: MIN_NGRAM,
+            min_match: MIN_MATCH,
         }
     }
 
@@ -137,7 +141,7 @@ impl Drafter {
             return Ok(());
         }
         match &mut self.source {
-            Source::Ngram => ngram_draft(history, self.min_ngram, want, out),
+            Source::Ngram => ngram_draft(history, self.min_match, want, max, out),
             Source::Model { session, logits } => {
                 if history.len() + want > session.context_length() {
                     return Ok(());
@@ -161,7 +165,7 @@ impl Drafter {
     /// Adapts the draft length to the last verification: `accepted` of
     /// `drafted` tokens were the sampler's own choices.
     pub(crate) fn update(&mut self, drafted: usize, accepted: usize) {
-        self.min_ngram = if accepted == 0 { MAX_NGRAM } else { MIN_NGRAM };
+        self.min_match = if accepted == 0 { WARY_MATCH } else { MIN_MATCH };
         self.len = if accepted >= drafted {
             (self.len * 2).min(MAX_DRAFT)
         } else {
@@ -170,25 +174,69 @@ impl Drafter {
     }
 }
 
-/// Appends to `out` up to `want` tokens that followed the latest earlier
-/// occurrence of `history`'s last `n` tokens, for the longest `n` in
-/// `MAX_NGRAM..=min_ngram` that occurs.
-fn ngram_draft(history: &[u32], min_ngram: usize, want: usize, out: &mut Vec<u32>) {
-    for n in (min_ngram..=MAX_NGRAM).rev() {
-        if history.len() <= n {
+/// Appends to `out` up to `want` tokens that followed the earlier
+/// occurrence of `history`'s end that matches it best, if that match is at
+/// least `min_match` tokens long. Candidates end with the text's last
+/// token; a candidate's match is the run of tokens before it equal to the
+/// text's, and where that run ends at a token the text changed, inserted
+/// or dropped (a copy with an edit: "river" rewritten as "stream", a comma
+/// added), the run that continues past the edit too (counted when at least
+/// two tokens long). The longest match wins (compared up to `MAX_MATCH`
+/// tokens; the latest among equals): it is where the text is being copied
+/// from, where a shorter one (a common pair of tokens) mostly continues
+/// elsewhere.
+fn ngram_draft(history: &[u32], min_match: usize, want: usize, max: usize, out: &mut Vec<u32>) {
+    let h = history.len();
+    let Some(&last) = history.last() else {
+        return;
+    };
+    // Equal tokens before `a` and before `b` (exclusive ends), counted back.
+    let run = |a: usize, b: usize, cap: usize| {
+        (0..cap.min(a).min(b))
+            .take_while(|&l| history[a - 1 - l] == history[b - 1 - l])
+            .count()
+    };
+    // (match length, end of the match), the end followed by a token.
+    let mut best = (0, 0);
+    for e in (1..h).rev() {
+        if history[e - 1] != last {
             continue;
         }
-        let tail = &history[history.len() - n..];
-        // Latest start `s` of an earlier occurrence, followed by at least
-        // one token.
-        let found = (0..history.len() - n)
-            .rev()
-            .find(|&s| &history[s..s + n] == tail);
-        if let Some(s) = found {
-            let from = s + n;
-            let to = (from + want).min(history.len());
-            out.extend_from_slice(&history[from..to]);
-            return;
+        let exact = run(h, e, MAX_MATCH);
+        let mut len = exact;
+        if exact < MAX_MATCH && exact < e {
+            // The text's token at `a` differs from the source's at `b`:
+            // replaced, inserted in the text, or dropped from it.
+            let (a, b) = (h - 1 - exact, e - 1 - exact);
+            let cap = MAX_MATCH - exact;
+            // (A text token inserted right after the source's end would
+            // compare the text with itself.)
+            let inserted = if b + 1 < a { run(a, b + 1, cap) } else { 0 };
+            let past = run(a, b, cap).max(inserted).max(run(a + 1, b, cap));
+            if past >= 2 {
+                len += past;
+            }
+        }
+        if len > best.0 {
+            best = (len, e);
+            if len >= MAX_MATCH {
+                break;
+            }
+        }
+    }
+    let (len, from) = best;
+    if len >= min_match {
+        // What followed the match, the drafts themselves past the text's
+        // end (a repeating pattern drafts on repeating).
+        let want = want.max(len / 2).min(max);
+        let start = out.len();
+        for i in from..from + want {
+            let t = if i < h {
+                history[i]
+            } else {
+                out[start + i - h]
+            };
+            out.push(t);
         }
     }
 }
@@ -197,34 +245,61 @@ fn ngram_draft(history: &[u32], min_ngram: usize, want: usize, out: &mut Vec<u32
 mod tests {
     use super::*;
 
-    #[test]
-    fn drafts_what_followed_the_latest_match_of_the_longest_ngram() {
-        let mut d = Drafter::ngram();
-        d.len = MAX_DRAFT;
+    /// `d`'s draft (up to `max` tokens) after `h`.
+    fn drafted(d: &mut Drafter, h: &[u32], max: usize) -> Vec<u32> {
         let mut out = Vec::new();
+        d.draft(h, max, &mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn drafts_what_followed_the_longest_match() {
+        let mut d = Drafter::ngram();
+        d.len = 9;
         // "1 2 3" occurs at 0 (followed by 4 5) and its tail "2 3" also at
-        // 6 (followed by 9): the 3-gram wins.
+        // 6 (followed by 9): the longer match wins.
         let h = [1, 2, 3, 4, 5, 7, 2, 3, 9, 1, 2, 3];
-        out.clear();
-        d.draft(&h, 16, &mut out).unwrap();
-        assert_eq!(out, [4, 5, 7, 2, 3, 9, 1, 2, 3]);
+        assert_eq!(drafted(&mut d, &h, 16), [4, 5, 7, 2, 3, 9, 1, 2, 3]);
         // Capped by `max`.
-        out.clear();
-        d.draft(&h, 2, &mut out).unwrap();
-        assert_eq!(out, [4, 5]);
-        // Only a 2-gram matches: the latest occurrence.
+        assert_eq!(drafted(&mut d, &h, 2), [4, 5]);
+        // Two equal matches: the latest; past the text's end the drafts
+        // repeat what they copied.
         let h = [5, 6, 1, 5, 6, 2, 8, 5, 6];
-        out.clear();
-        d.draft(&h, 16, &mut out).unwrap();
-        assert_eq!(out, [2, 8, 5, 6]);
+        assert_eq!(drafted(&mut d, &h, 16), [2, 8, 5, 6, 2, 8, 5, 6, 2]);
         // No repetition: nothing.
-        out.clear();
-        d.draft(&[1, 2, 3, 4, 5], 16, &mut out).unwrap();
-        assert!(out.is_empty());
+        assert!(drafted(&mut d, &[1, 2, 3, 4, 5], 16).is_empty());
         // Too short.
-        out.clear();
-        d.draft(&[1, 1], 16, &mut out).unwrap();
-        assert!(out.is_empty());
+        assert!(drafted(&mut d, &[1, 1], 16).is_empty());
+        // A run of one token does not match itself shifted by one as a
+        // copy with an inserted token.
+        assert!(drafted(&mut d, &[4, 7, 9, 9], 16).is_empty());
+    }
+
+    #[test]
+    fn a_copy_with_an_edit_drafts_from_past_the_edit() {
+        let mut d = Drafter::ngram();
+        d.len = 4;
+        // The source 10..=19 copied with 14 replaced by 40: after "40 15"
+        // only "15" matches exactly, but "11 12 13" before the edit match
+        // the source too, and 16 17 18 19 followed it.
+        let source: Vec<u32> = (10..20).collect();
+        let mut h = source.clone();
+        h.extend([99, 10, 11, 12, 13, 40, 15]);
+        assert_eq!(drafted(&mut d, &h, 16), [16, 17, 18, 19]);
+        // A token inserted (a comma): "13 50 14" continues as 15 16 17 18.
+        let mut h = source.clone();
+        h.extend([99, 10, 11, 12, 13, 50, 14]);
+        assert_eq!(drafted(&mut d, &h, 16), [15, 16, 17, 18]);
+        // A token dropped: "12 14" continues as 15 16 17 18.
+        let mut h = source.clone();
+        h.extend([99, 10, 11, 12, 14]);
+        assert_eq!(drafted(&mut d, &h, 16), [15, 16, 17, 18]);
+        // A long match drafts at least half its length.
+        d.len = 1;
+        let mut h: Vec<u32> = (100..140).collect();
+        h.push(99);
+        h.extend(100..120);
+        assert_eq!(drafted(&mut d, &h, 16), (120..130).collect::<Vec<_>>());
     }
 
     #[test]
