@@ -482,8 +482,10 @@ unsafe fn kernel<
     let grb = group_row_bytes::<NIB, G, SPLIT>();
     let sets = 1 + usize::from(MIN);
     let header = 2 * TILE * sets + if SUP { groups * TILE * sets } else { 0 };
-    let mut b = Aligned([0u8; SUPER * TILE]);
-    let mut c = Aligned([0i32; MAX_STEP * TILE * TILE]);
+    // Scratch written before it is read (`signed_group`, tile stores):
+    // not cleared.
+    let mut b = std::mem::MaybeUninit::<Aligned<[u8; SUPER * TILE]>>::uninit();
+    let mut c = std::mem::MaybeUninit::<Aligned<[i32; MAX_STEP * TILE * TILE]>>::uninit();
     let call = Call {
         tile: tile.as_ptr(),
         unit_bytes: header + groups * TILE * grb,
@@ -507,8 +509,8 @@ unsafe fn kernel<
         },
         sd: acts.sd.as_ptr(),
         shift: acts.shift.as_ptr(),
-        b: b.0.as_mut_ptr(),
-        c: c.0.as_mut_ptr(),
+        b: b.as_mut_ptr().cast(),
+        c: c.as_mut_ptr().cast(),
     };
     let mut acc = [_mm512_setzero_ps(); MAX_ROWS];
     let cfg = config(G, call.tail);
