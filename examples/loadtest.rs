@@ -8,7 +8,7 @@
 //! cargo run --release --example serve -- --parallel 4 --port 8080 &
 //! cargo run --release --example loadtest -- --url http://127.0.0.1:8080/v1 --clients 1,4,8 --max-tokens 128
 //! llama-server -m model.gguf -np 4 --port 8081 &
-//! cargo run --release --example loadtest -- --url http://127.0.0.1:8081 --clients 1,4 --json
+//! cargo run --release --example loadtest -- --url http://127.0.0.1:8081 --clients 1,4 --json --ignore-eos
 //! ```
 //!
 //! Tokens are counted from the stream: the usage chunk's `completion_tokens`
@@ -42,6 +42,11 @@ struct Args {
     /// `max_tokens` of every request (answers may stop earlier; the report counts what came back).
     #[arg(long, default_value_t = 128)]
     max_tokens: u32,
+    /// Ask for answers of `--max-tokens` tokens, past end-of-generation
+    /// tokens (`ignore_eos`, which vLLM, llama-server and foehn's `serve`
+    /// honour): every server then generates as much for the same prompts.
+    #[arg(long)]
+    ignore_eos: bool,
     /// Requests each client sends, one after the other.
     #[arg(long, default_value_t = 2)]
     requests: usize,
@@ -165,6 +170,7 @@ fn run(args: Args) -> Result<()> {
     let mut client = OpenAiClient::new(base_url(&args.url))
         .with_name("loadtest")
         .with_usage_chunk(true)
+        .with_extended_sampling(args.ignore_eos)
         .with_timeouts(Timeouts {
             connect: wait,
             first_byte: wait,
@@ -206,6 +212,7 @@ fn run(args: Args) -> Result<()> {
             "url": base_url(&args.url),
             "model": model,
             "max_tokens": args.max_tokens,
+            "ignore_eos": args.ignore_eos,
             "requests_per_client": args.requests,
             "levels": reports,
         });
@@ -233,6 +240,7 @@ fn run_level(client: &OpenAiClient, args: &Args, clients: usize) -> LevelReport 
                                 PROMPTS[k % PROMPTS.len()],
                             )]);
                             request.max_tokens = Some(args.max_tokens);
+                            request.ignore_eos = args.ignore_eos;
                             request.temperature = args.temperature;
                             request.seed = args.seed.map(|s| s.wrapping_add(k as u64));
                             one_request(client, request, c, i)

@@ -148,6 +148,10 @@ pub struct GenerateRequest {
     pub seed: Option<u64>,
     /// Stop strings: generation ends before the first occurrence, which is not emitted.
     pub stop: Vec<String>,
+    /// Generate past end-of-generation tokens (EOS, end of turn) until
+    /// `max_tokens`, a stop string or a full context: answers of a fixed
+    /// length, for benchmarks (vLLM's and llama-server's `ignore_eos`).
+    pub ignore_eos: bool,
     /// Return the log-probability of each token and this many alternatives.
     pub logprobs: Option<u32>,
     /// OpenAI `response_format`, passed through to remotes that support it.
@@ -195,6 +199,7 @@ impl GenerateRequest {
             presence_penalty: None,
             seed: None,
             stop: Vec::new(),
+            ignore_eos: false,
             logprobs: None,
             response_format: None,
             tools: None,

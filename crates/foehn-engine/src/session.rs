@@ -244,6 +244,8 @@ pub struct Generation {
     logits: Vec<f32>,
     logprobs: Option<usize>,
     max_tokens: Option<u32>,
+    /// End-of-generation tokens do not end it (`GenerateRequest::ignore_eos`).
+    ignore_eos: bool,
     cancel: CancelToken,
     generated: u32,
     /// Tokens emitted but not yet run through the model: the last sampled
@@ -424,6 +426,7 @@ impl Generation {
             logits: vec![0.0; vocab],
             logprobs: request.logprobs.map(|k| k as usize),
             max_tokens: request.max_tokens,
+            ignore_eos: request.ignore_eos,
             cancel,
             generated: 0,
             pending: Vec::with_capacity(MAX_DRAFT + 1),
@@ -707,7 +710,7 @@ impl Generation {
                 .tools
                 .as_ref()
                 .is_some_and(|t| t.format().is_marker(token));
-        if !marker && self.is_end_token(token) {
+        if !marker && !self.ignore_eos && self.is_end_token(token) {
             self.finished = Some(FinishReason::Stop);
             return self.step();
         }

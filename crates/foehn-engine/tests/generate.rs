@@ -285,7 +285,17 @@ fn smollm2_knows_the_capital_of_france() {
         Prompt::Chat(vec![Message::user("Name the capital of France.")]),
         32,
     );
-    let (_, text, done) = run(&model, req);
+    let (ids, text, done) = run(&model, req.clone());
     assert!(text.contains("Paris"), "{text:?}");
     assert_eq!(done.finish_reason, FinishReason::Stop, "ends at <|im_end|>");
+    // `ignore_eos`: the same tokens, then on to the token limit.
+    let (more, _, done) = run(
+        &model,
+        GenerateRequest {
+            ignore_eos: true,
+            ..req
+        },
+    );
+    assert_eq!((more.len(), done.finish_reason), (32, FinishReason::Length));
+    assert_eq!(more[..ids.len()], ids[..]);
 }

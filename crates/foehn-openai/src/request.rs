@@ -254,6 +254,7 @@ struct Sampling {
     seed: Option<u64>,
     stop: Option<StopField>,
     n: Option<u32>,
+    ignore_eos: Option<bool>,
 }
 
 /// A request body struct with the [`Sampling`] fields inline (not
@@ -301,6 +302,10 @@ macro_rules! with_sampling {
             /// How many choices to make.
             #[serde(default, skip_serializing_if = "Option::is_none")]
             pub n: Option<u32>,
+            /// Generate past end-of-generation tokens (not OpenAI's: vLLM,
+            /// llama-server, foehn).
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub ignore_eos: Option<bool>,
         }
 
         impl $name {
@@ -319,6 +324,7 @@ macro_rules! with_sampling {
                     seed: self.seed.take(),
                     stop: self.stop.take(),
                     n: self.n.take(),
+                    ignore_eos: self.ignore_eos.take(),
                 }
             }
 
@@ -336,6 +342,7 @@ macro_rules! with_sampling {
                 self.seed = s.seed;
                 self.stop = s.stop;
                 self.n = s.n;
+                self.ignore_eos = s.ignore_eos;
             }
         }
     };
@@ -467,6 +474,7 @@ impl RequestBody {
             seed: request.seed,
             stop: (!request.stop.is_empty()).then(|| StopField::Many(request.stop.clone())),
             n: None,
+            ignore_eos: (request.ignore_eos && extended).then_some(true),
         };
         let stream_options = options.include_usage.then_some(StreamOptions {
             include_usage: Some(true),
@@ -575,6 +583,7 @@ fn apply_sampling(
     req.presence_penalty = s.presence_penalty;
     req.seed = s.seed;
     req.stop = stop;
+    req.ignore_eos = s.ignore_eos.unwrap_or(false);
     Ok(())
 }
 

@@ -50,6 +50,7 @@ fn full_request() -> GenerateRequest {
     req.presence_penalty = Some(-0.5);
     req.seed = Some(u64::MAX);
     req.stop = vec!["\n".into(), "User:".into()];
+    req.ignore_eos = true;
     req.logprobs = Some(2);
     req.response_format = Some(json!({"type": "json_object"}));
     req.tools = Some(json!([{"type": "function", "function": {"name": "f"}}]));
@@ -91,6 +92,7 @@ fn a_chat_request_is_openais_json_and_reads_back_as_the_same_request() {
             "presence_penalty": -0.5,
             "seed": u64::MAX,
             "stop": ["\n", "User:"],
+            "ignore_eos": true,
             "logprobs": true,
             "top_logprobs": 2,
             "response_format": {"type": "json_object"},

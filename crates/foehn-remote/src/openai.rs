@@ -994,6 +994,7 @@ mod tests {
         req.stop = vec!["\n".into()];
         req.logprobs = Some(2);
         req.top_k = Some(3);
+        req.ignore_eos = true;
         req.tools = Some(json!([{"type": "function"}]));
         let (body, ep) = body_of(&client, &req).unwrap();
         assert_eq!(ep, Endpoint::Chat);
@@ -1007,9 +1008,11 @@ mod tests {
         assert_eq!(body["top_logprobs"], 2);
         assert_eq!(body["tools"], json!([{"type": "function"}]));
         assert!(body.get("top_k").is_none() && body.get("temperature").is_none());
+        assert!(body.get("ignore_eos").is_none());
         req.repeat_penalty = Some(1.5);
         let (body, _) = body_of(&client.clone().with_extended_sampling(true), &req).unwrap();
         assert_eq!(body["top_k"], 3);
+        assert_eq!(body["ignore_eos"], true);
         assert_eq!(
             (&body["repeat_penalty"], &body["repetition_penalty"]),
             (&json!(1.5), &json!(1.5))
