@@ -25,7 +25,7 @@ use std::arch::x86_64::*;
 use std::sync::OnceLock;
 
 use super::act::{QuantizedActs, ACT_BLOCK};
-use super::format::{Format, SUPER, TILE};
+use super::format::{Format, UnitLayout, SUPER, TILE};
 use super::MAX_CALL_ROWS as MAX_ROWS;
 
 /// Whether this CPU runs the kernel: the AVX-512 VNNI kernel's features,
@@ -95,12 +95,7 @@ unsafe fn tile<const NIB: bool, const G: usize, const SUP: bool, const MIN: bool
     nr: usize,
     out: &mut [f32],
 ) {
-    super::check_call(fmt, cols, tile, acts, r0, nr, out);
-    assert!(
-        (1..=MAX_ROWS).contains(&nr),
-        "tile call: 1 to {MAX_ROWS} rows"
-    );
-    kernel::<NIB, G, SUP, MIN, false>(fmt.off, cols, tile, acts, r0, nr, out);
+    checked_kernel::<NIB, G, SUP, MIN, false>(fmt, cols, tile, acts, r0, nr, out);
 }
 
 /// As [`tile`] for the split 6-bit layout (Q6_K at the file's size).
@@ -116,12 +111,34 @@ unsafe fn tile_split(
     nr: usize,
     out: &mut [f32],
 ) {
+    checked_kernel::<true, 16, true, false, true>(fmt, cols, tile, acts, r0, nr, out);
+}
+
+/// [`kernel`] after checking the call (lengths, 1 to [`MAX_ROWS`] rows).
+///
+/// # Safety
+/// The CPU must run the kernel ([`available`]).
+unsafe fn checked_kernel<
+    const NIB: bool,
+    const G: usize,
+    const SUP: bool,
+    const MIN: bool,
+    const SPLIT: bool,
+>(
+    fmt: &Format,
+    cols: usize,
+    tile: &[u8],
+    acts: &QuantizedActs,
+    r0: usize,
+    nr: usize,
+    out: &mut [f32],
+) {
     super::check_call(fmt, cols, tile, acts, r0, nr, out);
     assert!(
         (1..=MAX_ROWS).contains(&nr),
         "tile call: 1 to {MAX_ROWS} rows"
     );
-    kernel::<true, 16, true, false, true>(fmt.off, cols, tile, acts, r0, nr, out);
+    kernel::<NIB, G, SUP, MIN, SPLIT>(fmt.off, cols, tile, acts, r0, nr, out);
 }
 
 /// A 64-byte aligned buffer (tile loads and stores of whole cache lines).
@@ -261,12 +278,6 @@ unsafe fn signed_group<const NIB: bool, const G: usize, const SPLIT: bool>(
     }
 }
 
-/// Bytes of a weight row per group: nibbles or bytes, and the split
-/// layout's plane of two high bits per level.
-const fn group_row_bytes<const NIB: bool, const G: usize, const SPLIT: bool>() -> usize {
-    (if NIB { G / 2 } else { G }) + if SPLIT { G / 4 } else { 0 }
-}
-
 /// What every step of one call reads and writes.
 struct Call {
     /// The tile, its units' bytes and their header's.
@@ -314,7 +325,7 @@ unsafe fn step<
     g0: usize,
     acc: &mut [__m512; MAX_ROWS],
 ) {
-    let grb = group_row_bytes::<NIB, G, SPLIT>();
+    let grb = UnitLayout::of(NIB, G, SUP, MIN, SPLIT).group_row;
     let sets = 1 + usize::from(MIN);
     let cols = p.cols;
     let (nb, ng, ns) = (cols / ACT_BLOCK, cols / G, cols / SUPER);
@@ -477,19 +488,15 @@ unsafe fn kernel<
     nr: usize,
     out: &mut [f32],
 ) {
-    let unit = if SUP { SUPER } else { G };
-    let groups = unit / G;
-    let grb = group_row_bytes::<NIB, G, SPLIT>();
-    let sets = 1 + usize::from(MIN);
-    let header = 2 * TILE * sets + if SUP { groups * TILE * sets } else { 0 };
+    let layout = UnitLayout::of(NIB, G, SUP, MIN, SPLIT);
     // Scratch written before it is read (`signed_group`, tile stores):
     // not cleared.
     let mut b = std::mem::MaybeUninit::<Aligned<[u8; SUPER * TILE]>>::uninit();
     let mut c = std::mem::MaybeUninit::<Aligned<[i32; MAX_STEP * TILE * TILE]>>::uninit();
     let call = Call {
         tile: tile.as_ptr(),
-        unit_bytes: header + groups * TILE * grb,
-        header,
+        unit_bytes: layout.bytes,
+        header: layout.header,
         off,
         cols,
         r0,

@@ -23,7 +23,7 @@
 use std::arch::x86_64::*;
 
 use super::act::QuantizedActs;
-use super::format::{Format, SUPER, TILE};
+use super::format::{Format, UnitLayout, SUPER, TILE};
 use super::shape::KernelShape;
 
 /// Whether this CPU has everything the kernel uses.
@@ -151,16 +151,13 @@ unsafe fn kernel<
     // 4-byte words (of nibbles) per row and group; a chain closes after
     // `per_chain`. The split layout's plane word follows the nibble words.
     let nd = if nibbles { G / 8 } else { G / 4 };
-    let grb = if MODE == SPLIT { 4 * nd + 4 } else { 4 * nd };
+    let UnitLayout {
+        header,
+        group_row: grb,
+        bytes: unit_bytes,
+    } = UnitLayout::of(nibbles, G, SUP, MIN, MODE == SPLIT);
     let per_chain = nd / CH;
     let sets = 1 + usize::from(MIN);
-    let header = 2 * TILE * sets
-        + if SUP {
-            groups_per_unit * TILE * sets
-        } else {
-            0
-        };
-    let unit_bytes = header + groups_per_unit * TILE * grb;
     let units = cols / unit;
     let nib_mask = _mm256_set1_epi8(0x0f);
     let high_mask = _mm256_set1_epi8(0x30);

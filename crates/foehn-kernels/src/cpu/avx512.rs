@@ -5,7 +5,7 @@
 use std::arch::x86_64::*;
 
 use super::act::QuantizedActs;
-use super::format::{Format, SUPER, TILE};
+use super::format::{Format, UnitLayout, SUPER, TILE};
 use super::{prefetch, PREFETCH_AHEAD};
 
 /// Whether this CPU has everything the kernel uses.
@@ -40,13 +40,13 @@ unsafe fn kernel<
     if SUP {
         return superblock_kernel::<NIB, G, MIN, NA, false>(off, cols, tile, acts, r0, out);
     }
-    let grb = if NIB { G / 2 } else { G };
+    let layout = UnitLayout::of(NIB, G, false, MIN, false);
     // 4-byte words per row per group; with nibbles each word gives two operands.
-    let nd = grb / 4;
+    let nd = layout.group_row / 4;
     let nops = if NIB { 2 * nd } else { nd };
     let chains = chains(NA);
     let sets = 1 + usize::from(MIN);
-    let unit_bytes = 2 * TILE * sets + TILE * grb;
+    let unit_bytes = layout.bytes;
     let nib_mask = _mm512_set1_epi8(0x0f);
 
     let aq: [*const i8; NA] = std::array::from_fn(|r| acts.row(r0 + r).as_ptr());
@@ -202,12 +202,14 @@ unsafe fn superblock_kernel<
     let groups_per_unit = SUPER / G;
     let nd = if NIB { G / 8 } else { G / 4 };
     // Bytes of a row per group: the nibble or byte words, and the plane.
-    let grb = 4 * nd + if SPLIT { G / 4 } else { 0 };
+    let UnitLayout {
+        header,
+        group_row: grb,
+        bytes: unit_bytes,
+    } = UnitLayout::of(NIB, G, true, MIN, SPLIT);
     let nops = if NIB { 2 * nd } else { nd };
     let chains = chains(NA);
     let sets = 1 + usize::from(MIN);
-    let header = 2 * TILE * sets + groups_per_unit * TILE * sets;
-    let unit_bytes = header + groups_per_unit * TILE * grb;
     let units = cols / SUPER;
     let nib_mask = _mm512_set1_epi8(0x0f);
 

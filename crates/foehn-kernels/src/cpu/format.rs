@@ -181,35 +181,80 @@ impl Format {
         self.unit() / self.group
     }
 
+    /// The byte layout of one unit of a tile.
+    pub(crate) const fn unit_layout(&self) -> UnitLayout {
+        UnitLayout::of(
+            self.nibbles,
+            self.group,
+            self.superblocks,
+            self.min,
+            self.high_bits == 2,
+        )
+    }
+
     /// Bytes of one row's levels in one group (with the split variant's
     /// high bits).
     pub(crate) const fn group_row_bytes(&self) -> usize {
-        if self.nibbles {
-            self.group / 2 + self.group * self.high_bits as usize / 8
-        } else {
-            self.group
-        }
+        self.unit_layout().group_row
     }
 
     /// Bytes of a unit's header (scales and mins) for a whole tile.
     pub(crate) const fn header_bytes(&self) -> usize {
-        let per_set = if self.min { 2 } else { 1 };
-        let mut bytes = 2 * TILE * per_set;
-        if self.superblocks {
-            bytes += self.groups_per_unit() * TILE * per_set;
-        }
-        bytes
+        self.unit_layout().header
     }
 
     /// Bytes of one unit of a tile.
     pub(crate) const fn unit_bytes(&self) -> usize {
-        self.header_bytes() + self.groups_per_unit() * TILE * self.group_row_bytes()
+        self.unit_layout().bytes
     }
 
     /// Bytes of one tile of rows of `cols` weights (`cols` a multiple of
     /// [`unit`](Self::unit)).
     pub(crate) const fn tile_bytes(&self, cols: usize) -> usize {
         cols / self.unit() * self.unit_bytes()
+    }
+}
+
+/// The bytes of one unit of a packed tile: its header (the scales, and the
+/// mins where the format has them, of 16 rows) and its groups, each 16 rows
+/// of `group_row` bytes. What [`Format`] gives at run time, for kernels that
+/// know the layout at compile time ([`UnitLayout::of`] is `const`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct UnitLayout {
+    /// Bytes of the header.
+    pub(crate) header: usize,
+    /// Bytes of one row's levels in one group: nibbles or bytes, and the
+    /// split layout's plane of two high bits per level.
+    pub(crate) group_row: usize,
+    /// Bytes of the unit.
+    pub(crate) bytes: usize,
+}
+
+impl UnitLayout {
+    /// The layout of levels in nibbles or bytes, in groups of `group`,
+    /// superblocks (of [`SUPER`]) or single groups, with a min per group or
+    /// not, and in the split layout (nibbles and a plane of high bits) or
+    /// not.
+    pub(crate) const fn of(
+        nibbles: bool,
+        group: usize,
+        superblocks: bool,
+        min: bool,
+        split: bool,
+    ) -> Self {
+        let group_row = match (nibbles, split) {
+            (true, true) => group / 2 + group / 4,
+            (true, false) => group / 2,
+            (false, _) => group,
+        };
+        let sets = if min { 2 } else { 1 };
+        let groups = if superblocks { SUPER / group } else { 1 };
+        let header = 2 * TILE * sets + if superblocks { groups * TILE * sets } else { 0 };
+        Self {
+            header,
+            group_row,
+            bytes: header + groups * TILE * group_row,
+        }
     }
 }
 

@@ -67,13 +67,7 @@ macro_rules! layout_kernels {
             out: &mut [f32],
         ) {
             super::check_tile_call(fmt, cols, tile, acts, r0, nr, out);
-            let off = fmt.off;
-            match nr {
-                1 => $split::<1>(off, cols, tile, acts, r0, out),
-                2 => $split::<2>(off, cols, tile, acts, r0, out),
-                3 => $split::<3>(off, cols, tile, acts, r0, out),
-                _ => $split::<4>(off, cols, tile, acts, r0, out),
-            }
+            layout_kernels!(@rows nr, $split::<>(fmt.off, cols, tile, acts, r0, out))
         }
     };
     (@tile $kernel:ident) => {
@@ -92,13 +86,20 @@ macro_rules! layout_kernels {
             out: &mut [f32],
         ) {
             super::check_tile_call(fmt, cols, tile, acts, r0, nr, out);
-            let off = fmt.off;
-            match nr {
-                1 => $kernel::<NIB, G, SUP, MIN, 1>(off, cols, tile, acts, r0, out),
-                2 => $kernel::<NIB, G, SUP, MIN, 2>(off, cols, tile, acts, r0, out),
-                3 => $kernel::<NIB, G, SUP, MIN, 3>(off, cols, tile, acts, r0, out),
-                _ => $kernel::<NIB, G, SUP, MIN, 4>(off, cols, tile, acts, r0, out),
-            }
+            layout_kernels!(
+                @rows nr,
+                $kernel::<NIB, G, SUP, MIN>(fmt.off, cols, tile, acts, r0, out)
+            )
+        }
+    };
+    // `$f` for `NA` = `nr` activation rows (4 from 4 up), `NA` its last
+    // generic argument.
+    (@rows $nr:expr, $f:ident::<$($g:ident),*>($($arg:expr),*)) => {
+        match $nr {
+            1 => $f::<$($g,)* 1>($($arg),*),
+            2 => $f::<$($g,)* 2>($($arg),*),
+            3 => $f::<$($g,)* 3>($($arg),*),
+            _ => $f::<$($g,)* 4>($($arg),*),
         }
     };
 }
