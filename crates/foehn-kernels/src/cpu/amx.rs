@@ -95,7 +95,7 @@ unsafe fn tile<const NIB: bool, const G: usize, const SUP: bool, const MIN: bool
     nr: usize,
     out: &mut [f32],
 ) {
-    checked_kernel::<NIB, G, SUP, MIN, false>(fmt, cols, tile, acts, r0, nr, out);
+    kernel::<NIB, G, SUP, MIN, false>(fmt, cols, tile, acts, r0, nr, out);
 }
 
 /// As [`tile`] for the split 6-bit layout (Q6_K at the file's size).
@@ -111,34 +111,7 @@ unsafe fn tile_split(
     nr: usize,
     out: &mut [f32],
 ) {
-    checked_kernel::<true, 16, true, false, true>(fmt, cols, tile, acts, r0, nr, out);
-}
-
-/// [`kernel`] after checking the call (lengths, 1 to [`MAX_ROWS`] rows).
-///
-/// # Safety
-/// The CPU must run the kernel ([`available`]).
-unsafe fn checked_kernel<
-    const NIB: bool,
-    const G: usize,
-    const SUP: bool,
-    const MIN: bool,
-    const SPLIT: bool,
->(
-    fmt: &Format,
-    cols: usize,
-    tile: &[u8],
-    acts: &QuantizedActs,
-    r0: usize,
-    nr: usize,
-    out: &mut [f32],
-) {
-    super::check_call(fmt, cols, tile, acts, r0, nr, out);
-    assert!(
-        (1..=MAX_ROWS).contains(&nr),
-        "tile call: 1 to {MAX_ROWS} rows"
-    );
-    kernel::<NIB, G, SUP, MIN, SPLIT>(fmt.off, cols, tile, acts, r0, nr, out);
+    kernel::<true, 16, true, false, true>(fmt, cols, tile, acts, r0, nr, out);
 }
 
 /// A 64-byte aligned buffer (tile loads and stores of whole cache lines).
@@ -470,8 +443,9 @@ unsafe fn step<
     }
 }
 
-/// The kernel: steps of a superblock, or of 8 legacy groups (then single
-/// groups for the rest of a row), over the activation rows in blocks of 16.
+/// The kernel, after checking the call (lengths, 1 to [`MAX_ROWS`] rows):
+/// steps of a superblock, or of 8 legacy groups (then single groups for
+/// the rest of a row), over the activation rows in blocks of 16.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vl,fma,f16c")]
 unsafe fn kernel<
     const NIB: bool,
@@ -480,7 +454,7 @@ unsafe fn kernel<
     const MIN: bool,
     const SPLIT: bool,
 >(
-    off: i32,
+    fmt: &Format,
     cols: usize,
     tile: &[u8],
     acts: &QuantizedActs,
@@ -488,6 +462,12 @@ unsafe fn kernel<
     nr: usize,
     out: &mut [f32],
 ) {
+    super::check_call(fmt, cols, tile, acts, r0, nr, out);
+    assert!(
+        (1..=MAX_ROWS).contains(&nr),
+        "tile call: 1 to {MAX_ROWS} rows"
+    );
+    let off = fmt.off;
     let layout = UnitLayout::of(NIB, G, SUP, MIN, SPLIT);
     // Scratch written before it is read (`signed_group`, tile stores):
     // not cleared.
