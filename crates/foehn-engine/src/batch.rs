@@ -56,6 +56,10 @@ pub struct BatchStats {
 struct Job {
     generation: Generation,
     events: Sender<Item>,
+    /// What ends the generation (its `Done` event or its error), sent once
+    /// its session is in the prefix cache, so that a client's next request
+    /// finds it there.
+    last: Option<Item>,
 }
 
 impl Batcher {
@@ -128,7 +132,11 @@ impl Batcher {
         prefix.record_reuse(generation.reused_tokens());
         let (events, rx) = channel();
         self.jobs
-            .send(Job { generation, events })
+            .send(Job {
+                generation,
+                events,
+                last: None,
+            })
             .map_err(|_| GenerateError::Backend("the batcher's thread has stopped".into()))?;
         Ok(Box::new(rx.into_iter()))
     }
@@ -244,6 +252,9 @@ fn retain_jobs(
         } else {
             let job = running.remove(i);
             model.inner.prefix.put(job.generation.into_session());
+            if let Some(last) = job.last {
+                let _ = job.events.send(last);
+            }
         }
     }
 }
@@ -276,15 +287,19 @@ impl Job {
         }
     }
 
-    /// Sends `ev`; false when it ends the generation or nobody listens.
+    /// Sends `ev`; false when it ends the generation (then it is kept as
+    /// [`Job::last`]) or nobody listens.
     fn send(&mut self, ev: Event) -> bool {
-        let done = matches!(ev, Event::Done(_));
-        self.events.send(Ok(ev)).is_ok() && !done
+        if matches!(ev, Event::Done(_)) {
+            self.last = Some(Ok(ev));
+            return false;
+        }
+        self.events.send(Ok(ev)).is_ok()
     }
 
-    /// Sends the error that ends the generation; false.
+    /// Keeps the error that ends the generation as [`Job::last`]; false.
     fn fail(&mut self, e: EngineError) -> bool {
-        let _ = self.events.send(Err(e.into()));
+        self.last = Some(Err(e.into()));
         false
     }
 }

@@ -554,7 +554,9 @@ impl Generator for LocalModel {
     }
 }
 
-/// A generation whose session goes to the prefix cache when it is dropped.
+/// A generation whose session goes to the prefix cache when it ends (before
+/// its last event is handed on, so that a client's next request finds it
+/// there) or when it is dropped.
 struct Kept {
     generation: Option<Generation>,
     cache: Arc<PrefixCache>,
@@ -564,7 +566,13 @@ impl Iterator for Kept {
     type Item = Result<foehn_core::Event, GenerateError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        self.generation.as_mut()?.next()
+        let item = self.generation.as_mut()?.next();
+        if matches!(item, None | Some(Ok(foehn_core::Event::Done(_)) | Err(_))) {
+            if let Some(g) = self.generation.take() {
+                self.cache.put(g.into_session());
+            }
+        }
+        item
     }
 }
 

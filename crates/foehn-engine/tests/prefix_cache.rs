@@ -123,3 +123,29 @@ fn the_cache_keeps_at_most_its_budget() {
     let (_, again) = run(&model, a);
     assert!(again.usage.cached_tokens < 8, "{:?}", again.usage);
 }
+
+/// A finished generation's session is in the prefix cache by the time its
+/// last event arrives (the stream still held), alone and under batching: a
+/// client that sends its next request on reading the answer finds it.
+#[test]
+fn the_session_is_kept_before_the_last_event_arrives() {
+    let alone = smollm2(foehn_engine::DEFAULT_PREFIX_CACHE_BYTES);
+    let batched = alone.with_batching(2).unwrap();
+    for model in [&alone, &batched] {
+        // (The two share one cache: the second request reuses, and so
+        // takes, the first one's session.)
+        let before = model.prefix_cache_stats();
+        let mut stream = model
+            .generate(ask("Where do the ferries leave from?"), CancelToken::new())
+            .unwrap();
+        let done = stream.by_ref().find_map(|ev| match ev.unwrap() {
+            Event::Done(c) => Some(c),
+            Event::Token(_) => None,
+        });
+        assert!(done.is_some(), "no final event");
+        let after = model.prefix_cache_stats();
+        let taken = after.hits - before.hits;
+        assert_eq!(after.entries, before.entries - taken as usize + 1);
+        drop(stream);
+    }
+}
