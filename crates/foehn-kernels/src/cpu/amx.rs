@@ -78,8 +78,9 @@ fn tile_state_granted() -> bool {
 }
 
 // `select`: the kernel of each shape, as [`super::scalar::tile`] for `nr`
-// activation rows up to [`MAX_ROWS`].
-layout_select!(tile, tile_split);
+// activation rows up to [`MAX_ROWS`]; the split 6-bit layout (Q6_K at the
+// file's size) is the kernel's monomorph of its own.
+layout_select!(tile, kernel::<true, 16, true, false, true>);
 
 /// As [`super::scalar::tile`] for one layout and `nr` (1..=[`MAX_ROWS`])
 /// activation rows.
@@ -96,22 +97,6 @@ unsafe fn tile<const NIB: bool, const G: usize, const SUP: bool, const MIN: bool
     out: &mut [f32],
 ) {
     kernel::<NIB, G, SUP, MIN, false>(fmt, cols, tile, acts, r0, nr, out);
-}
-
-/// As [`tile`] for the split 6-bit layout (Q6_K at the file's size).
-///
-/// # Safety
-/// The CPU must run the kernel ([`available`]).
-unsafe fn tile_split(
-    fmt: &Format,
-    cols: usize,
-    tile: &[u8],
-    acts: &QuantizedActs,
-    r0: usize,
-    nr: usize,
-    out: &mut [f32],
-) {
-    kernel::<true, 16, true, false, true>(fmt, cols, tile, acts, r0, nr, out);
 }
 
 /// A 64-byte aligned buffer (tile loads and stores of whole cache lines).
@@ -229,9 +214,12 @@ unsafe fn signed_group<const NIB: bool, const G: usize, const SPLIT: bool>(
         let mask = _mm512_set1_epi8(0x0f);
         let nd = G / 8;
         // The split layout's high bits (nd = 2 there) follow the nibbles.
-        let high = |o: usize| {
-            super::avx512::split_high_bits(_mm512_loadu_si512(wp.add(nd * 64).cast()), o)
+        let plane = if SPLIT {
+            _mm512_loadu_si512(wp.add(nd * 64).cast())
+        } else {
+            _mm512_setzero_si512()
         };
+        let high = |o: usize| super::avx512::split_high_bits(plane, o);
         for p in 0..nd {
             let v = _mm512_loadu_si512(wp.add(p * 64).cast());
             let mut lo = _mm512_and_si512(v, mask);
@@ -540,9 +528,9 @@ mod tests {
 
     /// The AMX kernel against the scalar one (float rounding only: within
     /// 1e-5 of Σ |w·a|) and the AVX-512 VNNI one (bit for bit), for every
-    /// packed type in each of its layouts: odd weight row counts (zero-padded tiles) and group
-    /// counts, activation
-    /// rows from 1 to 64 at odd starts (partial blocks of 16), blocks of
+    /// packed type in each of its layouts: odd weight row counts
+    /// (zero-padded tiles) and group counts, activation rows from 1 to 64
+    /// at odd starts (partial blocks of 16), blocks of
     /// activations of different magnitudes (different superblock shifts),
     /// outputs poisoned first. Skipped where the CPU or the operating
     /// system does not run AMX.

@@ -5,13 +5,14 @@
 
 /// `select` of an instruction set whose tile entry point `$tile` is generic
 /// over exactly `(nibbles, group, superblocks, min)`: the monomorph of each
-/// shape, and for the split layout `$split` (an entry point of its own), or
-/// `None` where the instruction set has no kernel for it.
+/// shape, and for the split layout `$split` (an entry point of its own: any
+/// expression of type `RawTileFn`), or `None` where the instruction set has
+/// no kernel for it.
 macro_rules! layout_select {
     ($tile:ident) => {
         layout_select!(@ $tile, return None);
     };
-    ($tile:ident, $split:ident) => {
+    ($tile:ident, $split:expr) => {
         layout_select!(@ $tile, $split);
     };
     (@ $tile:ident, $split:expr) => {
