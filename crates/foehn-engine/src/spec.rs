@@ -130,8 +130,9 @@ impl Drafter {
         }
     }
 
-    /// Appends to `out` up to `max` tokens (and at most the current draft
-    /// length) to follow `history`.
+    /// Appends to `out` up to `max` tokens to follow `history`: at most the
+    /// current draft length, or for prompt lookup half its match's length
+    /// when that is more.
     ///
     /// # Errors
     /// A draft model's forward pass failing.
@@ -174,9 +175,10 @@ impl Drafter {
     }
 }
 
-/// Appends to `out` up to `want` tokens that followed the earlier
-/// occurrence of `history`'s end that matches it best, if that match is at
-/// least `min_match` tokens long. Candidates end with the text's last
+/// Appends to `out` up to `want` tokens (or half the match's length when
+/// that is more, never over `max`) that followed the earlier occurrence of
+/// `history`'s end that matches it best, if that match is at least
+/// `min_match` tokens long. Candidates end with the text's last
 /// token; a candidate's match is the run of tokens before it equal to the
 /// text's, and where that run ends at a token the text changed, inserted
 /// or dropped (a copy with an edit: "river" rewritten as "stream", a comma
