@@ -53,8 +53,10 @@ impl ConstraintCompiler {
     /// not compile (a malformed schema, regex or grammar).
     pub fn compile(&self, constraint: &Constraint) -> Result<TokenConstraint> {
         let grammar = match constraint {
-            Constraint::JsonSchema(schema) => TopLevelGrammar::from_json_schema(schema.clone()),
-            Constraint::JsonObject => TopLevelGrammar::from_json_schema(json!({"type": "object"})),
+            Constraint::JsonSchema(schema) => TopLevelGrammar::from_json_schema(bounded(schema)),
+            Constraint::JsonObject => {
+                TopLevelGrammar::from_json_schema(bounded(&json!({"type": "object"})))
+            }
             Constraint::Regex(rx) => TopLevelGrammar::from_regex(rx),
             Constraint::Lark(lark) => TopLevelGrammar::from_lark(lark.clone()),
         };
@@ -176,6 +178,24 @@ impl TokenConstraint {
     }
 }
 
+/// Whitespace a JSON constraint allows between tokens, as llama.cpp's
+/// JSON-schema grammars: one space, or a newline and up to 20 spaces or
+/// tabs. llguidance's default (any run of whitespace) lets a small model
+/// sample whitespace until `max_tokens` (SmolLM2-135M did, under a schema
+/// at temperature 0.8).
+const JSON_WHITESPACE: &str = r"( |\n[ \t]{0,20})";
+
+/// `schema` with [`JSON_WHITESPACE`] as its whitespace, unless the schema
+/// sets llguidance's options itself (`x-guidance`) or is not an object.
+fn bounded(schema: &serde_json::Value) -> serde_json::Value {
+    let mut schema = schema.clone();
+    if let Some(obj) = schema.as_object_mut() {
+        obj.entry("x-guidance")
+            .or_insert_with(|| json!({ "whitespace_pattern": JSON_WHITESPACE }));
+    }
+    schema
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -233,6 +253,31 @@ mod tests {
             c.commit(u32::from(*b)).unwrap();
         }
         assert!(c.is_finished());
+    }
+
+    /// Between JSON tokens: one space, or a newline and up to 20 spaces or
+    /// tabs; never a 21st, nor two spaces.
+    #[test]
+    fn json_whitespace_is_bounded() {
+        let compiler = compiler();
+        let schema = json!({"type": "object", "properties": {"ok": {"type": "boolean"}}});
+        let (space, tab) = (u32::from(b' '), u32::from(b'\t'));
+        let mut c = compiler.compile(&Constraint::JsonSchema(schema)).unwrap();
+        for b in b"{\n" {
+            c.commit(u32::from(*b)).unwrap();
+        }
+        for _ in 0..20 {
+            assert!(allowed(&mut c, 262).contains(&tab));
+            c.commit(tab).unwrap();
+        }
+        let next = allowed(&mut c, 262);
+        assert!(!next.contains(&tab) && !next.contains(&space), "a 21st");
+        assert!(next.contains(&u32::from(b'"')));
+        let mut c = compiler.compile(&Constraint::JsonObject).unwrap();
+        for b in b"{ " {
+            c.commit(u32::from(*b)).unwrap();
+        }
+        assert!(!allowed(&mut c, 262).contains(&space), "two spaces");
     }
 
     #[test]
