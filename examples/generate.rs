@@ -364,7 +364,8 @@ fn teacher_force(
     let prompt_ids = model.prompt_ids(prompt)?;
     let mut session = model.session()?;
     let t = Instant::now();
-    let mut logits = session.feed(&prompt_ids)?;
+    let mut logits = Vec::new();
+    session.prefill_into(&prompt_ids, &mut logits)?;
     let prefill_s = t.elapsed().as_secs_f64();
     let top_logits = top_k(&logits, args.top_logits);
     let mut steps = Vec::new();

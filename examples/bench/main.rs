@@ -264,7 +264,7 @@ fn run(args: Args) -> Result<()> {
             session.reset();
             let context: Vec<u32> = (0..args.depth).map(|_| rng.below(vocab)).collect();
             if !context.is_empty() {
-                session.feed_into(&context, &mut logits)?;
+                session.prefill_into(&context, &mut logits)?;
             }
             let t = Instant::now();
             if n_prompt > 0 {
@@ -277,7 +277,7 @@ fn run(args: Args) -> Result<()> {
                         }
                     })
                     .collect();
-                session.feed_into(&tokens, &mut logits)?;
+                session.prefill_into(&tokens, &mut logits)?;
             }
             let mut token = bos.unwrap_or(rng.below(vocab));
             for _ in 0..n_gen {

@@ -106,7 +106,7 @@ impl Session {
     pub fn feed(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
         let mut logits = Vec::new();
         self.state
-            .run(&self.model.inner, tokens, Run::Prefill, &mut logits)?;
+            .run(&self.model.inner, tokens, Run::Feed, &mut logits)?;
         self.cached.extend_from_slice(tokens);
         Ok(logits)
     }
@@ -115,6 +115,16 @@ impl Session {
     /// `vocab_size`) instead of a new vector: no allocation per step, for
     /// benchmarks and tight loops.
     pub fn feed_into(&mut self, tokens: &[u32], logits: &mut Vec<f32>) -> Result<()> {
+        self.state
+            .run(&self.model.inner, tokens, Run::Feed, logits)?;
+        self.cached.extend_from_slice(tokens);
+        Ok(())
+    }
+
+    /// Like [`feed_into`](Self::feed_into) for a prompt: its passes are a
+    /// prompt's, as a generation runs its prompt (faster where the backend
+    /// has a prompt product: see `Model::forward_prompt`).
+    pub fn prefill_into(&mut self, tokens: &[u32], logits: &mut Vec<f32>) -> Result<()> {
         self.state
             .run(&self.model.inner, tokens, Run::Prefill, logits)?;
         self.cached.extend_from_slice(tokens);
@@ -157,14 +167,16 @@ struct State(Box<dyn DecoderSession>);
 /// How [`State::run`] runs its tokens and which logits it keeps.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Run {
-    /// In chunks; the last position's logits.
+    /// A prompt, in chunks; the last position's logits.
     Prefill,
+    /// In chunks, as decode steps; the last position's logits.
+    Feed,
+    /// One chunk of a prompt (the last: its last position's logits).
+    PromptChunk { last: bool },
     /// As one pass; the last position's logits.
     Last,
     /// As one pass; every position's logits, one row each.
     All,
-    /// As one pass; no logits (a prefill chunk before the last).
-    Skip,
 }
 
 /// What a generation needs for its next event ([`Generation::begin`]).
@@ -190,16 +202,18 @@ impl State {
     }
 
     /// Runs `tokens` at the cache's position as `how` says and writes the
-    /// logits it keeps into `out` (left as it was by [`Run::Skip`]).
+    /// logits it keeps into `out` (left as it was by a prompt chunk before the last).
     fn run(&mut self, model: &Inner, tokens: &[u32], how: Run, out: &mut Vec<f32>) -> Result<()> {
         let session = &mut self.0;
         let logits = model.pool.install(|| match how {
             Run::Prefill => session.prefill(tokens),
+            Run::Feed => session.feed(tokens),
+            Run::PromptChunk { last: true } => session.forward_prompt(tokens, LogitsMode::Last),
+            Run::PromptChunk { last: false } => session.forward_prompt(tokens, LogitsMode::Skip),
             Run::Last => session.forward(tokens, LogitsMode::Last),
             Run::All => session.forward(tokens, LogitsMode::All),
-            Run::Skip => session.forward(tokens, LogitsMode::Skip),
         })?;
-        if how != Run::Skip {
+        if how != (Run::PromptChunk { last: false }) {
             out.clear();
             out.extend_from_slice(logits);
         }
@@ -779,7 +793,7 @@ impl Generation {
         let chunk = s.state.0.max_chunk();
         let end = self.prompt.len().min(kept + chunk);
         let last = end == self.prompt.len();
-        let how = if last { Run::Last } else { Run::Skip };
+        let how = Run::PromptChunk { last };
         s.state.run(
             &s.model.inner,
             &self.prompt[kept..end],

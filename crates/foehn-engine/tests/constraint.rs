@@ -288,7 +288,10 @@ fn constrained_output_feeds_forced_tokens_as_one_chunk_yet_matches_step_by_step(
     let prompt = model.prompt_ids(&req.prompt).unwrap();
     let (ids, _, _) = run(&model, req);
     let mut session = model.session().unwrap();
-    let mut logits = session.feed(&prompt).unwrap();
+    // The prompt as a generation runs it (a prompt's passes), then each
+    // token as a decode step.
+    let mut logits = Vec::new();
+    session.prefill_into(&prompt, &mut logits).unwrap();
     let mut c = model.compile_constraint(&constraint).unwrap();
     let mut forced = std::collections::VecDeque::new();
     for &id in &ids {

@@ -122,6 +122,15 @@ pub trait Backend: Sized + Send + Sync + std::fmt::Debug + 'static {
     /// [`ModelError::Config`](crate::ModelError::Config) for a precision the
     /// backend does not offer.
     fn set_precision(&self, work: &mut Self::Work, precision: ActPrecision) -> Result<()>;
+    /// Marks the passes that use `work` as a prompt's (or not): a backend
+    /// may compute their products differently from a decode step's, as
+    /// long as each row's results do not depend on the pass's other rows
+    /// (the CPU backend: in bf16 on AMX tiles, see
+    /// [`MatScratch::set_prompt`](foehn_kernels::MatScratch::set_prompt)).
+    /// Default: no difference.
+    fn set_prompt(&self, work: &mut Self::Work, prompt: bool) {
+        let _ = (work, prompt);
+    }
 
     /// Most tokens per forward pass that `work` takes.
     fn work_chunk(&self, work: &Self::Work) -> usize;

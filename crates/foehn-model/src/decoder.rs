@@ -280,7 +280,41 @@ impl<B: Backend> Model<B> {
         work: &'w mut B::Work,
         mode: LogitsMode,
     ) -> Result<&'w [f32]> {
+        self.pass(tokens, cache, work, mode, false)
+    }
+
+    /// As [`forward`](Self::forward), for a chunk of a prompt: the backend
+    /// may compute its products faster than a decode step's (the CPU: in
+    /// bf16 on AMX tiles), to results as precise but not the same bits.
+    /// Each row's results do not depend on the chunk's other rows, so a
+    /// prompt gives the same results however it is split (prefix caching),
+    /// as long as all of it runs this way; rows that must equal a decode
+    /// step's (verifying drafts, batched steps) run through
+    /// [`forward`](Self::forward).
+    ///
+    /// # Errors
+    /// As [`forward`](Self::forward).
+    pub fn forward_prompt<'w>(
+        &self,
+        tokens: &[u32],
+        cache: &mut KvCache<B::Kv>,
+        work: &'w mut B::Work,
+        mode: LogitsMode,
+    ) -> Result<&'w [f32]> {
+        self.pass(tokens, cache, work, mode, true)
+    }
+
+    /// [`forward`](Self::forward) or, `prompt`, [`forward_prompt`](Self::forward_prompt).
+    fn pass<'w>(
+        &self,
+        tokens: &[u32],
+        cache: &mut KvCache<B::Kv>,
+        work: &'w mut B::Work,
+        mode: LogitsMode,
+        prompt: bool,
+    ) -> Result<&'w [f32]> {
         self.check_chunk(tokens, cache, work)?;
+        self.backend.set_prompt(work, prompt);
         let (b, eps) = (&self.backend, self.cfg.rms_norm_eps);
         b.embed(work, &self.embed, &self.rope, tokens, cache.position())?;
         self.blocks(work, |w, l| {
@@ -326,6 +360,7 @@ impl<B: Backend> Model<B> {
             self.check_chunk(&[token], cache, work)?;
         }
         self.backend.check_work(work, &self.cfg, tokens.len())?;
+        self.backend.set_prompt(work, false);
         let (b, eps) = (&self.backend, self.cfg.rms_norm_eps);
         let positions = caches.iter().map(|c| c.position()).collect::<Vec<_>>();
         b.embed_batch(work, &self.embed, &self.rope, tokens, &positions)?;
@@ -372,7 +407,8 @@ impl<B: Backend> Model<B> {
     }
 
     /// Runs a prompt of any length in chunks of up to the cache's (and the
-    /// work buffers') chunk size and returns the last token's logits.
+    /// work buffers') chunk size, each a [`forward_prompt`](Self::forward_prompt),
+    /// and returns the last token's logits.
     ///
     /// # Shapes
     /// - `tokens`: `n ≥ 1`.
@@ -387,6 +423,32 @@ impl<B: Backend> Model<B> {
         cache: &mut KvCache<B::Kv>,
         work: &'w mut B::Work,
     ) -> Result<&'w [f32]> {
+        self.chunks(tokens, cache, work, true)
+    }
+
+    /// As [`prefill`](Self::prefill), each chunk a [`forward`](Self::forward):
+    /// the results of decode steps (teacher forcing, a draft model catching
+    /// up), whatever the length.
+    ///
+    /// # Errors
+    /// As [`prefill`](Self::prefill).
+    pub fn feed<'w>(
+        &self,
+        tokens: &[u32],
+        cache: &mut KvCache<B::Kv>,
+        work: &'w mut B::Work,
+    ) -> Result<&'w [f32]> {
+        self.chunks(tokens, cache, work, false)
+    }
+
+    /// [`prefill`](Self::prefill) or, not `prompt`, [`feed`](Self::feed).
+    fn chunks<'w>(
+        &self,
+        tokens: &[u32],
+        cache: &mut KvCache<B::Kv>,
+        work: &'w mut B::Work,
+        prompt: bool,
+    ) -> Result<&'w [f32]> {
         if tokens.is_empty() {
             return Err(ModelError::EmptyInput);
         }
@@ -395,9 +457,9 @@ impl<B: Backend> Model<B> {
         let mut chunks = tokens.chunks(chunk).peekable();
         while let Some(c) = chunks.next() {
             if chunks.peek().is_some() {
-                self.forward(c, cache, work, LogitsMode::Skip)?;
+                self.pass(c, cache, work, LogitsMode::Skip, prompt)?;
             } else {
-                return self.forward(c, cache, work, LogitsMode::Last);
+                return self.pass(c, cache, work, LogitsMode::Last, prompt);
             }
         }
         Err(ModelError::EmptyInput)

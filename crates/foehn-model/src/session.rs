@@ -41,11 +41,21 @@ pub trait DecoderSession: Send {
     /// # Errors
     /// As [`Model::forward`].
     fn forward(&mut self, tokens: &[u32], mode: LogitsMode) -> Result<&[f32]>;
+    /// One chunk of a prompt, as [`Model::forward_prompt`].
+    ///
+    /// # Errors
+    /// As [`Model::forward`].
+    fn forward_prompt(&mut self, tokens: &[u32], mode: LogitsMode) -> Result<&[f32]>;
     /// A prompt of any length, as [`Model::prefill`].
     ///
     /// # Errors
     /// As [`Model::prefill`].
     fn prefill(&mut self, tokens: &[u32]) -> Result<&[f32]>;
+    /// Tokens of any length as decode steps compute them, as [`Model::feed`].
+    ///
+    /// # Errors
+    /// As [`Model::feed`].
+    fn feed(&mut self, tokens: &[u32]) -> Result<&[f32]>;
     /// Bytes of the session's KV cache.
     fn memory_bytes(&self) -> usize;
     /// Most tokens one [`forward`](Self::forward) takes (the chunk size
@@ -142,8 +152,17 @@ impl<B: Backend> DecoderSession for Bound<B> {
             .forward(tokens, &mut self.cache, &mut self.work, mode)
     }
 
+    fn forward_prompt(&mut self, tokens: &[u32], mode: LogitsMode) -> Result<&[f32]> {
+        self.model
+            .forward_prompt(tokens, &mut self.cache, &mut self.work, mode)
+    }
+
     fn prefill(&mut self, tokens: &[u32]) -> Result<&[f32]> {
         self.model.prefill(tokens, &mut self.cache, &mut self.work)
+    }
+
+    fn feed(&mut self, tokens: &[u32]) -> Result<&[f32]> {
+        self.model.feed(tokens, &mut self.cache, &mut self.work)
     }
 
     fn memory_bytes(&self) -> usize {

@@ -518,3 +518,40 @@ fn safetensors_tensor_of_uncomputable_dtype_is_an_error_at_build() {
         "{err}"
     );
 }
+
+/// `ActPrecision::PromptBf16`: a prompt computed in bf16 passes (where the
+/// CPU has AMX-BF16; elsewhere as Q8) gives logits within twice the
+/// variant's tolerance of the Q8 ones (each is within it of the
+/// reference), and the same bits however the prompt is split into passes,
+/// down to a pass of one token — what the prefix cache relies on.
+#[test]
+fn bf16_prompts_are_close_to_q8_and_split_invariant() {
+    use foehn_model::ActPrecision;
+    let p40 = prompts()[2].1.clone();
+    for variant in ["Q8_0", "Q4_0", "Q4_K_M", "Q6_K"] {
+        let model = gguf_model(variant);
+        let tol = LLAMA_CPP_FACTOR * llama_cpp_distance(variant);
+        let run = |precision: ActPrecision, cuts: &[usize]| {
+            let (mut cache, mut scratch) = session(&model, KvCacheType::F32, 512);
+            scratch.set_act_precision(precision);
+            let (mut at, mut last) = (0, Vec::new());
+            for &end in cuts {
+                last = model
+                    .prefill(&p40[at..end], &mut cache, &mut scratch)
+                    .unwrap()
+                    .to_vec();
+                at = end;
+            }
+            last
+        };
+        let q8 = run(ActPrecision::Q8, &[40]);
+        let whole = run(ActPrecision::PromptBf16, &[40]);
+        let d = max_abs_diff(&whole, &q8);
+        eprintln!("{variant}: bf16 prompt vs Q8 max abs diff {d:.2e} (tol {tol:.2e})");
+        assert!(d <= 2.0 * tol, "{variant}: bf16 prompt vs Q8 {d}");
+        for cuts in [&[36, 40][..], &[7, 14, 21, 28, 35, 39, 40]] {
+            let split = run(ActPrecision::PromptBf16, cuts);
+            assert_eq!(split, whole, "{variant}: split at {cuts:?}");
+        }
+    }
+}

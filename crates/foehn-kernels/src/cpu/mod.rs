@@ -10,18 +10,18 @@
 /// no kernel for it.
 macro_rules! layout_select {
     ($tile:ident) => {
-        layout_select!(@ $tile, return None);
+        layout_select!(fn select -> $crate::cpu::RawTileFn = $tile, return None);
     };
     ($tile:ident, $split:expr) => {
-        layout_select!(@ $tile, $split);
+        layout_select!(fn select -> $crate::cpu::RawTileFn = $tile, $split);
     };
-    (@ $tile:ident, $split:expr) => {
-        /// The kernel of `shape`.
-        pub(crate) fn select(
-            shape: $crate::cpu::shape::KernelShape,
-        ) -> Option<$crate::cpu::RawTileFn> {
+    // Any entry point generic over the layout: `$name` picks `$tile`'s
+    // monomorph (of type `$ty`) for a shape.
+    (fn $name:ident -> $ty:ty = $tile:ident, $split:expr) => {
+        /// The monomorph of `shape`.
+        pub(crate) fn $name(shape: $crate::cpu::shape::KernelShape) -> Option<$ty> {
             use $crate::cpu::shape::KernelShape::*;
-            let f: $crate::cpu::RawTileFn = match shape {
+            let f: $ty = match shape {
                 Nib32 => $tile::<true, 32, false, false>,
                 Nib32Min => $tile::<true, 32, false, true>,
                 Byte32 | Wide32 => $tile::<false, 32, false, false>,
@@ -130,6 +130,7 @@ fn prefetch(p: *const u8, bytes: usize) {
 }
 
 pub(crate) mod act;
+pub(crate) mod bf16;
 pub(crate) mod direct;
 pub(crate) mod format;
 pub(crate) mod pack;
@@ -138,6 +139,8 @@ pub(crate) mod shape;
 
 #[cfg(target_arch = "x86_64")]
 mod amx;
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod amx_bf16;
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 #[cfg(target_arch = "x86_64")]

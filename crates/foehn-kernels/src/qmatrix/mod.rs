@@ -30,6 +30,7 @@
 
 mod packing;
 mod precision;
+mod prompt;
 mod schedule;
 mod storage;
 #[cfg(test)]

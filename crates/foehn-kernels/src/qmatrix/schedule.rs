@@ -20,11 +20,11 @@ pub(super) const CHUNKS_PER_THREAD: usize = 4;
 
 /// Below this many weights per product, splitting over threads costs more than
 /// it saves.
-const MIN_PARALLEL_WEIGHTS: usize = 1 << 15;
+pub(super) const MIN_PARALLEL_WEIGHTS: usize = 1 << 15;
 
 /// A pointer to the output that tasks of one product write disjoint parts of.
 #[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
+pub(super) struct OutPtr(pub(super) *mut f32);
 // SAFETY: each task of a product writes a disjoint set of elements, and the
 // product returns only after every task is done.
 unsafe impl Send for OutPtr {}

@@ -169,6 +169,10 @@ impl Backend for Cpu {
         Ok(())
     }
 
+    fn set_prompt(&self, work: &mut Scratch, prompt: bool) {
+        work.mat.set_prompt(prompt);
+    }
+
     fn work_chunk(&self, work: &Scratch) -> usize {
         work.chunk()
     }
@@ -426,6 +430,11 @@ impl Backend for Cpu {
         };
         let (n, hidden, vocab) = (s.n, s.dims.hidden, s.dims.vocab);
         let xs = s.take(x);
+        // The output projection's products are a decode step's in any
+        // pass: a prompt's has one row (its last), which the bf16 prompt
+        // product would compute at the cost of converting every weight.
+        let prompt = s.mat.prompt();
+        s.mat.set_prompt(false);
         let r = match mode {
             LogitsMode::Skip => Ok(0),
             LogitsMode::Last => {
@@ -446,6 +455,7 @@ impl Backend for Cpu {
             }
         };
         s.put(x, xs);
+        s.mat.set_prompt(prompt);
         Ok(&s.logits[..r?])
     }
 }
