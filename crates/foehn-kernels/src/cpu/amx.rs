@@ -101,7 +101,7 @@ unsafe fn tile<const NIB: bool, const G: usize, const SUP: bool, const MIN: bool
 
 /// A 64-byte aligned buffer (tile loads and stores of whole cache lines).
 #[repr(C, align(64))]
-struct Aligned<T>(T);
+pub(super) struct Aligned<T>(pub(super) T);
 
 /// The tile registers: two of the sums of 16 activation rows, those rows'
 /// levels of one group and the group's signed weight levels (used in turn,
@@ -120,21 +120,28 @@ const A_TAIL: usize = 7;
 /// block of `tail` activation rows (0: none); the sums are 16 i32 a row,
 /// the weights `g / 4` rows of 16 weight rows' 4-byte words.
 fn config(g: usize, tail: usize) -> Aligned<[u8; 64]> {
+    let line = 4 * TILE;
+    palette(&[
+        (C0, TILE, line),
+        (A0, TILE, g),
+        (B0, g / 4, line),
+        (C1, TILE, line),
+        (A1, TILE, g),
+        (B1, g / 4, line),
+        (C_TAIL, tail, line),
+        (A_TAIL, tail, g),
+    ])
+}
+
+/// A tile configuration of palette 1: `(register, rows, bytes per row)`
+/// for each register used (those of 0 rows left unconfigured).
+pub(super) fn palette(shapes: &[(usize, usize, usize)]) -> Aligned<[u8; 64]> {
     let mut cfg = [0u8; 64];
     cfg[0] = 1;
-    let mut set = |t: usize, rows: usize, bytes: usize| {
-        if rows > 0 {
-            cfg[16 + 2 * t..18 + 2 * t].copy_from_slice(&(bytes as u16).to_le_bytes());
-            cfg[48 + t] = rows as u8;
-        }
-    };
-    for (c, a, b) in [(C0, A0, B0), (C1, A1, B1)] {
-        set(c, TILE, 4 * TILE);
-        set(a, TILE, g);
-        set(b, g / 4, 4 * TILE);
+    for &(t, rows, bytes) in shapes.iter().filter(|s| s.1 > 0) {
+        cfg[16 + 2 * t..18 + 2 * t].copy_from_slice(&(bytes as u16).to_le_bytes());
+        cfg[48 + t] = rows as u8;
     }
-    set(C_TAIL, tail, 4 * TILE);
-    set(A_TAIL, tail, g);
     Aligned(cfg)
 }
 
@@ -196,18 +203,15 @@ unsafe fn store_sums<const T: usize>(c: *mut i32) {
     }
 }
 
-/// Rewrites one group of levels at `wp` (packed layout) as signed levels
-/// `u − off` in the second operand's layout at `b`: word `p` (levels
-/// `4p..4p + 4` of each row) at `b[p · 64..]`. `SPLIT`: the nibbles' high
+/// The unsigned levels of one group at `wp` (packed layout), a packed
+/// word at a time: `f(levels, first)` for each 64 bytes of levels (16 rows
+/// × 4 levels `first..first + 4` of the group). `SPLIT`: the nibbles' high
 /// two bits come from the plane word that follows them.
 #[inline(always)]
-unsafe fn signed_group<const NIB: bool, const G: usize, const SPLIT: bool>(
+pub(super) unsafe fn group_levels<const NIB: bool, const G: usize, const SPLIT: bool>(
     wp: *const u8,
-    off: i32,
-    b: *mut u8,
+    mut f: impl FnMut(__m512i, usize),
 ) {
-    // Wrapping: u − off lies within ±128 for every format.
-    let off = _mm512_set1_epi8(off as i8);
     if NIB {
         // The group's G/8 words hold its low nibbles (levels 0..G/2) and
         // high nibbles (levels G/2..G).
@@ -228,15 +232,30 @@ unsafe fn signed_group<const NIB: bool, const G: usize, const SPLIT: bool>(
                 lo = _mm512_or_si512(lo, high(p));
                 hi = _mm512_or_si512(hi, high(nd + p));
             }
-            _mm512_store_si512(b.add(p * 64).cast(), _mm512_sub_epi8(lo, off));
-            _mm512_store_si512(b.add((nd + p) * 64).cast(), _mm512_sub_epi8(hi, off));
+            f(lo, 4 * p);
+            f(hi, G / 2 + 4 * p);
         }
     } else {
         for p in 0..G / 4 {
-            let v = _mm512_loadu_si512(wp.add(p * 64).cast());
-            _mm512_store_si512(b.add(p * 64).cast(), _mm512_sub_epi8(v, off));
+            f(_mm512_loadu_si512(wp.add(p * 64).cast()), 4 * p);
         }
     }
+}
+
+/// Rewrites one group of levels at `wp` (packed layout) as signed levels
+/// `u − off` in the second operand's layout at `b`: word `p` (levels
+/// `4p..4p + 4` of each row) at `b[p · 64..]`.
+#[inline(always)]
+unsafe fn signed_group<const NIB: bool, const G: usize, const SPLIT: bool>(
+    wp: *const u8,
+    off: i32,
+    b: *mut u8,
+) {
+    // Wrapping: u − off lies within ±128 for every format.
+    let off = _mm512_set1_epi8(off as i8);
+    group_levels::<NIB, G, SPLIT>(wp, |v, first| {
+        _mm512_store_si512(b.add(first / 4 * 64).cast(), _mm512_sub_epi8(v, off));
+    });
 }
 
 /// What every step of one call reads and writes.

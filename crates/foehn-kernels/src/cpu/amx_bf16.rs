@@ -14,6 +14,7 @@ use std::arch::x86_64::*;
 use std::ops::Range;
 use std::sync::OnceLock;
 
+use super::amx::Aligned;
 use super::bf16::{act_index, STEP, STEP_WORDS};
 use super::format::{Format, UnitLayout, SUPER, TILE};
 
@@ -135,31 +136,9 @@ unsafe fn convert_units<
                 let at = k0 + first;
                 base.add(at / STEP * STEP_WORDS + at % STEP / 2 * 2 * TILE)
             };
-            if NIB {
-                let mask = _mm512_set1_epi8(0x0f);
-                let nd = G / 8;
-                let plane = if SPLIT {
-                    _mm512_loadu_si512(wp.add(nd * 64).cast())
-                } else {
-                    _mm512_setzero_si512()
-                };
-                for p in 0..nd {
-                    let v = _mm512_loadu_si512(wp.add(p * 64).cast());
-                    let mut lo = _mm512_and_si512(v, mask);
-                    let mut hi = _mm512_and_si512(_mm512_srli_epi16::<4>(v), mask);
-                    if SPLIT {
-                        lo = _mm512_or_si512(lo, super::avx512::split_high_bits(plane, p));
-                        hi = _mm512_or_si512(hi, super::avx512::split_high_bits(plane, nd + p));
-                    }
-                    word(&ops, &scale, lo, out(4 * p));
-                    word(&ops, &scale, hi, out(G / 2 + 4 * p));
-                }
-            } else {
-                for p in 0..G / 4 {
-                    let v = _mm512_loadu_si512(wp.add(p * 64).cast());
-                    word(&ops, &scale, v, out(4 * p));
-                }
-            }
+            super::amx::group_levels::<NIB, G, SPLIT>(wp, |v, first| {
+                word(&ops, &scale, v, out(first));
+            });
         }
     }
 }
@@ -270,10 +249,6 @@ pub(crate) unsafe fn round_acts(xs: &[f32], cols: usize, dst: &mut [u16]) {
     }
 }
 
-/// A 64-byte aligned tile configuration.
-#[repr(C, align(64))]
-struct Config([u8; 64]);
-
 /// The tile registers: the sums of activation rows 0–15 and 16–31 of a
 /// block with weight rows 0–15 and 16–31, the activation rows' two
 /// operands, the weights' two.
@@ -288,29 +263,19 @@ const B1: usize = 7;
 
 /// The configuration (palette 1) for blocks of `rows` (1..=32) activation
 /// rows: the second half's registers only where there are more than 16.
-fn config(rows: usize) -> Config {
-    let mut cfg = [0u8; 64];
-    cfg[0] = 1;
+fn config(rows: usize) -> Aligned<[u8; 64]> {
     let (r0, r1) = (rows.min(TILE), rows.saturating_sub(TILE));
-    let mut set = |t: usize, rows: usize| {
-        if rows > 0 {
-            cfg[16 + 2 * t..18 + 2 * t].copy_from_slice(&64u16.to_le_bytes());
-            cfg[48 + t] = rows as u8;
-        }
-    };
-    for (t, r) in [
-        (C00, r0),
-        (C01, r0),
-        (C10, r1),
-        (C11, r1),
-        (A0, r0),
-        (A1, r1),
-    ] {
-        set(t, r);
-    }
-    set(B0, TILE);
-    set(B1, TILE);
-    Config(cfg)
+    let line = 4 * TILE;
+    super::amx::palette(&[
+        (C00, r0, line),
+        (C01, r0, line),
+        (C10, r1, line),
+        (C11, r1, line),
+        (A0, r0, line),
+        (A1, r1, line),
+        (B0, TILE, line),
+        (B1, TILE, line),
+    ])
 }
 
 /// One prompt product's operands: weights packed as `fmt` (`tiles`, whose

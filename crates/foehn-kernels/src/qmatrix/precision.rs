@@ -51,7 +51,8 @@ pub struct MatScratch {
     pub(super) wide_out: Vec<f32>,
     /// Products of a prompt pass ([`set_prompt`](Self::set_prompt)).
     prompt: bool,
-    /// A prompt product's activations rounded to bf16.
+    /// A prompt product's activations rounded to bf16 (x86-64's AMX-BF16).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub(super) bf16: Vec<u16>,
 }
 
