@@ -41,7 +41,7 @@ pub struct ModelFlags {
     /// Quantize activations in two 8-bit passes (the levels, then what they lost): the logits of f32 activations, at 2-2.3x the prefill time (cpu backend).
     #[arg(long)]
     pub precise: bool,
-    /// Compute the prompt's passes in bf16 on AMX-BF16 tiles where the CPU has them (Intel Xeon 4th gen on): 7B pp512 about 1.8x faster; as precise as the 8-bit activations but not the same bits as decode steps, and until a deferred matrix is packed a short prompt computes as a decode step (cpu backend).
+    /// Compute the prompt's passes in bf16 on AMX-BF16 tiles where the CPU has them (Intel Xeon 4th gen on): 7B pp512 1.3-1.6x faster, a pass of few tokens slower; as precise as the 8-bit activations but not the same bits as decode steps, and until a deferred matrix is packed a short prompt computes as a decode step (cpu backend).
     #[arg(long, conflicts_with = "precise")]
     pub prompt_bf16: bool,
     /// Instruction set of the CPU kernels: scalar, avx2, avx512vnni, avx512amx or neon-dotprod (default: the best this CPU runs; cpu backend).

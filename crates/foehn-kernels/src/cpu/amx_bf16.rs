@@ -7,7 +7,8 @@
 //!
 //! So the tile unit runs with no per-group stores or scaling between its
 //! products (the int8 kernel, [`super::amx`], stores and scales the sums
-//! of every group of 32 weights): about 4× its speed on a 7B prompt.
+//! of every group of 32 weights): 2.7–4.5× its products at 512 rows
+//! (4096 × 4096, 2 threads), 1.3–1.6× its 7B pp512.
 
 use std::arch::asm;
 use std::arch::x86_64::*;

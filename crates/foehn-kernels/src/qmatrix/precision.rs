@@ -27,7 +27,7 @@ pub enum ActPrecision {
     /// the context's instruction set is
     /// [`Isa::Avx512Amx`](crate::Isa::Avx512Amx)): there the products
     /// compute in bf16 — the activations and the weights rounded to bf16,
-    /// summed in f32 — about 2.5× faster for a long prompt (slower for a
+    /// summed in f32 — 1.3–1.6× faster for a 7B pp512 (slower for a
     /// few rows, whose cost is converting every weight), as precise as
     /// `Q8` (bf16 loses at most 2⁻⁹ of each value), but not the same bits
     /// as a decode step. Each row's results do not depend on the pass's
