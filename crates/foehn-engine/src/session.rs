@@ -98,16 +98,15 @@ impl Session {
         self.cached.clear();
     }
 
-    /// Runs `tokens` after what the cache holds and returns the logits of the
-    /// last one (the low-level path behind teacher forcing and perplexity).
+    /// Runs `tokens` after what the cache holds, each chunk as a decode step
+    /// computes it, and returns the logits of the last one (the low-level
+    /// path behind teacher forcing and perplexity).
     ///
     /// # Shapes
     /// The result has `vocab_size` entries.
     pub fn feed(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
         let mut logits = Vec::new();
-        self.state
-            .run(&self.model.inner, tokens, Run::Feed, &mut logits)?;
-        self.cached.extend_from_slice(tokens);
+        self.feed_into(tokens, &mut logits)?;
         Ok(logits)
     }
 
@@ -115,18 +114,20 @@ impl Session {
     /// `vocab_size`) instead of a new vector: no allocation per step, for
     /// benchmarks and tight loops.
     pub fn feed_into(&mut self, tokens: &[u32], logits: &mut Vec<f32>) -> Result<()> {
-        self.state
-            .run(&self.model.inner, tokens, Run::Feed, logits)?;
-        self.cached.extend_from_slice(tokens);
-        Ok(())
+        self.run_into(tokens, Run::Feed, logits)
     }
 
     /// Like [`feed_into`](Self::feed_into) for a prompt: its passes are a
     /// prompt's, as a generation runs its prompt (faster where the backend
     /// has a prompt product: see `Model::forward_prompt`).
     pub fn prefill_into(&mut self, tokens: &[u32], logits: &mut Vec<f32>) -> Result<()> {
-        self.state
-            .run(&self.model.inner, tokens, Run::Prefill, logits)?;
+        self.run_into(tokens, Run::Prefill, logits)
+    }
+
+    /// Runs `tokens` as `how` says after what the cache holds, the last
+    /// logits into `logits`, and records them as cached.
+    fn run_into(&mut self, tokens: &[u32], how: Run, logits: &mut Vec<f32>) -> Result<()> {
+        self.state.run(&self.model.inner, tokens, how, logits)?;
         self.cached.extend_from_slice(tokens);
         Ok(())
     }
@@ -179,6 +180,14 @@ enum Run {
     All,
 }
 
+impl Run {
+    /// Whether the pass returns logits (all but a prompt chunk before the
+    /// last).
+    fn keeps_logits(self) -> bool {
+        self != (Run::PromptChunk { last: false })
+    }
+}
+
 /// What a generation needs for its next event ([`Generation::begin`]).
 pub(crate) enum Next {
     /// The event (`None`: the generation is over), without a forward pass.
@@ -202,7 +211,8 @@ impl State {
     }
 
     /// Runs `tokens` at the cache's position as `how` says and writes the
-    /// logits it keeps into `out` (left as it was by a prompt chunk before the last).
+    /// logits it keeps into `out` (left as it was where it keeps none:
+    /// [`Run::keeps_logits`]).
     fn run(&mut self, model: &Inner, tokens: &[u32], how: Run, out: &mut Vec<f32>) -> Result<()> {
         let session = &mut self.0;
         let logits = model.pool.install(|| match how {
@@ -213,7 +223,7 @@ impl State {
             Run::Last => session.forward(tokens, LogitsMode::Last),
             Run::All => session.forward(tokens, LogitsMode::All),
         })?;
-        if how != (Run::PromptChunk { last: false }) {
+        if how.keeps_logits() {
             out.clear();
             out.extend_from_slice(logits);
         }
