@@ -358,6 +358,15 @@ impl LocalModel {
         self.inner.net.config()
     }
 
+    /// Returns once the weights the model packs in the background after
+    /// loading (CPU backend: its Q8_0 and k-quant matrices)
+    /// are packed, packing the rest on this thread meanwhile. The model
+    /// computes the same values before and after; only speed differs, so
+    /// `bench` calls this before timing decode.
+    pub fn finish_packing(&self) {
+        self.inner.net.finish_packing();
+    }
+
     /// The CPU-backend transformer (`None` on the candle backend), for
     /// low-level use such as its weight matrices.
     pub fn cpu_transformer(&self) -> Option<&Transformer> {

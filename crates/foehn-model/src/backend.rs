@@ -104,6 +104,13 @@ pub trait Backend: Sized + Send + Sync + std::fmt::Debug + 'static {
         let _ = model;
     }
 
+    /// Returns once what [`loaded`](Self::loaded) started in the background
+    /// is done (the CPU backend packs the rest of its deferred matrices on
+    /// this thread meanwhile). Default: nothing.
+    fn finish_packing(model: &Model<Self>) {
+        let _ = model;
+    }
+
     // ---- sessions ---------------------------------------------------------
 
     /// Storage for the keys and values of a cache of `geom`.

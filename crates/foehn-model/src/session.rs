@@ -118,6 +118,11 @@ pub trait Decoder: Send + Sync + std::fmt::Debug {
         max_rows: usize,
         opts: &SessionOptions,
     ) -> Result<Box<dyn DecoderBatch>>;
+    /// Returns once the work the backend started at load is done: the CPU
+    /// backend's background packing of deferred matrices, which this thread
+    /// joins. Until then the first decode steps run beside it; benchmarks
+    /// call this to time the steady state.
+    fn finish_packing(&self);
     /// The model as [`Any`], to reach a backend's own API
     /// (`downcast_ref::<Transformer>()`).
     fn as_any(&self) -> &dyn Any;
@@ -292,6 +297,10 @@ impl<B: Backend> Decoder for Model<B> {
             max_rows,
             logits: Vec::new(),
         }))
+    }
+
+    fn finish_packing(&self) {
+        B::finish_packing(self);
     }
 
     fn as_any(&self) -> &dyn Any {

@@ -6,9 +6,9 @@
 //! per 63 such calls (rayon's cost, not ours; a session's decode loop avoids
 //! it the same way).
 //!
-//! Loading starts the background packer (the k-quants' tiles, on a thread of
-//! its own), which allocates as it packs: the test waits until it is done, so
-//! that only the decode steps are counted.
+//! The first forward pass starts the background packer (Q8_0 and k-quant
+//! tiles, on a thread of its own), which allocates as it packs: the test packs
+//! everything first, so that only the decode steps are counted.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -125,12 +125,13 @@ fn decode_steps_do_not_allocate(path: &str, prompt: &[u32]) {
     }
 }
 
-/// Waits until the background packer has packed every deferred k-quant matrix
-/// (`QMatrix::pack_in_background`; Q8_0 stays on the direct kernel) and its
-/// threads have exited (their exit frees and allocates too). Its threads are
+/// Packs every deferred matrix now (`Decoder::finish_packing`; the
+/// background packer would start with the first token) and waits until any
+/// packer threads have exited (their exit frees and allocates too). They are
 /// found by name (`foehn-pack`, which the one-thread pool it starts inherits)
 /// in `/proc/self/task`, where there is one.
 fn wait_for_background_packing(model: &Transformer) {
+    foehn_model::Decoder::finish_packing(model);
     let packer_running = || {
         std::fs::read_dir("/proc/self/task").is_ok_and(|tasks| {
             tasks.flatten().any(|t| {
@@ -139,18 +140,16 @@ fn wait_for_background_packing(model: &Transformer) {
             })
         })
     };
-    let is_k_quant = |m: &&foehn_kernels::QMatrix| m.ty().name().ends_with("_K");
     let start = std::time::Instant::now();
     while model
         .matrices()
         .filter(|m| m.is_deferred())
-        .filter(is_k_quant)
         .any(|m| !m.is_packed())
         || packer_running()
     {
         assert!(
             start.elapsed() < std::time::Duration::from_secs(120),
-            "the background packer has not packed the k-quant matrices in 120 s"
+            "the background packer has not packed the deferred matrices in 120 s"
         );
         std::thread::sleep(std::time::Duration::from_millis(5));
     }

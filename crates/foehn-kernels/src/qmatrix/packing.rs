@@ -4,14 +4,14 @@
 //! tiles, or until the background packer gets to it.
 
 use std::ops::Range;
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use super::storage::{AlignedBytes, ByteSource, SharedPart, Storage};
 use super::QMatrix;
 use crate::cpu::direct::DirectKernel;
 use crate::cpu::format::{Format, TILE};
 use crate::cpu::{pack, SupportedIsa, TileKernel};
-use crate::quant::Defer;
 use crate::Compute;
 
 /// A matrix whose packing waits for a product that needs the tiles: its
@@ -27,6 +27,30 @@ pub(super) struct Deferred {
     pub(super) cols: usize,
     pub(super) row_bytes: usize,
     pub(super) tiles: OnceLock<AlignedBytes>,
+    /// What the first direct product on the matrix starts (see
+    /// [`QMatrix::pack_after_first_use`]), and whether there is one.
+    first_use: Mutex<Option<Hook>>,
+    hooked: AtomicBool,
+}
+
+/// Work started once, by the first direct product on any matrix that holds
+/// it.
+type Hook = Arc<Mutex<Option<Box<dyn FnOnce() + Send>>>>;
+
+impl Deferred {
+    /// Runs the first-use hook, if the matrix holds one (after a direct
+    /// product; only the first call finds it).
+    pub(super) fn used(&self) {
+        if !self.hooked.load(Ordering::Acquire) {
+            return;
+        }
+        self.hooked.store(false, Ordering::Relaxed);
+        let hook = self.first_use.lock().ok().and_then(|mut h| h.take());
+        let start = hook.and_then(|h| h.lock().ok().and_then(|mut f| f.take()));
+        if let Some(start) = start {
+            start();
+        }
+    }
 }
 
 /// Rows in the file's layout to pack: `rows` rows of `bytes`, and the owner
@@ -115,30 +139,55 @@ impl QMatrix {
     /// other on a thread of their own (one core: the products keep the
     /// others), so that decode moves to the tile kernels soon after a model
     /// starts, while its first tokens run on the direct kernels: first those
-    /// of `always`, whatever their type (matrices whose products never have
-    /// many activation rows, such as the output projection, which no
-    /// prefill would pack), then those of `matrices` whose row of the
-    /// quant-type table says it pays (`Defer::Background`: the k-quants, not
-    /// Q8_0). A matrix a product has packed meanwhile is skipped, and so are
+    /// of `first` (matrices whose products never have many activation rows,
+    /// such as the output projection, which no prefill would pack), then
+    /// those of `matrices`. A matrix a product has packed meanwhile is skipped, and so are
     /// the matrices of a model dropped before the thread reaches them.
     /// Returns the thread, or `None` when there is nothing to pack (or no
     /// thread could be started: products then pack as they need to).
     pub fn pack_in_background<'a>(
-        always: &[&'a QMatrix],
+        first: &[&'a QMatrix],
         matrices: impl IntoIterator<Item = &'a QMatrix>,
     ) -> Option<std::thread::JoinHandle<()>> {
-        let background = |m: &QMatrix| m.ty.packing().is_some_and(|p| p.defer == Defer::Background);
-        let todo: Vec<std::sync::Weak<Deferred>> = always
-            .iter()
-            .map(|m| (*m, true))
-            .chain(matrices.into_iter().map(|m| (m, false)))
-            .filter_map(|(m, always)| match &m.storage {
-                Storage::Deferred(d) if d.tiles.get().is_none() && (always || background(m)) => {
-                    Some(Arc::downgrade(d))
-                }
-                _ => None,
-            })
-            .collect();
+        Self::spawn_packer(Self::background_todo(first, matrices))
+    }
+
+    /// As [`pack_in_background`](Self::pack_in_background), but the thread
+    /// starts only when the first direct product on a matrix of `first`
+    /// (or, where `first` has none deferred, on any of the matrices) is
+    /// done: a model calls this at load, and its first token (whose forward
+    /// pass ends with the output projection, in `first`) does not share the
+    /// cores with the packer, and an idle model has no packer thread. 7B
+    /// Q8_0 on AMD Zen 5, `generate -n 1`: the packer started at load took
+    /// the first token from 1.14 s to 1.53–1.57 s.
+    pub fn pack_after_first_use<'a>(
+        first: &[&'a QMatrix],
+        matrices: impl IntoIterator<Item = &'a QMatrix>,
+    ) {
+        let todo = Self::background_todo(first, matrices);
+        if todo.is_empty() {
+            return;
+        }
+        let gate = match Self::background_todo(first, []) {
+            g if g.is_empty() => todo.clone(),
+            g => g,
+        };
+        let start: Box<dyn FnOnce() + Send> = Box::new(move || {
+            // No thread: products pack as they need to.
+            let _ = Self::spawn_packer(todo);
+        });
+        let hook: Hook = Arc::new(Mutex::new(Some(start)));
+        for d in gate.iter().filter_map(Weak::upgrade) {
+            if let Ok(mut h) = d.first_use.lock() {
+                *h = Some(hook.clone());
+                d.hooked.store(true, Ordering::Release);
+            }
+        }
+    }
+
+    /// Packs `todo` in order on a thread of its own; `None` when there is
+    /// nothing to pack or no thread started.
+    fn spawn_packer(todo: Vec<Weak<Deferred>>) -> Option<std::thread::JoinHandle<()>> {
         if todo.is_empty() {
             return None;
         }
@@ -150,12 +199,46 @@ impl QMatrix {
             .name("foehn-pack".into())
             .spawn(move || {
                 one_core.install(|| {
-                    for d in todo.iter().filter_map(std::sync::Weak::upgrade) {
+                    for d in todo.iter().filter_map(Weak::upgrade) {
                         d.tiles();
                     }
                 })
             })
             .ok()
+    }
+
+    /// Packs now, on the calling thread, what
+    /// [`pack_in_background`](Self::pack_in_background) packs for the same
+    /// matrices, and returns once all of it is packed (a matrix another
+    /// thread is packing is waited for, not packed twice; this thread
+    /// starts from the other end of the list, so the two meet halfway): a
+    /// benchmark then times the steady state, not decode steps beside the
+    /// packer.
+    pub fn pack_deferred_now<'a>(
+        first: &[&'a QMatrix],
+        matrices: impl IntoIterator<Item = &'a QMatrix>,
+    ) {
+        for d in Self::background_todo(first, matrices).iter().rev() {
+            if let Some(d) = d.upgrade() {
+                d.tiles();
+            }
+        }
+    }
+
+    /// The deferred matrices of `first`, then of `matrices`, not packed yet.
+    fn background_todo<'a>(
+        first: &[&'a QMatrix],
+        matrices: impl IntoIterator<Item = &'a QMatrix>,
+    ) -> Vec<Weak<Deferred>> {
+        first
+            .iter()
+            .copied()
+            .chain(matrices)
+            .filter_map(|m| match &m.storage {
+                Storage::Deferred(d) if d.tiles.get().is_none() => Some(Arc::downgrade(d)),
+                _ => None,
+            })
+            .collect()
     }
 
     /// This matrix repacked into the tiles the SIMD kernels read, when its
@@ -176,8 +259,8 @@ impl QMatrix {
     /// (then releases the owner's bytes). A
     /// model then starts without copying such weights — the time to first
     /// token of a 7B model is mostly the page faults of that copy — and
-    /// [`pack_in_background`](Self::pack_in_background) packs the k-quants
-    /// while its first tokens run.
+    /// [`pack_in_background`](Self::pack_in_background) packs them while its
+    /// first tokens run.
     pub fn packed(self, ctx: &Compute) -> Self {
         let Some(fmt) = Format::for_isa(self.ty, ctx.isa().isa()) else {
             return self;
@@ -215,6 +298,8 @@ impl QMatrix {
                 cols,
                 row_bytes,
                 tiles: OnceLock::new(),
+                first_use: Mutex::new(None),
+                hooked: AtomicBool::new(false),
             })),
             _ => {
                 let parts: Vec<PackPart<'_>> = parts

@@ -181,6 +181,8 @@ impl QMatrix {
             }
         };
         ctx.parallel_for(tasks, &task);
+        // Starts `QMatrix::pack_after_first_use`'s packer (after the product).
+        d.used();
     }
 
     /// `out[t·rows + r] = W[r] · xs[t]` for `n` activation rows through the

@@ -418,9 +418,8 @@ fn deferred_computes_as_packed(ty: GgmlType) {
     assert_eq!(a, b);
 }
 
-/// Background packing packs the deferred k-quant matrices (same products
-/// after, the sources' bytes released), leaves Q8_0 to its first long
-/// prefill, and has nothing to do once the k-quants are packed.
+/// Background packing packs the deferred matrices (same products after, the
+/// sources' bytes released) and has nothing to do once they are packed.
 #[test]
 fn deferred_matrices_are_packed_in_the_background() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(31);
@@ -448,28 +447,93 @@ fn deferred_matrices_are_packed_in_the_background() {
     }
     packer.expect("deferred matrices to pack").join().unwrap();
     for ((m, source, len), before) in matrices.iter().zip(&before) {
-        let q8 = m.ty() == GgmlType::Q8_0;
-        assert_eq!(m.is_packed(), !q8, "{m:?}");
-        assert_eq!(source.released(), if q8 { 0 } else { *len });
+        assert!(m.is_packed(), "{m:?}");
+        assert_eq!(source.released(), *len);
         let mut after = vec![f32::NAN; rows];
         m.matvec(ctx(), &xs, &mut after, &mut scratch).unwrap();
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
         assert_eq!(bits(before), bits(&after), "{m:?}");
     }
     assert!(QMatrix::pack_in_background(&[], matrices.iter().map(|m| &m.0)).is_none());
-    // Named in `always`, the Q8_0 matrix is packed too.
-    let q8 = &matrices[1];
-    QMatrix::pack_in_background(&[&q8.0], [])
-        .expect("the Q8_0 matrix to pack")
-        .join()
-        .unwrap();
-    assert!(q8.0.is_packed());
-    assert_eq!(q8.1.released(), q8.2);
-    let mut after = vec![f32::NAN; rows];
-    q8.0.matvec(ctx(), &xs, &mut after, &mut scratch).unwrap();
-    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-    assert_eq!(bits(&before[1]), bits(&after));
-    assert!(QMatrix::pack_in_background(&[&q8.0], []).is_none());
+    assert!(QMatrix::pack_in_background(&[&matrices[1].0], []).is_none());
+}
+
+/// `pack_deferred_now` packs what the background packer packs, beside it
+/// or alone.
+#[test]
+fn deferred_matrices_are_packed_now_beside_the_packer() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(37);
+    let (rows, cols) = (40, 512);
+    let mut matrices = Vec::new();
+    for ty in [
+        GgmlType::Q4_K,
+        GgmlType::Q6_K,
+        GgmlType::Q8_0,
+        GgmlType::Q4_K,
+        GgmlType::Q8_0,
+    ] {
+        let body = random_bytes(&mut rng, ty, rows, cols);
+        let len = body.len();
+        let source = Arc::new(Counting::new(body));
+        matrices.push(
+            QMatrix::from_shared(ty, rows, cols, source, 0..len)
+                .unwrap()
+                .packed(ctx()),
+        );
+    }
+    if !matrices[0].is_deferred() {
+        return;
+    }
+    let packer = QMatrix::pack_in_background(&[&matrices[4]], matrices.iter().take(2));
+    QMatrix::pack_deferred_now(&[&matrices[4]], matrices.iter().take(2));
+    for (i, m) in matrices.iter().enumerate() {
+        assert_eq!(m.is_packed(), i < 2 || i == 4, "{i}: {m:?}");
+    }
+    packer.expect("deferred matrices to pack").join().unwrap();
+    QMatrix::pack_deferred_now(&[], matrices.iter());
+    assert!(matrices.iter().all(QMatrix::is_packed));
+}
+
+/// `pack_after_first_use` starts its packer with the first product on a
+/// matrix of `first` (products on the others do not), which then packs them
+/// all.
+#[test]
+fn the_packer_starts_at_the_first_use() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(41);
+    let (rows, cols) = (24, 512);
+    let xs: Vec<f32> = (0..cols).map(|i| (i % 11) as f32 / 5.0 - 1.0).collect();
+    let mut scratch = MatScratch::new(cols, 2);
+    let deferred = |rng: &mut rand::rngs::StdRng, ty| {
+        let body = random_bytes(rng, ty, rows, cols);
+        let len = body.len();
+        QMatrix::from_shared(ty, rows, cols, Arc::new(Counting::new(body)), 0..len)
+            .unwrap()
+            .packed(ctx())
+    };
+    let (head, body) = (
+        deferred(&mut rng, GgmlType::Q8_0),
+        deferred(&mut rng, GgmlType::Q4_K),
+    );
+    if !head.is_deferred() {
+        return;
+    }
+    QMatrix::pack_after_first_use(&[&head], [&body]);
+    let mut out = vec![0.0; rows];
+    body.matvec(ctx(), &xs, &mut out, &mut scratch).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    assert!(
+        !head.is_packed() && !body.is_packed(),
+        "packed before the first use"
+    );
+    head.matvec(ctx(), &xs, &mut out, &mut scratch).unwrap();
+    let start = std::time::Instant::now();
+    while !(head.is_packed() && body.is_packed()) {
+        assert!(
+            start.elapsed().as_secs() < 60,
+            "not packed after the first use"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
 }
 
 /// A matrix of several packing runs reads back its rows across the

@@ -143,17 +143,20 @@ impl Backend for Cpu {
         Ok(if tied { m.packed(&self.compute) } else { m })
     }
 
-    /// Matrices whose packing waits for a long prefill are packed meanwhile,
-    /// from the last one a forward pass reads: a prefill that packs as it
-    /// goes (from the first) meets the thread once instead of waiting on it
-    /// for every matrix.
+    /// Matrices whose packing waits (deferred) are packed on a background
+    /// thread from the end of the first forward pass on (so it does not
+    /// delay the first token), from the last one a forward pass reads: a
+    /// prefill that packs as it goes (from the first) meets the thread once
+    /// instead of waiting on it for every matrix.
     fn loaded(model: &Model<Self>) {
         // The output projection first, whatever its type: its products have
         // one row per step (or a few, verifying drafts), so no prefill packs
         // it (SmolLM2's Q8_0 one on the direct kernel: tg128 ~15 % slower).
-        let mut matrices: Vec<&QMatrix> = model.block_matrices().collect();
-        matrices.reverse();
-        QMatrix::pack_in_background(&[model.lm_head()], matrices);
+        QMatrix::pack_after_first_use(&[model.lm_head()], packing_order(model));
+    }
+
+    fn finish_packing(model: &Model<Self>) {
+        QMatrix::pack_deferred_now(&[model.lm_head()], packing_order(model));
     }
 
     fn new_kv(&self, geom: &KvGeometry) -> Result<CpuKv> {
@@ -458,6 +461,14 @@ impl Backend for Cpu {
         s.mat.set_prompt(prompt);
         Ok(&s.logits[..r?])
     }
+}
+
+/// The block matrices in the order the background packer takes them: from
+/// the last one a forward pass reads.
+fn packing_order(model: &Model<Cpu>) -> Vec<&QMatrix> {
+    let mut matrices: Vec<&QMatrix> = model.block_matrices().collect();
+    matrices.reverse();
+    matrices
 }
 
 impl Model<Cpu> {
