@@ -37,22 +37,6 @@ pub(super) struct Deferred {
 /// it.
 type Hook = Arc<Mutex<Option<Box<dyn FnOnce() + Send>>>>;
 
-impl Deferred {
-    /// Runs the first-use hook, if the matrix holds one (after a direct
-    /// product; only the first call finds it).
-    pub(super) fn used(&self) {
-        if !self.hooked.load(Ordering::Acquire) {
-            return;
-        }
-        self.hooked.store(false, Ordering::Relaxed);
-        let hook = self.first_use.lock().ok().and_then(|mut h| h.take());
-        let start = hook.and_then(|h| h.lock().ok().and_then(|mut f| f.take()));
-        if let Some(start) = start {
-            start();
-        }
-    }
-}
-
 /// Rows in the file's layout to pack: `rows` rows of `bytes`, and the owner
 /// to tell once they are packed.
 struct PackPart<'a> {
@@ -99,6 +83,20 @@ fn pack_tiles(
 pub(super) const PACK_RUN_ROWS: usize = 1024;
 
 impl Deferred {
+    /// Runs the first-use hook, if the matrix holds one (after a direct
+    /// product; only the first call finds it).
+    pub(super) fn used(&self) {
+        if !self.hooked.load(Ordering::Acquire) {
+            return;
+        }
+        self.hooked.store(false, Ordering::Relaxed);
+        let hook = self.first_use.lock().ok().and_then(|mut h| h.take());
+        let start = hook.and_then(|h| h.lock().ok().and_then(|mut f| f.take()));
+        if let Some(start) = start {
+            start();
+        }
+    }
+
     /// The tiles, packed now if no product has needed them yet.
     pub(super) fn tiles(&self) -> &AlignedBytes {
         let mut packed_here = false;
