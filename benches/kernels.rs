@@ -17,6 +17,10 @@
 //!   decode step reads them (no cache holds them), beside `read/bytes`, a
 //!   plain read of 1 GB on the same threads: their ratio is the share of
 //!   the machine's read bandwidth the kernels reach;
+//! - streamed decode on the file's layout (`matvec_direct/<type>`): as
+//!   `matvec_stream`, on matrices borrowed from their owner's bytes whose
+//!   packing waits (`QMatrix::is_deferred`), so their direct kernels run —
+//!   a model's first tokens, before its weights are packed;
 //! - prefill (`matmul/<type>`, 2048 × 2048 × 64 rows): "elements" are
 //!   operations, 2·rows·cols·n multiply-adds counted as two, so Gelem/s =
 //!   GOP/s = 2·rows·cols·n / time.
@@ -27,9 +31,9 @@
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
-use foehn::kernels::{quantize_matrix, Compute, GgmlType, Isa, MatScratch, QMatrix};
+use foehn::kernels::{quantize_matrix, ByteSource, Compute, GgmlType, Isa, MatScratch, QMatrix};
 
 /// Every weight type a GGUF model commonly stores.
 const TYPES: [GgmlType; 11] = {
@@ -215,6 +219,63 @@ fn stream(c: &mut Criterion) {
     g.finish();
 }
 
+/// Types with direct kernels (the deferred packing of the 7B files).
+const DIRECT_TYPES: [GgmlType; 3] = [GgmlType::Q4_K, GgmlType::Q6_K, GgmlType::Q8_0];
+
+fn direct(c: &mut Criterion) {
+    let (rows, cols) = DECODE;
+    let mut g = c.benchmark_group("matvec_direct");
+    g.sample_size(10)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(4));
+    let x = values(cols, 7);
+    let mut out = vec![0.0; rows];
+    let mut scratch = MatScratch::new(cols, ctx().threads());
+    for ty in DIRECT_TYPES {
+        let distinct = DISTINCT_ROWS.min(rows);
+        let src = values(distinct * cols, 0x5eed ^ ty.id() as u64);
+        let q = quantize_matrix(ty, distinct, cols, &src).expect("quantize");
+        let bytes = rows * ty.row_bytes(cols).unwrap();
+        let n = STREAM_BYTES.div_ceil(bytes);
+        let owner: Arc<dyn ByteSource> = Arc::new(
+            q.iter()
+                .copied()
+                .cycle()
+                .take(n * bytes)
+                .collect::<Vec<u8>>(),
+        );
+        let ms: Vec<QMatrix> = (0..n)
+            .map(|i| {
+                QMatrix::from_shared(
+                    ty,
+                    rows,
+                    cols,
+                    Arc::clone(&owner),
+                    i * bytes..(i + 1) * bytes,
+                )
+                .expect("matrix")
+                .packed(ctx())
+            })
+            .collect();
+        if !ms[0].is_deferred() {
+            // No direct kernel for this type on this instruction set.
+            continue;
+        }
+        g.throughput(Throughput::BytesDecimal((n * bytes) as u64));
+        g.bench_function(
+            BenchmarkId::new(ty.name().to_lowercase(), format!("{n}x{rows}x{cols}")),
+            |b| {
+                b.iter(|| {
+                    for m in &ms {
+                        m.matvec(ctx(), &x, &mut out, &mut scratch).unwrap();
+                    }
+                })
+            },
+        );
+    }
+    g.finish();
+}
+
 /// The wrapping sum of `words`, read as fast as the machine reads memory
 /// (the reference of `matvec_stream`): four 32-byte accumulators on x86-64
 /// with AVX2, else whatever the compiler makes of a plain loop.
@@ -273,5 +334,5 @@ fn prefill(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, decode, stream, prefill);
+criterion_group!(benches, decode, stream, direct, prefill);
 criterion_main!(benches);

@@ -6,19 +6,23 @@
 //! the model runs straight on the memory-mapped file, with no copy to fault
 //! in (see `QMatrix::packed`): that is Q8_0, Q4_K and Q6_K on AVX2,
 //! AVX-512 VNNI and NEON (dotprod) here. A model packs them on a background
-//! thread meanwhile (`QMatrix::pack_in_background`): their tiles decode
-//! faster (7B-shaped Q4_K_M, 2 threads, AVX2: 5.9–6.1 t/s against 4.0–4.3 on
-//! the direct kernels, which decode the scales per row and sum across lanes;
-//! Q8_0 on AMD Zen 5: 6.2 t/s against 1.7 on AVX-512's, whose gathers are
-//! slow there).
+//! thread meanwhile (`QMatrix::pack_after_first_use`): their tiles decode
+//! faster (the direct kernels read many short row streams side by side).
 //!
-//! The AVX-512 kernels read 16 rows at once, one per lane as in a tile,
-//! gathering each 8 bytes of the 16 rows (`vpgatherdq`) into two tile
-//! words: the lanes then run the tile kernel's own operations (`vpdpbusd`
-//! on broadcast activation words, its float sums per group in order), with
-//! no sums across lanes. One thread, an 8192 × 4096 product with one
-//! activation row: about the tile kernels' speed (Q4_K 11 GB/s against
-//! 11.7 packed, Q6_K 11.3 against 10.9, Q8_0 16.7 against 15.4).
+//! The AVX-512 kernels read 16 rows at once, one per lane as in a tile:
+//! 32 bytes of each row by plain loads, transposed in registers into eight
+//! tile words (no gathers: `vpgatherdq` made them 3–5× slower than the
+//! tiles on AMD Zen 5). The lanes then run the tile kernel's own operations
+//! (`vpdpbusd` on broadcast activation words, its float sums per group in
+//! order), with no sums across lanes. Every kernel prefetches its rows a
+//! few blocks ahead ([`PREFETCH_BYTES`]).
+//!
+//! Zen 5, 2 threads, streamed 4096 × 4096 products with one activation row
+//! (`cargo bench --bench kernels -- matvec_direct`), share of the packed
+//! tiles' GB/s in the same run: AVX-512 Q4_K 0.68–0.73, Q6_K 0.46–0.63,
+//! Q8_0 0.73–1.12 (0.19–0.26 with gathers, no prefetch); AVX2 0.65–0.72,
+//! 0.71–0.75, 0.76–0.93 (0.24–0.34, 0.57–0.61, 0.30–0.38 with no
+//! prefetch).
 //!
 //! A direct kernel computes every output **bit for bit** as the tile kernel
 //! of its instruction set does (same integer dot product per block, same
@@ -133,10 +137,38 @@ impl DirectKernel {
     }
 }
 
+/// How far ahead of its reads a direct kernel prefetches each row: a pass
+/// reads 8 or 16 rows side by side, each its own stream, too short and too
+/// many for the hardware prefetchers (7B Q4_K rows are 2304 bytes). On AMD
+/// Zen 5, of 0–4608 bytes ahead, 256–576 were best (and within noise of
+/// each other).
+#[cfg(target_arch = "x86_64")]
+const PREFETCH_BYTES: usize = 384;
+
+/// Asks for the cache line(s) of the block of `bytes` a few blocks after
+/// `blk` (which is `pos` bytes into a row of `row_bytes`) of a pass over
+/// `rows` rows. Past the row's end, the same distance into the row that
+/// the next pass reads in this row's place (`rows` rows on).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn prefetch(blk: *const u8, pos: usize, bytes: usize, row_bytes: usize, rows: usize) {
+    use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+    let mut ahead = bytes * PREFETCH_BYTES.div_ceil(bytes);
+    if pos + ahead >= row_bytes {
+        ahead += (rows - 1) * row_bytes;
+    }
+    let at = blk.wrapping_add(ahead);
+    for k in (0..bytes).step_by(64) {
+        // SAFETY: a prefetch never faults, whatever the address.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(k).cast()) };
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use std::arch::x86_64::*;
 
+    use super::prefetch;
     use crate::cpu::act::{QuantizedActs, ACT_BLOCK};
     use crate::cpu::format::SUPER;
     use crate::GgmlType;
@@ -249,6 +281,7 @@ mod avx2 {
             let mut dw = [0i16; 8];
             for r in 0..R {
                 let blk = base.add(r * row_bytes + Q8_0_BLOCK * b);
+                prefetch(blk, Q8_0_BLOCK * b, Q8_0_BLOCK, row_bytes, R);
                 let d = std::ptr::read_unaligned(blk.cast::<i16>());
                 let q = _mm256_loadu_si256(blk.add(2).cast());
                 let mag = _mm256_abs_epi8(q);
@@ -334,6 +367,7 @@ mod avx2 {
             let mut mw = [0u16; 8];
             for r in 0..R {
                 let blk = base.add(r * row_bytes + Q4_K_BLOCK * u);
+                prefetch(blk, Q4_K_BLOCK * u, Q4_K_BLOCK, row_bytes, R);
                 let d = std::ptr::read_unaligned(blk.cast::<u16>());
                 // −dmin: the tile's min factor.
                 let dmin = std::ptr::read_unaligned(blk.add(2).cast::<u16>()) ^ 0x8000;
@@ -420,6 +454,7 @@ mod avx2 {
             let mut dw = [0u16; 8];
             for r in 0..R {
                 let blk = base.add(r * row_bytes + Q6_K_BLOCK * u);
+                prefetch(blk, Q6_K_BLOCK * u, Q6_K_BLOCK, row_bytes, R);
                 let d = std::ptr::read_unaligned(blk.add(208).cast::<u16>());
                 let sc = _mm256_cvtepi8_epi16(_mm_loadu_si128(blk.add(192).cast()));
                 // Per activation row: sc · 2^shift per group, each half of
@@ -574,15 +609,8 @@ mod avx512 {
                     3 => $pass::<3>,
                     _ => $pass::<4>,
                 };
-                // The lanes' byte offsets are i32: rows too long for 16 of
-                // them go one at a time.
-                let per = if row_bytes <= i32::MAX as usize / TILE {
-                    TILE
-                } else {
-                    1
-                };
-                for r0 in (0..rows).step_by(per) {
-                    let nr = per.min(rows - r0);
+                for r0 in (0..rows).step_by(TILE) {
+                    let nr = TILE.min(rows - r0);
                     let base = w.as_ptr().add(r0 * row_bytes);
                     pass(base, row_bytes, nr, cols, acts, a0, out.add(r0), stride);
                 }
@@ -594,66 +622,107 @@ mod avx512 {
     entry!(q6_k, q6_k_pass);
 
     /// The lanes of a pass: the mask of its `nr` rows and each row's byte
-    /// offset from the first.
+    /// offset from the first (lanes past the rows read the first row again;
+    /// their results are never stored).
+    ///
+    /// Words reach the lanes by plain row loads and a transpose in
+    /// registers, not by gathers: `vpgatherdq` made these kernels 3–5×
+    /// slower than the tiles on AMD Zen 5 (and gathers are slow on Intel
+    /// cores with the Downfall microcode too).
     struct Lanes {
         mask: __mmask16,
-        offsets: __m512i,
-        /// Index vectors picking the low (`even`) and high (`odd`) dwords
-        /// of two vectors of eight qwords.
-        even: __m512i,
-        odd: __m512i,
+        offsets: [usize; TILE],
+        row_bytes: usize,
     }
 
     impl Lanes {
         /// The lanes of `nr` rows (1..=16) `row_bytes` apart.
         #[inline(always)]
-        unsafe fn new(nr: usize, row_bytes: usize) -> Self {
-            let off: [i32; TILE] =
-                std::array::from_fn(|i| if i < nr { (i * row_bytes) as i32 } else { 0 });
-            let even: [i32; TILE] = std::array::from_fn(|i| 2 * i as i32);
-            let odd: [i32; TILE] = std::array::from_fn(|i| 2 * i as i32 + 1);
+        fn new(nr: usize, row_bytes: usize) -> Self {
             Self {
                 mask: ((1u32 << nr) - 1) as __mmask16,
-                offsets: _mm512_loadu_si512(off.as_ptr().cast()),
-                even: _mm512_loadu_si512(even.as_ptr().cast()),
-                odd: _mm512_loadu_si512(odd.as_ptr().cast()),
+                offsets: std::array::from_fn(|i| if i < nr { i * row_bytes } else { 0 }),
+                row_bytes,
             }
         }
 
-        /// The words at `p` and `p + 4` of each row (as [`word`]), gathered
-        /// as one qword per row: half the loads.
-        ///
-        /// [`word`]: Self::word
+        /// [`prefetch`](super::prefetch)es the block at `p` (in the first
+        /// row, `pos` bytes into it) of each row.
         #[inline(always)]
-        unsafe fn words2(&self, p: *const u8) -> (__m512i, __m512i) {
-            let lo = _mm512_mask_i32gather_epi64::<1>(
-                _mm512_setzero_si512(),
-                self.mask as __mmask8,
-                _mm512_castsi512_si256(self.offsets),
-                p.cast(),
-            );
-            let hi = _mm512_mask_i32gather_epi64::<1>(
-                _mm512_setzero_si512(),
-                (self.mask >> 8) as __mmask8,
-                _mm512_extracti64x4_epi64::<1>(self.offsets),
-                p.cast(),
-            );
-            (
-                _mm512_permutex2var_epi32(lo, self.even, hi),
-                _mm512_permutex2var_epi32(lo, self.odd, hi),
-            )
+        unsafe fn prefetch(&self, p: *const u8, pos: usize, bytes: usize) {
+            for &off in &self.offsets {
+                super::prefetch(p.wrapping_add(off), pos, bytes, self.row_bytes, TILE);
+            }
         }
 
-        /// The 4 bytes at `p` of each row (lane), in the layout of a tile's
-        /// word; zeros in lanes past the rows.
+        /// The 32 bytes at `p` of row `i` (`p` in the first row).
         #[inline(always)]
-        unsafe fn word(&self, p: *const u8) -> __m512i {
-            _mm512_mask_i32gather_epi32::<1>(
-                _mm512_setzero_si512(),
-                self.mask,
-                self.offsets,
-                p.cast(),
-            )
+        unsafe fn row32(&self, p: *const u8, i: usize) -> __m256i {
+            _mm256_loadu_si256(p.add(self.offsets[i]).cast())
+        }
+
+        /// The 16 bytes at `p` of row `i` (`p` in the first row).
+        #[inline(always)]
+        unsafe fn row16(&self, p: *const u8, i: usize) -> __m128i {
+            _mm_loadu_si128(p.add(self.offsets[i]).cast())
+        }
+
+        /// The eight 4-byte words at `p` (in the first row) of each row, in
+        /// the layout of a tile's words: word `k` of row `i` in lane `i` of
+        /// vector `k`.
+        ///
+        /// Vector `z[k]` holds rows `k` and `k + 4` (`k < 4`), or `k + 4` and
+        /// `k + 8`, in its 256-bit halves; two unpack rounds transpose each
+        /// 128-bit lane's 4 × 4 words, and a lane shuffle puts rows in order.
+        ///
+        /// (No closures here: they would not inherit the callers' target
+        /// features, and calls to them are not inlined.)
+        #[inline(always)]
+        unsafe fn words8(&self, p: *const u8) -> [__m512i; 8] {
+            let mut z = [_mm512_setzero_si512(); 8];
+            for (k, z) in z.iter_mut().enumerate() {
+                let (a, b) = if k < 4 { (k, k + 4) } else { (k + 4, k + 8) };
+                let lo = _mm512_castsi256_si512(self.row32(p, a));
+                *z = _mm512_inserti64x4::<1>(lo, self.row32(p, b));
+            }
+            // Lanes of `u[q]`: word q of rows 0–3, word q + 4 of rows 0–3,
+            // word q of rows 4–7, word q + 4 of rows 4–7; `v[q]` the same for
+            // rows 8–15.
+            let u = transpose4(&z[..4]);
+            let v = transpose4(&z[4..]);
+            let mut out = [_mm512_setzero_si512(); 8];
+            for q in 0..4 {
+                out[q] = _mm512_shuffle_i32x4::<0b10_00_10_00>(u[q], v[q]);
+                out[q + 4] = _mm512_shuffle_i32x4::<0b11_01_11_01>(u[q], v[q]);
+            }
+            out
+        }
+
+        /// The four 4-byte words at `p` (in the first row) of each row, as
+        /// [`words8`](Self::words8) lays them out: vector `z[k]` holds rows
+        /// `k`, `k + 4`, `k + 8` and `k + 12` in its 128-bit lanes, whose
+        /// 4 × 4 words two unpack rounds transpose.
+        #[inline(always)]
+        unsafe fn words4(&self, p: *const u8) -> [__m512i; 4] {
+            let mut z = [_mm512_setzero_si512(); 4];
+            for (k, z) in z.iter_mut().enumerate() {
+                let v = _mm512_castsi128_si512(self.row16(p, k));
+                let v = _mm512_inserti32x4::<1>(v, self.row16(p, k + 4));
+                let v = _mm512_inserti32x4::<2>(v, self.row16(p, k + 8));
+                *z = _mm512_inserti32x4::<3>(v, self.row16(p, k + 12));
+            }
+            transpose4(&z)
+        }
+
+        /// The f16 at `p` (in the first row) of each row, as f32.
+        #[inline(always)]
+        unsafe fn half(&self, p: *const u8) -> __m512 {
+            let mut h = _mm256_setzero_si256();
+            for i in 0..TILE {
+                let v = std::ptr::read_unaligned(p.add(self.offsets[i]).cast::<i16>());
+                h = insert16(h, v, i);
+            }
+            _mm512_cvtph_ps(h)
         }
 
         /// Writes lane `i < nr` of `acc[j]` to `out[j · stride + i]`.
@@ -663,6 +732,36 @@ mod avx512 {
                 _mm512_mask_storeu_ps(out.add(j * stride), self.mask, *a);
             }
         }
+    }
+
+    /// Per 128-bit lane, the 4 × 4 words of `z[0..4]` transposed: word `q`
+    /// of the lane of `z[r]` is word `r` of the lane of result `q`.
+    #[inline(always)]
+    unsafe fn transpose4(z: &[__m512i]) -> [__m512i; 4] {
+        let t0 = _mm512_unpacklo_epi32(z[0], z[1]);
+        let t1 = _mm512_unpackhi_epi32(z[0], z[1]);
+        let t2 = _mm512_unpacklo_epi32(z[2], z[3]);
+        let t3 = _mm512_unpackhi_epi32(z[2], z[3]);
+        [
+            _mm512_unpacklo_epi64(t0, t2),
+            _mm512_unpackhi_epi64(t0, t2),
+            _mm512_unpacklo_epi64(t1, t3),
+            _mm512_unpackhi_epi64(t1, t3),
+        ]
+    }
+
+    /// `h` with its 16-bit element `i` set to `v`.
+    #[inline(always)]
+    unsafe fn insert16(h: __m256i, v: i16, i: usize) -> __m256i {
+        macro_rules! at {
+            ($($i:literal)*) => {
+                match i {
+                    $($i => _mm256_insert_epi16::<$i>(h, v),)*
+                    _ => unreachable!(),
+                }
+            };
+        }
+        at!(0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15)
     }
 
     /// The f16 in the low 16 bits of each lane, as f32.
@@ -695,12 +794,11 @@ mod avx512 {
         let mut acc = [_mm512_setzero_ps(); NA];
         for g in 0..cols / ACT_BLOCK {
             let blk = base.add(g * Q8_0_BLOCK);
-            let s = f16_low(lanes.word(blk));
-            let mut w = [_mm512_setzero_si512(); 8];
-            for p in 0..4 {
-                let (v0, v1) = lanes.words2(blk.add(2 + 8 * p));
-                w[2 * p] = _mm512_xor_si512(v0, flip);
-                w[2 * p + 1] = _mm512_xor_si512(v1, flip);
+            lanes.prefetch(blk, g * Q8_0_BLOCK, Q8_0_BLOCK);
+            let s = lanes.half(blk);
+            let mut w = lanes.words8(blk.add(2));
+            for w in &mut w {
+                *w = _mm512_xor_si512(*w, flip);
             }
             for j in 0..NA {
                 let isum = dot_group(aq[j].add(g * ACT_BLOCK), &w, 8, chains(NA), *bias[j].add(g));
@@ -766,12 +864,10 @@ mod avx512 {
         let mut acc = [_mm512_setzero_ps(); NA];
         for u in 0..cols / SUPER {
             let blk = base.add(u * Q4_K_BLOCK);
-            // ggml's `get_scale_min_k4`, four bytes per word.
-            let (w0, w1, w2) = (
-                lanes.word(blk.add(4)),
-                lanes.word(blk.add(8)),
-                lanes.word(blk.add(12)),
-            );
+            lanes.prefetch(blk, u * Q4_K_BLOCK, Q4_K_BLOCK);
+            // `d` and `dmin`, then ggml's `get_scale_min_k4`, four bytes per
+            // word.
+            let [dd, w0, w1, w2] = lanes.words4(blk);
             let sc_lo = _mm512_and_si512(w0, low6);
             let sc_hi = _mm512_or_si512(
                 _mm512_and_si512(w2, nib),
@@ -786,12 +882,9 @@ mod avx512 {
             for c in 0..4 {
                 let mut lo = [_mm512_setzero_si512(); 8];
                 let mut hi = [_mm512_setzero_si512(); 8];
-                for p in (0..8).step_by(2) {
-                    let (v0, v1) = lanes.words2(blk.add(16 + 32 * c + 4 * p));
-                    for (p, v) in [(p, v0), (p + 1, v1)] {
-                        lo[p] = _mm512_and_si512(v, nib);
-                        hi[p] = _mm512_and_si512(_mm512_srli_epi16::<4>(v), nib);
-                    }
+                for (p, v) in lanes.words8(blk.add(16 + 32 * c)).into_iter().enumerate() {
+                    lo[p] = _mm512_and_si512(v, nib);
+                    hi[p] = _mm512_and_si512(_mm512_srli_epi16::<4>(v), nib);
                 }
                 let sc_word = if c < 2 { sc_lo } else { sc_hi };
                 for (h, w) in [lo, hi].iter().enumerate() {
@@ -814,7 +907,6 @@ mod avx512 {
                 byte_pair::<false>(m_hi),
                 byte_pair::<true>(m_hi),
             ];
-            let dd = lanes.word(blk);
             let d = f16_low(dd);
             // −dmin: the tile's min factor.
             let dm = f16_low(_mm512_xor_si512(
@@ -865,20 +957,14 @@ mod avx512 {
         let mut acc = [_mm512_setzero_ps(); NA];
         for u in 0..cols / SUPER {
             let blk = base.add(u * Q6_K_BLOCK);
-            let scw: [__m512i; 4] = std::array::from_fn(|i| lanes.word(blk.add(192 + 4 * i)));
+            lanes.prefetch(blk, u * Q6_K_BLOCK, Q6_K_BLOCK);
+            let scw = lanes.words4(blk.add(192));
             let mut fsum = [_mm512_setzero_ps(); NA];
             for n in 0..2 {
                 let mut ops = [[_mm512_setzero_si512(); 8]; 4];
-                let (mut a, mut b, mut h) = (
-                    [_mm512_setzero_si512(); 8],
-                    [_mm512_setzero_si512(); 8],
-                    [_mm512_setzero_si512(); 8],
-                );
-                for p in (0..8).step_by(2) {
-                    (a[p], a[p + 1]) = lanes.words2(blk.add(64 * n + 4 * p));
-                    (b[p], b[p + 1]) = lanes.words2(blk.add(64 * n + 32 + 4 * p));
-                    (h[p], h[p + 1]) = lanes.words2(blk.add(128 + 32 * n + 4 * p));
-                }
+                let a = lanes.words8(blk.add(64 * n));
+                let b = lanes.words8(blk.add(64 * n + 32));
+                let h = lanes.words8(blk.add(128 + 32 * n));
                 for p in 0..8 {
                     let (a, b, h) = (a[p], b[p], h[p]);
                     let (a_hi, b_hi) = (_mm512_srli_epi16::<4>(a), _mm512_srli_epi16::<4>(b));
@@ -917,8 +1003,7 @@ mod avx512 {
                     }
                 }
             }
-            // `d` is the block's last two bytes: read with the two before.
-            let d = f16_low(_mm512_srli_epi32::<16>(lanes.word(blk.add(206))));
+            let d = lanes.half(blk.add(208));
             for j in 0..NA {
                 let v = _mm512_mul_ps(d, fsum[j]);
                 acc[j] = _mm512_fmadd_ps(v, _mm512_set1_ps(*sd[j].add(u)), acc[j]);

@@ -134,11 +134,11 @@ pub(crate) enum Defer {
     /// Packed at load.
     Never,
     /// Packed by the first product with many activation rows (a long
-    /// prefill), or on a background thread right after load
-    /// (`QMatrix::pack_in_background`), whichever comes first: the tiles
-    /// decode faster than the direct kernels on some CPUs (AMD Zen 5, 7B
-    /// Q8_0 tg: 6.2 t/s packed against 1.7 on AVX-512's direct kernel,
-    /// whose gathers are slow there, and 3.3 on AVX2's).
+    /// prefill), or on a background thread the first product starts
+    /// (`QMatrix::pack_after_first_use`), whichever comes first: the tiles
+    /// decode faster than the direct kernels, which read many short row
+    /// streams side by side (AMD Zen 5: 0.5–1.1× the tiles' bytes per
+    /// second, `cargo bench --bench kernels -- matvec_direct`).
     Background,
 }
 
