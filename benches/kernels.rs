@@ -33,7 +33,9 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use std::sync::{Arc, OnceLock};
 
-use foehn::kernels::{quantize_matrix, ByteSource, Compute, GgmlType, Isa, MatScratch, QMatrix};
+use foehn::kernels::{
+    quantize_matrix, ByteSource, Compute, GgmlType, Isa, MatScratch, QMatrix, StreamRead,
+};
 
 /// Every weight type a GGUF model commonly stores.
 const TYPES: [GgmlType; 11] = {
@@ -142,23 +144,11 @@ fn stream(c: &mut Criterion) {
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(4));
     // The plain read: each thread sums a contiguous share of the buffer
-    // (as the products split their matrices), 32-byte loads on x86-64.
-    let words = vec![1u64; STREAM_BYTES / 8];
-    g.throughput(Throughput::BytesDecimal((words.len() * 8) as u64));
-    g.bench_function("read/bytes", |b| {
-        b.iter(|| {
-            let threads = ctx().threads();
-            let per = words.len().div_ceil(threads);
-            let sums: Vec<std::sync::atomic::AtomicU64> =
-                (0..threads).map(|_| Default::default()).collect();
-            ctx().parallel_for(threads, &|t| {
-                let part = &words[(t * per).min(words.len())..((t + 1) * per).min(words.len())];
-                sums[t].store(sum_words(part), std::sync::atomic::Ordering::Relaxed);
-            });
-            std::hint::black_box(&sums);
-        })
-    });
-    drop(words);
+    // (as the products split their matrices).
+    let read = StreamRead::new(STREAM_BYTES);
+    g.throughput(Throughput::BytesDecimal(read.bytes() as u64));
+    g.bench_function("read/bytes", |b| b.iter(|| read.read(ctx())));
+    drop(read);
     let x = values(cols, 7);
     let mut out = vec![0.0; rows];
     let mut scratch = MatScratch::new(cols, ctx().threads());
@@ -274,43 +264,6 @@ fn direct(c: &mut Criterion) {
         );
     }
     g.finish();
-}
-
-/// The wrapping sum of `words`, read as fast as the machine reads memory
-/// (the reference of `matvec_stream`): four 32-byte accumulators on x86-64
-/// with AVX2, else whatever the compiler makes of a plain loop.
-fn sum_words(words: &[u64]) -> u64 {
-    #[cfg(target_arch = "x86_64")]
-    if is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU runs AVX2 (checked above).
-        return unsafe { sum_words_avx2(words) };
-    }
-    words.iter().fold(0u64, |a, w| a.wrapping_add(*w))
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn sum_words_avx2(words: &[u64]) -> u64 {
-    use std::arch::x86_64::*;
-    let mut acc = [_mm256_setzero_si256(); 4];
-    let chunks = words.chunks_exact(16);
-    let rest = chunks.remainder();
-    for c in chunks {
-        for (k, a) in acc.iter_mut().enumerate() {
-            let v = _mm256_loadu_si256(c.as_ptr().add(4 * k).cast());
-            *a = _mm256_add_epi64(*a, v);
-        }
-    }
-    let mut lanes = [0u64; 4];
-    let total = _mm256_add_epi64(
-        _mm256_add_epi64(acc[0], acc[1]),
-        _mm256_add_epi64(acc[2], acc[3]),
-    );
-    _mm256_storeu_si256(lanes.as_mut_ptr().cast(), total);
-    lanes
-        .iter()
-        .chain(rest)
-        .fold(0u64, |a, w| a.wrapping_add(*w))
 }
 
 fn prefill(c: &mut Criterion) {

@@ -24,6 +24,13 @@
 //! (CPU backend: the Q8_0 and k-quant matrices) is finished, so decode is timed in its
 //! steady state; its time is printed below the table.
 //!
+//! With `--read-bw`, a streaming read of 1 GiB on as many threads (best of
+//! 2 passes) runs before each tg repetition and after the last, and the
+//! weights a token reads (every matrix once, the token embedding one row)
+//! per second are given as a share of the mean of the reads before and
+//! after: a decode's yardstick, on machines whose memory bandwidth moves
+//! between runs.
+//!
 //! Tokenization and sampling are excluded. t/s is the mean ± sample standard
 //! deviation over the repetitions. Load time (file open to ready, including
 //! `--isq` quantization) is printed below the table and in each JSON object.
@@ -42,6 +49,7 @@ mod texts;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, ValueEnum};
 use foehn::engine::{Backend, CandleDevice};
+use foehn::kernels::{Compute, StreamRead};
 use foehn::loader::gguf::GgufFile;
 use foehn::loader::SafetensorsModel;
 use foehn::model::DEFAULT_CHUNK;
@@ -93,6 +101,9 @@ struct Args {
     /// Instead of pp/tg: what structured output costs — greedy decode of the first -n length on the document prompt of --texts, unconstrained, under a JSON schema, and under it with forced tokens run one pass each, alternated -r times (speculation off).
     #[arg(long, conflicts_with = "texts")]
     constrained: bool,
+    /// Around each tg repetition, measure the streaming read bandwidth (1 GiB, same threads) and report the decode's weight bytes per second as a share of it (of the mean of the reads before and after).
+    #[arg(long)]
+    read_bw: bool,
     /// Output format: a markdown table or a JSON array (llama-bench's field names).
     #[arg(short = 'o', long, value_enum, default_value_t = Output::Md)]
     output: Output,
@@ -112,6 +123,9 @@ struct ModelInfo {
     model_type: String,
     /// Bytes of all weights as stored (matrices and norms).
     size: u64,
+    /// Bytes of weights a decode step reads: all but the token embedding's
+    /// rows (one is read), unless the output projection shares them.
+    step_bytes: u64,
     /// Number of weights.
     n_params: u64,
 }
@@ -150,6 +164,15 @@ struct JsonTest {
     stddev_ts: f64,
     samples_ns: Vec<u64>,
     samples_ts: Vec<f64>,
+    /// `--read-bw`: the streaming read before each repetition and after the
+    /// last, GB/s.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    read_gbps: Option<Vec<f64>>,
+    /// `--read-bw`: weight bytes a step reads per second, as a share of the
+    /// mean of the reads around its repetition (median over the
+    /// repetitions).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    read_share: Option<f64>,
 }
 
 /// One test's measurements.
@@ -158,6 +181,9 @@ struct TestResult {
     n_gen: usize,
     n_depth: usize,
     samples_ns: Vec<u64>,
+    /// `--read-bw` on a tg test: the streaming read before each repetition
+    /// and after the last, bytes per second.
+    read_bps: Vec<f64>,
     test_time: String,
 }
 
@@ -183,6 +209,17 @@ impl TestResult {
         self.samples_ns
             .iter()
             .map(|&ns| 1e9 * self.tokens() as f64 / ns.max(1) as f64)
+            .collect()
+    }
+
+    /// Per repetition, weight bytes read per second (`step_bytes` per
+    /// token) as a share of the mean of the reads before and after it;
+    /// empty without `--read-bw`.
+    fn read_shares(&self, step_bytes: u64) -> Vec<f64> {
+        self.samples_ts()
+            .iter()
+            .zip(self.read_bps.windows(2))
+            .map(|(ts, around)| step_bytes as f64 * ts / ((around[0] + around[1]) / 2.0))
             .collect()
     }
 }
@@ -263,6 +300,11 @@ fn run(args: Args) -> Result<()> {
     let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
     let mut session = model.session()?;
     let mut logits = Vec::new();
+    // The streaming read and threads of its own, as many as the model's
+    // (idle while the model runs, and the model's while the read runs).
+    let reader = args
+        .read_bw
+        .then(|| (StreamRead::new(1 << 30), Compute::new(threads)));
     let mut results = Vec::new();
     if args.output == Output::Md {
         print_header();
@@ -299,14 +341,22 @@ fn run(args: Args) -> Result<()> {
             once(n_prompt, n_gen.min(1))?;
         }
         let mut samples_ns = Vec::with_capacity(args.reps);
+        let mut read_bps = Vec::new();
         for _ in 0..args.reps {
+            if let (Some((read, ctx)), 0) = (&reader, n_prompt) {
+                read_bps.push(read.bytes_per_second(ctx, 2));
+            }
             samples_ns.push(once(n_prompt, n_gen)?.as_nanos() as u64);
+        }
+        if let (Some((read, ctx)), 0) = (&reader, n_prompt) {
+            read_bps.push(read.bytes_per_second(ctx, 2));
         }
         let result = TestResult {
             n_prompt,
             n_gen,
             n_depth: args.depth,
             samples_ns,
+            read_bps,
             test_time,
         };
         if args.output == Output::Md {
@@ -318,6 +368,22 @@ fn run(args: Args) -> Result<()> {
     match args.output {
         Output::Md => {
             println!();
+            for r in results.iter().filter(|r| !r.read_bps.is_empty()) {
+                let shares = r.read_shares(info.step_bytes);
+                let gbps: Vec<f64> = r.read_bps.iter().map(|b| b / 1e9).collect();
+                let (lo, hi) = min_max(&gbps);
+                let (slo, shi) = min_max(&shares);
+                println!(
+                    "{}: {:.2} GB of weights per token, {:.1} GB/s; streaming read around the \
+                     repetitions {lo:.1}–{hi:.1} GB/s; share {:.0}–{:.0} % (median {:.0} %)",
+                    r.name(),
+                    info.step_bytes as f64 / 1e9,
+                    info.step_bytes as f64 * mean(&r.samples_ts()) / 1e9,
+                    100.0 * slo,
+                    100.0 * shi,
+                    100.0 * median(&shares),
+                );
+            }
             println!("load: {:.0} ms", load.as_secs_f64() * 1e3);
             println!(
                 "packing after load, before the tests: {:.0} ms",
@@ -358,6 +424,10 @@ fn run(args: Args) -> Result<()> {
                         stddev_ts: stddev(&ts),
                         samples_ns: r.samples_ns.clone(),
                         samples_ts: ts,
+                        read_gbps: (!r.read_bps.is_empty())
+                            .then(|| r.read_bps.iter().map(|b| b / 1e9).collect()),
+                        read_share: (!r.read_bps.is_empty())
+                            .then(|| median(&r.read_shares(info.step_bytes))),
                     }
                 })
                 .collect();
@@ -440,11 +510,18 @@ fn model_info(model: &LocalModel, path: &std::path::Path) -> Result<ModelInfo> {
         Some((_, c)) => *c += n,
         None => by_type.push((ty, n)),
     };
+    // Bytes of the token embedding a decode step does not read (CPU
+    // backend; elsewhere the step is taken to read every weight).
+    let mut unread = 0u64;
     let (size, n_params) = if let Some(t) = model.cpu_transformer() {
         let norms = (cfg.hidden_size * (2 * cfg.num_hidden_layers + 1)) as u64;
         let (mut size, mut n) = (4 * norms, norms);
         let embed = t.embedding() as *const _;
         let head = t.lm_head() as *const _;
+        if embed != head {
+            let e = t.embedding();
+            unread = ((e.rows() - 1) * e.row_bytes()) as u64;
+        }
         for m in t.matrices() {
             size += (m.rows() * m.row_bytes()) as u64;
             n += (m.rows() * m.cols()) as u64;
@@ -493,8 +570,29 @@ fn model_info(model: &LocalModel, path: &std::path::Path) -> Result<ModelInfo> {
         filename: path.display().to_string(),
         model_type: format!("{arch} {label} {ty}"),
         size,
+        step_bytes: size - unread,
         n_params,
     })
+}
+
+/// The smallest and the largest of `v` (infinities when empty).
+fn min_max(v: &[f64]) -> (f64, f64) {
+    v.iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &x| {
+            (lo.min(x), hi.max(x))
+        })
+}
+
+/// The median of `v` (the mean of the middle two for an even count; NaN
+/// when empty).
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    match s.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => s[n / 2],
+        n => (s[n / 2 - 1] + s[n / 2]) / 2.0,
+    }
 }
 
 fn mean(v: &[f64]) -> f64 {

@@ -5,6 +5,7 @@
 
 pub mod compute;
 pub mod cpu;
+pub mod membw;
 pub mod pool;
 pub mod qmatrix;
 pub mod quant;
@@ -12,6 +13,7 @@ pub mod vecops;
 
 pub use compute::Compute;
 pub use cpu::{Isa, SupportedIsa, ISA_ENV};
+pub use membw::StreamRead;
 pub use qmatrix::{ActPrecision, ByteSource, MatScratch, QMatrix};
 pub use quant::{dequantize_row, GgmlType, KernelError};
 pub use quant::{quantize_matrix, quantize_row};
