@@ -30,7 +30,10 @@
 
 use std::time::Duration;
 
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use criterion::measurement::WallTime;
+use criterion::{
+    criterion_group, criterion_main, BenchmarkGroup, BenchmarkId, Criterion, Throughput,
+};
 use std::sync::{Arc, OnceLock};
 
 use foehn::kernels::{
@@ -88,20 +91,51 @@ fn ctx() -> &'static Compute {
     })
 }
 
-/// A `rows × cols` matrix of type `ty`, repacked as the model does.
-fn matrix(ty: GgmlType, rows: usize, cols: usize) -> QMatrix {
+/// The bytes of a `rows × cols` matrix of type `ty` in the file's layout.
+fn matrix_bytes(ty: GgmlType, rows: usize, cols: usize) -> Vec<u8> {
     let distinct = DISTINCT_ROWS.min(rows);
     let src = values(distinct * cols, 0x5eed ^ ty.id() as u64);
     let q = quantize_matrix(ty, distinct, cols, &src).expect("quantize");
-    let bytes: Vec<u8> = q
-        .iter()
+    q.iter()
         .copied()
         .cycle()
         .take(q.len() / distinct * rows)
-        .collect();
-    QMatrix::from_owned(ty, rows, cols, bytes)
+        .collect()
+}
+
+/// A `rows × cols` matrix of type `ty`, repacked as the model does.
+fn matrix(ty: GgmlType, rows: usize, cols: usize) -> QMatrix {
+    QMatrix::from_owned(ty, rows, cols, matrix_bytes(ty, rows, cols))
         .expect("matrix")
         .packed(ctx())
+}
+
+/// Benchmarks the decode products of `ms` (of type `ty`, `rows × cols`
+/// each), one after the other, as `<type>/<count>x<rows>x<cols>`.
+fn bench_streamed(
+    g: &mut BenchmarkGroup<'_, WallTime>,
+    ty: GgmlType,
+    (rows, cols): (usize, usize),
+    ms: &[QMatrix],
+    x: &[f32],
+) {
+    let mut out = vec![0.0; rows];
+    let mut scratch = MatScratch::new(cols, ctx().threads());
+    let bytes = ms.len() * rows * ty.row_bytes(cols).unwrap();
+    g.throughput(Throughput::BytesDecimal(bytes as u64));
+    g.bench_function(
+        BenchmarkId::new(
+            ty.name().to_lowercase(),
+            format!("{}x{rows}x{cols}", ms.len()),
+        ),
+        |b| {
+            b.iter(|| {
+                for m in ms {
+                    m.matvec(ctx(), x, &mut out, &mut scratch).unwrap();
+                }
+            })
+        },
+    );
 }
 
 fn decode(c: &mut Criterion) {
@@ -150,28 +184,13 @@ fn stream(c: &mut Criterion) {
     g.bench_function("read/bytes", |b| b.iter(|| read.read(ctx())));
     drop(read);
     let x = values(cols, 7);
-    let mut out = vec![0.0; rows];
-    let mut scratch = MatScratch::new(cols, ctx().threads());
     for ty in STREAM_TYPES {
         let one = matrix(ty, rows, cols);
         let bytes = rows * ty.row_bytes(cols).unwrap();
         let ms: Vec<QMatrix> = (0..STREAM_BYTES.div_ceil(bytes))
             .map(|_| one.clone())
             .collect();
-        g.throughput(Throughput::BytesDecimal((ms.len() * bytes) as u64));
-        g.bench_function(
-            BenchmarkId::new(
-                ty.name().to_lowercase(),
-                format!("{}x{rows}x{cols}", ms.len()),
-            ),
-            |b| {
-                b.iter(|| {
-                    for m in &ms {
-                        m.matvec(ctx(), &x, &mut out, &mut scratch).unwrap();
-                    }
-                })
-            },
-        );
+        bench_streamed(&mut g, ty, DECODE, &ms, &x);
     }
     // The products of Mistral 7B's layers, each 32 times.
     for ty in [GgmlType::Q4_K] {
@@ -219,49 +238,24 @@ fn direct(c: &mut Criterion) {
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(4));
     let x = values(cols, 7);
-    let mut out = vec![0.0; rows];
-    let mut scratch = MatScratch::new(cols, ctx().threads());
     for ty in DIRECT_TYPES {
-        let distinct = DISTINCT_ROWS.min(rows);
-        let src = values(distinct * cols, 0x5eed ^ ty.id() as u64);
-        let q = quantize_matrix(ty, distinct, cols, &src).expect("quantize");
-        let bytes = rows * ty.row_bytes(cols).unwrap();
+        let one = matrix_bytes(ty, rows, cols);
+        let bytes = one.len();
         let n = STREAM_BYTES.div_ceil(bytes);
-        let owner: Arc<dyn ByteSource> = Arc::new(
-            q.iter()
-                .copied()
-                .cycle()
-                .take(n * bytes)
-                .collect::<Vec<u8>>(),
-        );
+        let owner: Arc<dyn ByteSource> = Arc::new(one.repeat(n));
         let ms: Vec<QMatrix> = (0..n)
             .map(|i| {
-                QMatrix::from_shared(
-                    ty,
-                    rows,
-                    cols,
-                    Arc::clone(&owner),
-                    i * bytes..(i + 1) * bytes,
-                )
-                .expect("matrix")
-                .packed(ctx())
+                let range = i * bytes..(i + 1) * bytes;
+                QMatrix::from_shared(ty, rows, cols, Arc::clone(&owner), range)
+                    .expect("matrix")
+                    .packed(ctx())
             })
             .collect();
         if !ms[0].is_deferred() {
             // No direct kernel for this type on this instruction set.
             continue;
         }
-        g.throughput(Throughput::BytesDecimal((n * bytes) as u64));
-        g.bench_function(
-            BenchmarkId::new(ty.name().to_lowercase(), format!("{n}x{rows}x{cols}")),
-            |b| {
-                b.iter(|| {
-                    for m in &ms {
-                        m.matvec(ctx(), &x, &mut out, &mut scratch).unwrap();
-                    }
-                })
-            },
-        );
+        bench_streamed(&mut g, ty, DECODE, &ms, &x);
     }
     g.finish();
 }

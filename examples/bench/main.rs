@@ -212,6 +212,11 @@ impl TestResult {
             .collect()
     }
 
+    /// The reads of `--read-bw`, GB/s (empty without it).
+    fn read_gbps(&self) -> Vec<f64> {
+        self.read_bps.iter().map(|b| b / 1e9).collect()
+    }
+
     /// Per repetition, weight bytes read per second (`step_bytes` per
     /// token) as a share of the mean of the reads before and after it;
     /// empty without `--read-bw`.
@@ -341,16 +346,18 @@ fn run(args: Args) -> Result<()> {
             once(n_prompt, n_gen.min(1))?;
         }
         let mut samples_ns = Vec::with_capacity(args.reps);
+        // `--read-bw`, tg tests: the read before each repetition and after
+        // the last.
+        let read_now = || match (&reader, n_prompt) {
+            (Some((read, ctx)), 0) => Some(read.bytes_per_second(ctx, 2)),
+            _ => None,
+        };
         let mut read_bps = Vec::new();
         for _ in 0..args.reps {
-            if let (Some((read, ctx)), 0) = (&reader, n_prompt) {
-                read_bps.push(read.bytes_per_second(ctx, 2));
-            }
+            read_bps.extend(read_now());
             samples_ns.push(once(n_prompt, n_gen)?.as_nanos() as u64);
         }
-        if let (Some((read, ctx)), 0) = (&reader, n_prompt) {
-            read_bps.push(read.bytes_per_second(ctx, 2));
-        }
+        read_bps.extend(read_now());
         let result = TestResult {
             n_prompt,
             n_gen,
@@ -370,8 +377,7 @@ fn run(args: Args) -> Result<()> {
             println!();
             for r in results.iter().filter(|r| !r.read_bps.is_empty()) {
                 let shares = r.read_shares(info.step_bytes);
-                let gbps: Vec<f64> = r.read_bps.iter().map(|b| b / 1e9).collect();
-                let (lo, hi) = min_max(&gbps);
+                let (lo, hi) = min_max(&r.read_gbps());
                 let (slo, shi) = min_max(&shares);
                 println!(
                     "{}: {:.2} GB of weights per token, {:.1} GB/s; streaming read around the \
@@ -424,8 +430,7 @@ fn run(args: Args) -> Result<()> {
                         stddev_ts: stddev(&ts),
                         samples_ns: r.samples_ns.clone(),
                         samples_ts: ts,
-                        read_gbps: (!r.read_bps.is_empty())
-                            .then(|| r.read_bps.iter().map(|b| b / 1e9).collect()),
+                        read_gbps: (!r.read_bps.is_empty()).then(|| r.read_gbps()),
                         read_share: (!r.read_bps.is_empty())
                             .then(|| median(&r.read_shares(info.step_bytes))),
                     }
