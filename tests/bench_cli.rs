@@ -93,6 +93,38 @@ fn json_has_llama_bench_fields() {
 }
 
 #[test]
+fn read_bw_pairs_tg_segments_with_reads() {
+    let model = fixture("tiny-mistral/gguf/tiny-mistral-Q8_0.gguf");
+    let out = stdout(&bench(&[
+        "-m",
+        model.to_str().unwrap(),
+        "-p",
+        "8",
+        "-n",
+        "4",
+        "-r",
+        "2",
+        "-t",
+        "2",
+        "--read-bw",
+        "-o",
+        "json",
+    ]));
+    let v: serde_json::Value = serde_json::from_str(&out).expect("one JSON array");
+    let tests = v.as_array().expect("array");
+    assert_eq!(tests.len(), 2, "pp8 then tg4");
+    // A prompt test reads nothing around itself.
+    assert!(tests[0]["read_gbps"].is_null() && tests[0]["read_share"].is_null());
+    // tg: a read before the first segment and one after each, at least one
+    // segment per repetition.
+    let reads = tests[1]["read_gbps"].as_array().expect("reads");
+    assert!(reads.len() >= 3, "{reads:?}");
+    assert!(reads.iter().all(|r| r.as_f64().unwrap() > 0.0), "{reads:?}");
+    let share = tests[1]["read_share"].as_f64().unwrap();
+    assert!(share.is_finite() && share > 0.0, "{share}");
+}
+
+#[test]
 fn markdown_table_with_isq_and_repetitions() {
     let hf = fixture("tiny-mistral/hf");
     let out = stdout(&bench(&[

@@ -24,12 +24,15 @@
 //! (CPU backend: the Q8_0 and k-quant matrices) is finished, so decode is timed in its
 //! steady state; its time is printed below the table.
 //!
-//! With `--read-bw`, a streaming read of 1 GiB on as many threads (best of
-//! 2 passes) runs before each tg repetition and after the last, and the
-//! weights a token reads (every matrix once, the token embedding one row)
-//! per second are given as a share of the mean of the reads before and
-//! after: a decode's yardstick, on machines whose memory bandwidth moves
-//! between runs.
+//! With `--read-bw`, each tg repetition is timed in segments of about
+//! [`READ_SEGMENT`], with a streaming read of 1 GiB on as many threads
+//! (best of 2 passes) before the first and after each, outside the timing.
+//! Each segment's weight bytes per second (every matrix once per token, the
+//! token embedding one row) are a share of the mean of the reads on either
+//! side of it, and the median share is reported: a decode's yardstick, on
+//! machines whose memory bandwidth moves within seconds (a read around a
+//! whole repetition, many seconds away from most of its tokens, made the
+//! shares of one sitting range over 76–149 %).
 //!
 //! Tokenization and sampling are excluded. t/s is the mean ± sample standard
 //! deviation over the repetitions. Load time (file open to ready, including
@@ -39,6 +42,12 @@
 //! single-run version of this: it drives `Transformer` directly.)
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// With `--read-bw`, how long a tg repetition decodes (timed) between two
+/// streaming reads (untimed): short enough that the reads on either side
+/// see the memory as the segment's tokens did, long enough that the reads
+/// (tens of milliseconds) do not dominate the run.
+const READ_SEGMENT: Duration = Duration::from_millis(500);
 
 #[allow(dead_code)] // the routed-run helpers are not used here
 #[path = "../common/mod.rs"]
@@ -101,7 +110,7 @@ struct Args {
     /// Instead of pp/tg: what structured output costs — greedy decode of the first -n length on the document prompt of --texts, unconstrained, under a JSON schema, and under it with forced tokens run one pass each, alternated -r times (speculation off).
     #[arg(long, conflicts_with = "texts")]
     constrained: bool,
-    /// Around each tg repetition, measure the streaming read bandwidth (1 GiB, same threads) and report the decode's weight bytes per second as a share of it (of the mean of the reads before and after).
+    /// Time each tg repetition in segments of about 0.5 s with a streaming read (1 GiB, same threads) between them, untimed, and report the decode's weight bytes per second as a share of the read bandwidth (per segment, of the mean of the reads on either side; median).
     #[arg(long)]
     read_bw: bool,
     /// Output format: a markdown table or a JSON array (llama-bench's field names).
@@ -164,13 +173,13 @@ struct JsonTest {
     stddev_ts: f64,
     samples_ns: Vec<u64>,
     samples_ts: Vec<f64>,
-    /// `--read-bw`: the streaming read before each repetition and after the
-    /// last, GB/s.
+    /// `--read-bw`: the streaming reads between the segments, in order,
+    /// GB/s.
     #[serde(skip_serializing_if = "Option::is_none")]
     read_gbps: Option<Vec<f64>>,
     /// `--read-bw`: weight bytes a step reads per second, as a share of the
-    /// mean of the reads around its repetition (median over the
-    /// repetitions).
+    /// mean of the reads on either side of its segment (median over the
+    /// segments of all repetitions).
     #[serde(skip_serializing_if = "Option::is_none")]
     read_share: Option<f64>,
 }
@@ -181,9 +190,12 @@ struct TestResult {
     n_gen: usize,
     n_depth: usize,
     samples_ns: Vec<u64>,
-    /// `--read-bw` on a tg test: the streaming read before each repetition
-    /// and after the last, bytes per second.
+    /// `--read-bw` on a tg test: the streaming reads, bytes per second, one
+    /// before each segment and one after the last.
     read_bps: Vec<f64>,
+    /// `--read-bw` on a tg test: each segment's tokens and decode time, in
+    /// order; segment `k` lies between reads `k` and `k + 1`.
+    segments: Vec<(usize, Duration)>,
     test_time: String,
 }
 
@@ -217,14 +229,17 @@ impl TestResult {
         self.read_bps.iter().map(|b| b / 1e9).collect()
     }
 
-    /// Per repetition, weight bytes read per second (`step_bytes` per
-    /// token) as a share of the mean of the reads before and after it;
-    /// empty without `--read-bw`.
+    /// Per segment, weight bytes read per second (`step_bytes` per token)
+    /// as a share of the mean of the reads on either side of it; empty
+    /// without `--read-bw`.
     fn read_shares(&self, step_bytes: u64) -> Vec<f64> {
-        self.samples_ts()
+        self.segments
             .iter()
             .zip(self.read_bps.windows(2))
-            .map(|(ts, around)| step_bytes as f64 * ts / ((around[0] + around[1]) / 2.0))
+            .map(|(&(tokens, t), around)| {
+                let bps = (step_bytes * tokens as u64) as f64 / t.as_secs_f64().max(1e-9);
+                bps / ((around[0] + around[1]) / 2.0)
+            })
             .collect()
     }
 }
@@ -314,9 +329,24 @@ fn run(args: Args) -> Result<()> {
     if args.output == Output::Md {
         print_header();
     }
+    // `--read-bw`: the streaming read's bytes per second.
+    let read_now = || {
+        reader
+            .as_ref()
+            .map(|(read, ctx)| read.bytes_per_second(ctx, 2))
+    };
     for (n_prompt, n_gen) in tests {
         let test_time = utc_now();
-        let mut once = |n_prompt: usize, n_gen: usize| -> Result<Duration> {
+        // `--read-bw`, tg tests: the reads and the segments between them.
+        let interleave = reader.is_some() && n_prompt == 0;
+        let mut read_bps = Vec::new();
+        let mut segments = Vec::new();
+        // One run, timed; `reads` (`--read-bw`, tg): decode in segments
+        // with a read after each (a read before the first must be there).
+        let mut once = |n_prompt: usize,
+                        n_gen: usize,
+                        mut reads: Option<(&mut Vec<f64>, &mut Vec<(usize, Duration)>)>|
+         -> Result<Duration> {
             session.reset();
             let context: Vec<u32> = (0..args.depth).map(|_| rng.below(vocab)).collect();
             if !context.is_empty() {
@@ -336,34 +366,40 @@ fn run(args: Args) -> Result<()> {
                 session.prefill_into(&tokens, &mut logits)?;
             }
             let mut token = bos.unwrap_or(rng.below(vocab));
-            for _ in 0..n_gen {
+            // Time of the segments ended so far, and where this one began.
+            let (mut timed, mut t, mut begun) = (Duration::ZERO, t, 0);
+            for i in 0..n_gen {
                 session.feed_into(&[token], &mut logits)?;
                 token = rng.below(vocab);
+                if let Some((reads, segments)) = reads.as_mut() {
+                    let span = t.elapsed();
+                    if span >= READ_SEGMENT || i + 1 == n_gen {
+                        segments.push((i + 1 - begun, span));
+                        reads.extend(read_now());
+                        (timed, t, begun) = (timed + span, Instant::now(), i + 1);
+                    }
+                }
             }
-            Ok(t.elapsed())
+            Ok(timed + t.elapsed())
         };
         if !args.no_warmup {
-            once(n_prompt, n_gen.min(1))?;
+            once(n_prompt, n_gen.min(1), None)?;
         }
         let mut samples_ns = Vec::with_capacity(args.reps);
-        // `--read-bw`, tg tests: the read before each repetition and after
-        // the last.
-        let read_now = || match (&reader, n_prompt) {
-            (Some((read, ctx)), 0) => Some(read.bytes_per_second(ctx, 2)),
-            _ => None,
-        };
-        let mut read_bps = Vec::new();
-        for _ in 0..args.reps {
+        if interleave {
             read_bps.extend(read_now());
-            samples_ns.push(once(n_prompt, n_gen)?.as_nanos() as u64);
         }
-        read_bps.extend(read_now());
+        for _ in 0..args.reps {
+            let reads = interleave.then_some((&mut read_bps, &mut segments));
+            samples_ns.push(once(n_prompt, n_gen, reads)?.as_nanos() as u64);
+        }
         let result = TestResult {
             n_prompt,
             n_gen,
             n_depth: args.depth,
             samples_ns,
             read_bps,
+            segments,
             test_time,
         };
         if args.output == Output::Md {
@@ -380,11 +416,12 @@ fn run(args: Args) -> Result<()> {
                 let (lo, hi) = min_max(&r.read_gbps());
                 let (slo, shi) = min_max(&shares);
                 println!(
-                    "{}: {:.2} GB of weights per token, {:.1} GB/s; streaming read around the \
-                     repetitions {lo:.1}–{hi:.1} GB/s; share {:.0}–{:.0} % (median {:.0} %)",
+                    "{}: {:.2} GB of weights per token, {:.1} GB/s; streaming read between \
+                     its {} segments {lo:.1}–{hi:.1} GB/s; share {:.0}–{:.0} % (median {:.0} %)",
                     r.name(),
                     info.step_bytes as f64 / 1e9,
                     info.step_bytes as f64 * mean(&r.samples_ts()) / 1e9,
+                    r.segments.len(),
                     100.0 * slo,
                     100.0 * shi,
                     100.0 * median(&shares),
