@@ -184,18 +184,24 @@ struct JsonTest {
     read_share: Option<f64>,
 }
 
+/// `--read-bw` on a tg test: the streaming reads and the decode segments
+/// between them, in order (segment `k` lies between reads `k` and `k + 1`).
+#[derive(Default)]
+struct ReadLog {
+    /// Bytes per second of each read.
+    bps: Vec<f64>,
+    /// Tokens and decode time of each segment.
+    segments: Vec<(usize, Duration)>,
+}
+
 /// One test's measurements.
 struct TestResult {
     n_prompt: usize,
     n_gen: usize,
     n_depth: usize,
     samples_ns: Vec<u64>,
-    /// `--read-bw` on a tg test: the streaming reads, bytes per second, one
-    /// before each segment and one after the last.
-    read_bps: Vec<f64>,
-    /// `--read-bw` on a tg test: each segment's tokens and decode time, in
-    /// order; segment `k` lies between reads `k` and `k + 1`.
-    segments: Vec<(usize, Duration)>,
+    /// `--read-bw` on a tg test: the reads and the segments between them.
+    reads: ReadLog,
     test_time: String,
 }
 
@@ -226,16 +232,17 @@ impl TestResult {
 
     /// The reads of `--read-bw`, GB/s (empty without it).
     fn read_gbps(&self) -> Vec<f64> {
-        self.read_bps.iter().map(|b| b / 1e9).collect()
+        self.reads.bps.iter().map(|b| b / 1e9).collect()
     }
 
     /// Per segment, weight bytes read per second (`step_bytes` per token)
     /// as a share of the mean of the reads on either side of it; empty
     /// without `--read-bw`.
     fn read_shares(&self, step_bytes: u64) -> Vec<f64> {
-        self.segments
+        self.reads
+            .segments
             .iter()
-            .zip(self.read_bps.windows(2))
+            .zip(self.reads.bps.windows(2))
             .map(|(&(tokens, t), around)| {
                 let bps = (step_bytes * tokens as u64) as f64 / t.as_secs_f64().max(1e-9);
                 bps / ((around[0] + around[1]) / 2.0)
@@ -339,67 +346,63 @@ fn run(args: Args) -> Result<()> {
         let test_time = utc_now();
         // `--read-bw`, tg tests: the reads and the segments between them.
         let interleave = reader.is_some() && n_prompt == 0;
-        let mut read_bps = Vec::new();
-        let mut segments = Vec::new();
-        // One run, timed; `reads` (`--read-bw`, tg): decode in segments
+        let mut reads = ReadLog::default();
+        // One run, timed; with a log (`--read-bw`, tg): decode in segments
         // with a read after each (a read before the first must be there).
-        let mut once = |n_prompt: usize,
-                        n_gen: usize,
-                        mut reads: Option<(&mut Vec<f64>, &mut Vec<(usize, Duration)>)>|
-         -> Result<Duration> {
-            session.reset();
-            let context: Vec<u32> = (0..args.depth).map(|_| rng.below(vocab)).collect();
-            if !context.is_empty() {
-                session.prefill_into(&context, &mut logits)?;
-            }
-            let t = Instant::now();
-            if n_prompt > 0 {
-                let tokens: Vec<u32> = (0..n_prompt)
-                    .map(|i| {
-                        if i == 0 {
-                            bos.unwrap_or(rng.below(vocab))
-                        } else {
-                            rng.below(vocab)
+        let mut once =
+            |n_prompt: usize, n_gen: usize, mut log: Option<&mut ReadLog>| -> Result<Duration> {
+                session.reset();
+                let context: Vec<u32> = (0..args.depth).map(|_| rng.below(vocab)).collect();
+                if !context.is_empty() {
+                    session.prefill_into(&context, &mut logits)?;
+                }
+                let t = Instant::now();
+                if n_prompt > 0 {
+                    let tokens: Vec<u32> = (0..n_prompt)
+                        .map(|i| {
+                            if i == 0 {
+                                bos.unwrap_or(rng.below(vocab))
+                            } else {
+                                rng.below(vocab)
+                            }
+                        })
+                        .collect();
+                    session.prefill_into(&tokens, &mut logits)?;
+                }
+                let mut token = bos.unwrap_or(rng.below(vocab));
+                // Time of the segments ended so far, and where this one began.
+                let (mut timed, mut t, mut begun) = (Duration::ZERO, t, 0);
+                for i in 0..n_gen {
+                    session.feed_into(&[token], &mut logits)?;
+                    token = rng.below(vocab);
+                    if let Some(log) = log.as_deref_mut() {
+                        let span = t.elapsed();
+                        if span >= READ_SEGMENT || i + 1 == n_gen {
+                            log.segments.push((i + 1 - begun, span));
+                            log.bps.extend(read_now());
+                            (timed, t, begun) = (timed + span, Instant::now(), i + 1);
                         }
-                    })
-                    .collect();
-                session.prefill_into(&tokens, &mut logits)?;
-            }
-            let mut token = bos.unwrap_or(rng.below(vocab));
-            // Time of the segments ended so far, and where this one began.
-            let (mut timed, mut t, mut begun) = (Duration::ZERO, t, 0);
-            for i in 0..n_gen {
-                session.feed_into(&[token], &mut logits)?;
-                token = rng.below(vocab);
-                if let Some((reads, segments)) = reads.as_mut() {
-                    let span = t.elapsed();
-                    if span >= READ_SEGMENT || i + 1 == n_gen {
-                        segments.push((i + 1 - begun, span));
-                        reads.extend(read_now());
-                        (timed, t, begun) = (timed + span, Instant::now(), i + 1);
                     }
                 }
-            }
-            Ok(timed + t.elapsed())
-        };
+                Ok(timed + t.elapsed())
+            };
         if !args.no_warmup {
             once(n_prompt, n_gen.min(1), None)?;
         }
         let mut samples_ns = Vec::with_capacity(args.reps);
         if interleave {
-            read_bps.extend(read_now());
+            reads.bps.extend(read_now());
         }
         for _ in 0..args.reps {
-            let reads = interleave.then_some((&mut read_bps, &mut segments));
-            samples_ns.push(once(n_prompt, n_gen, reads)?.as_nanos() as u64);
+            let log = interleave.then_some(&mut reads);
+            samples_ns.push(once(n_prompt, n_gen, log)?.as_nanos() as u64);
         }
         let result = TestResult {
             n_prompt,
             n_gen,
             n_depth: args.depth,
             samples_ns,
-            read_bps,
-            segments,
+            reads,
             test_time,
         };
         if args.output == Output::Md {
@@ -411,7 +414,7 @@ fn run(args: Args) -> Result<()> {
     match args.output {
         Output::Md => {
             println!();
-            for r in results.iter().filter(|r| !r.read_bps.is_empty()) {
+            for r in results.iter().filter(|r| !r.reads.bps.is_empty()) {
                 let shares = r.read_shares(info.step_bytes);
                 let (lo, hi) = min_max(&r.read_gbps());
                 let (slo, shi) = min_max(&shares);
@@ -421,7 +424,7 @@ fn run(args: Args) -> Result<()> {
                     r.name(),
                     info.step_bytes as f64 / 1e9,
                     info.step_bytes as f64 * mean(&r.samples_ts()) / 1e9,
-                    r.segments.len(),
+                    r.reads.segments.len(),
                     100.0 * slo,
                     100.0 * shi,
                     100.0 * median(&shares),
@@ -467,8 +470,8 @@ fn run(args: Args) -> Result<()> {
                         stddev_ts: stddev(&ts),
                         samples_ns: r.samples_ns.clone(),
                         samples_ts: ts,
-                        read_gbps: (!r.read_bps.is_empty()).then(|| r.read_gbps()),
-                        read_share: (!r.read_bps.is_empty())
+                        read_gbps: (!r.reads.bps.is_empty()).then(|| r.read_gbps()),
+                        read_share: (!r.reads.bps.is_empty())
                             .then(|| median(&r.read_shares(info.step_bytes))),
                     }
                 })
