@@ -330,6 +330,24 @@ impl ByteSource for Counting {
     }
 }
 
+/// A random `rows × cols` matrix of `ty` borrowed from a [`Counting`]
+/// source of its bytes alone, `packed` (deferred where this CPU has a
+/// direct kernel for `ty`), and its source.
+fn shared_matrix(
+    rng: &mut rand::rngs::StdRng,
+    ty: GgmlType,
+    rows: usize,
+    cols: usize,
+) -> (QMatrix, Arc<Counting>) {
+    let body = random_bytes(rng, ty, rows, cols);
+    let len = body.len();
+    let source = Arc::new(Counting::new(body));
+    let m = QMatrix::from_shared(ty, rows, cols, source.clone(), 0..len)
+        .unwrap()
+        .packed(ctx());
+    (m, source)
+}
+
 /// Shared Q8_0, Q4_K and Q6_K matrices on AVX2 and AVX-512 VNNI are
 /// deferred: products
 /// with up to 32 activation rows read the file's bytes and equal the
@@ -429,16 +447,11 @@ fn deferred_matrices_are_packed_in_the_background() {
     let mut before = Vec::new();
     let mut matrices = Vec::new();
     for ty in [GgmlType::Q4_K, GgmlType::Q8_0, GgmlType::Q6_K] {
-        let body = random_bytes(&mut rng, ty, rows, cols);
-        let len = body.len();
-        let source = Arc::new(Counting::new(body));
-        let m = QMatrix::from_shared(ty, rows, cols, source.clone(), 0..len)
-            .unwrap()
-            .packed(ctx());
+        let (m, source) = shared_matrix(&mut rng, ty, rows, cols);
         let mut out = vec![f32::NAN; rows];
         m.matvec(ctx(), &xs, &mut out, &mut scratch).unwrap();
         before.push(out);
-        matrices.push((m, source, len));
+        matrices.push((m, source));
     }
     let packer = QMatrix::pack_in_background(&[], matrices.iter().map(|m| &m.0));
     if !matrices[0].0.is_deferred() {
@@ -446,9 +459,9 @@ fn deferred_matrices_are_packed_in_the_background() {
         return;
     }
     packer.expect("deferred matrices to pack").join().unwrap();
-    for ((m, source, len), before) in matrices.iter().zip(&before) {
+    for ((m, source), before) in matrices.iter().zip(&before) {
         assert!(m.is_packed(), "{m:?}");
-        assert_eq!(source.released(), *len);
+        assert_eq!(source.released(), source.0.len());
         let mut after = vec![f32::NAN; rows];
         m.matvec(ctx(), &xs, &mut after, &mut scratch).unwrap();
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
@@ -464,23 +477,16 @@ fn deferred_matrices_are_packed_in_the_background() {
 fn deferred_matrices_are_packed_now_beside_the_packer() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(37);
     let (rows, cols) = (40, 512);
-    let mut matrices = Vec::new();
-    for ty in [
+    let matrices: Vec<QMatrix> = [
         GgmlType::Q4_K,
         GgmlType::Q6_K,
         GgmlType::Q8_0,
         GgmlType::Q4_K,
         GgmlType::Q8_0,
-    ] {
-        let body = random_bytes(&mut rng, ty, rows, cols);
-        let len = body.len();
-        let source = Arc::new(Counting::new(body));
-        matrices.push(
-            QMatrix::from_shared(ty, rows, cols, source, 0..len)
-                .unwrap()
-                .packed(ctx()),
-        );
-    }
+    ]
+    .into_iter()
+    .map(|ty| shared_matrix(&mut rng, ty, rows, cols).0)
+    .collect();
     if !matrices[0].is_deferred() {
         return;
     }
@@ -503,17 +509,8 @@ fn the_packer_starts_at_the_first_use() {
     let (rows, cols) = (24, 512);
     let xs: Vec<f32> = (0..cols).map(|i| (i % 11) as f32 / 5.0 - 1.0).collect();
     let mut scratch = MatScratch::new(cols, 2);
-    let deferred = |rng: &mut rand::rngs::StdRng, ty| {
-        let body = random_bytes(rng, ty, rows, cols);
-        let len = body.len();
-        QMatrix::from_shared(ty, rows, cols, Arc::new(Counting::new(body)), 0..len)
-            .unwrap()
-            .packed(ctx())
-    };
-    let (head, body) = (
-        deferred(&mut rng, GgmlType::Q8_0),
-        deferred(&mut rng, GgmlType::Q4_K),
-    );
+    let (head, _) = shared_matrix(&mut rng, GgmlType::Q8_0, rows, cols);
+    let (body, _) = shared_matrix(&mut rng, GgmlType::Q4_K, rows, cols);
     if !head.is_deferred() {
         return;
     }
@@ -543,16 +540,12 @@ fn packing_in_runs_keeps_every_row() {
     let ty = GgmlType::Q4_0;
     let (rows, cols) = (2 * PACK_RUN_ROWS + 37, 64);
     let mut rng = rand::rngs::StdRng::seed_from_u64(37);
-    let body = random_bytes(&mut rng, ty, rows, cols);
-    let len = body.len();
-    let source = Arc::new(Counting::new(body.clone()));
-    let m = QMatrix::from_shared(ty, rows, cols, source.clone(), 0..len)
-        .unwrap()
-        .packed(ctx());
+    let (m, source) = shared_matrix(&mut rng, ty, rows, cols);
     if !m.is_packed() {
         return; // no packed format on this CPU
     }
-    assert_eq!(source.released(), len);
+    let body = &source.0;
+    assert_eq!(source.released(), body.len());
     let rb = ty.row_bytes(cols).unwrap();
     let (mut a, mut b) = (vec![f32::NAN; cols], vec![0.0; cols]);
     for r in [
