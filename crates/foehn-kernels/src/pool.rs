@@ -1,13 +1,21 @@
 //! A small persistent thread pool for the matmul products, as ggml does it:
 //! workers spin briefly on an epoch counter between jobs (a decode step runs
 //! hundreds of products a few microseconds apart, too short for a sleep and
-//! wake-up), take tasks from one atomic counter, and park on a condition
-//! variable when no job has come for a while.
+//! wake-up) and park on a condition variable when no job has come for a
+//! while.
+//!
+//! A job's tasks are split into one contiguous range per thread, each with
+//! a counter of its own cache line: a thread takes its own tasks in order
+//! (a product's thread streams one contiguous run of tiles), then takes the
+//! next tasks of the others' ranges while they have any. So threads share
+//! cache lines only when a job is published (the job sits in the epoch's
+//! line), when one runs out of its own tasks, and when each reports done —
+//! not at every task, as with one shared counter.
 //!
 //! A [`crate::Compute`] owns one; every product of the model that owns the
 //! context runs on it.
 
-use std::cell::Cell;
+use std::cell::{Cell, UnsafeCell};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
@@ -16,20 +24,46 @@ use std::time::{Duration, Instant};
 /// How long an idle worker spins before parking.
 const SPIN: Duration = Duration::from_micros(200);
 
-/// A job: a type-erased `&(dyn Fn(usize) + Sync)` and its task count.
+/// A job: a type-erased `&(dyn Fn(usize) + Sync)` and the number of
+/// threads (ranges) its tasks are split over.
 #[derive(Clone, Copy)]
 struct Job {
     f: *const (dyn Fn(usize) + Sync),
-    tasks: usize,
+    threads: usize,
+}
+
+/// The published job and its epoch, in one cache line: a worker that sees
+/// the new epoch has the job with it.
+#[repr(align(64))]
+struct Published {
+    /// Bumped (Release) when a job is published.
+    epoch: AtomicUsize,
+    /// The current job: written by the publisher before it bumps `epoch`,
+    /// while no worker reads it (every worker has finished the previous
+    /// job), and read by the workers after they see the bump.
+    job: UnsafeCell<Option<Job>>,
+}
+
+/// One thread's range of the current job's tasks: the next to take and
+/// the end (set before the job is published), alone in its cache line.
+#[repr(align(64))]
+struct Range {
+    next: AtomicUsize,
+    end: AtomicUsize,
+}
+
+impl Range {
+    /// Takes this range's next task, if any is left.
+    fn take(&self) -> Option<usize> {
+        let i = self.next.fetch_add(1, Ordering::Relaxed);
+        (i < self.end.load(Ordering::Relaxed)).then_some(i)
+    }
 }
 
 struct Shared {
-    /// Bumped (Release) when a job is published.
-    epoch: AtomicUsize,
-    /// The current job (valid while `busy > 0` for this epoch).
-    job: Mutex<Option<Job>>,
-    /// Next task index of the current job.
-    next: AtomicUsize,
+    published: Published,
+    /// Per thread slot (the caller's 0, the workers' 1..), its tasks.
+    ranges: Vec<Range>,
     /// Workers that have not finished the current job.
     busy: AtomicUsize,
     /// A task panicked in a worker.
@@ -42,7 +76,8 @@ struct Shared {
 
 // SAFETY: the raw job pointer is only dereferenced while the publishing call
 // of `run` is blocked waiting for every worker to finish the job, so the
-// closure it points to (which is Sync) outlives every use.
+// closure it points to (which is Sync) outlives every use; the job cell is
+// written only while no worker reads it (see `Published::job`).
 unsafe impl Send for Shared {}
 unsafe impl Sync for Shared {}
 
@@ -57,28 +92,39 @@ pub struct ThreadPool {
 impl ThreadPool {
     /// A pool computing with `threads` threads (the caller included).
     pub fn new(threads: usize) -> Self {
+        let threads = threads.max(1);
         let shared = Arc::new(Shared {
-            epoch: AtomicUsize::new(0),
-            job: Mutex::new(None),
-            next: AtomicUsize::new(0),
+            published: Published {
+                epoch: AtomicUsize::new(0),
+                job: UnsafeCell::new(None),
+            },
+            ranges: (0..threads)
+                .map(|_| Range {
+                    next: AtomicUsize::new(0),
+                    end: AtomicUsize::new(0),
+                })
+                .collect(),
             busy: AtomicUsize::new(0),
             panicked: AtomicBool::new(false),
             parked: Mutex::new(0),
             wake: Condvar::new(),
             quit: AtomicBool::new(false),
         });
-        let workers = (1..threads.max(1))
-            .filter_map(|i| {
-                let s = Arc::clone(&shared);
-                std::thread::Builder::new()
-                    .name(format!("foehn-kernel-{i}"))
-                    .spawn(move || {
-                        SLOT.with(|slot| slot.set(i));
-                        worker(&s)
-                    })
-                    .ok()
-            })
-            .collect();
+        // Slots 1.. of the workers that could be started (a failed spawn
+        // leaves no gap).
+        let mut workers = Vec::with_capacity(threads - 1);
+        for _ in 1..threads {
+            let (s, i) = (Arc::clone(&shared), workers.len() + 1);
+            let spawned = std::thread::Builder::new()
+                .name(format!("foehn-kernel-{i}"))
+                .spawn(move || {
+                    SLOT.with(|slot| slot.set(i));
+                    worker(&s, i)
+                });
+            if let Ok(w) = spawned {
+                workers.push(w);
+            }
+        }
         Self {
             shared,
             workers,
@@ -106,19 +152,29 @@ impl ThreadPool {
         // SAFETY (lifetime erasure): see `Shared`'s Send/Sync impls — the
         // pointer is not used after this function returns.
         let f_static: *const (dyn Fn(usize) + Sync) = unsafe { std::mem::transmute(f) };
-        *s.job.lock().unwrap_or_else(|e| e.into_inner()) = Some(Job { f: f_static, tasks });
-        s.next.store(0, Ordering::Relaxed);
+        let threads = self.threads();
+        // SAFETY: no worker reads the job now: each finished the previous
+        // one (the last `run` waited for `busy` to reach 0) and reads it
+        // again only after the epoch bump below (Release).
+        unsafe {
+            *s.published.job.get() = Some(Job {
+                f: f_static,
+                threads,
+            })
+        };
+        for (t, range) in s.ranges.iter().take(threads).enumerate() {
+            range.next.store(t * tasks / threads, Ordering::Relaxed);
+            range
+                .end
+                .store((t + 1) * tasks / threads, Ordering::Relaxed);
+        }
         s.busy.store(self.workers.len(), Ordering::Relaxed);
-        s.epoch.fetch_add(1, Ordering::Release);
+        s.published.epoch.fetch_add(1, Ordering::Release);
         if *s.parked.lock().unwrap_or_else(|e| e.into_inner()) > 0 {
             s.wake.notify_all();
         }
-        let caller = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| loop {
-            let i = s.next.fetch_add(1, Ordering::Relaxed);
-            if i >= tasks {
-                break;
-            }
-            f(i);
+        let caller = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            run_tasks(&s.ranges[..threads], 0, f)
         }));
         let mut spins = 0u32;
         while s.busy.load(Ordering::Acquire) > 0 {
@@ -131,7 +187,6 @@ impl ThreadPool {
                 std::hint::spin_loop();
             }
         }
-        *s.job.lock().unwrap_or_else(|e| e.into_inner()) = None;
         if caller.is_err() || s.panicked.swap(false, Ordering::Relaxed) {
             panic!("a kernel task panicked");
         }
@@ -141,7 +196,7 @@ impl ThreadPool {
 impl Drop for ThreadPool {
     fn drop(&mut self) {
         self.shared.quit.store(true, Ordering::Release);
-        self.shared.epoch.fetch_add(1, Ordering::Release);
+        self.shared.published.epoch.fetch_add(1, Ordering::Release);
         {
             let _g = self.shared.parked.lock().unwrap_or_else(|e| e.into_inner());
             self.shared.wake.notify_all();
@@ -152,14 +207,27 @@ impl Drop for ThreadPool {
     }
 }
 
-fn worker(s: &Shared) {
+/// Runs the tasks of `ranges` from thread `slot`'s: its own in order, then
+/// the others' (from the next slot on) while they have any left.
+fn run_tasks(ranges: &[Range], slot: usize, f: &(dyn Fn(usize) + Sync)) {
+    for k in 0..ranges.len() {
+        let range = &ranges[(slot + k) % ranges.len()];
+        while let Some(i) = range.take() {
+            f(i);
+        }
+    }
+}
+
+/// A worker's loop: wait for a job (spin, then park), run tasks of it from
+/// `slot`'s range on, report done.
+fn worker(s: &Shared, slot: usize) {
     let mut seen = 0usize;
     loop {
         // Wait for a new epoch: spin, then park.
         let start = Instant::now();
         let mut spins = 0u32;
         loop {
-            let e = s.epoch.load(Ordering::Acquire);
+            let e = s.published.epoch.load(Ordering::Acquire);
             if e != seen {
                 seen = e;
                 break;
@@ -168,7 +236,7 @@ fn worker(s: &Shared) {
             if spins.is_multiple_of(1024) && start.elapsed() > SPIN {
                 let mut parked = s.parked.lock().unwrap_or_else(|e| e.into_inner());
                 *parked += 1;
-                while s.epoch.load(Ordering::Acquire) == seen {
+                while s.published.epoch.load(Ordering::Acquire) == seen {
                     parked = s.wake.wait(parked).unwrap_or_else(|e| e.into_inner());
                 }
                 *parked -= 1;
@@ -181,17 +249,16 @@ fn worker(s: &Shared) {
         if s.quit.load(Ordering::Acquire) {
             return;
         }
-        let job = *s.job.lock().unwrap_or_else(|e| e.into_inner());
+        // SAFETY: the epoch was bumped (Acquire above) after the job was
+        // written, and it is not written again before this worker reports
+        // done (see `Published::job`).
+        let job = unsafe { *s.published.job.get() };
         if let Some(job) = job {
             // SAFETY: the publisher waits for `busy` to reach 0 before the
             // closure goes out of scope.
             let f = unsafe { &*job.f };
-            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| loop {
-                let i = s.next.fetch_add(1, Ordering::Relaxed);
-                if i >= job.tasks {
-                    break;
-                }
-                f(i);
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                run_tasks(&s.ranges[..job.threads], slot, f)
             }));
             if r.is_err() {
                 s.panicked.store(true, Ordering::Relaxed);
