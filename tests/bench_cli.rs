@@ -23,10 +23,11 @@ fn stdout(o: &Output) -> String {
     String::from_utf8(o.stdout.clone()).unwrap()
 }
 
-#[test]
-fn json_has_llama_bench_fields() {
+/// The tests of `bench -o json` on the tiny Q8_0 model (path returned too):
+/// pp8 then tg4 on 2 threads, `-r reps`, with `extra` arguments.
+fn json_tests(reps: &str, extra: &[&str]) -> (std::path::PathBuf, Vec<serde_json::Value>) {
     let model = fixture("tiny-mistral/gguf/tiny-mistral-Q8_0.gguf");
-    let out = stdout(&bench(&[
+    let mut args = vec![
         "-m",
         model.to_str().unwrap(),
         "-p",
@@ -34,15 +35,23 @@ fn json_has_llama_bench_fields() {
         "-n",
         "4",
         "-r",
-        "1",
+        reps,
         "-t",
         "2",
         "-o",
         "json",
-    ]));
+    ];
+    args.extend_from_slice(extra);
+    let out = stdout(&bench(&args));
     let v: serde_json::Value = serde_json::from_str(&out).expect("one JSON array");
-    let tests = v.as_array().expect("array");
+    let tests = v.as_array().expect("array").clone();
     assert_eq!(tests.len(), 2, "pp8 then tg4");
+    (model, tests)
+}
+
+#[test]
+fn json_has_llama_bench_fields() {
+    let (model, tests) = json_tests("1", &[]);
     let file_bytes = std::fs::metadata(&model).unwrap().len();
     for (t, (n_prompt, n_gen)) in tests.iter().zip([(8, 0), (0, 4)]) {
         assert_eq!(t["n_prompt"], n_prompt);
@@ -94,25 +103,7 @@ fn json_has_llama_bench_fields() {
 
 #[test]
 fn read_bw_pairs_tg_segments_with_reads() {
-    let model = fixture("tiny-mistral/gguf/tiny-mistral-Q8_0.gguf");
-    let out = stdout(&bench(&[
-        "-m",
-        model.to_str().unwrap(),
-        "-p",
-        "8",
-        "-n",
-        "4",
-        "-r",
-        "2",
-        "-t",
-        "2",
-        "--read-bw",
-        "-o",
-        "json",
-    ]));
-    let v: serde_json::Value = serde_json::from_str(&out).expect("one JSON array");
-    let tests = v.as_array().expect("array");
-    assert_eq!(tests.len(), 2, "pp8 then tg4");
+    let (_, tests) = json_tests("2", &["--read-bw"]);
     // A prompt test reads nothing around itself.
     assert!(tests[0]["read_gbps"].is_null() && tests[0]["read_share"].is_null());
     // tg: a read before the first segment and one after each, at least one
