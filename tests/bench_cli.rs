@@ -43,8 +43,7 @@ fn json_tests(reps: &str, extra: &[&str]) -> (std::path::PathBuf, Vec<serde_json
     ];
     args.extend_from_slice(extra);
     let out = stdout(&bench(&args));
-    let v: serde_json::Value = serde_json::from_str(&out).expect("one JSON array");
-    let tests = v.as_array().expect("array").clone();
+    let tests: Vec<serde_json::Value> = serde_json::from_str(&out).expect("one JSON array");
     assert_eq!(tests.len(), 2, "pp8 then tg4");
     (model, tests)
 }

@@ -24,13 +24,8 @@ use std::time::{Duration, Instant};
 /// How long an idle worker spins before parking.
 const SPIN: Duration = Duration::from_micros(200);
 
-/// A job: a type-erased `&(dyn Fn(usize) + Sync)` and the number of
-/// threads (ranges) its tasks are split over.
-#[derive(Clone, Copy)]
-struct Job {
-    f: *const (dyn Fn(usize) + Sync),
-    threads: usize,
-}
+/// A job: a type-erased `&(dyn Fn(usize) + Sync)`.
+type Job = *const (dyn Fn(usize) + Sync);
 
 /// The published job and its epoch, in one cache line: a worker that sees
 /// the new epoch has the job with it.
@@ -62,7 +57,8 @@ impl Range {
 
 struct Shared {
     published: Published,
-    /// Per thread slot (the caller's 0, the workers' 1..), its tasks.
+    /// Per thread slot (the caller's 0, the workers' 1..), its tasks; the
+    /// slots of workers that could not be started stay empty.
     ranges: Vec<Range>,
     /// Workers that have not finished the current job.
     busy: AtomicUsize,
@@ -151,17 +147,12 @@ impl ThreadPool {
         let s = &*self.shared;
         // SAFETY (lifetime erasure): see `Shared`'s Send/Sync impls — the
         // pointer is not used after this function returns.
-        let f_static: *const (dyn Fn(usize) + Sync) = unsafe { std::mem::transmute(f) };
+        let f_static: Job = unsafe { std::mem::transmute(f) };
         let threads = self.threads();
         // SAFETY: no worker reads the job now: each finished the previous
         // one (the last `run` waited for `busy` to reach 0) and reads it
         // again only after the epoch bump below (Release).
-        unsafe {
-            *s.published.job.get() = Some(Job {
-                f: f_static,
-                threads,
-            })
-        };
+        unsafe { *s.published.job.get() = Some(f_static) };
         for (t, range) in s.ranges.iter().take(threads).enumerate() {
             range.next.store(t * tasks / threads, Ordering::Relaxed);
             range
@@ -173,9 +164,8 @@ impl ThreadPool {
         if *s.parked.lock().unwrap_or_else(|e| e.into_inner()) > 0 {
             s.wake.notify_all();
         }
-        let caller = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            run_tasks(&s.ranges[..threads], 0, f)
-        }));
+        let caller =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_tasks(&s.ranges, 0, f)));
         let mut spins = 0u32;
         while s.busy.load(Ordering::Acquire) > 0 {
             spins = spins.wrapping_add(1);
@@ -256,9 +246,9 @@ fn worker(s: &Shared, slot: usize) {
         if let Some(job) = job {
             // SAFETY: the publisher waits for `busy` to reach 0 before the
             // closure goes out of scope.
-            let f = unsafe { &*job.f };
+            let f = unsafe { &*job };
             let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                run_tasks(&s.ranges[..job.threads], slot, f)
+                run_tasks(&s.ranges, slot, f)
             }));
             if r.is_err() {
                 s.panicked.store(true, Ordering::Relaxed);
