@@ -164,9 +164,10 @@ fn decode(c: &mut Criterion) {
 const STREAM_BYTES: usize = 1_000_000_000;
 
 /// Types of the streamed decode: those of the 7B files we measure.
-const STREAM_TYPES: [GgmlType; 4] = [
+const STREAM_TYPES: [GgmlType; 5] = [
     GgmlType::Q4_0,
     GgmlType::Q4_K,
+    GgmlType::Q5_K,
     GgmlType::Q6_K,
     GgmlType::Q8_0,
 ];

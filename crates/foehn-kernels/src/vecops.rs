@@ -5,6 +5,8 @@
 //! vectorizes it at whatever width the target allows, with fused
 //! multiply-adds where the target has them.
 
+// `Isa` names the x86 variants (and the docs' links) only.
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_imports))]
 use crate::cpu::{Isa, SupportedIsa};
 
 /// e^x for x ≤ 0, within 2 ulp of `f32::exp`; exactly 0 below -87 and for

@@ -25,7 +25,7 @@ use std::arch::x86_64::*;
 use std::sync::OnceLock;
 
 use super::act::{QuantizedActs, ACT_BLOCK};
-use super::format::{Format, UnitLayout, SUPER, TILE};
+use super::format::{Format, SixBitScales, UnitLayout, SUPER, TILE};
 use super::MAX_CALL_ROWS as MAX_ROWS;
 
 /// Whether this CPU runs the kernel: the AVX-512 VNNI kernel's features,
@@ -79,8 +79,9 @@ fn tile_state_granted() -> bool {
 
 // `select`: the kernel of each shape, as [`super::scalar::tile`] for `nr`
 // activation rows up to [`MAX_ROWS`]; the split 6-bit layout (Q6_K at the
-// file's size) is the kernel's monomorph of its own.
-layout_select!(tile, kernel::<true, 16, true, false, true>);
+// file's size) is the kernel's monomorph of its own. Q5_K's split layout is
+// not packed for this instruction set (see its row of the type table).
+layout_select!(tile, kernel::<true, 16, true, false, true>, return None);
 
 /// As [`super::scalar::tile`] for one layout and `nr` (1..=[`MAX_ROWS`])
 /// activation rows.
@@ -223,7 +224,7 @@ pub(super) unsafe fn group_levels<const NIB: bool, const G: usize, const SPLIT: 
         } else {
             _mm512_setzero_si512()
         };
-        let high = |o: usize| super::avx512::split_high_bits(plane, o);
+        let high = |o: usize| super::avx512::split_high_bits::<2>(plane, o);
         for p in 0..nd {
             let v = _mm512_loadu_si512(wp.add(p * 64).cast());
             let mut lo = _mm512_and_si512(v, mask);
@@ -305,7 +306,7 @@ unsafe fn step<
     g0: usize,
     acc: &mut [__m512; MAX_ROWS],
 ) {
-    let grb = UnitLayout::of(NIB, G, SUP, MIN, SPLIT).group_row;
+    let grb = UnitLayout::of(NIB, G, SUP, MIN, if SPLIT { 2 } else { 0 }).group_row;
     let sets = 1 + usize::from(MIN);
     let cols = p.cols;
     let (nb, ng, ns) = (cols / ACT_BLOCK, cols / G, cols / SUPER);
@@ -324,12 +325,14 @@ unsafe fn step<
     let zero = _mm512_setzero_ps();
     let (mut d, mut dm) = ([zero; K], [zero; K]);
     let mut mw = [_mm512_setzero_si512(); K];
+    let scp = ub.wrapping_add(2 * TILE * sets);
+    let six_bit = UnitLayout::six_bit_scales(G, SUP, MIN).then(|| SixBitScales::expand(scp));
+    let scp = six_bit.as_ref().map_or(scp, |s| s.0.as_ptr());
     if SUP {
         d[0] = _mm512_cvtph_ps(_mm256_loadu_si256(ub.cast()));
         if MIN {
             dm[0] = _mm512_cvtph_ps(_mm256_loadu_si256(ub.add(2 * TILE).cast()));
         }
-        let scp = ub.add(2 * TILE * sets);
         let mp = scp.add(K * TILE);
         for (j, mw) in mw.iter_mut().enumerate().take(K / 2) {
             let (lo, hi) = (
@@ -352,7 +355,6 @@ unsafe fn step<
     }
     let mut sc = [zero; K];
     if SUP {
-        let scp = ub.add(2 * TILE * sets);
         for (k, sc) in sc.iter_mut().enumerate() {
             *sc = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(
                 scp.add(k * TILE).cast(),
@@ -475,7 +477,7 @@ unsafe fn kernel<
         "tile call: 1 to {MAX_ROWS} rows"
     );
     let off = fmt.off;
-    let layout = UnitLayout::of(NIB, G, SUP, MIN, SPLIT);
+    let layout = UnitLayout::of(NIB, G, SUP, MIN, if SPLIT { 2 } else { 0 });
     // Scratch written before it is read (`signed_group`, tile stores):
     // not cleared.
     let mut b = std::mem::MaybeUninit::<Aligned<[u8; SUPER * TILE]>>::uninit();
@@ -562,10 +564,13 @@ mod tests {
         let mut rng = rand::rngs::StdRng::seed_from_u64(16);
         let calls = [(0, 64), (3, 16), (1, 17), (5, 9), (0, 33), (7, 63), (2, 1)];
         let n = 70;
+        // Every format packed for this instruction set (Q5_K's split layout
+        // is not: it has no AMX kernel).
         let formats = GgmlType::ALL
             .into_iter()
             .filter_map(|t| Some([Format::of(t)?].into_iter().chain(Format::split(t))))
-            .flatten();
+            .flatten()
+            .filter(|f| select(f.shape).is_some());
         for fmt in formats {
             let ty = fmt.ty;
             let many = select(fmt.shape).unwrap();

@@ -17,7 +17,7 @@ use std::sync::OnceLock;
 
 use super::amx::Aligned;
 use super::bf16::{act_index, STEP, STEP_WORDS};
-use super::format::{Format, UnitLayout, SUPER, TILE};
+use super::format::{Format, SixBitScales, UnitLayout, SUPER, TILE};
 
 /// Whether this CPU runs the bf16 prompt product: the int8 AMX kernel's
 /// features and tile state ([`super::amx::available`]), AMX-BF16, and the
@@ -44,7 +44,11 @@ fn cpu_has_amx_bf16() -> bool {
 /// operand (see [`super::bf16`]): `(off, tile, u0, u1, dst)`.
 pub(crate) type ConvertFn = unsafe fn(i32, &[u8], usize, usize, &mut [u16]);
 
-layout_select!(fn converter -> ConvertFn = convert, convert_units::<true, 16, true, false, true>);
+layout_select!(
+    fn converter -> ConvertFn = convert,
+    convert_units::<true, 16, true, false, true>,
+    return None
+);
 
 /// [`convert_units`] for the layouts without the split plane.
 ///
@@ -85,7 +89,7 @@ unsafe fn convert_units<
     u1: usize,
     dst: &mut [u16],
 ) {
-    let layout = UnitLayout::of(NIB, G, SUP, MIN, SPLIT);
+    let layout = UnitLayout::of(NIB, G, SUP, MIN, if SPLIT { 2 } else { 0 });
     let unit = if SUP { SUPER } else { G };
     assert!(
         u0 <= u1
@@ -115,6 +119,8 @@ unsafe fn convert_units<
             zero
         };
         let scp = ub.add(2 * TILE * sets);
+        let six_bit = UnitLayout::six_bit_scales(G, SUP, MIN).then(|| SixBitScales::expand(scp));
+        let scp = six_bit.as_ref().map_or(scp, |s| s.0.as_ptr());
         let mp = scp.add(groups * TILE);
         let small =
             |p: *const u8| _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(p.cast())));
@@ -532,12 +538,14 @@ mod tests {
     use crate::GgmlType;
     use rand::{Rng, SeedableRng};
 
-    /// Every packed format, and its split variant.
+    /// Every packed format, and its split variant, that has a conversion
+    /// (Q5_K's split layout is not packed for AMX).
     fn formats() -> impl Iterator<Item = Format> {
         GgmlType::ALL
             .into_iter()
             .filter_map(|t| Some([Format::of(t)?].into_iter().chain(Format::split(t))))
             .flatten()
+            .filter(|f| converter(f.shape).is_some())
     }
 
     /// Random packed weights of `fmt`, `rows × cols`.

@@ -16,14 +16,15 @@
 //! One pass computes both halves for one or two activation rows, so that
 //! every broadcast activation word feeds two `vpmaddubsw` and the operands
 //! and accumulators stay in the sixteen registers; three or four rows are
-//! two passes. Q6_K is packed in the split layout here (low nibbles and a
-//! plane of high bits: the file's size, so decode reads no more than the
-//! file, at some cost in prefill), whose groups run one half at a time.
+//! two passes. Q6_K and Q5_K are packed in the split layouts here (low
+//! nibbles and a plane of high bits: the file's size, so decode reads no
+//! more than the file, at some cost in prefill), whose groups run one half
+//! at a time.
 
 use std::arch::x86_64::*;
 
 use super::act::QuantizedActs;
-use super::format::{Format, UnitLayout, SUPER, TILE};
+use super::format::{Format, SixBitScales, UnitLayout, SUPER, TILE};
 use super::shape::KernelShape;
 
 /// Whether this CPU has everything the kernel uses.
@@ -42,6 +43,17 @@ const SIGN: u8 = 2;
 /// The split 6-bit layout: nibbles, with each operand's high two bits or-ed
 /// in from the group's plane word (see the format docs).
 const SPLIT: u8 = 3;
+/// The split 5-bit layout: as [`SPLIT`] with one high bit per level.
+const SPLIT5: u8 = 4;
+
+/// Bits of each level in the plane of the split layouts (0: none).
+const fn high_bits(mode: u8) -> u32 {
+    match mode {
+        SPLIT => 2,
+        SPLIT5 => 1,
+        _ => 0,
+    }
+}
 
 /// How the kernel computes a shape: (levels, group, superblocks, min, pair
 /// bias, 16-bit chains per group). A chain's final sum, `2 · words/chains`
@@ -84,6 +96,7 @@ shapes!(
     SuperWide32 => (SIGN, 32, true, false, false, 8),
     SuperByte16 => (BYTE, 16, true, false, true, 1),
     SuperSplit16 => (SPLIT, 16, true, false, true, 1),
+    SuperSplit32Min => (SPLIT5, 32, true, true, false, 2),
     SuperNib16 => (NIB, 16, true, false, true, 1),
     SuperNib16Min => (NIB, 16, true, true, false, 1),
 );
@@ -147,7 +160,8 @@ unsafe fn kernel<
 ) {
     let unit = if SUP { SUPER } else { G };
     let groups_per_unit = unit / G;
-    let nibbles = MODE == NIB || MODE == SPLIT;
+    let hb = high_bits(MODE);
+    let nibbles = MODE == NIB || hb > 0;
     // 4-byte words (of nibbles) per row and group; a chain closes after
     // `per_chain`. The split layout's plane word follows the nibble words.
     let nd = if nibbles { G / 8 } else { G / 4 };
@@ -155,12 +169,12 @@ unsafe fn kernel<
         header,
         group_row: grb,
         bytes: unit_bytes,
-    } = UnitLayout::of(nibbles, G, SUP, MIN, MODE == SPLIT);
+    } = UnitLayout::of(nibbles, G, SUP, MIN, hb);
     let per_chain = nd / CH;
     let sets = 1 + usize::from(MIN);
     let units = cols / unit;
     let nib_mask = _mm256_set1_epi8(0x0f);
-    let high_mask = _mm256_set1_epi8(0x30);
+    let high_mask = _mm256_set1_epi8((((1u32 << high_bits(MODE)) - 1) << 4) as i8);
     let flip = _mm256_set1_epi8(-128);
     let ones = _mm256_set1_epi16(1);
     // Each of 8 bytes twice: a sub-scale per 16-bit half of a lane.
@@ -226,6 +240,8 @@ unsafe fn kernel<
             }
         });
         let scp = ub.add(2 * TILE * sets);
+        let six_bit = UnitLayout::six_bit_scales(G, SUP, MIN).then(|| SixBitScales::expand(scp));
+        let scp = six_bit.as_ref().map_or(scp, |s| s.0.as_ptr());
         let mp = scp.add(groups_per_unit * TILE);
         let mut wp = ub.add(header);
         // Superblocks: Σ_g sc_g · (group sum << shift), per row.
@@ -261,7 +277,7 @@ unsafe fn kernel<
             };
             // The split layout runs one half at a time (fewer values live at
             // once: its operands take more registers to rebuild).
-            let per_pass = if MODE == SPLIT { 1 } else { 2 };
+            let per_pass = if hb > 0 { 1 } else { 2 };
             for pass_start in (0..2).step_by(per_pass) {
                 let halves = pass_start..pass_start + per_pass;
                 for p in 0..words {
@@ -270,17 +286,17 @@ unsafe fn kernel<
                         if nibbles {
                             let mut lo = _mm256_and_si256(v, nib_mask);
                             let mut hi = _mm256_and_si256(_mm256_srli_epi16::<4>(v), nib_mask);
-                            if MODE == SPLIT {
-                                // Operand o's two high bits sit at bits 2o of the
-                                // plane's bytes: moved to bits 4..6 (16-bit
+                            if hb > 0 {
+                                // Operand o's high bits sit at bits hb·o of the
+                                // plane's bytes: moved to bit 4 on (16-bit
                                 // shifts by at most 4 keep them in their byte).
                                 let plane = _mm256_loadu_si256(wp.add(nd * 64 + 32 * hh).cast());
                                 let high = |o: usize| {
-                                    let x = match o {
-                                        0 => _mm256_slli_epi16::<4>(plane),
-                                        1 => _mm256_slli_epi16::<2>(plane),
-                                        2 => plane,
-                                        _ => _mm256_srli_epi16::<2>(plane),
+                                    let left = 4 - (hb * o as u32) as i32;
+                                    let x = if left >= 0 {
+                                        _mm256_sll_epi16(plane, _mm_cvtsi32_si128(left))
+                                    } else {
+                                        _mm256_srl_epi16(plane, _mm_cvtsi32_si128(-left))
                                     };
                                     _mm256_and_si256(x, high_mask)
                                 };
@@ -394,8 +410,8 @@ mod tests {
             };
             for fmt in [Some(fmt), Format::split(ty)].into_iter().flatten() {
                 let (mode, g, sup, min, bias, ch) = params(fmt.shape);
-                assert_eq!(mode == NIB || mode == SPLIT, fmt.nibbles, "{ty}");
-                assert_eq!(mode == SPLIT, fmt.high_bits == 2, "{ty}");
+                assert_eq!(mode == NIB || high_bits(mode) > 0, fmt.nibbles, "{ty}");
+                assert_eq!(high_bits(mode), fmt.high_bits, "{ty}");
                 assert_eq!((g, sup, min), (fmt.group, fmt.superblocks, fmt.min), "{ty}");
                 assert_eq!(bias, fmt.off != 0 && fmt.off < 128, "{ty}");
                 assert_eq!(mode == SIGN, fmt.off == 128, "{ty}");

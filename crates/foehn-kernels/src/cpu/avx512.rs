@@ -5,7 +5,7 @@
 use std::arch::x86_64::*;
 
 use super::act::QuantizedActs;
-use super::format::{Format, UnitLayout, SUPER, TILE};
+use super::format::{Format, SixBitScales, UnitLayout, SUPER, TILE};
 use super::{prefetch, PREFETCH_AHEAD};
 
 /// Whether this CPU has everything the kernel uses.
@@ -38,9 +38,9 @@ unsafe fn kernel<
     out: &mut [f32],
 ) {
     if SUP {
-        return superblock_kernel::<NIB, G, MIN, NA, false>(off, cols, tile, acts, r0, out);
+        return superblock_kernel::<NIB, G, MIN, NA, 0>(off, cols, tile, acts, r0, out);
     }
-    let layout = UnitLayout::of(NIB, G, false, MIN, false);
+    let layout = UnitLayout::of(NIB, G, false, MIN, 0);
     // 4-byte words per row per group; with nibbles each word gives two operands.
     let nd = layout.group_row / 4;
     let nops = if NIB { 2 * nd } else { nd };
@@ -65,7 +65,7 @@ unsafe fn kernel<
         } else {
             _mm512_setzero_ps()
         };
-        let w = load_group::<NIB, false>(ub.add(2 * TILE * sets), nd, nib_mask);
+        let w = load_group::<NIB, 0>(ub.add(2 * TILE * sets), nd, nib_mask);
         for r in 0..NA {
             // Operand p holds levels 4p..4p+4 of each row (for nibbles the
             // high halves continue at G/2 = 4·nd), matching activation
@@ -94,11 +94,11 @@ pub(super) const fn chains(na: usize) -> usize {
 }
 
 /// The operands of one group of a tile: `nd` words of 16 rows, each split
-/// into its low and high nibbles when `NIB`; with `SPLIT` (the split 6-bit
-/// layout), each operand's two high bits or-ed in from the plane word that
-/// follows the nibble words.
+/// into its low and high nibbles when `NIB`; in the split layouts (`HB`
+/// high bits per level, not 0), each operand's high bits or-ed in from the
+/// plane word that follows the nibble words.
 #[inline(always)]
-unsafe fn load_group<const NIB: bool, const SPLIT: bool>(
+unsafe fn load_group<const NIB: bool, const HB: u32>(
     wp: *const u8,
     nd: usize,
     nib_mask: __m512i,
@@ -113,34 +113,36 @@ unsafe fn load_group<const NIB: bool, const SPLIT: bool>(
             w[p] = v;
         }
     }
-    if SPLIT {
+    if HB > 0 {
         let plane = _mm512_loadu_si512(wp.add(nd * 64).cast());
         for (o, w) in w.iter_mut().enumerate().take(2 * nd) {
-            *w = _mm512_or_si512(*w, split_high_bits(plane, o));
+            *w = _mm512_or_si512(*w, split_high_bits::<HB>(plane, o));
         }
     }
     w
 }
 
-/// The split layout's two high bits of operand `o` (0..4) of a group, from
-/// its plane word, in place (bits 4..6 of each byte): they sit at bits 2o
-/// of the plane's bytes (16-bit shifts by at most 4 keep them in their
-/// byte).
+/// The split layout's `HB` (1 or 2) high bits of operand `o` (0..8 or 0..4)
+/// of a group, from its plane word, in place (from bit 4 of each byte):
+/// they sit at bits `HB·o` of the plane's bytes (16-bit shifts by at most 4
+/// keep them in their byte; `o` is a constant where the loops unroll, and
+/// so are the shifts).
 #[inline(always)]
-pub(super) unsafe fn split_high_bits(plane: __m512i, o: usize) -> __m512i {
-    let x = match o {
-        0 => _mm512_slli_epi16::<4>(plane),
-        1 => _mm512_slli_epi16::<2>(plane),
-        2 => plane,
-        _ => _mm512_srli_epi16::<2>(plane),
+pub(super) unsafe fn split_high_bits<const HB: u32>(plane: __m512i, o: usize) -> __m512i {
+    let left = 4 - (HB * o as u32) as i32;
+    let x = if left >= 0 {
+        _mm512_sll_epi16(plane, _mm_cvtsi32_si128(left))
+    } else {
+        _mm512_srl_epi16(plane, _mm_cvtsi32_si128(-left))
     };
-    _mm512_and_si512(x, _mm512_set1_epi8(0x30))
+    let mask = ((1 << HB) - 1) << 4;
+    _mm512_and_si512(x, _mm512_set1_epi8(mask))
 }
 
-/// The split 6-bit layout (Q6_K at the file's size): as the byte layout's
-/// kernel, whose integer sums and float operations it computes.
+/// The split layouts (Q6_K and Q5_K at the file's size): as the byte
+/// layout's kernel, whose integer sums and float operations they compute.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vl,fma,f16c")]
-unsafe fn split_kernel<const NA: usize>(
+unsafe fn split_kernel<const G: usize, const MIN: bool, const NA: usize>(
     off: i32,
     cols: usize,
     tile: &[u8],
@@ -148,7 +150,13 @@ unsafe fn split_kernel<const NA: usize>(
     r0: usize,
     out: &mut [f32],
 ) {
-    superblock_kernel::<true, 16, false, NA, true>(off, cols, tile, acts, r0, out)
+    // Groups of 16 keep two high bits (6-bit levels), of 32 one (5-bit).
+    const { assert!(G == 16 || G == 32) };
+    if G == 16 {
+        superblock_kernel::<true, G, MIN, NA, 2>(off, cols, tile, acts, r0, out)
+    } else {
+        superblock_kernel::<true, G, MIN, NA, 1>(off, cols, tile, acts, r0, out)
+    }
 }
 
 /// `init + Σ_p w[p] · a[4p..4p+4]` per row (lane) over the first `nops`
@@ -190,7 +198,7 @@ unsafe fn superblock_kernel<
     const G: usize,
     const MIN: bool,
     const NA: usize,
-    const SPLIT: bool,
+    const HB: u32,
 >(
     _off: i32,
     cols: usize,
@@ -206,7 +214,7 @@ unsafe fn superblock_kernel<
         header,
         group_row: grb,
         bytes: unit_bytes,
-    } = UnitLayout::of(NIB, G, true, MIN, SPLIT);
+    } = UnitLayout::of(NIB, G, true, MIN, HB);
     let nops = if NIB { 2 * nd } else { nd };
     let chains = chains(NA);
     let sets = 1 + usize::from(MIN);
@@ -225,6 +233,8 @@ unsafe fn superblock_kernel<
         let ub = base.add(u * unit_bytes);
         prefetch(ub.wrapping_add(PREFETCH_AHEAD), header);
         let scp = ub.add(2 * TILE * sets);
+        let six_bit = UnitLayout::six_bit_scales(G, true, MIN).then(|| SixBitScales::expand(scp));
+        let scp = six_bit.as_ref().map_or(scp, |s| s.0.as_ptr());
         let mp = scp.add(groups_per_unit * TILE);
         let mut wp = ub.add(header);
         // Σ_g sc_g · (Σ (u − off)·a << shift) over the superblock, per row.
@@ -234,7 +244,7 @@ unsafe fn superblock_kernel<
                 scp.add(gi * TILE).cast(),
             )));
             prefetch(wp.wrapping_add(PREFETCH_AHEAD), TILE * grb);
-            let w = load_group::<NIB, SPLIT>(wp, nd, nib_mask);
+            let w = load_group::<NIB, HB>(wp, nd, nib_mask);
             let gg = u * groups_per_unit + gi;
             let at = gg * G;
             for r in 0..NA {

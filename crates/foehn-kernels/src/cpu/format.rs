@@ -40,6 +40,16 @@
 //! only in superblock mode. Rows past the matrix's end (the last tile of a
 //! matrix whose rows are not a multiple of 16) are zeros.
 //!
+//! The k-quants with 6-bit scales and mins (Q4_K, Q5_K: superblocks of 8
+//! groups of 32, with a min) keep them at 6 bits, as the file does, so that
+//! Q4_K's packed size is the file's ([`SixBitScales`]); the kernels expand
+//! them to the `sc · m` arrays above, a unit at a time:
+//! ```text
+//! sc · m     = low[8][16] u8 · high[4][16] u8
+//! low[g][i]  = sc[g][i] & 15 | (m[g][i] & 15) << 4
+//! high[c][i] = sc[c][i] >> 4 | (m[c][i] >> 4) << 2 | (sc[c + 4][i] >> 4) << 4 | (m[c + 4][i] >> 4) << 6
+//! ```
+//!
 //! Levels wider than 4 bits are one byte each, except in the *split* variant
 //! ([`Format::split`], chosen per instruction set): their low 4 bits are
 //! nibbles as above and their high bits one more word per row and group,
@@ -125,7 +135,7 @@ impl Format {
     /// common format; `None` for types without one.
     pub(crate) fn for_isa(ty: GgmlType, isa: Isa) -> Option<Format> {
         match ty.packing()?.split {
-            Some((_, isas)) if isas.contains(&isa.base()) => Format::split(ty),
+            Some((_, isas)) if isas.contains(&isa) => Format::split(ty),
             _ => Format::of(ty),
         }
     }
@@ -188,8 +198,24 @@ impl Format {
             self.group,
             self.superblocks,
             self.min,
-            self.high_bits == 2,
+            self.high_bits,
         )
+    }
+
+    /// Group `g`'s scale multiplier `sc` and (with a min) min multiplier
+    /// `m` of row `i` in the unit `ub` (superblock formats).
+    pub(crate) fn scales(&self, ub: &[u8], g: usize, i: usize) -> (i8, i8) {
+        let at = 2 * TILE * (1 + usize::from(self.min));
+        if UnitLayout::six_bit_scales(self.group, self.superblocks, self.min) {
+            let (sc, m) = SixBitScales::get(&ub[at..], g, i);
+            return (sc as i8, m as i8);
+        }
+        let m = if self.min {
+            ub[at + (self.groups_per_unit() + g) * TILE + i] as i8
+        } else {
+            0
+        };
+        (ub[at + g * TILE + i] as i8, m)
     }
 
     /// Bytes of one row's levels in one group (with the split variant's
@@ -224,7 +250,7 @@ pub(crate) struct UnitLayout {
     /// Bytes of the header.
     pub(crate) header: usize,
     /// Bytes of one row's levels in one group: nibbles or bytes, and the
-    /// split layout's plane of two high bits per level.
+    /// split layout's plane of high bits.
     pub(crate) group_row: usize,
     /// Bytes of the unit.
     pub(crate) bytes: usize,
@@ -233,28 +259,94 @@ pub(crate) struct UnitLayout {
 impl UnitLayout {
     /// The layout of levels in nibbles or bytes, in groups of `group`,
     /// superblocks (of [`SUPER`]) or single groups, with a min per group or
-    /// not, and in the split layout (nibbles and a plane of high bits) or
-    /// not.
+    /// not, and in the split layout (nibbles and a plane of `high_bits`
+    /// bits per level) when `high_bits` is not 0.
     pub(crate) const fn of(
         nibbles: bool,
         group: usize,
         superblocks: bool,
         min: bool,
-        split: bool,
+        high_bits: u32,
     ) -> Self {
-        let group_row = match (nibbles, split) {
-            (true, true) => group / 2 + group / 4,
-            (true, false) => group / 2,
-            (false, _) => group,
+        let group_row = if nibbles {
+            group / 2 + group * high_bits as usize / 8
+        } else {
+            group
         };
         let sets = if min { 2 } else { 1 };
         let groups = if superblocks { SUPER / group } else { 1 };
-        let header = 2 * TILE * sets + if superblocks { groups * TILE * sets } else { 0 };
+        let scales = if Self::six_bit_scales(group, superblocks, min) {
+            SixBitScales::BYTES
+        } else if superblocks {
+            groups * TILE * sets
+        } else {
+            0
+        };
+        let header = 2 * TILE * sets + scales;
         Self {
             header,
             group_row,
             bytes: header + groups * TILE * group_row,
         }
+    }
+
+    /// Whether a unit keeps its scales and mins at 6 bits ([`SixBitScales`]):
+    /// superblocks of groups of 32 with a min (Q4_K, Q5_K).
+    pub(crate) const fn six_bit_scales(group: usize, superblocks: bool, min: bool) -> bool {
+        superblocks && min && group == 32
+    }
+}
+
+/// The scales and mins of a superblock unit whose header keeps them at 6
+/// bits (see the module docs), expanded to one byte each: `sc[g][i]` at
+/// byte `16g + i`, then `m[g][i]` at byte `128 + 16g + i`, as the other
+/// superblock formats store them.
+#[repr(C, align(64))]
+pub(crate) struct SixBitScales(pub(crate) [u8; 2 * 8 * TILE]);
+
+impl SixBitScales {
+    /// Bytes of the 6-bit scales and mins of one unit.
+    pub(crate) const BYTES: usize = 12 * TILE;
+
+    /// Expands the [`BYTES`](Self::BYTES) bytes of 6-bit scales and mins at
+    /// `p`. Plain byte loops that every instruction set vectorizes: a few
+    /// vector operations per unit of 16 rows × 256 weights.
+    ///
+    /// # Safety
+    /// `p` must be valid for reads of [`BYTES`](Self::BYTES) bytes.
+    #[inline(always)]
+    pub(crate) unsafe fn expand(p: *const u8) -> Self {
+        const Q: usize = 4 * TILE;
+        let low = std::ptr::read_unaligned(p.cast::<[[u8; Q]; 2]>());
+        let high = std::ptr::read_unaligned(p.add(2 * Q).cast::<[u8; Q]>());
+        let mut out = Self([0; 2 * 8 * TILE]);
+        let (sc, m) = out.0.split_at_mut(2 * Q);
+        for k in 0..Q {
+            let (a, b, h) = (low[0][k], low[1][k], high[k]);
+            sc[k] = (a & 0x0f) | ((h << 4) & 0x30);
+            sc[Q + k] = (b & 0x0f) | (h & 0x30);
+            m[k] = (a >> 4) | ((h << 2) & 0x30);
+            m[Q + k] = (b >> 4) | ((h >> 2) & 0x30);
+        }
+        out
+    }
+
+    /// Scale and min of row `i`, group `g` from the 6-bit bytes `b`.
+    pub(crate) fn get(b: &[u8], g: usize, i: usize) -> (u8, u8) {
+        let low = b[g * TILE + i];
+        let high = b[8 * TILE + (g % 4) * TILE + i] >> (4 * (g / 4));
+        (
+            (low & 0x0f) | ((high & 3) << 4),
+            (low >> 4) | (((high >> 2) & 3) << 4),
+        )
+    }
+
+    /// Writes scale `sc` and min `m` (each below 64) of row `i`, group `g`
+    /// into the 6-bit bytes `b`, whose bits for them must be zero.
+    pub(crate) fn set(b: &mut [u8], g: usize, i: usize, sc: u8, m: u8) {
+        debug_assert!(sc < 64 && m < 64, "6-bit scale {sc} or min {m}");
+        b[g * TILE + i] = (sc & 0x0f) | ((m & 0x0f) << 4);
+        b[8 * TILE + (g % 4) * TILE + i] |= ((sc >> 4) | ((m >> 4) << 2)) << (4 * (g / 4));
     }
 }
 
@@ -263,13 +355,39 @@ mod tests {
     use super::*;
 
     #[test]
+    fn six_bit_scales_round_trip_every_value() {
+        // Every (scale, min) pair of 6-bit values, at every group and row.
+        for base in 0..32usize {
+            let mut b = [0u8; SixBitScales::BYTES];
+            let mut want = [[(0u8, 0u8); TILE]; 8];
+            for (g, row) in want.iter_mut().enumerate() {
+                for (i, w) in row.iter_mut().enumerate() {
+                    let k = base * 128 + g * TILE + i;
+                    *w = ((k % 64) as u8, (k / 64) as u8);
+                    SixBitScales::set(&mut b, g, i, w.0, w.1);
+                }
+            }
+            // SAFETY: `b` holds the bytes `expand` reads.
+            let expanded = unsafe { SixBitScales::expand(b.as_ptr()) };
+            for (g, row) in want.iter().enumerate() {
+                for (i, &(sc, m)) in row.iter().enumerate() {
+                    assert_eq!(SixBitScales::get(&b, g, i), (sc, m), "group {g} row {i}");
+                    assert_eq!(expanded.0[g * TILE + i], sc, "sc, group {g} row {i}");
+                    assert_eq!(expanded.0[(8 + g) * TILE + i], m, "m, group {g} row {i}");
+                }
+            }
+        }
+    }
+
+    #[test]
     fn packed_sizes_stay_close_to_the_originals() {
         // Bits per weight of the packed form vs the file's.
         for (ty, max_ratio) in [
             (GgmlType::Q4_0, 1.0),
             (GgmlType::Q4_1, 1.0),
             (GgmlType::Q8_0, 1.0),
-            (GgmlType::Q4_K, 1.03),
+            (GgmlType::Q4_K, 1.0),
+            (GgmlType::Q5_K, 1.55),
             (GgmlType::Q6_K, 1.31),
             (GgmlType::Q5_0, 1.55),
         ] {
@@ -278,11 +396,11 @@ mod tests {
             let orig = ty.row_bytes(4096).unwrap() as f64;
             assert!(packed / orig <= max_ratio, "{ty}: {packed} vs {orig}");
         }
-        // The split variant is the file's size.
-        let f = Format::split(GgmlType::Q6_K).unwrap();
-        assert_eq!(
-            f.tile_bytes(4096),
-            TILE * GgmlType::Q6_K.row_bytes(4096).unwrap()
-        );
+        // The split variant of Q6_K and the 6-bit scales of Q4_K are the
+        // file's size.
+        for f in [Format::split(GgmlType::Q6_K), Format::of(GgmlType::Q4_K)] {
+            let f = f.unwrap();
+            assert_eq!(f.tile_bytes(4096), TILE * f.ty.row_bytes(4096).unwrap());
+        }
     }
 }

@@ -5,19 +5,21 @@
 
 /// `select` of an instruction set whose tile entry point `$tile` is generic
 /// over exactly `(nibbles, group, superblocks, min)`: the monomorph of each
-/// shape, and for the split layout `$split` (an entry point of its own: any
-/// expression of type `RawTileFn`), or `None` where the instruction set has
-/// no kernel for it.
+/// shape, and for the split layouts `$split` (Q6_K's) and `$split32`
+/// (Q5_K's), entry points of their own (any expression of type
+/// `RawTileFn`), or `None` where the instruction set has no kernel for
+/// them.
 macro_rules! layout_select {
     ($tile:ident) => {
-        layout_select!(fn select -> $crate::cpu::RawTileFn = $tile, return None);
+        layout_select!(fn select -> $crate::cpu::RawTileFn = $tile, return None, return None);
     };
-    ($tile:ident, $split:expr) => {
-        layout_select!(fn select -> $crate::cpu::RawTileFn = $tile, $split);
+    ($tile:ident, $split:expr, $split32:expr) => {
+        layout_select!(fn select -> $crate::cpu::RawTileFn = $tile, $split, $split32);
     };
     // Any entry point generic over the layout: `$name` picks `$tile`'s
-    // monomorph (of type `$ty`) for a shape.
-    (fn $name:ident -> $ty:ty = $tile:ident, $split:expr) => {
+    // monomorph (of type `$ty`) for a shape; `$split` and `$split32` are the
+    // split shapes' (`return None` where there is none).
+    (fn $name:ident -> $ty:ty = $tile:ident, $split:expr, $split32:expr) => {
         /// The monomorph of `shape`.
         pub(crate) fn $name(shape: $crate::cpu::shape::KernelShape) -> Option<$ty> {
             use $crate::cpu::shape::KernelShape::*;
@@ -33,6 +35,7 @@ macro_rules! layout_select {
                 SuperNib16 => $tile::<true, 16, true, false>,
                 SuperNib16Min => $tile::<true, 16, true, true>,
                 SuperSplit16 => $split,
+                SuperSplit32Min => $split32,
             };
             Some(f)
         }
@@ -42,23 +45,23 @@ macro_rules! layout_select {
 /// Defines, in an instruction set's module whose kernel is generic over
 /// exactly `(nibbles, group, superblocks, min)` and the activation rows
 /// (AVX-512 VNNI, NEON): `select` ([`layout_select!`]) and `tile`, one
-/// monomorph's entry point; with `$split` (generic over the activation rows
-/// alone), `tile_split`, the split layout's.
+/// monomorph's entry point; with `$split` (generic over the group, the min
+/// and the activation rows), `tile_split`, the split layouts'.
 macro_rules! layout_kernels {
     ($kernel:ident) => {
         layout_select!(tile);
         layout_kernels!(@tile $kernel);
     };
     ($kernel:ident, $split:ident) => {
-        layout_select!(tile, tile_split);
+        layout_select!(tile, tile_split::<16, false>, tile_split::<32, true>);
         layout_kernels!(@tile $kernel);
 
-        /// As [`super::scalar::tile`], for the split layout: `NA` = `nr`
-        /// (4 from 4 up).
+        /// As [`super::scalar::tile`], for the split layouts (superblocks of
+        /// groups of `G`, with a min or not): `NA` = `nr` (4 from 4 up).
         ///
         /// # Safety
         /// The CPU must support the features [`available`] checks.
-        unsafe fn tile_split(
+        unsafe fn tile_split<const G: usize, const MIN: bool>(
             fmt: &Format,
             cols: usize,
             tile: &[u8],
@@ -68,7 +71,7 @@ macro_rules! layout_kernels {
             out: &mut [f32],
         ) {
             super::check_tile_call(fmt, cols, tile, acts, r0, nr, out);
-            layout_kernels!(@rows nr, $split::<>(fmt.off, cols, tile, acts, r0, out))
+            layout_kernels!(@rows nr, $split::<G, MIN>(fmt.off, cols, tile, acts, r0, out))
         }
     };
     (@tile $kernel:ident) => {

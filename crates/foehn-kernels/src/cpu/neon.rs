@@ -13,7 +13,7 @@ use std::arch::aarch64::*;
 use std::arch::asm;
 
 use super::act::QuantizedActs;
-use super::format::{Format, SUPER, TILE};
+use super::format::{Format, SixBitScales, UnitLayout, SUPER, TILE};
 
 /// Whether this CPU has everything the kernel uses.
 pub(crate) fn available() -> bool {
@@ -241,8 +241,11 @@ unsafe fn superblock_kernel<const NIB: bool, const G: usize, const MIN: bool, co
     let grb = if NIB { G / 2 } else { G };
     let nd = grb / 4;
     let sets = 1 + usize::from(MIN);
-    let header = 2 * TILE * sets + groups_per_unit * TILE * sets;
-    let unit_bytes = header + groups_per_unit * TILE * grb;
+    let UnitLayout {
+        header,
+        bytes: unit_bytes,
+        ..
+    } = UnitLayout::of(NIB, G, true, MIN, 0);
     let corr = if NIB { off } else { off - 128 };
     let nib_mask = vdupq_n_u8(0x0f);
     let flip = vdupq_n_u8(0x80);
@@ -260,6 +263,8 @@ unsafe fn superblock_kernel<const NIB: bool, const G: usize, const MIN: bool, co
     for u in 0..cols / SUPER {
         let ub = base.add(u * unit_bytes);
         let scp = ub.add(2 * TILE * sets);
+        let six_bit = UnitLayout::six_bit_scales(G, true, MIN).then(|| SixBitScales::expand(scp));
+        let scp = six_bit.as_ref().map_or(scp, |s| s.0.as_ptr());
         let mp = scp.add(groups_per_unit * TILE);
         let mut wp = ub.add(header);
         let mut fsum = [[zero_f; 4]; NA];

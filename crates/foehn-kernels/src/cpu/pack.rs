@@ -4,7 +4,7 @@
 use half::f16;
 use rayon::prelude::*;
 
-use super::format::{Format, TILE};
+use super::format::{Format, SixBitScales, UnitLayout, TILE};
 use crate::quant::blocks::*;
 use crate::quant::dequant::{q3_k_scales, scale_min_k4};
 use crate::quant::KVALUES_IQ4NL;
@@ -285,9 +285,25 @@ fn write_tile(fmt: &Format, cols: usize, parts: &[RowParts], tile: &mut [u8]) {
         };
         let rest = if fmt.superblocks {
             let sets = 1 + usize::from(fmt.min);
-            let (scales, rest) = rest.split_at_mut(sets * groups_per_unit * TILE);
+            let six_bit = UnitLayout::six_bit_scales(g, true, fmt.min);
+            let bytes = if six_bit {
+                SixBitScales::BYTES
+            } else {
+                sets * groups_per_unit * TILE
+            };
+            let (scales, rest) = rest.split_at_mut(bytes);
+            if six_bit {
+                scales.fill(0);
+            }
             for (i, p) in parts.iter().enumerate() {
                 let sc = &p.sc[ui * groups_per_unit..(ui + 1) * groups_per_unit];
+                if six_bit {
+                    let m = &p.m[ui * groups_per_unit..(ui + 1) * groups_per_unit];
+                    for (gi, (&sc, &m)) in sc.iter().zip(m).enumerate() {
+                        SixBitScales::set(scales, gi, i, sc as u8, m as u8);
+                    }
+                    continue;
+                }
                 for (gi, &v) in sc.iter().enumerate() {
                     scales[gi * TILE + i] = v as u8;
                 }
@@ -401,7 +417,6 @@ fn h(bits: u16) -> f32 {
 /// `S · (u − off) + M`.
 pub(crate) fn dequantize_tile_row(fmt: &Format, tile: &[u8], i: usize, dst: &mut [f32]) {
     let unit = fmt.unit();
-    let groups_per_unit = fmt.groups_per_unit();
     let grb = fmt.group_row_bytes();
     let g = fmt.group;
     let rd16 = |b: &[u8], at: usize| u16::from_le_bytes([b[at + 2 * i], b[at + 2 * i + 1]]);
@@ -412,17 +427,10 @@ pub(crate) fn dequantize_tile_row(fmt: &Format, tile: &[u8], i: usize, dst: &mut
         let d = h(rd16(ub, 0));
         let dm = if fmt.min { h(rd16(ub, 2 * TILE)) } else { 0.0 };
         let mut at = fmt.header_bytes();
-        let sc_at = 2 * TILE * (1 + usize::from(fmt.min));
-        let m_at = sc_at + groups_per_unit * TILE;
         for (gi, y) in y.chunks_exact_mut(g).enumerate() {
             let (s, m) = if fmt.superblocks {
-                let sc = f32::from(ub[sc_at + gi * TILE + i] as i8);
-                let m = if fmt.min {
-                    dm * f32::from(ub[m_at + gi * TILE + i] as i8)
-                } else {
-                    0.0
-                };
-                (d * sc, m)
+                let (sc, m) = fmt.scales(ub, gi, i);
+                (d * f32::from(sc), dm * f32::from(m))
             } else {
                 (d, dm)
             };

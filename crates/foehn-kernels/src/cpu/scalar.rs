@@ -21,8 +21,6 @@ pub(crate) fn tile(
 ) {
     let (unit, g, grb) = (fmt.unit(), fmt.group, fmt.group_row_bytes());
     let groups_per_unit = fmt.groups_per_unit();
-    let sc_at = 2 * TILE * (1 + usize::from(fmt.min));
-    let m_at = sc_at + groups_per_unit * TILE;
     let f16 = |b: &[u8], at: usize, i: usize| {
         half::f16::from_bits(u16::from_le_bytes([b[at + 2 * i], b[at + 2 * i + 1]])).to_f32()
     };
@@ -40,13 +38,8 @@ pub(crate) fn tile(
                 let mut at = fmt.header_bytes();
                 for gi in 0..groups_per_unit {
                     let (s, m) = if fmt.superblocks {
-                        let sc = f32::from(ub[sc_at + gi * TILE + i] as i8);
-                        let m = if fmt.min {
-                            dm * f32::from(ub[m_at + gi * TILE + i] as i8)
-                        } else {
-                            0.0
-                        };
-                        (d * sc, m)
+                        let (sc, m) = fmt.scales(ub, gi, i);
+                        (d * f32::from(sc), dm * f32::from(m))
                     } else {
                         (d, dm)
                     };

@@ -33,6 +33,9 @@ pub enum KernelShape {
     /// Q6_K split: as [`SuperByte16`](Self::SuperByte16) with each level's
     /// low nibble and high two bits stored apart (the file's size).
     SuperSplit16,
+    /// Q5_K split: as [`SuperByte32Min`](Self::SuperByte32Min) with each
+    /// level's low nibble and high bit stored apart (the file's size).
+    SuperSplit32Min,
     /// Q3_K: superblocks of groups of 16 nibbles, scales.
     SuperNib16,
     /// Q2_K: superblocks of groups of 16 nibbles, scales and mins.
@@ -45,7 +48,13 @@ impl KernelShape {
         use KernelShape::*;
         matches!(
             self,
-            Nib32 | Nib32Min | SuperNib32Min | SuperSplit16 | SuperNib16 | SuperNib16Min
+            Nib32
+                | Nib32Min
+                | SuperNib32Min
+                | SuperSplit16
+                | SuperSplit32Min
+                | SuperNib16
+                | SuperNib16Min
         )
     }
 
@@ -69,7 +78,7 @@ impl KernelShape {
         use KernelShape::*;
         matches!(
             self,
-            Nib32Min | Byte32Min | SuperNib32Min | SuperByte32Min | SuperNib16Min
+            Nib32Min | Byte32Min | SuperNib32Min | SuperByte32Min | SuperSplit32Min | SuperNib16Min
         )
     }
 
@@ -77,6 +86,7 @@ impl KernelShape {
     pub const fn high_bits(self) -> u32 {
         match self {
             KernelShape::SuperSplit16 => 2,
+            KernelShape::SuperSplit32Min => 1,
             _ => 0,
         }
     }

@@ -228,7 +228,7 @@ impl GgmlType {
         use Defer::*;
         use GgmlType::*;
         use KernelShape::*;
-        const SPLIT_ISAS: &[Isa] = &[Isa::Avx2, Isa::Avx512Vnni];
+        const SPLIT_ISAS: &[Isa] = &[Isa::Avx2, Isa::Avx512Vnni, Isa::Avx512Amx];
         let row = TypeTraits::new;
         match self {
             F32 => row("F32", 1, 4, Some(dq::f32), Some(qz::f32)),
@@ -270,12 +270,12 @@ impl GgmlType {
             Q4_K => row("Q4_K", QK_K, 144, Some(dq::q4_k), Some(qz::q4_k))
                 .packed(SuperNib32Min, 0, 15, sp::q4_k)
                 .defer(Background),
-            Q5_K => row("Q5_K", QK_K, 176, Some(dq::q5_k), Some(qz::q5_k)).packed(
-                SuperByte32Min,
-                0,
-                31,
-                sp::q5_k,
-            ),
+            // Split on AVX2 and AVX-512 (not under AMX, whose int8 kernel
+            // takes the byte layout): the file's size, where the byte
+            // layout reads 1.55× as much.
+            Q5_K => row("Q5_K", QK_K, 176, Some(dq::q5_k), Some(qz::q5_k))
+                .packed(SuperByte32Min, 0, 31, sp::q5_k)
+                .split_on(SuperSplit32Min, &[Isa::Avx2, Isa::Avx512Vnni]),
             // The split layout on AVX2 and AVX-512: the file's size, so
             // decode reads no more than the file (the byte layout reads
             // 1.31× as much).
