@@ -7,7 +7,9 @@
 //! so is the f16 → f32 widening (`vcvt_f32_f16` needs the unstable `f16`
 //! type). Nibble levels (0..15) are valid signed bytes as they are; byte
 //! levels (up to 255) are flipped to `u − 128` and the offset is corrected by
-//! `128 · Σa`, as in the AVX2 kernel.
+//! `128 · Σa`, as in the AVX2 kernel. Q6_K and Q5_K are packed in the split
+//! layouts (nibbles and a plane of high bits, the file's size): their levels
+//! (up to 63) are rebuilt from both and stay valid signed bytes.
 
 use std::arch::aarch64::*;
 use std::arch::asm;
@@ -21,7 +23,7 @@ pub(crate) fn available() -> bool {
         && std::arch::is_aarch64_feature_detected!("dotprod")
 }
 
-layout_kernels!(kernel);
+layout_kernels!(kernel, split_kernel);
 
 /// `acc[j] += Σ_{b<4} w[4j + b] · a[4·lane + b]` (SDOT by element: the
 /// activation word `lane` of `a` feeds all four rows of `w`). `lane` is a
@@ -97,8 +99,12 @@ macro_rules! unroll {
 /// Rows `4q..4q + 4` of a group's integer sums for `NA` activation rows:
 /// `init[r] + Σ_p w[p] · a_r[4p..4p + 4]` by SDOT, over the group's `nd`
 /// weight words at `wp` (split into nibbles, or flipped to signed bytes).
+/// In the split layouts (`HB` high bits per level, not 0), each nibble
+/// operand `o`'s high bits come from bits `HB·o` of the plane word that
+/// follows the nibble words, shifted to bit 4 (levels up to 63 stay valid
+/// signed bytes).
 #[inline(always)]
-unsafe fn dot_quarter<const NIB: bool, const NA: usize>(
+unsafe fn dot_quarter<const NIB: bool, const HB: u32, const NA: usize>(
     wp: *const u8,
     nd: usize,
     av: &[[int8x16_t; 2]; NA],
@@ -108,13 +114,30 @@ unsafe fn dot_quarter<const NIB: bool, const NA: usize>(
     flip: uint8x16_t,
 ) -> [int32x4_t; NA] {
     let mut isum: [int32x4_t; NA] = std::array::from_fn(|r| vdupq_n_s32(init[r]));
+    let plane = if HB > 0 {
+        vld1q_u8(wp.add(nd * 4 * TILE + 16 * q))
+    } else {
+        vdupq_n_u8(0)
+    };
+    let high_mask = vdupq_n_u8((((1u32 << HB) - 1) << 4) as u8);
+    // Operand o's high bits at bits 4.. (a negative shift is a right shift).
+    let high = |o: usize| {
+        vandq_u8(
+            vshlq_u8(plane, vdupq_n_s8(4 - (HB as usize * o) as i8)),
+            high_mask,
+        )
+    };
     unroll!(|p| [0, 1, 2, 3, 4, 5, 6, 7] {
         if p < nd {
             // Word p of rows 4q..4q+4.
             let v = vld1q_u8(wp.add(p * 4 * TILE + 16 * q));
             if NIB {
-                let lo = vreinterpretq_s8_u8(vandq_u8(v, nib_mask));
-                let hi = vreinterpretq_s8_u8(vshrq_n_u8::<4>(v));
+                let (mut lo, mut hi) = (vandq_u8(v, nib_mask), vshrq_n_u8::<4>(v));
+                if HB > 0 {
+                    lo = vorrq_u8(lo, high(p));
+                    hi = vorrq_u8(hi, high(nd + p));
+                }
+                let (lo, hi) = (vreinterpretq_s8_u8(lo), vreinterpretq_s8_u8(hi));
                 let oh = nd + p;
                 unroll!(|r| [0, 1, 2, 3] {
                     if r < NA {
@@ -171,7 +194,7 @@ unsafe fn kernel<
     out: &mut [f32],
 ) {
     if SUP {
-        return superblock_kernel::<NIB, G, MIN, NA>(off, cols, tile, acts, r0, out);
+        return superblock_kernel::<NIB, G, MIN, NA, 0>(off, cols, tile, acts, r0, out);
     }
     let grb = if NIB { G / 2 } else { G };
     // 4-byte words per row per group; with nibbles each word gives two
@@ -204,7 +227,7 @@ unsafe fn kernel<
         let da: [f32; NA] = std::array::from_fn(|r| *ad[r].add(g * G / 32));
         let init: [i32; NA] = std::array::from_fn(|r| -corr * sa[r]);
         unroll!(|q| [0, 1, 2, 3] {
-            let isum = dot_quarter::<NIB, NA>(wp, nd, &av, &init, q, nib_mask, flip);
+            let isum = dot_quarter::<NIB, 0, NA>(wp, nd, &av, &init, q, nib_mask, flip);
             unroll!(|r| [0, 1, 2, 3] {
                 if r < NA {
                     let mut v = vmulq_f32(s[q], vcvtq_f32_s32(isum[r]));
@@ -223,13 +246,39 @@ unsafe fn kernel<
     }
 }
 
+/// The split layouts (Q6_K and Q5_K at the file's size): as the byte
+/// layout's kernel, whose integer sums and float operations they compute.
+#[target_feature(enable = "neon,dotprod")]
+unsafe fn split_kernel<const G: usize, const MIN: bool, const NA: usize>(
+    off: i32,
+    cols: usize,
+    tile: &[u8],
+    acts: &QuantizedActs,
+    r0: usize,
+    out: &mut [f32],
+) {
+    // Groups of 16 keep two high bits (6-bit levels), of 32 one (5-bit).
+    const { assert!(G == 16 || G == 32) };
+    if G == 16 {
+        superblock_kernel::<true, G, MIN, NA, 2>(off, cols, tile, acts, r0, out)
+    } else {
+        superblock_kernel::<true, G, MIN, NA, 1>(off, cols, tile, acts, r0, out)
+    }
+}
+
 /// The k-quant kernel (as the AVX-512 one): activations of a superblock share
 /// one scale up to a power of two per 32-block, so each group's integer sum
 /// is shifted by its block's exponent, scaled by the group's `sc` in f32 and
 /// summed over the superblock; `d`, the min term and the activation scale
 /// are applied once per superblock.
 #[target_feature(enable = "neon,dotprod")]
-unsafe fn superblock_kernel<const NIB: bool, const G: usize, const MIN: bool, const NA: usize>(
+unsafe fn superblock_kernel<
+    const NIB: bool,
+    const G: usize,
+    const MIN: bool,
+    const NA: usize,
+    const HB: u32,
+>(
     off: i32,
     cols: usize,
     tile: &[u8],
@@ -238,14 +287,14 @@ unsafe fn superblock_kernel<const NIB: bool, const G: usize, const MIN: bool, co
     out: &mut [f32],
 ) {
     let groups_per_unit = SUPER / G;
-    let grb = if NIB { G / 2 } else { G };
-    let nd = grb / 4;
+    // Nibble or byte words per row and group (the split plane follows).
+    let nd = if NIB { G / 8 } else { G / 4 };
     let sets = 1 + usize::from(MIN);
     let UnitLayout {
         header,
+        group_row: grb,
         bytes: unit_bytes,
-        ..
-    } = UnitLayout::of(NIB, G, true, MIN, 0);
+    } = UnitLayout::of(NIB, G, true, MIN, HB);
     let corr = if NIB { off } else { off - 128 };
     let nib_mask = vdupq_n_u8(0x0f);
     let flip = vdupq_n_u8(0x80);
@@ -283,7 +332,7 @@ unsafe fn superblock_kernel<const NIB: bool, const G: usize, const MIN: bool, co
                 std::array::from_fn(|r| vdupq_n_s32(*shift[r].add(gg * G / 32) as i32));
             let wsa: [i32; NA] = std::array::from_fn(|r| i32::from(*wsum[r].add(gg)));
             unroll!(|q| [0, 1, 2, 3] {
-                let isum = dot_quarter::<NIB, NA>(wp, nd, &av, &init, q, nib_mask, flip);
+                let isum = dot_quarter::<NIB, HB, NA>(wp, nd, &av, &init, q, nib_mask, flip);
                 unroll!(|r| [0, 1, 2, 3] {
                     if r < NA {
                         let t = vcvtq_f32_s32(vshlq_s32(isum[r], sh[r]));

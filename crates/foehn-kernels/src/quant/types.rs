@@ -228,7 +228,7 @@ impl GgmlType {
         use Defer::*;
         use GgmlType::*;
         use KernelShape::*;
-        const SPLIT_ISAS: &[Isa] = &[Isa::Avx2, Isa::Avx512Vnni, Isa::Avx512Amx];
+        const SPLIT_ISAS: &[Isa] = &[Isa::Avx2, Isa::Avx512Vnni, Isa::Avx512Amx, Isa::NeonDotprod];
         let row = TypeTraits::new;
         match self {
             F32 => row("F32", 1, 4, Some(dq::f32), Some(qz::f32)),
@@ -270,13 +270,16 @@ impl GgmlType {
             Q4_K => row("Q4_K", QK_K, 144, Some(dq::q4_k), Some(qz::q4_k))
                 .packed(SuperNib32Min, 0, 15, sp::q4_k)
                 .defer(Background),
-            // Split on AVX2 and AVX-512 (not under AMX, whose int8 kernel
-            // takes the byte layout): the file's size, where the byte
-            // layout reads 1.55× as much.
+            // Split on AVX2, AVX-512 and NEON (not under AMX, whose int8
+            // kernel takes the byte layout): the file's size, where the
+            // byte layout reads 1.55× as much.
             Q5_K => row("Q5_K", QK_K, 176, Some(dq::q5_k), Some(qz::q5_k))
                 .packed(SuperByte32Min, 0, 31, sp::q5_k)
-                .split_on(SuperSplit32Min, &[Isa::Avx2, Isa::Avx512Vnni]),
-            // The split layout on AVX2 and AVX-512: the file's size, so
+                .split_on(
+                    SuperSplit32Min,
+                    &[Isa::Avx2, Isa::Avx512Vnni, Isa::NeonDotprod],
+                ),
+            // The split layout on AVX2, AVX-512 and NEON: the file's size, so
             // decode reads no more than the file (the byte layout reads
             // 1.31× as much).
             Q6_K => row("Q6_K", QK_K, 210, Some(dq::q6_k), Some(qz::q6_k))
