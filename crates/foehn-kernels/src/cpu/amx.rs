@@ -79,9 +79,15 @@ fn tile_state_granted() -> bool {
 
 // `select`: the kernel of each shape, as [`super::scalar::tile`] for `nr`
 // activation rows up to [`MAX_ROWS`]; the split 6-bit layout (Q6_K at the
-// file's size) is the kernel's monomorph of its own. Q5_K's split layout is
-// not packed for this instruction set (see its row of the type table).
-layout_select!(tile, kernel::<true, 16, true, false, true>, return None);
+// file's size) is the kernel's monomorph of its own. Q5_K's split layout and
+// IQ4_XS's lookup layout are not packed for this instruction set (see their
+// rows of the type table).
+layout_select!(
+    tile,
+    kernel::<true, 16, true, false, true>,
+    return None,
+    return None
+);
 
 /// As [`super::scalar::tile`] for one layout and `nr` (1..=[`MAX_ROWS`])
 /// activation rows.
@@ -564,8 +570,8 @@ mod tests {
         let mut rng = rand::rngs::StdRng::seed_from_u64(16);
         let calls = [(0, 64), (3, 16), (1, 17), (5, 9), (0, 33), (7, 63), (2, 1)];
         let n = 70;
-        // Every format packed for this instruction set (Q5_K's split layout
-        // is not: it has no AMX kernel).
+        // Every format packed for this instruction set (Q5_K's split and
+        // IQ4_XS's lookup layouts are not: they have no AMX kernel).
         let formats = GgmlType::ALL
             .into_iter()
             .filter_map(|t| Some([Format::of(t)?].into_iter().chain(Format::split(t))))

@@ -5,7 +5,7 @@
 use std::arch::x86_64::*;
 
 use super::act::QuantizedActs;
-use super::format::{Format, SixBitScales, UnitLayout, SUPER, TILE};
+use super::format::{Format, SixBitScales, UnitLayout, IQ4_LEVELS, SUPER, TILE};
 use super::{prefetch, PREFETCH_AHEAD};
 
 /// Whether this CPU has everything the kernel uses.
@@ -18,7 +18,7 @@ pub(crate) fn available() -> bool {
         && is_x86_feature_detected!("f16c")
 }
 
-layout_kernels!(kernel, split_kernel);
+layout_kernels!(kernel, split_kernel, lut_kernel);
 
 /// Rows of activations per call: `NA` (1..=4). The legacy types (one scale
 /// per group) are computed here, the k-quants by [`superblock_kernel`].
@@ -38,7 +38,7 @@ unsafe fn kernel<
     out: &mut [f32],
 ) {
     if SUP {
-        return superblock_kernel::<NIB, G, MIN, NA, 0>(off, cols, tile, acts, r0, out);
+        return superblock_kernel::<NIB, G, MIN, NA, 0, false>(off, cols, tile, acts, r0, out);
     }
     let layout = UnitLayout::of(NIB, G, false, MIN, 0);
     // 4-byte words per row per group; with nibbles each word gives two operands.
@@ -65,7 +65,7 @@ unsafe fn kernel<
         } else {
             _mm512_setzero_ps()
         };
-        let w = load_group::<NIB, 0>(ub.add(2 * TILE * sets), nd, nib_mask);
+        let w = load_group::<NIB, 0, false>(ub.add(2 * TILE * sets), nd, nib_mask);
         for r in 0..NA {
             // Operand p holds levels 4p..4p+4 of each row (for nibbles the
             // high halves continue at G/2 = 4·nd), matching activation
@@ -96,9 +96,10 @@ pub(super) const fn chains(na: usize) -> usize {
 /// The operands of one group of a tile: `nd` words of 16 rows, each split
 /// into its low and high nibbles when `NIB`; in the split layouts (`HB`
 /// high bits per level, not 0), each operand's high bits or-ed in from the
-/// plane word that follows the nibble words.
+/// plane word that follows the nibble words; in the lookup layout (`LUT`),
+/// each nibble looked up in [`IQ4_LEVELS`].
 #[inline(always)]
-unsafe fn load_group<const NIB: bool, const HB: u32>(
+unsafe fn load_group<const NIB: bool, const HB: u32, const LUT: bool>(
     wp: *const u8,
     nd: usize,
     nib_mask: __m512i,
@@ -117,6 +118,12 @@ unsafe fn load_group<const NIB: bool, const HB: u32>(
         let plane = _mm512_loadu_si512(wp.add(nd * 64).cast());
         for (o, w) in w.iter_mut().enumerate().take(2 * nd) {
             *w = _mm512_or_si512(*w, split_high_bits::<HB>(plane, o));
+        }
+    }
+    if LUT {
+        let levels = _mm512_broadcast_i32x4(_mm_loadu_si128(IQ4_LEVELS.as_ptr().cast()));
+        for w in w.iter_mut().take(2 * nd) {
+            *w = _mm512_shuffle_epi8(levels, *w);
         }
     }
     w
@@ -153,10 +160,24 @@ unsafe fn split_kernel<const G: usize, const MIN: bool, const NA: usize>(
     // Groups of 16 keep two high bits (6-bit levels), of 32 one (5-bit).
     const { assert!(G == 16 || G == 32) };
     if G == 16 {
-        superblock_kernel::<true, G, MIN, NA, 2>(off, cols, tile, acts, r0, out)
+        superblock_kernel::<true, G, MIN, NA, 2, false>(off, cols, tile, acts, r0, out)
     } else {
-        superblock_kernel::<true, G, MIN, NA, 1>(off, cols, tile, acts, r0, out)
+        superblock_kernel::<true, G, MIN, NA, 1, false>(off, cols, tile, acts, r0, out)
     }
+}
+
+/// The lookup layout (IQ4_XS at the file's size): as the byte layout's
+/// kernel, whose integer sums and float operations it computes.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vl,fma,f16c")]
+unsafe fn lut_kernel<const NA: usize>(
+    off: i32,
+    cols: usize,
+    tile: &[u8],
+    acts: &QuantizedActs,
+    r0: usize,
+    out: &mut [f32],
+) {
+    superblock_kernel::<true, 32, false, NA, 0, true>(off, cols, tile, acts, r0, out)
 }
 
 /// `init + Σ_p w[p] · a[4p..4p+4]` per row (lane) over the first `nops`
@@ -199,6 +220,7 @@ unsafe fn superblock_kernel<
     const MIN: bool,
     const NA: usize,
     const HB: u32,
+    const LUT: bool,
 >(
     _off: i32,
     cols: usize,
@@ -244,7 +266,7 @@ unsafe fn superblock_kernel<
                 scp.add(gi * TILE).cast(),
             )));
             prefetch(wp.wrapping_add(PREFETCH_AHEAD), TILE * grb);
-            let w = load_group::<NIB, HB>(wp, nd, nib_mask);
+            let w = load_group::<NIB, HB, LUT>(wp, nd, nib_mask);
             let gg = u * groups_per_unit + gi;
             let at = gg * G;
             for r in 0..NA {

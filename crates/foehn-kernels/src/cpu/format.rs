@@ -50,6 +50,11 @@
 //! high[c][i] = sc[c][i] >> 4 | (m[c][i] >> 4) << 2 | (sc[c + 4][i] >> 4) << 4 | (m[c + 4][i] >> 4) << 6
 //! ```
 //!
+//! IQ4_XS's *lookup* variant ([`Format::split`] too, on the instruction sets
+//! its row names) stores each level as the nibble of its index into the
+//! sixteen IQ4 levels ([`IQ4_LEVELS`]), which a kernel turns back into the
+//! byte layout's level with one table lookup per operand.
+//!
 //! Levels wider than 4 bits are one byte each, except in the *split* variant
 //! ([`Format::split`], chosen per instruction set): their low 4 bits are
 //! nibbles as above and their high bits one more word per row and group,
@@ -62,7 +67,7 @@
 use super::act::ActMode;
 use super::shape::KernelShape;
 use super::Isa;
-use crate::quant::Packing;
+use crate::quant::{Packing, KVALUES_IQ4NL};
 use crate::GgmlType;
 
 /// Rows per tile: one SIMD lane per row with 512-bit vectors of i32/f32.
@@ -92,7 +97,32 @@ pub(crate) struct Format {
     /// Split variant: bits of each level above its low nibble, stored in a
     /// plane of their own (0: levels are whole nibbles or bytes).
     pub(crate) high_bits: u32,
+    /// Lookup variant: nibbles are indices into [`IQ4_LEVELS`].
+    pub(crate) lut: bool,
 }
+
+/// The levels of the lookup layout (IQ4_XS): nibble `k` stands for level
+/// `IQ4_LEVELS[k]`, the IQ4 value `k` plus 128 (the byte layout's level).
+pub(crate) const IQ4_LEVELS: [u8; 16] = {
+    let mut t = [0u8; 16];
+    let mut k = 0;
+    while k < 16 {
+        t[k] = (KVALUES_IQ4NL[k] as i16 + 128) as u8;
+        k += 1;
+    }
+    t
+};
+
+/// The nibble of each level of [`IQ4_LEVELS`] (0 for other bytes).
+pub(crate) const IQ4_INDEX: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut k = 0;
+    while k < 16 {
+        t[IQ4_LEVELS[k] as usize] = k as u8;
+        k += 1;
+    }
+    t
+};
 
 impl Format {
     /// `ty` packed as `shape` with level offset `off`.
@@ -106,6 +136,7 @@ impl Format {
             min: shape.min(),
             off,
             high_bits: shape.high_bits(),
+            lut: shape.lut(),
         }
     }
 
@@ -157,6 +188,9 @@ impl Format {
         let (j, high_half) = (k % half, k >= half);
         let nib = byte(j / 4, j % 4);
         let low = if high_half { nib >> 4 } else { nib & 0x0f };
+        if self.lut {
+            return IQ4_LEVELS[usize::from(low)];
+        }
         if self.high_bits == 0 {
             return low;
         }
@@ -396,11 +430,19 @@ mod tests {
             let orig = ty.row_bytes(4096).unwrap() as f64;
             assert!(packed / orig <= max_ratio, "{ty}: {packed} vs {orig}");
         }
-        // The split variant of Q6_K and the 6-bit scales of Q4_K are the
-        // file's size.
-        for f in [Format::split(GgmlType::Q6_K), Format::of(GgmlType::Q4_K)] {
+        // The split variants of Q6_K and Q5_K and the 6-bit scales of Q4_K
+        // are the file's size; IQ4_XS's lookup variant is within 2 % of it
+        // (its scales take a byte each).
+        for f in [
+            Format::split(GgmlType::Q6_K),
+            Format::split(GgmlType::Q5_K),
+            Format::of(GgmlType::Q4_K),
+        ] {
             let f = f.unwrap();
             assert_eq!(f.tile_bytes(4096), TILE * f.ty.row_bytes(4096).unwrap());
         }
+        let f = Format::split(GgmlType::IQ4_XS).unwrap();
+        let file = TILE * f.ty.row_bytes(4096).unwrap();
+        assert!(f.tile_bytes(4096) * 100 <= file * 102, "IQ4_XS lookup");
     }
 }

@@ -6,20 +6,25 @@
 /// `select` of an instruction set whose tile entry point `$tile` is generic
 /// over exactly `(nibbles, group, superblocks, min)`: the monomorph of each
 /// shape, and for the split layouts `$split` (Q6_K's) and `$split32`
-/// (Q5_K's), entry points of their own (any expression of type
-/// `RawTileFn`), or `None` where the instruction set has no kernel for
-/// them.
+/// (Q5_K's) and the lookup layout `$lut` (IQ4_XS's), entry points of their
+/// own (any expression of type `RawTileFn`), or `None` where the
+/// instruction set has no kernel for them.
 macro_rules! layout_select {
     ($tile:ident) => {
-        layout_select!(fn select -> $crate::cpu::RawTileFn = $tile, return None, return None);
+        layout_select!(
+            fn select -> $crate::cpu::RawTileFn = $tile,
+            return None,
+            return None,
+            return None
+        );
     };
-    ($tile:ident, $split:expr, $split32:expr) => {
-        layout_select!(fn select -> $crate::cpu::RawTileFn = $tile, $split, $split32);
+    ($tile:ident, $split:expr, $split32:expr, $lut:expr) => {
+        layout_select!(fn select -> $crate::cpu::RawTileFn = $tile, $split, $split32, $lut);
     };
     // Any entry point generic over the layout: `$name` picks `$tile`'s
-    // monomorph (of type `$ty`) for a shape; `$split` and `$split32` are the
-    // split shapes' (`return None` where there is none).
-    (fn $name:ident -> $ty:ty = $tile:ident, $split:expr, $split32:expr) => {
+    // monomorph (of type `$ty`) for a shape; `$split`, `$split32` and `$lut`
+    // are the split and lookup shapes' (`return None` where there is none).
+    (fn $name:ident -> $ty:ty = $tile:ident, $split:expr, $split32:expr, $lut:expr) => {
         /// The monomorph of `shape`.
         pub(crate) fn $name(shape: $crate::cpu::shape::KernelShape) -> Option<$ty> {
             use $crate::cpu::shape::KernelShape::*;
@@ -36,6 +41,7 @@ macro_rules! layout_select {
                 SuperNib16Min => $tile::<true, 16, true, true>,
                 SuperSplit16 => $split,
                 SuperSplit32Min => $split32,
+                SuperLut32 => $lut,
             };
             Some(f)
         }
@@ -46,15 +52,34 @@ macro_rules! layout_select {
 /// exactly `(nibbles, group, superblocks, min)` and the activation rows
 /// (AVX-512 VNNI, NEON): `select` ([`layout_select!`]) and `tile`, one
 /// monomorph's entry point; with `$split` (generic over the group, the min
-/// and the activation rows), `tile_split`, the split layouts'.
+/// and the activation rows) and `$lut` (over the activation rows),
+/// `tile_split` and `tile_lut`, the split and lookup layouts'.
 macro_rules! layout_kernels {
     ($kernel:ident) => {
         layout_select!(tile);
         layout_kernels!(@tile $kernel);
     };
-    ($kernel:ident, $split:ident) => {
-        layout_select!(tile, tile_split::<16, false>, tile_split::<32, true>);
+    ($kernel:ident, $split:ident, $lut:ident) => {
+        layout_select!(tile, tile_split::<16, false>, tile_split::<32, true>, tile_lut);
         layout_kernels!(@tile $kernel);
+
+        /// As [`super::scalar::tile`], for the lookup layout: `NA` = `nr`
+        /// (4 from 4 up).
+        ///
+        /// # Safety
+        /// The CPU must support the features [`available`] checks.
+        unsafe fn tile_lut(
+            fmt: &Format,
+            cols: usize,
+            tile: &[u8],
+            acts: &QuantizedActs,
+            r0: usize,
+            nr: usize,
+            out: &mut [f32],
+        ) {
+            super::check_tile_call(fmt, cols, tile, acts, r0, nr, out);
+            layout_kernels!(@rows nr, $lut::<>(fmt.off, cols, tile, acts, r0, out))
+        }
 
         /// As [`super::scalar::tile`], for the split layouts (superblocks of
         /// groups of `G`, with a min or not): `NA` = `nr` (4 from 4 up).

@@ -15,7 +15,7 @@ use std::arch::aarch64::*;
 use std::arch::asm;
 
 use super::act::QuantizedActs;
-use super::format::{Format, SixBitScales, UnitLayout, SUPER, TILE};
+use super::format::{Format, SixBitScales, UnitLayout, IQ4_LEVELS, SUPER, TILE};
 
 /// Whether this CPU has everything the kernel uses.
 pub(crate) fn available() -> bool {
@@ -23,7 +23,7 @@ pub(crate) fn available() -> bool {
         && std::arch::is_aarch64_feature_detected!("dotprod")
 }
 
-layout_kernels!(kernel, split_kernel);
+layout_kernels!(kernel, split_kernel, lut_kernel);
 
 /// `acc[j] += Σ_{b<4} w[4j + b] · a[4·lane + b]` (SDOT by element: the
 /// activation word `lane` of `a` feeds all four rows of `w`). `lane` is a
@@ -102,9 +102,10 @@ macro_rules! unroll {
 /// In the split layouts (`HB` high bits per level, not 0), each nibble
 /// operand `o`'s high bits come from bits `HB·o` of the plane word that
 /// follows the nibble words, shifted to bit 4 (levels up to 63 stay valid
-/// signed bytes).
+/// signed bytes). In the lookup layout (`LUT`), each nibble is looked up in
+/// [`IQ4_LEVELS`] flipped to signed bytes (`u − 128`, as the byte levels).
 #[inline(always)]
-unsafe fn dot_quarter<const NIB: bool, const HB: u32, const NA: usize>(
+unsafe fn dot_quarter<const NIB: bool, const HB: u32, const LUT: bool, const NA: usize>(
     wp: *const u8,
     nd: usize,
     av: &[[int8x16_t; 2]; NA],
@@ -120,6 +121,7 @@ unsafe fn dot_quarter<const NIB: bool, const HB: u32, const NA: usize>(
         vdupq_n_u8(0)
     };
     let high_mask = vdupq_n_u8((((1u32 << HB) - 1) << 4) as u8);
+    let signed_levels = veorq_u8(vld1q_u8(IQ4_LEVELS.as_ptr()), flip);
     // Operand o's high bits at bits 4.. (a negative shift is a right shift).
     let high = |o: usize| {
         vandq_u8(
@@ -136,6 +138,10 @@ unsafe fn dot_quarter<const NIB: bool, const HB: u32, const NA: usize>(
                 if HB > 0 {
                     lo = vorrq_u8(lo, high(p));
                     hi = vorrq_u8(hi, high(nd + p));
+                }
+                if LUT {
+                    lo = vqtbl1q_u8(signed_levels, lo);
+                    hi = vqtbl1q_u8(signed_levels, hi);
                 }
                 let (lo, hi) = (vreinterpretq_s8_u8(lo), vreinterpretq_s8_u8(hi));
                 let oh = nd + p;
@@ -194,7 +200,7 @@ unsafe fn kernel<
     out: &mut [f32],
 ) {
     if SUP {
-        return superblock_kernel::<NIB, G, MIN, NA, 0>(off, cols, tile, acts, r0, out);
+        return superblock_kernel::<NIB, G, MIN, NA, 0, false>(off, cols, tile, acts, r0, out);
     }
     let grb = if NIB { G / 2 } else { G };
     // 4-byte words per row per group; with nibbles each word gives two
@@ -227,7 +233,7 @@ unsafe fn kernel<
         let da: [f32; NA] = std::array::from_fn(|r| *ad[r].add(g * G / 32));
         let init: [i32; NA] = std::array::from_fn(|r| -corr * sa[r]);
         unroll!(|q| [0, 1, 2, 3] {
-            let isum = dot_quarter::<NIB, 0, NA>(wp, nd, &av, &init, q, nib_mask, flip);
+            let isum = dot_quarter::<NIB, 0, false, NA>(wp, nd, &av, &init, q, nib_mask, flip);
             unroll!(|r| [0, 1, 2, 3] {
                 if r < NA {
                     let mut v = vmulq_f32(s[q], vcvtq_f32_s32(isum[r]));
@@ -260,10 +266,24 @@ unsafe fn split_kernel<const G: usize, const MIN: bool, const NA: usize>(
     // Groups of 16 keep two high bits (6-bit levels), of 32 one (5-bit).
     const { assert!(G == 16 || G == 32) };
     if G == 16 {
-        superblock_kernel::<true, G, MIN, NA, 2>(off, cols, tile, acts, r0, out)
+        superblock_kernel::<true, G, MIN, NA, 2, false>(off, cols, tile, acts, r0, out)
     } else {
-        superblock_kernel::<true, G, MIN, NA, 1>(off, cols, tile, acts, r0, out)
+        superblock_kernel::<true, G, MIN, NA, 1, false>(off, cols, tile, acts, r0, out)
     }
+}
+
+/// The lookup layout (IQ4_XS at the file's size): as the byte layout's
+/// kernel, whose integer sums and float operations it computes.
+#[target_feature(enable = "neon,dotprod")]
+unsafe fn lut_kernel<const NA: usize>(
+    off: i32,
+    cols: usize,
+    tile: &[u8],
+    acts: &QuantizedActs,
+    r0: usize,
+    out: &mut [f32],
+) {
+    superblock_kernel::<true, 32, false, NA, 0, true>(off, cols, tile, acts, r0, out)
 }
 
 /// The k-quant kernel (as the AVX-512 one): activations of a superblock share
@@ -278,6 +298,7 @@ unsafe fn superblock_kernel<
     const MIN: bool,
     const NA: usize,
     const HB: u32,
+    const LUT: bool,
 >(
     off: i32,
     cols: usize,
@@ -295,7 +316,8 @@ unsafe fn superblock_kernel<
         group_row: grb,
         bytes: unit_bytes,
     } = UnitLayout::of(NIB, G, true, MIN, HB);
-    let corr = if NIB { off } else { off - 128 };
+    // Nibbles are levels as they are; bytes and looked-up levels are flipped.
+    let corr = if NIB && !LUT { off } else { off - 128 };
     let nib_mask = vdupq_n_u8(0x0f);
     let flip = vdupq_n_u8(0x80);
     let zero_f = vdupq_n_f32(0.0);
@@ -332,7 +354,7 @@ unsafe fn superblock_kernel<
                 std::array::from_fn(|r| vdupq_n_s32(*shift[r].add(gg * G / 32) as i32));
             let wsa: [i32; NA] = std::array::from_fn(|r| i32::from(*wsum[r].add(gg)));
             unroll!(|q| [0, 1, 2, 3] {
-                let isum = dot_quarter::<NIB, HB, NA>(wp, nd, &av, &init, q, nib_mask, flip);
+                let isum = dot_quarter::<NIB, HB, LUT, NA>(wp, nd, &av, &init, q, nib_mask, flip);
                 unroll!(|r| [0, 1, 2, 3] {
                     if r < NA {
                         let t = vcvtq_f32_s32(vshlq_s32(isum[r], sh[r]));

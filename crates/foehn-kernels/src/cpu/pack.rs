@@ -4,7 +4,7 @@
 use half::f16;
 use rayon::prelude::*;
 
-use super::format::{Format, SixBitScales, UnitLayout, TILE};
+use super::format::{Format, SixBitScales, UnitLayout, IQ4_INDEX, TILE};
 use crate::quant::blocks::*;
 use crate::quant::dequant::{q3_k_scales, scale_min_k4};
 use crate::quant::KVALUES_IQ4NL;
@@ -327,6 +327,11 @@ fn write_tile(fmt: &Format, cols: usize, parts: &[RowParts], tile: &mut [u8]) {
                 if fmt.nibbles {
                     let (lo, hi) = lv.split_at(g / 2);
                     for ((b, &l), &h) in bytes.iter_mut().zip(lo).zip(hi) {
+                        let (l, h) = if fmt.lut {
+                            (IQ4_INDEX[usize::from(l)], IQ4_INDEX[usize::from(h)])
+                        } else {
+                            (l, h)
+                        };
                         *b = (l & 0x0f) | (h << 4);
                     }
                     if fmt.high_bits > 0 {

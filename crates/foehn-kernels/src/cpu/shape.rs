@@ -36,6 +36,9 @@ pub enum KernelShape {
     /// Q5_K split: as [`SuperByte32Min`](Self::SuperByte32Min) with each
     /// level's low nibble and high bit stored apart (the file's size).
     SuperSplit32Min,
+    /// IQ4_XS lookup: as [`SuperWide32`](Self::SuperWide32) with each level
+    /// stored as its 4-bit index into the IQ4 levels (the file's size).
+    SuperLut32,
     /// Q3_K: superblocks of groups of 16 nibbles, scales.
     SuperNib16,
     /// Q2_K: superblocks of groups of 16 nibbles, scales and mins.
@@ -53,6 +56,7 @@ impl KernelShape {
                 | SuperNib32Min
                 | SuperSplit16
                 | SuperSplit32Min
+                | SuperLut32
                 | SuperNib16
                 | SuperNib16Min
         )
@@ -80,6 +84,12 @@ impl KernelShape {
             self,
             Nib32Min | Byte32Min | SuperNib32Min | SuperByte32Min | SuperSplit32Min | SuperNib16Min
         )
+    }
+
+    /// Nibbles are indices into the IQ4 levels
+    /// ([`IQ4_LEVELS`](super::format::IQ4_LEVELS)), not levels.
+    pub const fn lut(self) -> bool {
+        matches!(self, KernelShape::SuperLut32)
     }
 
     /// Bits of each level stored in the split plane (0: none).
