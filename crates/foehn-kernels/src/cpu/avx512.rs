@@ -18,7 +18,7 @@ pub(crate) fn available() -> bool {
         && is_x86_feature_detected!("f16c")
 }
 
-layout_kernels!(kernel, split_kernel, lut_kernel);
+layout_kernels!(kernel, superblock_kernel);
 
 /// Rows of activations per call: `NA` (1..=4). The legacy types (one scale
 /// per group) are computed here, the k-quants by [`superblock_kernel`].
@@ -38,7 +38,7 @@ unsafe fn kernel<
     out: &mut [f32],
 ) {
     if SUP {
-        return superblock_kernel::<NIB, G, MIN, NA, 0, false>(off, cols, tile, acts, r0, out);
+        return superblock_kernel::<NIB, G, MIN, 0, false, NA>(off, cols, tile, acts, r0, out);
     }
     let layout = UnitLayout::of(NIB, G, false, MIN, 0);
     // 4-byte words per row per group; with nibbles each word gives two operands.
@@ -146,40 +146,6 @@ pub(super) unsafe fn split_high_bits<const HB: u32>(plane: __m512i, o: usize) ->
     _mm512_and_si512(x, _mm512_set1_epi8(mask))
 }
 
-/// The split layouts (Q6_K and Q5_K at the file's size): as the byte
-/// layout's kernel, whose integer sums and float operations they compute.
-#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vl,fma,f16c")]
-unsafe fn split_kernel<const G: usize, const MIN: bool, const NA: usize>(
-    off: i32,
-    cols: usize,
-    tile: &[u8],
-    acts: &QuantizedActs,
-    r0: usize,
-    out: &mut [f32],
-) {
-    // Groups of 16 keep two high bits (6-bit levels), of 32 one (5-bit).
-    const { assert!(G == 16 || G == 32) };
-    if G == 16 {
-        superblock_kernel::<true, G, MIN, NA, 2, false>(off, cols, tile, acts, r0, out)
-    } else {
-        superblock_kernel::<true, G, MIN, NA, 1, false>(off, cols, tile, acts, r0, out)
-    }
-}
-
-/// The lookup layout (IQ4_XS at the file's size): as the byte layout's
-/// kernel, whose integer sums and float operations it computes.
-#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vl,fma,f16c")]
-unsafe fn lut_kernel<const NA: usize>(
-    off: i32,
-    cols: usize,
-    tile: &[u8],
-    acts: &QuantizedActs,
-    r0: usize,
-    out: &mut [f32],
-) {
-    superblock_kernel::<true, 32, false, NA, 0, true>(off, cols, tile, acts, r0, out)
-}
-
 /// `init + Σ_p w[p] · a[4p..4p+4]` per row (lane) over the first `nops`
 /// operands, in `chains` independent accumulators.
 #[inline(always)]
@@ -212,15 +178,19 @@ pub(super) unsafe fn dot_group(
 /// `sa`) is an integer dot product of (min, min) pairs with (sum, sum) pairs
 /// (`vpdpwssd`), once per superblock.
 ///
+/// The split layouts (`HB` high bits per level: Q6_K, Q5_K) and the lookup
+/// layout (`LUT`: IQ4_XS) rebuild the byte layout's levels in
+/// [`load_group`], so they compute its integer sums and float operations.
+///
 /// [`ActMode::Superblock`]: super::act::ActMode::Superblock
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vl,fma,f16c")]
 unsafe fn superblock_kernel<
     const NIB: bool,
     const G: usize,
     const MIN: bool,
-    const NA: usize,
     const HB: u32,
     const LUT: bool,
+    const NA: usize,
 >(
     _off: i32,
     cols: usize,

@@ -51,42 +51,31 @@ macro_rules! layout_select {
 /// Defines, in an instruction set's module whose kernel is generic over
 /// exactly `(nibbles, group, superblocks, min)` and the activation rows
 /// (AVX-512 VNNI, NEON): `select` ([`layout_select!`]) and `tile`, one
-/// monomorph's entry point; with `$split` (generic over the group, the min
-/// and the activation rows) and `$lut` (over the activation rows),
-/// `tile_split` and `tile_lut`, the split and lookup layouts'.
+/// monomorph's entry point; with `$superblock` (the superblock kernel,
+/// generic over nibbles, group, min, plane bits, lookup and activation
+/// rows), `tile_nibbles`, the split and lookup layouts' entry point.
 macro_rules! layout_kernels {
     ($kernel:ident) => {
         layout_select!(tile);
         layout_kernels!(@tile $kernel);
     };
-    ($kernel:ident, $split:ident, $lut:ident) => {
-        layout_select!(tile, tile_split::<16, false>, tile_split::<32, true>, tile_lut);
+    ($kernel:ident, $superblock:ident) => {
+        layout_select!(
+            tile,
+            tile_nibbles::<16, false, 2, false>,
+            tile_nibbles::<32, true, 1, false>,
+            tile_nibbles::<32, false, 0, true>
+        );
         layout_kernels!(@tile $kernel);
 
-        /// As [`super::scalar::tile`], for the lookup layout: `NA` = `nr`
-        /// (4 from 4 up).
-        ///
-        /// # Safety
-        /// The CPU must support the features [`available`] checks.
-        unsafe fn tile_lut(
-            fmt: &Format,
-            cols: usize,
-            tile: &[u8],
-            acts: &QuantizedActs,
-            r0: usize,
-            nr: usize,
-            out: &mut [f32],
-        ) {
-            super::check_tile_call(fmt, cols, tile, acts, r0, nr, out);
-            layout_kernels!(@rows nr, $lut::<>(fmt.off, cols, tile, acts, r0, out))
-        }
-
         /// As [`super::scalar::tile`], for the split layouts (superblocks of
-        /// groups of `G`, with a min or not): `NA` = `nr` (4 from 4 up).
+        /// groups of `G` with `HB` high bits per level, with a min or not)
+        /// and the lookup layout (`LUT`), computed by `$superblock`: `NA` =
+        /// `nr` (4 from 4 up).
         ///
         /// # Safety
         /// The CPU must support the features [`available`] checks.
-        unsafe fn tile_split<const G: usize, const MIN: bool>(
+        unsafe fn tile_nibbles<const G: usize, const MIN: bool, const HB: u32, const LUT: bool>(
             fmt: &Format,
             cols: usize,
             tile: &[u8],
@@ -96,7 +85,10 @@ macro_rules! layout_kernels {
             out: &mut [f32],
         ) {
             super::check_tile_call(fmt, cols, tile, acts, r0, nr, out);
-            layout_kernels!(@rows nr, $split::<G, MIN>(fmt.off, cols, tile, acts, r0, out))
+            layout_kernels!(
+                @rows nr,
+                $superblock::<true, G, MIN, HB, LUT>(fmt.off, cols, tile, acts, r0, out)
+            )
         }
     };
     (@tile $kernel:ident) => {
@@ -123,7 +115,7 @@ macro_rules! layout_kernels {
     };
     // `$f` for `NA` = `nr` activation rows (4 from 4 up), `NA` its last
     // generic argument.
-    (@rows $nr:expr, $f:ident::<$($g:ident),*>($($arg:expr),*)) => {
+    (@rows $nr:expr, $f:ident::<$($g:tt),*>($($arg:expr),*)) => {
         match $nr {
             1 => $f::<$($g,)* 1>($($arg),*),
             2 => $f::<$($g,)* 2>($($arg),*),

@@ -23,7 +23,7 @@ pub(crate) fn available() -> bool {
         && std::arch::is_aarch64_feature_detected!("dotprod")
 }
 
-layout_kernels!(kernel, split_kernel, lut_kernel);
+layout_kernels!(kernel, superblock_kernel);
 
 /// `acc[j] += Σ_{b<4} w[4j + b] · a[4·lane + b]` (SDOT by element: the
 /// activation word `lane` of `a` feeds all four rows of `w`). `lane` is a
@@ -200,7 +200,7 @@ unsafe fn kernel<
     out: &mut [f32],
 ) {
     if SUP {
-        return superblock_kernel::<NIB, G, MIN, NA, 0, false>(off, cols, tile, acts, r0, out);
+        return superblock_kernel::<NIB, G, MIN, 0, false, NA>(off, cols, tile, acts, r0, out);
     }
     let grb = if NIB { G / 2 } else { G };
     // 4-byte words per row per group; with nibbles each word gives two
@@ -252,53 +252,22 @@ unsafe fn kernel<
     }
 }
 
-/// The split layouts (Q6_K and Q5_K at the file's size): as the byte
-/// layout's kernel, whose integer sums and float operations they compute.
-#[target_feature(enable = "neon,dotprod")]
-unsafe fn split_kernel<const G: usize, const MIN: bool, const NA: usize>(
-    off: i32,
-    cols: usize,
-    tile: &[u8],
-    acts: &QuantizedActs,
-    r0: usize,
-    out: &mut [f32],
-) {
-    // Groups of 16 keep two high bits (6-bit levels), of 32 one (5-bit).
-    const { assert!(G == 16 || G == 32) };
-    if G == 16 {
-        superblock_kernel::<true, G, MIN, NA, 2, false>(off, cols, tile, acts, r0, out)
-    } else {
-        superblock_kernel::<true, G, MIN, NA, 1, false>(off, cols, tile, acts, r0, out)
-    }
-}
-
-/// The lookup layout (IQ4_XS at the file's size): as the byte layout's
-/// kernel, whose integer sums and float operations it computes.
-#[target_feature(enable = "neon,dotprod")]
-unsafe fn lut_kernel<const NA: usize>(
-    off: i32,
-    cols: usize,
-    tile: &[u8],
-    acts: &QuantizedActs,
-    r0: usize,
-    out: &mut [f32],
-) {
-    superblock_kernel::<true, 32, false, NA, 0, true>(off, cols, tile, acts, r0, out)
-}
-
 /// The k-quant kernel (as the AVX-512 one): activations of a superblock share
 /// one scale up to a power of two per 32-block, so each group's integer sum
 /// is shifted by its block's exponent, scaled by the group's `sc` in f32 and
 /// summed over the superblock; `d`, the min term and the activation scale
-/// are applied once per superblock.
+/// are applied once per superblock. The split layouts (`HB` high bits per
+/// level: Q6_K, Q5_K) and the lookup layout (`LUT`: IQ4_XS) rebuild the
+/// byte layout's levels in [`dot_quarter`], so they compute its integer
+/// sums and float operations.
 #[target_feature(enable = "neon,dotprod")]
 unsafe fn superblock_kernel<
     const NIB: bool,
     const G: usize,
     const MIN: bool,
-    const NA: usize,
     const HB: u32,
     const LUT: bool,
+    const NA: usize,
 >(
     off: i32,
     cols: usize,
