@@ -177,7 +177,7 @@ unsafe fn kernel<
     let sets = 1 + usize::from(MIN);
     let units = cols / unit;
     let nib_mask = _mm256_set1_epi8(0x0f);
-    let high_mask = _mm256_set1_epi8((((1u32 << high_bits(MODE)) - 1) << 4) as i8);
+    let high_mask = _mm256_set1_epi8((((1u32 << hb) - 1) << 4) as i8);
     let flip = _mm256_set1_epi8(-128);
     let ones = _mm256_set1_epi16(1);
     // Each of 8 bytes twice: a sub-scale per 16-bit half of a lane.
