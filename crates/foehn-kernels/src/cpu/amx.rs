@@ -78,23 +78,27 @@ fn tile_state_granted() -> bool {
 }
 
 // `select`: the kernel of each shape, as [`super::scalar::tile`] for `nr`
-// activation rows up to [`MAX_ROWS`]; the split 6-bit layout (Q6_K at the
-// file's size) is the kernel's monomorph of its own. Q5_K's split layout and
-// IQ4_XS's lookup layout are not packed for this instruction set (see their
-// rows of the type table).
-layout_select!(
-    tile,
-    kernel::<true, 16, true, false, true>,
-    return None,
-    return None
-);
+// activation rows up to [`MAX_ROWS`], with Q6_K's split layout (the file's
+// size). The other split layouts and the lookup layouts are not packed for
+// this instruction set (see their rows of the type table).
+layout_select!(fn select -> super::RawTileFn = tile, only [
+    Nib32, Nib32Min, Byte32, Byte32Min, Wide32, SuperNib32Min, SuperByte32Min, SuperWide32,
+    SuperByte16, SuperSplit16, SuperNib16, SuperNib16Min
+]);
 
-/// As [`super::scalar::tile`] for one layout and `nr` (1..=[`MAX_ROWS`])
-/// activation rows.
+/// As [`super::scalar::tile`] for one layout (not a lookup one) and `nr`
+/// (1..=[`MAX_ROWS`]) activation rows.
 ///
 /// # Safety
 /// The CPU must run the kernel ([`available`]).
-unsafe fn tile<const NIB: bool, const G: usize, const SUP: bool, const MIN: bool>(
+unsafe fn tile<
+    const NIB: bool,
+    const G: usize,
+    const SUP: bool,
+    const MIN: bool,
+    const HB: u32,
+    const LUT: bool,
+>(
     fmt: &Format,
     cols: usize,
     tile: &[u8],
@@ -103,7 +107,8 @@ unsafe fn tile<const NIB: bool, const G: usize, const SUP: bool, const MIN: bool
     nr: usize,
     out: &mut [f32],
 ) {
-    kernel::<NIB, G, SUP, MIN, false>(fmt, cols, tile, acts, r0, nr, out);
+    const { assert!(!LUT, "no AMX kernel for the lookup layouts") };
+    kernel::<NIB, G, SUP, MIN, HB>(fmt, cols, tile, acts, r0, nr, out);
 }
 
 /// A 64-byte aligned buffer (tile loads and stores of whole cache lines).
@@ -212,10 +217,10 @@ unsafe fn store_sums<const T: usize>(c: *mut i32) {
 
 /// The unsigned levels of one group at `wp` (packed layout), a packed
 /// word at a time: `f(levels, first)` for each 64 bytes of levels (16 rows
-/// × 4 levels `first..first + 4` of the group). `SPLIT`: the nibbles' high
-/// two bits come from the plane word that follows them.
+/// × 4 levels `first..first + 4` of the group). `HB` (not 0): the nibbles'
+/// `HB` high bits come from the plane word that follows them.
 #[inline(always)]
-pub(super) unsafe fn group_levels<const NIB: bool, const G: usize, const SPLIT: bool>(
+pub(super) unsafe fn group_levels<const NIB: bool, const G: usize, const HB: u32>(
     wp: *const u8,
     mut f: impl FnMut(__m512i, usize),
 ) {
@@ -225,17 +230,17 @@ pub(super) unsafe fn group_levels<const NIB: bool, const G: usize, const SPLIT: 
         let mask = _mm512_set1_epi8(0x0f);
         let nd = G / 8;
         // The split layout's high bits (nd = 2 there) follow the nibbles.
-        let plane = if SPLIT {
+        let plane = if HB > 0 {
             _mm512_loadu_si512(wp.add(nd * 64).cast())
         } else {
             _mm512_setzero_si512()
         };
-        let high = |o: usize| super::avx512::split_high_bits::<2>(plane, o);
+        let high = |o: usize| super::avx512::split_high_bits::<HB>(plane, o);
         for p in 0..nd {
             let v = _mm512_loadu_si512(wp.add(p * 64).cast());
             let mut lo = _mm512_and_si512(v, mask);
             let mut hi = _mm512_and_si512(_mm512_srli_epi16::<4>(v), mask);
-            if SPLIT {
+            if HB > 0 {
                 lo = _mm512_or_si512(lo, high(p));
                 hi = _mm512_or_si512(hi, high(nd + p));
             }
@@ -253,14 +258,14 @@ pub(super) unsafe fn group_levels<const NIB: bool, const G: usize, const SPLIT: 
 /// `u − off` in the second operand's layout at `b`: word `p` (levels
 /// `4p..4p + 4` of each row) at `b[p · 64..]`.
 #[inline(always)]
-unsafe fn signed_group<const NIB: bool, const G: usize, const SPLIT: bool>(
+unsafe fn signed_group<const NIB: bool, const G: usize, const HB: u32>(
     wp: *const u8,
     off: i32,
     b: *mut u8,
 ) {
     // Wrapping: u − off lies within ±128 for every format.
     let off = _mm512_set1_epi8(off as i8);
-    group_levels::<NIB, G, SPLIT>(wp, |v, first| {
+    group_levels::<NIB, G, HB>(wp, |v, first| {
         _mm512_store_si512(b.add(first / 4 * 64).cast(), _mm512_sub_epi8(v, off));
     });
 }
@@ -306,13 +311,13 @@ unsafe fn step<
     const SUP: bool,
     const MIN: bool,
     const K: usize,
-    const SPLIT: bool,
+    const HB: u32,
 >(
     p: &Call,
     g0: usize,
     acc: &mut [__m512; MAX_ROWS],
 ) {
-    let grb = UnitLayout::of(NIB, G, SUP, MIN, if SPLIT { 2 } else { 0 }).group_row;
+    let grb = UnitLayout::of(NIB, G, SUP, MIN, HB).group_row;
     let sets = 1 + usize::from(MIN);
     let cols = p.cols;
     let (nb, ng, ns) = (cols / ACT_BLOCK, cols / G, cols / SUPER);
@@ -324,7 +329,7 @@ unsafe fn step<
         } else {
             p.tile.add((g0 + k) * p.unit_bytes + p.header)
         };
-        signed_group::<NIB, G, SPLIT>(wp, p.off, p.b.add(k * G * TILE));
+        signed_group::<NIB, G, HB>(wp, p.off, p.b.add(k * G * TILE));
     }
     // Superblocks: d, dmin, the groups' scales and (min, min) pairs;
     // legacy groups: each group's scale and min.
@@ -467,7 +472,7 @@ unsafe fn kernel<
     const G: usize,
     const SUP: bool,
     const MIN: bool,
-    const SPLIT: bool,
+    const HB: u32,
 >(
     fmt: &Format,
     cols: usize,
@@ -483,7 +488,7 @@ unsafe fn kernel<
         "tile call: 1 to {MAX_ROWS} rows"
     );
     let off = fmt.off;
-    let layout = UnitLayout::of(NIB, G, SUP, MIN, if SPLIT { 2 } else { 0 });
+    let layout = UnitLayout::of(NIB, G, SUP, MIN, HB);
     // Scratch written before it is read (`signed_group`, tile stores):
     // not cleared.
     let mut b = std::mem::MaybeUninit::<Aligned<[u8; SUPER * TILE]>>::uninit();
@@ -524,19 +529,19 @@ unsafe fn kernel<
     let row_groups = cols / G;
     if SUP && G == 16 {
         for g0 in (0..row_groups).step_by(SUPER / 16) {
-            step::<NIB, G, SUP, MIN, { SUPER / 16 }, SPLIT>(&call, g0, &mut acc);
+            step::<NIB, G, SUP, MIN, { SUPER / 16 }, HB>(&call, g0, &mut acc);
         }
     } else if SUP {
         for g0 in (0..row_groups).step_by(SUPER / 32) {
-            step::<NIB, G, SUP, MIN, { SUPER / 32 }, SPLIT>(&call, g0, &mut acc);
+            step::<NIB, G, SUP, MIN, { SUPER / 32 }, HB>(&call, g0, &mut acc);
         }
     } else {
         let whole = row_groups / 8 * 8;
         for g0 in (0..whole).step_by(8) {
-            step::<NIB, G, SUP, MIN, 8, SPLIT>(&call, g0, &mut acc);
+            step::<NIB, G, SUP, MIN, 8, HB>(&call, g0, &mut acc);
         }
         for g0 in whole..row_groups {
-            step::<NIB, G, SUP, MIN, 1, SPLIT>(&call, g0, &mut acc);
+            step::<NIB, G, SUP, MIN, 1, HB>(&call, g0, &mut acc);
         }
     }
     asm!("tilerelease", options(nostack, nomem));

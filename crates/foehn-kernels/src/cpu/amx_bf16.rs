@@ -44,25 +44,31 @@ fn cpu_has_amx_bf16() -> bool {
 /// operand (see [`super::bf16`]): `(off, tile, u0, u1, dst)`.
 pub(crate) type ConvertFn = unsafe fn(i32, &[u8], usize, usize, &mut [u16]);
 
-layout_select!(
-    fn converter -> ConvertFn = convert,
-    convert_units::<true, 16, true, false, true>,
-    return None,
-    return None
-);
+layout_select!(fn converter -> ConvertFn = convert, only [
+    Nib32, Nib32Min, Byte32, Byte32Min, Wide32, SuperNib32Min, SuperByte32Min, SuperWide32,
+    SuperByte16, SuperSplit16, SuperNib16, SuperNib16Min
+]);
 
-/// [`convert_units`] for the layouts without the split plane.
+/// [`convert_units`] for the layouts it converts (not the lookup ones).
 ///
 /// # Safety
 /// The CPU must run the product ([`available`]).
-unsafe fn convert<const NIB: bool, const G: usize, const SUP: bool, const MIN: bool>(
+unsafe fn convert<
+    const NIB: bool,
+    const G: usize,
+    const SUP: bool,
+    const MIN: bool,
+    const HB: u32,
+    const LUT: bool,
+>(
     off: i32,
     tile: &[u8],
     u0: usize,
     u1: usize,
     dst: &mut [u16],
 ) {
-    convert_units::<NIB, G, SUP, MIN, false>(off, tile, u0, u1, dst);
+    const { assert!(!LUT, "no bf16 conversion of the lookup layouts") };
+    convert_units::<NIB, G, SUP, MIN, HB>(off, tile, u0, u1, dst);
 }
 
 /// The weight operand of units `u0..u1` of `tile` (one layout, level
@@ -82,7 +88,7 @@ unsafe fn convert_units<
     const G: usize,
     const SUP: bool,
     const MIN: bool,
-    const SPLIT: bool,
+    const HB: u32,
 >(
     off: i32,
     tile: &[u8],
@@ -90,7 +96,7 @@ unsafe fn convert_units<
     u1: usize,
     dst: &mut [u16],
 ) {
-    let layout = UnitLayout::of(NIB, G, SUP, MIN, if SPLIT { 2 } else { 0 });
+    let layout = UnitLayout::of(NIB, G, SUP, MIN, HB);
     let unit = if SUP { SUPER } else { G };
     assert!(
         u0 <= u1
@@ -144,7 +150,7 @@ unsafe fn convert_units<
                 let at = k0 + first;
                 base.add(at / STEP * STEP_WORDS + at % STEP / 2 * 2 * TILE)
             };
-            super::amx::group_levels::<NIB, G, SPLIT>(wp, |v, first| {
+            super::amx::group_levels::<NIB, G, HB>(wp, |v, first| {
                 word(&ops, &scale, v, out(first));
             });
         }

@@ -16,16 +16,19 @@
 //! One pass computes both halves for one or two activation rows, so that
 //! every broadcast activation word feeds two `vpmaddubsw` and the operands
 //! and accumulators stay in the sixteen registers; three or four rows are
-//! two passes. Q6_K and Q5_K are packed in the split layouts here (low
-//! nibbles and a plane of high bits: the file's size, so decode reads no
-//! more than the file, at some cost in prefill), whose groups run one half
-//! at a time.
+//! two passes. Q6_K and the 5-bit types are packed in the split layouts
+//! here (low nibbles and a plane of high bits: the file's size, so decode
+//! reads no more than the file, at some cost in prefill), whose groups run
+//! one half at a time; IQ4_NL and IQ4_XS in the lookup layouts (nibble
+//! indices that one `vpshufb` turns into signed levels for the sign trick,
+//! each operand closing its own chain).
 
 use std::arch::x86_64::*;
 
 use super::act::QuantizedActs;
 use super::format::{Format, SixBitScales, UnitLayout, SUPER, TILE};
 use super::shape::KernelShape;
+use crate::quant::KVALUES_IQ4NL;
 
 /// Whether this CPU has everything the kernel uses.
 pub(crate) fn available() -> bool {
@@ -45,6 +48,13 @@ const SIGN: u8 = 2;
 const SPLIT: u8 = 3;
 /// The split 5-bit layout: as [`SPLIT`] with one high bit per level.
 const SPLIT5: u8 = 4;
+/// The lookup layout: nibble indices into the IQ4 levels, looked up as
+/// signed levels `u − 128` and multiplied with the sign trick; every
+/// operand closes its own chain.
+const LUT: u8 = 5;
+
+/// The IQ4 levels as signed bytes `u − 128`, the lookup layout's table.
+const SIGNED_IQ4: [i8; 16] = KVALUES_IQ4NL;
 
 /// Bits of each level in the plane of the split layouts (0: none).
 const fn high_bits(mode: u8) -> u32 {
@@ -67,12 +77,10 @@ type Params = (u8, usize, bool, bool, bool, usize);
 /// and, for the tests, `params` (its parameters).
 macro_rules! shapes {
     ($($shape:ident => ($m:ident, $g:literal, $sup:literal, $min:literal, $b:literal, $ch:literal)),* $(,)?) => {
-        /// The kernel of `shape` (every shape but IQ4_XS's lookup layout,
-        /// which is not packed for AVX2, has one).
+        /// The kernel of `shape` (every shape has one).
         pub(crate) fn select(shape: KernelShape) -> Option<super::RawTileFn> {
             let f: super::RawTileFn = match shape {
                 $(KernelShape::$shape => tile::<$m, $g, $sup, $min, $b, $ch>,)*
-                KernelShape::SuperLut32 => return None,
             };
             Some(f)
         }
@@ -82,7 +90,6 @@ macro_rules! shapes {
         fn params(shape: KernelShape) -> Option<Params> {
             match shape {
                 $(KernelShape::$shape => Some(($m, $g, $sup, $min, $b, $ch)),)*
-                KernelShape::SuperLut32 => None,
             }
         }
     };
@@ -93,10 +100,14 @@ shapes!(
     Nib32Min => (NIB, 32, false, true, false, 1),
     Byte32 => (BYTE, 32, false, false, true, 1),
     Byte32Min => (BYTE, 32, false, true, false, 2),
+    Split32 => (SPLIT5, 32, false, false, true, 1),
+    Split32Min => (SPLIT5, 32, false, true, false, 2),
     Wide32 => (SIGN, 32, false, false, false, 8),
+    Lut32 => (LUT, 32, false, false, false, 8),
     SuperNib32Min => (NIB, 32, true, true, false, 1),
     SuperByte32Min => (BYTE, 32, true, true, false, 2),
     SuperWide32 => (SIGN, 32, true, false, false, 8),
+    SuperLut32 => (LUT, 32, true, false, false, 8),
     SuperByte16 => (BYTE, 16, true, false, true, 1),
     SuperSplit16 => (SPLIT, 16, true, false, true, 1),
     SuperSplit32Min => (SPLIT5, 32, true, true, false, 2),
@@ -164,21 +175,23 @@ unsafe fn kernel<
     let unit = if SUP { SUPER } else { G };
     let groups_per_unit = unit / G;
     let hb = high_bits(MODE);
-    let nibbles = MODE == NIB || hb > 0;
+    let nibbles = MODE == NIB || MODE == LUT || hb > 0;
     // 4-byte words (of nibbles) per row and group; a chain closes after
-    // `per_chain`. The split layout's plane word follows the nibble words.
+    // `per_chain` (the lookup layout's after each operand). The split
+    // layout's plane word follows the nibble words.
     let nd = if nibbles { G / 8 } else { G / 4 };
     let UnitLayout {
         header,
         group_row: grb,
         bytes: unit_bytes,
     } = UnitLayout::of(nibbles, G, SUP, MIN, hb);
-    let per_chain = nd / CH;
+    let per_chain = (nd / CH).max(1);
     let sets = 1 + usize::from(MIN);
     let units = cols / unit;
     let nib_mask = _mm256_set1_epi8(0x0f);
     let high_mask = _mm256_set1_epi8((((1u32 << hb) - 1) << 4) as i8);
     let flip = _mm256_set1_epi8(-128);
+    let signed_levels = _mm256_broadcastsi128_si256(_mm_loadu_si128(SIGNED_IQ4.as_ptr().cast()));
     let ones = _mm256_set1_epi16(1);
     // Each of 8 bytes twice: a sub-scale per 16-bit half of a lane.
     let dup = _mm_setr_epi8(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
@@ -273,7 +286,7 @@ unsafe fn kernel<
             let mut isum = [[_mm256_setzero_si256(); 2]; NA];
             // Unrolled, the sign trick's operands of every word would be computed
             // up front and spilled: its words run as a loop.
-            let words = if MODE == SIGN {
+            let words = if MODE == SIGN || MODE == LUT {
                 std::hint::black_box(nd)
             } else {
                 nd
@@ -306,6 +319,24 @@ unsafe fn kernel<
                                 lo = _mm256_or_si256(lo, high(p));
                                 hi = _mm256_or_si256(hi, high(nd + p));
                             }
+                            if MODE == LUT {
+                                let (ql, qh) = (
+                                    _mm256_shuffle_epi8(signed_levels, lo),
+                                    _mm256_shuffle_epi8(signed_levels, hi),
+                                );
+                                let (wl, wh) = (_mm256_abs_epi8(ql), _mm256_abs_epi8(qh));
+                                for r in 0..NA {
+                                    let al = _mm256_sign_epi8(word(r, at + 4 * p), ql);
+                                    let ah = _mm256_sign_epi8(word(r, at + G / 2 + 4 * p), qh);
+                                    let x =
+                                        _mm256_madd_epi16(_mm256_maddubs_epi16(wl, al), mult[hh]);
+                                    let y =
+                                        _mm256_madd_epi16(_mm256_maddubs_epi16(wh, ah), mult[hh]);
+                                    isum[r][hh] =
+                                        _mm256_add_epi32(isum[r][hh], _mm256_add_epi32(x, y));
+                                }
+                                continue;
+                            }
                             for r in 0..NA {
                                 let x = _mm256_maddubs_epi16(lo, word(r, at + 4 * p));
                                 let y = _mm256_maddubs_epi16(hi, word(r, at + G / 2 + 4 * p));
@@ -328,7 +359,7 @@ unsafe fn kernel<
                             }
                         }
                     }
-                    if (p + 1) % per_chain == 0 {
+                    if MODE != LUT && (p + 1) % per_chain == 0 {
                         for r in 0..NA {
                             for hh in halves.clone() {
                                 let t = _mm256_madd_epi16(s16[r][hh], mult[hh]);
@@ -415,18 +446,30 @@ mod tests {
                 let Some((mode, g, sup, min, bias, ch)) = params(fmt.shape) else {
                     continue;
                 };
-                assert_eq!(mode == NIB || high_bits(mode) > 0, fmt.nibbles, "{ty}");
+                assert_eq!(
+                    mode == NIB || mode == LUT || high_bits(mode) > 0,
+                    fmt.nibbles,
+                    "{ty}"
+                );
+                assert_eq!(mode == LUT, fmt.lut, "{ty}");
                 assert_eq!(high_bits(mode), fmt.high_bits, "{ty}");
                 assert_eq!((g, sup, min), (fmt.group, fmt.superblocks, fmt.min), "{ty}");
                 assert_eq!(bias, fmt.off != 0 && fmt.off < 128, "{ty}");
-                assert_eq!(mode == SIGN, fmt.off == 128, "{ty}");
+                assert_eq!(mode == SIGN || mode == LUT, fmt.off == 128, "{ty}");
+                // Products per 16-bit lane of one chain: two per operand (a
+                // nibble word gives two operands); chains close after whole
+                // words, the lookup layout's after each operand.
                 let words = if fmt.nibbles { g / 8 } else { g / 4 };
-                assert_eq!(words % ch, 0, "{ty}");
-                // Products per 16-bit lane of one chain: two per operand, and a
-                // nibble word gives two operands.
-                let ops = words / ch * if fmt.nibbles { 2 } else { 1 };
+                let operands = g / 4;
+                let ops = if mode == LUT {
+                    assert_eq!(ch, operands, "{ty}: one chain per operand");
+                    1
+                } else {
+                    assert_eq!(words % ch, 0, "{ty}");
+                    operands / ch
+                };
                 let top = i32::from(ty.packing().unwrap().max_level);
-                let dev = if mode == SIGN {
+                let dev = if mode == SIGN || mode == LUT {
                     128
                 } else if bias {
                     fmt.off.max(top - fmt.off)
@@ -434,7 +477,11 @@ mod tests {
                     top
                 };
                 assert!(2 * ops as i32 * dev * 127 <= 32767, "{ty}: chain overflows");
-                let pair = if mode == SIGN { 128 } else { top };
+                let pair = if mode == SIGN || mode == LUT {
+                    128
+                } else {
+                    top
+                };
                 assert!(2 * pair * 127 <= 32767, "{ty}: vpmaddubsw saturates");
                 assert!(!bias || ch == 1, "{ty}: the bias starts the only chain");
             }

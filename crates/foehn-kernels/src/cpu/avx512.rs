@@ -18,16 +18,21 @@ pub(crate) fn available() -> bool {
         && is_x86_feature_detected!("f16c")
 }
 
-layout_kernels!(kernel, superblock_kernel);
+layout_kernels!(kernel);
 
 /// Rows of activations per call: `NA` (1..=4). The legacy types (one scale
-/// per group) are computed here, the k-quants by [`superblock_kernel`].
+/// per group) are computed here, the k-quants by [`superblock_kernel`]. The
+/// split layouts (`HB` high bits per level) and the lookup layout (`LUT`)
+/// rebuild the byte layout's levels in [`load_group`], so they compute its
+/// integer sums and float operations.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vl,fma,f16c")]
 unsafe fn kernel<
     const NIB: bool,
     const G: usize,
     const SUP: bool,
     const MIN: bool,
+    const HB: u32,
+    const LUT: bool,
     const NA: usize,
 >(
     off: i32,
@@ -38,11 +43,12 @@ unsafe fn kernel<
     out: &mut [f32],
 ) {
     if SUP {
-        return superblock_kernel::<NIB, G, MIN, 0, false, NA>(off, cols, tile, acts, r0, out);
+        return superblock_kernel::<NIB, G, MIN, HB, LUT, NA>(off, cols, tile, acts, r0, out);
     }
-    let layout = UnitLayout::of(NIB, G, false, MIN, 0);
-    // 4-byte words per row per group; with nibbles each word gives two operands.
-    let nd = layout.group_row / 4;
+    let layout = UnitLayout::of(NIB, G, false, MIN, HB);
+    // 4-byte words per row per group; with nibbles each word gives two
+    // operands (the split layout's plane word follows).
+    let nd = if NIB { G / 8 } else { G / 4 };
     let nops = if NIB { 2 * nd } else { nd };
     let chains = chains(NA);
     let sets = 1 + usize::from(MIN);
@@ -65,7 +71,7 @@ unsafe fn kernel<
         } else {
             _mm512_setzero_ps()
         };
-        let w = load_group::<NIB, 0, false>(ub.add(2 * TILE * sets), nd, nib_mask);
+        let w = load_group::<NIB, HB, LUT>(ub.add(2 * TILE * sets), nd, nib_mask);
         for r in 0..NA {
             // Operand p holds levels 4p..4p+4 of each row (for nibbles the
             // high halves continue at G/2 = 4·nd), matching activation

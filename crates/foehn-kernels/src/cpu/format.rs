@@ -50,10 +50,10 @@
 //! high[c][i] = sc[c][i] >> 4 | (m[c][i] >> 4) << 2 | (sc[c + 4][i] >> 4) << 4 | (m[c + 4][i] >> 4) << 6
 //! ```
 //!
-//! IQ4_XS's *lookup* variant ([`Format::split`] too, on the instruction sets
-//! its row names) stores each level as the nibble of its index into the
-//! sixteen IQ4 levels ([`IQ4_LEVELS`]), which a kernel turns back into the
-//! byte layout's level with one table lookup per operand.
+//! The *lookup* variant of IQ4_NL and IQ4_XS ([`Format::split`] too, on the
+//! instruction sets their rows name) stores each level as the nibble of its
+//! index into the sixteen IQ4 levels ([`IQ4_LEVELS`]), which a kernel turns
+//! back into the byte layout's level with one table lookup per operand.
 //!
 //! Levels wider than 4 bits are one byte each, except in the *split* variant
 //! ([`Format::split`], chosen per instruction set): their low 4 bits are
@@ -97,11 +97,12 @@ pub(crate) struct Format {
     /// Split variant: bits of each level above its low nibble, stored in a
     /// plane of their own (0: levels are whole nibbles or bytes).
     pub(crate) high_bits: u32,
-    /// Lookup variant: nibbles are indices into [`IQ4_LEVELS`].
+    /// Lookup variant: nibbles are indices into [`IQ4_LEVELS`] (IQ4_NL,
+    /// IQ4_XS).
     pub(crate) lut: bool,
 }
 
-/// The levels of the lookup layout (IQ4_XS): nibble `k` stands for level
+/// The levels of the lookup layouts (IQ4_NL, IQ4_XS): nibble `k` stands for level
 /// `IQ4_LEVELS[k]`, the IQ4 value `k` plus 128 (the byte layout's level).
 pub(crate) const IQ4_LEVELS: [u8; 16] = {
     let mut t = [0u8; 16];
@@ -430,12 +431,16 @@ mod tests {
             let orig = ty.row_bytes(4096).unwrap() as f64;
             assert!(packed / orig <= max_ratio, "{ty}: {packed} vs {orig}");
         }
-        // The split variants of Q6_K and Q5_K and the 6-bit scales of Q4_K
-        // are the file's size; IQ4_XS's lookup variant is within 2 % of it
-        // (its scales take a byte each).
+        // The split variants of Q6_K, Q5_K, Q5_0 and Q5_1, the lookup
+        // variant of IQ4_NL and the 6-bit scales of Q4_K are the file's
+        // size; IQ4_XS's lookup variant is within 2 % of it (its scales take
+        // a byte each).
         for f in [
             Format::split(GgmlType::Q6_K),
             Format::split(GgmlType::Q5_K),
+            Format::split(GgmlType::Q5_0),
+            Format::split(GgmlType::Q5_1),
+            Format::split(GgmlType::IQ4_NL),
             Format::of(GgmlType::Q4_K),
         ] {
             let f = f.unwrap();

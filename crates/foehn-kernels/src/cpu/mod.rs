@@ -3,101 +3,114 @@
 //! [`KernelShape`] and instruction set, chosen when a matrix is packed
 //! ([`TileKernel`]) for an instruction set this CPU runs ([`SupportedIsa`]).
 
-/// `select` of an instruction set whose tile entry point `$tile` is generic
-/// over exactly `(nibbles, group, superblocks, min)`: the monomorph of each
-/// shape, and for the split layouts `$split` (Q6_K's) and `$split32`
-/// (Q5_K's) and the lookup layout `$lut` (IQ4_XS's), entry points of their
-/// own (any expression of type `RawTileFn`), or `None` where the
-/// instruction set has no kernel for them.
+/// `$f`'s monomorph for the layout of the [`KernelShape`] named `$shape`:
+/// its const generic arguments are `(nibbles, group, superblocks, min,
+/// high bits, lookup)`, as the shape's methods give them (checked by
+/// `tests::shape_generics_spell_out_the_shapes`).
+macro_rules! shape_fn {
+    ($f:ident, Nib32) => {
+        $f::<true, 32, false, false, 0, false>
+    };
+    ($f:ident, Nib32Min) => {
+        $f::<true, 32, false, true, 0, false>
+    };
+    ($f:ident, Byte32) => {
+        $f::<false, 32, false, false, 0, false>
+    };
+    ($f:ident, Byte32Min) => {
+        $f::<false, 32, false, true, 0, false>
+    };
+    ($f:ident, Split32) => {
+        $f::<true, 32, false, false, 1, false>
+    };
+    ($f:ident, Split32Min) => {
+        $f::<true, 32, false, true, 1, false>
+    };
+    ($f:ident, Wide32) => {
+        $f::<false, 32, false, false, 0, false>
+    };
+    ($f:ident, Lut32) => {
+        $f::<true, 32, false, false, 0, true>
+    };
+    ($f:ident, SuperNib32Min) => {
+        $f::<true, 32, true, true, 0, false>
+    };
+    ($f:ident, SuperByte32Min) => {
+        $f::<false, 32, true, true, 0, false>
+    };
+    ($f:ident, SuperWide32) => {
+        $f::<false, 32, true, false, 0, false>
+    };
+    ($f:ident, SuperByte16) => {
+        $f::<false, 16, true, false, 0, false>
+    };
+    ($f:ident, SuperSplit16) => {
+        $f::<true, 16, true, false, 2, false>
+    };
+    ($f:ident, SuperSplit32Min) => {
+        $f::<true, 32, true, true, 1, false>
+    };
+    ($f:ident, SuperLut32) => {
+        $f::<true, 32, true, false, 0, true>
+    };
+    ($f:ident, SuperNib16) => {
+        $f::<true, 16, true, false, 0, false>
+    };
+    ($f:ident, SuperNib16Min) => {
+        $f::<true, 16, true, true, 0, false>
+    };
+}
+
+/// `fn $name(shape) -> Option<$ty>`: the monomorph of `$tile` (generic over
+/// exactly the arguments of [`shape_fn!`]) for each shape; with `only
+/// [...]`, for the listed shapes, and `None` for the others (layouts the
+/// instruction set does not compute). Without a list the match is
+/// exhaustive, so a new shape does not compile until it has a kernel.
 macro_rules! layout_select {
-    ($tile:ident) => {
-        layout_select!(
-            fn select -> $crate::cpu::RawTileFn = $tile,
-            return None,
-            return None,
-            return None
-        );
+    (fn $name:ident -> $ty:ty = $tile:ident) => {
+        layout_select!(@select $name, $ty, $tile, [
+            Nib32, Nib32Min, Byte32, Byte32Min, Split32, Split32Min, Wide32, Lut32,
+            SuperNib32Min, SuperByte32Min, SuperWide32, SuperByte16, SuperSplit16,
+            SuperSplit32Min, SuperLut32, SuperNib16, SuperNib16Min
+        ], {});
     };
-    ($tile:ident, $split:expr, $split32:expr, $lut:expr) => {
-        layout_select!(fn select -> $crate::cpu::RawTileFn = $tile, $split, $split32, $lut);
+    (fn $name:ident -> $ty:ty = $tile:ident, only [$($shape:ident),* $(,)?]) => {
+        layout_select!(@select $name, $ty, $tile, [$($shape),*], { _ => return None, });
     };
-    // Any entry point generic over the layout: `$name` picks `$tile`'s
-    // monomorph (of type `$ty`) for a shape; `$split`, `$split32` and `$lut`
-    // are the split and lookup shapes' (`return None` where there is none).
-    (fn $name:ident -> $ty:ty = $tile:ident, $split:expr, $split32:expr, $lut:expr) => {
-        /// The monomorph of `shape`.
+    (@select $name:ident, $ty:ty, $tile:ident, [$($shape:ident),*], {$($rest:tt)*}) => {
+        /// The monomorph of `shape`, if this instruction set computes it.
         pub(crate) fn $name(shape: $crate::cpu::shape::KernelShape) -> Option<$ty> {
             use $crate::cpu::shape::KernelShape::*;
             let f: $ty = match shape {
-                Nib32 => $tile::<true, 32, false, false>,
-                Nib32Min => $tile::<true, 32, false, true>,
-                Byte32 | Wide32 => $tile::<false, 32, false, false>,
-                Byte32Min => $tile::<false, 32, false, true>,
-                SuperNib32Min => $tile::<true, 32, true, true>,
-                SuperByte32Min => $tile::<false, 32, true, true>,
-                SuperWide32 => $tile::<false, 32, true, false>,
-                SuperByte16 => $tile::<false, 16, true, false>,
-                SuperNib16 => $tile::<true, 16, true, false>,
-                SuperNib16Min => $tile::<true, 16, true, true>,
-                SuperSplit16 => $split,
-                SuperSplit32Min => $split32,
-                SuperLut32 => $lut,
+                $($shape => shape_fn!($tile, $shape),)*
+                $($rest)*
             };
             Some(f)
         }
     };
 }
 
-/// Defines, in an instruction set's module whose kernel is generic over
-/// exactly `(nibbles, group, superblocks, min)` and the activation rows
-/// (AVX-512 VNNI, NEON): `select` ([`layout_select!`]) and `tile`, one
-/// monomorph's entry point; with `$superblock` (the superblock kernel,
-/// generic over nibbles, group, min, plane bits, lookup and activation
-/// rows), `tile_nibbles`, the split and lookup layouts' entry point.
+/// Defines, in an instruction set's module whose `$kernel` is generic over
+/// the arguments of [`shape_fn!`] and the activation rows (AVX-512 VNNI,
+/// NEON): `tile`, the entry point of one layout, and `select`
+/// ([`layout_select!`]) over every shape.
 macro_rules! layout_kernels {
     ($kernel:ident) => {
-        layout_select!(tile);
-        layout_kernels!(@tile $kernel);
-    };
-    ($kernel:ident, $superblock:ident) => {
-        layout_select!(
-            tile,
-            tile_nibbles::<16, false, 2, false>,
-            tile_nibbles::<32, true, 1, false>,
-            tile_nibbles::<32, false, 0, true>
-        );
-        layout_kernels!(@tile $kernel);
+        layout_select!(fn select -> $crate::cpu::RawTileFn = tile);
 
-        /// As [`super::scalar::tile`], for the split layouts (superblocks of
-        /// groups of `G` with `HB` high bits per level, with a min or not)
-        /// and the lookup layout (`LUT`), computed by `$superblock`: `NA` =
-        /// `nr` (4 from 4 up).
-        ///
-        /// # Safety
-        /// The CPU must support the features [`available`] checks.
-        unsafe fn tile_nibbles<const G: usize, const MIN: bool, const HB: u32, const LUT: bool>(
-            fmt: &Format,
-            cols: usize,
-            tile: &[u8],
-            acts: &QuantizedActs,
-            r0: usize,
-            nr: usize,
-            out: &mut [f32],
-        ) {
-            super::check_tile_call(fmt, cols, tile, acts, r0, nr, out);
-            layout_kernels!(
-                @rows nr,
-                $superblock::<true, G, MIN, HB, LUT>(fmt.off, cols, tile, acts, r0, out)
-            )
-        }
-    };
-    (@tile $kernel:ident) => {
         /// As [`super::scalar::tile`], for one layout: `NA` = `nr` (4 from
         /// 4 up).
         ///
         /// # Safety
         /// The CPU must support the features [`available`] checks.
-        unsafe fn tile<const NIB: bool, const G: usize, const SUP: bool, const MIN: bool>(
+        unsafe fn tile<
+            const NIB: bool,
+            const G: usize,
+            const SUP: bool,
+            const MIN: bool,
+            const HB: u32,
+            const LUT: bool,
+        >(
             fmt: &Format,
             cols: usize,
             tile: &[u8],
@@ -107,20 +120,13 @@ macro_rules! layout_kernels {
             out: &mut [f32],
         ) {
             super::check_tile_call(fmt, cols, tile, acts, r0, nr, out);
-            layout_kernels!(
-                @rows nr,
-                $kernel::<NIB, G, SUP, MIN>(fmt.off, cols, tile, acts, r0, out)
-            )
-        }
-    };
-    // `$f` for `NA` = `nr` activation rows (4 from 4 up), `NA` its last
-    // generic argument.
-    (@rows $nr:expr, $f:ident::<$($g:tt),*>($($arg:expr),*)) => {
-        match $nr {
-            1 => $f::<$($g,)* 1>($($arg),*),
-            2 => $f::<$($g,)* 2>($($arg),*),
-            3 => $f::<$($g,)* 3>($($arg),*),
-            _ => $f::<$($g,)* 4>($($arg),*),
+            let off = fmt.off;
+            match nr {
+                1 => $kernel::<NIB, G, SUP, MIN, HB, LUT, 1>(off, cols, tile, acts, r0, out),
+                2 => $kernel::<NIB, G, SUP, MIN, HB, LUT, 2>(off, cols, tile, acts, r0, out),
+                3 => $kernel::<NIB, G, SUP, MIN, HB, LUT, 3>(off, cols, tile, acts, r0, out),
+                _ => $kernel::<NIB, G, SUP, MIN, HB, LUT, 4>(off, cols, tile, acts, r0, out),
+            }
         }
     };
 }
@@ -533,6 +539,42 @@ mod tests {
     /// The types with a packed format (from the quant-type table).
     fn packed_types() -> impl Iterator<Item = GgmlType> {
         GgmlType::ALL.into_iter().filter(|t| t.packing().is_some())
+    }
+
+    /// The const generic arguments of a layout's monomorph.
+    type Generics = (bool, usize, bool, bool, u32, bool);
+
+    fn generics<
+        const NIB: bool,
+        const G: usize,
+        const SUP: bool,
+        const MIN: bool,
+        const HB: u32,
+        const LUT: bool,
+    >() -> Generics {
+        (NIB, G, SUP, MIN, HB, LUT)
+    }
+
+    layout_select!(fn generics_of -> fn() -> Generics = generics);
+
+    /// `shape_fn!` gives each shape of the type table (common and split
+    /// formats) the arguments its methods say.
+    #[test]
+    fn shape_generics_spell_out_the_shapes() {
+        for ty in packed_types() {
+            for fmt in [Format::of(ty), Format::split(ty)].into_iter().flatten() {
+                let s = fmt.shape;
+                let want = (
+                    s.nibbles(),
+                    s.group(),
+                    s.superblocks(),
+                    s.min(),
+                    s.high_bits(),
+                    s.lut(),
+                );
+                assert_eq!(generics_of(s).unwrap()(), want, "{ty}: {s:?}");
+            }
+        }
     }
 
     /// Every type the table packs has a SIMD kernel on every SIMD

@@ -23,7 +23,7 @@ pub(crate) fn available() -> bool {
         && std::arch::is_aarch64_feature_detected!("dotprod")
 }
 
-layout_kernels!(kernel, superblock_kernel);
+layout_kernels!(kernel);
 
 /// `acc[j] += Σ_{b<4} w[4j + b] · a[4·lane + b]` (SDOT by element: the
 /// activation word `lane` of `a` feeds all four rows of `w`). `lane` is a
@@ -183,13 +183,16 @@ unsafe fn group_acts<const G: usize, const NA: usize>(
 }
 
 /// Rows of activations per call: `NA` (1..=4). The legacy types (one scale
-/// per group) are computed here, the k-quants by [`superblock_kernel`].
+/// per group) are computed here, the k-quants by [`superblock_kernel`]; the
+/// split (`HB`) and lookup (`LUT`) layouts as there.
 #[target_feature(enable = "neon,dotprod")]
 unsafe fn kernel<
     const NIB: bool,
     const G: usize,
     const SUP: bool,
     const MIN: bool,
+    const HB: u32,
+    const LUT: bool,
     const NA: usize,
 >(
     off: i32,
@@ -200,15 +203,16 @@ unsafe fn kernel<
     out: &mut [f32],
 ) {
     if SUP {
-        return superblock_kernel::<NIB, G, MIN, 0, false, NA>(off, cols, tile, acts, r0, out);
+        return superblock_kernel::<NIB, G, MIN, HB, LUT, NA>(off, cols, tile, acts, r0, out);
     }
-    let grb = if NIB { G / 2 } else { G };
     // 4-byte words per row per group; with nibbles each word gives two
-    // operands (low halves: levels 4p.., high halves: levels G/2 + 4p..).
-    let nd = grb / 4;
+    // operands (low halves: levels 4p.., high halves: levels G/2 + 4p..);
+    // the split layout's plane word follows.
+    let nd = if NIB { G / 8 } else { G / 4 };
     let sets = 1 + usize::from(MIN);
-    let unit_bytes = 2 * TILE * sets + TILE * grb;
-    let corr = if NIB { off } else { off - 128 };
+    let unit_bytes = UnitLayout::of(NIB, G, false, MIN, HB).bytes;
+    // Nibbles are levels as they are; bytes and looked-up levels are flipped.
+    let corr = if NIB && !LUT { off } else { off - 128 };
     let nib_mask = vdupq_n_u8(0x0f);
     let flip = vdupq_n_u8(0x80);
     let zero_f = vdupq_n_f32(0.0);
@@ -233,7 +237,7 @@ unsafe fn kernel<
         let da: [f32; NA] = std::array::from_fn(|r| *ad[r].add(g * G / 32));
         let init: [i32; NA] = std::array::from_fn(|r| -corr * sa[r]);
         unroll!(|q| [0, 1, 2, 3] {
-            let isum = dot_quarter::<NIB, 0, false, NA>(wp, nd, &av, &init, q, nib_mask, flip);
+            let isum = dot_quarter::<NIB, HB, LUT, NA>(wp, nd, &av, &init, q, nib_mask, flip);
             unroll!(|r| [0, 1, 2, 3] {
                 if r < NA {
                     let mut v = vmulq_f32(s[q], vcvtq_f32_s32(isum[r]));

@@ -20,8 +20,17 @@ pub enum KernelShape {
     Byte32,
     /// Q5_1: levels up to 31, groups of 32, a scale and a min each.
     Byte32Min,
+    /// Q5_0 split: as [`Byte32`](Self::Byte32) with each level's low nibble
+    /// and high bit stored apart (the file's size).
+    Split32,
+    /// Q5_1 split: as [`Byte32Min`](Self::Byte32Min) with each level's low
+    /// nibble and high bit stored apart (the file's size).
+    Split32Min,
     /// Q8_0, IQ4_NL: levels up to 255, groups of 32, a scale each.
     Wide32,
+    /// IQ4_NL lookup: as [`Wide32`](Self::Wide32) with each level stored as
+    /// its 4-bit index into the IQ4 levels (the file's size).
+    Lut32,
     /// Q4_K: superblocks of groups of 32 nibbles with scales and mins.
     SuperNib32Min,
     /// Q5_K: superblocks of groups of 32 levels up to 31, scales and mins.
@@ -53,6 +62,9 @@ impl KernelShape {
             self,
             Nib32
                 | Nib32Min
+                | Split32
+                | Split32Min
+                | Lut32
                 | SuperNib32Min
                 | SuperSplit16
                 | SuperSplit32Min
@@ -74,7 +86,10 @@ impl KernelShape {
     /// Scales are a superblock's `d` times a group's small integer.
     pub const fn superblocks(self) -> bool {
         use KernelShape::*;
-        !matches!(self, Nib32 | Nib32Min | Byte32 | Byte32Min | Wide32)
+        !matches!(
+            self,
+            Nib32 | Nib32Min | Byte32 | Byte32Min | Split32 | Split32Min | Wide32 | Lut32
+        )
     }
 
     /// Groups have a min.
@@ -82,21 +97,27 @@ impl KernelShape {
         use KernelShape::*;
         matches!(
             self,
-            Nib32Min | Byte32Min | SuperNib32Min | SuperByte32Min | SuperSplit32Min | SuperNib16Min
+            Nib32Min
+                | Byte32Min
+                | Split32Min
+                | SuperNib32Min
+                | SuperByte32Min
+                | SuperSplit32Min
+                | SuperNib16Min
         )
     }
 
     /// Nibbles are indices into the IQ4 levels
     /// ([`IQ4_LEVELS`](super::format::IQ4_LEVELS)), not levels.
     pub const fn lut(self) -> bool {
-        matches!(self, KernelShape::SuperLut32)
+        matches!(self, KernelShape::Lut32 | KernelShape::SuperLut32)
     }
 
     /// Bits of each level stored in the split plane (0: none).
     pub const fn high_bits(self) -> u32 {
         match self {
             KernelShape::SuperSplit16 => 2,
-            KernelShape::SuperSplit32Min => 1,
+            KernelShape::Split32 | KernelShape::Split32Min | KernelShape::SuperSplit32Min => 1,
             _ => 0,
         }
     }

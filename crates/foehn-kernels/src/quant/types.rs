@@ -229,6 +229,8 @@ impl GgmlType {
         use GgmlType::*;
         use KernelShape::*;
         const SPLIT_ISAS: &[Isa] = &[Isa::Avx2, Isa::Avx512Vnni, Isa::Avx512Amx, Isa::NeonDotprod];
+        // Where AMX's int8 and bf16 prompt kernels take the byte layout.
+        const NOT_AMX: &[Isa] = &[Isa::Avx2, Isa::Avx512Vnni, Isa::NeonDotprod];
         let row = TypeTraits::new;
         match self {
             F32 => row("F32", 1, 4, Some(dq::f32), Some(qz::f32)),
@@ -242,15 +244,15 @@ impl GgmlType {
                 15,
                 sp::q4_1,
             ),
-            Q5_0 => {
-                row("Q5_0", 32, 22, Some(dq::q5_0), Some(qz::q5_0)).packed(Byte32, 16, 31, sp::q5_0)
-            }
-            Q5_1 => row("Q5_1", 32, 24, Some(dq::q5_1), Some(qz::q5_1)).packed(
-                Byte32Min,
-                0,
-                31,
-                sp::q5_1,
-            ),
+            // The 5-bit types split (nibbles and a plane of high bits) where
+            // there is no AMX: the file's size, where the byte layout reads
+            // 1.45× (Q5_0) and 1.33× (Q5_1) as much.
+            Q5_0 => row("Q5_0", 32, 22, Some(dq::q5_0), Some(qz::q5_0))
+                .packed(Byte32, 16, 31, sp::q5_0)
+                .split_on(Split32, NOT_AMX),
+            Q5_1 => row("Q5_1", 32, 24, Some(dq::q5_1), Some(qz::q5_1))
+                .packed(Byte32Min, 0, 31, sp::q5_1)
+                .split_on(Split32Min, NOT_AMX),
             Q8_0 => row("Q8_0", 32, 34, Some(dq::q8_0), Some(qz::q8_0))
                 .packed(Wide32, 128, 255, sp::q8_0)
                 .defer(Background),
@@ -275,10 +277,7 @@ impl GgmlType {
             // byte layout reads 1.55× as much.
             Q5_K => row("Q5_K", QK_K, 176, Some(dq::q5_k), Some(qz::q5_k))
                 .packed(SuperByte32Min, 0, 31, sp::q5_k)
-                .split_on(
-                    SuperSplit32Min,
-                    &[Isa::Avx2, Isa::Avx512Vnni, Isa::NeonDotprod],
-                ),
+                .split_on(SuperSplit32Min, NOT_AMX),
             // The split layout on AVX2, AVX-512 and NEON: the file's size, so
             // decode reads no more than the file (the byte layout reads
             // 1.31× as much).
@@ -291,17 +290,20 @@ impl GgmlType {
             IQ2_XS => row("IQ2_XS", QK_K, 74, None, None),
             IQ3_XXS => row("IQ3_XXS", QK_K, 98, None, None),
             IQ1_S => row("IQ1_S", QK_K, 50, None, None),
-            IQ4_NL => {
-                row("IQ4_NL", 32, 18, Some(dq::iq4_nl), None).packed(Wide32, 128, 255, sp::iq4_nl)
-            }
+            // Nibble indices into the IQ4 levels where there is no AMX (a
+            // table lookup per operand): the file's size, where the byte
+            // layout reads 1.89× as much.
+            IQ4_NL => row("IQ4_NL", 32, 18, Some(dq::iq4_nl), None)
+                .packed(Wide32, 128, 255, sp::iq4_nl)
+                .split_on(Lut32, NOT_AMX),
             IQ3_S => row("IQ3_S", QK_K, 110, None, None),
             IQ2_S => row("IQ2_S", QK_K, 82, None, None),
-            // Nibble indices into the IQ4 levels on AVX-512 and NEON (a table
-            // lookup per operand): the file's size, where the byte layout
-            // reads 1.96× as much.
+            // Nibble indices into the IQ4 levels where there is no AMX (a
+            // table lookup per operand): the file's size, where the byte
+            // layout reads 1.96× as much.
             IQ4_XS => row("IQ4_XS", QK_K, 136, Some(dq::iq4_xs), None)
                 .packed(SuperWide32, 128, 255, sp::iq4_xs)
-                .split_on(SuperLut32, &[Isa::Avx512Vnni, Isa::NeonDotprod]),
+                .split_on(SuperLut32, NOT_AMX),
             I8 => row("I8", 1, 1, None, None),
             I16 => row("I16", 1, 2, None, None),
             I32 => row("I32", 1, 4, None, None),
