@@ -77,22 +77,18 @@ fn tile_state_granted() -> bool {
     false
 }
 
-// `select`: the kernel of each shape, as [`super::scalar::tile`] for `nr`
-// activation rows up to [`MAX_ROWS`], with Q6_K's split layout (the file's
-// size). The other split layouts and the lookup layouts are not packed for
-// this instruction set (see their rows of the type table).
-layout_select!(fn select -> super::RawTileFn = tile, only [
-    Nib32, Nib32Min, Byte32, Byte32Min, Wide32, SuperNib32Min, SuperByte32Min, SuperWide32,
-    SuperByte16, SuperSplit16, SuperNib16, SuperNib16Min
-]);
+// `select`: the kernel of each shape AMX computes, as
+// [`super::scalar::tile`] for `nr` activation rows up to [`MAX_ROWS`].
+amx_layout_select!(fn select -> super::RawTileFn = tile);
 
-/// As [`super::scalar::tile`] for one layout (not a lookup one) and `nr`
+/// As [`super::scalar::tile`] for one layout (not a lookup or crumb one) and `nr`
 /// (1..=[`MAX_ROWS`]) activation rows.
 ///
 /// # Safety
 /// The CPU must run the kernel ([`available`]).
 unsafe fn tile<
     const NIB: bool,
+    const CR: bool,
     const G: usize,
     const SUP: bool,
     const MIN: bool,
@@ -107,7 +103,12 @@ unsafe fn tile<
     nr: usize,
     out: &mut [f32],
 ) {
-    const { assert!(!LUT, "no AMX kernel for the lookup layouts") };
+    const {
+        assert!(
+            !LUT && !CR,
+            "no AMX kernel for the lookup and crumb layouts"
+        )
+    };
     kernel::<NIB, G, SUP, MIN, HB>(fmt, cols, tile, acts, r0, nr, out);
 }
 
@@ -317,7 +318,7 @@ unsafe fn step<
     g0: usize,
     acc: &mut [__m512; MAX_ROWS],
 ) {
-    let grb = UnitLayout::of(NIB, G, SUP, MIN, HB).group_row;
+    let grb = UnitLayout::of(NIB, false, G, SUP, MIN, HB).group_row;
     let sets = 1 + usize::from(MIN);
     let cols = p.cols;
     let (nb, ng, ns) = (cols / ACT_BLOCK, cols / G, cols / SUPER);
@@ -488,7 +489,7 @@ unsafe fn kernel<
         "tile call: 1 to {MAX_ROWS} rows"
     );
     let off = fmt.off;
-    let layout = UnitLayout::of(NIB, G, SUP, MIN, HB);
+    let layout = UnitLayout::of(NIB, false, G, SUP, MIN, HB);
     // Scratch written before it is read (`signed_group`, tile stores):
     // not cleared.
     let mut b = std::mem::MaybeUninit::<Aligned<[u8; SUPER * TILE]>>::uninit();

@@ -44,17 +44,15 @@ fn cpu_has_amx_bf16() -> bool {
 /// operand (see [`super::bf16`]): `(off, tile, u0, u1, dst)`.
 pub(crate) type ConvertFn = unsafe fn(i32, &[u8], usize, usize, &mut [u16]);
 
-layout_select!(fn converter -> ConvertFn = convert, only [
-    Nib32, Nib32Min, Byte32, Byte32Min, Wide32, SuperNib32Min, SuperByte32Min, SuperWide32,
-    SuperByte16, SuperSplit16, SuperNib16, SuperNib16Min
-]);
+amx_layout_select!(fn converter -> ConvertFn = convert);
 
-/// [`convert_units`] for the layouts it converts (not the lookup ones).
+/// [`convert_units`] for the layouts it converts (not the lookup or crumb ones).
 ///
 /// # Safety
 /// The CPU must run the product ([`available`]).
 unsafe fn convert<
     const NIB: bool,
+    const CR: bool,
     const G: usize,
     const SUP: bool,
     const MIN: bool,
@@ -67,7 +65,12 @@ unsafe fn convert<
     u1: usize,
     dst: &mut [u16],
 ) {
-    const { assert!(!LUT, "no bf16 conversion of the lookup layouts") };
+    const {
+        assert!(
+            !LUT && !CR,
+            "no bf16 conversion of the lookup and crumb layouts"
+        )
+    };
     convert_units::<NIB, G, SUP, MIN, HB>(off, tile, u0, u1, dst);
 }
 
@@ -96,7 +99,7 @@ unsafe fn convert_units<
     u1: usize,
     dst: &mut [u16],
 ) {
-    let layout = UnitLayout::of(NIB, G, SUP, MIN, HB);
+    let layout = UnitLayout::of(NIB, false, G, SUP, MIN, HB);
     let unit = if SUP { SUPER } else { G };
     assert!(
         u0 <= u1

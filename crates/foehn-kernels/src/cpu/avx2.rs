@@ -21,12 +21,13 @@
 //! reads no more than the file, at some cost in prefill), whose groups run
 //! one half at a time; IQ4_NL and IQ4_XS in the lookup layouts (nibble
 //! indices that one `vpshufb` turns into signed levels for the sign trick,
-//! each operand closing its own chain).
+//! each operand closing its own chain); Q2_K in crumbs (four levels per
+//! byte, four operands per word).
 
 use std::arch::x86_64::*;
 
 use super::act::QuantizedActs;
-use super::format::{Format, SixBitScales, UnitLayout, SUPER, TILE};
+use super::format::{level_words, Format, SixBitScales, UnitLayout, SUPER, TILE};
 use super::shape::KernelShape;
 use crate::quant::KVALUES_IQ4NL;
 
@@ -52,6 +53,9 @@ const SPLIT5: u8 = 4;
 /// signed levels `u − 128` and multiplied with the sign trick; every
 /// operand closes its own chain.
 const LUT: u8 = 5;
+/// Levels of 2 bits, four per byte (crumbs): operand `4p + j` is word `p`
+/// shifted right by `2j`, masked.
+const CRUMB: u8 = 6;
 
 /// The IQ4 levels as signed bytes `u − 128`, the lookup layout's table.
 const SIGNED_IQ4: [i8; 16] = KVALUES_IQ4NL;
@@ -113,6 +117,7 @@ shapes!(
     SuperSplit32Min => (SPLIT5, 32, true, true, false, 2),
     SuperNib16 => (NIB, 16, true, false, true, 1),
     SuperNib16Min => (NIB, 16, true, true, false, 1),
+    SuperCrumb16Min => (CRUMB, 16, true, true, false, 1),
 );
 
 /// As [`super::scalar::tile`], for one shape: one or two activation rows
@@ -176,19 +181,21 @@ unsafe fn kernel<
     let groups_per_unit = unit / G;
     let hb = high_bits(MODE);
     let nibbles = MODE == NIB || MODE == LUT || hb > 0;
+    let crumbs = MODE == CRUMB;
     // 4-byte words (of nibbles) per row and group; a chain closes after
     // `per_chain` (the lookup layout's after each operand). The split
     // layout's plane word follows the nibble words.
-    let nd = if nibbles { G / 8 } else { G / 4 };
+    let nd = level_words(nibbles, crumbs, G);
     let UnitLayout {
         header,
         group_row: grb,
         bytes: unit_bytes,
-    } = UnitLayout::of(nibbles, G, SUP, MIN, hb);
+    } = UnitLayout::of(nibbles, crumbs, G, SUP, MIN, hb);
     let per_chain = (nd / CH).max(1);
     let sets = 1 + usize::from(MIN);
     let units = cols / unit;
     let nib_mask = _mm256_set1_epi8(0x0f);
+    let crumb_mask = _mm256_set1_epi8(3);
     let high_mask = _mm256_set1_epi8((((1u32 << hb) - 1) << 4) as i8);
     let flip = _mm256_set1_epi8(-128);
     let signed_levels = _mm256_broadcastsi128_si256(_mm_loadu_si128(SIGNED_IQ4.as_ptr().cast()));
@@ -342,6 +349,19 @@ unsafe fn kernel<
                                 let y = _mm256_maddubs_epi16(hi, word(r, at + G / 2 + 4 * p));
                                 s16[r][hh] = _mm256_add_epi16(s16[r][hh], _mm256_add_epi16(x, y));
                             }
+                        } else if crumbs {
+                            let ops = [
+                                _mm256_and_si256(v, crumb_mask),
+                                _mm256_and_si256(_mm256_srli_epi16::<2>(v), crumb_mask),
+                                _mm256_and_si256(_mm256_srli_epi16::<4>(v), crumb_mask),
+                                _mm256_and_si256(_mm256_srli_epi16::<6>(v), crumb_mask),
+                            ];
+                            for r in 0..NA {
+                                for (j, o) in ops.iter().enumerate() {
+                                    let x = _mm256_maddubs_epi16(*o, word(r, at + 16 * p + 4 * j));
+                                    s16[r][hh] = _mm256_add_epi16(s16[r][hh], x);
+                                }
+                            }
                         } else if MODE == BYTE {
                             for r in 0..NA {
                                 let x = _mm256_maddubs_epi16(v, word(r, at + 4 * p));
@@ -452,6 +472,7 @@ mod tests {
                     "{ty}"
                 );
                 assert_eq!(mode == LUT, fmt.lut, "{ty}");
+                assert_eq!(mode == CRUMB, fmt.crumbs, "{ty}");
                 assert_eq!(high_bits(mode), fmt.high_bits, "{ty}");
                 assert_eq!((g, sup, min), (fmt.group, fmt.superblocks, fmt.min), "{ty}");
                 assert_eq!(bias, fmt.off != 0 && fmt.off < 128, "{ty}");
@@ -459,7 +480,7 @@ mod tests {
                 // Products per 16-bit lane of one chain: two per operand (a
                 // nibble word gives two operands); chains close after whole
                 // words, the lookup layout's after each operand.
-                let words = if fmt.nibbles { g / 8 } else { g / 4 };
+                let words = level_words(fmt.nibbles, fmt.crumbs, g);
                 let operands = g / 4;
                 let ops = if mode == LUT {
                     assert_eq!(ch, operands, "{ty}: one chain per operand");

@@ -5,7 +5,7 @@
 use std::arch::x86_64::*;
 
 use super::act::QuantizedActs;
-use super::format::{Format, SixBitScales, UnitLayout, IQ4_LEVELS, SUPER, TILE};
+use super::format::{level_words, Format, SixBitScales, UnitLayout, IQ4_LEVELS, SUPER, TILE};
 use super::{prefetch, PREFETCH_AHEAD};
 
 /// Whether this CPU has everything the kernel uses.
@@ -28,6 +28,7 @@ layout_kernels!(kernel);
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vl,fma,f16c")]
 unsafe fn kernel<
     const NIB: bool,
+    const CR: bool,
     const G: usize,
     const SUP: bool,
     const MIN: bool,
@@ -43,13 +44,13 @@ unsafe fn kernel<
     out: &mut [f32],
 ) {
     if SUP {
-        return superblock_kernel::<NIB, G, MIN, HB, LUT, NA>(off, cols, tile, acts, r0, out);
+        return superblock_kernel::<NIB, CR, G, MIN, HB, LUT, NA>(off, cols, tile, acts, r0, out);
     }
-    let layout = UnitLayout::of(NIB, G, false, MIN, HB);
+    let layout = UnitLayout::of(NIB, CR, G, false, MIN, HB);
     // 4-byte words per row per group; with nibbles each word gives two
     // operands (the split layout's plane word follows).
-    let nd = if NIB { G / 8 } else { G / 4 };
-    let nops = if NIB { 2 * nd } else { nd };
+    let nd = level_words(NIB, CR, G);
+    let nops = G / 4;
     let chains = chains(NA);
     let sets = 1 + usize::from(MIN);
     let unit_bytes = layout.bytes;
@@ -71,7 +72,7 @@ unsafe fn kernel<
         } else {
             _mm512_setzero_ps()
         };
-        let w = load_group::<NIB, HB, LUT>(ub.add(2 * TILE * sets), nd, nib_mask);
+        let w = load_group::<NIB, CR, HB, LUT>(ub.add(2 * TILE * sets), nd, nib_mask);
         for r in 0..NA {
             // Operand p holds levels 4p..4p+4 of each row (for nibbles the
             // high halves continue at G/2 = 4·nd), matching activation
@@ -100,12 +101,13 @@ pub(super) const fn chains(na: usize) -> usize {
 }
 
 /// The operands of one group of a tile: `nd` words of 16 rows, each split
-/// into its low and high nibbles when `NIB`; in the split layouts (`HB`
+/// into its low and high nibbles when `NIB`, into four operands of 2 bits
+/// (bits `2j`, operand `4p + j`) when `CR`; in the split layouts (`HB`
 /// high bits per level, not 0), each operand's high bits or-ed in from the
 /// plane word that follows the nibble words; in the lookup layout (`LUT`),
 /// each nibble looked up in [`IQ4_LEVELS`].
 #[inline(always)]
-unsafe fn load_group<const NIB: bool, const HB: u32, const LUT: bool>(
+unsafe fn load_group<const NIB: bool, const CR: bool, const HB: u32, const LUT: bool>(
     wp: *const u8,
     nd: usize,
     nib_mask: __m512i,
@@ -113,7 +115,13 @@ unsafe fn load_group<const NIB: bool, const HB: u32, const LUT: bool>(
     let mut w = [_mm512_setzero_si512(); 8];
     for p in 0..nd {
         let v = _mm512_loadu_si512(wp.add(p * 64).cast());
-        if NIB {
+        if CR {
+            let mask = _mm512_set1_epi8(3);
+            w[4 * p] = _mm512_and_si512(v, mask);
+            w[4 * p + 1] = _mm512_and_si512(_mm512_srli_epi16::<2>(v), mask);
+            w[4 * p + 2] = _mm512_and_si512(_mm512_srli_epi16::<4>(v), mask);
+            w[4 * p + 3] = _mm512_and_si512(_mm512_srli_epi16::<6>(v), mask);
+        } else if NIB {
             w[p] = _mm512_and_si512(v, nib_mask);
             w[nd + p] = _mm512_and_si512(_mm512_srli_epi16::<4>(v), nib_mask);
         } else {
@@ -192,6 +200,7 @@ pub(super) unsafe fn dot_group(
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vl,fma,f16c")]
 unsafe fn superblock_kernel<
     const NIB: bool,
+    const CR: bool,
     const G: usize,
     const MIN: bool,
     const HB: u32,
@@ -206,14 +215,14 @@ unsafe fn superblock_kernel<
     out: &mut [f32],
 ) {
     let groups_per_unit = SUPER / G;
-    let nd = if NIB { G / 8 } else { G / 4 };
+    let nd = level_words(NIB, CR, G);
     // Bytes of a row per group: the nibble or byte words, and the plane.
     let UnitLayout {
         header,
         group_row: grb,
         bytes: unit_bytes,
-    } = UnitLayout::of(NIB, G, true, MIN, HB);
-    let nops = if NIB { 2 * nd } else { nd };
+    } = UnitLayout::of(NIB, CR, G, true, MIN, HB);
+    let nops = G / 4;
     let chains = chains(NA);
     let sets = 1 + usize::from(MIN);
     let units = cols / SUPER;
@@ -242,7 +251,7 @@ unsafe fn superblock_kernel<
                 scp.add(gi * TILE).cast(),
             )));
             prefetch(wp.wrapping_add(PREFETCH_AHEAD), TILE * grb);
-            let w = load_group::<NIB, HB, LUT>(wp, nd, nib_mask);
+            let w = load_group::<NIB, CR, HB, LUT>(wp, nd, nib_mask);
             let gg = u * groups_per_unit + gi;
             let at = gg * G;
             for r in 0..NA {

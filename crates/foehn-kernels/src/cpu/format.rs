@@ -55,6 +55,11 @@
 //! index into the sixteen IQ4 levels ([`IQ4_LEVELS`]), which a kernel turns
 //! back into the byte layout's level with one table lookup per operand.
 //!
+//! Q2_K's *compact* variant ([`Format::split`] too) stores its 2-bit levels
+//! four per byte (*crumbs*): a row's group of 16 is one word, whose byte `b`
+//! holds level `4j + b` at bits `2j .. 2j + 2`, so that operand `j` (the word
+//! shifted right by `2j`, masked to 2 bits) holds levels `4j .. 4j + 4`.
+//!
 //! Levels wider than 4 bits are one byte each, except in the *split* variant
 //! ([`Format::split`], chosen per instruction set): their low 4 bits are
 //! nibbles as above and their high bits one more word per row and group,
@@ -86,6 +91,8 @@ pub(crate) struct Format {
     pub(crate) shape: KernelShape,
     /// Levels fit in 4 bits and are stored two per byte.
     pub(crate) nibbles: bool,
+    /// Levels fit in 2 bits and are stored four per byte (compact variant).
+    pub(crate) crumbs: bool,
     /// Weights per group (16 or 32).
     pub(crate) group: usize,
     /// Scales are `d[superblock] · sc[group]` (k-quants) rather than `d[group]`.
@@ -132,6 +139,7 @@ impl Format {
             ty,
             shape,
             nibbles: shape.nibbles(),
+            crumbs: shape.crumbs(),
             group: shape.group(),
             superblocks: shape.superblocks(),
             min: shape.min(),
@@ -150,7 +158,9 @@ impl Format {
         }
     }
 
-    /// The split variant of `ty` (see the module docs), or `None`.
+    /// The variant of `ty` packed at or near the file's size, if it has one
+    /// (see the module docs): split (high bits in a plane), lookup (IQ4
+    /// indices) or crumbs (Q2_K). Named for the first.
     pub(crate) const fn split(ty: GgmlType) -> Option<Format> {
         match ty.packing() {
             Some(Packing {
@@ -182,6 +192,10 @@ impl Format {
     #[inline]
     pub(crate) fn level(&self, w: &[u8], i: usize, k: usize) -> u8 {
         let byte = |word: usize, b: usize| w[(word * TILE + i) * 4 + b];
+        if self.crumbs {
+            let (word, j) = (k / 16, k % 16);
+            return (byte(word, j % 4) >> (2 * (j / 4))) & 3;
+        }
         if !self.nibbles {
             return byte(k / 4, k % 4);
         }
@@ -230,6 +244,7 @@ impl Format {
     pub(crate) const fn unit_layout(&self) -> UnitLayout {
         UnitLayout::of(
             self.nibbles,
+            self.crumbs,
             self.group,
             self.superblocks,
             self.min,
@@ -276,6 +291,18 @@ impl Format {
     }
 }
 
+/// 4-byte words of levels per row and group of `group` weights, stored as
+/// nibbles, crumbs or bytes (the split layout's plane word comes on top).
+pub(crate) const fn level_words(nibbles: bool, crumbs: bool, group: usize) -> usize {
+    if nibbles {
+        group / 8
+    } else if crumbs {
+        group / 16
+    } else {
+        group / 4
+    }
+}
+
 /// The bytes of one unit of a packed tile: its header (the scales, and the
 /// mins where the format has them, of 16 rows) and its groups, each 16 rows
 /// of `group_row` bytes. What [`Format`] gives at run time, for kernels that
@@ -292,12 +319,13 @@ pub(crate) struct UnitLayout {
 }
 
 impl UnitLayout {
-    /// The layout of levels in nibbles or bytes, in groups of `group`,
-    /// superblocks (of [`SUPER`]) or single groups, with a min per group or
-    /// not, and in the split layout (nibbles and a plane of `high_bits`
-    /// bits per level) when `high_bits` is not 0.
+    /// The layout of levels in nibbles, crumbs or bytes, in groups of
+    /// `group`, superblocks (of [`SUPER`]) or single groups, with a min per
+    /// group or not, and in the split layout (nibbles and a plane of
+    /// `high_bits` bits per level) when `high_bits` is not 0.
     pub(crate) const fn of(
         nibbles: bool,
+        crumbs: bool,
         group: usize,
         superblocks: bool,
         min: bool,
@@ -305,6 +333,8 @@ impl UnitLayout {
     ) -> Self {
         let group_row = if nibbles {
             group / 2 + group * high_bits as usize / 8
+        } else if crumbs {
+            group / 4
         } else {
             group
         };
@@ -446,6 +476,11 @@ mod tests {
             let f = f.unwrap();
             assert_eq!(f.tile_bytes(4096), TILE * f.ty.row_bytes(4096).unwrap());
         }
+        // Q2_K's crumbs: the levels at the file's 2 bits, the scales and
+        // mins a byte each (the file packs them in 4 bits).
+        let f = Format::split(GgmlType::Q2_K).unwrap();
+        let file = TILE * f.ty.row_bytes(4096).unwrap();
+        assert!(f.tile_bytes(4096) * 100 <= file * 120, "Q2_K crumbs");
         let f = Format::split(GgmlType::IQ4_XS).unwrap();
         let file = TILE * f.ty.row_bytes(4096).unwrap();
         assert!(f.tile_bytes(4096) * 100 <= file * 102, "IQ4_XS lookup");

@@ -4,61 +4,29 @@
 //! ([`TileKernel`]) for an instruction set this CPU runs ([`SupportedIsa`]).
 
 /// `$f`'s monomorph for the layout of the [`KernelShape`] named `$shape`:
-/// its const generic arguments are `(nibbles, group, superblocks, min,
-/// high bits, lookup)`, as the shape's methods give them (checked by
+/// its const generic arguments are `(nibbles, crumbs, group, superblocks,
+/// min, high bits, lookup)`, as the shape's methods give them (checked by
 /// `tests::shape_generics_spell_out_the_shapes`).
+#[rustfmt::skip]
 macro_rules! shape_fn {
-    ($f:ident, Nib32) => {
-        $f::<true, 32, false, false, 0, false>
-    };
-    ($f:ident, Nib32Min) => {
-        $f::<true, 32, false, true, 0, false>
-    };
-    ($f:ident, Byte32) => {
-        $f::<false, 32, false, false, 0, false>
-    };
-    ($f:ident, Byte32Min) => {
-        $f::<false, 32, false, true, 0, false>
-    };
-    ($f:ident, Split32) => {
-        $f::<true, 32, false, false, 1, false>
-    };
-    ($f:ident, Split32Min) => {
-        $f::<true, 32, false, true, 1, false>
-    };
-    ($f:ident, Wide32) => {
-        $f::<false, 32, false, false, 0, false>
-    };
-    ($f:ident, Lut32) => {
-        $f::<true, 32, false, false, 0, true>
-    };
-    ($f:ident, SuperNib32Min) => {
-        $f::<true, 32, true, true, 0, false>
-    };
-    ($f:ident, SuperByte32Min) => {
-        $f::<false, 32, true, true, 0, false>
-    };
-    ($f:ident, SuperWide32) => {
-        $f::<false, 32, true, false, 0, false>
-    };
-    ($f:ident, SuperByte16) => {
-        $f::<false, 16, true, false, 0, false>
-    };
-    ($f:ident, SuperSplit16) => {
-        $f::<true, 16, true, false, 2, false>
-    };
-    ($f:ident, SuperSplit32Min) => {
-        $f::<true, 32, true, true, 1, false>
-    };
-    ($f:ident, SuperLut32) => {
-        $f::<true, 32, true, false, 0, true>
-    };
-    ($f:ident, SuperNib16) => {
-        $f::<true, 16, true, false, 0, false>
-    };
-    ($f:ident, SuperNib16Min) => {
-        $f::<true, 16, true, true, 0, false>
-    };
+    ($f:ident, Nib32) => { $f::<true, false, 32, false, false, 0, false> };
+    ($f:ident, Nib32Min) => { $f::<true, false, 32, false, true, 0, false> };
+    ($f:ident, Byte32) => { $f::<false, false, 32, false, false, 0, false> };
+    ($f:ident, Byte32Min) => { $f::<false, false, 32, false, true, 0, false> };
+    ($f:ident, Split32) => { $f::<true, false, 32, false, false, 1, false> };
+    ($f:ident, Split32Min) => { $f::<true, false, 32, false, true, 1, false> };
+    ($f:ident, Wide32) => { $f::<false, false, 32, false, false, 0, false> };
+    ($f:ident, Lut32) => { $f::<true, false, 32, false, false, 0, true> };
+    ($f:ident, SuperNib32Min) => { $f::<true, false, 32, true, true, 0, false> };
+    ($f:ident, SuperByte32Min) => { $f::<false, false, 32, true, true, 0, false> };
+    ($f:ident, SuperWide32) => { $f::<false, false, 32, true, false, 0, false> };
+    ($f:ident, SuperByte16) => { $f::<false, false, 16, true, false, 0, false> };
+    ($f:ident, SuperSplit16) => { $f::<true, false, 16, true, false, 2, false> };
+    ($f:ident, SuperSplit32Min) => { $f::<true, false, 32, true, true, 1, false> };
+    ($f:ident, SuperLut32) => { $f::<true, false, 32, true, false, 0, true> };
+    ($f:ident, SuperNib16) => { $f::<true, false, 16, true, false, 0, false> };
+    ($f:ident, SuperNib16Min) => { $f::<true, false, 16, true, true, 0, false> };
+    ($f:ident, SuperCrumb16Min) => { $f::<false, true, 16, true, true, 0, false> };
 }
 
 /// `fn $name(shape) -> Option<$ty>`: the monomorph of `$tile` (generic over
@@ -71,7 +39,7 @@ macro_rules! layout_select {
         layout_select!(@select $name, $ty, $tile, [
             Nib32, Nib32Min, Byte32, Byte32Min, Split32, Split32Min, Wide32, Lut32,
             SuperNib32Min, SuperByte32Min, SuperWide32, SuperByte16, SuperSplit16,
-            SuperSplit32Min, SuperLut32, SuperNib16, SuperNib16Min
+            SuperSplit32Min, SuperLut32, SuperNib16, SuperNib16Min, SuperCrumb16Min
         ], {});
     };
     (fn $name:ident -> $ty:ty = $tile:ident, only [$($shape:ident),* $(,)?]) => {
@@ -90,6 +58,20 @@ macro_rules! layout_select {
     };
 }
 
+/// [`layout_select!`] over the layouts AMX's int8 and bf16 prompt kernels
+/// compute: Q6_K's split layout, not the other split, lookup or crumb
+/// layouts (the type table packs those types in their common layouts under
+/// AMX).
+#[cfg(target_arch = "x86_64")]
+macro_rules! amx_layout_select {
+    (fn $name:ident -> $ty:ty = $tile:ident) => {
+        layout_select!(fn $name -> $ty = $tile, only [
+            Nib32, Nib32Min, Byte32, Byte32Min, Wide32, SuperNib32Min, SuperByte32Min,
+            SuperWide32, SuperByte16, SuperSplit16, SuperNib16, SuperNib16Min
+        ]);
+    };
+}
+
 /// Defines, in an instruction set's module whose `$kernel` is generic over
 /// the arguments of [`shape_fn!`] and the activation rows (AVX-512 VNNI,
 /// NEON): `tile`, the entry point of one layout, and `select`
@@ -105,6 +87,7 @@ macro_rules! layout_kernels {
         /// The CPU must support the features [`available`] checks.
         unsafe fn tile<
             const NIB: bool,
+            const CR: bool,
             const G: usize,
             const SUP: bool,
             const MIN: bool,
@@ -122,10 +105,10 @@ macro_rules! layout_kernels {
             super::check_tile_call(fmt, cols, tile, acts, r0, nr, out);
             let off = fmt.off;
             match nr {
-                1 => $kernel::<NIB, G, SUP, MIN, HB, LUT, 1>(off, cols, tile, acts, r0, out),
-                2 => $kernel::<NIB, G, SUP, MIN, HB, LUT, 2>(off, cols, tile, acts, r0, out),
-                3 => $kernel::<NIB, G, SUP, MIN, HB, LUT, 3>(off, cols, tile, acts, r0, out),
-                _ => $kernel::<NIB, G, SUP, MIN, HB, LUT, 4>(off, cols, tile, acts, r0, out),
+                1 => $kernel::<NIB, CR, G, SUP, MIN, HB, LUT, 1>(off, cols, tile, acts, r0, out),
+                2 => $kernel::<NIB, CR, G, SUP, MIN, HB, LUT, 2>(off, cols, tile, acts, r0, out),
+                3 => $kernel::<NIB, CR, G, SUP, MIN, HB, LUT, 3>(off, cols, tile, acts, r0, out),
+                _ => $kernel::<NIB, CR, G, SUP, MIN, HB, LUT, 4>(off, cols, tile, acts, r0, out),
             }
         }
     };
@@ -542,17 +525,18 @@ mod tests {
     }
 
     /// The const generic arguments of a layout's monomorph.
-    type Generics = (bool, usize, bool, bool, u32, bool);
+    type Generics = (bool, bool, usize, bool, bool, u32, bool);
 
     fn generics<
         const NIB: bool,
+        const CR: bool,
         const G: usize,
         const SUP: bool,
         const MIN: bool,
         const HB: u32,
         const LUT: bool,
     >() -> Generics {
-        (NIB, G, SUP, MIN, HB, LUT)
+        (NIB, CR, G, SUP, MIN, HB, LUT)
     }
 
     layout_select!(fn generics_of -> fn() -> Generics = generics);
@@ -566,6 +550,7 @@ mod tests {
                 let s = fmt.shape;
                 let want = (
                     s.nibbles(),
+                    s.crumbs(),
                     s.group(),
                     s.superblocks(),
                     s.min(),
@@ -652,6 +637,11 @@ mod tests {
         let grb = fmt.group_row_bytes();
         for unit in tiles.chunks_exact_mut(fmt.unit_bytes()) {
             for group in unit[fmt.header_bytes()..].chunks_exact_mut(TILE * grb) {
+                if fmt.crumbs {
+                    let l = level & 3;
+                    group.fill(l | (l << 2) | (l << 4) | (l << 6));
+                    continue;
+                }
                 if !fmt.nibbles {
                     group.fill(level);
                     continue;

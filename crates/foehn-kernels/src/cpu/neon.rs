@@ -15,7 +15,7 @@ use std::arch::aarch64::*;
 use std::arch::asm;
 
 use super::act::QuantizedActs;
-use super::format::{Format, SixBitScales, UnitLayout, IQ4_LEVELS, SUPER, TILE};
+use super::format::{level_words, Format, SixBitScales, UnitLayout, IQ4_LEVELS, SUPER, TILE};
 
 /// Whether this CPU has everything the kernel uses.
 pub(crate) fn available() -> bool {
@@ -98,14 +98,22 @@ macro_rules! unroll {
 
 /// Rows `4q..4q + 4` of a group's integer sums for `NA` activation rows:
 /// `init[r] + Σ_p w[p] · a_r[4p..4p + 4]` by SDOT, over the group's `nd`
-/// weight words at `wp` (split into nibbles, or flipped to signed bytes).
+/// weight words at `wp` (split into nibbles or crumbs, or flipped to signed
+/// bytes).
 /// In the split layouts (`HB` high bits per level, not 0), each nibble
 /// operand `o`'s high bits come from bits `HB·o` of the plane word that
 /// follows the nibble words, shifted to bit 4 (levels up to 63 stay valid
 /// signed bytes). In the lookup layout (`LUT`), each nibble is looked up in
 /// [`IQ4_LEVELS`] flipped to signed bytes (`u − 128`, as the byte levels).
 #[inline(always)]
-unsafe fn dot_quarter<const NIB: bool, const HB: u32, const LUT: bool, const NA: usize>(
+#[allow(clippy::too_many_arguments)]
+unsafe fn dot_quarter<
+    const NIB: bool,
+    const CR: bool,
+    const HB: u32,
+    const LUT: bool,
+    const NA: usize,
+>(
     wp: *const u8,
     nd: usize,
     av: &[[int8x16_t; 2]; NA],
@@ -133,7 +141,24 @@ unsafe fn dot_quarter<const NIB: bool, const HB: u32, const LUT: bool, const NA:
         if p < nd {
             // Word p of rows 4q..4q+4.
             let v = vld1q_u8(wp.add(p * 4 * TILE + 16 * q));
-            if NIB {
+            if CR {
+                // Operand 4p + j: bits 2j..2j + 2 of each byte (a group of
+                // at most 32 has at most two crumb words: the activations'
+                // two vectors).
+                if p >= 2 {
+                    unreachable!("a crumb group of more than 32 levels");
+                }
+                unroll!(|j| [0, 1, 2, 3] {
+                    let o = 4 * p + j;
+                    let shifted = vshlq_u8(v, vdupq_n_s8(-2 * j as i8));
+                    let w = vreinterpretq_s8_u8(vandq_u8(shifted, vdupq_n_u8(3)));
+                    unroll!(|r| [0, 1, 2, 3] {
+                        if r < NA {
+                            isum[r] = sdot_lane(isum[r], w, av[r][o / 4], o % 4);
+                        }
+                    });
+                });
+            } else if NIB {
                 let (mut lo, mut hi) = (vandq_u8(v, nib_mask), vshrq_n_u8::<4>(v));
                 if HB > 0 {
                     lo = vorrq_u8(lo, high(p));
@@ -188,6 +213,7 @@ unsafe fn group_acts<const G: usize, const NA: usize>(
 #[target_feature(enable = "neon,dotprod")]
 unsafe fn kernel<
     const NIB: bool,
+    const CR: bool,
     const G: usize,
     const SUP: bool,
     const MIN: bool,
@@ -203,16 +229,17 @@ unsafe fn kernel<
     out: &mut [f32],
 ) {
     if SUP {
-        return superblock_kernel::<NIB, G, MIN, HB, LUT, NA>(off, cols, tile, acts, r0, out);
+        return superblock_kernel::<NIB, CR, G, MIN, HB, LUT, NA>(off, cols, tile, acts, r0, out);
     }
     // 4-byte words per row per group; with nibbles each word gives two
     // operands (low halves: levels 4p.., high halves: levels G/2 + 4p..);
     // the split layout's plane word follows.
-    let nd = if NIB { G / 8 } else { G / 4 };
+    let nd = level_words(NIB, CR, G);
     let sets = 1 + usize::from(MIN);
-    let unit_bytes = UnitLayout::of(NIB, G, false, MIN, HB).bytes;
-    // Nibbles are levels as they are; bytes and looked-up levels are flipped.
-    let corr = if NIB && !LUT { off } else { off - 128 };
+    let unit_bytes = UnitLayout::of(NIB, CR, G, false, MIN, HB).bytes;
+    // Nibbles and crumbs are levels as they are; bytes and looked-up levels
+    // are flipped.
+    let corr = if (NIB || CR) && !LUT { off } else { off - 128 };
     let nib_mask = vdupq_n_u8(0x0f);
     let flip = vdupq_n_u8(0x80);
     let zero_f = vdupq_n_f32(0.0);
@@ -237,7 +264,7 @@ unsafe fn kernel<
         let da: [f32; NA] = std::array::from_fn(|r| *ad[r].add(g * G / 32));
         let init: [i32; NA] = std::array::from_fn(|r| -corr * sa[r]);
         unroll!(|q| [0, 1, 2, 3] {
-            let isum = dot_quarter::<NIB, HB, LUT, NA>(wp, nd, &av, &init, q, nib_mask, flip);
+            let isum = dot_quarter::<NIB, CR, HB, LUT, NA>(wp, nd, &av, &init, q, nib_mask, flip);
             unroll!(|r| [0, 1, 2, 3] {
                 if r < NA {
                     let mut v = vmulq_f32(s[q], vcvtq_f32_s32(isum[r]));
@@ -267,6 +294,7 @@ unsafe fn kernel<
 #[target_feature(enable = "neon,dotprod")]
 unsafe fn superblock_kernel<
     const NIB: bool,
+    const CR: bool,
     const G: usize,
     const MIN: bool,
     const HB: u32,
@@ -281,16 +309,18 @@ unsafe fn superblock_kernel<
     out: &mut [f32],
 ) {
     let groups_per_unit = SUPER / G;
-    // Nibble or byte words per row and group (the split plane follows).
-    let nd = if NIB { G / 8 } else { G / 4 };
+    // Nibble, crumb or byte words per row and group (the split plane
+    // follows).
+    let nd = level_words(NIB, CR, G);
     let sets = 1 + usize::from(MIN);
     let UnitLayout {
         header,
         group_row: grb,
         bytes: unit_bytes,
-    } = UnitLayout::of(NIB, G, true, MIN, HB);
-    // Nibbles are levels as they are; bytes and looked-up levels are flipped.
-    let corr = if NIB && !LUT { off } else { off - 128 };
+    } = UnitLayout::of(NIB, CR, G, true, MIN, HB);
+    // Nibbles and crumbs are levels as they are; bytes and looked-up levels
+    // are flipped.
+    let corr = if (NIB || CR) && !LUT { off } else { off - 128 };
     let nib_mask = vdupq_n_u8(0x0f);
     let flip = vdupq_n_u8(0x80);
     let zero_f = vdupq_n_f32(0.0);
@@ -327,7 +357,7 @@ unsafe fn superblock_kernel<
                 std::array::from_fn(|r| vdupq_n_s32(*shift[r].add(gg * G / 32) as i32));
             let wsa: [i32; NA] = std::array::from_fn(|r| i32::from(*wsum[r].add(gg)));
             unroll!(|q| [0, 1, 2, 3] {
-                let isum = dot_quarter::<NIB, HB, LUT, NA>(wp, nd, &av, &init, q, nib_mask, flip);
+                let isum = dot_quarter::<NIB, CR, HB, LUT, NA>(wp, nd, &av, &init, q, nib_mask, flip);
                 unroll!(|r| [0, 1, 2, 3] {
                     if r < NA {
                         let t = vcvtq_f32_s32(vshlq_s32(isum[r], sh[r]));

@@ -324,7 +324,13 @@ fn write_tile(fmt: &Format, cols: usize, parts: &[RowParts], tile: &mut [u8]) {
             let mut rows_bytes = [[0u8; 32]; TILE];
             for (bytes, p) in rows_bytes.iter_mut().zip(parts) {
                 let lv = &p.u[ui * unit + gi * g..ui * unit + (gi + 1) * g];
-                if fmt.nibbles {
+                if fmt.crumbs {
+                    // Level k of word k/16 at bits 2·(k%16/4) of its byte k%4.
+                    for (k, &l) in lv.iter().enumerate() {
+                        let j = k % 16;
+                        bytes[k / 16 * 4 + j % 4] |= (l & 3) << (2 * (j / 4));
+                    }
+                } else if fmt.nibbles {
                     let (lo, hi) = lv.split_at(g / 2);
                     for ((b, &l), &h) in bytes.iter_mut().zip(lo).zip(hi) {
                         let (l, h) = if fmt.lut {

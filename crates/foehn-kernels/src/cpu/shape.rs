@@ -7,9 +7,11 @@
 
 /// How a packed format stores its levels and scales (see [`super::format`]).
 /// The name says: legacy (one scale per group) or superblock (k-quant)
-/// scales; level width (`Nib`: 4 bits or fewer, two per byte; `Byte`: up to
-/// 127, one per byte; `Wide`: up to 255, one per byte; `Split`: nibbles and a
-/// plane of high bits); the group size; and `Min` when groups have a min.
+/// scales; level width (`Nib`: 4 bits or fewer, two per byte; `Crumb`: 2
+/// bits, four per byte; `Byte`: up to 127, one per byte; `Wide`: up to 255,
+/// one per byte; `Split`: nibbles and a plane of high bits; `Lut`: nibble
+/// indices into the IQ4 levels); the group size; and `Min` when groups have
+/// a min.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum KernelShape {
     /// Q4_0: nibbles, groups of 32, a scale each.
@@ -52,6 +54,9 @@ pub enum KernelShape {
     SuperNib16,
     /// Q2_K: superblocks of groups of 16 nibbles, scales and mins.
     SuperNib16Min,
+    /// Q2_K compact: as [`SuperNib16Min`](Self::SuperNib16Min) with the
+    /// levels (0..3) four per byte.
+    SuperCrumb16Min,
 }
 
 impl KernelShape {
@@ -78,7 +83,7 @@ impl KernelShape {
     pub const fn group(self) -> usize {
         use KernelShape::*;
         match self {
-            SuperByte16 | SuperSplit16 | SuperNib16 | SuperNib16Min => 16,
+            SuperByte16 | SuperSplit16 | SuperNib16 | SuperNib16Min | SuperCrumb16Min => 16,
             _ => 32,
         }
     }
@@ -104,7 +109,13 @@ impl KernelShape {
                 | SuperByte32Min
                 | SuperSplit32Min
                 | SuperNib16Min
+                | SuperCrumb16Min
         )
+    }
+
+    /// Levels are 2 bits, stored four per byte (not [`nibbles`](Self::nibbles)).
+    pub const fn crumbs(self) -> bool {
+        matches!(self, KernelShape::SuperCrumb16Min)
     }
 
     /// Nibbles are indices into the IQ4 levels
