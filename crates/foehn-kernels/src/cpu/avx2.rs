@@ -27,7 +27,7 @@
 use std::arch::x86_64::*;
 
 use super::act::QuantizedActs;
-use super::format::{level_words, Format, SixBitScales, UnitLayout, SUPER, TILE};
+use super::format::{level_words, Format, FourBitScales, SixBitScales, UnitLayout, SUPER, TILE};
 use super::shape::KernelShape;
 use crate::quant::KVALUES_IQ4NL;
 
@@ -265,6 +265,9 @@ unsafe fn kernel<
         let scp = ub.add(2 * TILE * sets);
         let six_bit = UnitLayout::six_bit_scales(G, SUP, MIN).then(|| SixBitScales::expand(scp));
         let scp = six_bit.as_ref().map_or(scp, |s| s.0.as_ptr());
+        let four_bit =
+            UnitLayout::four_bit_scales(crumbs, SUP, MIN).then(|| FourBitScales::expand(scp));
+        let scp = four_bit.as_ref().map_or(scp, |s| s.0.as_ptr());
         let mp = scp.add(groups_per_unit * TILE);
         let mut wp = ub.add(header);
         // Superblocks: Σ_g sc_g · (group sum << shift), per row.

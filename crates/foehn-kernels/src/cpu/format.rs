@@ -60,6 +60,10 @@
 //! holds level `4j + b` at bits `2j .. 2j + 2`, so that operand `j` (the word
 //! shifted right by `2j`, masked to 2 bits) holds levels `4j .. 4j + 4`.
 //!
+//! Its scales and mins stay at 4 bits as in the file ([`FourBitScales`]):
+//! byte `16g + i` of the `sc` array holds group `g`'s scale of row `i` in its
+//! low half and the min in its high half, and there is no `m` array.
+//!
 //! Levels wider than 4 bits are one byte each, except in the *split* variant
 //! ([`Format::split`], chosen per instruction set): their low 4 bits are
 //! nibbles as above and their high bits one more word per row and group,
@@ -260,6 +264,10 @@ impl Format {
             let (sc, m) = SixBitScales::get(&ub[at..], g, i);
             return (sc as i8, m as i8);
         }
+        if UnitLayout::four_bit_scales(self.crumbs, self.superblocks, self.min) {
+            let b = ub[at + g * TILE + i];
+            return ((b & 0x0f) as i8, (b >> 4) as i8);
+        }
         let m = if self.min {
             ub[at + (self.groups_per_unit() + g) * TILE + i] as i8
         } else {
@@ -342,6 +350,8 @@ impl UnitLayout {
         let groups = if superblocks { SUPER / group } else { 1 };
         let scales = if Self::six_bit_scales(group, superblocks, min) {
             SixBitScales::BYTES
+        } else if Self::four_bit_scales(crumbs, superblocks, min) {
+            FourBitScales::BYTES
         } else if superblocks {
             groups * TILE * sets
         } else {
@@ -359,6 +369,43 @@ impl UnitLayout {
     /// superblocks of groups of 32 with a min (Q4_K, Q5_K).
     pub(crate) const fn six_bit_scales(group: usize, superblocks: bool, min: bool) -> bool {
         superblocks && min && group == 32
+    }
+
+    /// Whether a unit keeps its scales and mins at 4 bits
+    /// ([`FourBitScales`]): the crumb layout's superblocks with a min (Q2_K).
+    pub(crate) const fn four_bit_scales(crumbs: bool, superblocks: bool, min: bool) -> bool {
+        crumbs && superblocks && min
+    }
+}
+
+/// The scales and mins of a superblock unit whose header keeps them at 4
+/// bits (Q2_K's crumb layout: 16 groups of 16, each byte the scale of a
+/// group and row in its low half and the min in its high half, as the
+/// file's bytes), expanded to one byte each: `sc[g][i]` at byte `16g + i`,
+/// then `m[g][i]` at byte `256 + 16g + i`, as the other superblock formats
+/// store them.
+#[repr(C, align(64))]
+pub(crate) struct FourBitScales(pub(crate) [u8; 2 * 16 * TILE]);
+
+impl FourBitScales {
+    /// Bytes of the 4-bit scales and mins of one unit.
+    pub(crate) const BYTES: usize = 16 * TILE;
+
+    /// Expands the [`BYTES`](Self::BYTES) bytes of 4-bit scales and mins at
+    /// `p` (a byte loop that every instruction set vectorizes).
+    ///
+    /// # Safety
+    /// `p` must be valid for reads of [`BYTES`](Self::BYTES) bytes.
+    #[inline(always)]
+    pub(crate) unsafe fn expand(p: *const u8) -> Self {
+        let b = std::ptr::read_unaligned(p.cast::<[u8; Self::BYTES]>());
+        let mut out = Self([0; 2 * 16 * TILE]);
+        let (sc, m) = out.0.split_at_mut(Self::BYTES);
+        for k in 0..Self::BYTES {
+            sc[k] = b[k] & 0x0f;
+            m[k] = b[k] >> 4;
+        }
+        out
     }
 }
 
@@ -462,8 +509,8 @@ mod tests {
             assert!(packed / orig <= max_ratio, "{ty}: {packed} vs {orig}");
         }
         // The split variants of Q6_K, Q5_K, Q5_0 and Q5_1, the lookup
-        // variant of IQ4_NL and the 6-bit scales of Q4_K are the file's
-        // size; IQ4_XS's lookup variant is within 2 % of it (its scales take
+        // variant of IQ4_NL, Q2_K's crumbs and the 6-bit scales of Q4_K are
+        // the file's size; IQ4_XS's lookup variant is within 2 % of it (its scales take
         // a byte each).
         for f in [
             Format::split(GgmlType::Q6_K),
@@ -471,16 +518,12 @@ mod tests {
             Format::split(GgmlType::Q5_0),
             Format::split(GgmlType::Q5_1),
             Format::split(GgmlType::IQ4_NL),
+            Format::split(GgmlType::Q2_K),
             Format::of(GgmlType::Q4_K),
         ] {
             let f = f.unwrap();
             assert_eq!(f.tile_bytes(4096), TILE * f.ty.row_bytes(4096).unwrap());
         }
-        // Q2_K's crumbs: the levels at the file's 2 bits, the scales and
-        // mins a byte each (the file packs them in 4 bits).
-        let f = Format::split(GgmlType::Q2_K).unwrap();
-        let file = TILE * f.ty.row_bytes(4096).unwrap();
-        assert!(f.tile_bytes(4096) * 100 <= file * 120, "Q2_K crumbs");
         let f = Format::split(GgmlType::IQ4_XS).unwrap();
         let file = TILE * f.ty.row_bytes(4096).unwrap();
         assert!(f.tile_bytes(4096) * 100 <= file * 102, "IQ4_XS lookup");

@@ -4,7 +4,7 @@
 use half::f16;
 use rayon::prelude::*;
 
-use super::format::{Format, SixBitScales, UnitLayout, IQ4_INDEX, TILE};
+use super::format::{Format, FourBitScales, SixBitScales, UnitLayout, IQ4_INDEX, TILE};
 use crate::quant::blocks::*;
 use crate::quant::dequant::{q3_k_scales, scale_min_k4};
 use crate::quant::KVALUES_IQ4NL;
@@ -286,8 +286,11 @@ fn write_tile(fmt: &Format, cols: usize, parts: &[RowParts], tile: &mut [u8]) {
         let rest = if fmt.superblocks {
             let sets = 1 + usize::from(fmt.min);
             let six_bit = UnitLayout::six_bit_scales(g, true, fmt.min);
+            let four_bit = UnitLayout::four_bit_scales(fmt.crumbs, true, fmt.min);
             let bytes = if six_bit {
                 SixBitScales::BYTES
+            } else if four_bit {
+                FourBitScales::BYTES
             } else {
                 sets * groups_per_unit * TILE
             };
@@ -301,6 +304,14 @@ fn write_tile(fmt: &Format, cols: usize, parts: &[RowParts], tile: &mut [u8]) {
                     let m = &p.m[ui * groups_per_unit..(ui + 1) * groups_per_unit];
                     for (gi, (&sc, &m)) in sc.iter().zip(m).enumerate() {
                         SixBitScales::set(scales, gi, i, sc as u8, m as u8);
+                    }
+                    continue;
+                }
+                if four_bit {
+                    let m = &p.m[ui * groups_per_unit..(ui + 1) * groups_per_unit];
+                    for (gi, (&sc, &m)) in sc.iter().zip(m).enumerate() {
+                        debug_assert!((0..16).contains(&sc) && (0..16).contains(&m));
+                        scales[gi * TILE + i] = (sc as u8) | ((m as u8) << 4);
                     }
                     continue;
                 }
