@@ -25,7 +25,7 @@ use std::arch::x86_64::*;
 use std::sync::OnceLock;
 
 use super::act::{QuantizedActs, ACT_BLOCK};
-use super::format::{Format, SixBitScales, UnitLayout, SUPER, TILE};
+use super::format::{Format, UnitLayout, UnitScales, SUPER, TILE};
 use super::MAX_CALL_ROWS as MAX_ROWS;
 
 /// Whether this CPU runs the kernel: the AVX-512 VNNI kernel's features,
@@ -338,8 +338,8 @@ unsafe fn step<
     let (mut d, mut dm) = ([zero; K], [zero; K]);
     let mut mw = [_mm512_setzero_si512(); K];
     let scp = ub.wrapping_add(2 * TILE * sets);
-    let six_bit = UnitLayout::six_bit_scales(G, SUP, MIN).then(|| SixBitScales::expand(scp));
-    let scp = six_bit.as_ref().map_or(scp, |s| s.0.as_ptr());
+    let scales = UnitScales::read(scp, false, G, SUP, MIN);
+    let scp = scales.as_ptr();
     if SUP {
         d[0] = _mm512_cvtph_ps(_mm256_loadu_si256(ub.cast()));
         if MIN {

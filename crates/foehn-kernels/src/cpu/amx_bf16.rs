@@ -17,7 +17,7 @@ use std::sync::OnceLock;
 
 use super::amx::Aligned;
 use super::bf16::{act_index, STEP, STEP_WORDS};
-use super::format::{Format, SixBitScales, UnitLayout, SUPER, TILE};
+use super::format::{Format, UnitLayout, UnitScales, SUPER, TILE};
 
 /// Whether this CPU runs the bf16 prompt product: the int8 AMX kernel's
 /// features and tile state ([`super::amx::available`]), AMX-BF16, and the
@@ -129,8 +129,8 @@ unsafe fn convert_units<
             zero
         };
         let scp = ub.add(2 * TILE * sets);
-        let six_bit = UnitLayout::six_bit_scales(G, SUP, MIN).then(|| SixBitScales::expand(scp));
-        let scp = six_bit.as_ref().map_or(scp, |s| s.0.as_ptr());
+        let scales = UnitScales::read(scp, false, G, SUP, MIN);
+        let scp = scales.as_ptr();
         let mp = scp.add(groups * TILE);
         let small =
             |p: *const u8| _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(p.cast())));

@@ -27,7 +27,7 @@
 use std::arch::x86_64::*;
 
 use super::act::QuantizedActs;
-use super::format::{level_words, Format, FourBitScales, SixBitScales, UnitLayout, SUPER, TILE};
+use super::format::{level_words, Format, UnitLayout, UnitScales, SUPER, TILE};
 use super::shape::KernelShape;
 use crate::quant::KVALUES_IQ4NL;
 
@@ -70,9 +70,10 @@ const fn high_bits(mode: u8) -> u32 {
 }
 
 /// How the kernel computes a shape: (levels, group, superblocks, min, pair
-/// bias, 16-bit chains per group). A chain's final sum, `2 · words/chains`
-/// products of `(u − off) · a` per lane (`off` only with the pair bias),
-/// must stay within ±32767 for every level and activation
+/// bias, 16-bit chains per group). A chain's final sum, two products of
+/// `(u − off) · a` per lane and operand (`off` only with the pair bias) over
+/// `operands/chains` operands, must stay within ±32767 for every level and
+/// activation
 /// (`tests::sixteen_bit_chains_cannot_overflow`).
 #[cfg(test)]
 type Params = (u8, usize, bool, bool, bool, usize);
@@ -91,9 +92,9 @@ macro_rules! shapes {
 
         /// The parameters [`select`] monomorphizes `shape`'s kernel with.
         #[cfg(test)]
-        fn params(shape: KernelShape) -> Option<Params> {
+        fn params(shape: KernelShape) -> Params {
             match shape {
-                $(KernelShape::$shape => Some(($m, $g, $sup, $min, $b, $ch)),)*
+                $(KernelShape::$shape => ($m, $g, $sup, $min, $b, $ch),)*
             }
         }
     };
@@ -263,11 +264,8 @@ unsafe fn kernel<
             }
         });
         let scp = ub.add(2 * TILE * sets);
-        let six_bit = UnitLayout::six_bit_scales(G, SUP, MIN).then(|| SixBitScales::expand(scp));
-        let scp = six_bit.as_ref().map_or(scp, |s| s.0.as_ptr());
-        let four_bit =
-            UnitLayout::four_bit_scales(crumbs, SUP, MIN).then(|| FourBitScales::expand(scp));
-        let scp = four_bit.as_ref().map_or(scp, |s| s.0.as_ptr());
+        let scales = UnitScales::read(scp, crumbs, G, SUP, MIN);
+        let scp = scales.as_ptr();
         let mp = scp.add(groups_per_unit * TILE);
         let mut wp = ub.add(header);
         // Superblocks: Σ_g sc_g · (group sum << shift), per row.
@@ -466,9 +464,7 @@ mod tests {
                 continue;
             };
             for fmt in [Some(fmt), Format::split(ty)].into_iter().flatten() {
-                let Some((mode, g, sup, min, bias, ch)) = params(fmt.shape) else {
-                    continue;
-                };
+                let (mode, g, sup, min, bias, ch) = params(fmt.shape);
                 assert_eq!(
                     mode == NIB || mode == LUT || high_bits(mode) > 0,
                     fmt.nibbles,

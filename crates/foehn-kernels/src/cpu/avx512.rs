@@ -5,9 +5,7 @@
 use std::arch::x86_64::*;
 
 use super::act::QuantizedActs;
-use super::format::{
-    level_words, Format, FourBitScales, SixBitScales, UnitLayout, IQ4_LEVELS, SUPER, TILE,
-};
+use super::format::{level_words, Format, UnitLayout, UnitScales, IQ4_LEVELS, SUPER, TILE};
 use super::{prefetch, PREFETCH_AHEAD};
 
 /// Whether this CPU has everything the kernel uses.
@@ -242,11 +240,8 @@ unsafe fn superblock_kernel<
         let ub = base.add(u * unit_bytes);
         prefetch(ub.wrapping_add(PREFETCH_AHEAD), header);
         let scp = ub.add(2 * TILE * sets);
-        let six_bit = UnitLayout::six_bit_scales(G, true, MIN).then(|| SixBitScales::expand(scp));
-        let scp = six_bit.as_ref().map_or(scp, |s| s.0.as_ptr());
-        let four_bit =
-            UnitLayout::four_bit_scales(CR, true, MIN).then(|| FourBitScales::expand(scp));
-        let scp = four_bit.as_ref().map_or(scp, |s| s.0.as_ptr());
+        let scales = UnitScales::read(scp, CR, G, true, MIN);
+        let scp = scales.as_ptr();
         let mp = scp.add(groups_per_unit * TILE);
         let mut wp = ub.add(header);
         // Σ_g sc_g · (Σ (u − off)·a << shift) over the superblock, per row.

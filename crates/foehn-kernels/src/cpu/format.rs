@@ -378,6 +378,55 @@ impl UnitLayout {
     }
 }
 
+/// A unit's scales and mins one byte each, as the kernels read them (the
+/// `sc` array, then `m`): the header's own bytes, or expanded from 6 bits
+/// ([`SixBitScales`]) or 4 bits ([`FourBitScales`]) where the layout keeps
+/// them so. The variant is a constant of each monomorph, so the choice folds
+/// away.
+#[allow(clippy::large_enum_variant)] // a stack buffer per unit: boxing would allocate in the kernels' loop
+pub(crate) enum UnitScales {
+    /// The header's bytes, at this address.
+    Bytes(*const u8),
+    /// Expanded from 6 bits.
+    Six(SixBitScales),
+    /// Expanded from 4 bits.
+    Four(FourBitScales),
+}
+
+impl UnitScales {
+    /// The scales of a unit of the layout `(crumbs, group, superblocks,
+    /// min)` whose header's scales start at `p`.
+    ///
+    /// # Safety
+    /// `p` must be valid for reads of the layout's scale bytes.
+    #[inline(always)]
+    pub(crate) unsafe fn read(
+        p: *const u8,
+        crumbs: bool,
+        group: usize,
+        superblocks: bool,
+        min: bool,
+    ) -> Self {
+        if UnitLayout::six_bit_scales(group, superblocks, min) {
+            Self::Six(SixBitScales::expand(p))
+        } else if UnitLayout::four_bit_scales(crumbs, superblocks, min) {
+            Self::Four(FourBitScales::expand(p))
+        } else {
+            Self::Bytes(p)
+        }
+    }
+
+    /// Where the one-byte scales start (valid while `self` lives).
+    #[inline(always)]
+    pub(crate) fn as_ptr(&self) -> *const u8 {
+        match self {
+            Self::Bytes(p) => *p,
+            Self::Six(s) => s.0.as_ptr(),
+            Self::Four(s) => s.0.as_ptr(),
+        }
+    }
+}
+
 /// The scales and mins of a superblock unit whose header keeps them at 4
 /// bits (Q2_K's crumb layout: 16 groups of 16, each byte the scale of a
 /// group and row in its low half and the min in its high half, as the

@@ -15,9 +15,7 @@ use std::arch::aarch64::*;
 use std::arch::asm;
 
 use super::act::QuantizedActs;
-use super::format::{
-    level_words, Format, FourBitScales, SixBitScales, UnitLayout, IQ4_LEVELS, SUPER, TILE,
-};
+use super::format::{level_words, Format, UnitLayout, UnitScales, IQ4_LEVELS, SUPER, TILE};
 
 /// Whether this CPU has everything the kernel uses.
 pub(crate) fn available() -> bool {
@@ -339,11 +337,8 @@ unsafe fn superblock_kernel<
     for u in 0..cols / SUPER {
         let ub = base.add(u * unit_bytes);
         let scp = ub.add(2 * TILE * sets);
-        let six_bit = UnitLayout::six_bit_scales(G, true, MIN).then(|| SixBitScales::expand(scp));
-        let scp = six_bit.as_ref().map_or(scp, |s| s.0.as_ptr());
-        let four_bit =
-            UnitLayout::four_bit_scales(CR, true, MIN).then(|| FourBitScales::expand(scp));
-        let scp = four_bit.as_ref().map_or(scp, |s| s.0.as_ptr());
+        let scales = UnitScales::read(scp, CR, G, true, MIN);
+        let scp = scales.as_ptr();
         let mp = scp.add(groups_per_unit * TILE);
         let mut wp = ub.add(header);
         let mut fsum = [[zero_f; 4]; NA];
