@@ -5,7 +5,9 @@
 use std::arch::x86_64::*;
 
 use super::act::QuantizedActs;
-use super::format::{level_words, Format, UnitLayout, UnitScales, IQ4_LEVELS, SUPER, TILE};
+use super::format::{
+    level_words, Format, GroupAt, UnitLayout, UnitScales, IQ4_LEVELS, SUPER, TILE,
+};
 use super::{prefetch, PREFETCH_AHEAD};
 
 /// Whether this CPU has everything the kernel uses.
@@ -52,7 +54,6 @@ unsafe fn kernel<
     let nd = level_words(NIB, CR, G);
     let nops = G / 4;
     let chains = chains(NA);
-    let sets = 1 + usize::from(MIN);
     let unit_bytes = layout.bytes;
     let nib_mask = _mm512_set1_epi8(0x0f);
 
@@ -72,7 +73,8 @@ unsafe fn kernel<
         } else {
             _mm512_setzero_ps()
         };
-        let w = load_group::<NIB, CR, HB, LUT>(ub.add(2 * TILE * sets), nd, nib_mask);
+        let at = layout.group(0);
+        let w = load_group::<NIB, CR, HB, LUT>(ub, at, nd, nops, nib_mask);
         for r in 0..NA {
             // Operand p holds levels 4p..4p+4 of each row (for nibbles the
             // high halves continue at G/2 = 4·nd), matching activation
@@ -100,18 +102,25 @@ pub(super) const fn chains(na: usize) -> usize {
     }
 }
 
-/// The operands of one group of a tile: `nd` words of 16 rows, each split
-/// into its low and high nibbles when `NIB`, into four operands of 2 bits
-/// (bits `2j`, operand `4p + j`) when `CR`; in the split layouts (`HB`
-/// high bits per level, not 0), each operand's high bits or-ed in from the
-/// plane word that follows the nibble words; in the lookup layout (`LUT`),
-/// each nibble looked up in [`IQ4_LEVELS`].
+/// The operands of one group of a tile, the group at `at` of the unit at
+/// `ub`: `nd` words of 16 rows, each split into its low and high nibbles
+/// when `NIB`, into four operands of 2 bits (bits `2j`, operand `4p + j`)
+/// when `CR` (in the triad layout, `CR` with `HB`, see [`triad_group`]);
+/// in the split layouts (`HB` high bits per level, not 0), each of the
+/// `nops` operands' high bits or-ed in from the plane word; in the lookup
+/// layout (`LUT`), each nibble looked up in [`IQ4_LEVELS`].
 #[inline(always)]
 unsafe fn load_group<const NIB: bool, const CR: bool, const HB: u32, const LUT: bool>(
-    wp: *const u8,
+    ub: *const u8,
+    at: GroupAt,
     nd: usize,
+    nops: usize,
     nib_mask: __m512i,
 ) -> [__m512i; 8] {
+    if CR && HB > 0 {
+        return triad_group(ub, at);
+    }
+    let wp = ub.add(at.levels);
     let mut w = [_mm512_setzero_si512(); 8];
     for p in 0..nd {
         let v = _mm512_loadu_si512(wp.add(p * 64).cast());
@@ -129,18 +138,50 @@ unsafe fn load_group<const NIB: bool, const CR: bool, const HB: u32, const LUT: 
         }
     }
     if HB > 0 {
-        let plane = _mm512_loadu_si512(wp.add(nd * 64).cast());
-        for (o, w) in w.iter_mut().enumerate().take(2 * nd) {
+        // Nibble groups do not share their plane word.
+        let plane = _mm512_loadu_si512(ub.add(at.plane).cast());
+        for (o, w) in w.iter_mut().enumerate().take(nops) {
             *w = _mm512_or_si512(*w, split_high_bits::<HB>(plane, o));
         }
     }
     if LUT {
         let levels = _mm512_broadcast_i32x4(_mm_loadu_si128(IQ4_LEVELS.as_ptr().cast()));
-        for w in w.iter_mut().take(2 * nd) {
+        for w in w.iter_mut().take(nops) {
             *w = _mm512_shuffle_epi8(levels, *w);
         }
     }
     w
+}
+
+/// [`load_group`] for the triad layout (Q3_K compact; crumbs with one high
+/// bit): the group's four operands from its pair's words X, Y, Z as the
+/// format docs give them, the two that straddle words merged by one
+/// `vpternlogd` (bits 0..2 of the first, the rest of the second) and
+/// masked.
+#[inline(always)]
+unsafe fn triad_group(ub: *const u8, at: GroupAt) -> [__m512i; 8] {
+    // The pair's level words (64 bytes each) precede its plane word.
+    let word = |w: usize| _mm512_loadu_si512(ub.add(at.plane + 64 * w - 128).cast());
+    let (x, y, z) = (word(0), word(1), word(2));
+    let (m3, m7) = (_mm512_set1_epi8(3), _mm512_set1_epi8(7));
+    let low = |v| _mm512_and_si512(v, m7);
+    let high = |v| _mm512_and_si512(_mm512_srli_epi16::<3>(v), m7);
+    let zero = _mm512_setzero_si512();
+    if at.plane_op == 0 {
+        return [low(x), high(x), low(y), high(y), zero, zero, zero, zero];
+    }
+    // (a & 3) | (b & !3), then the level's bits.
+    let merge = |a, b| _mm512_and_si512(_mm512_ternarylogic_epi32::<0xE4>(a, b, m3), m7);
+    [
+        low(z),
+        high(z),
+        merge(_mm512_srli_epi16::<6>(x), _mm512_srli_epi16::<4>(z)),
+        merge(_mm512_srli_epi16::<6>(y), _mm512_srli_epi16::<5>(z)),
+        zero,
+        zero,
+        zero,
+        zero,
+    ]
 }
 
 /// The split layout's `HB` (1 or 2) high bits of operand `o` (0..8 or 0..4)
@@ -217,11 +258,8 @@ unsafe fn superblock_kernel<
     let groups_per_unit = SUPER / G;
     let nd = level_words(NIB, CR, G);
     // Bytes of a row per group: the nibble or byte words, and the plane.
-    let UnitLayout {
-        header,
-        group_row: grb,
-        bytes: unit_bytes,
-    } = UnitLayout::of(NIB, CR, G, true, MIN, HB);
+    let layout = UnitLayout::of(NIB, CR, G, true, MIN, HB);
+    let (header, grb, unit_bytes) = (layout.header, layout.group_row, layout.bytes);
     let nops = G / 4;
     let chains = chains(NA);
     let sets = 1 + usize::from(MIN);
@@ -243,15 +281,15 @@ unsafe fn superblock_kernel<
         let scales = UnitScales::read(scp, CR, G, true, MIN);
         let scp = scales.as_ptr();
         let mp = scp.add(groups_per_unit * TILE);
-        let mut wp = ub.add(header);
         // Σ_g sc_g · (Σ (u − off)·a << shift) over the superblock, per row.
         let mut fsum = [_mm512_setzero_ps(); NA];
         for gi in 0..groups_per_unit {
             let sc = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(
                 scp.add(gi * TILE).cast(),
             )));
-            prefetch(wp.wrapping_add(PREFETCH_AHEAD), TILE * grb);
-            let w = load_group::<NIB, CR, HB, LUT>(wp, nd, nib_mask);
+            let at = layout.group(gi);
+            prefetch(ub.wrapping_add(at.levels + PREFETCH_AHEAD), TILE * grb);
+            let w = load_group::<NIB, CR, HB, LUT>(ub, at, nd, nops, nib_mask);
             let gg = u * groups_per_unit + gi;
             let at = gg * G;
             for r in 0..NA {
@@ -260,7 +298,6 @@ unsafe fn superblock_kernel<
                     _mm512_sllv_epi32(isum, _mm512_set1_epi32(*shift[r].add(at / 32) as i32));
                 fsum[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), sc, fsum[r]);
             }
-            wp = wp.add(TILE * grb);
         }
         // Σ_g m_g·sa_g (for the mins).
         let mut imin = [_mm512_setzero_si512(); NA];

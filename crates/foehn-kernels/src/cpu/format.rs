@@ -72,6 +72,21 @@
 //! `o < n` = the low nibbles of word `o`, `o ≥ n` = the high nibbles of word
 //! `o − n`, for `n` nibble words). So the packed size is the file's, and a
 //! kernel rebuilds operand `o`'s levels with one shift, mask and or.
+//!
+//! Q3_K's compact variant keeps its levels at 3 bits (*triads*). A group of
+//! 16 is 6 bytes per row, so two groups share three words: the words where
+//! each group of a split layout keeps its levels, and the set's plane word
+//! (see [`UnitLayout::group`]). With `X`, `Y` the pair's level words and `Z`
+//! its plane word, byte `b` of operand `o` (level `4o + b` of its group) is,
+//! bitwise per byte:
+//! ```text
+//! group 0: o0 = X & 7    o1 = X >> 3 & 7    o2 = Y & 7                     o3 = Y >> 3 & 7
+//! group 1: o0 = Z & 7    o1 = Z >> 3 & 7    o2 = X >> 6 | (Z >> 6 & 1) << 2  o3 = Y >> 6 | (Z >> 7) << 2
+//! ```
+//! so that six of the eight operands take a shift and a mask, as nibbles do.
+//! Its 16 signed scales are kept at 6 bits plus 32, as the file keeps them,
+//! in the 6-bit layout above with groups 8..16 in the place of the mins
+//! ([`ScaleCoding::SixBitSigned`]).
 
 use super::act::ActMode;
 use super::shape::KernelShape;
@@ -164,7 +179,7 @@ impl Format {
 
     /// The variant of `ty` packed at or near the file's size, if it has one
     /// (see the module docs): split (high bits in a plane), lookup (IQ4
-    /// indices) or crumbs (Q2_K). Named for the first.
+    /// indices), crumbs (Q2_K) or triads (Q3_K). Named for the first.
     pub(crate) const fn split(ty: GgmlType) -> Option<Format> {
         match ty.packing() {
             Some(Packing {
@@ -191,11 +206,18 @@ impl Format {
         self.group / 8
     }
 
-    /// Level `k` (0..group) of row `i` (0..16) in `w`, one group's bytes of a
-    /// tile.
+    /// Level `k` (0..group) of row `i` (0..16) in the group at `at`
+    /// ([`UnitLayout::group`]) of `ub`, one unit's bytes of a tile.
     #[inline]
-    pub(crate) fn level(&self, w: &[u8], i: usize, k: usize) -> u8 {
-        let byte = |word: usize, b: usize| w[(word * TILE + i) * 4 + b];
+    pub(crate) fn level(&self, ub: &[u8], at: GroupAt, i: usize, k: usize) -> u8 {
+        let byte = |word: usize, b: usize| ub[at.levels + (word * TILE + i) * 4 + b];
+        let plane = |b: usize, op: usize| {
+            let p = ub[at.plane + 4 * i + b] >> (self.high_bits as usize * (at.plane_op + op));
+            p & ((1 << self.high_bits) - 1)
+        };
+        if self.crumbs && self.high_bits > 0 {
+            return self.triad(ub, at, i, k);
+        }
         if self.crumbs {
             let (word, j) = (k / 16, k % 16);
             return (byte(word, j % 4) >> (2 * (j / 4))) & 3;
@@ -215,9 +237,27 @@ impl Format {
         }
         let n = self.nibble_words();
         let op = j / 4 + if high_half { n } else { 0 };
-        let plane = byte(n, j % 4);
-        let high = (plane >> (self.high_bits as usize * op)) & ((1 << self.high_bits) - 1);
-        low | (high << 4)
+        low | (plane(j % 4, op) << 4)
+    }
+
+    /// Level `k` of row `i` of the group at `at` in the triad layout (see
+    /// the module docs).
+    fn triad(&self, ub: &[u8], at: GroupAt, i: usize, k: usize) -> u8 {
+        let (o, b) = (k / 4, k % 4);
+        // The pair's words X, Y, Z: the plane word follows both groups'.
+        let levels = self.unit_layout().levels;
+        let word = |w: usize| ub[at.plane - (2 - w) * levels + 4 * i + b];
+        let (x, y, z) = (word(0), word(1), word(2));
+        match (at.plane_op, o) {
+            (0, 0) => x & 7,
+            (0, 1) => (x >> 3) & 7,
+            (0, 2) => y & 7,
+            (0, _) => (y >> 3) & 7,
+            (_, 0) => z & 7,
+            (_, 1) => (z >> 3) & 7,
+            (_, 2) => (x >> 6) | (((z >> 6) & 1) << 2),
+            (_, _) => (y >> 6) | ((z >> 7) << 2),
+        }
     }
 
     /// Weights per unit (a superblock or a group).
@@ -260,31 +300,29 @@ impl Format {
     /// `m` of row `i` in the unit `ub` (superblock formats).
     pub(crate) fn scales(&self, ub: &[u8], g: usize, i: usize) -> (i8, i8) {
         let at = 2 * TILE * (1 + usize::from(self.min));
-        if UnitLayout::six_bit_scales(self.group, self.superblocks, self.min) {
-            let (sc, m) = SixBitScales::get(&ub[at..], g, i);
-            return (sc as i8, m as i8);
+        match ScaleCoding::of(self.crumbs, self.group, self.superblocks, self.min) {
+            ScaleCoding::SixBit => {
+                let (sc, m) = SixBitScales::get(&ub[at..], g, i);
+                (sc as i8, m as i8)
+            }
+            ScaleCoding::SixBitSigned => {
+                let (sc, m) = SixBitScales::get(&ub[at..], g % 8, i);
+                let v = if g < 8 { sc } else { m };
+                (v as i8 - 32, 0)
+            }
+            ScaleCoding::FourBit => {
+                let b = ub[at + g * TILE + i];
+                ((b & 0x0f) as i8, (b >> 4) as i8)
+            }
+            ScaleCoding::Bytes => {
+                let m = if self.min {
+                    ub[at + (self.groups_per_unit() + g) * TILE + i] as i8
+                } else {
+                    0
+                };
+                (ub[at + g * TILE + i] as i8, m)
+            }
         }
-        if UnitLayout::four_bit_scales(self.crumbs, self.superblocks, self.min) {
-            let b = ub[at + g * TILE + i];
-            return ((b & 0x0f) as i8, (b >> 4) as i8);
-        }
-        let m = if self.min {
-            ub[at + (self.groups_per_unit() + g) * TILE + i] as i8
-        } else {
-            0
-        };
-        (ub[at + g * TILE + i] as i8, m)
-    }
-
-    /// Bytes of one row's levels in one group (with the split variant's
-    /// high bits).
-    pub(crate) const fn group_row_bytes(&self) -> usize {
-        self.unit_layout().group_row
-    }
-
-    /// Bytes of a unit's header (scales and mins) for a whole tile.
-    pub(crate) const fn header_bytes(&self) -> usize {
-        self.unit_layout().header
     }
 
     /// Bytes of one unit of a tile.
@@ -319,18 +357,38 @@ pub(crate) const fn level_words(nibbles: bool, crumbs: bool, group: usize) -> us
 pub(crate) struct UnitLayout {
     /// Bytes of the header.
     pub(crate) header: usize,
-    /// Bytes of one row's levels in one group: nibbles or bytes, and the
-    /// split layout's plane of high bits.
+    /// Bytes of one row's levels in one group: nibbles, crumbs or bytes,
+    /// and its share of the split layout's plane of high bits.
     pub(crate) group_row: usize,
     /// Bytes of the unit.
     pub(crate) bytes: usize,
+    /// Bytes of one group's level words of 16 rows (the plane not counted).
+    pub(crate) levels: usize,
+    /// Groups whose high bits share one plane word (1 where there is no
+    /// plane): the groups are stored in sets of this many, each set's level
+    /// words followed by its plane word.
+    pub(crate) plane_groups: usize,
+    /// Operands (4-level runs of a row) per group: `group / 4`.
+    pub(crate) operands: usize,
+}
+
+/// Where one group's bytes lie in its unit ([`UnitLayout::group`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct GroupAt {
+    /// Offset of the group's level words from the unit's start.
+    pub(crate) levels: usize,
+    /// Offset of its plane word (split layouts).
+    pub(crate) plane: usize,
+    /// Index in the plane word of the group's first operand: its high bits
+    /// start at bit `high_bits · plane_op` of each plane byte.
+    pub(crate) plane_op: usize,
 }
 
 impl UnitLayout {
     /// The layout of levels in nibbles, crumbs or bytes, in groups of
     /// `group`, superblocks (of [`SUPER`]) or single groups, with a min per
-    /// group or not, and in the split layout (nibbles and a plane of
-    /// `high_bits` bits per level) when `high_bits` is not 0.
+    /// group or not, and in the split layout (nibbles or crumbs and a plane
+    /// of `high_bits` bits per level) when `high_bits` is not 0.
     pub(crate) const fn of(
         nibbles: bool,
         crumbs: bool,
@@ -339,42 +397,88 @@ impl UnitLayout {
         min: bool,
         high_bits: u32,
     ) -> Self {
-        let group_row = if nibbles {
-            group / 2 + group * high_bits as usize / 8
+        let level_row = if nibbles {
+            group / 2
         } else if crumbs {
             group / 4
         } else {
             group
         };
+        let group_row = level_row + group * high_bits as usize / 8;
         let sets = if min { 2 } else { 1 };
         let groups = if superblocks { SUPER / group } else { 1 };
-        let scales = if Self::six_bit_scales(group, superblocks, min) {
-            SixBitScales::BYTES
-        } else if Self::four_bit_scales(crumbs, superblocks, min) {
-            FourBitScales::BYTES
-        } else if superblocks {
-            groups * TILE * sets
-        } else {
-            0
+        let scales = match ScaleCoding::of(crumbs, group, superblocks, min) {
+            ScaleCoding::SixBit | ScaleCoding::SixBitSigned => SixBitScales::BYTES,
+            ScaleCoding::FourBit => FourBitScales::BYTES,
+            ScaleCoding::Bytes if superblocks => groups * TILE * sets,
+            ScaleCoding::Bytes => 0,
         };
         let header = 2 * TILE * sets + scales;
+        // A group's operands (4 levels each) take `high_bits` bits each of
+        // a plane byte.
+        let plane_groups = if high_bits == 0 {
+            1
+        } else {
+            32 / (group * high_bits as usize)
+        };
         Self {
             header,
             group_row,
             bytes: header + groups * TILE * group_row,
+            levels: TILE * level_row,
+            plane_groups,
+            operands: group / 4,
         }
     }
 
-    /// Whether a unit keeps its scales and mins at 6 bits ([`SixBitScales`]):
-    /// superblocks of groups of 32 with a min (Q4_K, Q5_K).
-    pub(crate) const fn six_bit_scales(group: usize, superblocks: bool, min: bool) -> bool {
-        superblocks && min && group == 32
+    /// Where group `gi` (0..groups per unit) of a unit lies: in set
+    /// `gi / plane_groups`, after the level words of the set's groups before
+    /// it; the set's plane word follows the level words of all its groups.
+    #[inline(always)]
+    pub(crate) const fn group(&self, gi: usize) -> GroupAt {
+        let (set, k) = (gi / self.plane_groups, gi % self.plane_groups);
+        let start = self.header + set * self.plane_groups * TILE * self.group_row;
+        GroupAt {
+            levels: start + k * self.levels,
+            plane: start + self.plane_groups * self.levels,
+            plane_op: k * self.operands,
+        }
     }
+}
 
-    /// Whether a unit keeps its scales and mins at 4 bits
-    /// ([`FourBitScales`]): the crumb layout's superblocks with a min (Q2_K).
-    pub(crate) const fn four_bit_scales(crumbs: bool, superblocks: bool, min: bool) -> bool {
-        crumbs && superblocks && min
+/// How a superblock unit's header keeps its scales (and mins): the kernels
+/// read them through [`UnitScales::read`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ScaleCoding {
+    /// A byte each: the `sc` array, then `m` (and none for legacy units).
+    Bytes,
+    /// 6 bits each ([`SixBitScales`]): superblocks of groups of 32 with a
+    /// min (Q4_K, Q5_K).
+    SixBit,
+    /// 6 bits each, the scale plus 32, 16 groups without a min (Q3_K's
+    /// compact layout): [`SixBitScales`] with groups 8..16 where the mins
+    /// are.
+    SixBitSigned,
+    /// 4 bits each ([`FourBitScales`]): the crumb layout's superblocks with
+    /// a min (Q2_K).
+    FourBit,
+}
+
+impl ScaleCoding {
+    /// The coding of a layout with levels in crumbs or not, groups of
+    /// `group`, superblocks or not, a min or not.
+    pub(crate) const fn of(crumbs: bool, group: usize, superblocks: bool, min: bool) -> Self {
+        if !superblocks {
+            Self::Bytes
+        } else if crumbs && min {
+            Self::FourBit
+        } else if crumbs {
+            Self::SixBitSigned
+        } else if min && group == 32 {
+            Self::SixBit
+        } else {
+            Self::Bytes
+        }
     }
 }
 
@@ -407,12 +511,11 @@ impl UnitScales {
         superblocks: bool,
         min: bool,
     ) -> Self {
-        if UnitLayout::six_bit_scales(group, superblocks, min) {
-            Self::Six(SixBitScales::expand(p))
-        } else if UnitLayout::four_bit_scales(crumbs, superblocks, min) {
-            Self::Four(FourBitScales::expand(p))
-        } else {
-            Self::Bytes(p)
+        match ScaleCoding::of(crumbs, group, superblocks, min) {
+            ScaleCoding::SixBit => Self::Six(SixBitScales::expand::<0>(p)),
+            ScaleCoding::SixBitSigned => Self::Six(SixBitScales::expand::<32>(p)),
+            ScaleCoding::FourBit => Self::Four(FourBitScales::expand(p)),
+            ScaleCoding::Bytes => Self::Bytes(p),
         }
     }
 
@@ -470,13 +573,14 @@ impl SixBitScales {
     pub(crate) const BYTES: usize = 12 * TILE;
 
     /// Expands the [`BYTES`](Self::BYTES) bytes of 6-bit scales and mins at
-    /// `p`. Plain byte loops that every instruction set vectorizes: a few
-    /// vector operations per unit of 16 rows × 256 weights.
+    /// `p`, each less `BIAS` (wrapping: 32 makes Q3_K's signed scales).
+    /// Plain byte loops that every instruction set vectorizes: a few vector
+    /// operations per unit of 16 rows × 256 weights.
     ///
     /// # Safety
     /// `p` must be valid for reads of [`BYTES`](Self::BYTES) bytes.
     #[inline(always)]
-    pub(crate) unsafe fn expand(p: *const u8) -> Self {
+    pub(crate) unsafe fn expand<const BIAS: u8>(p: *const u8) -> Self {
         const Q: usize = 4 * TILE;
         let low = std::ptr::read_unaligned(p.cast::<[[u8; Q]; 2]>());
         let high = std::ptr::read_unaligned(p.add(2 * Q).cast::<[u8; Q]>());
@@ -484,10 +588,10 @@ impl SixBitScales {
         let (sc, m) = out.0.split_at_mut(2 * Q);
         for k in 0..Q {
             let (a, b, h) = (low[0][k], low[1][k], high[k]);
-            sc[k] = (a & 0x0f) | ((h << 4) & 0x30);
-            sc[Q + k] = (b & 0x0f) | (h & 0x30);
-            m[k] = (a >> 4) | ((h << 2) & 0x30);
-            m[Q + k] = (b >> 4) | ((h >> 2) & 0x30);
+            sc[k] = ((a & 0x0f) | ((h << 4) & 0x30)).wrapping_sub(BIAS);
+            sc[Q + k] = ((b & 0x0f) | (h & 0x30)).wrapping_sub(BIAS);
+            m[k] = ((a >> 4) | ((h << 2) & 0x30)).wrapping_sub(BIAS);
+            m[Q + k] = ((b >> 4) | ((h >> 2) & 0x30)).wrapping_sub(BIAS);
         }
         out
     }
@@ -529,7 +633,7 @@ mod tests {
                 }
             }
             // SAFETY: `b` holds the bytes `expand` reads.
-            let expanded = unsafe { SixBitScales::expand(b.as_ptr()) };
+            let expanded = unsafe { SixBitScales::expand::<0>(b.as_ptr()) };
             for (g, row) in want.iter().enumerate() {
                 for (i, &(sc, m)) in row.iter().enumerate() {
                     assert_eq!(SixBitScales::get(&b, g, i), (sc, m), "group {g} row {i}");
@@ -558,9 +662,9 @@ mod tests {
             assert!(packed / orig <= max_ratio, "{ty}: {packed} vs {orig}");
         }
         // The split variants of Q6_K, Q5_K, Q5_0 and Q5_1, the lookup
-        // variant of IQ4_NL, Q2_K's crumbs and the 6-bit scales of Q4_K are
-        // the file's size; IQ4_XS's lookup variant is within 2 % of it (its scales take
-        // a byte each).
+        // variant of IQ4_NL, the crumbs of Q2_K, the triads of Q3_K and the
+        // 6-bit scales of Q4_K are the file's size; IQ4_XS's lookup variant is
+        // within 2 % of it (its scales take a byte each).
         for f in [
             Format::split(GgmlType::Q6_K),
             Format::split(GgmlType::Q5_K),
@@ -568,6 +672,7 @@ mod tests {
             Format::split(GgmlType::Q5_1),
             Format::split(GgmlType::IQ4_NL),
             Format::split(GgmlType::Q2_K),
+            Format::split(GgmlType::Q3_K),
             Format::of(GgmlType::Q4_K),
         ] {
             let f = f.unwrap();

@@ -27,6 +27,7 @@ macro_rules! shape_fn {
     ($f:ident, SuperNib16) => { $f::<true, false, 16, true, false, 0, false> };
     ($f:ident, SuperNib16Min) => { $f::<true, false, 16, true, true, 0, false> };
     ($f:ident, SuperCrumb16Min) => { $f::<false, true, 16, true, true, 0, false> };
+    ($f:ident, SuperTri16) => { $f::<false, true, 16, true, false, 1, false> };
 }
 
 /// `fn $name(shape) -> Option<$ty>`: the monomorph of `$tile` (generic over
@@ -39,7 +40,8 @@ macro_rules! layout_select {
         layout_select!(@select $name, $ty, $tile, [
             Nib32, Nib32Min, Byte32, Byte32Min, Split32, Split32Min, Wide32, Lut32,
             SuperNib32Min, SuperByte32Min, SuperWide32, SuperByte16, SuperSplit16,
-            SuperSplit32Min, SuperLut32, SuperNib16, SuperNib16Min, SuperCrumb16Min
+            SuperSplit32Min, SuperLut32, SuperNib16, SuperNib16Min, SuperCrumb16Min,
+            SuperTri16
         ], {});
     };
     (fn $name:ident -> $ty:ty = $tile:ident, only [$($shape:ident),* $(,)?]) => {
@@ -59,9 +61,9 @@ macro_rules! layout_select {
 }
 
 /// [`layout_select!`] over the layouts AMX's int8 and bf16 prompt kernels
-/// compute: Q6_K's split layout, not the other split, lookup or crumb
-/// layouts (the type table packs those types in their common layouts under
-/// AMX).
+/// compute: Q6_K's split layout, not the other split, lookup, crumb or
+/// triad layouts (the type table packs those types in their common layouts
+/// under AMX).
 #[cfg(target_arch = "x86_64")]
 macro_rules! amx_layout_select {
     (fn $name:ident -> $ty:ty = $tile:ident) => {
@@ -634,27 +636,11 @@ mod tests {
 
     /// Sets every level of every row of `tiles` to `level`.
     fn fill_levels(fmt: &Format, tiles: &mut [u8], level: u8) {
-        let grb = fmt.group_row_bytes();
+        let row = vec![level; fmt.group];
+        let rows = [&row[..]; TILE];
         for unit in tiles.chunks_exact_mut(fmt.unit_bytes()) {
-            for group in unit[fmt.header_bytes()..].chunks_exact_mut(TILE * grb) {
-                if fmt.crumbs {
-                    let l = level & 3;
-                    group.fill(l | (l << 2) | (l << 4) | (l << 6));
-                    continue;
-                }
-                if !fmt.nibbles {
-                    group.fill(level);
-                    continue;
-                }
-                let n = fmt.nibble_words();
-                let low = level & 0x0f;
-                group[..n * 4 * TILE].fill(low | (low << 4));
-                if fmt.high_bits > 0 {
-                    let high = (0..2 * n).fold(0u8, |b, op| {
-                        b | ((level >> 4) << (fmt.high_bits as usize * op))
-                    });
-                    group[n * 4 * TILE..].fill(high);
-                }
+            for gi in 0..fmt.groups_per_unit() {
+                pack::write_group(fmt, unit, gi, &rows);
             }
         }
     }

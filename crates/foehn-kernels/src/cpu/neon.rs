@@ -15,7 +15,9 @@ use std::arch::aarch64::*;
 use std::arch::asm;
 
 use super::act::QuantizedActs;
-use super::format::{level_words, Format, UnitLayout, UnitScales, IQ4_LEVELS, SUPER, TILE};
+use super::format::{
+    level_words, Format, GroupAt, UnitLayout, UnitScales, IQ4_LEVELS, SUPER, TILE,
+};
 
 /// Whether this CPU has everything the kernel uses.
 pub(crate) fn available() -> bool {
@@ -97,14 +99,15 @@ macro_rules! unroll {
 }
 
 /// Rows `4q..4q + 4` of a group's integer sums for `NA` activation rows:
-/// `init[r] + Σ_p w[p] · a_r[4p..4p + 4]` by SDOT, over the group's `nd`
-/// weight words at `wp` (split into nibbles or crumbs, or flipped to signed
-/// bytes).
+/// `init[r] + Σ_p w[p] · a_r[4p..4p + 4]` by SDOT, over the `nd` weight
+/// words of the group at `at` of the unit at `ub` (split into nibbles or
+/// crumbs, or flipped to signed bytes).
 /// In the split layouts (`HB` high bits per level, not 0), each nibble
-/// operand `o`'s high bits come from bits `HB·o` of the plane word that
-/// follows the nibble words, shifted to bit 4 (levels up to 63 stay valid
-/// signed bytes). In the lookup layout (`LUT`), each nibble is looked up in
-/// [`IQ4_LEVELS`] flipped to signed bytes (`u − 128`, as the byte levels).
+/// operand `o`'s high bits come from bits `HB·o` of the group's plane word,
+/// shifted to bit 4 (levels up to 63 stay valid signed bytes); crumbs with
+/// a high bit are the triad layout ([`triad_operands`]). In the lookup
+/// layout (`LUT`), each nibble is looked up in [`IQ4_LEVELS`] flipped to
+/// signed bytes (`u − 128`, as the byte levels).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 unsafe fn dot_quarter<
@@ -114,7 +117,8 @@ unsafe fn dot_quarter<
     const LUT: bool,
     const NA: usize,
 >(
-    wp: *const u8,
+    ub: *const u8,
+    at: GroupAt,
     nd: usize,
     av: &[[int8x16_t; 2]; NA],
     init: &[i32; NA],
@@ -122,9 +126,10 @@ unsafe fn dot_quarter<
     nib_mask: uint8x16_t,
     flip: uint8x16_t,
 ) -> [int32x4_t; NA] {
+    let wp = ub.add(at.levels);
     let mut isum: [int32x4_t; NA] = std::array::from_fn(|r| vdupq_n_s32(init[r]));
     let plane = if HB > 0 {
-        vld1q_u8(wp.add(nd * 4 * TILE + 16 * q))
+        vld1q_u8(ub.add(at.plane + 16 * q))
     } else {
         vdupq_n_u8(0)
     };
@@ -137,6 +142,18 @@ unsafe fn dot_quarter<
             high_mask,
         )
     };
+    if CR && HB > 0 {
+        let w = triad_operands(ub.add(at.plane + 16 * q), at.plane_op == 0);
+        unroll!(|o| [0, 1, 2, 3] {
+            let w = vreinterpretq_s8_u8(w[o]);
+            unroll!(|r| [0, 1, 2, 3] {
+                if r < NA {
+                    isum[r] = sdot_lane(isum[r], w, av[r][0], o);
+                }
+            });
+        });
+        return isum;
+    }
     unroll!(|p| [0, 1, 2, 3, 4, 5, 6, 7] {
         if p < nd {
             // Word p of rows 4q..4q+4.
@@ -189,6 +206,32 @@ unsafe fn dot_quarter<
     isum
 }
 
+/// The four operands of rows `4q..4q + 4` of a group in the triad layout
+/// (Q3_K compact, see the format docs), the first group of its pair or the
+/// second, whose pair's plane word (these rows of it) is at `plane`: the
+/// pair's level words X and Y precede it by 128 and 64 bytes. NEON's byte
+/// shifts keep each byte's bits to itself, so the straddling operands are a
+/// bit select of two shifts.
+#[inline(always)]
+unsafe fn triad_operands(plane: *const u8, first: bool) -> [uint8x16_t; 4] {
+    let word = |w: usize| vld1q_u8(plane.add(64 * w).sub(128));
+    let (x, y, z) = (word(0), word(1), word(2));
+    let m7 = vdupq_n_u8(7);
+    let low = |v| vandq_u8(v, m7);
+    let high = |v| vandq_u8(vshrq_n_u8::<3>(v), m7);
+    if first {
+        return [low(x), high(x), low(y), high(y)];
+    }
+    // Bit 2 from the plane word, bits 0..2 from the level word's top two.
+    let m4 = vdupq_n_u8(4);
+    [
+        low(z),
+        high(z),
+        vbslq_u8(m4, vshrq_n_u8::<4>(z), vshrq_n_u8::<6>(x)),
+        vbslq_u8(m4, vshrq_n_u8::<5>(z), vshrq_n_u8::<6>(y)),
+    ]
+}
+
 /// The group's activation bytes of `NA` rows, two vectors each: operand o
 /// (levels 4o..4o+4) takes word o, i.e. lane o % 4 of vector o / 4.
 #[inline(always)]
@@ -235,8 +278,8 @@ unsafe fn kernel<
     // operands (low halves: levels 4p.., high halves: levels G/2 + 4p..);
     // the split layout's plane word follows.
     let nd = level_words(NIB, CR, G);
-    let sets = 1 + usize::from(MIN);
-    let unit_bytes = UnitLayout::of(NIB, CR, G, false, MIN, HB).bytes;
+    let layout = UnitLayout::of(NIB, CR, G, false, MIN, HB);
+    let unit_bytes = layout.bytes;
     // Nibbles and crumbs are levels as they are; bytes and looked-up levels
     // are flipped.
     let corr = if (NIB || CR) && !LUT { off } else { off - 128 };
@@ -258,13 +301,13 @@ unsafe fn kernel<
         } else {
             [zero_f; 4]
         };
-        let wp = ub.add(2 * TILE * sets);
         let av = group_acts::<G, NA>(&aq, g * G);
         let sa: [i32; NA] = std::array::from_fn(|r| i32::from(*asum[r].add(g)));
         let da: [f32; NA] = std::array::from_fn(|r| *ad[r].add(g * G / 32));
         let init: [i32; NA] = std::array::from_fn(|r| -corr * sa[r]);
         unroll!(|q| [0, 1, 2, 3] {
-            let isum = dot_quarter::<NIB, CR, HB, LUT, NA>(wp, nd, &av, &init, q, nib_mask, flip);
+            let at = layout.group(0);
+            let isum = dot_quarter::<NIB, CR, HB, LUT, NA>(ub, at, nd, &av, &init, q, nib_mask, flip);
             unroll!(|r| [0, 1, 2, 3] {
                 if r < NA {
                     let mut v = vmulq_f32(s[q], vcvtq_f32_s32(isum[r]));
@@ -313,11 +356,8 @@ unsafe fn superblock_kernel<
     // follows).
     let nd = level_words(NIB, CR, G);
     let sets = 1 + usize::from(MIN);
-    let UnitLayout {
-        header,
-        group_row: grb,
-        bytes: unit_bytes,
-    } = UnitLayout::of(NIB, CR, G, true, MIN, HB);
+    let layout = UnitLayout::of(NIB, CR, G, true, MIN, HB);
+    let unit_bytes = layout.bytes;
     // Nibbles and crumbs are levels as they are; bytes and looked-up levels
     // are flipped.
     let corr = if (NIB || CR) && !LUT { off } else { off - 128 };
@@ -340,7 +380,6 @@ unsafe fn superblock_kernel<
         let scales = UnitScales::read(scp, CR, G, true, MIN);
         let scp = scales.as_ptr();
         let mp = scp.add(groups_per_unit * TILE);
-        let mut wp = ub.add(header);
         let mut fsum = [[zero_f; 4]; NA];
         let mut imin = [[zero_i; 4]; NA];
         for gi in 0..groups_per_unit {
@@ -356,8 +395,9 @@ unsafe fn superblock_kernel<
             let sh: [int32x4_t; NA] =
                 std::array::from_fn(|r| vdupq_n_s32(*shift[r].add(gg * G / 32) as i32));
             let wsa: [i32; NA] = std::array::from_fn(|r| i32::from(*wsum[r].add(gg)));
+            let at = layout.group(gi);
             unroll!(|q| [0, 1, 2, 3] {
-                let isum = dot_quarter::<NIB, CR, HB, LUT, NA>(wp, nd, &av, &init, q, nib_mask, flip);
+                let isum = dot_quarter::<NIB, CR, HB, LUT, NA>(ub, at, nd, &av, &init, q, nib_mask, flip);
                 unroll!(|r| [0, 1, 2, 3] {
                     if r < NA {
                         let t = vcvtq_f32_s32(vshlq_s32(isum[r], sh[r]));
@@ -368,7 +408,6 @@ unsafe fn superblock_kernel<
                     }
                 });
             });
-            wp = wp.add(TILE * grb);
         }
         let d: [float32x4_t; 4] = std::array::from_fn(|q| load_f16x4(ub.add(8 * q)));
         let dm: [float32x4_t; 4] = if MIN {

@@ -4,7 +4,7 @@
 use half::f16;
 use rayon::prelude::*;
 
-use super::format::{Format, FourBitScales, SixBitScales, UnitLayout, IQ4_INDEX, TILE};
+use super::format::{Format, GroupAt, ScaleCoding, SixBitScales, IQ4_INDEX, TILE};
 use crate::quant::blocks::*;
 use crate::quant::dequant::{q3_k_scales, scale_min_k4};
 use crate::quant::KVALUES_IQ4NL;
@@ -263,7 +263,7 @@ pub(crate) mod split {
 fn write_tile(fmt: &Format, cols: usize, parts: &[RowParts], tile: &mut [u8]) {
     let unit = fmt.unit();
     let groups_per_unit = fmt.groups_per_unit();
-    let grb = fmt.group_row_bytes();
+    let layout = fmt.unit_layout();
     let g = fmt.group;
     debug_assert_eq!(tile.len(), fmt.tile_bytes(cols));
     if parts.len() < TILE {
@@ -283,97 +283,168 @@ fn write_tile(fmt: &Format, cols: usize, parts: &[RowParts], tile: &mut [u8]) {
         } else {
             rest
         };
-        let rest = if fmt.superblocks {
-            let sets = 1 + usize::from(fmt.min);
-            let six_bit = UnitLayout::six_bit_scales(g, true, fmt.min);
-            let four_bit = UnitLayout::four_bit_scales(fmt.crumbs, true, fmt.min);
-            let bytes = if six_bit {
-                SixBitScales::BYTES
-            } else if four_bit {
-                FourBitScales::BYTES
-            } else {
-                sets * groups_per_unit * TILE
-            };
-            let (scales, rest) = rest.split_at_mut(bytes);
-            if six_bit {
-                scales.fill(0);
+        if fmt.superblocks {
+            let scales = &mut rest[..layout.header - 2 * TILE * (1 + usize::from(fmt.min))];
+            write_scales(fmt, ui, parts, scales);
+        }
+        for gi in 0..groups_per_unit {
+            let mut levels: [&[u8]; TILE] = [&[]; TILE];
+            for (l, p) in levels.iter_mut().zip(parts) {
+                *l = &p.u[ui * unit + gi * g..ui * unit + (gi + 1) * g];
             }
-            for (i, p) in parts.iter().enumerate() {
-                let sc = &p.sc[ui * groups_per_unit..(ui + 1) * groups_per_unit];
-                if six_bit {
-                    let m = &p.m[ui * groups_per_unit..(ui + 1) * groups_per_unit];
-                    for (gi, (&sc, &m)) in sc.iter().zip(m).enumerate() {
-                        SixBitScales::set(scales, gi, i, sc as u8, m as u8);
-                    }
-                    continue;
+            write_group(fmt, out, gi, &levels[..parts.len()]);
+        }
+    }
+}
+
+/// Writes the levels of group `gi` of the unit `ub` (one unit's bytes of a
+/// tile): `rows[i]` are row `i`'s, and rows past `rows.len()` get zeros.
+pub(crate) fn write_group(fmt: &Format, ub: &mut [u8], gi: usize, rows: &[&[u8]]) {
+    let layout = fmt.unit_layout();
+    let at = layout.group(gi);
+    if fmt.crumbs && fmt.high_bits > 0 {
+        write_triads(ub, at, layout.levels, rows);
+        return;
+    }
+    // Each row's level bytes of this group, then the 4-byte words in tile
+    // order (sequential stores into the fresh buffer).
+    let mut rows_bytes = [[0u8; 32]; TILE];
+    let mut planes = [[0u8; 4]; TILE];
+    for ((bytes, plane), lv) in rows_bytes.iter_mut().zip(&mut planes).zip(rows) {
+        write_levels(fmt, lv, bytes, plane, at.plane_op);
+    }
+    let levels = &mut ub[at.levels..at.levels + layout.levels];
+    for (k, word) in levels.chunks_exact_mut(4).enumerate() {
+        let (p, i) = (k / TILE, k % TILE);
+        word.copy_from_slice(&rows_bytes[i][4 * p..4 * p + 4]);
+    }
+    if fmt.high_bits > 0 {
+        // The set's first group starts its plane word, the others add
+        // their bits.
+        let plane = &mut ub[at.plane..at.plane + 4 * TILE];
+        for (word, bits) in plane.chunks_exact_mut(4).zip(&planes) {
+            for (w, b) in word.iter_mut().zip(bits) {
+                *w = if at.plane_op == 0 { *b } else { *w | b };
+            }
+        }
+    }
+}
+
+/// Writes unit `ui`'s scales (and mins) of `parts` into the header's
+/// `scales` bytes, in `fmt`'s [`ScaleCoding`].
+fn write_scales(fmt: &Format, ui: usize, parts: &[RowParts], scales: &mut [u8]) {
+    let n = fmt.groups_per_unit();
+    let coding = ScaleCoding::of(fmt.crumbs, fmt.group, true, fmt.min);
+    if matches!(coding, ScaleCoding::SixBit | ScaleCoding::SixBitSigned) {
+        scales.fill(0);
+    }
+    for (i, p) in parts.iter().enumerate() {
+        let sc = &p.sc[ui * n..(ui + 1) * n];
+        let m = if fmt.min {
+            &p.m[ui * n..(ui + 1) * n]
+        } else {
+            &[][..]
+        };
+        match coding {
+            ScaleCoding::SixBit => {
+                for (gi, (&sc, &m)) in sc.iter().zip(m).enumerate() {
+                    SixBitScales::set(scales, gi, i, sc as u8, m as u8);
                 }
-                if four_bit {
-                    let m = &p.m[ui * groups_per_unit..(ui + 1) * groups_per_unit];
-                    for (gi, (&sc, &m)) in sc.iter().zip(m).enumerate() {
-                        debug_assert!((0..16).contains(&sc) && (0..16).contains(&m));
-                        scales[gi * TILE + i] = (sc as u8) | ((m as u8) << 4);
-                    }
-                    continue;
+            }
+            ScaleCoding::SixBitSigned => {
+                // Groups 8..16 in the place of the mins, each plus 32.
+                let biased = |v: i8| (i16::from(v) + 32) as u8;
+                for gi in 0..8 {
+                    SixBitScales::set(scales, gi, i, biased(sc[gi]), biased(sc[gi + 8]));
                 }
+            }
+            ScaleCoding::FourBit => {
+                for (gi, (&sc, &m)) in sc.iter().zip(m).enumerate() {
+                    debug_assert!((0..16).contains(&sc) && (0..16).contains(&m));
+                    scales[gi * TILE + i] = (sc as u8) | ((m as u8) << 4);
+                }
+            }
+            ScaleCoding::Bytes => {
                 for (gi, &v) in sc.iter().enumerate() {
                     scales[gi * TILE + i] = v as u8;
                 }
-                if fmt.min {
-                    let m = &p.m[ui * groups_per_unit..(ui + 1) * groups_per_unit];
-                    for (gi, &v) in m.iter().enumerate() {
-                        scales[(groups_per_unit + gi) * TILE + i] = v as u8;
-                    }
+                for (gi, &v) in m.iter().enumerate() {
+                    scales[(n + gi) * TILE + i] = v as u8;
                 }
             }
-            rest
+        }
+    }
+}
+
+/// [`write_group`] for the triad layout (Q3_K compact, see the format
+/// docs): the first group of a pair writes the low six bits of the pair's
+/// words X and Y, the second (written after it) all of Z and the top two
+/// bits of X and Y.
+fn write_triads(ub: &mut [u8], at: GroupAt, levels: usize, rows: &[&[u8]]) {
+    let set = at.plane - 2 * levels;
+    let second = at.plane_op > 0;
+    for i in 0..TILE {
+        for b in 0..4 {
+            let l = |o: usize| rows.get(i).map_or(0, |lv| lv[4 * o + b]);
+            let at = |w: usize| set + w * levels + 4 * i + b;
+            if second {
+                ub[at(0)] |= (l(2) & 3) << 6;
+                ub[at(1)] |= (l(3) & 3) << 6;
+                ub[at(2)] = l(0) | (l(1) << 3) | ((l(2) >> 2) << 6) | ((l(3) >> 2) << 7);
+            } else {
+                ub[at(0)] = l(0) | (l(1) << 3);
+                ub[at(1)] = l(2) | (l(3) << 3);
+            }
+        }
+    }
+}
+
+/// Writes one row's levels `lv` of one group as `fmt` stores them: its level
+/// bytes into `bytes` (nibbles, crumbs or bytes, in the order of the row's
+/// words) and, in the split layouts, its high bits into the row's plane
+/// word `plane`, from operand `plane_op` on (see the format docs).
+fn write_levels(
+    fmt: &Format,
+    lv: &[u8],
+    bytes: &mut [u8; 32],
+    plane: &mut [u8; 4],
+    plane_op: usize,
+) {
+    let g = lv.len();
+    // Nibble operand o's byte b is the level at `op_level(o, b)`; the bits
+    // above its low 4 are the plane's.
+    let op_level = |o: usize, b: usize| {
+        let n = fmt.nibble_words();
+        if o < n {
+            4 * o + b
         } else {
-            rest
-        };
-        for (gi, w) in rest.chunks_exact_mut(TILE * grb).enumerate() {
-            // Each row's bytes of this group, then the 4-byte words in tile
-            // order (sequential stores into the fresh buffer).
-            let mut rows_bytes = [[0u8; 32]; TILE];
-            for (bytes, p) in rows_bytes.iter_mut().zip(parts) {
-                let lv = &p.u[ui * unit + gi * g..ui * unit + (gi + 1) * g];
-                if fmt.crumbs {
-                    // Level k of word k/16 at bits 2·(k%16/4) of its byte k%4.
-                    for (k, &l) in lv.iter().enumerate() {
-                        let j = k % 16;
-                        bytes[k / 16 * 4 + j % 4] |= (l & 3) << (2 * (j / 4));
-                    }
-                } else if fmt.nibbles {
-                    let (lo, hi) = lv.split_at(g / 2);
-                    for ((b, &l), &h) in bytes.iter_mut().zip(lo).zip(hi) {
-                        let (l, h) = if fmt.lut {
-                            (IQ4_INDEX[usize::from(l)], IQ4_INDEX[usize::from(h)])
-                        } else {
-                            (l, h)
-                        };
-                        *b = (l & 0x0f) | (h << 4);
-                    }
-                    if fmt.high_bits > 0 {
-                        // Operand o's byte b is level L(o, b); its high bits
-                        // go to bits hb·o of plane byte b (format docs).
-                        let n = fmt.nibble_words();
-                        let plane = &mut bytes[g / 2..g / 2 + 4];
-                        for (b, out) in plane.iter_mut().enumerate() {
-                            for op in 0..2 * n {
-                                let k = if op < n {
-                                    4 * op + b
-                                } else {
-                                    g / 2 + 4 * (op - n) + b
-                                };
-                                *out |= (lv[k] >> 4) << (fmt.high_bits as usize * op);
-                            }
-                        }
-                    }
-                } else {
-                    bytes[..g].copy_from_slice(lv);
-                }
-            }
-            for (k, word) in w.chunks_exact_mut(4).enumerate() {
-                let (p, i) = (k / TILE, k % TILE);
-                word.copy_from_slice(&rows_bytes[i][4 * p..4 * p + 4]);
+            g / 2 + 4 * (o - n) + b
+        }
+    };
+    if fmt.crumbs {
+        // Level k of word k/16 at bits 2·(k%16/4) of its byte k%4.
+        for (k, &l) in lv.iter().enumerate() {
+            let j = k % 16;
+            bytes[k / 16 * 4 + j % 4] |= (l & 3) << (2 * (j / 4));
+        }
+    } else if fmt.nibbles {
+        let (lo, hi) = lv.split_at(g / 2);
+        for ((b, &l), &h) in bytes.iter_mut().zip(lo).zip(hi) {
+            let (l, h) = if fmt.lut {
+                (IQ4_INDEX[usize::from(l)], IQ4_INDEX[usize::from(h)])
+            } else {
+                (l, h)
+            };
+            *b = (l & 0x0f) | (h << 4);
+        }
+    } else {
+        bytes[..g].copy_from_slice(lv);
+    }
+    if fmt.high_bits > 0 {
+        let hb = fmt.high_bits as usize;
+        for (b, out) in plane.iter_mut().enumerate() {
+            for o in 0..g / 4 {
+                *out |= (lv[op_level(o, b)] >> 4) << (hb * (plane_op + o));
             }
         }
     }
@@ -438,8 +509,7 @@ fn h(bits: u16) -> f32 {
 /// Reads row `i` (0..16) of a tile back to f32, with ggml's operations:
 /// `S · (u − off) + M`.
 pub(crate) fn dequantize_tile_row(fmt: &Format, tile: &[u8], i: usize, dst: &mut [f32]) {
-    let unit = fmt.unit();
-    let grb = fmt.group_row_bytes();
+    let (unit, layout) = (fmt.unit(), fmt.unit_layout());
     let g = fmt.group;
     let rd16 = |b: &[u8], at: usize| u16::from_le_bytes([b[at + 2 * i], b[at + 2 * i + 1]]);
     for (ub, y) in tile
@@ -448,7 +518,6 @@ pub(crate) fn dequantize_tile_row(fmt: &Format, tile: &[u8], i: usize, dst: &mut
     {
         let d = h(rd16(ub, 0));
         let dm = if fmt.min { h(rd16(ub, 2 * TILE)) } else { 0.0 };
-        let mut at = fmt.header_bytes();
         for (gi, y) in y.chunks_exact_mut(g).enumerate() {
             let (s, m) = if fmt.superblocks {
                 let (sc, m) = fmt.scales(ub, gi, i);
@@ -456,12 +525,11 @@ pub(crate) fn dequantize_tile_row(fmt: &Format, tile: &[u8], i: usize, dst: &mut
             } else {
                 (d, dm)
             };
-            let w = &ub[at..at + TILE * grb];
+            let at = layout.group(gi);
             for (k, y) in y.iter_mut().enumerate() {
-                let v = (i32::from(fmt.level(w, i, k)) - fmt.off) as f32;
+                let v = (i32::from(fmt.level(ub, at, i, k)) - fmt.off) as f32;
                 *y = if fmt.min { s * v + m } else { s * v };
             }
-            at += TILE * grb;
         }
     }
 }

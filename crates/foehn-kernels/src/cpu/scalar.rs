@@ -19,7 +19,7 @@ pub(crate) fn tile(
     nr: usize,
     out: &mut [f32],
 ) {
-    let (unit, g, grb) = (fmt.unit(), fmt.group, fmt.group_row_bytes());
+    let (unit, g, layout) = (fmt.unit(), fmt.group, fmt.unit_layout());
     let groups_per_unit = fmt.groups_per_unit();
     let f16 = |b: &[u8], at: usize, i: usize| {
         half::f16::from_bits(u16::from_le_bytes([b[at + 2 * i], b[at + 2 * i + 1]])).to_f32()
@@ -35,7 +35,6 @@ pub(crate) fn tile(
             {
                 let d = f16(ub, 0, i);
                 let dm = if fmt.min { f16(ub, 2 * TILE, i) } else { 0.0 };
-                let mut at = fmt.header_bytes();
                 for gi in 0..groups_per_unit {
                     let (s, m) = if fmt.superblocks {
                         let (sc, m) = fmt.scales(ub, gi, i);
@@ -45,10 +44,10 @@ pub(crate) fn tile(
                     };
                     let gg = ui * groups_per_unit + gi;
                     let a = &a[gg * g..(gg + 1) * g];
-                    let w = &ub[at..at + TILE * grb];
+                    let at = layout.group(gi);
                     let mut isum = 0i32;
                     for (k, &a) in a.iter().enumerate() {
-                        isum += i32::from(fmt.level(w, i, k)) * i32::from(a);
+                        isum += i32::from(fmt.level(ub, at, i, k)) * i32::from(a);
                     }
                     let sa = i32::from(asum[gg]);
                     let mut v = s * (isum - fmt.off * sa) as f32;
@@ -56,7 +55,6 @@ pub(crate) fn tile(
                         v += m * sa as f32;
                     }
                     acc += v * ad[gg * g / 32];
-                    at += TILE * grb;
                 }
             }
             out[r * TILE + i] = acc;

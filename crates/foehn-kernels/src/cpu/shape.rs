@@ -9,7 +9,8 @@
 /// The name says: legacy (one scale per group) or superblock (k-quant)
 /// scales; level width (`Nib`: 4 bits or fewer, two per byte; `Crumb`: 2
 /// bits, four per byte; `Byte`: up to 127, one per byte; `Wide`: up to 255,
-/// one per byte; `Split`: nibbles and a plane of high bits; `Lut`: nibble
+/// one per byte; `Split`: nibbles and a plane of high bits; `Tri`: 3 bits,
+/// eight per three bytes; `Lut`: nibble
 /// indices into the IQ4 levels); the group size; and `Min` when groups have
 /// a min.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -57,6 +58,13 @@ pub enum KernelShape {
     /// Q2_K compact: as [`SuperNib16Min`](Self::SuperNib16Min) with the
     /// levels (0..3) four per byte.
     SuperCrumb16Min,
+    /// Q3_K compact: as [`SuperNib16`](Self::SuperNib16) with the levels
+    /// (0..7) at 3 bits, eight in three bytes across a pair of groups, and
+    /// the scales at 6 bits (the file's size). Its kernels' arguments are
+    /// crumbs with one high bit ([`crumbs`](Self::crumbs) and
+    /// [`high_bits`](Self::high_bits)): the pair's third word is where the
+    /// split layouts keep their plane.
+    SuperTri16,
 }
 
 impl KernelShape {
@@ -83,7 +91,8 @@ impl KernelShape {
     pub const fn group(self) -> usize {
         use KernelShape::*;
         match self {
-            SuperByte16 | SuperSplit16 | SuperNib16 | SuperNib16Min | SuperCrumb16Min => 16,
+            SuperByte16 | SuperSplit16 | SuperNib16 | SuperNib16Min | SuperCrumb16Min
+            | SuperTri16 => 16,
             _ => 32,
         }
     }
@@ -113,9 +122,10 @@ impl KernelShape {
         )
     }
 
-    /// Levels are 2 bits, stored four per byte (not [`nibbles`](Self::nibbles)).
+    /// Levels are stored four per byte (not [`nibbles`](Self::nibbles)), or
+    /// with [`high_bits`](Self::high_bits) at 3 bits (`SuperTri16`).
     pub const fn crumbs(self) -> bool {
-        matches!(self, KernelShape::SuperCrumb16Min)
+        matches!(self, KernelShape::SuperCrumb16Min | KernelShape::SuperTri16)
     }
 
     /// Nibbles are indices into the IQ4 levels
@@ -128,7 +138,10 @@ impl KernelShape {
     pub const fn high_bits(self) -> u32 {
         match self {
             KernelShape::SuperSplit16 => 2,
-            KernelShape::Split32 | KernelShape::Split32Min | KernelShape::SuperSplit32Min => 1,
+            KernelShape::Split32
+            | KernelShape::Split32Min
+            | KernelShape::SuperSplit32Min
+            | KernelShape::SuperTri16 => 1,
             _ => 0,
         }
     }

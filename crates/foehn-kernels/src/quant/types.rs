@@ -262,12 +262,11 @@ impl GgmlType {
             Q2_K => row("Q2_K", QK_K, 84, Some(dq::q2_k), Some(qz::q2_k))
                 .packed(SuperNib16Min, 0, 3, sp::q2_k)
                 .split_on(SuperCrumb16Min, NOT_AMX),
-            Q3_K => row("Q3_K", QK_K, 110, Some(dq::q3_k), Some(qz::q3_k)).packed(
-                SuperNib16,
-                4,
-                7,
-                sp::q3_k,
-            ),
+            // 3-bit levels (triads) and 6-bit scales where there is no
+            // AMX: the file's size, where nibbles read 1.33× as much.
+            Q3_K => row("Q3_K", QK_K, 110, Some(dq::q3_k), Some(qz::q3_k))
+                .packed(SuperNib16, 4, 7, sp::q3_k)
+                .split_on(SuperTri16, NOT_AMX),
             Q4_K => row("Q4_K", QK_K, 144, Some(dq::q4_k), Some(qz::q4_k))
                 .packed(SuperNib32Min, 0, 15, sp::q4_k)
                 .defer(Background),
