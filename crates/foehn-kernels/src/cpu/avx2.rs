@@ -29,7 +29,7 @@
 use std::arch::x86_64::*;
 
 use super::act::QuantizedActs;
-use super::format::{level_words, Format, UnitLayout, UnitScales, SUPER, TILE};
+use super::format::{level_words, Format, GroupAt, UnitLayout, UnitScales, SUPER, TILE};
 use super::shape::KernelShape;
 use crate::quant::KVALUES_IQ4NL;
 
@@ -360,7 +360,7 @@ unsafe fn kernel<
                             }
                         } else if crumbs {
                             let ops = if MODE == TRI {
-                                triad_operands(ub.add(place.plane + 32 * hh), place.plane_op == 0)
+                                triad_operands(ub.add(32 * hh), place)
                             } else {
                                 [
                                     _mm256_and_si256(v, crumb_mask),
@@ -460,13 +460,12 @@ unsafe fn kernel<
     }
 }
 
-/// The four operands of one half of a group in the triad layout (Q3_K
-/// compact, see the format docs), the first group of its pair or the
-/// second, whose pair's plane word (this half of it) is at `plane`: the
-/// pair's level words X and Y precede it by 128 and 64 bytes.
+/// The four operands of one half of the group at `at` in the triad layout
+/// (Q3_K compact, see the format docs), `half` pointing to the unit, offset
+/// to the half's rows: from its pair's level words X, Y and plane word Z.
 #[inline(always)]
-unsafe fn triad_operands(plane: *const u8, first: bool) -> [__m256i; 4] {
-    let word = |w: usize| _mm256_loadu_si256(plane.add(64 * w).sub(128).cast());
+unsafe fn triad_operands(half: *const u8, at: GroupAt) -> [__m256i; 4] {
+    let word = |at: usize| _mm256_loadu_si256(half.add(at).cast());
     let (m3, m4, m7) = (
         _mm256_set1_epi8(3),
         _mm256_set1_epi8(4),
@@ -474,11 +473,11 @@ unsafe fn triad_operands(plane: *const u8, first: bool) -> [__m256i; 4] {
     );
     let low = |v| _mm256_and_si256(v, m7);
     let high = |v| _mm256_and_si256(_mm256_srli_epi16::<3>(v), m7);
-    let (x, y) = (word(0), word(1));
-    if first {
+    let (x, y) = (word(at.set), word(at.set + 64));
+    if at.first() {
         return [low(x), high(x), low(y), high(y)];
     }
-    let z = word(2);
+    let z = word(at.plane);
     // The top two bits of a level word, and bit 2 from the plane word.
     let merge = |a, b| _mm256_or_si256(_mm256_and_si256(a, m3), _mm256_and_si256(b, m4));
     [

@@ -160,14 +160,13 @@ unsafe fn load_group<const NIB: bool, const CR: bool, const HB: u32, const LUT: 
 /// masked.
 #[inline(always)]
 unsafe fn triad_group(ub: *const u8, at: GroupAt) -> [__m512i; 8] {
-    // The pair's level words (64 bytes each) precede its plane word.
-    let word = |w: usize| _mm512_loadu_si512(ub.add(at.plane + 64 * w - 128).cast());
-    let (x, y, z) = (word(0), word(1), word(2));
+    let word = |at: usize| _mm512_loadu_si512(ub.add(at).cast());
+    let (x, y, z) = (word(at.set), word(at.set + 64), word(at.plane));
     let (m3, m7) = (_mm512_set1_epi8(3), _mm512_set1_epi8(7));
     let low = |v| _mm512_and_si512(v, m7);
     let high = |v| _mm512_and_si512(_mm512_srli_epi16::<3>(v), m7);
     let zero = _mm512_setzero_si512();
-    if at.plane_op == 0 {
+    if at.first() {
         return [low(x), high(x), low(y), high(y), zero, zero, zero, zero];
     }
     // (a & 3) | (b & !3), then the level's bits.

@@ -212,7 +212,7 @@ impl Format {
     pub(crate) fn level(&self, ub: &[u8], at: GroupAt, i: usize, k: usize) -> u8 {
         let byte = |word: usize, b: usize| ub[at.levels + (word * TILE + i) * 4 + b];
         let plane = |b: usize, op: usize| {
-            let p = ub[at.plane + 4 * i + b] >> (self.high_bits as usize * (at.plane_op + op));
+            let p = ub[at.plane + 4 * i + b] >> (self.high_bits as usize * op);
             p & ((1 << self.high_bits) - 1)
         };
         if self.crumbs && self.high_bits > 0 {
@@ -244,19 +244,19 @@ impl Format {
     /// the module docs).
     fn triad(&self, ub: &[u8], at: GroupAt, i: usize, k: usize) -> u8 {
         let (o, b) = (k / 4, k % 4);
-        // The pair's words X, Y, Z: the plane word follows both groups'.
+        // The pair's words X, Y (its level words) and Z (its plane word).
         let levels = self.unit_layout().levels;
-        let word = |w: usize| ub[at.plane - (2 - w) * levels + 4 * i + b];
-        let (x, y, z) = (word(0), word(1), word(2));
-        match (at.plane_op, o) {
-            (0, 0) => x & 7,
-            (0, 1) => (x >> 3) & 7,
-            (0, 2) => y & 7,
-            (0, _) => (y >> 3) & 7,
-            (_, 0) => z & 7,
-            (_, 1) => (z >> 3) & 7,
-            (_, 2) => (x >> 6) | (((z >> 6) & 1) << 2),
-            (_, _) => (y >> 6) | ((z >> 7) << 2),
+        let byte = |at: usize| ub[at + 4 * i + b];
+        let (x, y, z) = (byte(at.set), byte(at.set + levels), byte(at.plane));
+        match (at.first(), o) {
+            (true, 0) => x & 7,
+            (true, 1) => (x >> 3) & 7,
+            (true, 2) => y & 7,
+            (true, _) => (y >> 3) & 7,
+            (false, 0) => z & 7,
+            (false, 1) => (z >> 3) & 7,
+            (false, 2) => (x >> 6) | (((z >> 6) & 1) << 2),
+            (false, _) => (y >> 6) | ((z >> 7) << 2),
         }
     }
 
@@ -364,12 +364,10 @@ pub(crate) struct UnitLayout {
     pub(crate) bytes: usize,
     /// Bytes of one group's level words of 16 rows (the plane not counted).
     pub(crate) levels: usize,
-    /// Groups whose high bits share one plane word (1 where there is no
-    /// plane): the groups are stored in sets of this many, each set's level
-    /// words followed by its plane word.
+    /// Groups stored as one set, their level words followed by the set's
+    /// plane word: 2 in the triad layout (a pair shares three words), else
+    /// 1.
     pub(crate) plane_groups: usize,
-    /// Operands (4-level runs of a row) per group: `group / 4`.
-    pub(crate) operands: usize,
 }
 
 /// Where one group's bytes lie in its unit ([`UnitLayout::group`]).
@@ -377,11 +375,18 @@ pub(crate) struct UnitLayout {
 pub(crate) struct GroupAt {
     /// Offset of the group's level words from the unit's start.
     pub(crate) levels: usize,
-    /// Offset of its plane word (split layouts).
+    /// Offset of the level words of its set's first group.
+    pub(crate) set: usize,
+    /// Offset of its set's plane word (split and triad layouts).
     pub(crate) plane: usize,
-    /// Index in the plane word of the group's first operand: its high bits
-    /// start at bit `high_bits · plane_op` of each plane byte.
-    pub(crate) plane_op: usize,
+}
+
+impl GroupAt {
+    /// Whether the group is the first of its set.
+    #[inline(always)]
+    pub(crate) const fn first(&self) -> bool {
+        self.levels == self.set
+    }
 }
 
 impl UnitLayout {
@@ -414,20 +419,14 @@ impl UnitLayout {
             ScaleCoding::Bytes => 0,
         };
         let header = 2 * TILE * sets + scales;
-        // A group's operands (4 levels each) take `high_bits` bits each of
-        // a plane byte.
-        let plane_groups = if high_bits == 0 {
-            1
-        } else {
-            32 / (group * high_bits as usize)
-        };
+        // Triads: a group of 16 is a word and a half per row.
+        let plane_groups = if crumbs && high_bits > 0 { 2 } else { 1 };
         Self {
             header,
             group_row,
             bytes: header + groups * TILE * group_row,
             levels: TILE * level_row,
             plane_groups,
-            operands: group / 4,
         }
     }
 
@@ -440,8 +439,8 @@ impl UnitLayout {
         let start = self.header + set * self.plane_groups * TILE * self.group_row;
         GroupAt {
             levels: start + k * self.levels,
+            set: start,
             plane: start + self.plane_groups * self.levels,
-            plane_op: k * self.operands,
         }
     }
 }

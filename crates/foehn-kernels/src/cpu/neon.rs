@@ -126,8 +126,20 @@ unsafe fn dot_quarter<
     nib_mask: uint8x16_t,
     flip: uint8x16_t,
 ) -> [int32x4_t; NA] {
-    let wp = ub.add(at.levels);
     let mut isum: [int32x4_t; NA] = std::array::from_fn(|r| vdupq_n_s32(init[r]));
+    if CR && HB > 0 {
+        let w = triad_operands(ub.add(16 * q), at);
+        unroll!(|o| [0, 1, 2, 3] {
+            let w = vreinterpretq_s8_u8(w[o]);
+            unroll!(|r| [0, 1, 2, 3] {
+                if r < NA {
+                    isum[r] = sdot_lane(isum[r], w, av[r][0], o);
+                }
+            });
+        });
+        return isum;
+    }
+    let wp = ub.add(at.levels);
     let plane = if HB > 0 {
         vld1q_u8(ub.add(at.plane + 16 * q))
     } else {
@@ -142,18 +154,6 @@ unsafe fn dot_quarter<
             high_mask,
         )
     };
-    if CR && HB > 0 {
-        let w = triad_operands(ub.add(at.plane + 16 * q), at.plane_op == 0);
-        unroll!(|o| [0, 1, 2, 3] {
-            let w = vreinterpretq_s8_u8(w[o]);
-            unroll!(|r| [0, 1, 2, 3] {
-                if r < NA {
-                    isum[r] = sdot_lane(isum[r], w, av[r][0], o);
-                }
-            });
-        });
-        return isum;
-    }
     unroll!(|p| [0, 1, 2, 3, 4, 5, 6, 7] {
         if p < nd {
             // Word p of rows 4q..4q+4.
@@ -206,20 +206,19 @@ unsafe fn dot_quarter<
     isum
 }
 
-/// The four operands of rows `4q..4q + 4` of a group in the triad layout
-/// (Q3_K compact, see the format docs), the first group of its pair or the
-/// second, whose pair's plane word (these rows of it) is at `plane`: the
-/// pair's level words X and Y precede it by 128 and 64 bytes. NEON's byte
-/// shifts keep each byte's bits to itself, so the straddling operands are a
-/// bit select of two shifts.
+/// The four operands of rows `4q..4q + 4` of the group at `at` in the triad
+/// layout (Q3_K compact, see the format docs), `quarter` pointing to the
+/// unit, offset to those rows: from its pair's level words X, Y and plane
+/// word Z. NEON's byte shifts keep each byte's bits to itself, so the
+/// straddling operands are a bit select of two shifts.
 #[inline(always)]
-unsafe fn triad_operands(plane: *const u8, first: bool) -> [uint8x16_t; 4] {
-    let word = |w: usize| vld1q_u8(plane.add(64 * w).sub(128));
-    let (x, y, z) = (word(0), word(1), word(2));
+unsafe fn triad_operands(quarter: *const u8, at: GroupAt) -> [uint8x16_t; 4] {
+    let word = |at: usize| vld1q_u8(quarter.add(at));
+    let (x, y, z) = (word(at.set), word(at.set + 64), word(at.plane));
     let m7 = vdupq_n_u8(7);
     let low = |v| vandq_u8(v, m7);
     let high = |v| vandq_u8(vshrq_n_u8::<3>(v), m7);
-    if first {
+    if at.first() {
         return [low(x), high(x), low(y), high(y)];
     }
     // Bit 2 from the plane word, bits 0..2 from the level word's top two.

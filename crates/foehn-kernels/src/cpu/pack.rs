@@ -311,7 +311,7 @@ pub(crate) fn write_group(fmt: &Format, ub: &mut [u8], gi: usize, rows: &[&[u8]]
     let mut rows_bytes = [[0u8; 32]; TILE];
     let mut planes = [[0u8; 4]; TILE];
     for ((bytes, plane), lv) in rows_bytes.iter_mut().zip(&mut planes).zip(rows) {
-        write_levels(fmt, lv, bytes, plane, at.plane_op);
+        write_levels(fmt, lv, bytes, plane);
     }
     let levels = &mut ub[at.levels..at.levels + layout.levels];
     for (k, word) in levels.chunks_exact_mut(4).enumerate() {
@@ -319,13 +319,10 @@ pub(crate) fn write_group(fmt: &Format, ub: &mut [u8], gi: usize, rows: &[&[u8]]
         word.copy_from_slice(&rows_bytes[i][4 * p..4 * p + 4]);
     }
     if fmt.high_bits > 0 {
-        // The set's first group starts its plane word, the others add
-        // their bits.
+        // A nibble group's plane word is its own.
         let plane = &mut ub[at.plane..at.plane + 4 * TILE];
         for (word, bits) in plane.chunks_exact_mut(4).zip(&planes) {
-            for (w, b) in word.iter_mut().zip(bits) {
-                *w = if at.plane_op == 0 { *b } else { *w | b };
-            }
+            word.copy_from_slice(bits);
         }
     }
 }
@@ -381,19 +378,19 @@ fn write_scales(fmt: &Format, ui: usize, parts: &[RowParts], scales: &mut [u8]) 
 /// words X and Y, the second (written after it) all of Z and the top two
 /// bits of X and Y.
 fn write_triads(ub: &mut [u8], at: GroupAt, levels: usize, rows: &[&[u8]]) {
-    let set = at.plane - 2 * levels;
-    let second = at.plane_op > 0;
+    // The pair's words X, Y (its level words) and Z (its plane word).
+    let (x, y, z) = (at.set, at.set + levels, at.plane);
     for i in 0..TILE {
         for b in 0..4 {
             let l = |o: usize| rows.get(i).map_or(0, |lv| lv[4 * o + b]);
-            let at = |w: usize| set + w * levels + 4 * i + b;
-            if second {
-                ub[at(0)] |= (l(2) & 3) << 6;
-                ub[at(1)] |= (l(3) & 3) << 6;
-                ub[at(2)] = l(0) | (l(1) << 3) | ((l(2) >> 2) << 6) | ((l(3) >> 2) << 7);
+            let (x, y, z) = (x + 4 * i + b, y + 4 * i + b, z + 4 * i + b);
+            if at.first() {
+                ub[x] = l(0) | (l(1) << 3);
+                ub[y] = l(2) | (l(3) << 3);
             } else {
-                ub[at(0)] = l(0) | (l(1) << 3);
-                ub[at(1)] = l(2) | (l(3) << 3);
+                ub[x] |= (l(2) & 3) << 6;
+                ub[y] |= (l(3) & 3) << 6;
+                ub[z] = l(0) | (l(1) << 3) | ((l(2) >> 2) << 6) | ((l(3) >> 2) << 7);
             }
         }
     }
@@ -402,14 +399,8 @@ fn write_triads(ub: &mut [u8], at: GroupAt, levels: usize, rows: &[&[u8]]) {
 /// Writes one row's levels `lv` of one group as `fmt` stores them: its level
 /// bytes into `bytes` (nibbles, crumbs or bytes, in the order of the row's
 /// words) and, in the split layouts, its high bits into the row's plane
-/// word `plane`, from operand `plane_op` on (see the format docs).
-fn write_levels(
-    fmt: &Format,
-    lv: &[u8],
-    bytes: &mut [u8; 32],
-    plane: &mut [u8; 4],
-    plane_op: usize,
-) {
+/// word `plane` (see the format docs).
+fn write_levels(fmt: &Format, lv: &[u8], bytes: &mut [u8; 32], plane: &mut [u8; 4]) {
     let g = lv.len();
     // Nibble operand o's byte b is the level at `op_level(o, b)`; the bits
     // above its low 4 are the plane's.
@@ -444,7 +435,7 @@ fn write_levels(
         let hb = fmt.high_bits as usize;
         for (b, out) in plane.iter_mut().enumerate() {
             for o in 0..g / 4 {
-                *out |= (lv[op_level(o, b)] >> 4) << (hb * (plane_op + o));
+                *out |= (lv[op_level(o, b)] >> 4) << (hb * o);
             }
         }
     }
