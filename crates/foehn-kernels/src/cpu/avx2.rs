@@ -16,7 +16,9 @@
 //! One pass computes both halves for one or two activation rows, so that
 //! every broadcast activation word feeds two `vpmaddubsw` and the operands
 //! and accumulators stay in the sixteen registers; three or four rows are
-//! two passes. Q6_K and the 5-bit types are packed in the split layouts
+//! two passes, except in the layouts whose operands cost most to rebuild
+//! (crumbs, triads, lookups), where they share one pass per half
+//! ([`four_rows_a_pass`]). Q6_K and the 5-bit types are packed in the split layouts
 //! here (low nibbles and a plane of high bits: the file's size, so decode
 //! reads no more than the file, at some cost in prefill), whose groups run
 //! one half at a time; IQ4_NL and IQ4_XS in the lookup layouts (nibble
@@ -61,6 +63,16 @@ const CRUMB: u8 = 6;
 /// Levels of 3 bits, eight in three bytes across a pair of groups (the
 /// triad layout, see [`triad_operands`]).
 const TRI: u8 = 7;
+
+/// Whether three or four activation rows share one decode of the weights
+/// (one pass per half) rather than taking two passes of two rows over both
+/// halves: where rebuilding the operands costs most, in the crumb, triad
+/// and lookup layouts. (Zen 5, 7B pp128 on AVX2, t/s: Q3_K_M 26.3 → 28.4,
+/// IQ4_XS 18.7 → 21.7, Q2_K 26.9 → 28.2; Q5_K_M's split layouts lost
+/// 3–7 %, so they keep two rows a pass.)
+const fn four_rows_a_pass(mode: u8) -> bool {
+    matches!(mode, TRI | CRUMB | LUT)
+}
 
 /// The IQ4 levels as signed bytes `u − 128`, the lookup layout's table.
 const SIGNED_IQ4: [i8; 16] = KVALUES_IQ4NL;
@@ -153,6 +165,12 @@ unsafe fn tile<
     match nr {
         1 => kernel::<MODE, G, SUP, MIN, BIAS, CH, 1>(cols, tile, acts, r0, out),
         2 => kernel::<MODE, G, SUP, MIN, BIAS, CH, 2>(cols, tile, acts, r0, out),
+        3 if four_rows_a_pass(MODE) => {
+            kernel::<MODE, G, SUP, MIN, BIAS, CH, 3>(cols, tile, acts, r0, out)
+        }
+        4 if four_rows_a_pass(MODE) => {
+            kernel::<MODE, G, SUP, MIN, BIAS, CH, 4>(cols, tile, acts, r0, out)
+        }
         _ => {
             let (first, rest) = out.split_at_mut(2 * TILE);
             kernel::<MODE, G, SUP, MIN, BIAS, CH, 2>(cols, tile, acts, r0, first);
@@ -307,8 +325,13 @@ unsafe fn kernel<
             // The split layouts run one half at a time (fewer values live at
             // once: their operands take more registers to rebuild); the
             // triads, whose operands are about as cheap as nibbles', both.
-            // (On a Zen 5 7B Q3_K_M pp128: 23.4 → 26.0 t/s.)
-            let per_pass = if hb > 0 && MODE != TRI { 1 } else { 2 };
+            // (On a Zen 5 7B Q3_K_M pp128: 23.4 → 26.0 t/s.) Three or four
+            // rows take one half at a time.
+            let per_pass = if NA > 2 || (hb > 0 && MODE != TRI) {
+                1
+            } else {
+                2
+            };
             for pass_start in (0..2).step_by(per_pass) {
                 let halves = pass_start..pass_start + per_pass;
                 for p in 0..words {
