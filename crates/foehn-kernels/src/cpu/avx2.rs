@@ -18,15 +18,15 @@
 //! and accumulators stay in the sixteen registers; three or four rows are
 //! two passes, except in the layouts whose operands cost most to rebuild
 //! (crumbs, triads, lookups), where they share one pass per half
-//! ([`four_rows_a_pass`]). Q6_K and the 5-bit types are packed in the split layouts
-//! here (low nibbles and a plane of high bits: the file's size, so decode
-//! reads no more than the file, at some cost in prefill), whose groups run
-//! one half at a time; IQ4_NL and IQ4_XS in the lookup layouts (nibble
-//! indices that one `vpshufb` turns into signed levels for the sign trick,
-//! each operand closing its own chain); Q2_K in crumbs (four levels per
-//! byte, four operands per word); Q3_K in triads (3-bit levels, eight in
-//! three bytes across a pair of groups: one shift and mask per operand, two
-//! of eight with a second one or-ed in).
+//! ([`four_rows_a_pass`]). Q6_K and the 5-bit types are packed in the
+//! split layouts here (low nibbles and a plane of high bits: the file's
+//! size, so decode reads no more than the file, at some cost in prefill),
+//! whose groups run one half at a time; IQ4_NL and IQ4_XS in the lookup
+//! layouts (nibble indices that one `vpshufb` turns into signed levels for
+//! the sign trick, each operand closing its own chain); Q2_K in crumbs
+//! (four levels per byte, four operands per word); Q3_K in triads (3-bit
+//! levels, eight in three bytes across a pair of groups: one shift and mask
+//! per operand, two of eight with a second one or-ed in).
 
 use std::arch::x86_64::*;
 
@@ -141,7 +141,8 @@ shapes!(
 
 /// As [`super::scalar::tile`], for one shape: one or two activation rows
 /// per pass over both halves of the tile (each broadcast activation word
-/// feeds both halves); three or four rows are two such passes.
+/// feeds both halves); three or four rows are two such passes, or one pass
+/// per half where [`four_rows_a_pass`].
 ///
 /// # Safety
 /// The CPU must support the features [`available`] checks.

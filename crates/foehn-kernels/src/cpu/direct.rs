@@ -186,7 +186,7 @@ mod avx2 {
     /// rows `a0..a0 + NA` (`R · NA ≤ 8`: pair `k = r · NA + j` in lane `k`).
     type Pass = unsafe fn(&[u8], usize, usize, usize, &QuantizedActs, usize, *mut f32, usize);
 
-    /// Defines the entry point `$name` (as [`super::product`] for one type)
+    /// Defines the entry point `$name` (as [`super::DirectKernel::product`] for one type)
     /// over the passes of `$rows`: up to eight (row, activation row) pairs
     /// per pass, so that every weight block is loaded once per pass and
     /// serves all `na` activation rows.
@@ -585,7 +585,7 @@ mod avx512 {
     /// `out[j · stride + i]`.
     type Pass = unsafe fn(*const u8, usize, usize, usize, &QuantizedActs, usize, *mut f32, usize);
 
-    /// Defines the entry point `$name` (as [`super::product`] for one type)
+    /// Defines the entry point `$name` (as [`super::DirectKernel::product`] for one type)
     /// over passes of `$pass`: up to 16 rows each, one per lane as in a
     /// tile, so that the float operations are the tile kernel's, lane for
     /// lane.

@@ -1,4 +1,4 @@
-//! The CPU kernels: weights repacked into 16-row tiles ([`format`]),
+//! The CPU kernels: weights repacked into 16-row tiles ([`format`](mod@format)),
 //! activations quantized once per product ([`act`]), and one tile kernel per
 //! [`KernelShape`] and instruction set, chosen when a matrix is packed
 //! ([`TileKernel`]) for an instruction set this CPU runs ([`SupportedIsa`]).

@@ -58,7 +58,7 @@ pub struct MatScratch {
 
 impl MatScratch {
     /// Buffers for products with rows of up to `max_cols` weights on
-    /// `threads` threads (a [`Compute`](crate::Compute)'s), one per chunk of
+    /// `threads` threads (a [`Compute`]'s), one per chunk of
     /// rows (a few chunks per thread).
     pub fn new(max_cols: usize, threads: usize) -> Self {
         let chunks = threads.max(1) * CHUNKS_PER_THREAD;

@@ -113,7 +113,7 @@ impl QMatrix {
     /// `kernel_product` (precision.rs) with 8-bit activations, for
     /// a packed or deferred matrix; `product_n` is the number of rows of the
     /// whole product the caller asked for (more than `n` for
-    /// [`ActPrecision::Q8x2`]), which decides whether a deferred matrix is
+    /// [`ActPrecision::Q8x2`](super::ActPrecision::Q8x2)), which decides whether a deferred matrix is
     /// packed first.
     pub(super) fn q8_product(
         &self,
