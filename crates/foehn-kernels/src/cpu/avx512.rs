@@ -6,7 +6,7 @@ use std::arch::x86_64::*;
 
 use super::act::QuantizedActs;
 use super::format::{
-    level_words, Format, GroupAt, UnitLayout, UnitScales, IQ4_LEVELS, SUPER, TILE,
+    level_words, triads, Format, GroupAt, UnitLayout, UnitScales, IQ4_LEVELS, SUPER, TILE,
 };
 use super::{prefetch, PREFETCH_AHEAD};
 
@@ -117,7 +117,7 @@ unsafe fn load_group<const NIB: bool, const CR: bool, const HB: u32, const LUT: 
     nops: usize,
     nib_mask: __m512i,
 ) -> [__m512i; 8] {
-    if CR && HB > 0 {
+    if triads(CR, HB) {
         return triad_group(ub, at);
     }
     let wp = ub.add(at.levels);

@@ -210,14 +210,14 @@ impl Format {
     /// ([`UnitLayout::group`]) of `ub`, one unit's bytes of a tile.
     #[inline]
     pub(crate) fn level(&self, ub: &[u8], at: GroupAt, i: usize, k: usize) -> u8 {
+        if triads(self.crumbs, self.high_bits) {
+            return self.triad(ub, at, i, k);
+        }
         let byte = |word: usize, b: usize| ub[at.levels + (word * TILE + i) * 4 + b];
         let plane = |b: usize, op: usize| {
             let p = ub[at.plane + 4 * i + b] >> (self.high_bits as usize * op);
             p & ((1 << self.high_bits) - 1)
         };
-        if self.crumbs && self.high_bits > 0 {
-            return self.triad(ub, at, i, k);
-        }
         if self.crumbs {
             let (word, j) = (k / 16, k % 16);
             return (byte(word, j % 4) >> (2 * (j / 4))) & 3;
@@ -337,6 +337,13 @@ impl Format {
     }
 }
 
+/// Whether levels in crumbs with high bits are the triad layout (Q3_K
+/// compact, see the module docs): 3-bit levels across a pair of groups,
+/// not crumbs and a plane.
+pub(crate) const fn triads(crumbs: bool, high_bits: u32) -> bool {
+    crumbs && high_bits > 0
+}
+
 /// 4-byte words of levels per row and group of `group` weights, stored as
 /// nibbles, crumbs or bytes (the split layout's plane word comes on top).
 pub(crate) const fn level_words(nibbles: bool, crumbs: bool, group: usize) -> usize {
@@ -420,7 +427,7 @@ impl UnitLayout {
         };
         let header = 2 * TILE * sets + scales;
         // Triads: a group of 16 is a word and a half per row.
-        let plane_groups = if crumbs && high_bits > 0 { 2 } else { 1 };
+        let plane_groups = if triads(crumbs, high_bits) { 2 } else { 1 };
         Self {
             header,
             group_row,

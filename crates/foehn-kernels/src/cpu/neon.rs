@@ -16,7 +16,7 @@ use std::arch::asm;
 
 use super::act::QuantizedActs;
 use super::format::{
-    level_words, Format, GroupAt, UnitLayout, UnitScales, IQ4_LEVELS, SUPER, TILE,
+    level_words, triads, Format, GroupAt, UnitLayout, UnitScales, IQ4_LEVELS, SUPER, TILE,
 };
 
 /// Whether this CPU has everything the kernel uses.
@@ -127,7 +127,7 @@ unsafe fn dot_quarter<
     flip: uint8x16_t,
 ) -> [int32x4_t; NA] {
     let mut isum: [int32x4_t; NA] = std::array::from_fn(|r| vdupq_n_s32(init[r]));
-    if CR && HB > 0 {
+    if triads(CR, HB) {
         let w = triad_operands(ub.add(16 * q), at);
         unroll!(|o| [0, 1, 2, 3] {
             let w = vreinterpretq_s8_u8(w[o]);

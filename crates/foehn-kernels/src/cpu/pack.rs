@@ -4,7 +4,7 @@
 use half::f16;
 use rayon::prelude::*;
 
-use super::format::{Format, GroupAt, ScaleCoding, SixBitScales, IQ4_INDEX, TILE};
+use super::format::{triads, Format, GroupAt, ScaleCoding, SixBitScales, IQ4_INDEX, TILE};
 use crate::quant::blocks::*;
 use crate::quant::dequant::{q3_k_scales, scale_min_k4};
 use crate::quant::KVALUES_IQ4NL;
@@ -302,7 +302,7 @@ fn write_tile(fmt: &Format, cols: usize, parts: &[RowParts], tile: &mut [u8]) {
 pub(crate) fn write_group(fmt: &Format, ub: &mut [u8], gi: usize, rows: &[&[u8]]) {
     let layout = fmt.unit_layout();
     let at = layout.group(gi);
-    if fmt.crumbs && fmt.high_bits > 0 {
+    if triads(fmt.crumbs, fmt.high_bits) {
         write_triads(ub, at, layout.levels, rows);
         return;
     }
